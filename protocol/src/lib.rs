@@ -1,1 +1,18 @@
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+//! The WSGIProxy forwarding protocol, free of any proxy-wasm dependency so that
+//! `cargo test` exercises it natively.
+//!
+//! The filter crate reads a request's headers once into a [`request::RequestHead`],
+//! asks a role ([`app`], [`middleware`]) for a [`request::Decision`], and applies it.
+
+pub mod app;
+pub mod codec;
+pub mod config;
+pub mod headers;
+pub mod href;
+pub mod middleware;
+pub mod paths;
+pub mod replay;
+pub mod request;
+pub mod signature;

@@ -1,0 +1,267 @@
+//! The `app` role (WSGIProxyApp): the sending side. Strips protocol headers the
+//! client sent, rewrites the path for the backend's mount, injects the protocol
+//! headers, and signs them when a key is configured.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use crate::codec::{encode_payload, is_json, Family};
+use crate::config::{AppConfig, KeySource};
+use crate::headers::*;
+use crate::paths::{has_unsafe_segment, join_query, split_query, strip_segment_prefix, with_query};
+use crate::request::{Decision, Edits, LocalReply, RequestHead};
+use crate::signature::{format_date, is_signed_header, sign, Nonce, SignedParts};
+
+/// What the host tells the role about one request besides its headers.
+pub struct AppRequest<'a> {
+    pub head: &'a RequestHead,
+    /// The downstream peer's address (Envoy's `source.address`), without port.
+    pub client_ip: Option<IpAddr>,
+    /// Whether the downstream connection is TLS.
+    pub https: bool,
+    pub now: SystemTime,
+    /// Fresh random bytes; used only when signing.
+    pub nonce: Nonce,
+}
+
+/// Counts of what was done, for metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AppOutcome {
+    pub stripped: usize,
+    /// Keys whose source held no usable value for their family (for example a json key
+    /// whose header is not JSON); they are left out, never sent half-valid.
+    pub invalid_keys: usize,
+    pub signed: bool,
+}
+
+/// Decides what to do with a request.
+pub fn decide(
+    config: &AppConfig,
+    req: &AppRequest<'_>,
+    property: &mut dyn FnMut(&[String]) -> Option<Vec<u8>>,
+    outcome: &mut AppOutcome,
+) -> Decision {
+    let head = req.head;
+    let Some(target) = head.get_str(PATH) else {
+        return Decision::Reply(LocalReply::new(400, "no_path", "the request has no path"));
+    };
+    let (path, query) = split_query(target);
+
+    // The mount point this route serves: the rest is what the backend sees below the href path.
+    let rest = match &config.script_name {
+        Some(mount) => match strip_segment_prefix(path, mount) {
+            Some(rest) => rest,
+            None => {
+                return Decision::Reply(LocalReply::new(
+                    404,
+                    "outside_mount",
+                    format!("this route serves {mount}; the request path is outside it"),
+                ))
+            }
+        },
+        None => path,
+    };
+    if has_unsafe_segment(rest) {
+        return Decision::Reply(LocalReply::new(
+            400,
+            "unsafe_path",
+            "the path holds dot segments, back slashes or encoded slashes",
+        ));
+    }
+
+    let mut edits = Edits::default();
+    for name in head.names_where(is_protocol_header) {
+        edits.remove(&name);
+        outcome.stripped += 1;
+    }
+
+    let mut new_path = format!("{}{}", config.href.path, rest);
+    if new_path.is_empty() {
+        new_path.push('/');
+    }
+    let new_target = with_query(&new_path, join_query(query, config.href.query.as_deref()).as_deref());
+
+    // The Host the client asked for, with its port if it gave one.
+    if let Some(host) = head.get(AUTHORITY).filter(|h| !h.is_empty()) {
+        edits.set(X_FORWARDED_SERVER, host.to_vec());
+    }
+    edits.set(X_FORWARDED_SCHEME, if req.https { "https" } else { "http" });
+    if let Some(ip) = req.client_ip {
+        edits.set(X_FORWARDED_FOR, ip.to_string());
+    }
+    if let Some(mount) = &config.script_name {
+        edits.set(X_SCRIPT_NAME, mount.as_str());
+    }
+    if !config.href.path.is_empty() {
+        edits.set(X_TRAVERSAL_PATH, config.href.path.as_str());
+    }
+    if let Some(q) = &config.href.query {
+        edits.set(X_TRAVERSAL_QUERY_STRING, q.as_str());
+    }
+    edits.set(X_WSGIPROXY_VERSION, PROTOCOL_VERSION);
+
+    let mut counts = [0usize; 4];
+    for spec in &config.keys {
+        let value = match &spec.source {
+            KeySource::Value(v) => Some(v.clone()),
+            KeySource::Header(h) => head.get(h).map(<[u8]>::to_vec),
+            KeySource::Property(p) => property(p),
+        };
+        let Some(value) = value else { continue };
+        let usable = match spec.family {
+            Family::Unicode => std::str::from_utf8(&value).is_ok(),
+            Family::Json => is_json(&value),
+            Family::Str | Family::Pickle => true,
+        };
+        if !usable {
+            outcome.invalid_keys += 1;
+            continue;
+        }
+        let slot = spec.family as usize;
+        edits.set(&spec.family.header_name(counts[slot]), encode_payload(&spec.key, &value));
+        counts[slot] += 1;
+    }
+
+    edits.set(PATH, new_target.clone());
+    edits.set(AUTHORITY, config.href.authority.as_str());
+
+    if let Some(ring) = &config.signing {
+        let date = format_date(req.now);
+        let method = head.get(METHOD).unwrap_or(b"GET").to_vec();
+        let signed: Vec<(&str, &[u8])> = edits
+            .set
+            .iter()
+            .filter(|(name, _)| is_signed_header(name))
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        let parts = SignedParts {
+            method: &method,
+            authority: config.href.authority.as_bytes(),
+            path: new_target.as_bytes(),
+            date: date.as_bytes(),
+            protocol_headers: signed,
+        };
+        if let Some(signature) = sign(ring, &req.nonce, &parts) {
+            edits.set(DATE, date);
+            edits.set(X_WSGIPROXY_SIGNATURE, signature);
+            outcome.signed = true;
+        }
+    }
+    Decision::Forward(edits.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Config};
+    use crate::signature::{verify_mac, SignatureHeader};
+
+    fn app(json: &str) -> AppConfig {
+        match parse(json.as_bytes(), &|_| None).unwrap() {
+            Config::App(a) => a,
+            _ => panic!(),
+        }
+    }
+
+    fn head(pairs: &[(&str, &str)]) -> RequestHead {
+        RequestHead::new(pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
+    }
+
+    fn run(config: &AppConfig, h: &RequestHead) -> Decision {
+        let req = AppRequest {
+            head: h,
+            client_ip: Some("203.0.113.7".parse().unwrap()),
+            https: false,
+            now: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_485_600),
+            nonce: [5; 16],
+        };
+        decide(config, &req, &mut |p| (p[0] == "conn").then(|| b"CN=client".to_vec()), &mut AppOutcome::default())
+    }
+
+    fn edits(d: Decision) -> Edits {
+        match d {
+            Decision::Forward(e) => e,
+            Decision::Reply(r) => panic!("replied {r:?}"),
+        }
+    }
+
+    fn text(e: &Edits, name: &str) -> Option<String> {
+        e.value_of(name).map(|v| String::from_utf8(v.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn injects_the_protocol_headers() {
+        let c = app(r#"{"role":"app","href":"http://backend:8080/myapp?some=querystring","script_name":"/blog",
+                        "string_keys":[{"key":"REMOTE_USER","from_header":"x-auth-user"},{"key":"missing","from_header":"x-none"},
+                                       {"key":"CN","from_property":["conn"]}],
+                        "unicode_keys":[{"key":"name","value":"Jos\u00e9"}],
+                        "json_keys":[{"key":"roles","from_header":"x-roles"},{"key":"bad","from_header":"x-bad"}]}"#);
+        let h = head(&[
+            (":method", "GET"),
+            (":path", "/blog/article/1?x=1"),
+            (":authority", "www.example.com:8000"),
+            ("x-auth-user", "bob"),
+            ("x-roles", "[\"admin\"]"),
+            ("x-bad", "{nope"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-wsgiproxy-str-5", "REMOTE_USER root"),
+            ("x-script-name", "/evil"),
+        ]);
+        let e = edits(run(&c, &h));
+        assert_eq!(text(&e, ":path").as_deref(), Some("/myapp/article/1?x=1&some=querystring"));
+        assert_eq!(text(&e, ":authority").as_deref(), Some("backend:8080"));
+        assert_eq!(text(&e, "x-forwarded-for").as_deref(), Some("203.0.113.7"));
+        assert_eq!(text(&e, "x-forwarded-server").as_deref(), Some("www.example.com:8000"));
+        assert_eq!(text(&e, "x-forwarded-scheme").as_deref(), Some("http"));
+        assert_eq!(text(&e, "x-script-name").as_deref(), Some("/blog"));
+        assert_eq!(text(&e, "x-traversal-path").as_deref(), Some("/myapp"));
+        assert_eq!(text(&e, "x-traversal-query-string").as_deref(), Some("some=querystring"));
+        assert_eq!(text(&e, "x-wsgiproxy-version").as_deref(), Some("0.1"));
+        assert_eq!(text(&e, "x-wsgiproxy-str-0").as_deref(), Some("REMOTE_USER bob"));
+        assert_eq!(text(&e, "x-wsgiproxy-str-1").as_deref(), Some("CN CN=client"));
+        assert_eq!(text(&e, "x-wsgiproxy-unicode-0").as_deref(), Some("name b64Sm9zw6k="));
+        assert_eq!(text(&e, "x-wsgiproxy-json-0").as_deref(), Some("roles [\"admin\"]"));
+        assert_eq!(text(&e, "x-wsgiproxy-json-1"), None);
+        assert!(e.remove.contains(&"x-wsgiproxy-str-5".to_string()));
+        assert!(e.remove.contains(&"x-script-name".to_string()) || text(&e, "x-script-name").is_some());
+        assert!(!e.remove.contains(&"x-forwarded-for".to_string()), "a set replaces it");
+    }
+
+    #[test]
+    fn mount_points() {
+        let c = app(r#"{"role":"app","href":"http://b/","script_name":"/blog"}"#);
+        let e = edits(run(&c, &head(&[(":path", "/blog")])));
+        assert_eq!(text(&e, ":path").as_deref(), Some("/"));
+        assert_eq!(text(&e, "x-traversal-path"), None);
+        let e = edits(run(&c, &head(&[(":path", "/blog/?a")])));
+        assert_eq!(text(&e, ":path").as_deref(), Some("/?a"));
+        let Decision::Reply(r) = run(&c, &head(&[(":path", "/blogger")])) else { panic!() };
+        assert_eq!(r.status, 404);
+        let Decision::Reply(r) = run(&c, &head(&[(":path", "/blog/../admin")])) else { panic!() };
+        assert_eq!(r.status, 400);
+        let c = app(r#"{"role":"app","href":"http://b/deep/er"}"#);
+        let e = edits(run(&c, &head(&[(":path", "/")])));
+        assert_eq!(text(&e, ":path").as_deref(), Some("/deep/er/"));
+        assert_eq!(text(&e, "x-script-name"), None);
+    }
+
+    #[test]
+    fn signs_what_it_sends() {
+        let c = app(r#"{"role":"app","href":"http://backend:8080/app","secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}}"#);
+        let e = edits(run(&c, &head(&[(":method", "POST"), (":path", "/x"), (":authority", "h")])));
+        let sig = SignatureHeader::parse(e.value_of("x-wsgiproxy-signature").unwrap()).unwrap();
+        assert_eq!(sig.nonce, [5; 16]);
+        let date = e.value_of("date").unwrap();
+        assert_eq!(date, b"Tue, 24 Nov 2026 02:00:00 GMT");
+        let signed: Vec<(&str, &[u8])> =
+            e.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let parts = SignedParts {
+            method: b"POST",
+            authority: b"backend:8080",
+            path: b"/app/x",
+            date,
+            protocol_headers: signed,
+        };
+        assert!(verify_mac(c.signing.as_ref().unwrap(), &sig, &parts).is_ok());
+    }
+}

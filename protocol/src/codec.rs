@@ -1,0 +1,215 @@
+//! Payload headers: `X-WSGIProxy-{Str,Unicode,Json,Pickle}-N: {url-quoted key} {value}`,
+//! where a value that could not travel safely is sent as `b64` + base64.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// The four families of environ keys, each numbered from 0 on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Str,
+    Unicode,
+    Json,
+    Pickle,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [Family::Str, Family::Unicode, Family::Json, Family::Pickle];
+
+    /// The lowercase header-name prefix of this family, up to and including the last dash.
+    pub fn header_prefix(self) -> &'static str {
+        match self {
+            Family::Str => "x-wsgiproxy-str-",
+            Family::Unicode => "x-wsgiproxy-unicode-",
+            Family::Json => "x-wsgiproxy-json-",
+            Family::Pickle => "x-wsgiproxy-pickle-",
+        }
+    }
+
+    pub fn header_name(self, index: usize) -> String {
+        format!("{}{}", self.header_prefix(), index)
+    }
+
+    /// The family and index of a payload header name, `None` when it is not one.
+    /// An index that is not plain decimal (sign, leading zero, too long) is an error.
+    pub fn parse_header_name(name: &str) -> Option<Result<(Family, usize), String>> {
+        Family::ALL.iter().find_map(|&family| {
+            name.strip_prefix(family.header_prefix()).map(|index| {
+                parse_index(index)
+                    .map(|i| (family, i))
+                    .ok_or_else(|| format!("{name}: payload index is not a plain decimal number"))
+            })
+        })
+    }
+}
+
+/// Largest payload index accepted; more keys than this is not a sane request.
+pub const MAX_INDEX: usize = 999;
+
+fn parse_index(digits: &str) -> Option<usize> {
+    let plain = !digits.is_empty()
+        && digits.len() <= 3
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'));
+    if plain {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Python 2's `urllib.quote` keeps letters, digits, `_.-` and `/`; everything else is %XX.
+const QUOTE_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'_').remove(b'.').remove(b'-').remove(b'/');
+
+const B64_MARK: &[u8] = b"b64";
+
+/// True when a value must travel as base64: control characters, non-ASCII bytes,
+/// leading or trailing white space, an empty value (Envoy trims trailing space, so
+/// `key ` would arrive as `key`), or a value that itself starts with `b64`.
+pub fn needs_base64(value: &[u8]) -> bool {
+    value.is_empty()
+        || value.starts_with(B64_MARK)
+        || value.iter().any(|&b| !(0x20..0x7f).contains(&b))
+        || value.first().is_some_and(|b| *b == b' ')
+        || value.last().is_some_and(|b| *b == b' ')
+}
+
+/// Encodes one value for the wire.
+pub fn encode_value(value: &[u8]) -> String {
+    if needs_base64(value) {
+        let mut out = String::with_capacity(3 + value.len().div_ceil(3) * 4);
+        out.push_str("b64");
+        STANDARD.encode_string(value, &mut out);
+        out
+    } else {
+        // needs_base64 returned false, so every byte is printable ASCII.
+        value.iter().map(|&b| b as char).collect()
+    }
+}
+
+/// The whole payload header value: `{url-quoted key} {encoded value}`.
+pub fn encode_payload(key: &str, value: &[u8]) -> String {
+    let mut out = utf8_percent_encode(key, QUOTE_SET).to_string();
+    out.push(' ');
+    out.push_str(&encode_value(value));
+    out
+}
+
+/// Why a payload header could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    BadKey,
+    BadBase64,
+    NotUtf8,
+    NotJson,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DecodeError::BadKey => "the key is not a valid url-quoted UTF-8 name",
+            DecodeError::BadBase64 => "the b64 value is not valid base64",
+            DecodeError::NotUtf8 => "the value is not valid UTF-8",
+            DecodeError::NotJson => "the value is not valid JSON",
+        })
+    }
+}
+
+/// Splits a payload header value into its (unquoted) key and its raw wire value.
+pub fn split_payload(raw: &[u8]) -> Result<(String, &[u8]), DecodeError> {
+    let (key, value) = match raw.iter().position(|&b| b == b' ') {
+        Some(at) => (&raw[..at], &raw[at + 1..]),
+        None => (raw, &raw[raw.len()..]),
+    };
+    let key = std::str::from_utf8(key).map_err(|_| DecodeError::BadKey)?;
+    let key = percent_decode_str(key)
+        .decode_utf8()
+        .map_err(|_| DecodeError::BadKey)?;
+    if key.is_empty() || key.chars().any(char::is_control) {
+        return Err(DecodeError::BadKey);
+    }
+    Ok((key.into_owned(), value))
+}
+
+/// Decodes a wire value (strict base64 after a `b64` mark) and checks it against its family.
+pub fn decode_value(family: Family, wire: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    let value = match wire.strip_prefix(B64_MARK) {
+        Some(b64) => STANDARD.decode(b64).map_err(|_| DecodeError::BadBase64)?,
+        None => wire.to_vec(),
+    };
+    match family {
+        Family::Str | Family::Pickle => {}
+        Family::Unicode => {
+            std::str::from_utf8(&value).map_err(|_| DecodeError::NotUtf8)?;
+        }
+        Family::Json => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&value)
+                .map_err(|_| DecodeError::NotJson)?;
+        }
+    }
+    Ok(value)
+}
+
+/// True when `value` is one JSON text.
+pub fn is_json(value: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(value).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_values_travel_as_is() {
+        assert_eq!(encode_payload("REMOTE_USER", b"bob"), "REMOTE_USER bob");
+        assert_eq!(encode_payload("a key/x", b"v w"), "a%20key/x v w");
+    }
+
+    #[test]
+    fn unsafe_values_travel_as_base64() {
+        assert_eq!(encode_value(b"line\nbreak"), "b64bGluZQpicmVhaw==");
+        assert_eq!(encode_value(b" padded"), "b64IHBhZGRlZA==");
+        assert_eq!(encode_value(b"padded "), "b64cGFkZGVkIA==");
+        assert_eq!(encode_value(b"b64abc"), "b64YjY0YWJj");
+        assert_eq!(encode_value("caf\u{e9}".as_bytes()), "b64Y2Fmw6k=");
+        assert_eq!(encode_value(b""), "b64");
+        assert_eq!(encode_value(b"\x7f"), "b64fw==");
+    }
+
+    #[test]
+    fn round_trip() {
+        for value in [&b"bob"[..], b"", b" x ", b"b64", b"\x00\xff", "\u{263a}".as_bytes()] {
+            let wire = encode_payload("k", value);
+            let (key, raw) = split_payload(wire.as_bytes()).unwrap();
+            assert_eq!(key, "k");
+            assert_eq!(decode_value(Family::Str, raw).unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn decoding_is_strict() {
+        assert_eq!(decode_value(Family::Str, b"b64!!!"), Err(DecodeError::BadBase64));
+        assert_eq!(decode_value(Family::Str, b"b64YQ"), Err(DecodeError::BadBase64));
+        assert_eq!(decode_value(Family::Unicode, b"b64/w=="), Err(DecodeError::NotUtf8));
+        assert_eq!(decode_value(Family::Json, b"{nope"), Err(DecodeError::NotJson));
+        assert_eq!(decode_value(Family::Json, b"[1, \"a\"]").unwrap(), b"[1, \"a\"]");
+        assert_eq!(split_payload(b"%ZZ v"), Ok(("%ZZ".to_string(), &b"v"[..])));
+        assert_eq!(split_payload(b"%FF v"), Err(DecodeError::BadKey));
+        assert_eq!(split_payload(b" v"), Err(DecodeError::BadKey));
+        assert_eq!(split_payload(b"%0A v"), Err(DecodeError::BadKey));
+        assert_eq!(split_payload(b"KEY"), Ok(("KEY".to_string(), &b""[..])));
+    }
+
+    #[test]
+    fn header_names() {
+        assert_eq!(Family::Json.header_name(2), "x-wsgiproxy-json-2");
+        assert_eq!(Family::parse_header_name("x-wsgiproxy-str-0"), Some(Ok((Family::Str, 0))));
+        assert_eq!(Family::parse_header_name("x-wsgiproxy-pickle-12"), Some(Ok((Family::Pickle, 12))));
+        assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-01"), Some(Err(_))));
+        assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-+1"), Some(Err(_))));
+        assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-"), Some(Err(_))));
+        assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-1000"), Some(Err(_))));
+        assert_eq!(Family::parse_header_name("x-wsgiproxy-version"), None);
+    }
+}

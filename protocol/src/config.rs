@@ -1,0 +1,532 @@
+//! The filter's `configuration` JSON: parsed strictly, validated once, and turned
+//! into ready-to-use values (parsed href and CIDRs, keyed MAC state, header names).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::codec::Family;
+use crate::headers::{is_lowercase_token, is_reserved_name};
+use crate::href::Href;
+use crate::paths::normalize_prefix;
+use crate::signature::{Algorithm, KeyRing};
+
+/// A configuration that cannot be used: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { field: field.into(), message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() || self.field == "." {
+            write!(f, "invalid configuration: {}", self.message)
+        } else {
+            write!(f, "invalid configuration: field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------- raw form
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    href: String,
+    #[serde(default)]
+    script_name: Option<String>,
+    #[serde(default)]
+    string_keys: Vec<RawKey>,
+    #[serde(default)]
+    unicode_keys: Vec<RawKey>,
+    #[serde(default)]
+    json_keys: Vec<RawKey>,
+    #[serde(default)]
+    pickle_keys: Vec<RawKey>,
+    #[serde(default)]
+    secret: Option<RawSecret>,
+    #[serde(default)]
+    algorithm: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    key: String,
+    #[serde(default)]
+    from_header: Option<String>,
+    #[serde(default)]
+    from_property: Option<Vec<String>>,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    keys: Vec<RawSecretKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretKey {
+    id: String,
+    #[serde(default)]
+    env: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMiddleware {
+    #[serde(default)]
+    trust_ips: Option<Vec<String>>,
+    #[serde(default)]
+    secret: Option<RawSecret>,
+    #[serde(default)]
+    algorithm: Option<String>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    max_skew_seconds: Option<u64>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    pop_prefix: Option<String>,
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    port: Option<u64>,
+    #[serde(default)]
+    keys: BTreeMap<String, String>,
+    #[serde(default)]
+    allow_pickle: bool,
+    #[serde(default)]
+    on_untrusted: Option<String>,
+}
+
+/// Istio passes `pluginConfig` numbers as doubles: accept `300.0` where `300` is meant.
+fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Option::<serde_json::Number>::deserialize(d)?;
+    match v {
+        None => Ok(None),
+        Some(n) => {
+            if let Some(u) = n.as_u64() {
+                return Ok(Some(u));
+            }
+            match n.as_f64() {
+                Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u32::MAX as f64 => Ok(Some(f as u64)),
+                _ => Err(de::Error::custom(format!("expected a whole non-negative number, got {n}"))),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- ready form
+
+/// A validated configuration, one variant per role.
+#[derive(Debug)]
+pub enum Config {
+    App(AppConfig),
+    Middleware(MiddlewareConfig),
+}
+
+impl Config {
+    pub fn role(&self) -> &'static str {
+        match self {
+            Config::App(_) => "app",
+            Config::Middleware(_) => "middleware",
+        }
+    }
+}
+
+/// Where an app-role key's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Header(String),
+    Property(Vec<String>),
+    Value(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct KeySpec {
+    pub family: Family,
+    pub key: String,
+    pub source: KeySource,
+}
+
+#[derive(Debug)]
+pub struct AppConfig {
+    pub href: Href,
+    /// The mount point, normalised; `None` when the route serves everything.
+    pub script_name: Option<String>,
+    pub keys: Vec<KeySpec>,
+    pub signing: Option<KeyRing>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUntrusted {
+    Strip,
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForcedPrefix {
+    None,
+    /// SCRIPT_NAME is this, whatever the request said.
+    Prefix(String),
+    /// This is popped off the path and appended to SCRIPT_NAME.
+    Pop(String),
+}
+
+#[derive(Debug)]
+pub struct MiddlewareConfig {
+    /// Peers whose headers are believed; `None` means any peer (a secret is then required).
+    pub trust_ips: Option<Vec<IpNet>>,
+    pub verify: Option<KeyRing>,
+    pub max_skew: Duration,
+    pub forced_prefix: ForcedPrefix,
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub domain: Option<String>,
+    pub port: Option<u16>,
+    /// Allowlisted environ key → header it is delivered as.
+    pub keys: BTreeMap<String, String>,
+    pub allow_pickle: bool,
+    pub on_untrusted: OnUntrusted,
+}
+
+pub const DEFAULT_MAX_SKEW_SECONDS: u64 = 300;
+
+/// Parses and validates a configuration. `env` looks up environment variables
+/// (secrets reach the Wasm VM through `vm_config.environment_variables`).
+pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigError::new("", "the configuration is empty; it must be a JSON object with a \"role\""));
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(ConfigError::new("", "must be a JSON object"));
+    };
+    let role = match object.remove("role") {
+        Some(serde_json::Value::String(role)) => role,
+        Some(_) => return Err(ConfigError::new("role", "must be a string")),
+        None => return Err(ConfigError::new("role", format!("missing; one of {ROLES}"))),
+    };
+    match role.as_str() {
+        "app" => validate_app(raw(value)?, env).map(Config::App),
+        "middleware" => validate_middleware(raw(value)?, env).map(Config::Middleware),
+        other => Err(ConfigError::new("role", format!("unknown role {other:?}; one of {ROLES}"))),
+    }
+}
+
+const ROLES: &str = "\"app\", \"middleware\"";
+
+/// Deserialises a role's raw form, naming the path of the first offending field.
+fn raw<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::new(path, e.into_inner().to_string())
+    })
+}
+
+fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>) -> Result<AppConfig, ConfigError> {
+    let href = Href::parse(&raw.href).map_err(|e| ConfigError::new("href", e))?;
+    let script_name = match raw.script_name {
+        None => None,
+        Some(s) => {
+            let normalized = normalize_prefix(&s).map_err(|e| ConfigError::new("script_name", e))?;
+            if s.is_empty() {
+                return Err(ConfigError::new("script_name", "must start with /"));
+            }
+            Some(normalized).filter(|n| !n.is_empty())
+        }
+    };
+    let mut keys = Vec::new();
+    for (family, field, list) in [
+        (Family::Str, "string_keys", raw.string_keys),
+        (Family::Unicode, "unicode_keys", raw.unicode_keys),
+        (Family::Json, "json_keys", raw.json_keys),
+        (Family::Pickle, "pickle_keys", raw.pickle_keys),
+    ] {
+        for (i, k) in list.into_iter().enumerate() {
+            keys.push(validate_key(family, &format!("{field}[{i}]"), k)?);
+        }
+    }
+    let signing = key_ring(raw.secret, raw.algorithm.as_deref(), env)?;
+    Ok(AppConfig { href, script_name, keys, signing })
+}
+
+fn validate_key(family: Family, field: &str, raw: RawKey) -> Result<KeySpec, ConfigError> {
+    if raw.key.is_empty() || raw.key.chars().any(char::is_control) {
+        return Err(ConfigError::new(format!("{field}.key"), "must be a non-empty name without control characters"));
+    }
+    let source = match (raw.from_header, raw.from_property, raw.value) {
+        (Some(h), None, None) => {
+            let h = h.to_ascii_lowercase();
+            if !is_lowercase_token(&h) {
+                return Err(ConfigError::new(format!("{field}.from_header"), format!("{h:?} is not a header name")));
+            }
+            KeySource::Header(h)
+        }
+        (None, Some(p), None) => {
+            if p.is_empty() || p.iter().any(String::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{field}.from_property"),
+                    "must be a non-empty path such as [\"connection\", \"subject_peer_certificate\"]",
+                ));
+            }
+            KeySource::Property(p)
+        }
+        (None, None, Some(v)) => {
+            if family == Family::Json && !crate::codec::is_json(v.as_bytes()) {
+                return Err(ConfigError::new(format!("{field}.value"), "must hold valid JSON text for a json key"));
+            }
+            KeySource::Value(v.into_bytes())
+        }
+        (None, None, None) => {
+            return Err(ConfigError::new(field, "needs one source: \"from_header\", \"from_property\" or \"value\""))
+        }
+        _ => {
+            return Err(ConfigError::new(field, "takes exactly one of \"from_header\", \"from_property\" or \"value\""))
+        }
+    };
+    Ok(KeySpec { family, key: raw.key, source })
+}
+
+fn key_ring(
+    secret: Option<RawSecret>,
+    algorithm: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<KeyRing>, ConfigError> {
+    let algorithm = match algorithm {
+        None => Algorithm::HmacSha1,
+        Some(name) => Algorithm::from_name(name)
+            .ok_or_else(|| ConfigError::new("algorithm", format!("{name:?} is not \"hmac-sha1\" or \"hmac-sha256\"")))?,
+    };
+    let Some(secret) = secret else {
+        return Ok(None);
+    };
+    if secret.keys.is_empty() {
+        return Err(ConfigError::new("secret.keys", "must list at least one key"));
+    }
+    let mut keys = Vec::with_capacity(secret.keys.len());
+    for (i, k) in secret.keys.into_iter().enumerate() {
+        let field = format!("secret.keys[{i}]");
+        let material = match (k.env, k.value) {
+            (Some(var), None) => env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
+                ConfigError::new(format!("{field}.env"), format!("environment variable {var:?} is not set in the Wasm VM (vm_config.environment_variables)"))
+            })?,
+            (None, Some(v)) => v,
+            _ => return Err(ConfigError::new(field, "takes exactly one of \"env\" or \"value\"")),
+        };
+        keys.push((k.id, material.into_bytes()));
+    }
+    KeyRing::new(algorithm, &keys)
+        .map(Some)
+        .map_err(|e| ConfigError::new("secret.keys", e))
+}
+
+fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>) -> Result<MiddlewareConfig, ConfigError> {
+    let mut trust_ips = raw.trust_ips.as_ref().map(|list| Vec::with_capacity(list.len()));
+    for (i, entry) in raw.trust_ips.iter().flatten().enumerate() {
+        let net = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| ConfigError::new(format!("trust_ips[{i}]"), format!("{entry:?} is not an IP address or CIDR range")))?;
+        trust_ips.get_or_insert_with(Vec::new).push(net.trunc());
+    }
+    let verify = key_ring(raw.secret, raw.algorithm.as_deref(), env)?;
+    if raw.trust_ips.is_none() && verify.is_none() {
+        return Err(ConfigError::new(
+            "trust_ips",
+            "trust must be configured: give \"trust_ips\" (to trust everyone: [\"0.0.0.0/0\", \"::/0\"]) or \"secret\"",
+        ));
+    }
+    let max_skew = Duration::from_secs(raw.max_skew_seconds.unwrap_or(DEFAULT_MAX_SKEW_SECONDS));
+    if max_skew.is_zero() || max_skew > Duration::from_secs(3600) {
+        return Err(ConfigError::new("max_skew_seconds", "must be between 1 and 3600"));
+    }
+    let forced_prefix = match (raw.prefix, raw.pop_prefix) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new("pop_prefix", "cannot be given together with \"prefix\""))
+        }
+        (Some(p), None) => ForcedPrefix::Prefix(normalize_prefix(&p).map_err(|e| ConfigError::new("prefix", e))?),
+        (None, Some(p)) => {
+            let p = normalize_prefix(&p).map_err(|e| ConfigError::new("pop_prefix", e))?;
+            if p.is_empty() {
+                return Err(ConfigError::new("pop_prefix", "must not be empty or /"));
+            }
+            ForcedPrefix::Pop(p)
+        }
+        (None, None) => ForcedPrefix::None,
+    };
+    let scheme = match raw.scheme.map(|s| s.to_ascii_lowercase()) {
+        None => None,
+        Some(s) if s == "http" || s == "https" => Some(s),
+        Some(s) => return Err(ConfigError::new("scheme", format!("{s:?} is not \"http\" or \"https\""))),
+    };
+    if raw.host.is_some() && raw.domain.is_some() {
+        return Err(ConfigError::new("domain", "cannot be given together with \"host\""));
+    }
+    if raw.host.is_some() && raw.port.is_some() {
+        return Err(ConfigError::new("port", "cannot be given together with \"host\""));
+    }
+    if let Some(host) = &raw.host {
+        match crate::middleware::parse_authority(host.as_bytes()) {
+            Some((_, Some(_))) => {}
+            _ => return Err(ConfigError::new("host", format!("{host:?} must be host:port (use \"domain\" for a host alone)"))),
+        }
+    }
+    if let Some(domain) = &raw.domain {
+        if !matches!(crate::middleware::parse_authority(domain.as_bytes()), Some((_, None))) {
+            return Err(ConfigError::new("domain", format!("{domain:?} must be a host name without a port")));
+        }
+    }
+    let port = match raw.port {
+        None => None,
+        Some(p) => Some(u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| ConfigError::new("port", "must be 1 to 65535"))?),
+    };
+    let mut keys = BTreeMap::new();
+    for (key, header) in raw.keys {
+        let header = header.to_ascii_lowercase();
+        if !is_lowercase_token(&header) || is_reserved_name(&header) {
+            return Err(ConfigError::new(
+                format!("keys.{key}"),
+                format!("{header:?} cannot be used: it must be a header name that is not a pseudo, hop-by-hop, X-Forwarded-* or protocol header"),
+            ));
+        }
+        if keys.values().any(|h| h == &header) {
+            return Err(ConfigError::new(format!("keys.{key}"), format!("header {header:?} is used by two keys")));
+        }
+        keys.insert(key, header);
+    }
+    let on_untrusted = match raw.on_untrusted.as_deref() {
+        None | Some("strip") => OnUntrusted::Strip,
+        Some("reject") => OnUntrusted::Reject,
+        Some(other) => return Err(ConfigError::new("on_untrusted", format!("{other:?} is not \"strip\" or \"reject\""))),
+    };
+    Ok(MiddlewareConfig {
+        trust_ips,
+        verify,
+        max_skew,
+        forced_prefix,
+        scheme,
+        host: raw.host,
+        domain: raw.domain,
+        port,
+        keys,
+        allow_pickle: raw.allow_pickle,
+        on_untrusted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn err(json: &str) -> ConfigError {
+        match parse(json.as_bytes(), &no_env) {
+            Err(e) => e,
+            Ok(c) => panic!("accepted {json}: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn app_config() {
+        let c = parse(
+            br#"{"role":"app","href":"http://backend:8080/myapp?q=1","script_name":"/blog/",
+                 "string_keys":[{"key":"REMOTE_USER","from_header":"X-Auth-User"}],
+                 "json_keys":[{"key":"roles","value":"[\"a\"]"}],
+                 "secret":{"keys":[{"id":"k1","env":"K1"}]},"algorithm":"hmac-sha256"}"#,
+            &|v| (v == "K1").then(|| "0123456789abcdef0123".to_string()),
+        )
+        .unwrap();
+        let Config::App(app) = c else { panic!() };
+        assert_eq!(app.script_name.as_deref(), Some("/blog"));
+        assert_eq!(app.keys.len(), 2);
+        assert_eq!(app.keys[0].source, KeySource::Header("x-auth-user".into()));
+        assert!(app.signing.is_some());
+    }
+
+    #[test]
+    fn app_errors_name_the_field() {
+        assert_eq!(err("not json").field, "");
+        assert!(err("").message.contains("empty"));
+        assert_eq!(err(r#"{"href":"http://x/"}"#).field, "role");
+        assert_eq!(err(r#"{"role":"proxy"}"#).field, "role");
+        let e = err(r#"{"role":"app","href":"http://x/","hreff":1}"#);
+        assert!(e.message.contains("unknown field `hreff`"), "{e}");
+        assert_eq!(err(r#"{"role":"app","href":"ftp://x/"}"#).field, "href");
+        assert_eq!(err(r#"{"role":"app","href":"http://x/","script_name":"blog"}"#).field, "script_name");
+        assert_eq!(err(r#"{"role":"app","href":"http://x/","string_keys":[{"key":"A"}]}"#).field, "string_keys[0]");
+        assert_eq!(
+            err(r#"{"role":"app","href":"http://x/","string_keys":[{"key":"A","value":"1","from_header":"b"}]}"#).field,
+            "string_keys[0]"
+        );
+        let e = err(r#"{"role":"app","href":"http://x/","string_keys":[{"key":"A","value":"1","extra":2}]}"#);
+        assert_eq!(e.field, "string_keys[0].extra");
+        assert_eq!(err(r#"{"role":"app","href":"http://x/","json_keys":[{"key":"A","value":"{x"}]}"#).field, "json_keys[0].value");
+        let e = err(r#"{"role":"app","href":"http://x/","secret":{"keys":[{"id":"k","env":"NOPE"}]}}"#);
+        assert_eq!(e.field, "secret.keys[0].env");
+        assert!(!e.to_string().contains("0123"));
+        assert_eq!(err(r#"{"role":"app","href":"http://x/","secret":{"keys":[{"id":"k","value":"short"}]}}"#).field, "secret.keys");
+        assert_eq!(err(r#"{"role":"app","href":"http://x/","algorithm":"md5"}"#).field, "algorithm");
+        assert_eq!(err(r#"{"role":"app"}"#).message, "missing field `href`");
+    }
+
+    #[test]
+    fn middleware_config() {
+        let c = parse(
+            br#"{"role":"middleware","trust_ips":["10.0.0.0/8","::1","127.0.0.1"],"max_skew_seconds":60.0,
+                 "pop_prefix":"/app/","scheme":"HTTPS","domain":"example.com","port":8443.0,
+                 "keys":{"REMOTE_USER":"X-Remote-User"},"on_untrusted":"reject"}"#,
+            &no_env,
+        )
+        .unwrap();
+        let Config::Middleware(mw) = c else { panic!() };
+        assert_eq!(mw.trust_ips.as_ref().map(Vec::len), Some(3));
+        assert_eq!(mw.max_skew, Duration::from_secs(60));
+        assert_eq!(mw.forced_prefix, ForcedPrefix::Pop("/app".into()));
+        assert_eq!(mw.scheme.as_deref(), Some("https"));
+        assert_eq!(mw.port, Some(8443));
+        assert_eq!(mw.keys["REMOTE_USER"], "x-remote-user");
+        assert_eq!(mw.on_untrusted, OnUntrusted::Reject);
+    }
+
+    #[test]
+    fn middleware_errors() {
+        assert_eq!(err(r#"{"role":"middleware"}"#).field, "trust_ips");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":["10.0.0.300"]}"#).field, "trust_ips[0]");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"prefix":"/a","pop_prefix":"/b"}"#).field, "pop_prefix");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"host":"a.com"}"#).field, "host");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"host":"a.com:80","domain":"b"}"#).field, "domain");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"host":"a.com:80","port":80}"#).field, "port");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"scheme":"ftp"}"#).field, "scheme");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"port":1.5}"#).field, "port");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"keys":{"A":"x-forwarded-host"}}"#).field, "keys.A");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"keys":{"A":"x-a","B":"x-a"}}"#).field, "keys.B");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"on_untrusted":"allow"}"#).field, "on_untrusted");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"max_skew_seconds":0}"#).field, "max_skew_seconds");
+    }
+}

@@ -1,0 +1,118 @@
+//! Header names of the protocol, and what may stand in a header.
+
+/// Headers the sending side writes and the receiving side consumes.
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_SERVER: &str = "x-forwarded-server";
+pub const X_FORWARDED_SCHEME: &str = "x-forwarded-scheme";
+pub const X_SCRIPT_NAME: &str = "x-script-name";
+/// What WSGIProxy 0.2.2's sender really wrote; accepted as an alias of `x-script-name`.
+pub const X_FORWARDED_SCRIPT_NAME: &str = "x-forwarded-script-name";
+pub const X_TRAVERSAL_PATH: &str = "x-traversal-path";
+pub const X_TRAVERSAL_QUERY_STRING: &str = "x-traversal-query-string";
+pub const X_WSGIPROXY_VERSION: &str = "x-wsgiproxy-version";
+pub const X_WSGIPROXY_SIGNATURE: &str = "x-wsgiproxy-signature";
+pub const X_WSGIPROXY_PREFIX: &str = "x-wsgiproxy-";
+pub const DATE: &str = "date";
+
+/// Headers the receiving side delivers to the backend in plain, framework-friendly form.
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_PREFIX: &str = "x-forwarded-prefix";
+
+pub const PATH: &str = ":path";
+pub const AUTHORITY: &str = ":authority";
+pub const METHOD: &str = ":method";
+
+pub const PROTOCOL_VERSION: &str = "0.1";
+
+/// The fixed (non-`x-wsgiproxy-*`) protocol headers.
+const FIXED_PROTOCOL_HEADERS: [&str; 7] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_SERVER,
+    X_FORWARDED_SCHEME,
+    X_SCRIPT_NAME,
+    X_FORWARDED_SCRIPT_NAME,
+    X_TRAVERSAL_PATH,
+    X_TRAVERSAL_QUERY_STRING,
+];
+
+/// True for every header that belongs to the protocol (names are lowercase, as Envoy gives them).
+pub fn is_protocol_header(name: &str) -> bool {
+    name.starts_with(X_WSGIPROXY_PREFIX) || FIXED_PROTOCOL_HEADERS.contains(&name)
+}
+
+/// A header value a filter may write: Envoy does not check what filters write, so we do.
+/// Refuses control characters (CR, LF, NUL and the rest, except tab) and DEL.
+pub fn is_safe_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// An HTTP token (RFC 9110) in lowercase: what a configured header name must be.
+pub fn is_lowercase_token(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// Headers a configuration may never ask the filter to write: pseudo-headers,
+/// hop-by-hop and framing headers, and the protocol's own.
+pub fn is_reserved_name(name: &str) -> bool {
+    const RESERVED: [&str; 12] = [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+        "date",
+        "cookie",
+        "authorization",
+    ];
+    name.starts_with(':')
+        || RESERVED.contains(&name)
+        || is_protocol_header(name)
+        || name == X_FORWARDED_HOST
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_PREFIX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_headers() {
+        assert!(is_protocol_header("x-wsgiproxy-str-0"));
+        assert!(is_protocol_header("x-forwarded-script-name"));
+        assert!(is_protocol_header("x-traversal-path"));
+        assert!(!is_protocol_header("x-forwarded-proto"));
+        assert!(!is_protocol_header("x-wsgiproxy"));
+    }
+
+    #[test]
+    fn safe_values() {
+        assert!(is_safe_value(b"plain value\twith tab"));
+        assert!(is_safe_value("caf\u{e9}".as_bytes()));
+        assert!(!is_safe_value(b"a\r\nb"));
+        assert!(!is_safe_value(b"a\0b"));
+        assert!(!is_safe_value(b"a\x7fb"));
+    }
+
+    #[test]
+    fn tokens_and_reserved() {
+        assert!(is_lowercase_token("x-remote-user"));
+        assert!(!is_lowercase_token("X-Remote-User"));
+        assert!(!is_lowercase_token("x remote"));
+        assert!(!is_lowercase_token(""));
+        assert!(is_reserved_name(":path"));
+        assert!(is_reserved_name("x-forwarded-host"));
+        assert!(is_reserved_name("x-wsgiproxy-str-0"));
+        assert!(!is_reserved_name("x-remote-user"));
+    }
+}

@@ -1,0 +1,400 @@
+//! The `middleware` role (WSGIProxyMiddleware): the receiving side. Decides whether
+//! a request's protocol headers are to be believed (signature, peer CIDR), decodes
+//! the believed ones into plain headers any framework understands, applies the
+//! forced values of the configuration, and strips everything else.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use crate::codec::{decode_value, split_payload, Family};
+use crate::config::{ForcedPrefix, MiddlewareConfig, OnUntrusted};
+use crate::headers::*;
+use crate::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix, with_query};
+use crate::request::{Decision, Edits, LocalReply, RequestHead};
+use crate::signature::{check_date, verify_mac, Nonce, Rejection, SignatureHeader, SignedParts};
+
+/// Longest protocol header value accepted.
+pub const MAX_VALUE_LEN: usize = 8192;
+/// Most payload (`x-wsgiproxy-{family}-N`) headers accepted on one request.
+pub const MAX_PAYLOADS: usize = 64;
+
+pub struct MiddlewareRequest<'a> {
+    pub head: &'a RequestHead,
+    /// The direct peer (Envoy's `source.address`), never an X-Forwarded-For entry.
+    pub peer_ip: Option<IpAddr>,
+    /// Whether the downstream connection is TLS.
+    pub https: bool,
+    pub now: SystemTime,
+}
+
+/// Where signed requests' nonces are remembered (per Envoy, across workers).
+pub trait NonceMemory {
+    /// Remembers `nonce` until `expires_at` (seconds since the epoch).
+    /// `Ok(true)`: first time seen; `Ok(false)`: a replay; `Err`: the store is full or failing.
+    fn remember(&mut self, nonce: &Nonce, expires_at: u64, now: u64) -> Result<bool, String>;
+}
+
+/// What happened, for metrics and debug logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MiddlewareOutcome {
+    pub trusted: bool,
+    pub verified: bool,
+    /// Protocol or delivered headers removed without being used.
+    pub stripped: usize,
+    /// Payload keys not on the allowlist.
+    pub dropped_keys: usize,
+}
+
+fn bad_request(reason: &'static str, detail: impl Into<String>) -> Decision {
+    Decision::Reply(LocalReply::new(400, reason, detail))
+}
+
+/// Parses `host[:port]`: a registered name or IPv4 address, or a bracketed IPv6
+/// address; no user information, path, comma or white space.
+pub fn parse_authority(value: &[u8]) -> Option<(&str, Option<u16>)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let inner = &rest[..end];
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        let after = &rest[end + 1..];
+        (&text[..end + 2], if after.is_empty() { None } else { Some(after.strip_prefix(':')?) })
+    } else {
+        match text.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }
+    };
+    if !host.starts_with('[')
+        && (host.is_empty()
+            || host.len() > 253
+            || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
+    {
+        return None;
+    }
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse::<u16>().ok()?),
+        Some(_) => return None,
+    };
+    Some((host, port))
+}
+
+/// Everything a trusted request's protocol headers said, validated.
+#[derive(Default)]
+struct Believed {
+    client_ip: Option<IpAddr>,
+    host: Option<String>,
+    scheme: Option<String>,
+    script_name: String,
+    path: Option<String>,
+    keys: Vec<(String, Vec<u8>)>,
+    kept_pickles: Vec<String>,
+}
+
+pub fn decide(
+    config: &MiddlewareConfig,
+    req: &MiddlewareRequest<'_>,
+    nonces: &mut dyn NonceMemory,
+    outcome: &mut MiddlewareOutcome,
+) -> Decision {
+    let head = req.head;
+    let Some(target) = head.get_str(PATH) else {
+        return bad_request("no_path", "the request has no path");
+    };
+    let (path, query) = split_query(target);
+
+    let peer_trusted = match &config.trust_ips {
+        None => true,
+        Some(nets) => req.peer_ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+    };
+    let mut trusted = peer_trusted;
+    if peer_trusted {
+        if let Err(reply) = check_protocol_headers(head) {
+            return reply;
+        }
+        if let Some(ring) = &config.verify {
+            match verify(config, ring, req, nonces) {
+                Ok(()) => outcome.verified = true,
+                Err(Err(reply)) => return reply,
+                Err(Ok(Rejection::Missing)) => trusted = false,
+                Err(Ok(rejection)) => return signature_reply(rejection),
+            }
+        }
+    }
+    outcome.trusted = trusted;
+    if !trusted && config.on_untrusted == OnUntrusted::Reject {
+        let has_signature_config = config.verify.is_some();
+        return Decision::Reply(if peer_trusted && has_signature_config {
+            LocalReply::new(401, Rejection::Missing.reason(), "the request is not signed")
+        } else {
+            LocalReply::new(403, "untrusted_peer", "the request comes from a peer this proxy does not trust")
+        });
+    }
+
+    let believed = if trusted {
+        match believe(config, head, path, outcome) {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        }
+    } else {
+        Believed::default()
+    };
+
+    // Values from the connection where the protocol said nothing (or was not believed).
+    let mut host = match believed.host {
+        Some(h) => h,
+        None => head.get_str(AUTHORITY).unwrap_or_default().to_string(),
+    };
+    let mut scheme = believed
+        .scheme
+        .unwrap_or_else(|| if req.https { "https".into() } else { "http".into() });
+    let client_ip = believed.client_ip.or(req.peer_ip);
+    let mut script_name = believed.script_name;
+    let mut new_path = believed.path.unwrap_or_else(|| path.to_string());
+
+    // Forced values of the configuration apply to every request.
+    match &config.forced_prefix {
+        ForcedPrefix::None => {}
+        ForcedPrefix::Prefix(p) => script_name = p.clone(),
+        ForcedPrefix::Pop(p) => match strip_segment_prefix(&new_path, p) {
+            Some(rest) => {
+                new_path = if rest.is_empty() { "/".into() } else { rest.to_string() };
+                script_name.push_str(p);
+            }
+            None => {
+                return bad_request(
+                    "outside_pop_prefix",
+                    format!("every request here must start with the path {p}, but this one is {new_path}"),
+                )
+            }
+        },
+    }
+    if new_path != path && has_unsafe_segment(&new_path) {
+        return bad_request("unsafe_path", "the path holds dot segments, back slashes or encoded slashes");
+    }
+    if let Some(s) = &config.scheme {
+        scheme = s.clone();
+    }
+    if let Some(h) = &config.host {
+        host = h.clone();
+    } else if config.domain.is_some() || config.port.is_some() {
+        let (current_host, current_port) = parse_authority(host.as_bytes()).unwrap_or((host.as_str(), None));
+        let name = config.domain.as_deref().unwrap_or(current_host);
+        host = match config.port.or(current_port) {
+            Some(port) => format!("{name}:{port}"),
+            None => name.to_string(),
+        };
+    }
+
+    // Build the edits: strip, then deliver.
+    let mut edits = Edits::default();
+    let delivered = |name: &str| {
+        matches!(name, X_FORWARDED_HOST | X_FORWARDED_PROTO | X_FORWARDED_PREFIX | X_FORWARDED_FOR)
+            || config.keys.values().any(|h| h == name)
+    };
+    for name in head.names_where(|n| is_protocol_header(n) || delivered(n)) {
+        if believed.kept_pickles.contains(&name) {
+            continue;
+        }
+        edits.remove(&name);
+        if !trusted {
+            outcome.stripped += 1;
+        }
+    }
+    let new_target = with_query(&new_path, query);
+    if new_target != target {
+        edits.set(PATH, new_target);
+    }
+    if head.get(AUTHORITY) != Some(host.as_bytes()) && !host.is_empty() {
+        edits.set(AUTHORITY, host.as_str());
+    }
+    if !host.is_empty() {
+        edits.set(X_FORWARDED_HOST, host);
+    }
+    edits.set(X_FORWARDED_PROTO, scheme);
+    if let Some(ip) = client_ip {
+        edits.set(X_FORWARDED_FOR, ip.to_string());
+    }
+    if !script_name.is_empty() {
+        edits.set(X_FORWARDED_PREFIX, script_name);
+    }
+    for (header, value) in believed.keys {
+        edits.set(&header, value);
+    }
+    Decision::Forward(edits.finish())
+}
+
+fn signature_reply(rejection: Rejection) -> Decision {
+    let detail = match rejection {
+        Rejection::Missing => "the request is not signed",
+        Rejection::Bad => "the request signature is not valid",
+        Rejection::Stale => "the request Date is missing or outside the accepted window",
+        Rejection::Replayed => "the request was already received (replayed nonce)",
+    };
+    let status = if rejection == Rejection::Missing { 401 } else { 403 };
+    Decision::Reply(LocalReply::new(status, rejection.reason(), detail))
+}
+
+/// Refuses duplicate, oversized or control-character protocol headers and too many payloads.
+fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut payloads = 0;
+    for (name, value) in &head.headers {
+        if !is_protocol_header(name) {
+            continue;
+        }
+        if seen.contains(&name.as_str()) {
+            return Err(bad_request("duplicate_header", format!("the header {name} is given more than once")));
+        }
+        seen.push(name);
+        if value.len() > MAX_VALUE_LEN {
+            return Err(bad_request("oversized_header", format!("the header {name} is longer than {MAX_VALUE_LEN} bytes")));
+        }
+        if !is_safe_value(value) {
+            return Err(bad_request("control_character", format!("the header {name} holds a control character")));
+        }
+        if Family::parse_header_name(name).is_some() {
+            payloads += 1;
+        }
+    }
+    if payloads > MAX_PAYLOADS {
+        return Err(bad_request("too_many_payloads", format!("more than {MAX_PAYLOADS} payload headers")));
+    }
+    Ok(())
+}
+
+/// Verifies the signature. `Err(Ok(_))` is a rejection, `Err(Err(_))` a reply to send as is.
+fn verify(
+    config: &MiddlewareConfig,
+    ring: &crate::signature::KeyRing,
+    req: &MiddlewareRequest<'_>,
+    nonces: &mut dyn NonceMemory,
+) -> Result<(), Result<Rejection, Decision>> {
+    let head = req.head;
+    let Some(raw) = head.get(X_WSGIPROXY_SIGNATURE) else {
+        return Err(Ok(Rejection::Missing));
+    };
+    let signature = SignatureHeader::parse(raw).ok_or(Ok(Rejection::Bad))?;
+    let date = head.get(DATE).ok_or(Ok(Rejection::Stale))?;
+    let date_secs = check_date(date, req.now, config.max_skew).map_err(Ok)?;
+    let parts = SignedParts {
+        method: head.get(METHOD).unwrap_or_default(),
+        authority: head.get(AUTHORITY).unwrap_or_default(),
+        path: head.get(PATH).unwrap_or_default(),
+        date,
+        protocol_headers: head
+            .headers
+            .iter()
+            .filter(|(n, _)| crate::signature::is_signed_header(n))
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect(),
+    };
+    verify_mac(ring, &signature, &parts).map_err(Ok)?;
+    let now_secs = req
+        .now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    match nonces.remember(&signature.nonce, date_secs + config.max_skew.as_secs() + 1, now_secs) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Ok(Rejection::Replayed)),
+        Err(e) => Err(Err(Decision::Reply(
+            LocalReply::new(503, "replay_store_unavailable", format!("cannot check the request for replay: {e}"))
+                .with_header("retry-after", "1"),
+        ))),
+    }
+}
+
+/// Validates and decodes a trusted request's protocol headers.
+fn believe(
+    config: &MiddlewareConfig,
+    head: &RequestHead,
+    path: &str,
+    outcome: &mut MiddlewareOutcome,
+) -> Result<Believed, Decision> {
+    let mut b = Believed::default();
+    if let Some(v) = head.get(X_WSGIPROXY_VERSION) {
+        if v != PROTOCOL_VERSION.as_bytes() {
+            return Err(bad_request("unsupported_version", format!("X-WSGIProxy-Version must be {PROTOCOL_VERSION}")));
+        }
+    }
+    if let Some(v) = head.get(X_FORWARDED_FOR) {
+        let ip = std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<IpAddr>().ok());
+        b.client_ip = Some(ip.ok_or_else(|| bad_request("bad_forwarded_for", "X-Forwarded-For must hold exactly one IP address"))?);
+    }
+    if let Some(v) = head.get(X_FORWARDED_SERVER) {
+        if parse_authority(v).is_none() {
+            return Err(bad_request("bad_forwarded_server", "X-Forwarded-Server must be host or host:port"));
+        }
+        b.host = std::str::from_utf8(v).ok().map(str::to_string);
+    }
+    if let Some(v) = head.get(X_FORWARDED_SCHEME) {
+        let s = String::from_utf8_lossy(v).to_ascii_lowercase();
+        if s != "http" && s != "https" {
+            return Err(bad_request("bad_forwarded_scheme", "X-Forwarded-Scheme must be http or https"));
+        }
+        b.scheme = Some(s);
+    }
+    let script = match (head.get(X_SCRIPT_NAME), head.get(X_FORWARDED_SCRIPT_NAME)) {
+        (Some(a), Some(c)) if a != c => {
+            return Err(bad_request("conflicting_script_name", "X-Script-Name and X-Forwarded-Script-Name disagree"))
+        }
+        (Some(a), _) | (None, Some(a)) => Some(a),
+        (None, None) => None,
+    };
+    if let Some(v) = script {
+        let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
+        b.script_name = normalize_prefix(text)
+            .map_err(|e| bad_request("bad_script_name", format!("X-Script-Name {e}")))?;
+    }
+    if let Some(v) = head.get(X_TRAVERSAL_PATH) {
+        let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
+        // WSGIProxy 0.2.2 sent it without its leading slash.
+        let with_slash = if text.starts_with('/') || text.is_empty() { text.to_string() } else { format!("/{text}") };
+        let traversal = normalize_prefix(&with_slash)
+            .map_err(|e| bad_request("bad_traversal_path", format!("X-Traversal-Path {e}")))?;
+        let rest = strip_segment_prefix(path, &traversal).ok_or_else(|| {
+            bad_request(
+                "outside_traversal_path",
+                format!("the header X-Traversal-Path gives {traversal} but the path {path} does not start with it"),
+            )
+        })?;
+        b.path = Some(if rest.is_empty() { "/".to_string() } else { rest.to_string() });
+    }
+
+    let mut seen_keys: Vec<String> = Vec::new();
+    for (name, value) in &head.headers {
+        let Some(parsed) = Family::parse_header_name(name) else { continue };
+        let (family, _) = parsed.map_err(|e| bad_request("bad_payload_index", e))?;
+        let (key, wire) = split_payload(value).map_err(|e| bad_request("bad_payload", format!("{name}: {e}")))?;
+        if seen_keys.contains(&key) {
+            return Err(bad_request("duplicate_key", format!("{name}: the key {key} is given more than once")));
+        }
+        seen_keys.push(key.clone());
+        let Some(target) = config.keys.get(&key) else {
+            outcome.dropped_keys += 1;
+            continue;
+        };
+        if family == Family::Pickle {
+            if config.allow_pickle {
+                b.kept_pickles.push(name.clone());
+            } else {
+                outcome.dropped_keys += 1;
+            }
+            continue;
+        }
+        let decoded = decode_value(family, wire).map_err(|e| bad_request("undecodable_payload", format!("{name}: {e}")))?;
+        if !is_safe_value(&decoded) {
+            return Err(bad_request(
+                "undeliverable_value",
+                format!("{name}: the value of {key} holds control characters and cannot be delivered as a header"),
+            ));
+        }
+        b.keys.push((target.clone(), decoded));
+    }
+    Ok(b)
+}
+
+#[cfg(test)]
+mod tests;

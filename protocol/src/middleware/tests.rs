@@ -1,0 +1,270 @@
+use super::*;
+use crate::app::{self, AppOutcome, AppRequest};
+use crate::config::{parse, Config};
+use std::collections::HashSet;
+use std::time::Duration;
+
+struct Memory(HashSet<Nonce>);
+
+impl NonceMemory for Memory {
+    fn remember(&mut self, nonce: &Nonce, _expires_at: u64, _now: u64) -> Result<bool, String> {
+        Ok(self.0.insert(*nonce))
+    }
+}
+
+fn now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600)
+}
+
+fn mw(json: &str) -> MiddlewareConfig {
+    match parse(json.as_bytes(), &|_| None).unwrap() {
+        Config::Middleware(m) => m,
+        _ => panic!(),
+    }
+}
+
+fn head(pairs: &[(&str, &str)]) -> RequestHead {
+    RequestHead::new(pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
+}
+
+fn run_at(c: &MiddlewareConfig, h: &RequestHead, peer: &str, at: SystemTime, mem: &mut Memory) -> Decision {
+    let req = MiddlewareRequest { head: h, peer_ip: Some(peer.parse().unwrap()), https: false, now: at };
+    decide(c, &req, mem, &mut MiddlewareOutcome::default())
+}
+
+fn run(c: &MiddlewareConfig, h: &RequestHead, peer: &str) -> Decision {
+    run_at(c, h, peer, now(), &mut Memory(HashSet::new()))
+}
+
+fn forward(d: Decision) -> Edits {
+    match d {
+        Decision::Forward(e) => e,
+        Decision::Reply(r) => panic!("replied {r:?}"),
+    }
+}
+
+fn reply(d: Decision) -> LocalReply {
+    match d {
+        Decision::Reply(r) => r,
+        Decision::Forward(e) => panic!("forwarded {e:?}"),
+    }
+}
+
+fn text(e: &Edits, name: &str) -> Option<String> {
+    e.value_of(name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+const TRUSTING: &str = r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"keys":{"REMOTE_USER":"x-remote-user","roles":"x-roles","name":"x-name"}}"#;
+
+fn sent_by_app() -> RequestHead {
+    head(&[
+        (":method", "GET"),
+        (":path", "/myapp/article/1?x=1&some=q"),
+        (":authority", "backend:8080"),
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-server", "www.example.com:8000"),
+        ("x-forwarded-scheme", "https"),
+        ("x-script-name", "/blog"),
+        ("x-traversal-path", "/myapp"),
+        ("x-traversal-query-string", "some=q"),
+        ("x-wsgiproxy-version", "0.1"),
+        ("x-wsgiproxy-str-0", "REMOTE_USER bob"),
+        ("x-wsgiproxy-json-0", "roles [\"admin\"]"),
+        ("x-wsgiproxy-unicode-0", "name b64Sm9zw6k="),
+        ("x-wsgiproxy-str-1", "SECRET_THING x"),
+        ("x-remote-user", "root"),
+    ])
+}
+
+#[test]
+fn trusted_peer_headers_are_decoded() {
+    let e = forward(run(&mw(TRUSTING), &sent_by_app(), "10.1.2.3"));
+    assert_eq!(text(&e, ":path").as_deref(), Some("/article/1?x=1&some=q"));
+    assert_eq!(text(&e, ":authority").as_deref(), Some("www.example.com:8000"));
+    assert_eq!(text(&e, "x-forwarded-host").as_deref(), Some("www.example.com:8000"));
+    assert_eq!(text(&e, "x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(text(&e, "x-forwarded-for").as_deref(), Some("203.0.113.7"));
+    assert_eq!(text(&e, "x-forwarded-prefix").as_deref(), Some("/blog"));
+    assert_eq!(text(&e, "x-remote-user").as_deref(), Some("bob"));
+    assert_eq!(text(&e, "x-roles").as_deref(), Some("[\"admin\"]"));
+    assert_eq!(e.value_of("x-name"), Some("Jos\u{e9}".as_bytes()));
+    for gone in ["x-forwarded-server", "x-forwarded-scheme", "x-script-name", "x-traversal-path", "x-wsgiproxy-str-1"] {
+        assert!(e.remove.iter().any(|r| r == gone), "{gone} not removed");
+    }
+    assert!(e.set.iter().all(|(n, _)| n != "x-wsgiproxy-str-1"));
+}
+
+#[test]
+fn untrusted_peer_headers_are_stripped() {
+    let e = forward(run(&mw(TRUSTING), &sent_by_app(), "192.0.2.1"));
+    assert_eq!(text(&e, ":path"), None, "path untouched");
+    assert_eq!(text(&e, ":authority"), None);
+    assert_eq!(text(&e, "x-forwarded-for").as_deref(), Some("192.0.2.1"));
+    assert_eq!(text(&e, "x-forwarded-host").as_deref(), Some("backend:8080"));
+    assert_eq!(text(&e, "x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(text(&e, "x-forwarded-prefix"), None);
+    assert_eq!(text(&e, "x-remote-user"), None);
+    assert!(e.remove.iter().any(|r| r == "x-remote-user"));
+    assert!(e.remove.iter().any(|r| r == "x-wsgiproxy-str-0"));
+
+    let reject = mw(r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"on_untrusted":"reject"}"#);
+    assert_eq!(reply(run(&reject, &sent_by_app(), "192.0.2.1")).status, 403);
+}
+
+#[test]
+fn the_originals_quirks_are_accepted() {
+    let h = head(&[
+        (":path", "/myapp/x"),
+        (":authority", "b"),
+        ("x-forwarded-script-name", "/blog"),
+        ("x-traversal-path", "myapp"),
+    ]);
+    let e = forward(run(&mw(TRUSTING), &h, "10.0.0.1"));
+    assert_eq!(text(&e, ":path").as_deref(), Some("/x"));
+    assert_eq!(text(&e, "x-forwarded-prefix").as_deref(), Some("/blog"));
+}
+
+#[test]
+fn bad_input_is_a_400_never_half_applied() {
+    let c = mw(TRUSTING);
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("x-traversal-path", "/other")], "outside_traversal_path"),
+        (&[("x-traversal-path", "/my")], "outside_traversal_path"),
+        (&[("x-forwarded-for", "1.2.3.4, 5.6.7.8")], "bad_forwarded_for"),
+        (&[("x-forwarded-server", "user@evil.com")], "bad_forwarded_server"),
+        (&[("x-forwarded-server", "a.com/path")], "bad_forwarded_server"),
+        (&[("x-forwarded-server", "a.com,b.com")], "bad_forwarded_server"),
+        (&[("x-forwarded-scheme", "javascript")], "bad_forwarded_scheme"),
+        (&[("x-script-name", "blog")], "bad_script_name"),
+        (&[("x-script-name", "/a/../b")], "bad_script_name"),
+        (&[("x-script-name", "/a"), ("x-forwarded-script-name", "/b")], "conflicting_script_name"),
+        (&[("x-wsgiproxy-version", "9")], "unsupported_version"),
+        (&[("x-wsgiproxy-str-01", "REMOTE_USER a")], "bad_payload_index"),
+        (&[("x-wsgiproxy-str-0", "REMOTE_USER b64***")], "undecodable_payload"),
+        (&[("x-wsgiproxy-unicode-0", "name b64/w==")], "undecodable_payload"),
+        (&[("x-wsgiproxy-json-0", "roles {")], "undecodable_payload"),
+        (&[("x-wsgiproxy-str-0", "REMOTE_USER b64YQpi")], "undeliverable_value"),
+        (&[("x-wsgiproxy-str-0", "REMOTE_USER a"), ("x-wsgiproxy-str-1", "REMOTE_USER b")], "duplicate_key"),
+        (&[("x-script-name", "/a"), ("x-script-name", "/a")], "duplicate_header"),
+        (&[("x-wsgiproxy-str-0", "REMOTE_USER a\nb")], "control_character"),
+    ];
+    for (extra, reason) in cases {
+        let mut pairs = vec![(":path", "/myapp/x"), (":authority", "b")];
+        pairs.extend_from_slice(extra);
+        let r = reply(run(&c, &head(&pairs), "10.0.0.1"));
+        assert_eq!((r.status, r.reason), (400, *reason), "{extra:?}: {}", r.detail);
+    }
+    let long = "x".repeat(MAX_VALUE_LEN + 1);
+    let r = reply(run(&c, &head(&[(":path", "/"), ("x-forwarded-server", &long)]), "10.0.0.1"));
+    assert_eq!(r.reason, "oversized_header");
+    let many: Vec<(String, String)> = (0..=MAX_PAYLOADS).map(|i| (format!("x-wsgiproxy-str-{i}"), format!("K{i} v"))).collect();
+    let mut pairs: Vec<(&str, &str)> = vec![(":path", "/")];
+    pairs.extend(many.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    assert_eq!(reply(run(&c, &head(&pairs), "10.0.0.1")).reason, "too_many_payloads");
+}
+
+#[test]
+fn forced_values() {
+    let c = mw(r#"{"role":"middleware","trust_ips":[],"pop_prefix":"/app","scheme":"https","domain":"example.com","port":8443}"#);
+    let e = forward(run(&c, &head(&[(":path", "/app/x?q"), (":authority", "internal:80")]), "10.0.0.1"));
+    assert_eq!(text(&e, ":path").as_deref(), Some("/x?q"));
+    assert_eq!(text(&e, "x-forwarded-prefix").as_deref(), Some("/app"));
+    assert_eq!(text(&e, "x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(text(&e, ":authority").as_deref(), Some("example.com:8443"));
+    let r = reply(run(&c, &head(&[(":path", "/other"), (":authority", "i")]), "10.0.0.1"));
+    assert_eq!((r.status, r.reason), (400, "outside_pop_prefix"));
+    assert!(r.detail.contains("/app"));
+
+    let c = mw(r#"{"role":"middleware","trust_ips":["0.0.0.0/0"],"prefix":"/forced","host":"h.example:81"}"#);
+    let e = forward(run(&c, &head(&[(":path", "/x"), (":authority", "i"), ("x-script-name", "/blog")]), "10.0.0.1"));
+    assert_eq!(text(&e, "x-forwarded-prefix").as_deref(), Some("/forced"));
+    assert_eq!(text(&e, ":authority").as_deref(), Some("h.example:81"));
+    let c = mw(r#"{"role":"middleware","trust_ips":[],"port":8080}"#);
+    let e = forward(run(&c, &head(&[(":path", "/x"), (":authority", "site.example")]), "10.0.0.1"));
+    assert_eq!(text(&e, ":authority").as_deref(), Some("site.example:8080"));
+}
+
+#[test]
+fn pickles() {
+    let h = head(&[(":path", "/"), ("x-wsgiproxy-pickle-0", "obj b64gAJ9cQAu")]);
+    let no = mw(r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"keys":{"obj":"x-obj"}}"#);
+    let e = forward(run(&no, &h, "10.0.0.1"));
+    assert!(e.remove.iter().any(|r| r == "x-wsgiproxy-pickle-0"));
+    let yes = mw(r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"keys":{"obj":"x-obj"},"allow_pickle":true}"#);
+    let e = forward(run(&yes, &h, "10.0.0.1"));
+    assert!(!e.remove.iter().any(|r| r == "x-wsgiproxy-pickle-0"));
+    assert_eq!(text(&e, "x-obj"), None, "pickles are never decoded");
+    let e = forward(run(&yes, &h, "192.0.2.1"));
+    assert!(e.remove.iter().any(|r| r == "x-wsgiproxy-pickle-0"), "untrusted pickles are removed");
+}
+
+const SIGNED_APP: &str = r#"{"role":"app","href":"http://backend:8080/myapp","script_name":"/blog",
+    "string_keys":[{"key":"REMOTE_USER","from_header":"x-auth-user"}],
+    "secret":{"keys":[{"id":"k2","value":"second-secret-key-2"}]}}"#;
+const VERIFYING: &str = r#"{"role":"middleware","keys":{"REMOTE_USER":"x-remote-user"},
+    "secret":{"keys":[{"id":"k2","value":"second-secret-key-2"},{"id":"k1","value":"first-secret-key-11"}]}}"#;
+
+/// Runs the app role and returns the request head the middleware would receive.
+fn through_app(app_json: &str, nonce: u8) -> RequestHead {
+    let Config::App(a) = parse(app_json.as_bytes(), &|_| None).unwrap() else { panic!() };
+    let client = head(&[(":method", "GET"), (":path", "/blog/p?x=1"), (":authority", "www.example.com"), ("x-auth-user", "bob")]);
+    let req = AppRequest { head: &client, client_ip: "203.0.113.9".parse().ok(), https: true, now: now(), nonce: [nonce; 16] };
+    let Decision::Forward(e) = app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()) else { panic!() };
+    let mut headers: Vec<(String, Vec<u8>)> = client.headers.into_iter().filter(|(n, _)| !e.remove.contains(n) && e.value_of(n).is_none()).collect();
+    headers.extend(e.set);
+    RequestHead::new(headers)
+}
+
+#[test]
+fn signed_round_trip_and_rejections() {
+    let c = mw(VERIFYING);
+    let mut mem = Memory(HashSet::new());
+    let h = through_app(SIGNED_APP, 1);
+    let e = forward(run_at(&c, &h, "198.51.100.1", now(), &mut mem));
+    assert_eq!(text(&e, "x-remote-user").as_deref(), Some("bob"));
+    assert_eq!(text(&e, ":path").as_deref(), Some("/p?x=1"));
+    assert_eq!(text(&e, "x-forwarded-proto").as_deref(), Some("https"));
+    // The same request again is a replay.
+    assert_eq!(reply(run_at(&c, &h, "198.51.100.1", now(), &mut mem)).reason, "signature_replayed");
+    // Too late.
+    let late = now() + Duration::from_secs(301);
+    assert_eq!(reply(run_at(&c, &through_app(SIGNED_APP, 2), "198.51.100.1", late, &mut mem)).reason, "signature_stale");
+    // Tampered path, header, host.
+    for (name, value) in [(":path", "/myapp/admin"), ("x-wsgiproxy-str-0", "REMOTE_USER root"), (":authority", "other:1")] {
+        let mut t = through_app(SIGNED_APP, 3);
+        for (n, v) in t.headers.iter_mut() {
+            if n == name {
+                *v = value.as_bytes().to_vec();
+            }
+        }
+        let r = reply(run(&c, &t, "198.51.100.1"));
+        assert_eq!((r.status, r.reason), (403, "signature_bad"), "{name}");
+    }
+    // An added protocol header breaks the signature too.
+    let mut t = through_app(SIGNED_APP, 4);
+    t.headers.push(("x-wsgiproxy-str-1".into(), b"IS_ADMIN yes".to_vec()));
+    assert_eq!(reply(run(&c, &t, "198.51.100.1")).reason, "signature_bad");
+    // Signed by the older key: still verifies after rotation.
+    let old_app = SIGNED_APP.replace("\"k2\",\"value\":\"second-secret-key-2\"", "\"k1\",\"value\":\"first-secret-key-11\"");
+    forward(run(&c, &through_app(&old_app, 5), "198.51.100.1"));
+    // A wrong key fails.
+    let wrong = SIGNED_APP.replace("second-secret-key-2", "not-the-right-key");
+    assert_eq!(reply(run(&c, &through_app(&wrong, 6), "198.51.100.1")).reason, "signature_bad");
+    // Unsigned: stripped by default, 401 with reject.
+    let unsigned = sent_by_app();
+    let e = forward(run(&c, &unsigned, "198.51.100.1"));
+    assert_eq!(text(&e, "x-remote-user"), None);
+    let rejecting = mw(&VERIFYING.replace("\"keys\":{", "\"on_untrusted\":\"reject\",\"keys\":{"));
+    assert_eq!(reply(run(&rejecting, &unsigned, "198.51.100.1")).status, 401);
+}
+
+#[test]
+fn authorities() {
+    assert_eq!(parse_authority(b"a.example:80"), Some(("a.example", Some(80))));
+    assert_eq!(parse_authority(b"[::1]:8080"), Some(("[::1]", Some(8080))));
+    assert_eq!(parse_authority(b"[::1]"), Some(("[::1]", None)));
+    assert_eq!(parse_authority(b"a"), Some(("a", None)));
+    for bad in [&b""[..], b"a:", b"a:99999", b"u@h", b"h/p", b"h,i", b"h h", b"[zz]", b"h:1:2", b"\xff"] {
+        assert_eq!(parse_authority(bad), None, "{:?}", String::from_utf8_lossy(bad));
+    }
+}

@@ -1,0 +1,130 @@
+//! Path rules: mount points (SCRIPT_NAME), traversal paths and forced prefixes, all
+//! matched on whole segments.
+
+/// Splits `:path` into the path and the query (without its `?`).
+pub fn split_query(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    }
+}
+
+/// Joins two query strings with `&`, as WSGIProxyApp did; empty parts are dropped.
+pub fn join_query(first: Option<&str>, second: Option<&str>) -> Option<String> {
+    match (first.filter(|q| !q.is_empty()), second.filter(|q| !q.is_empty())) {
+        (Some(a), Some(b)) => Some(format!("{a}&{b}")),
+        (Some(a), None) => Some(a.to_string()),
+        (None, Some(b)) => Some(b.to_string()),
+        (None, None) => None,
+    }
+}
+
+/// Builds a request target from a path and an optional query.
+pub fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    }
+}
+
+/// Removes `prefix` from the front of `path` on a segment boundary.
+/// `prefix` is normalised (no trailing slash; empty means the root).
+/// Returns the rest, which is empty or starts with `/`.
+pub fn strip_segment_prefix<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() || rest.starts_with('/') {
+        Some(rest)
+    } else {
+        None
+    }
+}
+
+/// Why a path prefix is not acceptable.
+pub type PathError = &'static str;
+
+/// Normalises a configured or received path prefix: it must start with `/` (or be
+/// empty), carry no query, fragment, back slash, control character, percent-encoding
+/// or dot segment, and no empty segment; a trailing `/` is dropped. `/` becomes empty.
+pub fn normalize_prefix(value: &str) -> Result<String, PathError> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    if !value.starts_with('/') {
+        return Err("must start with /");
+    }
+    if value.bytes().any(|b| matches!(b, b'?' | b'#' | b'\\' | b'%' | b',') || !(0x21..0x7f).contains(&b)) {
+        return Err("must be a plain path (no query, fragment, back slash, percent-encoding, comma, space or control character)");
+    }
+    let trimmed = value.trim_end_matches('/');
+    if trimmed.split('/').skip(1).any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err("must not contain empty or dot segments");
+    }
+    Ok(trimmed.to_string())
+}
+
+/// True when `path` holds a segment a backend could resolve upwards or sideways
+/// (`.`, `..`, their percent-encoded forms) or a back slash or encoded slash:
+/// after a prefix is removed, such a path could escape its mount point.
+pub fn has_unsafe_segment(path: &str) -> bool {
+    if path.contains('\\') {
+        return true;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return true;
+    }
+    lower
+        .split('/')
+        .any(|segment| matches!(segment, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_handling() {
+        assert_eq!(split_query("/a?b=1?c"), ("/a", Some("b=1?c")));
+        assert_eq!(split_query("/a"), ("/a", None));
+        assert_eq!(join_query(Some("a=1"), Some("b=2")).as_deref(), Some("a=1&b=2"));
+        assert_eq!(join_query(Some(""), Some("b=2")).as_deref(), Some("b=2"));
+        assert_eq!(join_query(None, None), None);
+        assert_eq!(with_query("/p", Some("x")), "/p?x");
+    }
+
+    #[test]
+    fn segment_prefixes() {
+        assert_eq!(strip_segment_prefix("/blog/a/1", "/blog"), Some("/a/1"));
+        assert_eq!(strip_segment_prefix("/blog", "/blog"), Some(""));
+        assert_eq!(strip_segment_prefix("/blog/", "/blog"), Some("/"));
+        assert_eq!(strip_segment_prefix("/blogger", "/blog"), None);
+        assert_eq!(strip_segment_prefix("/other", "/blog"), None);
+        assert_eq!(strip_segment_prefix("/x", ""), Some("/x"));
+    }
+
+    #[test]
+    fn prefixes_are_normalised() {
+        assert_eq!(normalize_prefix("/blog/").as_deref(), Ok("/blog"));
+        assert_eq!(normalize_prefix("/").as_deref(), Ok(""));
+        assert_eq!(normalize_prefix("").as_deref(), Ok(""));
+        assert_eq!(normalize_prefix("/a/b").as_deref(), Ok("/a/b"));
+        assert!(normalize_prefix("blog").is_err());
+        assert!(normalize_prefix("/a/../b").is_err());
+        assert!(normalize_prefix("/a//b").is_err());
+        assert!(normalize_prefix("/a%2Fb").is_err());
+        assert!(normalize_prefix("/a?b").is_err());
+        assert!(normalize_prefix("/a\\b").is_err());
+        assert!(normalize_prefix("/a b").is_err());
+    }
+
+    #[test]
+    fn unsafe_segments() {
+        assert!(has_unsafe_segment("/a/../b"));
+        assert!(has_unsafe_segment("/a/%2E%2e/b"));
+        assert!(has_unsafe_segment("/a/./b"));
+        assert!(has_unsafe_segment("/a%2Fb"));
+        assert!(has_unsafe_segment("/a\\b"));
+        assert!(!has_unsafe_segment("/a/..b/c.d"));
+        assert!(!has_unsafe_segment("/"));
+    }
+}

@@ -1,0 +1,115 @@
+//! What a role sees of a request and what it decides about it.
+
+/// A request's headers, read once from the host (names lowercase, values raw bytes).
+#[derive(Debug, Clone, Default)]
+pub struct RequestHead {
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl RequestHead {
+    pub fn new(headers: Vec<(String, Vec<u8>)>) -> Self {
+        RequestHead { headers }
+    }
+
+    /// The first value of a header.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The first value of a header, when it is UTF-8.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.headers.iter().any(|(n, _)| n == name)
+    }
+
+    /// Names present, each once, that satisfy `pred`.
+    pub fn names_where(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (name, _) in &self.headers {
+            if pred(name) && !names.iter().any(|n| n == name) {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+}
+
+/// Header changes to apply, removals first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edits {
+    pub remove: Vec<String>,
+    pub set: Vec<(String, Vec<u8>)>,
+}
+
+impl Edits {
+    pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+        self.set.push((name.to_string(), value.into()));
+    }
+
+    /// Removes a header, unless this edit also sets it (a set replaces every value).
+    pub fn remove(&mut self, name: &str) {
+        if !self.remove.iter().any(|n| n == name) {
+            self.remove.push(name.to_string());
+        }
+    }
+
+    /// Drops removals made redundant by a later set of the same header.
+    pub fn finish(mut self) -> Self {
+        let set = &self.set;
+        self.remove.retain(|r| !set.iter().any(|(n, _)| n == r));
+        self
+    }
+
+    pub fn value_of(&self, name: &str) -> Option<&[u8]> {
+        self.set
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// A response the filter sends itself instead of forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    /// A stable, short reason code: the `x-wsgiproxy-error` header and the metric label.
+    pub reason: &'static str,
+    /// A short human explanation, sent as the body.
+    pub detail: String,
+    /// Extra response headers (for example `www-authenticate` or `retry-after`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl LocalReply {
+    pub fn new(status: u16, reason: &'static str, detail: impl Into<String>) -> Self {
+        LocalReply {
+            status,
+            reason,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn body(&self) -> String {
+        format!("{}\n", self.detail)
+    }
+}
+
+/// What a role decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Forward(Edits),
+    Reply(LocalReply),
+}

@@ -1,0 +1,426 @@
+//! Signed requests: `X-WSGIProxy-Signature: {key id} {nonce} {hex mac}`.
+//!
+//! The MAC is an HMAC (SHA-1 or SHA-256) over a canonical string of what the
+//! receiver sees: method, host, path with query, the `Date` header, the nonce, the
+//! key id and every protocol header sent (see [`canonical_string`]). The receiver
+//! checks the MAC in constant time, the Date against a skew window, and the nonce
+//! against the nonces it has seen inside that window.
+
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use sha2::Sha256;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::headers::{is_protocol_header, X_WSGIPROXY_SIGNATURE};
+
+pub const NONCE_LEN: usize = 16;
+pub type Nonce = [u8; NONCE_LEN];
+
+const CANONICAL_VERSION: &str = "wsgiproxy-signature-v1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    HmacSha1,
+    HmacSha256,
+}
+
+impl Algorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HmacSha1 => "hmac-sha1",
+            Algorithm::HmacSha256 => "hmac-sha256",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        match name {
+            "hmac-sha1" => Some(Algorithm::HmacSha1),
+            "hmac-sha256" => Some(Algorithm::HmacSha256),
+            _ => None,
+        }
+    }
+}
+
+/// Keyed MAC state, built once per configuration and cloned per request.
+#[derive(Clone)]
+enum KeyedMac {
+    Sha1(Hmac<Sha1>),
+    Sha256(Hmac<Sha256>),
+}
+
+impl KeyedMac {
+    fn new(algorithm: Algorithm, secret: &[u8]) -> Result<Self, String> {
+        let bad = |_| "the key cannot be used as an HMAC key".to_string();
+        Ok(match algorithm {
+            Algorithm::HmacSha1 => KeyedMac::Sha1(Hmac::new_from_slice(secret).map_err(bad)?),
+            Algorithm::HmacSha256 => KeyedMac::Sha256(Hmac::new_from_slice(secret).map_err(bad)?),
+        })
+    }
+
+    fn mac(&self, message: &[u8]) -> Vec<u8> {
+        match self.clone() {
+            KeyedMac::Sha1(mut m) => {
+                m.update(message);
+                m.finalize().into_bytes().to_vec()
+            }
+            KeyedMac::Sha256(mut m) => {
+                m.update(message);
+                m.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+
+    fn verify(&self, message: &[u8], mac: &[u8]) -> bool {
+        match self.clone() {
+            KeyedMac::Sha1(mut m) => {
+                m.update(message);
+                m.verify_slice(mac).is_ok()
+            }
+            KeyedMac::Sha256(mut m) => {
+                m.update(message);
+                m.verify_slice(mac).is_ok()
+            }
+        }
+    }
+}
+
+/// One named key. Its secret is never kept in the clear nor printed.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub id: String,
+    mac: KeyedMac,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({:?}, <secret>)", self.id)
+    }
+}
+
+/// The keys of one configuration: the first signs, all verify.
+#[derive(Clone, Debug)]
+pub struct KeyRing {
+    pub algorithm: Algorithm,
+    keys: Vec<SigningKey>,
+}
+
+/// Shortest secret accepted: a guessable key makes the signature decoration.
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl KeyRing {
+    /// `keys` are `(id, secret)` pairs, the signing key first.
+    pub fn new(algorithm: Algorithm, keys: &[(String, Vec<u8>)]) -> Result<KeyRing, String> {
+        if keys.is_empty() {
+            return Err("at least one key is needed".into());
+        }
+        let mut ring = Vec::with_capacity(keys.len());
+        for (id, secret) in keys {
+            if !is_key_id(id) {
+                return Err(format!("key id {id:?} must be 1 to 64 letters, digits, '.', '_' or '-'"));
+            }
+            if ring.iter().any(|k: &SigningKey| &k.id == id) {
+                return Err(format!("key id {id:?} is given twice"));
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(format!("key {id:?} is shorter than {MIN_SECRET_LEN} bytes"));
+            }
+            ring.push(SigningKey {
+                id: id.clone(),
+                mac: KeyedMac::new(algorithm, secret)?,
+            });
+        }
+        Ok(KeyRing { algorithm, keys: ring })
+    }
+
+    pub fn signing_key(&self) -> Option<&SigningKey> {
+        self.keys.first()
+    }
+
+    pub fn key(&self, id: &str) -> Option<&SigningKey> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+}
+
+fn is_key_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// What the MAC covers, as the receiver sees the request.
+pub struct SignedParts<'a> {
+    pub method: &'a [u8],
+    pub authority: &'a [u8],
+    /// `:path`, with its query.
+    pub path: &'a [u8],
+    pub date: &'a [u8],
+    /// Every protocol header, the signature itself excepted, in any order; names lowercase.
+    pub protocol_headers: Vec<(&'a str, &'a [u8])>,
+}
+
+/// The canonical string: lines joined by `\n`, each line's content free of `\n`
+/// (header values with CR or LF are refused before signing or verifying):
+///
+/// ```text
+/// wsgiproxy-signature-v1
+/// {algorithm}            hmac-sha1 | hmac-sha256
+/// {key id}
+/// {nonce}                32 lowercase hex digits
+/// {Date header}
+/// {method}
+/// {host}                 :authority
+/// {path}                 :path, with its query
+/// {name}:{value}         one line per protocol header, sorted by name, then value
+/// ```
+pub fn canonical_string(
+    algorithm: Algorithm,
+    key_id: &str,
+    nonce: &Nonce,
+    parts: &SignedParts<'_>,
+) -> Vec<u8> {
+    let mut headers: Vec<&(&str, &[u8])> = parts
+        .protocol_headers
+        .iter()
+        .filter(|(name, _)| *name != X_WSGIPROXY_SIGNATURE)
+        .collect();
+    headers.sort();
+    let mut out = Vec::with_capacity(256);
+    for line in [
+        CANONICAL_VERSION.as_bytes(),
+        algorithm.name().as_bytes(),
+        key_id.as_bytes(),
+        hex::encode(nonce).as_bytes(),
+        parts.date,
+        parts.method,
+        parts.authority,
+        parts.path,
+    ] {
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// True for the headers a signature covers besides method, host, path and Date.
+pub fn is_signed_header(name: &str) -> bool {
+    is_protocol_header(name) && name != X_WSGIPROXY_SIGNATURE
+}
+
+/// The signature header value for a request, signed with the ring's first key.
+pub fn sign(ring: &KeyRing, nonce: &Nonce, parts: &SignedParts<'_>) -> Option<String> {
+    let key = ring.signing_key()?;
+    let mac = key.mac.mac(&canonical_string(ring.algorithm, &key.id, nonce, parts));
+    Some(format!("{} {} {}", key.id, hex::encode(nonce), hex::encode(mac)))
+}
+
+/// A parsed signature header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureHeader {
+    pub key_id: String,
+    pub nonce: Nonce,
+    pub mac: Vec<u8>,
+}
+
+impl SignatureHeader {
+    pub fn parse(value: &[u8]) -> Option<SignatureHeader> {
+        let text = std::str::from_utf8(value).ok()?;
+        let mut fields = text.split(' ');
+        let key_id = fields.next()?;
+        let nonce = fields.next()?;
+        let mac = fields.next()?;
+        if fields.next().is_some() || !is_key_id(key_id) || nonce.len() != NONCE_LEN * 2 || mac.len() > 128 {
+            return None;
+        }
+        let mut nonce_bytes = [0u8; NONCE_LEN];
+        hex::decode_to_slice(nonce, &mut nonce_bytes).ok()?;
+        Some(SignatureHeader {
+            key_id: key_id.to_string(),
+            nonce: nonce_bytes,
+            mac: hex::decode(mac).ok()?,
+        })
+    }
+}
+
+/// Why a signature was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// No signature header at all.
+    Missing,
+    /// Malformed header, unknown key, or a MAC that does not match.
+    Bad,
+    /// No Date, an unparseable one, or one outside the skew window.
+    Stale,
+    /// A nonce already seen inside the window.
+    Replayed,
+}
+
+impl Rejection {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::Missing => "signature_missing",
+            Rejection::Bad => "signature_bad",
+            Rejection::Stale => "signature_stale",
+            Rejection::Replayed => "signature_replayed",
+        }
+    }
+}
+
+/// Checks the MAC of a parsed signature in constant time.
+pub fn verify_mac(ring: &KeyRing, signature: &SignatureHeader, parts: &SignedParts<'_>) -> Result<(), Rejection> {
+    let key = ring.key(&signature.key_id).ok_or(Rejection::Bad)?;
+    let message = canonical_string(ring.algorithm, &key.id, &signature.nonce, parts);
+    if key.mac.verify(&message, &signature.mac) {
+        Ok(())
+    } else {
+        Err(Rejection::Bad)
+    }
+}
+
+/// The IMF-fixdate form of a time, as the `Date` header carries it.
+pub fn format_date(time: SystemTime) -> String {
+    httpdate::fmt_http_date(time)
+}
+
+/// Parses a Date and checks it lies within `max_skew` of `now`.
+/// Returns the Date as seconds since the epoch.
+pub fn check_date(date: &[u8], now: SystemTime, max_skew: Duration) -> Result<u64, Rejection> {
+    let text = std::str::from_utf8(date).map_err(|_| Rejection::Stale)?;
+    let when = httpdate::parse_http_date(text).map_err(|_| Rejection::Stale)?;
+    let skew = match now.duration_since(when) {
+        Ok(behind) => behind,
+        Err(ahead) => ahead.duration(),
+    };
+    if skew > max_skew {
+        return Err(Rejection::Stale);
+    }
+    when.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .map_err(|_| Rejection::Stale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(alg: Algorithm) -> KeyRing {
+        KeyRing::new(
+            alg,
+            &[
+                ("k2".into(), b"a-very-secret-key-2".to_vec()),
+                ("k1".into(), b"a-very-secret-key-1".to_vec()),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn parts<'a>(headers: Vec<(&'a str, &'a [u8])>) -> SignedParts<'a> {
+        SignedParts {
+            method: b"GET",
+            authority: b"backend:8080",
+            path: b"/app/x?y=1",
+            date: b"Tue, 24 Nov 2026 02:00:00 GMT",
+            protocol_headers: headers,
+        }
+    }
+
+    #[test]
+    fn canonical_string_is_exact() {
+        let nonce = [0xab; NONCE_LEN];
+        let p = parts(vec![
+            ("x-wsgiproxy-version", b"0.1"),
+            ("x-forwarded-for", b"10.0.0.1"),
+            ("x-wsgiproxy-signature", b"ignored"),
+        ]);
+        let text = String::from_utf8(canonical_string(Algorithm::HmacSha1, "k2", &nonce, &p)).unwrap();
+        assert_eq!(
+            text,
+            "wsgiproxy-signature-v1\nhmac-sha1\nk2\nabababababababababababababababab\n\
+             Tue, 24 Nov 2026 02:00:00 GMT\nGET\nbackend:8080\n/app/x?y=1\n\
+             x-forwarded-for:10.0.0.1\nx-wsgiproxy-version:0.1\n"
+        );
+    }
+
+    #[test]
+    fn known_vector_sha256() {
+        // Computed independently with Python: hmac.new(key, canonical, sha256).hexdigest()
+        let nonce = [0u8; NONCE_LEN];
+        let one = KeyRing::new(Algorithm::HmacSha256, &[("k".into(), b"0123456789abcdef".to_vec())]).unwrap();
+        let p = parts(vec![("x-wsgiproxy-version", b"0.1")]);
+        let header = sign(&one, &nonce, &p).unwrap();
+        let sig = SignatureHeader::parse(header.as_bytes()).unwrap();
+        assert_eq!(sig.key_id, "k");
+        assert_eq!(
+            hex::encode(&sig.mac),
+            "4c6c42fbefb0b90d70382d5ced79e840cd95c4ec22ea34149f33e0e58f37382c"
+        );
+        assert!(verify_mac(&one, &sig, &p).is_ok());
+    }
+
+    #[test]
+    fn sign_then_verify_with_any_key_of_the_ring() {
+        for alg in [Algorithm::HmacSha1, Algorithm::HmacSha256] {
+            let r = ring(alg);
+            let nonce = [7u8; NONCE_LEN];
+            let p = parts(vec![("x-forwarded-for", b"1.2.3.4")]);
+            let header = sign(&r, &nonce, &p).unwrap();
+            assert!(header.starts_with("k2 0707"));
+            let sig = SignatureHeader::parse(header.as_bytes()).unwrap();
+            assert_eq!(verify_mac(&r, &sig, &p), Ok(()));
+            // Tampering with any covered part fails.
+            let mut tampered = parts(vec![("x-forwarded-for", b"1.2.3.5")]);
+            assert_eq!(verify_mac(&r, &sig, &tampered), Err(Rejection::Bad));
+            tampered = parts(vec![("x-forwarded-for", b"1.2.3.4"), ("x-script-name", b"/x")]);
+            assert_eq!(verify_mac(&r, &sig, &tampered), Err(Rejection::Bad));
+            let mut p2 = parts(vec![("x-forwarded-for", b"1.2.3.4")]);
+            p2.path = b"/app/x?y=2";
+            assert_eq!(verify_mac(&r, &sig, &p2), Err(Rejection::Bad));
+            // A key the receiver does not hold fails.
+            let other = KeyRing::new(alg, &[("k2".into(), b"another-secret-key!".to_vec())]).unwrap();
+            assert_eq!(verify_mac(&other, &sig, &p), Err(Rejection::Bad));
+        }
+        // An older key still verifies after rotation.
+        let old = KeyRing::new(Algorithm::HmacSha1, &[("k1".into(), b"a-very-secret-key-1".to_vec())]).unwrap();
+        let p = parts(vec![]);
+        let header = sign(&old, &[1; NONCE_LEN], &p).unwrap();
+        let sig = SignatureHeader::parse(header.as_bytes()).unwrap();
+        assert_eq!(verify_mac(&ring(Algorithm::HmacSha1), &sig, &p), Ok(()));
+    }
+
+    #[test]
+    fn signature_header_parsing() {
+        assert!(SignatureHeader::parse(b"k1 00112233445566778899aabbccddeeff 0a0b").is_some());
+        assert!(SignatureHeader::parse(b"k1 0011 0a0b").is_none());
+        assert!(SignatureHeader::parse(b"k1 00112233445566778899aabbccddeeff zz").is_none());
+        assert!(SignatureHeader::parse(b"k1  00112233445566778899aabbccddeeff 0a").is_none());
+        assert!(SignatureHeader::parse(b"k/1 00112233445566778899aabbccddeeff 0a").is_none());
+        assert!(SignatureHeader::parse(b"\xff").is_none());
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(KeyRing::new(Algorithm::HmacSha1, &[]).is_err());
+        assert!(KeyRing::new(Algorithm::HmacSha1, &[("k".into(), b"short".to_vec())]).is_err());
+        assert!(KeyRing::new(Algorithm::HmacSha1, &[("bad id".into(), b"0123456789abcdef".to_vec())]).is_err());
+        let twice = [("k".into(), b"0123456789abcdef".to_vec()), ("k".into(), b"0123456789abcdef".to_vec())];
+        assert!(KeyRing::new(Algorithm::HmacSha1, &twice).is_err());
+        let debug = format!("{:?}", ring(Algorithm::HmacSha1));
+        assert!(!debug.contains("secret-key"));
+    }
+
+    #[test]
+    fn dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_485_600);
+        let date = format_date(now);
+        assert_eq!(check_date(date.as_bytes(), now, Duration::from_secs(300)), Ok(1_795_485_600));
+        let later = now + Duration::from_secs(301);
+        assert_eq!(check_date(date.as_bytes(), later, Duration::from_secs(300)), Err(Rejection::Stale));
+        let earlier = now - Duration::from_secs(301);
+        assert_eq!(check_date(date.as_bytes(), earlier, Duration::from_secs(300)), Err(Rejection::Stale));
+        assert_eq!(check_date(b"yesterday", now, Duration::from_secs(300)), Err(Rejection::Stale));
+    }
+}
