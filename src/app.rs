@@ -1,0 +1,84 @@
+//! The `app` role's request context.
+
+use std::rc::Rc;
+
+use log::debug;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
+use wsgiproxy_protocol::config::Config;
+use wsgiproxy_protocol::request::Decision;
+
+use crate::host;
+use crate::metrics::Metrics;
+use crate::root::Shared;
+
+pub fn declare_metrics(metrics: &Metrics) {
+    metrics.declare(&["app.requests", "app.forwarded", "app.signed", "app.stripped_headers", "app.invalid_keys"]);
+}
+
+pub struct AppFilter {
+    shared: Rc<Shared>,
+}
+
+impl AppFilter {
+    pub fn new(shared: Rc<Shared>) -> Self {
+        AppFilter { shared }
+    }
+}
+
+impl Context for AppFilter {}
+
+impl HttpContext for AppFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Config::App(config) = &self.shared.config else {
+            return Action::Continue;
+        };
+        let metrics = &self.shared.metrics;
+        metrics.inc("app.requests");
+        let head = host::request_head();
+        let nonce = if config.signing.is_some() {
+            match host::random_nonce() {
+                Some(n) => n,
+                None => {
+                    let reply = wsgiproxy_protocol::request::LocalReply::new(503, "no_randomness", "cannot sign the request: no random source");
+                    metrics.inc("app.rejected.no_randomness");
+                    host::send_reply(&reply);
+                    return Action::Pause;
+                }
+            }
+        } else {
+            [0; 16]
+        };
+        let request = AppRequest {
+            head: &head,
+            client_ip: host::peer_ip(),
+            https: host::downstream_is_tls(),
+            now: host::now(),
+            nonce,
+        };
+        let mut outcome = AppOutcome::default();
+        match decide(config, &request, &mut |path| host::property(path), &mut outcome) {
+            Decision::Forward(edits) => {
+                host::apply_request_edits(&edits);
+                metrics.inc("app.forwarded");
+                metrics.add("app.stripped_headers", outcome.stripped as u64);
+                metrics.add("app.invalid_keys", outcome.invalid_keys as u64);
+                if outcome.signed {
+                    metrics.inc("app.signed");
+                }
+                debug!(
+                    "wsgiproxy app: forwarded (stripped {}, invalid keys {}, signed {})",
+                    outcome.stripped, outcome.invalid_keys, outcome.signed
+                );
+                Action::Continue
+            }
+            Decision::Reply(reply) => {
+                metrics.inc(&format!("app.rejected.{}", reply.reason));
+                debug!("wsgiproxy app: replied {} ({})", reply.status, reply.reason);
+                host::send_reply(&reply);
+                Action::Pause
+            }
+        }
+    }
+}

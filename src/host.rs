@@ -1,0 +1,73 @@
+//! Small wrappers over host calls, shared by the roles.
+
+use std::net::{IpAddr, SocketAddr};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MapType;
+use wsgiproxy_protocol::request::{Edits, LocalReply, RequestHead};
+
+/// Reads every request header once, as bytes (values may not be UTF-8).
+pub fn request_head() -> RequestHead {
+    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    RequestHead::new(headers)
+}
+
+/// Applies header edits: removals, then sets (a set replaces every value of a name).
+pub fn apply_request_edits(edits: &Edits) {
+    for name in &edits.remove {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+    for (name, value) in &edits.set {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
+    }
+}
+
+/// Sends a short plain-text reply instead of forwarding the request.
+pub fn send_reply(reply: &LocalReply) {
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("content-type", "text/plain; charset=utf-8"),
+        ("x-wsgiproxy-error", reply.reason),
+    ];
+    headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    let body = reply.body();
+    let _ = hostcalls::send_http_response(reply.status as u32, headers, Some(body.as_bytes()));
+}
+
+/// The value of an Envoy attribute, such as `["source", "address"]`.
+pub fn property(path: &[String]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.iter().map(String::as_str).collect())
+        .ok()
+        .flatten()
+}
+
+/// The direct downstream peer (not an X-Forwarded-For entry).
+pub fn peer_ip() -> Option<IpAddr> {
+    let raw = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+    let text = std::str::from_utf8(&raw).ok()?;
+    text.parse::<SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| text.parse::<IpAddr>())
+        .ok()
+}
+
+/// Whether the downstream connection is TLS.
+pub fn downstream_is_tls() -> bool {
+    hostcalls::get_property(vec!["connection", "tls_version"])
+        .ok()
+        .flatten()
+        .is_some_and(|v| !v.is_empty())
+}
+
+/// Fresh random bytes from the host (WASI `random_get`).
+pub fn random_nonce() -> Option<[u8; 16]> {
+    let mut nonce = [0u8; 16];
+    getrandom::getrandom(&mut nonce).ok()?;
+    Some(nonce)
+}
+
+pub fn now() -> std::time::SystemTime {
+    hostcalls::get_current_time().unwrap_or(std::time::UNIX_EPOCH)
+}

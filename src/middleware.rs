@@ -1,0 +1,79 @@
+//! The `middleware` role's request context.
+
+use std::rc::Rc;
+
+use log::debug;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use wsgiproxy_protocol::config::Config;
+use wsgiproxy_protocol::middleware::{decide, MiddlewareOutcome, MiddlewareRequest};
+use wsgiproxy_protocol::request::Decision;
+
+use crate::host;
+use crate::metrics::Metrics;
+use crate::replay::SharedNonces;
+use crate::root::Shared;
+
+pub fn declare_metrics(metrics: &Metrics) {
+    metrics.declare(&[
+        "middleware.requests",
+        "middleware.trusted",
+        "middleware.untrusted",
+        "middleware.verified",
+        "middleware.stripped_headers",
+        "middleware.dropped_keys",
+    ]);
+}
+
+pub struct MiddlewareFilter {
+    shared: Rc<Shared>,
+}
+
+impl MiddlewareFilter {
+    pub fn new(shared: Rc<Shared>) -> Self {
+        MiddlewareFilter { shared }
+    }
+}
+
+impl Context for MiddlewareFilter {}
+
+impl HttpContext for MiddlewareFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Config::Middleware(config) = &self.shared.config else {
+            return Action::Continue;
+        };
+        let metrics = &self.shared.metrics;
+        metrics.inc("middleware.requests");
+        let head = host::request_head();
+        let request = MiddlewareRequest {
+            head: &head,
+            peer_ip: host::peer_ip(),
+            https: host::downstream_is_tls(),
+            now: host::now(),
+        };
+        let mut outcome = MiddlewareOutcome::default();
+        let decision = decide(config, &request, &mut SharedNonces, &mut outcome);
+        metrics.inc(if outcome.trusted { "middleware.trusted" } else { "middleware.untrusted" });
+        if outcome.verified {
+            metrics.inc("middleware.verified");
+        }
+        metrics.add("middleware.stripped_headers", outcome.stripped as u64);
+        metrics.add("middleware.dropped_keys", outcome.dropped_keys as u64);
+        match decision {
+            Decision::Forward(edits) => {
+                host::apply_request_edits(&edits);
+                debug!(
+                    "wsgiproxy middleware: forwarded (trusted {}, verified {}, stripped {}, dropped keys {})",
+                    outcome.trusted, outcome.verified, outcome.stripped, outcome.dropped_keys
+                );
+                Action::Continue
+            }
+            Decision::Reply(reply) => {
+                metrics.inc(&format!("middleware.rejected.{}", reply.reason));
+                debug!("wsgiproxy middleware: replied {} ({}): {}", reply.status, reply.reason, reply.detail);
+                host::send_reply(&reply);
+                Action::Pause
+            }
+        }
+    }
+}
