@@ -8,6 +8,7 @@ mod metrics;
 mod middleware;
 mod replay;
 mod root;
+mod spawn;
 
 use proxy_wasm::types::LogLevel;
 

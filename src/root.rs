@@ -1,6 +1,7 @@
 //! The root context: parses the configuration once, and makes each request's context.
 
 use std::rc::Rc;
+use std::time::SystemTime;
 
 use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -13,14 +14,28 @@ use crate::metrics::Metrics;
 pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
+    /// The spawn role's per-worker lease and activity counts.
+    pub spawn: Option<crate::spawn::SpawnRuntime>,
 }
 
 #[derive(Default)]
 pub struct Root {
     shared: Option<Rc<Shared>>,
+    /// The activity report in flight: (call token, requests it counted, when it was sent).
+    report: Option<(u32, u64, SystemTime)>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        let Some(shared) = &self.shared else { return };
+        match (self.report.take(), &shared.spawn) {
+            (Some((sent, started, asked_at)), Some(runtime)) if sent == token => {
+                crate::spawn::on_report_answer(runtime, started, asked_at);
+            }
+            (other, _) => self.report = other,
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -31,8 +46,16 @@ impl RootContext for Root {
                 let metrics = Metrics::default();
                 crate::app::declare_metrics(&metrics);
                 crate::middleware::declare_metrics(&metrics);
+                crate::spawn::declare_metrics(&metrics);
+                let spawn = match &config {
+                    Config::Spawn(s) => {
+                        self.set_tick_period(s.report_interval);
+                        Some(crate::spawn::SpawnRuntime::new())
+                    }
+                    _ => None,
+                };
                 info!("wsgiproxy: configured as role {:?}", config.role());
-                self.shared = Some(Rc::new(Shared { config, metrics }));
+                self.shared = Some(Rc::new(Shared { config, metrics, spawn }));
                 true
             }
             Err(e) => {
@@ -43,11 +66,21 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        if let (Config::Spawn(config), Some(runtime)) = (&shared.config, &shared.spawn) {
+            if self.report.is_none() {
+                self.report = crate::spawn::report_activity(config, runtime, &shared.metrics);
+            }
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
         Some(match &shared.config {
             Config::App(_) => Box::new(crate::app::AppFilter::new(shared)),
             Config::Middleware(_) => Box::new(crate::middleware::MiddlewareFilter::new(shared)),
+            Config::Spawn(_) => Box::new(crate::spawn::SpawnFilter::new(shared)),
         })
     }
 

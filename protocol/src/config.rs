@@ -120,6 +120,19 @@ struct RawMiddleware {
     on_untrusted: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpawn {
+    app: String,
+    sidecar_cluster: String,
+    #[serde(default)]
+    sidecar_authority: Option<String>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    ensure_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    report_interval_ms: Option<u64>,
+}
+
 /// Istio passes `pluginConfig` numbers as doubles: accept `300.0` where `300` is meant.
 fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let v = Option::<serde_json::Number>::deserialize(d)?;
@@ -144,6 +157,7 @@ fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
 pub enum Config {
     App(AppConfig),
     Middleware(MiddlewareConfig),
+    Spawn(SpawnConfig),
 }
 
 impl Config {
@@ -151,6 +165,7 @@ impl Config {
         match self {
             Config::App(_) => "app",
             Config::Middleware(_) => "middleware",
+            Config::Spawn(_) => "spawn",
         }
     }
 }
@@ -211,6 +226,22 @@ pub struct MiddlewareConfig {
     pub on_untrusted: OnUntrusted,
 }
 
+#[derive(Debug)]
+pub struct SpawnConfig {
+    /// The app's name in the sidecar's configuration.
+    pub app: String,
+    /// The Envoy cluster that reaches the sidecar's control API.
+    pub sidecar_cluster: String,
+    pub sidecar_authority: String,
+    /// How long a request may wait for the sidecar (a cold start included).
+    pub ensure_timeout: Duration,
+    /// How often each worker reports activity while it has any.
+    pub report_interval: Duration,
+}
+
+pub const DEFAULT_ENSURE_TIMEOUT_MS: u64 = 35_000;
+pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 1_000;
+
 pub const DEFAULT_MAX_SKEW_SECONDS: u64 = 300;
 
 /// Parses and validates a configuration. `env` looks up environment variables
@@ -232,17 +263,47 @@ pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
     match role.as_str() {
         "app" => validate_app(raw(value)?, env).map(Config::App),
         "middleware" => validate_middleware(raw(value)?, env).map(Config::Middleware),
+        "spawn" => validate_spawn(raw(value)?).map(Config::Spawn),
         other => Err(ConfigError::new("role", format!("unknown role {other:?}; one of {ROLES}"))),
     }
 }
 
-const ROLES: &str = "\"app\", \"middleware\"";
+const ROLES: &str = "\"app\", \"middleware\", \"spawn\"";
 
 /// Deserialises a role's raw form, naming the path of the first offending field.
 fn raw<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         ConfigError::new(path, e.into_inner().to_string())
+    })
+}
+
+fn validate_spawn(raw: RawSpawn) -> Result<SpawnConfig, ConfigError> {
+    let plain = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !plain(&raw.app) {
+        return Err(ConfigError::new("app", "must be the app's name: letters, digits, '.', '_' or '-'"));
+    }
+    if raw.sidecar_cluster.is_empty() || raw.sidecar_cluster.chars().any(char::is_control) {
+        return Err(ConfigError::new("sidecar_cluster", "must name the Envoy cluster of the sidecar"));
+    }
+    let sidecar_authority = raw.sidecar_authority.unwrap_or_else(|| "wsgiproxy-sidecar".into());
+    if crate::middleware::parse_authority(sidecar_authority.as_bytes()).is_none() {
+        return Err(ConfigError::new("sidecar_authority", "must be host or host:port"));
+    }
+    let ensure = raw.ensure_timeout_ms.unwrap_or(DEFAULT_ENSURE_TIMEOUT_MS);
+    if !(100..=600_000).contains(&ensure) {
+        return Err(ConfigError::new("ensure_timeout_ms", "must be between 100 and 600000"));
+    }
+    let report = raw.report_interval_ms.unwrap_or(DEFAULT_REPORT_INTERVAL_MS);
+    if !(100..=60_000).contains(&report) {
+        return Err(ConfigError::new("report_interval_ms", "must be between 100 and 60000"));
+    }
+    Ok(SpawnConfig {
+        app: raw.app,
+        sidecar_cluster: raw.sidecar_cluster,
+        sidecar_authority,
+        ensure_timeout: Duration::from_millis(ensure),
+        report_interval: Duration::from_millis(report),
     })
 }
 
@@ -512,6 +573,17 @@ mod tests {
         assert_eq!(mw.port, Some(8443));
         assert_eq!(mw.keys["REMOTE_USER"], "x-remote-user");
         assert_eq!(mw.on_untrusted, OnUntrusted::Reject);
+    }
+
+    #[test]
+    fn spawn_config() {
+        let c = parse(br#"{"role":"spawn","app":"blog","sidecar_cluster":"sidecar","ensure_timeout_ms":5000.0}"#, &no_env).unwrap();
+        let Config::Spawn(s) = c else { panic!() };
+        assert_eq!(s.ensure_timeout, Duration::from_secs(5));
+        assert_eq!(s.sidecar_authority, "wsgiproxy-sidecar");
+        assert_eq!(err(r#"{"role":"spawn","app":"a b","sidecar_cluster":"s"}"#).field, "app");
+        assert_eq!(err(r#"{"role":"spawn","app":"a"}"#).message, "missing field `sidecar_cluster`");
+        assert_eq!(err(r#"{"role":"spawn","app":"a","sidecar_cluster":"s","ensure_timeout_ms":1}"#).field, "ensure_timeout_ms");
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod paths;
 pub mod replay;
 pub mod request;
 pub mod signature;
+pub mod spawn;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test: installs what is missing, builds the filter (.wasm) and the
+# native binaries, lints, runs the unit tests and the tests in real Envoy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "== build"
+cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter
+cargo build --workspace --bins
+
+echo "== lint"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p wsgiproxy-filter --target wasm32-wasip1 --release -- -D warnings
+
+echo "== shipped configs"
+for config in envoy/*.yaml; do
+  WSGIPROXY_KEY_K1=validate-only-key-0123456789 .venv/envoy --mode validate -c "$config" --log-level error >/dev/null \
+    || { echo "envoy refused $config"; exit 1; }
+done
+if [ -f docker-compose.yml ]; then
+  docker-compose -f docker-compose.yml config -q
+fi
+
+echo "== tests"
+cargo test --workspace "$@"

@@ -1,0 +1,298 @@
+//! The `middleware` role in real Envoy, alone and chained behind the `app` role.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+use support::*;
+use wsgiproxy_protocol::signature::{format_date, sign, Algorithm, KeyRing, SignedParts};
+
+const KEY_K1: &str = "first-shared-key-0123456789";
+const KEY_K2: &str = "second-shared-key-0123456789";
+
+fn middleware(app_port: u16, config: Value) -> Envoy {
+    Envoy::start("envoy/middleware.yaml", &Overrides::default().cluster("app", app_port).plugin(config))
+}
+
+fn app(backend_port: u16, config: Value) -> Envoy {
+    Envoy::start("envoy/app.yaml", &Overrides::default().cluster("backend", backend_port).plugin(config))
+}
+
+fn secret(keys: &[(&str, &str)]) -> Value {
+    json!({"keys": keys.iter().map(|(id, v)| json!({"id": id, "value": v})).collect::<Vec<_>>()})
+}
+
+const PROTOCOL_LEFTOVERS: [&str; 8] = [
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-script-name",
+    "x-forwarded-script-name",
+    "x-traversal-path",
+    "x-traversal-query-string",
+    "x-wsgiproxy-version",
+    "x-wsgiproxy-signature",
+];
+
+fn assert_no_protocol_headers(got: &Received) {
+    for name in got.names() {
+        assert!(!PROTOCOL_LEFTOVERS.contains(&name.as_str()) && !name.starts_with("x-wsgiproxy-"), "{name} reached the app");
+    }
+}
+
+#[test]
+fn two_envoys_signed_end_to_end() {
+    let echo = Echo::start();
+    let mw = middleware(
+        echo.port,
+        json!({"role": "middleware", "secret": secret(&[("k1", KEY_K1)]),
+               "keys": {"REMOTE_USER": "x-remote-user", "roles": "x-roles", "name": "x-name"}}),
+    );
+    let edge = app(
+        mw.port,
+        json!({"role": "app", "href": "http://internal:9000/apps/blog", "script_name": "/blog",
+               "secret": secret(&[("k1", KEY_K1)]),
+               "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}, {"key": "OTHER", "value": "not allowlisted"}],
+               "unicode_keys": [{"key": "name", "value": "Jos\u{e9}"}],
+               "json_keys": [{"key": "roles", "value": "[\"admin\"]"}]}),
+    );
+    let got = edge
+        .get("/blog/posts/7?page=2", &[("Host", "www.example.com:8443"), ("X-Auth-User", "bob"), ("X-Remote-User", "root")])
+        .received();
+    assert_eq!(got.uri(), "/posts/7?page=2");
+    assert_eq!(got.header("host").as_deref(), Some("www.example.com:8443"));
+    assert_eq!(got.header("x-forwarded-host").as_deref(), Some("www.example.com:8443"));
+    assert_eq!(got.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(got.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(got.header("x-forwarded-prefix").as_deref(), Some("/blog"));
+    assert_eq!(got.header("x-remote-user").as_deref(), Some("bob"));
+    assert_eq!(got.header("x-roles").as_deref(), Some("[\"admin\"]"));
+    assert_eq!(got.0["headers"].as_array().unwrap().iter().find(|h| h[0] == "x-name").unwrap()[1], "Jos\u{e9}");
+    assert_no_protocol_headers(&got);
+    assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 1);
+    assert_eq!(mw.stat("wsgiproxy.middleware.dropped_keys"), 1);
+}
+
+#[test]
+fn trusted_peer_by_cidr_without_signature() {
+    let echo = Echo::start();
+    let mw = middleware(echo.port, json!({"role": "middleware", "trust_ips": ["10.0.0.0/8", "127.0.0.0/8"], "keys": {"REMOTE_USER": "x-remote-user"}}));
+    let edge = app(mw.port, json!({"role": "app", "href": "http://b:80/", "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}]}));
+    let got = edge.get("/x", &[("Host", "front.example"), ("X-Auth-User", "alice")]).received();
+    assert_eq!(got.header("x-remote-user").as_deref(), Some("alice"));
+    assert_eq!(got.header("host").as_deref(), Some("front.example"));
+    assert_eq!(got.uri(), "/x");
+    assert_no_protocol_headers(&got);
+    assert_eq!(mw.stat("wsgiproxy.middleware.trusted"), 1);
+}
+
+fn forged() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("Host", "real.example"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Server", "evil.example"),
+        ("X-Forwarded-Scheme", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("X-Script-Name", "/evil"),
+        ("X-Traversal-Path", "/x"),
+        ("X-WSGIProxy-Version", "0.1"),
+        ("X-WSGIProxy-Str-0", "REMOTE_USER root"),
+        ("X-Remote-User", "root"),
+    ]
+}
+
+#[test]
+fn untrusted_peer_forgeries_are_stripped_or_rejected() {
+    let echo = Echo::start();
+    let mw = middleware(echo.port, json!({"role": "middleware", "trust_ips": ["10.0.0.0/8"], "keys": {"REMOTE_USER": "x-remote-user"}}));
+    let got = mw.get("/x/y", &forged()).received();
+    assert_eq!(got.uri(), "/x/y", "the path is not rewritten for an untrusted peer");
+    assert_eq!(got.header("host").as_deref(), Some("real.example"));
+    assert_eq!(got.header("x-forwarded-for").as_deref(), Some("127.0.0.1"), "the real peer");
+    assert_eq!(got.header("x-forwarded-host").as_deref(), Some("real.example"));
+    assert_eq!(got.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(got.header("x-forwarded-prefix"), None);
+    assert_eq!(got.header("x-remote-user"), None);
+    assert_no_protocol_headers(&got);
+    assert_eq!(mw.stat("wsgiproxy.middleware.untrusted"), 1);
+    assert!(mw.stat("wsgiproxy.middleware.stripped_headers") >= 10);
+
+    let strict = middleware(echo.port, json!({"role": "middleware", "trust_ips": ["10.0.0.0/8"], "on_untrusted": "reject"}));
+    let r = strict.get("/x/y", &forged());
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("x-wsgiproxy-error"), Some("untrusted_peer"));
+    assert_eq!(strict.stat("wsgiproxy.middleware.rejected.untrusted_peer"), 1);
+}
+
+/// Sends a request through an edge Envoy whose backend is the echo server and
+/// returns exactly what it signed, so a test can replay or tamper with it.
+fn captured_signed_request(app_key: (&str, &str), path: &str) -> Vec<(String, String)> {
+    let echo = Echo::start();
+    let edge = app(
+        echo.port,
+        json!({"role": "app", "href": "http://internal:9000/", "secret": secret(&[app_key]),
+               "string_keys": [{"key": "REMOTE_USER", "value": "bob"}]}),
+    );
+    let got = edge.get(path, &[("Host", "www.example.com")]).received();
+    got.0["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_str().unwrap().to_string()))
+        .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "connection" | "x-request-id" | "x-envoy-expected-rq-timeout-ms" | "x-forwarded-proto"))
+        .collect()
+}
+
+fn send(envoy: &Envoy, path: &str, headers: &[(String, String)]) -> Response {
+    let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    request(envoy.port, "GET", path, &h, b"")
+}
+
+fn with(headers: &[(String, String)], name: &str, value: &str) -> Vec<(String, String)> {
+    headers.iter().map(|(n, v)| if n == name { (n.clone(), value.to_string()) } else { (n.clone(), v.clone()) }).collect()
+}
+
+#[test]
+fn signatures_replay_tampering_and_rotation() {
+    let echo = Echo::start();
+    let mw = middleware(
+        echo.port,
+        json!({"role": "middleware", "secret": secret(&[("k2", KEY_K2), ("k1", KEY_K1)]), "keys": {"REMOTE_USER": "x-remote-user"}}),
+    );
+    let signed = captured_signed_request(("k2", KEY_K2), "/p?q=1");
+    assert!(signed.iter().any(|(n, _)| n == "x-wsgiproxy-signature"));
+
+    // Tampered copies first (they must not burn the nonce), then the real one, then its replay.
+    let tamper = |name: &str, value: &str| with(&signed, name, value);
+    for (what, headers, path) in [
+        ("host", tamper("host", "other.example:9000"), "/p?q=1"),
+        ("path", signed.clone(), "/admin?q=1"),
+        ("query", signed.clone(), "/p?q=2"),
+        ("header", tamper("x-wsgiproxy-str-0", "REMOTE_USER root"), "/p?q=1"),
+        ("client address", tamper("x-forwarded-for", "10.9.9.9"), "/p?q=1"),
+    ] {
+        let r = send(&mw, path, &headers);
+        assert_eq!((r.status, r.header("x-wsgiproxy-error")), (403, Some("signature_bad")), "tampered {what}: {}", r.text());
+    }
+    let mut added = signed.clone();
+    added.push(("x-wsgiproxy-str-1".into(), "IS_ADMIN yes".into()));
+    assert_eq!(send(&mw, "/p?q=1", &added).status, 403, "an added protocol header");
+
+    let got = send(&mw, "/p?q=1", &signed).received();
+    assert_eq!(got.header("x-remote-user").as_deref(), Some("bob"));
+    let replay = send(&mw, "/p?q=1", &signed);
+    assert_eq!((replay.status, replay.header("x-wsgiproxy-error")), (403, Some("signature_replayed")));
+    assert!(replay.text().contains("replayed"));
+
+    // Signed with the older key of the ring: still accepted after rotation.
+    let old = captured_signed_request(("k1", KEY_K1), "/p");
+    assert_eq!(send(&mw, "/p", &old).received().header("x-remote-user").as_deref(), Some("bob"));
+    // Signed with a key the receiver does not hold.
+    let wrong = captured_signed_request(("k1", "a-key-nobody-configured-here"), "/p");
+    assert_eq!(send(&mw, "/p", &wrong).status, 403);
+
+    // A stale Date, correctly signed by the test itself.
+    let ring = KeyRing::new(Algorithm::HmacSha1, &[("k2".into(), KEY_K2.as_bytes().to_vec())]).unwrap();
+    let old_date = format_date(SystemTime::now() - Duration::from_secs(600));
+    let parts = SignedParts {
+        method: b"GET",
+        authority: b"internal:9000",
+        path: b"/p",
+        date: old_date.as_bytes(),
+        protocol_headers: vec![("x-wsgiproxy-version", b"0.1")],
+    };
+    let sig = sign(&ring, &[9; 16], &parts).unwrap();
+    let stale = vec![
+        ("host".to_string(), "internal:9000".to_string()),
+        ("date".to_string(), old_date.clone()),
+        ("x-wsgiproxy-version".to_string(), "0.1".to_string()),
+        ("x-wsgiproxy-signature".to_string(), sig),
+    ];
+    let r = send(&mw, "/p", &stale);
+    assert_eq!((r.status, r.header("x-wsgiproxy-error")), (403, Some("signature_stale")));
+
+    // Unsigned: stripped by default (counted), 401 with on_untrusted=reject.
+    let got = mw.get("/p", &forged()).received();
+    assert_eq!(got.header("x-remote-user"), None);
+    let strict = middleware(echo.port, json!({"role": "middleware", "secret": secret(&[("k1", KEY_K1)]), "on_untrusted": "reject"}));
+    let r = strict.get("/p", &forged());
+    assert_eq!((r.status, r.header("x-wsgiproxy-error")), (401, Some("signature_missing")));
+
+    assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signature_bad"), 7);
+    assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signature_replayed"), 1);
+    assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signature_stale"), 1);
+}
+
+#[test]
+fn undecodable_or_malformed_protocol_headers_are_400() {
+    let echo = Echo::start();
+    let mw = middleware(echo.port, json!({"role": "middleware", "trust_ips": ["127.0.0.1"], "keys": {"REMOTE_USER": "x-remote-user", "roles": "x-roles"}}));
+    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        (&[("X-WSGIProxy-Str-0", "REMOTE_USER b64%%%")], "undecodable_payload", "x-wsgiproxy-str-0"),
+        (&[("X-WSGIProxy-Unicode-0", "REMOTE_USER b64/w==")], "undecodable_payload", "x-wsgiproxy-unicode-0"),
+        (&[("X-WSGIProxy-Json-0", "roles {\"a\":")], "undecodable_payload", "x-wsgiproxy-json-0"),
+        (&[("X-WSGIProxy-Str-0", "REMOTE_USER b64cm9vdApYLUFkbWluOiAx")], "undeliverable_value", "x-wsgiproxy-str-0"),
+        (&[("X-WSGIProxy-Str-007", "REMOTE_USER a")], "bad_payload_index", "x-wsgiproxy-str-007"),
+        (&[("X-Script-Name", "/a"), ("X-Script-Name", "/b")], "duplicate_header", "x-script-name"),
+        (&[("X-Forwarded-Server", "user@evil.example")], "bad_forwarded_server", "X-Forwarded-Server"),
+        (&[("X-Traversal-Path", "/elsewhere")], "outside_traversal_path", "X-Traversal-Path"),
+    ];
+    for (headers, reason, named) in cases {
+        let r = mw.get("/x", headers);
+        assert_eq!(r.status, 400, "{headers:?}: {}", r.text());
+        assert_eq!(r.header("x-wsgiproxy-error"), Some(*reason), "{headers:?}");
+        assert!(r.text().contains(named), "{headers:?}: body {:?} should name {named}", r.text());
+    }
+    // WSGIProxy 0.2.2's own spelling is accepted.
+    let got = mw.get("/app/x", &[("X-Forwarded-Script-Name", "/mount"), ("X-Traversal-Path", "app")]).received();
+    assert_eq!(got.uri(), "/x");
+    assert_eq!(got.header("x-forwarded-prefix").as_deref(), Some("/mount"));
+}
+
+#[test]
+fn forced_prefix_and_host() {
+    let echo = Echo::start();
+    let mw = middleware(echo.port, json!({"role": "middleware", "trust_ips": [], "pop_prefix": "/shop", "scheme": "https", "host": "shop.example:443"}));
+    let got = mw.get("/shop/cart?id=3", &[]).received();
+    assert_eq!(got.uri(), "/cart?id=3");
+    assert_eq!(got.header("x-forwarded-prefix").as_deref(), Some("/shop"));
+    assert_eq!(got.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(got.header("host").as_deref(), Some("shop.example:443"));
+    let r = mw.get("/elsewhere", &[]);
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("/shop"), "{}", r.text());
+}
+
+#[test]
+fn werkzeug_proxyfix_builds_the_clients_url() {
+    let port = free_port();
+    let python = repo_root().join(".venv/bin/python");
+    let child = Command::new(&python)
+        .arg(repo_root().join("tests/apps/proxyfix_app.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _guard = Proc::adopt(child);
+    assert!(wait_for_port(port, Duration::from_secs(20)), "the WSGI app did not start");
+
+    let mw = middleware(port, json!({"role": "middleware", "secret": secret(&[("k1", KEY_K1)]), "keys": {"REMOTE_USER": "x-remote-user"}}));
+    let edge = app(
+        mw.port,
+        json!({"role": "app", "href": "http://wsgi-backend:8000/", "script_name": "/blog", "secret": secret(&[("k1", KEY_K1)]),
+               "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}]}),
+    );
+    let r = edge.get("/blog/entries/1?x=y", &[("Host", "www.example.com:8080"), ("X-Auth-User", "carol")]);
+    let seen = r.json();
+    assert_eq!(seen["url_root"], "http://www.example.com:8080/blog/", "{seen}");
+    assert_eq!(seen["url"], "http://www.example.com:8080/blog/entries/1?x=y");
+    assert_eq!(seen["script_root"], "/blog");
+    assert_eq!(seen["path"], "/entries/1");
+    assert_eq!(seen["remote_addr"], "127.0.0.1");
+    assert_eq!(seen["remote_user"], "carol");
+}

@@ -1,0 +1,431 @@
+//! Test support: real Envoy processes loaded with the built .wasm, the echo backend,
+//! and a raw HTTP/1.1 client (raw, so that tests can send what a hostile client would).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require(path: PathBuf, how: &str) -> PathBuf {
+    assert!(path.exists(), "{} is missing: {how}", path.display());
+    path
+}
+
+pub fn envoy_bin() -> PathBuf {
+    match std::env::var_os("ENVOY_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => require(repo_root().join(".venv/envoy"), "run scripts/setup.sh (or scripts/test.sh)"),
+    }
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
+}
+
+pub fn wasm_path() -> PathBuf {
+    require(
+        target_dir().join("wasm32-wasip1/release/wsgiproxy_filter.wasm"),
+        "build it with `cargo build --release --target wasm32-wasip1` (scripts/test.sh does)",
+    )
+}
+
+pub fn bin_path(name: &str) -> PathBuf {
+    require(target_dir().join("debug").join(name), "build it with `cargo build --workspace --bins` (scripts/test.sh does)")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Proc {
+    /// Owns a child started by a test itself.
+    pub fn adopt(child: Child) -> Proc {
+        Proc { child, log: PathBuf::new(), _dir: None }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The echo backend: answers with a JSON description of the request it received.
+pub struct Echo {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Echo {
+    pub fn start() -> Echo {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Echo {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("echo.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin_path("wsgiproxy-echo"))
+            .args(["--port", &port.to_string()])
+            .args(args)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let proc = Proc { child, log, _dir: Some(dir) };
+        assert!(wait_for_port(port, Duration::from_secs(10)), "echo did not start: {}", proc.log_text());
+        Echo { port, proc }
+    }
+}
+
+/// How a test changes a shipped envoy/*.yaml before running it.
+#[derive(Default, Clone)]
+pub struct Overrides {
+    /// Cluster name → port on 127.0.0.1.
+    pub clusters: BTreeMap<String, u16>,
+    /// The plugin configuration JSON, replacing the shipped one (first Wasm filter).
+    pub plugin_config: Option<Json>,
+    /// Extra environment for Envoy (secrets reach the VM from here).
+    pub env: Vec<(String, String)>,
+    /// Envoy worker threads (default 1).
+    pub concurrency: Option<u32>,
+    /// Edits applied to the YAML last.
+    pub edit: Option<fn(&mut Yaml)>,
+}
+
+impl Overrides {
+    pub fn cluster(mut self, name: &str, port: u16) -> Self {
+        self.clusters.insert(name.to_string(), port);
+        self
+    }
+    pub fn plugin(mut self, config: Json) -> Self {
+        self.plugin_config = Some(config);
+        self
+    }
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// A running Envoy.
+pub struct Envoy {
+    pub port: u16,
+    pub admin_port: u16,
+    pub proc: Proc,
+}
+
+fn walk_mut(value: &mut Yaml, f: &mut dyn FnMut(&mut serde_yaml::Mapping)) {
+    match value {
+        Yaml::Mapping(m) => {
+            f(m);
+            for (_, v) in m.iter_mut() {
+                walk_mut(v, f);
+            }
+        }
+        Yaml::Sequence(s) => {
+            for v in s {
+                walk_mut(v, f);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn key(name: &str) -> Yaml {
+    Yaml::String(name.to_string())
+}
+
+/// Loads a shipped config and rewrites its ports and plugin configuration.
+pub fn render(file: &str, port: u16, admin_port: u16, o: &Overrides) -> String {
+    let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
+    let mut doc: Yaml = serde_yaml::from_str(&text).unwrap();
+    doc["admin"]["address"]["socket_address"]["port_value"] = Yaml::from(admin_port);
+    doc["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = Yaml::from(port);
+    if let Some(clusters) = doc["static_resources"]["clusters"].as_sequence_mut() {
+        for cluster in clusters {
+            let name = cluster["name"].as_str().unwrap_or_default().to_string();
+            if let Some(p) = o.clusters.get(&name) {
+                walk_mut(&mut cluster["load_assignment"], &mut |m| {
+                    if m.contains_key(key("port_value")) {
+                        m.insert(key("port_value"), Yaml::from(*p));
+                    }
+                });
+            }
+        }
+    }
+    if let Some(config) = &o.plugin_config {
+        let mut done = false;
+        walk_mut(&mut doc, &mut |m| {
+            if done {
+                return;
+            }
+            if let Some(Yaml::Mapping(c)) = m.get_mut(key("configuration")) {
+                if c.get(key("@type")).and_then(Yaml::as_str) == Some("type.googleapis.com/google.protobuf.StringValue") {
+                    c.insert(key("value"), Yaml::String(config.to_string()));
+                    done = true;
+                }
+            }
+        });
+        assert!(done, "{file} has no Wasm plugin configuration to replace");
+    }
+    if let Some(edit) = o.edit {
+        edit(&mut doc);
+    }
+    serde_yaml::to_string(&doc).unwrap()
+}
+
+impl Envoy {
+    fn spawn(file: &str, o: &Overrides) -> (u16, u16, Proc, PathBuf) {
+        let _ = wasm_path();
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(&config, render(file, port, admin_port, o)).unwrap();
+        let log = dir.path().join("envoy.log");
+        let mut cmd = Command::new(envoy_bin());
+        cmd.current_dir(repo_root())
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", &o.concurrency.unwrap_or(1).to_string()])
+            .args(["--disable-hot-restart", "--log-level", "warn", "--component-log-level", "wasm:debug"])
+            .arg("--log-path")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &o.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        (port, admin_port, Proc { child, log: log.clone(), _dir: Some(dir) }, config)
+    }
+
+    /// Starts Envoy with a shipped config and waits until its listener accepts.
+    pub fn start(file: &str, o: &Overrides) -> Envoy {
+        let (port, admin_port, mut proc, _) = Self::spawn(file, o);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                panic!("envoy exited ({status}) at start:\n{}", proc.log_text());
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "envoy did not start:\n{}", proc.log_text());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Envoy { port, admin_port, proc }
+    }
+
+    /// Starts Envoy with a config it must refuse; returns its log.
+    pub fn start_refused(file: &str, o: &Overrides) -> String {
+        let (port, _, mut proc, _) = Self::spawn(file, o);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                assert!(!status.success(), "envoy exited 0");
+                return proc.log_text();
+            }
+            assert!(
+                TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "envoy accepted a bad configuration:\n{}",
+                proc.log_text()
+            );
+            assert!(Instant::now() < deadline, "envoy neither started nor exited:\n{}", proc.log_text());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        request(self.port, "GET", path, headers, b"")
+    }
+
+    /// Counters whose names contain `filter`, from the admin endpoint.
+    pub fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
+        let r = request(self.admin_port, "GET", &format!("/stats?filter={filter}"), &[], b"");
+        r.text()
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
+            .collect()
+    }
+
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats(name).get(name).copied().unwrap_or(0)
+    }
+
+    pub fn admin(&self, path: &str) -> Response {
+        request(self.admin_port, "GET", path, &[], b"")
+    }
+}
+
+/// An HTTP response as the client got it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Json {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text()))
+    }
+    /// What the echo backend received: it answers with a JSON description of the request.
+    pub fn received(&self) -> Received {
+        assert_eq!(self.status, 200, "backend not reached: {}", self.text());
+        Received(self.json())
+    }
+}
+
+/// A request as the echo backend saw it.
+pub struct Received(pub Json);
+
+impl Received {
+    pub fn uri(&self) -> String {
+        self.0["uri"].as_str().unwrap().to_string()
+    }
+    pub fn method(&self) -> String {
+        self.0["method"].as_str().unwrap().to_string()
+    }
+    pub fn body(&self) -> String {
+        self.0["body"].as_str().unwrap_or_default().to_string()
+    }
+    /// Every value of a header, in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0].as_str() == Some(name))
+            .map(|h| h[1].as_str().unwrap().to_string())
+            .collect()
+    }
+    /// The one value of a header; fails when it is repeated.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let all = self.all(name);
+        assert!(all.len() <= 1, "{name} received {} times: {all:?}", all.len());
+        all.into_iter().next()
+    }
+    pub fn names(&self) -> Vec<String> {
+        self.0["headers"].as_array().unwrap().iter().map(|h| h[0].as_str().unwrap().to_string()).collect()
+    }
+}
+
+/// Sends one request on a new connection and reads the whole response.
+pub fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut raw = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        raw.extend_from_slice(b"Host: test.local\r\n");
+    }
+    for (n, v) in headers {
+        raw.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        raw.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    raw.extend_from_slice(b"Connection: close\r\n\r\n");
+    raw.extend_from_slice(body);
+    raw_request(port, &raw)
+}
+
+/// Sends raw bytes and parses the response (Content-Length, chunked, or until close).
+pub fn raw_request(port: u16, raw: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(raw).unwrap();
+    let mut reader = BufReader::new(stream);
+    read_response(&mut reader)
+}
+
+pub fn read_response(reader: &mut impl BufRead) -> Response {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = h.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let find = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v): &(String, String)| v.clone());
+    let mut body = Vec::new();
+    if let Some(len) = find("content-length") {
+        body.resize(len.parse().unwrap(), 0);
+        reader.read_exact(&mut body).unwrap();
+    } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; n + 2];
+            reader.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if status != 204 && status != 304 {
+        let _ = reader.read_to_end(&mut body);
+    }
+    Response { status, headers, body }
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
