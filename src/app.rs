@@ -3,11 +3,13 @@
 use std::rc::Rc;
 
 use log::debug;
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
 use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::request::Decision;
+use wsgiproxy_protocol::response::{rewrite_cookie_path, rewrite_location, ClientView};
 
 use crate::host;
 use crate::metrics::Metrics;
@@ -19,11 +21,13 @@ pub fn declare_metrics(metrics: &Metrics) {
 
 pub struct AppFilter {
     shared: Rc<Shared>,
+    /// Set when the response's Location and cookie paths are to be rewritten.
+    client_view: Option<ClientView>,
 }
 
 impl AppFilter {
     pub fn new(shared: Rc<Shared>) -> Self {
-        AppFilter { shared }
+        AppFilter { shared, client_view: None }
     }
 }
 
@@ -67,6 +71,7 @@ impl HttpContext for AppFilter {
                 if outcome.signed {
                     metrics.inc("app.signed");
                 }
+                self.client_view = outcome.client_view.take();
                 debug!(
                     "wsgiproxy app: forwarded (stripped {}, invalid keys {}, signed {})",
                     outcome.stripped, outcome.invalid_keys, outcome.signed
@@ -79,6 +84,54 @@ impl HttpContext for AppFilter {
                 host::send_reply(&reply);
                 Action::Pause
             }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.rewrite_response_headers();
+        Action::Continue
+    }
+}
+
+impl AppFilter {
+    /// Rewrites Location, Content-Location and Set-Cookie paths to the client's view.
+    fn rewrite_response_headers(&self) {
+        let (Config::App(config), Some(view)) = (&self.shared.config, &self.client_view) else {
+            return;
+        };
+        let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let mut cookies: Vec<Vec<u8>> = Vec::new();
+        let mut cookies_changed = false;
+        for (name, value) in &headers {
+            let Ok(text) = std::str::from_utf8(value) else {
+                if name == "set-cookie" {
+                    cookies.push(value.clone());
+                }
+                continue;
+            };
+            match name.as_str() {
+                "location" | "content-location" => {
+                    if let Some(new) = rewrite_location(text, &config.href, view) {
+                        let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(new.as_bytes()));
+                        self.shared.metrics.inc("app.rewritten_locations");
+                    }
+                }
+                "set-cookie" => match rewrite_cookie_path(text, &config.href, view) {
+                    Some(new) => {
+                        cookies.push(new.into_bytes());
+                        cookies_changed = true;
+                    }
+                    None => cookies.push(value.clone()),
+                },
+                _ => {}
+            }
+        }
+        if cookies_changed {
+            let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "set-cookie");
+            for cookie in &cookies {
+                let _ = hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", cookie);
+            }
+            self.shared.metrics.inc("app.rewritten_cookies");
         }
     }
 }

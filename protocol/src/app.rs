@@ -10,6 +10,7 @@ use crate::config::{AppConfig, KeySource};
 use crate::headers::*;
 use crate::paths::{has_unsafe_segment, join_query, split_query, strip_segment_prefix, with_query};
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
+use crate::response::ClientView;
 use crate::signature::{format_date, is_signed_header, sign, Nonce, SignedParts};
 
 /// What the host tells the role about one request besides its headers.
@@ -32,6 +33,8 @@ pub struct AppOutcome {
     /// whose header is not JSON); they are left out, never sent half-valid.
     pub invalid_keys: usize,
     pub signed: bool,
+    /// The client's view of the request, for rewriting the response (when enabled).
+    pub client_view: Option<ClientView>,
 }
 
 /// Decides what to do with a request.
@@ -82,10 +85,21 @@ pub fn decide(
     let new_target = with_query(&new_path, join_query(query, config.href.query.as_deref()).as_deref());
 
     // The Host the client asked for, with its port if it gave one.
-    if let Some(host) = head.get(AUTHORITY).filter(|h| !h.is_empty()) {
+    let client_host = head.get(AUTHORITY).filter(|h| !h.is_empty());
+    if let Some(host) = client_host {
         edits.set(X_FORWARDED_SERVER, host.to_vec());
     }
-    edits.set(X_FORWARDED_SCHEME, if req.https { "https" } else { "http" });
+    let scheme = if req.https { "https" } else { "http" };
+    edits.set(X_FORWARDED_SCHEME, scheme);
+    if config.rewrite_response {
+        if let Some(host) = client_host.and_then(|h| std::str::from_utf8(h).ok()) {
+            outcome.client_view = Some(ClientView {
+                scheme: scheme.to_string(),
+                host: host.to_string(),
+                mount: config.script_name.clone().unwrap_or_default(),
+            });
+        }
+    }
     if let Some(ip) = req.client_ip {
         edits.set(X_FORWARDED_FOR, ip.to_string());
     }

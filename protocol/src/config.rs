@@ -59,6 +59,8 @@ struct RawApp {
     secret: Option<RawSecret>,
     #[serde(default)]
     algorithm: Option<String>,
+    #[serde(default)]
+    rewrite_response: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +194,8 @@ pub struct AppConfig {
     pub script_name: Option<String>,
     pub keys: Vec<KeySpec>,
     pub signing: Option<KeyRing>,
+    /// Rewrite `Location`, `Content-Location` and `Set-Cookie` paths back to the client's view.
+    pub rewrite_response: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,7 +335,7 @@ fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>) -> Result<App
         }
     }
     let signing = key_ring(raw.secret, raw.algorithm.as_deref(), env)?;
-    Ok(AppConfig { href, script_name, keys, signing })
+    Ok(AppConfig { href, script_name, keys, signing, rewrite_response: raw.rewrite_response.unwrap_or(true) })
 }
 
 fn validate_key(family: Family, field: &str, raw: RawKey) -> Result<KeySpec, ConfigError> {

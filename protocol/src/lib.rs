@@ -15,5 +15,6 @@ pub mod middleware;
 pub mod paths;
 pub mod replay;
 pub mod request;
+pub mod response;
 pub mod signature;
 pub mod spawn;

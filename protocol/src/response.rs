@@ -1,0 +1,127 @@
+//! Rewrites the backend's view back into the client's on the way out, as Apache's
+//! ProxyPassReverse and ProxyPassReverseCookiePath do: `Location` and
+//! `Content-Location` under the href become URLs under the client's host and mount
+//! point, and a `Set-Cookie` `Path` under the href's path moves under the mount point.
+
+use crate::href::Href;
+use crate::paths::strip_segment_prefix;
+
+/// What the client asked for, kept from the request for its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    pub scheme: String,
+    pub host: String,
+    /// The mount point, normalised ("" for the root).
+    pub mount: String,
+}
+
+/// The backend's path `path` as the client sees it, when it lies under the href's path.
+fn client_path(href: &Href, view: &ClientView, path: &str) -> Option<String> {
+    let rest = strip_segment_prefix(path, &href.path)?;
+    let mut out = format!("{}{}", view.mount, rest);
+    if out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+/// Rewrites a `Location` or `Content-Location` value; `None` leaves it alone.
+pub fn rewrite_location(value: &str, href: &Href, view: &ClientView) -> Option<String> {
+    if value.starts_with('/') && !value.starts_with("//") {
+        let (path, tail) = split_path(value);
+        return client_path(href, view, path).map(|p| format!("{p}{tail}"));
+    }
+    let after_scheme = value.strip_prefix(&href.scheme)?.strip_prefix("://")?;
+    let end = after_scheme.find(['/', '?', '#']).unwrap_or(after_scheme.len());
+    let (authority, rest) = after_scheme.split_at(end);
+    if !same_authority(authority, href) {
+        return None;
+    }
+    let (path, tail) = split_path(if rest.is_empty() { "/" } else { rest });
+    let path = if path.is_empty() { "/" } else { path };
+    let client = client_path(href, view, path)?;
+    Some(format!("{}://{}{}{}", view.scheme, view.host, client, tail))
+}
+
+fn split_path(value: &str) -> (&str, &str) {
+    let end = value.find(['?', '#']).unwrap_or(value.len());
+    value.split_at(end)
+}
+
+/// `host` and `host:default-port` name the same backend.
+fn same_authority(authority: &str, href: &Href) -> bool {
+    if authority.eq_ignore_ascii_case(&href.authority) {
+        return true;
+    }
+    let default = if href.scheme == "https" { ":443" } else { ":80" };
+    href.authority
+        .strip_suffix(default)
+        .is_some_and(|host| authority.eq_ignore_ascii_case(host))
+}
+
+/// Rewrites the `Path` attribute of a `Set-Cookie` value; `None` leaves it alone.
+pub fn rewrite_cookie_path(value: &str, href: &Href, view: &ClientView) -> Option<String> {
+    let mut changed = false;
+    let parts: Vec<String> = value
+        .split(';')
+        .enumerate()
+        .map(|(i, part)| {
+            if i > 0 {
+                let trimmed = part.trim_start();
+                let lead = &part[..part.len() - trimmed.len()];
+                if let Some((name, path)) = trimmed.split_once('=') {
+                    if name.trim().eq_ignore_ascii_case("path") {
+                        if let Some(new) = client_path(href, view, path.trim()) {
+                            if new != path.trim() {
+                                changed = true;
+                                return format!("{lead}{}={new}", name.trim());
+                            }
+                        }
+                    }
+                }
+            }
+            part.to_string()
+        })
+        .collect();
+    changed.then(|| parts.join(";"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (Href, ClientView) {
+        (
+            Href::parse("http://backend:8080/myapp").unwrap(),
+            ClientView { scheme: "https".into(), host: "www.example.com".into(), mount: "/blog".into() },
+        )
+    }
+
+    #[test]
+    fn locations() {
+        let (href, view) = setup();
+        let r = |v: &str| rewrite_location(v, &href, &view);
+        assert_eq!(r("http://backend:8080/myapp/login?next=/x").as_deref(), Some("https://www.example.com/blog/login?next=/x"));
+        assert_eq!(r("http://backend:8080/myapp").as_deref(), Some("https://www.example.com/blog"));
+        assert_eq!(r("/myapp/a#frag").as_deref(), Some("/blog/a#frag"));
+        assert_eq!(r("/other"), None, "outside the href path");
+        assert_eq!(r("http://elsewhere/myapp/a"), None);
+        assert_eq!(r("https://backend:8080/myapp/a"), None, "another scheme is another server");
+        assert_eq!(r("//backend:8080/myapp"), None);
+        let href80 = Href::parse("http://backend/").unwrap();
+        let root = ClientView { mount: String::new(), ..view.clone() };
+        assert_eq!(rewrite_location("http://backend/x", &href80, &root).as_deref(), Some("https://www.example.com/x"));
+        assert_eq!(rewrite_location("http://backend:80", &href80, &root).as_deref(), Some("https://www.example.com/"));
+    }
+
+    #[test]
+    fn cookie_paths() {
+        let (href, view) = setup();
+        let r = |v: &str| rewrite_cookie_path(v, &href, &view);
+        assert_eq!(r("sid=1; Path=/myapp; HttpOnly").as_deref(), Some("sid=1; Path=/blog; HttpOnly"));
+        assert_eq!(r("sid=1; path=/myapp/admin").as_deref(), Some("sid=1; path=/blog/admin"));
+        assert_eq!(r("sid=1; Path=/other"), None);
+        assert_eq!(r("sid=1"), None);
+        assert_eq!(r("path=/myapp"), None, "the cookie's own name is not an attribute");
+    }
+}
