@@ -44,9 +44,11 @@ impl RootContext for Root {
         match config::parse(&raw, &env) {
             Ok(config) => {
                 let metrics = Metrics::default();
-                crate::app::declare_metrics(&metrics);
-                crate::middleware::declare_metrics(&metrics);
-                crate::spawn::declare_metrics(&metrics);
+                match &config {
+                    Config::App(_) => crate::app::declare_metrics(&metrics),
+                    Config::Middleware(_) => crate::middleware::declare_metrics(&metrics),
+                    Config::Spawn(_) => crate::spawn::declare_metrics(&metrics),
+                }
                 let spawn = match &config {
                     Config::Spawn(s) => {
                         self.set_tick_period(s.report_interval);

@@ -75,7 +75,10 @@ pub fn decide(
     let mut edits = Edits::default();
     for name in head.names_where(is_protocol_header) {
         edits.remove(&name);
-        outcome.stripped += 1;
+        // Envoy itself puts the peer in X-Forwarded-For at the edge: not a client's forgery.
+        if name != X_FORWARDED_FOR {
+            outcome.stripped += 1;
+        }
     }
 
     let mut new_path = format!("{}{}", config.href.path, rest);

@@ -289,8 +289,10 @@ impl Envoy {
             .collect()
     }
 
+    /// A counter the filter defined (Envoy shows Wasm metrics under `wasmcustom.`).
     pub fn stat(&self, name: &str) -> u64 {
-        self.stats(name).get(name).copied().unwrap_or(0)
+        let full = format!("wasmcustom.{name}");
+        self.stats(&full).get(&full).copied().unwrap_or(0)
     }
 
     pub fn admin(&self, path: &str) -> Response {
