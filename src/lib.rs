@@ -3,6 +3,7 @@
 //! protocol logic lives in `wsgiproxy-protocol`, tested natively.
 
 mod app;
+mod exact;
 mod host;
 mod metrics;
 mod middleware;

@@ -48,6 +48,7 @@ impl RootContext for Root {
                     Config::App(_) => crate::app::declare_metrics(&metrics),
                     Config::Middleware(_) => crate::middleware::declare_metrics(&metrics),
                     Config::Spawn(_) => crate::spawn::declare_metrics(&metrics),
+                    Config::Exact(_) => crate::exact::declare_metrics(&metrics),
                 }
                 let spawn = match &config {
                     Config::Spawn(s) => {
@@ -83,6 +84,7 @@ impl RootContext for Root {
             Config::App(_) => Box::new(crate::app::AppFilter::new(shared)),
             Config::Middleware(_) => Box::new(crate::middleware::MiddlewareFilter::new(shared)),
             Config::Spawn(_) => Box::new(crate::spawn::SpawnFilter::new(shared)),
+            Config::Exact(_) => Box::new(crate::exact::ExactFilter::new(shared)),
         })
     }
 

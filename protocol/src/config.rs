@@ -124,6 +124,12 @@ struct RawMiddleware {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawExact {
+    allow_hosts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawSpawn {
     app: String,
     sidecar_cluster: String,
@@ -160,6 +166,7 @@ pub enum Config {
     App(AppConfig),
     Middleware(MiddlewareConfig),
     Spawn(SpawnConfig),
+    Exact(crate::exact::ExactConfig),
 }
 
 impl Config {
@@ -168,6 +175,7 @@ impl Config {
             Config::App(_) => "app",
             Config::Middleware(_) => "middleware",
             Config::Spawn(_) => "spawn",
+            Config::Exact(_) => "exact",
         }
     }
 }
@@ -268,11 +276,12 @@ pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
         "app" => validate_app(raw(value)?, env).map(Config::App),
         "middleware" => validate_middleware(raw(value)?, env).map(Config::Middleware),
         "spawn" => validate_spawn(raw(value)?).map(Config::Spawn),
+        "exact" => validate_exact(raw(value)?).map(Config::Exact),
         other => Err(ConfigError::new("role", format!("unknown role {other:?}; one of {ROLES}"))),
     }
 }
 
-const ROLES: &str = "\"app\", \"middleware\", \"spawn\"";
+const ROLES: &str = "\"app\", \"middleware\", \"spawn\", \"exact\"";
 
 /// Deserialises a role's raw form, naming the path of the first offending field.
 fn raw<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
@@ -280,6 +289,20 @@ fn raw<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Co
         let path = e.path().to_string();
         ConfigError::new(path, e.into_inner().to_string())
     })
+}
+
+fn validate_exact(raw: RawExact) -> Result<crate::exact::ExactConfig, ConfigError> {
+    if raw.allow_hosts.is_empty() {
+        return Err(ConfigError::new(
+            "allow_hosts",
+            "must list the destinations this proxy may reach (\"*:*\" allows any public host; loopback and private addresses only when listed)",
+        ));
+    }
+    let mut allow_hosts = Vec::with_capacity(raw.allow_hosts.len());
+    for (i, entry) in raw.allow_hosts.iter().enumerate() {
+        allow_hosts.push(crate::exact::HostPattern::parse(entry).map_err(|e| ConfigError::new(format!("allow_hosts[{i}]"), e))?);
+    }
+    Ok(crate::exact::ExactConfig { allow_hosts })
 }
 
 fn validate_spawn(raw: RawSpawn) -> Result<SpawnConfig, ConfigError> {

@@ -1,0 +1,92 @@
+//! The `exact` role with envoy/exact.yaml: the upstream receives the request exactly
+//! as the client sent it; destinations outside `allow_hosts` are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+fn exact(allow: &[String]) -> Envoy {
+    Envoy::start("envoy/exact.yaml", &Overrides::default().plugin(json!({"role": "exact", "allow_hosts": allow})))
+}
+
+#[test]
+fn the_request_arrives_as_sent() {
+    let echo = Echo::start();
+    let host = format!("127.0.0.1:{}", echo.port);
+    let envoy = exact(&[host.clone()]);
+    let sent = [
+        ("Host", host.as_str()),
+        ("User-Agent", "exact-test/1"),
+        ("X-Custom", "a, b"),
+        ("X-Custom", "c"),
+        ("Accept", "text/plain"),
+        ("Cookie", "sid=1"),
+    ];
+    let got = request(envoy.port, "PUT", "/some/path;p?q=1&r=%2F", &sent, b"the body").received();
+    assert_eq!(got.method(), "PUT");
+    assert_eq!(got.uri(), "/some/path;p?q=1&r=%2F");
+    assert_eq!(got.body(), "the body");
+    let mut expected: Vec<(String, String)> = sent.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.to_string())).collect();
+    expected.push(("content-length".into(), "8".into()));
+    let mut received: Vec<(String, String)> = got.0["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_str().unwrap().to_string()))
+        .collect();
+    expected.sort();
+    received.sort();
+    assert_eq!(received, expected, "nothing added, nothing lost (only the hop-by-hop Connection header is consumed)");
+}
+
+#[test]
+fn client_sent_forwarding_headers_pass_untouched() {
+    let echo = Echo::start();
+    let host = format!("127.0.0.1:{}", echo.port);
+    let envoy = exact(&[host.clone()]);
+    let got = envoy
+        .get("/", &[("Host", &host), ("X-Forwarded-Proto", "https"), ("X-Forwarded-For", "1.2.3.4"), ("X-Request-Id", "abc")])
+        .received();
+    assert_eq!(got.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(got.header("x-forwarded-for").as_deref(), Some("1.2.3.4"));
+    assert_eq!(got.header("x-request-id").as_deref(), Some("abc"));
+    let got = envoy.get("/", &[("Host", &host)]).received();
+    for added in ["x-forwarded-proto", "x-forwarded-for", "x-request-id", "x-envoy-expected-rq-timeout-ms", "via"] {
+        assert_eq!(got.header(added), None, "{added} was added");
+    }
+}
+
+#[test]
+fn not_an_open_proxy() {
+    let echo = Echo::start();
+    let allowed = format!("127.0.0.1:{}", echo.port);
+    let envoy = exact(&[allowed, "*:*".into()]);
+    for host in ["127.0.0.2:80".to_string(), format!("localhost:{}", echo.port), "169.254.169.254".into(), "10.0.0.1:8080".into()] {
+        let r = envoy.get("/", &[("Host", &host)]);
+        assert_eq!(r.status, 403, "{host}");
+        assert_eq!(r.header("x-wsgiproxy-error"), Some("destination_not_allowed"));
+        assert!(r.text().contains(&host), "{}", r.text());
+    }
+    assert_eq!(envoy.stat("wsgiproxy.exact.rejected.destination_not_allowed"), 4);
+}
+
+#[test]
+fn an_unreachable_destination_is_a_502_naming_it() {
+    let dead = free_port();
+    let host = format!("127.0.0.1:{dead}");
+    let envoy = exact(&[host.clone(), "no-such-host.invalid:80".into()]);
+    let r = envoy.get("/", &[("Host", &host)]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains(&host), "{}", r.text());
+    let r = envoy.get("/", &[("Host", "no-such-host.invalid")]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("no-such-host.invalid"), "{}", r.text());
+}
+
+#[test]
+fn allow_hosts_is_required() {
+    let log = Envoy::start_refused("envoy/exact.yaml", &Overrides::default().plugin(json!({"role": "exact", "allow_hosts": []})));
+    assert!(log.contains("field `allow_hosts`: must list"), "{log}");
+}
