@@ -87,7 +87,9 @@ async fn handle(args: Arc<Args>, req: Request<Incoming>) -> Result<Response<Body
     let body = incoming.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Special paths work under any prefix (`/myapp/__redirect`), as a backend mounted deeper sees them.
+    let special = path.find("/__").map(|at| &path[at + 1..]).unwrap_or("");
+    let segments: Vec<&str> = special.split('/').collect();
     let json = |status: StatusCode| {
         let mut r = Response::new(full(describe(&args.name, &parts, &body)));
         *r.status_mut() = status;
