@@ -1,1 +1,120 @@
-fn main() {}
+//! wsgiproxy-sidecar: starts backend processes on demand for the WSGIProxy Envoy
+//! filter's `spawn` role, reports when they are ready, stops them when idle, and
+//! stops them all when it stops.
+
+mod api;
+mod app;
+mod config;
+mod leftovers;
+mod metrics;
+mod ports;
+mod process;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser, Debug)]
+#[command(about = "Starts backend processes on demand for the WSGIProxy Envoy filter")]
+struct Args {
+    /// The apps' configuration (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// Where the control API listens (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// Where children are recorded, to stop leftovers of an earlier run.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// How long a grant lets the filter send requests without asking again.
+    #[arg(long, default_value_t = 2000)]
+    lease_ms: u64,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn default_state_dir(config: &std::path::Path) -> PathBuf {
+    let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let absolute = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    // FNV-1a of the config path: one state directory per configuration.
+    let hash = absolute.to_string_lossy().bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+    base.join(format!("wsgiproxy-sidecar-{hash:016x}"))
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let apps = match config::load(&args.config) {
+        Ok(apps) => apps,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if args.check {
+        println!("configuration {} OK ({} apps)", args.config.display(), apps.len());
+        return;
+    }
+    if let Err(e) = run(args, apps).await {
+        eprintln!("wsgiproxy-sidecar: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn std::error::Error>> {
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| default_state_dir(&args.config));
+    let state_file = leftovers::StateFile::new(&state_dir)?;
+    let stopped = state_file.stop_leftovers().await;
+    if stopped > 0 {
+        tracing::warn!("stopped {stopped} children left by an earlier run");
+    }
+    let ctx = Arc::new(app::Context::new(process::Spawner::start()?, Duration::from_millis(args.lease_ms), state_file));
+    let apps: BTreeMap<String, Arc<app::App>> =
+        configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
+    for app in apps.values() {
+        tokio::spawn(Arc::clone(app).idle_monitor());
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!("control API on http://{} ({} apps)", listener.local_addr()?, apps.len());
+    let api = Arc::new(api::Api { apps: apps.clone(), ctx });
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let api = Arc::clone(&api);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| Arc::clone(&api).handle(req));
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("stopping every app");
+    let stops: Vec<_> = apps.values().map(|a| {
+        let a = Arc::clone(a);
+        tokio::spawn(async move { a.shutdown().await })
+    }).collect();
+    for stop in stops {
+        let _ = stop.await;
+    }
+    tracing::info!("all apps stopped");
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The sidecar's configuration file (TOML): one `[apps.NAME]` table per app.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawCommand {
+    Argv(Vec<String>),
+    Line(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    command: RawCommand,
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    idle_shutdown: Option<f64>,
+    #[serde(default)]
+    ready_path: Option<String>,
+    #[serde(default)]
+    start_timeout: Option<f64>,
+    #[serde(default)]
+    stop_signal: Option<String>,
+    #[serde(default)]
+    stop_timeout: Option<f64>,
+}
+
+/// How the sidecar knows a child is ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// A TCP connection to its port succeeds.
+    Tcp,
+    /// `GET path` answers 2xx or 3xx.
+    Http(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    /// argv; `__PORT__` is replaced by the port when the child starts.
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub port: Option<u16>,
+    pub idle_shutdown: Option<Duration>,
+    pub readiness: Readiness,
+    pub start_timeout: Duration,
+    pub stop_signal: Signal,
+    pub stop_timeout: Duration,
+}
+
+pub const DEFAULT_START_TIMEOUT: f64 = 30.0;
+pub const DEFAULT_STOP_TIMEOUT: f64 = 10.0;
+
+fn error(app: &str, field: &str, message: impl std::fmt::Display) -> String {
+    format!("config error: app {app:?}: field {field:?}: {message}")
+}
+
+fn seconds(app: &str, field: &str, value: Option<f64>, default: Option<f64>) -> Result<Option<Duration>, String> {
+    match value.or(default) {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(error(app, field, format!("{s} must be a number of seconds above 0 and at most 86400"))),
+    }
+}
+
+pub fn load(path: &Path) -> Result<Vec<AppConfig>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("config error: cannot read {}: {e}", path.display()))?;
+    parse(&text)
+}
+
+pub fn parse(text: &str) -> Result<Vec<AppConfig>, String> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| format!("config error: {}", e.to_string().trim()))?;
+    if raw.apps.is_empty() {
+        return Err("config error: no [apps.NAME] table".into());
+    }
+    let mut apps = Vec::new();
+    let mut ports = HashSet::new();
+    for (name, app) in raw.apps {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return Err(format!("config error: app {name:?}: the name must be letters, digits, '.', '_' or '-'"));
+        }
+        let command = match app.command {
+            RawCommand::Argv(argv) => argv,
+            RawCommand::Line(line) => shlex::split(&line).ok_or_else(|| error(&name, "command", "unbalanced quotes"))?,
+        };
+        if command.is_empty() || command[0].is_empty() {
+            return Err(error(&name, "command", "must not be empty"));
+        }
+        if let Some(port) = app.port {
+            if port == 0 {
+                return Err(error(&name, "port", "must be 1 to 65535 (leave it out to have one allocated)"));
+            }
+            if !ports.insert(port) {
+                return Err(error(&name, "port", format!("{port} is used by another app")));
+            }
+        }
+        let readiness = match app.ready_path {
+            None => Readiness::Tcp,
+            Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => Readiness::Http(p),
+            Some(p) => return Err(error(&name, "ready_path", format!("{p:?} must be a path starting with /"))),
+        };
+        let stop_signal = match app.stop_signal.as_deref() {
+            None => Signal::SIGTERM,
+            Some(s) => {
+                let full = if s.starts_with("SIG") { s.to_string() } else { format!("SIG{s}") };
+                full.parse::<Signal>().map_err(|_| error(&name, "stop_signal", format!("unknown signal {s:?}")))?
+            }
+        };
+        if app.env.contains_key("PORT") {
+            return Err(error(&name, "env", "PORT is set by the sidecar"));
+        }
+        apps.push(AppConfig {
+            idle_shutdown: seconds(&name, "idle_shutdown", app.idle_shutdown, None)?,
+            start_timeout: seconds(&name, "start_timeout", app.start_timeout, Some(DEFAULT_START_TIMEOUT))?
+                .unwrap_or_default(),
+            stop_timeout: seconds(&name, "stop_timeout", app.stop_timeout, Some(DEFAULT_STOP_TIMEOUT))?
+                .unwrap_or_default(),
+            name,
+            command,
+            cwd: app.cwd,
+            env: app.env,
+            port: app.port,
+            readiness,
+            stop_signal,
+        });
+    }
+    Ok(apps)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_apps() {
+        let apps = parse(
+            r#"
+            [apps.blog]
+            command = "wsgiproxy-echo --port __PORT__ --name 'my blog'"
+            idle_shutdown = 30
+            ready_path = "/health"
+            stop_signal = "INT"
+
+            [apps.api]
+            command = ["server", "--port", "__PORT__"]
+            port = 9000
+            env = { MODE = "prod" }
+            start_timeout = 2.5
+            "#,
+        )
+        .unwrap();
+        let api = &apps[0];
+        assert_eq!(api.name, "api");
+        assert_eq!(api.port, Some(9000));
+        assert_eq!(api.start_timeout, Duration::from_millis(2500));
+        assert_eq!(api.stop_timeout, Duration::from_secs(10));
+        let blog = &apps[1];
+        assert_eq!(blog.command, ["wsgiproxy-echo", "--port", "__PORT__", "--name", "my blog"]);
+        assert_eq!(blog.idle_shutdown, Some(Duration::from_secs(30)));
+        assert_eq!(blog.readiness, Readiness::Http("/health".into()));
+        assert_eq!(blog.stop_signal, Signal::SIGINT);
+    }
+
+    #[test]
+    fn errors_name_the_app_and_field() {
+        let cases = [
+            ("[apps.a]\ncommand = []", "app \"a\": field \"command\""),
+            ("[apps.a]\ncommand = \"x\"\nstop_signal = \"SIGFOO\"", "app \"a\": field \"stop_signal\": unknown signal \"SIGFOO\""),
+            ("[apps.a]\ncommand = \"x\"\nidle_shutdown = -1", "app \"a\": field \"idle_shutdown\""),
+            ("[apps.a]\ncommand = \"x\"\nready_path = \"health\"", "app \"a\": field \"ready_path\""),
+            ("[apps.a]\ncommand = \"x\"\nport = 0", "app \"a\": field \"port\""),
+            ("[apps.a]\ncommand = \"x\"\nport = 80\n[apps.b]\ncommand = \"y\"\nport = 80", "app \"b\": field \"port\""),
+            ("[apps.a]\ncommand = \"x\"\nbogus = 1", "unknown field `bogus`"),
+            ("[apps.a]\ncommand = \"'x\"", "app \"a\": field \"command\": unbalanced quotes"),
+            ("[apps.a]\ncommand = \"x\"\nenv = { PORT = \"1\" }", "app \"a\": field \"env\""),
+        ];
+        for (text, expected) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(expected), "{text:?}: {e}");
+        }
+    }
+}
