@@ -56,6 +56,8 @@ pub struct Context {
     pub spawner: Spawner,
     pub metrics: Metrics,
     pub lease: Duration,
+    /// Where port allocation starts.
+    pub first_port: u16,
     pub state_file: StateFile,
     records: Mutex<Vec<Record>>,
     /// Ports in use by apps, so that two allocated apps never pick the same.
@@ -63,11 +65,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(spawner: Spawner, lease: Duration, state_file: StateFile) -> Context {
+    pub fn new(spawner: Spawner, lease: Duration, first_port: u16, state_file: StateFile) -> Context {
         Context {
             spawner,
             metrics: Metrics::default(),
             lease,
+            first_port,
             state_file,
             records: Mutex::new(Vec::new()),
             ports_in_use: Mutex::new(Vec::new()),
@@ -92,7 +95,7 @@ impl Context {
         let mut used = self.ports_in_use.lock().ok()?;
         let port = match fixed {
             Some(p) => p,
-            None => ports::allocate(&used)?,
+            None => ports::allocate(self.first_port, &used)?,
         };
         used.push(port);
         Some(port)
@@ -356,7 +359,8 @@ impl App {
             if let Some(description) = exited.borrow().clone() {
                 return Readied::Exited(description);
             }
-            if probe(&self.config.readiness, port).await {
+            // Ready when the port answers and it is our child that listens there.
+            if probe(&self.config.readiness, port).await && ports::listened_by_group(port, child.pid) {
                 return Readied::Ready;
             }
             tokio::select! {

@@ -17,12 +17,36 @@ pub struct Record {
     pub start_time: u64,
 }
 
+/// Fields of /proc/PID/stat after the command name (which may hold spaces and parentheses).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split(' ').map(str::to_string).collect())
+}
+
+/// The process group of a live process, from /proc.
+pub fn process_group(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(2)?.parse().ok()
+}
+
 /// The start time of a live process, from /proc.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Live processes still in the process group `pgid` that started no earlier than
+/// `since` (so they descend from the recorded leader, not from a reused id).
+fn group_members(pgid: u32, since: u64) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            stat_fields(*pid).is_some_and(|f| {
+                f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+                    && f.get(19).and_then(|t| t.parse::<u64>().ok()).is_some_and(|t| t >= since)
+            })
+        })
+        .collect()
 }
 
 pub struct StateFile {
@@ -55,14 +79,16 @@ impl StateFile {
     pub async fn stop_leftovers(&self) -> usize {
         let mut stopped = 0;
         for record in self.read() {
-            if start_time(record.pid) != Some(record.start_time) {
+            // The leader itself (same start time), or what it left in its group.
+            let leader_alive = start_time(record.pid) == Some(record.start_time);
+            if !leader_alive && group_members(record.pid, record.start_time).is_empty() {
                 continue;
             }
             tracing::warn!(app = %record.app, pid = record.pid, "stopping a child left by an earlier run");
             let group = Pid::from_raw(record.pid as i32);
             let _ = killpg(group, Signal::SIGTERM);
             for _ in 0..40 {
-                if start_time(record.pid) != Some(record.start_time) {
+                if start_time(record.pid) != Some(record.start_time) && group_members(record.pid, record.start_time).is_empty() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -37,6 +37,9 @@ struct Args {
     /// How long a grant lets the filter send requests without asking again.
     #[arg(long, default_value_t = 2000)]
     lease_ms: u64,
+    /// Where port allocation starts for apps without a fixed port.
+    #[arg(long, default_value_t = ports::FIRST_PORT)]
+    first_port: u16,
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -82,7 +85,7 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
     if stopped > 0 {
         tracing::warn!("stopped {stopped} children left by an earlier run");
     }
-    let ctx = Arc::new(app::Context::new(process::Spawner::start()?, Duration::from_millis(args.lease_ms), state_file));
+    let ctx = Arc::new(app::Context::new(process::Spawner::start()?, Duration::from_millis(args.lease_ms), args.first_port, state_file));
     let apps: BTreeMap<String, Arc<app::App>> =
         configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
     for app in apps.values() {
