@@ -39,7 +39,15 @@ fn hex_id(bytes: &[u8]) -> String {
 }
 
 pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&["spawn.requests", "spawn.lease_hits", "spawn.ensure_calls", "spawn.cold_starts", "spawn.unavailable", "spawn.reports"]);
+    metrics.declare(&[
+        "spawn.requests",
+        "spawn.lease_hits",
+        "spawn.ensure_calls",
+        "spawn.cold_starts",
+        "spawn.unavailable",
+        "spawn.reports",
+        "spawn.connect_failures",
+    ]);
 }
 
 fn sidecar_call(config: &SpawnConfig, path: &str, extra: &[(&str, &str)], timeout: Duration) -> Result<u32, String> {
@@ -111,6 +119,16 @@ fn parts(shared: &Shared) -> Option<(&SpawnConfig, &SpawnRuntime)> {
     }
 }
 
+fn upstream_connect_failed() -> bool {
+    hostcalls::get_property(vec!["response", "code_details"])
+        .ok()
+        .flatten()
+        .is_some_and(|details| {
+            let text = String::from_utf8_lossy(&details);
+            text.starts_with("upstream_reset_before_response_started") && text.contains("connection_failure")
+        })
+}
+
 pub struct SpawnFilter {
     shared: Rc<Shared>,
     counted: bool,
@@ -151,7 +169,10 @@ impl Context for SpawnFilter {
             _ => None,
         };
         if let Some(grant) = grant {
-            runtime.lease.borrow_mut().grant(&grant, self.asked_at);
+            // The sidecar granted the lease when it answered, after any cold-start wait:
+            // count from then, still never later than the sidecar's own clock.
+            let granted_at = self.asked_at + Duration::from_millis(grant.cold_start_ms.unwrap_or(0));
+            runtime.lease.borrow_mut().grant(&grant, granted_at);
             if let Some(ms) = grant.cold_start_ms {
                 self.shared.metrics.inc("spawn.cold_starts");
                 self.cold_start_ms = Some(ms);
@@ -160,7 +181,8 @@ impl Context for SpawnFilter {
             hostcalls::resume_http_request().ok();
             return;
         }
-        let reply = match status {
+        let from_sidecar = call_response_header(SIDECAR_MARK).is_some();
+        let reply = match status.filter(|_| from_sidecar) {
             None => LocalReply::new(
                 503,
                 "sidecar_unreachable",
@@ -231,6 +253,14 @@ impl HttpContext for SpawnFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // The app did not accept the connection (it crashed or was stopped under us):
+        // stop trusting the lease so that the next request asks the sidecar again.
+        if self.counted && upstream_connect_failed() {
+            if let Some((_, runtime)) = self.parts() {
+                runtime.lease.borrow_mut().revoke();
+                self.shared.metrics.inc("spawn.connect_failures");
+            }
+        }
         if let Some(ms) = self.cold_start_ms {
             let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, COLD_START_HEADER, Some(ms.to_string().as_bytes()));
         }

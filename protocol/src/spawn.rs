@@ -5,15 +5,17 @@
 
 use std::time::{Duration, SystemTime};
 
-/// The request header the sidecar's answer is delivered in, read by Envoy's
+/// The request header the sidecar's answer is delivered in (Envoy's default name), read by the
 /// `ORIGINAL_DST` cluster (`use_http_header`). Any client-sent copy is removed first.
-pub const UPSTREAM_HEADER: &str = "x-wsgiproxy-spawn-upstream";
+pub const UPSTREAM_HEADER: &str = "x-envoy-original-dst-host";
 /// Response header telling the client how long its request waited for a cold start.
 pub const COLD_START_HEADER: &str = "x-wsgiproxy-cold-start-ms";
 /// Sidecar API headers.
 pub const SIDECAR_UPSTREAM: &str = "x-wsgiproxy-upstream";
 pub const SIDECAR_LEASE: &str = "x-wsgiproxy-lease-ms";
 pub const SIDECAR_COLD_START: &str = "x-wsgiproxy-cold-start-ms";
+/// Present on every answer of the sidecar itself (Envoy's own 503s lack it).
+pub const SIDECAR_MARK: &str = "x-wsgiproxy-sidecar";
 pub const SIDECAR_REPORTER: &str = "x-wsgiproxy-reporter";
 pub const SIDECAR_STARTED: &str = "x-wsgiproxy-started";
 pub const SIDECAR_IN_FLIGHT: &str = "x-wsgiproxy-in-flight";

@@ -110,6 +110,10 @@ impl Api {
             (&Method::GET, ["metrics"]) => reply(StatusCode::OK, "text/plain; version=0.0.4", self.ctx.metrics.render()),
             _ => text(StatusCode::NOT_FOUND, "not found"),
         };
+        let mut response = response;
+        // Tells the filter this answer is the sidecar's own, not Envoy's (a 503 for
+        // an unreachable sidecar would otherwise look like one of ours).
+        header("x-wsgiproxy-sidecar", "1", &mut response);
         Ok(response)
     }
 }

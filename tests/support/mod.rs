@@ -82,6 +82,15 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // SIGTERM first: a sidecar stops its children on SIGTERM, not on SIGKILL.
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -430,4 +439,69 @@ pub fn read_response(reader: &mut impl BufRead) -> Response {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// The spawn sidecar, with a configuration written by the test.
+pub struct Sidecar {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Sidecar {
+    /// `ECHO` in the configuration stands for the echo backend's path.
+    pub fn start(config: &str, lease_ms: u64) -> Sidecar {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sidecar.toml");
+        std::fs::write(&path, config.replace("ECHO", &bin_path("wsgiproxy-echo").to_string_lossy())).unwrap();
+        let port = free_port();
+        let log = dir.path().join("sidecar.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let first_port = 30000 + (std::process::id() % 100) as u16 * 50 + (port % 50);
+        let child = Command::new(bin_path("wsgiproxy-sidecar"))
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--lease-ms", &lease_ms.to_string()])
+            .args(["--first-port", &first_port.to_string()])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let proc = Proc { child, log, _dir: Some(dir) };
+        assert!(wait_for_port(port, Duration::from_secs(10)), "sidecar did not start: {}", proc.log_text());
+        Sidecar { port, proc }
+    }
+
+    pub fn status(&self, app: &str) -> Json {
+        request(self.port, "GET", "/v1/status", &[], b"").json()["apps"][app].clone()
+    }
+
+    pub fn metric(&self, line_start: &str) -> u64 {
+        request(self.port, "GET", "/metrics", &[], b"")
+            .text()
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Stops it with SIGTERM (it stops its children first) and waits.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.proc.pid().to_string()).status();
+        let _ = self.proc.child.wait();
+    }
+}
+
+/// Waits for a condition, failing the test after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("timed out waiting until {what}");
 }
