@@ -15,7 +15,7 @@ fn exact(allow: &[String]) -> Envoy {
 fn the_request_arrives_as_sent() {
     let echo = Echo::start();
     let host = format!("127.0.0.1:{}", echo.port);
-    let envoy = exact(&[host.clone()]);
+    let envoy = exact(std::slice::from_ref(&host));
     let sent = [
         ("Host", host.as_str()),
         ("User-Agent", "exact-test/1"),
@@ -45,7 +45,7 @@ fn the_request_arrives_as_sent() {
 fn client_sent_forwarding_headers_pass_untouched() {
     let echo = Echo::start();
     let host = format!("127.0.0.1:{}", echo.port);
-    let envoy = exact(&[host.clone()]);
+    let envoy = exact(std::slice::from_ref(&host));
     let got = envoy
         .get("/", &[("Host", &host), ("X-Forwarded-Proto", "https"), ("X-Forwarded-For", "1.2.3.4"), ("X-Request-Id", "abc")])
         .received();

@@ -231,7 +231,8 @@ fn signatures_replay_tampering_and_rotation() {
 fn undecodable_or_malformed_protocol_headers_are_400() {
     let echo = Echo::start();
     let mw = middleware(echo.port, json!({"role": "middleware", "trust_ips": ["127.0.0.1"], "keys": {"REMOTE_USER": "x-remote-user", "roles": "x-roles"}}));
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (&[("X-WSGIProxy-Str-0", "REMOTE_USER b64%%%")], "undecodable_payload", "x-wsgiproxy-str-0"),
         (&[("X-WSGIProxy-Unicode-0", "REMOTE_USER b64/w==")], "undecodable_payload", "x-wsgiproxy-unicode-0"),
         (&[("X-WSGIProxy-Json-0", "roles {\"a\":")], "undecodable_payload", "x-wsgiproxy-json-0"),
