@@ -147,6 +147,7 @@ pub fn backoff(failures: u32) -> Duration {
 /// A child that stayed ready this long no longer counts earlier failures.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+const LISTEN_CHECK_EVERY: Duration = Duration::from_millis(3);
 /// A reporter silent this many leases is presumed gone (its Envoy died).
 const REPORTER_EXPIRY_LEASES: u32 = 10;
 
@@ -355,17 +356,23 @@ impl App {
 
     async fn wait_ready(&self, child: &ChildHandle, port: u16, deadline: tokio::time::Instant) -> Readied {
         let mut exited = child.exited.clone();
+        let mut next_probe = tokio::time::Instant::now();
         loop {
             if let Some(description) = exited.borrow().clone() {
                 return Readied::Exited(description);
             }
-            // Ready when the port answers and it is our child that listens there.
-            if probe(&self.config.readiness, port).await && ports::listened_by_group(port, child.pid) {
-                return Readied::Ready;
+            // A listening socket shows in /proc at once: check for it often (cheap, no
+            // connection), and probe for real as soon as it is there, else every 50 ms.
+            let now = tokio::time::Instant::now();
+            if now >= next_probe || ports::is_listening(port) {
+                if probe(&self.config.readiness, port).await && ports::listened_by_group(port, child.pid) {
+                    return Readied::Ready;
+                }
+                next_probe = tokio::time::Instant::now() + PROBE_EVERY;
             }
             tokio::select! {
                 _ = exited.changed() => {}
-                _ = tokio::time::sleep(PROBE_EVERY) => {}
+                _ = tokio::time::sleep(LISTEN_CHECK_EVERY) => {}
                 _ = tokio::time::sleep_until(deadline) => return Readied::TimedOut,
             }
         }

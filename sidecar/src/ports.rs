@@ -33,6 +33,11 @@ fn listening_inodes(port: u16) -> Vec<u64> {
     inodes
 }
 
+/// True when some socket listens on `port`.
+pub fn is_listening(port: u16) -> bool {
+    !listening_inodes(port).is_empty()
+}
+
 /// True when the process that listens on `port` belongs to the process group
 /// `pgid`: the port answered because *our* child bound it, not a stranger.
 pub fn listened_by_group(port: u16, pgid: u32) -> bool {
