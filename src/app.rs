@@ -58,13 +58,14 @@ impl HttpContext for AppFilter {
             head: &head,
             client_ip: host::peer_ip(),
             https: host::downstream_is_tls(),
-            now: host::now(),
+            // A host call: only when signing needs the time.
+            now: if config.signing.is_some() { host::now() } else { std::time::UNIX_EPOCH },
             nonce,
         };
         let mut outcome = AppOutcome::default();
         match decide(config, &request, &mut |path| host::property(path), &mut outcome) {
             Decision::Forward(edits) => {
-                host::apply_request_edits(&edits);
+                host::apply_request_edits(&head, &edits);
                 metrics.inc("app.forwarded");
                 metrics.add("app.stripped_headers", outcome.stripped as u64);
                 metrics.add("app.invalid_keys", outcome.invalid_keys as u64);

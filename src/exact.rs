@@ -36,9 +36,10 @@ impl HttpContext for ExactFilter {
         };
         let metrics = &self.shared.metrics;
         metrics.inc("exact.requests");
-        match decide(config, &host::request_head()) {
+        let head = host::request_head();
+        match decide(config, &head) {
             Decision::Forward(edits) => {
-                host::apply_request_edits(&edits);
+                host::apply_request_edits(&head, &edits);
                 metrics.inc("exact.forwarded");
                 Action::Continue
             }

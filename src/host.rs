@@ -15,14 +15,28 @@ pub fn request_head() -> RequestHead {
     RequestHead::new(headers)
 }
 
-/// Applies header edits: removals, then sets (a set replaces every value of a name).
-pub fn apply_request_edits(edits: &Edits) {
-    for name in &edits.remove {
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+/// Applies header edits to the headers read in `head`, in one host call: a call
+/// per header costs more than writing the whole (small) map once.
+pub fn apply_request_edits(head: &RequestHead, edits: &Edits) {
+    if edits.is_empty() {
+        return;
     }
-    for (name, value) in &edits.set {
-        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
-    }
+    let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, edits.applied_to(head));
+}
+
+/// Logs at debug level only when Envoy's `wasm` log level lets it through, so that
+/// no message is formatted for nothing on every request.
+pub fn follow_host_log_level() {
+    use proxy_wasm::types::LogLevel;
+    let level = match hostcalls::get_log_level() {
+        Ok(LogLevel::Trace) => log::LevelFilter::Trace,
+        Ok(LogLevel::Debug) => log::LevelFilter::Debug,
+        Ok(LogLevel::Info) => log::LevelFilter::Info,
+        Ok(LogLevel::Warn) => log::LevelFilter::Warn,
+        Ok(LogLevel::Error) => log::LevelFilter::Error,
+        Ok(LogLevel::Critical) | Err(_) => log::LevelFilter::Error,
+    };
+    log::set_max_level(level);
 }
 
 /// Sends a short plain-text reply instead of forwarding the request.

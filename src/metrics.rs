@@ -1,37 +1,43 @@
 //! Envoy counters, all under the `wsgiproxy.` prefix (Envoy shows them on
-//! `/stats` and `/stats/prometheus`). Ids are defined once per VM and cached.
+//! `/stats` and `/stats/prometheus`, as `wasmcustom.wsgiproxy.*`).
+//!
+//! Requests only add to counts kept inside the VM; the root context's tick sends
+//! them to Envoy (every [`FLUSH_EVERY`]), so that no request pays a host call per
+//! counter. Ids are defined once per VM and cached.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+/// How often counts reach Envoy's stats.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
 #[derive(Default)]
 pub struct Metrics {
-    ids: RefCell<HashMap<String, u32>>,
+    /// name → (Envoy metric id, count not yet sent)
+    counters: RefCell<HashMap<String, (Option<u32>, u64)>>,
+}
+
+fn define(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, &format!("wsgiproxy.{name}")).ok()
 }
 
 impl Metrics {
-    /// Adds `by` to the counter `wsgiproxy.{name}`, defining it on first use.
+    /// Adds `by` to the counter `wsgiproxy.{name}`.
     pub fn add(&self, name: &str, by: u64) {
         if by == 0 {
             return;
         }
-        let id = {
-            let mut ids = self.ids.borrow_mut();
-            match ids.get(name) {
-                Some(id) => *id,
-                None => {
-                    let Ok(id) = hostcalls::define_metric(MetricType::Counter, &format!("wsgiproxy.{name}")) else {
-                        return;
-                    };
-                    ids.insert(name.to_string(), id);
-                    id
-                }
+        let mut counters = self.counters.borrow_mut();
+        match counters.get_mut(name) {
+            Some((_, pending)) => *pending += by,
+            None => {
+                counters.insert(name.to_string(), (None, by));
             }
-        };
-        let _ = hostcalls::increment_metric(id, by as i64);
+        }
     }
 
     pub fn inc(&self, name: &str) {
@@ -40,13 +46,25 @@ impl Metrics {
 
     /// Defines counters up front, so that they show as 0 before anything happens.
     pub fn declare(&self, names: &[&str]) {
+        let mut counters = self.counters.borrow_mut();
         for name in names {
-            let mut ids = self.ids.borrow_mut();
-            if ids.contains_key(*name) {
+            counters.entry((*name).to_string()).or_insert((None, 0)).0 = define(name);
+        }
+    }
+
+    /// Sends the pending counts to Envoy.
+    pub fn flush(&self) {
+        for (name, (id, pending)) in self.counters.borrow_mut().iter_mut() {
+            if *pending == 0 {
                 continue;
             }
-            if let Ok(id) = hostcalls::define_metric(MetricType::Counter, &format!("wsgiproxy.{name}")) {
-                ids.insert((*name).to_string(), id);
+            if id.is_none() {
+                *id = define(name);
+            }
+            if let Some(id) = id {
+                if hostcalls::increment_metric(*id, *pending as i64).is_ok() {
+                    *pending = 0;
+                }
             }
         }
     }

@@ -49,7 +49,8 @@ impl HttpContext for MiddlewareFilter {
             head: &head,
             peer_ip: host::peer_ip(),
             https: host::downstream_is_tls(),
-            now: host::now(),
+            // A host call: only when verifying needs the time.
+            now: if config.verify.is_some() { host::now() } else { std::time::UNIX_EPOCH },
         };
         let mut outcome = MiddlewareOutcome::default();
         let decision = decide(config, &request, &mut SharedNonces, &mut outcome);
@@ -61,7 +62,7 @@ impl HttpContext for MiddlewareFilter {
         metrics.add("middleware.dropped_keys", outcome.dropped_keys as u64);
         match decision {
             Decision::Forward(edits) => {
-                host::apply_request_edits(&edits);
+                host::apply_request_edits(&head, &edits);
                 debug!(
                     "wsgiproxy middleware: forwarded (trusted {}, verified {}, stripped {}, dropped keys {})",
                     outcome.trusted, outcome.verified, outcome.stripped, outcome.dropped_keys

@@ -39,6 +39,7 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
+        crate::host::follow_host_log_level();
         let raw = self.get_plugin_configuration().unwrap_or_default();
         let env = |name: &str| std::env::var(name).ok();
         match config::parse(&raw, &env) {
@@ -51,12 +52,11 @@ impl RootContext for Root {
                     Config::Exact(_) => crate::exact::declare_metrics(&metrics),
                 }
                 let spawn = match &config {
-                    Config::Spawn(s) => {
-                        self.set_tick_period(s.report_interval);
-                        Some(crate::spawn::SpawnRuntime::new())
-                    }
+                    Config::Spawn(_) => Some(crate::spawn::SpawnRuntime::new()),
                     _ => None,
                 };
+                // Ticks flush the metrics and, in the spawn role, send activity reports.
+                self.set_tick_period(crate::metrics::FLUSH_EVERY);
                 info!("wsgiproxy: configured as role {:?}", config.role());
                 self.shared = Some(Rc::new(Shared { config, metrics, spawn }));
                 true
@@ -71,8 +71,10 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(shared) = &self.shared else { return };
+        shared.metrics.flush();
         if let (Config::Spawn(config), Some(runtime)) = (&shared.config, &shared.spawn) {
-            if self.report.is_none() {
+            let now = crate::host::now();
+            if self.report.is_none() && runtime.report_due(now, config.report_interval) {
                 self.report = crate::spawn::report_activity(config, runtime, &shared.metrics);
             }
         }

@@ -25,12 +25,26 @@ pub struct SpawnRuntime {
     pub lease: RefCell<LeaseState>,
     /// Identifies this worker's VM to the sidecar, which tracks in-flight counts per reporter.
     pub reporter: String,
+    last_report: std::cell::Cell<SystemTime>,
 }
 
 impl SpawnRuntime {
     pub fn new() -> Self {
         let id = host::random_nonce().unwrap_or_default();
-        SpawnRuntime { lease: RefCell::new(LeaseState::default()), reporter: hex_id(&id) }
+        SpawnRuntime {
+            lease: RefCell::new(LeaseState::default()),
+            reporter: hex_id(&id),
+            last_report: std::cell::Cell::new(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    /// True once every `interval` (ticks come more often, for the metrics).
+    pub fn report_due(&self, now: SystemTime, interval: Duration) -> bool {
+        let due = now.duration_since(self.last_report.get()).map_or(true, |since| since >= interval);
+        if due {
+            self.last_report.set(now);
+        }
+        due
     }
 }
 

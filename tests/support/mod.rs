@@ -298,10 +298,24 @@ impl Envoy {
             .collect()
     }
 
-    /// A counter the filter defined (Envoy shows Wasm metrics under `wasmcustom.`).
+    /// A counter the filter defined (Envoy shows Wasm metrics under `wasmcustom.`),
+    /// read once the filter has flushed its counts (it does every 250 ms): waits until
+    /// it has stayed the same for a while.
     pub fn stat(&self, name: &str) -> u64 {
         let full = format!("wasmcustom.{name}");
-        self.stats(&full).get(&full).copied().unwrap_or(0)
+        let read = || self.stats(&full).get(&full).copied().unwrap_or(0);
+        let mut last = read();
+        let mut stable_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && stable_since.elapsed() < Duration::from_millis(600) {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = read();
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            }
+        }
+        last
     }
 
     pub fn admin(&self, path: &str) -> Response {

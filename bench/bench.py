@@ -1,0 +1,589 @@
+#!/usr/bin/env python3
+"""What the WSGIProxy filter costs, side by side with the alternatives.
+
+Every figure is measured in this run, against the same Envoy binary and the same
+native backend. Envoy runs one worker pinned to core 0; the load generator, the
+backend and the sidecar run on core 1. Variants are interleaved round by round
+(A/B/A/B...), each after a discarded warm-up. Run through scripts/bench.sh.
+"""
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from email.utils import formatdate
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVOY = ROOT / ".venv" / "envoy"
+ECHO = ROOT / "target/release/wsgiproxy-echo"
+SIDECAR = ROOT / "target/release/wsgiproxy-sidecar"
+WASM = ROOT / "target/wasm32-wasip1/release/wsgiproxy_filter.wasm"
+EMPTY_WASM = ROOT / "target/wasm32-wasip1/release/wsgiproxy_bench_empty_filter.wasm"
+ENVOY_CORE, LOAD_CORE = "0", "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+KEY = "benchmark-shared-key-0123456789"
+PATH = "/blog/article/1?x=1"
+CLIENT_HEADERS = {"Host": "www.example.com", "X-Auth-User": "bob"}
+
+APP_CONFIG = {
+    "role": "app",
+    "href": "http://backend.internal:8080/myapp",
+    "script_name": "/blog",
+    "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}],
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+# ------------------------------------------------------------------ Envoy configs
+
+def wasm_filter(name, path, config):
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": name,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": json.dumps(config or {}),
+                },
+                "vm_config": {
+                    "vm_id": "bench",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(path)}},
+                    "environment_variables": {"key_values": {"WSGIPROXY_KEY": KEY}},
+                },
+            },
+        },
+    }
+
+
+LUA_APP = r"""
+local protocol = {"x-forwarded-for", "x-forwarded-server", "x-forwarded-scheme", "x-script-name",
+                  "x-forwarded-script-name", "x-traversal-path", "x-traversal-query-string"}
+function envoy_on_request(handle)
+  local h = handle:headers()
+  local path = h:get(":path")
+  if path:sub(1, 5) ~= "/blog" then
+    handle:respond({[":status"] = "404"}, "outside the mount point")
+    return
+  end
+  for _, name in ipairs(protocol) do h:remove(name) end
+  h:replace("x-forwarded-server", h:get(":authority"))
+  h:replace("x-forwarded-scheme", "http")
+  h:replace("x-forwarded-for", handle:streamInfo():downstreamDirectRemoteAddress():match("^(.*):%d+$"))
+  h:replace("x-script-name", "/blog")
+  h:replace("x-traversal-path", "/myapp")
+  h:replace("x-wsgiproxy-version", "0.1")
+  local user = h:get("x-auth-user")
+  if user then h:replace("x-wsgiproxy-str-0", "REMOTE_USER " .. user) end
+  h:replace(":path", "/myapp" .. path:sub(6))
+  h:replace(":authority", "backend.internal:8080")
+end
+"""
+
+NATIVE_HEADERS = [
+    ("x-forwarded-server", "%REQ(:AUTHORITY)%"),
+    ("x-forwarded-scheme", "http"),
+    ("x-forwarded-for", "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"),
+    ("x-script-name", "/blog"),
+    ("x-traversal-path", "/myapp"),
+    ("x-wsgiproxy-version", "0.1"),
+    ("x-wsgiproxy-str-0", "REMOTE_USER %REQ(X-AUTH-USER)%"),
+]
+
+
+def envoy_config(port, admin, upstream, filters=(), clusters=None):
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench",
+        "use_remote_address": True,
+        "skip_xff_append": True,
+        "generate_request_id": False,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]}]},
+        "http_filters": list(filters) + [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router", "dynamic_stats": False},
+        }],
+    }
+    cluster_list = clusters or [static_cluster("backend", upstream)]
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "stats_config": {"stats_matcher": {"reject_all": False}},
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+            }],
+            "clusters": cluster_list,
+        },
+    }
+
+
+def static_cluster(name, port):
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+
+
+class Proc:
+    def __init__(self, args, cpu, log, env=None):
+        self.log = open(log, "w")
+        self.popen = subprocess.Popen(["taskset", "-c", cpu] + [str(a) for a in args], stdout=self.log,
+                                      stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    def stop(self):
+        self.popen.terminate()
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+        self.log.close()
+
+
+def start_envoy(workdir, config, port, concurrency=1, cpu=ENVOY_CORE):
+    path = Path(workdir) / f"envoy-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = Proc([ENVOY, "-c", path, "--concurrency", concurrency, "--disable-hot-restart", "--log-level", "error"],
+                cpu, Path(workdir) / f"envoy-{port}.log")
+    try:
+        wait_port(port)
+    except RuntimeError:
+        proc.stop()
+        raise RuntimeError((Path(workdir) / f"envoy-{port}.log").read_text()[-2000:])
+    return proc
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# ------------------------------------------------------------------ load
+
+def wrk(port, seconds, script=None, script_arg=None, path=PATH, connections=32):
+    args = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for k, v in CLIENT_HEADERS.items():
+        args += ["-H", f"{k}: {v}"]
+    if script:
+        args += ["-s", str(script)]
+    args.append(f"http://127.0.0.1:{port}{path}")
+    if script_arg:
+        args += ["--", str(script_arg)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "requests": requests,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+def hey_fixed_rate(port, rate, seconds):
+    """p50/p99 at a fixed rate well below the knee (hey: 10 workers, rate/10 each)."""
+    args = ["taskset", "-c", LOAD_CORE, "hey", "-z", f"{seconds}s", "-c", "10", "-q", str(rate // 10)]
+    for k, v in CLIENT_HEADERS.items():
+        args += ["-H", f"{k}: {v}"]
+    args.append(f"http://127.0.0.1:{port}{PATH}")
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    p = {int(m.group(1)): float(m.group(2)) * 1000 for m in re.finditer(r"(\d+)%+ in ([\d.]+) secs", out)}
+    answered = sum(int(m.group(1)) for m in re.finditer(r"\[\d+\]\s+(\d+) responses", out))
+    return p.get(50, float("nan")), p.get(99, float("nan")), answered
+
+
+def paced_replay(port, rate, seconds, requests_file):
+    """The same measure for pre-signed requests (each sent once): 10 keep-alive
+    connections, each pacing its share of the rate; returns p50, p99, answered."""
+    import asyncio
+
+    raw = [line.rstrip("\n").replace("\t", "\r\n").encode() + b"\r\n\r\n" for line in Path(requests_file).open()]
+    latencies = []
+
+    async def connection(slot, per_conn):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        interval = 1.0 / per_conn
+        start = time.perf_counter()
+        i = 0
+        while True:
+            due = start + i * interval
+            now = time.perf_counter()
+            if now - start >= seconds:
+                break
+            if due > now:
+                await asyncio.sleep(due - now)
+            began = time.perf_counter()
+            writer.write(raw[(slot + i * 10) % len(raw)])
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+            await reader.readexactly(length)
+            latencies.append((time.perf_counter() - began) * 1000)
+            i += 1
+        writer.close()
+
+    async def main():
+        await asyncio.gather(*(connection(slot, rate / 10) for slot in range(10)))
+
+    asyncio.run(main())
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
+    return pick(0.50), pick(0.99), len(latencies)
+
+
+# ------------------------------------------------------------------ signed requests for the middleware
+
+WRK_REPLAY = """
+local requests = {}
+local i = 0
+function init(args)
+  for line in io.lines(args[1]) do
+    requests[#requests + 1] = line:gsub("\\t", "\\r\\n") .. "\\r\\n\\r\\n"
+  end
+end
+function request()
+  i = i + 1
+  return requests[(i - 1) % #requests + 1]
+end
+"""
+
+
+def signed_requests(path, count, authority):
+    """Requests the app role would send, each with its own nonce (no replay)."""
+    date = formatdate(usegmt=True)
+    lines = []
+    protocol = [("x-forwarded-for", "203.0.113.7"), ("x-forwarded-scheme", "http"),
+                ("x-forwarded-server", "www.example.com"), ("x-script-name", "/blog"),
+                ("x-traversal-path", "/myapp"), ("x-wsgiproxy-str-0", "REMOTE_USER bob"),
+                ("x-wsgiproxy-version", "0.1")]
+    key = KEY.encode()
+    target = "/myapp/article/1?x=1"
+    base = hmac.new(key, digestmod=hashlib.sha256)
+    tail = "".join(f"{n}:{v}\n" for n, v in sorted(protocol))
+    for _ in range(count):
+        nonce = secrets.token_hex(16)
+        canonical = f"wsgiproxy-signature-v1\nhmac-sha256\nk1\n{nonce}\n{date}\nGET\n{authority}\n{target}\n{tail}"
+        mac = base.copy()
+        mac.update(canonical.encode())
+        headers = [f"GET {target} HTTP/1.1", f"Host: {authority}", f"Date: {date}"]
+        headers += [f"{n}: {v}" for n, v in protocol]
+        headers.append(f"x-wsgiproxy-signature: k1 {nonce} {mac.hexdigest()}")
+        lines.append("\t".join(headers))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------ variants
+
+def variants(echo_port, sidecar_port):
+    secret = {"keys": [{"id": "k1", "env": "WSGIPROXY_KEY"}]}
+    app = lambda **extra: [wasm_filter("wsgiproxy", WASM, dict(APP_CONFIG, **extra))]
+    mw_secret = {"role": "middleware", "secret": secret, "algorithm": "hmac-sha256", "keys": {"REMOTE_USER": "x-remote-user"}}
+    native_route = {
+        "route": {"cluster": "backend", "prefix_rewrite": "/myapp", "host_rewrite_literal": "backend.internal:8080"},
+        "request_headers_to_remove": [n for n, _ in NATIVE_HEADERS] + ["x-forwarded-script-name", "x-traversal-query-string"],
+        "request_headers_to_add": [{"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for k, v in NATIVE_HEADERS],
+    }
+    native_route["match"] = {"prefix": "/blog"}
+    spawn_clusters = [
+        {"name": "backend", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s",
+         "original_dst_lb_config": {"use_http_header": True, "http_header_name": "x-envoy-original-dst-host"}},
+        static_cluster("wsgiproxy_sidecar", sidecar_port),
+    ]
+    return [
+        ("no filter", {"filters": []}),
+        ("empty Wasm filter", {"filters": [wasm_filter("empty", EMPTY_WASM, {})]}),
+        ("native request_headers_to_add", {"filters": [], "route": native_route, "native": True}),
+        ("Lua filter, same headers", {"filters": [{"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": LUA_APP}}}]}),
+        ("app role, unsigned", {"filters": app()}),
+        ("app role, HMAC-SHA1", {"filters": app(secret=secret, algorithm="hmac-sha1")}),
+        ("app role, HMAC-SHA256", {"filters": app(secret=secret, algorithm="hmac-sha256")}),
+        ("middleware, trusted peer", {"filters": [wasm_filter("wsgiproxy", WASM, {
+            "role": "middleware", "trust_ips": ["127.0.0.1"], "keys": {"REMOTE_USER": "x-remote-user"}})], "signed_input": True}),
+        ("middleware, verifying SHA256", {"filters": [wasm_filter("wsgiproxy", WASM, mw_secret)], "signed_input": True}),
+        ("two-Envoy chain (SHA256)", {"chain": (app(secret=secret, algorithm="hmac-sha256"), [wasm_filter("wsgiproxy", WASM, mw_secret)])}),
+        ("spawn role, warm app", {"filters": [wasm_filter("wsgiproxy", WASM, {
+            "role": "spawn", "app": "bench", "sidecar_cluster": "wsgiproxy_sidecar"})], "clusters": spawn_clusters}),
+    ]
+
+
+def run_variant(workdir, spec, echo_port, args):
+    envoys = []
+    try:
+        if "chain" in spec:
+            edge_filters, mw_filters = spec["chain"]
+            mw_port, edge_port = free_port(), free_port()
+            envoys.append(start_envoy(workdir, envoy_config(mw_port, free_port(), echo_port, mw_filters), mw_port))
+            envoys.append(start_envoy(workdir, envoy_config(edge_port, free_port(), mw_port, edge_filters), edge_port))
+            port = edge_port
+        else:
+            port = free_port()
+            config = envoy_config(port, free_port(), echo_port, spec["filters"], clusters=spec.get("clusters"))
+            if spec.get("native"):
+                config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [spec["route"]]
+            envoys.append(start_envoy(workdir, config, port))
+        script = arg = None
+        path = PATH
+        if spec.get("signed_input"):
+            script = Path(workdir) / "replay.lua"
+            script.write_text(WRK_REPLAY)
+            arg = Path(workdir) / "signed.txt"
+            signed_requests(arg, int(args.signed_requests), "backend.internal:8080")
+        # Warm-up at full load (V8 compiles in tiers), discarded.
+        wrk(port, args.warmup, script, arg, path)
+        if spec.get("signed_input"):
+            signed_requests(arg, int(args.signed_requests), "backend.internal:8080")
+        # Maximum throughput.
+        result = wrk(port, args.seconds, script, arg, path)
+        # CPU per request and latency at a fixed rate below the knee, where every
+        # variant does the same work per wake-up (at full load Envoy batches more).
+        if spec.get("signed_input"):
+            signed_requests(arg, int(args.rate * args.latency_seconds * 1.2) + 100, "backend.internal:8080")
+        before = sum(cpu_seconds(e.pid) for e in envoys)
+        if spec.get("signed_input"):
+            p50, p99, answered = paced_replay(port, args.rate, args.latency_seconds, arg)
+        else:
+            p50, p99, answered = hey_fixed_rate(port, args.rate, args.latency_seconds)
+        used = sum(cpu_seconds(e.pid) for e in envoys) - before
+        result.update(p50=p50, p99=p99, cpu_us=used / max(answered, 1) * 1e6)
+        return result
+    finally:
+        for e in envoys:
+            e.stop()
+
+
+def cold_starts(workdir, args):
+    """Time from the first request to its response, minus the child's known start time."""
+    delay_ms = 500
+    cfg = Path(workdir) / "cold.toml"
+    cfg.write_text(f'[apps.cold]\ncommand = ["{ECHO}", "--port", "__PORT__", "--ready-delay-ms", "{delay_ms}", "--fixed-body"]\nidle_shutdown = 0.5\n')
+    sc_port = free_port()
+    sidecar = Proc([SIDECAR, "--config", cfg, "--listen", f"127.0.0.1:{sc_port}", "--state-dir", Path(workdir) / "cold-state"],
+                   LOAD_CORE, Path(workdir) / "cold-sidecar.log")
+    wait_port(sc_port)
+    port = free_port()
+    clusters = [
+        {"name": "backend", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s",
+         "original_dst_lb_config": {"use_http_header": True, "http_header_name": "x-envoy-original-dst-host"}},
+        static_cluster("wsgiproxy_sidecar", sc_port),
+    ]
+    envoy = start_envoy(workdir, envoy_config(port, free_port(), 0, [wasm_filter("wsgiproxy", WASM, {
+        "role": "spawn", "app": "cold", "sidecar_cluster": "wsgiproxy_sidecar", "report_interval_ms": 100})], clusters=clusters), port)
+    import concurrent.futures
+    import urllib.request
+
+    def one():
+        began = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            r.read()
+            cold = r.headers.get("x-wsgiproxy-cold-start-ms")
+        return (time.perf_counter() - began) * 1000, cold
+
+    def wait_stopped():
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sc_port}/v1/status"))
+            if status["apps"]["cold"]["state"] == "stopped":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the app did not stop")
+
+    singles, bursts = [], []
+    try:
+        for _ in range(args.cold_rounds):
+            wait_stopped()
+            time.sleep(0.6)  # leases lapse
+            took, cold = one()
+            assert cold is not None, "not a cold start"
+            singles.append(took - delay_ms)
+            wait_stopped()
+            time.sleep(0.6)
+            with concurrent.futures.ThreadPoolExecutor(50) as pool:
+                results = list(pool.map(lambda _: one(), range(50)))
+            bursts.append(max(t for t, _ in results) - delay_ms)
+    finally:
+        envoy.stop()
+        sidecar.stop()
+    return statistics.median(singles), statistics.median(bursts)
+
+
+def memory(workdir, echo_port, args):
+    """Envoy's RSS with the filter loaded on 1 and 2 workers, and across a long run."""
+    out = {}
+    config = lambda port: envoy_config(port, free_port(), echo_port, [wasm_filter("wsgiproxy", WASM, dict(
+        APP_CONFIG, secret={"keys": [{"id": "k1", "env": "WSGIPROXY_KEY"}]}, algorithm="hmac-sha256"))])
+    for workers in (1, 2):
+        port = free_port()
+        e = start_envoy(workdir, config(port), port, concurrency=workers, cpu="0" if workers == 1 else "0,1")
+        try:
+            wrk(port, 1)
+            out[f"rss_{workers}w"] = rss_mib(e.pid)
+        finally:
+            e.stop()
+    port = free_port()
+    e = start_envoy(workdir, config(port), port)
+    try:
+        wrk(port, 3)
+        start = rss_mib(e.pid)
+        sent = 0
+        samples = [start]
+        while sent < args.long_requests:
+            sent += wrk(port, 5)["requests"]
+            samples.append(rss_mib(e.pid))
+        out.update(long_requests=sent, rss_start=start, rss_end=samples[-1], rss_max=max(samples))
+    finally:
+        e.stop()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rate", type=int, default=2000, help="fixed rate for CPU/request and p50/p99 (requests/s)")
+    ap.add_argument("--latency-seconds", type=int, default=5)
+    ap.add_argument("--signed-requests", type=int, default=200000)
+    ap.add_argument("--cold-rounds", type=int, default=3)
+    ap.add_argument("--long-requests", type=int, default=1_000_000)
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--only", help="comma-separated substrings: run only the matching variants (plus the two baselines), skip cold start and memory")
+    args = ap.parse_args()
+
+    workdir = tempfile.mkdtemp(prefix="wsgiproxy-bench-")
+    echo_port, sc_port = free_port(), free_port()
+    echo = Proc([ECHO, "--port", echo_port, "--fixed-body"], LOAD_CORE, Path(workdir) / "echo.log")
+    cfg = Path(workdir) / "sidecar.toml"
+    warm_port = free_port()
+    cfg.write_text(f'[apps.bench]\ncommand = ["{ECHO}", "--port", "__PORT__", "--fixed-body"]\nport = {warm_port}\n')
+    sidecar = Proc([SIDECAR, "--config", cfg, "--listen", f"127.0.0.1:{sc_port}", "--state-dir", Path(workdir) / "state"],
+                   LOAD_CORE, Path(workdir) / "sidecar.log")
+    wait_port(echo_port)
+    wait_port(sc_port)
+    results = {}
+    try:
+        specs = variants(echo_port, sc_port)
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(",")]
+            specs = [(n, s) for n, s in specs if n in ("no filter", "empty Wasm filter") or any(w in n for w in wanted)]
+        for rnd in range(args.rounds):
+            for name, spec in specs:
+                r = run_variant(workdir, spec, echo_port, args)
+                results.setdefault(name, []).append(r)
+                print(f"round {rnd + 1}: {name:32s} {r['rps']:9.0f} req/s  {r['cpu_us']:6.1f} us CPU/req"
+                      f"  non-2xx {r['non2xx']}", file=sys.stderr, flush=True)
+        if args.only:
+            for name, _ in specs:
+                print(f"{name:32s} {statistics.fmean(r['rps'] for r in results[name]):9.0f} req/s "
+                      f"{statistics.fmean(r['cpu_us'] for r in results[name]):7.1f} us CPU/req")
+            return
+        cold_single, cold_burst = cold_starts(workdir, args)
+        mem = memory(workdir, echo_port, args)
+    finally:
+        sidecar.stop()
+        echo.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def mean(name, key):
+        values = [r[key] for r in results[name]]
+        return statistics.fmean(values)
+
+    base, empty = "no filter", "empty Wasm filter"
+    lines = [
+        f"Envoy {subprocess.run([ENVOY, '--version'], capture_output=True, text=True).stdout.split('version: ')[-1].split('/')[1]}, "
+        f"1 worker pinned to core {ENVOY_CORE}; wrk (1 thread, 32 connections), backend and sidecar on core {LOAD_CORE}; "
+        f"{args.rounds} interleaved rounds: {args.warmup} s warm-up (discarded), {args.seconds} s at full load for req/s, "
+        f"then {args.latency_seconds} s at a fixed {args.rate} req/s for Envoy CPU/request (from /proc) and p50/p99 "
+        f"(hey; the pre-signed middleware requests by a paced sender, each sent once).",
+        "",
+        "| variant | max req/s | vs no filter | vs empty Wasm | Envoy CPU µs/req | CPU vs empty Wasm | p50 ms | p99 ms | non-2xx |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, _ in specs:
+        rps, cpu = mean(name, "rps"), mean(name, "cpu_us")
+        p50, p99 = mean(name, "p50"), mean(name, "p99")
+        lat = lambda v: "—" if v != v else f"{v:.2f}"
+        lines.append(f"| {name} | {rps:,.0f} | {rps / mean(base, 'rps'):.2f} | {rps / mean(empty, 'rps'):.2f} | {cpu:.1f} | "
+                     f"{cpu / mean(empty, 'cpu_us'):.2f} | {lat(p50)} | {lat(p99)} | {sum(r['non2xx'] for r in results[name])} |")
+    lines += [
+        "",
+        f"- cold start, one request: sidecar + filter overhead {cold_single:.1f} ms beyond the child's own 500 ms start (median of {args.cold_rounds})",
+        f"- cold start, 50 concurrent first requests: slowest answered {cold_burst:.1f} ms after the child's 500 ms start",
+        f"- .wasm size: {WASM.stat().st_size / 1024:.0f} KiB (empty filter: {EMPTY_WASM.stat().st_size / 1024:.0f} KiB)",
+        f"- Envoy RSS with the filter loaded: {mem['rss_1w']:.1f} MiB on 1 worker, {mem['rss_2w']:.1f} MiB on 2 workers",
+        f"- long run, app role signing: {mem['long_requests']:,} requests, RSS {mem['rss_start']:.1f} MiB after warm-up → "
+        f"{mem['rss_end']:.1f} MiB at the end (max {mem['rss_max']:.1f} MiB)",
+        "",
+        "Targets (ratios from this run):",
+    ]
+    signed_cpu = mean("app role, HMAC-SHA1", "cpu_us") / mean(empty, "cpu_us")
+    signed256 = mean("app role, HMAC-SHA256", "cpu_us") / mean(empty, "cpu_us")
+    unsigned_vs_lua = mean("app role, unsigned", "rps") / mean("Lua filter, same headers", "rps")
+    spawn_ratio = mean("spawn role, warm app", "rps") / mean(base, "rps")
+    growth = mem["rss_end"] - mem["rss_start"]
+    targets = [
+        (f"app role signing costs ≤ 1.25× the CPU/request of the empty Wasm filter: SHA1 {signed_cpu:.2f}×, SHA256 {signed256:.2f}×", max(signed_cpu, signed256) <= 1.25),
+        (f"unsigned app role at least as fast as Lua doing the same: {unsigned_vs_lua:.2f}×", unsigned_vs_lua >= 1.0),
+        (f"warm spawn role keeps ≥ 95% of the throughput without it: {spawn_ratio:.0%}", spawn_ratio >= 0.95),
+        (f"sidecar adds < 10 ms to a cold start: {cold_single:.1f} ms", cold_single < 10),
+        (f"memory flat over {mem['long_requests']:,} requests: {growth:+.1f} MiB", growth < 2.0),
+    ]
+    for text, ok in targets:
+        lines.append(f"- [{'met' if ok else 'MISSED'}] {text}")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "cold": [cold_single, cold_burst], "memory": mem}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Benchmarks (not part of the tests): prints a table of what the filter costs,
+# every figure measured in this run. Takes about 6 minutes on 2 cores.
+#   scripts/bench.sh [--rounds N] [--seconds S] [--long-requests N] [--json FILE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WSGIPROXY_BENCH_TOOLS=1 bash scripts/setup.sh
+cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter -p wsgiproxy-bench-empty-filter
+cargo build --release -p wsgiproxy-echo -p wsgiproxy-sidecar
+exec .venv/bin/python bench/bench.py "$@"
