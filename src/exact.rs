@@ -39,7 +39,7 @@ impl HttpContext for ExactFilter {
         let head = host::request_head();
         match decide(config, &head) {
             Decision::Forward(edits) => {
-                host::apply_request_edits(&head, &edits);
+                host::apply_request_edits(&edits);
                 metrics.inc("exact.forwarded");
                 Action::Continue
             }

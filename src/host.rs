@@ -15,13 +15,16 @@ pub fn request_head() -> RequestHead {
     RequestHead::new(headers)
 }
 
-/// Applies header edits to the headers read in `head`, in one host call: a call
-/// per header costs more than writing the whole (small) map once.
-pub fn apply_request_edits(head: &RequestHead, edits: &Edits) {
-    if edits.is_empty() {
-        return;
+/// Applies header edits: removals, then sets (a set replaces every value of a name).
+/// One call per changed header: measured cheaper than rewriting the whole map in one
+/// call (`set_map_bytes` makes Envoy drop and re-add every header).
+pub fn apply_request_edits(edits: &Edits) {
+    for name in &edits.remove {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
-    let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, edits.applied_to(head));
+    for (name, value) in &edits.set {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
+    }
 }
 
 /// Logs at debug level only when Envoy's `wasm` log level lets it through, so that

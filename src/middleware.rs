@@ -62,7 +62,7 @@ impl HttpContext for MiddlewareFilter {
         metrics.add("middleware.dropped_keys", outcome.dropped_keys as u64);
         match decision {
             Decision::Forward(edits) => {
-                host::apply_request_edits(&head, &edits);
+                host::apply_request_edits(&edits);
                 debug!(
                     "wsgiproxy middleware: forwarded (trusted {}, verified {}, stripped {}, dropped keys {})",
                     outcome.trusted, outcome.verified, outcome.stripped, outcome.dropped_keys

@@ -66,20 +66,6 @@ impl Edits {
         self
     }
 
-    /// The whole header list after these edits, for one bulk write: every header
-    /// not removed nor replaced, in order, then the set ones.
-    pub fn applied_to<'a>(&'a self, head: &'a RequestHead) -> Vec<(&'a str, &'a [u8])> {
-        let mut out: Vec<(&str, &[u8])> = Vec::with_capacity(head.headers.len() + self.set.len());
-        for (name, value) in &head.headers {
-            let replaced = self.remove.iter().any(|r| r == name) || self.set.iter().any(|(n, _)| n == name);
-            if !replaced {
-                out.push((name.as_str(), value.as_slice()));
-            }
-        }
-        out.extend(self.set.iter().map(|(n, v)| (n.as_str(), v.as_slice())));
-        out
-    }
-
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty()
     }
@@ -90,29 +76,6 @@ impl Edits {
             .rev()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn applied_edits_keep_order_and_replace() {
-        let head = RequestHead::new(vec![
-            (":path".into(), b"/a".to_vec()),
-            ("x-a".into(), b"1".to_vec()),
-            ("x-b".into(), b"2".to_vec()),
-            ("x-a".into(), b"3".to_vec()),
-            ("x-c".into(), b"4".to_vec()),
-        ]);
-        let mut e = Edits::default();
-        e.remove("x-b");
-        e.set(":path", "/b");
-        e.set("x-a", "5");
-        let e = e.finish();
-        let applied = e.applied_to(&head);
-        assert_eq!(applied, vec![("x-c", &b"4"[..]), (":path", b"/b"), ("x-a", b"5")]);
     }
 }
 
