@@ -78,7 +78,8 @@ fn trusted_but_malformed_is_refused_whole() {
     let many: Vec<(String, String)> = (0..70).map(|i| (format!("X-WSGIProxy-Str-{i}"), format!("K{i} v"))).collect();
     let mut many_refs: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     many_refs.push(("X-Remote-User", "root"));
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str, u16)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, u16);
+    let cases: Vec<Case> = vec![
         ("duplicate protocol header", vec![("X-Forwarded-Server", "a.example"), ("X-Forwarded-Server", "b.example")], "/app/x", 400),
         ("oversized value", vec![("X-Forwarded-Server", &long)], "/app/x", 400),
         ("too many payloads", many_refs, "/app/x", 400),
