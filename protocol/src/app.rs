@@ -164,7 +164,7 @@ pub fn decide(
             outcome.signed = true;
         }
     }
-    Decision::Forward(edits.finish())
+    edits.into_decision()
 }
 
 #[cfg(test)]
@@ -260,6 +260,15 @@ mod tests {
         let e = edits(run(&c, &head(&[(":path", "/")])));
         assert_eq!(text(&e, ":path").as_deref(), Some("/deep/er/"));
         assert_eq!(text(&e, "x-script-name"), None);
+    }
+
+    #[test]
+    fn never_writes_a_control_character() {
+        let c = app(r#"{"role":"app","href":"http://b/"}"#);
+        let Decision::Reply(r) = run(&c, &head(&[(":path", "/a\u{1}b"), (":authority", "h")])) else { panic!() };
+        assert_eq!((r.status, r.reason), (400, "control_character"));
+        let Decision::Reply(r) = run(&c, &head(&[(":path", "/a"), (":authority", "h\u{7f}")])) else { panic!() };
+        assert_eq!(r.reason, "control_character");
     }
 
     #[test]

@@ -222,7 +222,7 @@ pub fn decide(
     for (header, value) in believed.keys {
         edits.set(&header, value);
     }
-    Decision::Forward(edits.finish())
+    edits.into_decision()
 }
 
 fn signature_reply(rejection: Rejection) -> Decision {

@@ -66,6 +66,27 @@ impl Edits {
         self
     }
 
+    /// The first header this edit would write with a value that cannot stand in a
+    /// header (Envoy does not check what filters write).
+    pub fn first_unsafe(&self) -> Option<&str> {
+        self.set
+            .iter()
+            .find(|(_, v)| !crate::headers::is_safe_value(v))
+            .map(|(n, _)| n.as_str())
+    }
+
+    /// Forwards with these edits, unless one of them would write an unsafe value.
+    pub fn into_decision(self) -> Decision {
+        match self.first_unsafe() {
+            Some(name) => Decision::Reply(LocalReply::new(
+                400,
+                "control_character",
+                format!("the request would carry a control character in {name}"),
+            )),
+            None => Decision::Forward(self.finish()),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty()
     }
