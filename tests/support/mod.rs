@@ -464,10 +464,14 @@ pub struct Sidecar {
 impl Sidecar {
     /// `ECHO` in the configuration stands for the echo backend's path.
     pub fn start(config: &str, lease_ms: u64) -> Sidecar {
+        Self::start_on(config, lease_ms, free_port())
+    }
+
+    /// The same, on a given port (to stand in for a sidecar that restarts).
+    pub fn start_on(config: &str, lease_ms: u64, port: u16) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.toml");
         std::fs::write(&path, config.replace("ECHO", &bin_path("wsgiproxy-echo").to_string_lossy())).unwrap();
-        let port = free_port();
         let log = dir.path().join("sidecar.log");
         let out = std::fs::File::create(&log).unwrap();
         let first_port = 30000 + (std::process::id() % 100) as u16 * 50 + (port % 50);
