@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The demo stack, on loopback, with real Envoy:
 #   client -> edge Envoy (app role, :10000) -> backend Envoy (middleware role, :10001) -> echo app (:8080)
+#   client -> Envoy (spawn + app roles, :10002) -> app "blog" started on demand by the sidecar (:9090)
+#   client -> Envoy (exact role, :10003) -> the server its Host names (127.0.0.1:8080 allowed)
 # The echo app answers with the request it received, so curl shows the protocol at work.
 # Ctrl-C stops everything.
 set -euo pipefail
@@ -8,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter
-cargo build --release -p wsgiproxy-echo
+cargo build --release -p wsgiproxy-echo -p wsgiproxy-sidecar
 
 export WSGIPROXY_KEY_K1="${WSGIPROXY_KEY_K1:-demo-only-shared-key-change-me}"
 pids=()
@@ -18,8 +20,11 @@ trap cleanup EXIT INT TERM
 target/release/wsgiproxy-echo --listen 127.0.0.1:8080 --name demo-app & pids+=($!)
 .venv/envoy -c envoy/middleware.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
 .venv/envoy -c envoy/app.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+target/release/wsgiproxy-sidecar --config sidecar/example.toml --listen 127.0.0.1:9090 & pids+=($!)
+.venv/envoy -c envoy/spawn.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c envoy/exact.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
 
-for port in 8080 10001 10000; do
+for port in 8080 10001 10000 9090 10002 10003; do
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
     sleep 0.1
@@ -32,6 +37,9 @@ WSGIProxy demo is up:
   edge Envoy (app role)            http://127.0.0.1:10000   admin http://127.0.0.1:9901
   backend Envoy (middleware role)  http://127.0.0.1:10001   admin http://127.0.0.1:9902
   echo app                         http://127.0.0.1:8080
+  Envoy (spawn + app roles)        http://127.0.0.1:10002   admin http://127.0.0.1:9904
+  sidecar                          http://127.0.0.1:9090/v1/status
+  Envoy (exact role)               http://127.0.0.1:10003   admin http://127.0.0.1:9903
 
 Try:
   curl -s -H 'X-Demo-User: alice' http://127.0.0.1:10000/hello?x=1
@@ -39,6 +47,10 @@ Try:
   curl -s -H 'X-Remote-User: root' -H 'X-WSGIProxy-Str-0: REMOTE_USER root' http://127.0.0.1:10001/
       straight to the backend Envoy, unsigned: the forged headers are stripped
   curl -s http://127.0.0.1:9902/stats?filter=wsgiproxy
+  curl -si http://127.0.0.1:10002/
+      the first request waits for "blog" to start (x-wsgiproxy-cold-start-ms); it stops after 30 s idle
+  curl -s -H 'Host: 127.0.0.1:8080' http://127.0.0.1:10003/exact?q=1
+      the exact proxy: the echo app sees the request as curl sent it
 
 Ctrl-C to stop.
 MSG
