@@ -297,3 +297,36 @@ fn werkzeug_proxyfix_builds_the_clients_url() {
     assert_eq!(seen["remote_addr"], "127.0.0.1");
     assert_eq!(seen["remote_user"], "carol");
 }
+
+#[test]
+fn a_replay_is_caught_across_worker_threads() {
+    let echo = Echo::start();
+    let overrides = Overrides { concurrency: Some(2), ..Overrides::default() }
+        .cluster("app", echo.port)
+        .plugin(json!({"role": "middleware", "secret": secret(&[("k1", KEY_K1)])}));
+    let mw = Envoy::start("envoy/middleware.yaml", &overrides);
+    let signed = captured_signed_request(("k1", KEY_K1), "/p");
+    // The same signed request on 24 connections at once: the kernel spreads them over
+    // both workers, and exactly one may pass.
+    let port = mw.port;
+    let statuses: Vec<u16> = (0..24)
+        .map(|_| {
+            let h = signed.clone();
+            std::thread::spawn(move || {
+                let refs: Vec<(&str, &str)> = h.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                request(port, "GET", "/p", &refs, b"").status
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 23, "{statuses:?}");
+    // Both workers took connections (Envoy's per-worker listener counters).
+    let per_worker = mw.stats("downstream_cx_total");
+    for worker in ["worker_0", "worker_1"] {
+        let taken: u64 = per_worker.iter().filter(|(k, _)| k.contains(worker)).map(|(_, v)| v).sum();
+        assert!(taken > 0, "{worker} took no connection: {per_worker:?}");
+    }
+}
