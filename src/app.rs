@@ -8,7 +8,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
 use wsgiproxy_protocol::config::Config;
-use wsgiproxy_protocol::request::Decision;
+use wsgiproxy_protocol::request::{Decision, LocalReply};
 use wsgiproxy_protocol::response::{rewrite_cookie_path, rewrite_location, ClientView};
 
 use crate::host;
@@ -45,10 +45,8 @@ impl HttpContext for AppFilter {
             match host::random_nonce() {
                 Some(n) => n,
                 None => {
-                    let reply = wsgiproxy_protocol::request::LocalReply::new(503, "no_randomness", "cannot sign the request: no random source");
-                    metrics.inc("app.rejected.no_randomness");
-                    host::send_reply(&reply);
-                    return Action::Pause;
+                    let reply = LocalReply::new(503, "no_randomness", "cannot sign the request: no random source");
+                    return host::refuse(&reply, metrics, "app");
                 }
             }
         } else {
@@ -79,12 +77,7 @@ impl HttpContext for AppFilter {
                 );
                 Action::Continue
             }
-            Decision::Reply(reply) => {
-                metrics.inc(&format!("app.rejected.{}", reply.reason));
-                debug!("wsgiproxy app: replied {} ({})", reply.status, reply.reason);
-                host::send_reply(&reply);
-                Action::Pause
-            }
+            Decision::Reply(reply) => host::refuse(&reply, metrics, "app"),
         }
     }
 

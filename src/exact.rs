@@ -43,12 +43,7 @@ impl HttpContext for ExactFilter {
                 metrics.inc("exact.forwarded");
                 Action::Continue
             }
-            Decision::Reply(reply) => {
-                metrics.inc(&format!("exact.rejected.{}", reply.reason));
-                debug!("wsgiproxy exact: replied {} ({}): {}", reply.status, reply.reason, reply.detail);
-                host::send_reply(&reply);
-                Action::Pause
-            }
+            Decision::Reply(reply) => host::refuse(&reply, metrics, "exact"),
         }
     }
 }

@@ -42,6 +42,15 @@ pub fn follow_host_log_level() {
     log::set_max_level(level);
 }
 
+/// Answers in the request's place (a role refused it): counts the reason, says why
+/// at debug level, sends the reply, and stops the request here.
+pub fn refuse(reply: &LocalReply, metrics: &crate::metrics::Metrics, role: &str) -> proxy_wasm::types::Action {
+    metrics.inc(&format!("{role}.rejected.{}", reply.reason));
+    log::debug!("wsgiproxy {role}: replied {} ({}): {}", reply.status, reply.reason, reply.detail);
+    send_reply(reply);
+    proxy_wasm::types::Action::Pause
+}
+
 /// Sends a short plain-text reply instead of forwarding the request.
 pub fn send_reply(reply: &LocalReply) {
     let mut headers: Vec<(&str, &str)> = vec![

@@ -69,12 +69,7 @@ impl HttpContext for MiddlewareFilter {
                 );
                 Action::Continue
             }
-            Decision::Reply(reply) => {
-                metrics.inc(&format!("middleware.rejected.{}", reply.reason));
-                debug!("wsgiproxy middleware: replied {} ({}): {}", reply.status, reply.reason, reply.detail);
-                host::send_reply(&reply);
-                Action::Pause
-            }
+            Decision::Reply(reply) => host::refuse(&reply, metrics, "middleware"),
         }
     }
 }

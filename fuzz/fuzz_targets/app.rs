@@ -1,24 +1,17 @@
 //! The sending side on arbitrary client headers: it never forwards a protocol
 //! header the client sent, and every value it writes can stand in a header.
 #![no_main]
+#[path = "common/mod.rs"]
+mod common;
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
 use wsgiproxy_protocol::config::{parse, Config};
 use wsgiproxy_protocol::headers::{is_protocol_header, is_safe_value};
-use wsgiproxy_protocol::request::{Decision, RequestHead};
+use wsgiproxy_protocol::request::Decision;
 
 fuzz_target!(|data: &[u8]| {
-    let mut lines = data.split(|b| *b == b'\n');
-    let mut headers = vec![(":path".to_string(), lines.next().unwrap_or_default().to_vec())];
-    for line in lines {
-        if let Some(at) = line.iter().position(|b| *b == b':') {
-            if let Ok(name) = std::str::from_utf8(&line[..at]) {
-                headers.push((name.to_ascii_lowercase(), line[at + 1..].to_vec()));
-            }
-        }
-    }
-    let head = RequestHead::new(headers);
+    let head = common::head(data);
     let json = r#"{"role":"app","href":"http://b:8080/deep?q=1","script_name":"/app",
         "string_keys":[{"key":"REMOTE_USER","from_header":"x-user"}],
         "unicode_keys":[{"key":"name","from_header":"x-name"}],

@@ -1,12 +1,14 @@
 //! The receiving side on arbitrary headers from a trusted peer: whatever it
 //! forwards holds only values that can stand in a header.
 #![no_main]
+#[path = "common/mod.rs"]
+mod common;
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
 use wsgiproxy_protocol::config::{parse, Config};
 use wsgiproxy_protocol::headers::is_safe_value;
 use wsgiproxy_protocol::middleware::{decide, MiddlewareOutcome, MiddlewareRequest, NonceMemory};
-use wsgiproxy_protocol::request::{Decision, RequestHead};
+use wsgiproxy_protocol::request::Decision;
 use wsgiproxy_protocol::signature::Nonce;
 
 struct Memory;
@@ -16,27 +18,13 @@ impl NonceMemory for Memory {
     }
 }
 
-/// Lines of `name:value`; the first line is the path.
-fn head(data: &[u8]) -> RequestHead {
-    let mut lines = data.split(|b| *b == b'\n');
-    let mut headers = vec![(":path".to_string(), lines.next().unwrap_or_default().to_vec())];
-    for line in lines {
-        if let Some(at) = line.iter().position(|b| *b == b':') {
-            if let Ok(name) = std::str::from_utf8(&line[..at]) {
-                headers.push((name.to_ascii_lowercase(), line[at + 1..].to_vec()));
-            }
-        }
-    }
-    RequestHead::new(headers)
-}
-
 fuzz_target!(|data: &[u8]| {
     let configs = [
         r#"{"role":"middleware","trust_ips":["0.0.0.0/0"],"keys":{"REMOTE_USER":"x-remote-user","roles":"x-roles"},"allow_pickle":true}"#,
         r#"{"role":"middleware","trust_ips":["0.0.0.0/0"],"pop_prefix":"/app","domain":"example.com","port":8080}"#,
         r#"{"role":"middleware","secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}}"#,
     ];
-    let h = head(data);
+    let h = common::head(data);
     for json in configs {
         let Ok(Config::Middleware(config)) = parse(json.as_bytes(), &|_| None) else { panic!("config") };
         let req = MiddlewareRequest {
