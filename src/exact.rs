@@ -2,7 +2,6 @@
 
 use std::rc::Rc;
 
-use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use wsgiproxy_protocol::config::Config;

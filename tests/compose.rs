@@ -13,7 +13,13 @@ fn compose_uses_the_tested_envoy_and_configs() {
     let doc: Value = serde_yaml::from_str(&text).unwrap();
     let version = std::process::Command::new(envoy_bin()).arg("--version").output().unwrap();
     let version = String::from_utf8_lossy(&version.stdout).to_string();
-    let tested = version.split('/').nth(1).expect("envoy --version names its version").to_string();
+    // `{binary path} version: {commit}/{version}/Clean/RELEASE/BoringSSL`
+    let tested = version
+        .split("version: ")
+        .nth(1)
+        .and_then(|v| v.split('/').nth(1))
+        .expect("envoy --version names its version")
+        .to_string();
     let mut envoys = 0;
     for (name, service) in doc["services"].as_mapping().unwrap() {
         let command: Vec<String> = service["command"].as_sequence().into_iter().flatten().filter_map(|c| c.as_str().map(str::to_string)).collect();
