@@ -42,7 +42,13 @@ impl RootContext for Root {
         crate::host::follow_host_log_level();
         let raw = self.get_plugin_configuration().unwrap_or_default();
         let env = |name: &str| std::env::var(name).ok();
-        match config::parse(&raw, &env) {
+        let parsed = config::parse(&raw, &env).map_err(|e| e.to_string()).and_then(|config| match &config {
+            Config::Middleware(m) if m.verify.is_some() => crate::replay::SharedNonces::prepare()
+                .map(|()| config)
+                .map_err(|e| format!("the replay memory could not be prepared: {e}")),
+            _ => Ok(config),
+        });
+        match parsed {
             Ok(config) => {
                 let metrics = Metrics::default();
                 match &config {

@@ -323,10 +323,56 @@ fn a_replay_is_caught_across_worker_threads() {
         .collect();
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 23, "{statuses:?}");
+
+    // Fresh nonces land in slots no request has written yet: the first write to a
+    // slot must be a compare-and-swap too. Each request is fired on 6 connections
+    // opened beforehand and released together.
+    let ring = KeyRing::new(Algorithm::HmacSha1, &[("k1".into(), KEY_K1.as_bytes().to_vec())]).unwrap();
+    let date = format_date(SystemTime::now());
+    for round in 0..40u8 {
+        let nonce: [u8; 16] = std::array::from_fn(|i| round.wrapping_mul(31).wrapping_add(i as u8 * 7) ^ 0x5a);
+        let parts = SignedParts {
+            method: b"GET",
+            authority: b"internal:9000",
+            path: b"/burst",
+            date: date.as_bytes(),
+            protocol_headers: vec![("x-wsgiproxy-version", b"0.1")],
+        };
+        let raw = format!(
+            "GET /burst HTTP/1.1\r\nHost: internal:9000\r\nDate: {date}\r\nX-WSGIProxy-Version: 0.1\r\nX-WSGIProxy-Signature: {}\r\nConnection: close\r\n\r\n",
+            sign(&ring, &nonce, &parts).unwrap()
+        );
+        let statuses = fire_together(port, raw.as_bytes(), 6);
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "round {round}: {statuses:?}");
+        assert!(statuses.iter().all(|s| *s == 200 || *s == 403), "round {round}: {statuses:?}");
+    }
+
     // Both workers took connections (Envoy's per-worker listener counters).
     let per_worker = mw.stats("downstream_cx_total");
     for worker in ["worker_0", "worker_1"] {
         let taken: u64 = per_worker.iter().filter(|(k, _)| k.contains(worker)).map(|(_, v)| v).sum();
         assert!(taken > 0, "{worker} took no connection: {per_worker:?}");
     }
+}
+
+/// Opens `copies` connections, then writes `raw` on all of them at once; the statuses.
+fn fire_together(port: u16, raw: &[u8], copies: usize) -> Vec<u16> {
+    use std::io::{BufReader, Write};
+    use std::net::TcpStream;
+    use std::sync::{Arc, Barrier};
+    let barrier = Arc::new(Barrier::new(copies));
+    let threads: Vec<_> = (0..copies)
+        .map(|_| {
+            let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let (barrier, raw) = (barrier.clone(), raw.to_vec());
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                barrier.wait();
+                stream.write_all(&raw).unwrap();
+                read_response(&mut BufReader::new(stream)).status
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
 }

@@ -287,6 +287,14 @@ const ROLES: &str = "\"app\", \"middleware\", \"spawn\", \"exact\"";
 fn raw<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
+        // serde's message quotes the offending value, and under `secret` that may be
+        // the key itself (the original took `secret` as a plain string): never log it.
+        if path == "secret" || path.starts_with("secret.") {
+            return ConfigError::new(
+                path,
+                "must be {\"keys\": [{\"id\": ID, \"env\": VARIABLE} or {\"id\": ID, \"value\": KEY}, ...]} (the value given is not shown: it may be a secret)",
+            );
+        }
         ConfigError::new(path, e.into_inner().to_string())
     })
 }
@@ -581,6 +589,19 @@ mod tests {
         assert_eq!(err(r#"{"role":"app","href":"http://x/","secret":{"keys":[{"id":"k","value":"short"}]}}"#).field, "secret.keys");
         assert_eq!(err(r#"{"role":"app","href":"http://x/","algorithm":"md5"}"#).field, "algorithm");
         assert_eq!(err(r#"{"role":"app"}"#).message, "missing field `href`");
+    }
+
+    #[test]
+    fn a_malformed_secret_is_never_echoed() {
+        for json in [
+            r#"{"role":"app","href":"http://x/","secret":"my-shared-key-123"}"#,
+            r#"{"role":"app","href":"http://x/","secret":{"keys":["my-shared-key-123"]}}"#,
+            r#"{"role":"middleware","secret":{"keys":[{"id":"k","value":["my-shared-key-123"]}]}}"#,
+        ] {
+            let e = err(json);
+            assert!(e.field.starts_with("secret"), "{e}");
+            assert!(!e.to_string().contains("my-shared-key-123"), "{e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,18 @@ const ENTRY_LEN: usize = NONCE_LEN + 8;
 /// The shared-data key of the slot that holds `nonce`.
 pub fn slot_key(nonce: &Nonce) -> String {
     let index = u32::from_be_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]) as usize % SLOT_COUNT;
+    key_of(index)
+}
+
+/// Every slot's key. The filter creates them all when it is configured: Envoy's
+/// shared data has no atomic "create if absent" (a write with no compare-and-swap
+/// token is unconditional), so a slot written for the first time by two workers at
+/// once could lose a nonce. Created up front, every later write is a real CAS.
+pub fn all_slot_keys() -> impl Iterator<Item = String> {
+    (0..SLOT_COUNT).map(key_of)
+}
+
+fn key_of(index: usize) -> String {
     format!("wsgiproxy.replay.{index}")
 }
 
@@ -89,5 +101,14 @@ mod tests {
     #[test]
     fn slots_spread() {
         assert_ne!(slot_key(&[0u8; NONCE_LEN]), slot_key(&[1u8; NONCE_LEN]));
+    }
+
+    #[test]
+    fn every_nonce_lands_in_a_prepared_slot() {
+        let all: std::collections::HashSet<String> = all_slot_keys().collect();
+        assert_eq!(all.len(), SLOT_COUNT);
+        for first in [0u8, 1, 127, 255] {
+            assert!(all.contains(&slot_key(&[first; NONCE_LEN])));
+        }
     }
 }
