@@ -9,14 +9,22 @@ use proxy_wasm::types::{Action, MapType};
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
 use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::request::{Decision, LocalReply};
-use wsgiproxy_protocol::response::{rewrite_cookie_path, rewrite_location, ClientView};
+use wsgiproxy_protocol::response::{rewrite_headers, ClientView};
 
 use crate::host;
 use crate::metrics::Metrics;
 use crate::root::Shared;
 
 pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&["app.requests", "app.forwarded", "app.signed", "app.stripped_headers", "app.invalid_keys"]);
+    metrics.declare(&[
+        "app.requests",
+        "app.forwarded",
+        "app.signed",
+        "app.stripped_headers",
+        "app.invalid_keys",
+        "app.rewritten_locations",
+        "app.rewritten_cookies",
+    ]);
 }
 
 pub struct AppFilter {
@@ -94,35 +102,14 @@ impl AppFilter {
             return;
         };
         let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
-        let mut cookies: Vec<Vec<u8>> = Vec::new();
-        let mut cookies_changed = false;
-        for (name, value) in &headers {
-            let Ok(text) = std::str::from_utf8(value) else {
-                if name == "set-cookie" {
-                    cookies.push(value.clone());
-                }
-                continue;
-            };
-            match name.as_str() {
-                "location" | "content-location" => {
-                    if let Some(new) = rewrite_location(text, &config.href, view) {
-                        let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(new.as_bytes()));
-                        self.shared.metrics.inc("app.rewritten_locations");
-                    }
-                }
-                "set-cookie" => match rewrite_cookie_path(text, &config.href, view) {
-                    Some(new) => {
-                        cookies.push(new.into_bytes());
-                        cookies_changed = true;
-                    }
-                    None => cookies.push(value.clone()),
-                },
-                _ => {}
-            }
+        let edits = rewrite_headers(&headers, &config.href, view);
+        for (name, value) in &edits.locations {
+            let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value.as_bytes()));
+            self.shared.metrics.inc("app.rewritten_locations");
         }
-        if cookies_changed {
+        if let Some(cookies) = &edits.cookies {
             let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, "set-cookie");
-            for cookie in &cookies {
+            for cookie in cookies {
                 let _ = hostcalls::add_map_value_bytes(MapType::HttpResponseHeaders, "set-cookie", cookie);
             }
             self.shared.metrics.inc("app.rewritten_cookies");

@@ -215,4 +215,14 @@ fn responses_are_rewritten_to_the_clients_view() {
     let off = app_envoy(&echo, json!({"role": "app", "href": "http://backend.internal:8080/myapp", "script_name": "/blog", "rewrite_response": false}));
     let r = off.get("/blog/__redirect?to=%2Fmyapp%2Fdone", &[]);
     assert_eq!(r.header("location"), Some("/myapp/done"));
+
+    // No href path: a backend that honours SCRIPT_NAME already answers under the mount
+    // point, so paths stay as written; URLs naming the backend still change.
+    let shallow = app_envoy(&echo, json!({"role": "app", "href": "http://backend.internal:8080/", "script_name": "/blog"}));
+    let r = shallow.get("/blog/__redirect?to=%2Fblog%2Flogin", &[("Host", "www.example.com")]);
+    assert_eq!(r.header("location"), Some("/blog/login"));
+    let r = shallow.get("/blog/__cookie?c=sid%3D1%3B%20Path%3D%2Fblog", &[("Host", "www.example.com")]);
+    assert_eq!(r.header("set-cookie"), Some("sid=1; Path=/blog"));
+    let r = shallow.get("/blog/__redirect?to=http%3A%2F%2Fbackend.internal%3A8080%2Flogin", &[("Host", "www.example.com")]);
+    assert_eq!(r.header("location"), Some("http://www.example.com/blog/login"));
 }

@@ -2,6 +2,11 @@
 //! ProxyPassReverse and ProxyPassReverseCookiePath do: `Location` and
 //! `Content-Location` under the href become URLs under the client's host and mount
 //! point, and a `Set-Cookie` `Path` under the href's path moves under the mount point.
+//!
+//! A path with no host (`/login`, a cookie's `Path`) is rewritten only when the href
+//! has a path of its own: a backend that honours SCRIPT_NAME (`X-Script-Name`,
+//! `X-Forwarded-Prefix`) already answers `/blog/login`, and with no href path that
+//! cannot be told from a path of its own, so it is left as the backend wrote it.
 
 use crate::href::Href;
 use crate::paths::strip_segment_prefix;
@@ -28,6 +33,9 @@ fn client_path(href: &Href, view: &ClientView, path: &str) -> Option<String> {
 /// Rewrites a `Location` or `Content-Location` value; `None` leaves it alone.
 pub fn rewrite_location(value: &str, href: &Href, view: &ClientView) -> Option<String> {
     if value.starts_with('/') && !value.starts_with("//") {
+        if href.path.is_empty() {
+            return None;
+        }
         let (path, tail) = split_path(value);
         return client_path(href, view, path).map(|p| format!("{p}{tail}"));
     }
@@ -61,6 +69,9 @@ fn same_authority(authority: &str, href: &Href) -> bool {
 
 /// Rewrites the `Path` attribute of a `Set-Cookie` value; `None` leaves it alone.
 pub fn rewrite_cookie_path(value: &str, href: &Href, view: &ClientView) -> Option<String> {
+    if href.path.is_empty() {
+        return None;
+    }
     let mut changed = false;
     let parts: Vec<String> = value
         .split(';')
@@ -84,6 +95,45 @@ pub fn rewrite_cookie_path(value: &str, href: &Href, view: &ClientView) -> Optio
         })
         .collect();
     changed.then(|| parts.join(";"))
+}
+
+/// What rewriting a response's headers changes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResponseEdits {
+    /// `location` / `content-location` values to set.
+    pub locations: Vec<(String, String)>,
+    /// Every `set-cookie` value, in order, when any of them changed (they are
+    /// written back together so that their order is kept).
+    pub cookies: Option<Vec<Vec<u8>>>,
+}
+
+/// Rewrites a response's headers (names lowercase, values raw) to the client's view.
+pub fn rewrite_headers(headers: &[(String, Vec<u8>)], href: &Href, view: &ClientView) -> ResponseEdits {
+    let mut edits = ResponseEdits::default();
+    let mut cookies = Vec::new();
+    let mut cookies_changed = false;
+    for (name, value) in headers {
+        let text = std::str::from_utf8(value).ok();
+        match name.as_str() {
+            "location" | "content-location" => {
+                if let Some(new) = text.and_then(|t| rewrite_location(t, href, view)) {
+                    edits.locations.push((name.clone(), new));
+                }
+            }
+            "set-cookie" => match text.and_then(|t| rewrite_cookie_path(t, href, view)) {
+                Some(new) => {
+                    cookies.push(new.into_bytes());
+                    cookies_changed = true;
+                }
+                None => cookies.push(value.clone()),
+            },
+            _ => {}
+        }
+    }
+    if cookies_changed {
+        edits.cookies = Some(cookies);
+    }
+    edits
 }
 
 #[cfg(test)]
@@ -115,6 +165,21 @@ mod tests {
     }
 
     #[test]
+    fn without_an_href_path_only_urls_naming_the_backend_change() {
+        // The backend honours SCRIPT_NAME and already answers in the client's view.
+        let href = Href::parse("http://backend:8080/").unwrap();
+        let (_, view) = setup();
+        assert_eq!(rewrite_location("/blog/login", &href, &view), None);
+        assert_eq!(rewrite_location("/login", &href, &view), None);
+        assert_eq!(rewrite_cookie_path("sid=1; Path=/", &href, &view), None);
+        assert_eq!(rewrite_cookie_path("sid=1; Path=/blog", &href, &view), None);
+        assert_eq!(
+            rewrite_location("http://backend:8080/login", &href, &view).as_deref(),
+            Some("https://www.example.com/blog/login")
+        );
+    }
+
+    #[test]
     fn cookie_paths() {
         let (href, view) = setup();
         let r = |v: &str| rewrite_cookie_path(v, &href, &view);
@@ -123,5 +188,22 @@ mod tests {
         assert_eq!(r("sid=1; Path=/other"), None);
         assert_eq!(r("sid=1"), None);
         assert_eq!(r("path=/myapp"), None, "the cookie's own name is not an attribute");
+    }
+
+    #[test]
+    fn headers_keep_cookie_order_and_bytes() {
+        let (href, view) = setup();
+        let h = |n: &str, v: &[u8]| (n.to_string(), v.to_vec());
+        let headers = [
+            h("set-cookie", b"a=1; Path=/other"),
+            h("location", b"/myapp/x"),
+            h("set-cookie", b"b=\xff; Path=/myapp"),
+            h("set-cookie", b"c=3; Path=/myapp/c"),
+        ];
+        let e = rewrite_headers(&headers, &href, &view);
+        assert_eq!(e.locations, [("location".to_string(), "/blog/x".to_string())]);
+        let cookies = e.cookies.unwrap();
+        assert_eq!(cookies, [b"a=1; Path=/other".to_vec(), b"b=\xff; Path=/myapp".to_vec(), b"c=3; Path=/blog/c".to_vec()]);
+        assert_eq!(rewrite_headers(&headers[..1], &href, &view), ResponseEdits::default());
     }
 }
