@@ -1,10 +1,10 @@
 //! Small wrappers over host calls, shared by the roles.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
-use wsgiproxy_protocol::request::{Edits, LocalReply, RequestHead};
+use wsgiproxy_protocol::request::{parse_peer_address, Edits, LocalReply, RequestHead};
 
 /// Reads every request header once, as bytes (values may not be UTF-8).
 pub fn request_head() -> RequestHead {
@@ -72,11 +72,7 @@ pub fn property(path: &[String]) -> Option<Vec<u8>> {
 /// The direct downstream peer (not an X-Forwarded-For entry).
 pub fn peer_ip() -> Option<IpAddr> {
     let raw = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
-    let text = std::str::from_utf8(&raw).ok()?;
-    text.parse::<SocketAddr>()
-        .map(|s| s.ip())
-        .or_else(|_| text.parse::<IpAddr>())
-        .ok()
+    parse_peer_address(&raw)
 }
 
 /// Whether the downstream connection is TLS.

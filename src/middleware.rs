@@ -22,6 +22,7 @@ pub fn declare_metrics(metrics: &Metrics) {
         "middleware.verified",
         "middleware.stripped_headers",
         "middleware.dropped_keys",
+        "middleware.signature_missing",
     ]);
 }
 
@@ -60,6 +61,9 @@ impl HttpContext for MiddlewareFilter {
         }
         metrics.add("middleware.stripped_headers", outcome.stripped as u64);
         metrics.add("middleware.dropped_keys", outcome.dropped_keys as u64);
+        if outcome.unsigned {
+            metrics.inc("middleware.signature_missing");
+        }
         match decision {
             Decision::Forward(edits) => {
                 host::apply_request_edits(&edits);

@@ -73,7 +73,7 @@ pub fn decide(
     }
 
     let mut edits = Edits::default();
-    for name in head.names_where(is_protocol_header) {
+    for name in head.names_where(|n| is_protocol_header(n) || is_underscore_spelling_of(n, is_protocol_header)) {
         edits.remove(&name);
         // Envoy itself puts the peer in X-Forwarded-For at the edge: not a client's forgery.
         if name != X_FORWARDED_FOR {
@@ -223,6 +223,8 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-wsgiproxy-str-5", "REMOTE_USER root"),
             ("x-script-name", "/evil"),
+            ("x_wsgiproxy_str_0", "REMOTE_USER root"),
+            ("x_custom", "kept"),
         ]);
         let e = edits(run(&c, &h));
         assert_eq!(text(&e, ":path").as_deref(), Some("/myapp/article/1?x=1&some=querystring"));
@@ -240,6 +242,8 @@ mod tests {
         assert_eq!(text(&e, "x-wsgiproxy-json-0").as_deref(), Some("roles [\"admin\"]"));
         assert_eq!(text(&e, "x-wsgiproxy-json-1"), None);
         assert!(e.remove.contains(&"x-wsgiproxy-str-5".to_string()));
+        assert!(e.remove.contains(&"x_wsgiproxy_str_0".to_string()), "underscore spellings too");
+        assert!(!e.remove.contains(&"x_custom".to_string()));
         assert!(e.remove.contains(&"x-script-name".to_string()) || text(&e, "x-script-name").is_some());
         assert!(!e.remove.contains(&"x-forwarded-for".to_string()), "a set replaces it");
     }

@@ -41,6 +41,29 @@ pub fn is_protocol_header(name: &str) -> bool {
     name.starts_with(X_WSGIPROXY_PREFIX) || FIXED_PROTOCOL_HEADERS.contains(&name)
 }
 
+/// Other spellings of what the receiving side delivers, which frameworks may also
+/// believe (Django's `USE_X_FORWARDED_PORT`, ProxyFix's `x_port`, RFC 7239). The
+/// filter is the one authority on the client, host and scheme: the middleware
+/// removes these from every request, so a client cannot send them past it.
+pub const COMPETING_FORWARDING_HEADERS: [&str; 8] = [
+    "forwarded",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-protocol",
+    "x-url-scheme",
+    "front-end-https",
+    "x-real-ip",
+    "x-client-ip",
+];
+
+/// Whether `name` spelled with dashes for its underscores satisfies `pred`. Many
+/// servers (CGI/WSGI: `HTTP_X_SCRIPT_NAME`) cannot tell `x_script_name` from
+/// `x-script-name`; the shipped Envoy configs drop such names, and the filter
+/// strips them too wherever Envoy lets them through (Istio's default).
+pub fn is_underscore_spelling_of(name: &str, pred: impl Fn(&str) -> bool) -> bool {
+    name.contains('_') && pred(&name.replace('_', "-"))
+}
+
 /// A header value a filter may write: Envoy does not check what filters write, so we do.
 /// Refuses control characters (CR, LF, NUL and the rest, except tab) and DEL.
 pub fn is_safe_value(value: &[u8]) -> bool {
@@ -93,6 +116,14 @@ mod tests {
         assert!(is_protocol_header("x-traversal-path"));
         assert!(!is_protocol_header("x-forwarded-proto"));
         assert!(!is_protocol_header("x-wsgiproxy"));
+    }
+
+    #[test]
+    fn underscore_spellings() {
+        assert!(is_underscore_spelling_of("x_script_name", is_protocol_header));
+        assert!(is_underscore_spelling_of("x-wsgiproxy_str-0", is_protocol_header));
+        assert!(!is_underscore_spelling_of("x-script-name", is_protocol_header), "no underscore: the name itself");
+        assert!(!is_underscore_spelling_of("x_custom", is_protocol_header));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct MiddlewareOutcome {
     pub stripped: usize,
     /// Payload keys not on the allowlist.
     pub dropped_keys: usize,
+    /// A secret is configured and the request carried no signature.
+    pub unsigned: bool,
 }
 
 fn bad_request(reason: &'static str, detail: impl Into<String>) -> Decision {
@@ -117,7 +119,10 @@ pub fn decide(
             match verify(config, ring, req, nonces) {
                 Ok(()) => outcome.verified = true,
                 Err(Err(reply)) => return reply,
-                Err(Ok(Rejection::Missing)) => trusted = false,
+                Err(Ok(Rejection::Missing)) => {
+                    outcome.unsigned = true;
+                    trusted = false
+                }
                 Err(Ok(rejection)) => return signature_reply(rejection),
             }
         }
@@ -193,12 +198,16 @@ pub fn decide(
         matches!(name, X_FORWARDED_HOST | X_FORWARDED_PROTO | X_FORWARDED_PREFIX | X_FORWARDED_FOR)
             || config.keys.values().any(|h| h == name)
     };
-    for name in head.names_where(|n| is_protocol_header(n) || delivered(n)) {
+    // What a trusted request's protocol headers said is consumed; anything else
+    // that could describe the client, host or scheme is stripped.
+    let consumed = |name: &str| is_protocol_header(name) || delivered(name);
+    let unwanted = |name: &str| consumed(name) || COMPETING_FORWARDING_HEADERS.contains(&name);
+    for name in head.names_where(|n| unwanted(n) || is_underscore_spelling_of(n, unwanted)) {
         if believed.kept_pickles.contains(&name) {
             continue;
         }
         edits.remove(&name);
-        if !trusted {
+        if !trusted || !consumed(&name) {
             outcome.stripped += 1;
         }
     }

@@ -40,6 +40,20 @@ impl RequestHead {
     }
 }
 
+/// The peer's address from Envoy's `source.address` attribute (`ip:port`,
+/// `[v6]:port`, or a bare address). An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+/// as a dual-stack listener reports IPv4 peers) becomes the IPv4 address, so that
+/// `trust_ips` and `X-Forwarded-For` see what the peer really is.
+pub fn parse_peer_address(raw: &[u8]) -> Option<std::net::IpAddr> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let ip = text
+        .parse::<std::net::SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| text.parse::<std::net::IpAddr>())
+        .ok()?;
+    Some(ip.to_canonical())
+}
+
 /// Header changes to apply, removals first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Edits {
@@ -137,4 +151,20 @@ impl LocalReply {
 pub enum Decision {
     Forward(Edits),
     Reply(LocalReply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_addresses() {
+        let ip = |s: &str| parse_peer_address(s.as_bytes()).map(|a| a.to_string());
+        assert_eq!(ip("10.0.0.5:4242").as_deref(), Some("10.0.0.5"));
+        assert_eq!(ip("[::1]:80").as_deref(), Some("::1"));
+        assert_eq!(ip("[::ffff:10.0.0.5]:80").as_deref(), Some("10.0.0.5"));
+        assert_eq!(ip("::ffff:192.0.2.1").as_deref(), Some("192.0.2.1"));
+        assert_eq!(ip("not an address"), None);
+        assert_eq!(parse_peer_address(b"\xff"), None);
+    }
 }

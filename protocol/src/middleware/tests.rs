@@ -112,6 +112,46 @@ fn untrusted_peer_headers_are_stripped() {
 }
 
 #[test]
+fn competing_headers_and_underscore_spellings_are_stripped_for_everyone() {
+    let mut h = sent_by_app();
+    for (n, v) in [
+        ("forwarded", "for=6.6.6.6;proto=https;host=evil"),
+        ("x-forwarded-port", "8443"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x_remote_user", "root"),
+        ("x_forwarded_host", "evil"),
+        ("x_wsgiproxy_str_9", "REMOTE_USER root"),
+        ("x_custom", "kept"),
+    ] {
+        h.headers.push((n.to_string(), v.as_bytes().to_vec()));
+    }
+    for peer in ["10.1.2.3", "192.0.2.1"] {
+        let mut outcome = MiddlewareOutcome::default();
+        let req = MiddlewareRequest { head: &h, peer_ip: Some(peer.parse().unwrap()), https: false, now: now() };
+        let e = forward(decide(&mw(TRUSTING), &req, &mut Memory(HashSet::new()), &mut outcome));
+        for gone in ["forwarded", "x-forwarded-port", "x-real-ip", "x_remote_user", "x_forwarded_host", "x_wsgiproxy_str_9"] {
+            assert!(e.remove.iter().any(|r| r == gone), "{peer}: {gone} not removed");
+        }
+        assert!(!e.remove.iter().any(|r| r == "x_custom"));
+        if peer == "10.1.2.3" {
+            assert_eq!(text(&e, "x-remote-user").as_deref(), Some("bob"));
+            // The six stripped; x-remote-user is a delivered header, replaced by the decoded value.
+            assert_eq!(outcome.stripped, 6, "{peer}");
+        }
+    }
+}
+
+#[test]
+fn an_unsigned_request_is_counted_even_when_stripped() {
+    let c = mw(r#"{"role":"middleware","secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}}"#);
+    let mut outcome = MiddlewareOutcome::default();
+    let h = sent_by_app();
+    let req = MiddlewareRequest { head: &h, peer_ip: Some("10.1.2.3".parse().unwrap()), https: false, now: now() };
+    forward(decide(&c, &req, &mut Memory(HashSet::new()), &mut outcome));
+    assert!(outcome.unsigned && !outcome.trusted);
+}
+
+#[test]
 fn the_originals_quirks_are_accepted() {
     let h = head(&[
         (":path", "/myapp/x"),
