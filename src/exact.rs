@@ -5,15 +5,20 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use wsgiproxy_protocol::config::Config;
-use wsgiproxy_protocol::exact::decide;
-use wsgiproxy_protocol::request::Decision;
+use wsgiproxy_protocol::exact::{decide, decide_resolved};
+use wsgiproxy_protocol::request::{parse_peer_address, Decision};
 
 use crate::host;
 use crate::metrics::Metrics;
 use crate::root::Shared;
 
 pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&["exact.requests", "exact.forwarded", "exact.rejected.destination_not_allowed"]);
+    metrics.declare(&[
+        "exact.requests",
+        "exact.forwarded",
+        "exact.resolved_checks",
+        "exact.rejected.destination_not_allowed",
+    ]);
 }
 
 pub struct ExactFilter {
@@ -34,12 +39,26 @@ impl HttpContext for ExactFilter {
             return Action::Continue;
         };
         let metrics = &self.shared.metrics;
-        metrics.inc("exact.requests");
         let head = host::request_head();
-        match decide(config, &head) {
+        // As an upstream filter of the forward-proxy cluster, the address DNS gave is
+        // known: check it. Before routing it is not, and the Host is checked by name.
+        let resolved = host::property(&["upstream".into(), "address".into()]).and_then(|a| parse_peer_address(&a));
+        let decision = match resolved {
+            Some(resolved) => {
+                metrics.inc("exact.resolved_checks");
+                decide_resolved(config, &head, resolved)
+            }
+            None => {
+                metrics.inc("exact.requests");
+                decide(config, &head)
+            }
+        };
+        match decision {
             Decision::Forward(edits) => {
                 host::apply_request_edits(&edits);
-                metrics.inc("exact.forwarded");
+                if resolved.is_none() {
+                    metrics.inc("exact.forwarded");
+                }
                 Action::Continue
             }
             Decision::Reply(reply) => host::refuse(&reply, metrics, "exact"),

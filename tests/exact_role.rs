@@ -73,6 +73,30 @@ fn not_an_open_proxy() {
 }
 
 #[test]
+fn a_name_is_judged_by_the_address_it_resolves_to() {
+    // Every name resolves to 127.0.0.1 here, as a hostile DNS record could.
+    let echo = Echo::start();
+    let dns = FakeDns::start();
+    let listed = format!("listed.test:{}", echo.port);
+    let o = Overrides { dns: Some(dns.port), ..Overrides::default() }
+        .plugin(json!({"role": "exact", "allow_hosts": ["*:*", listed]}));
+    let envoy = Envoy::start("envoy/exact.yaml", &o);
+    // A listed name is trusted as listed: it reaches the loopback backend.
+    let r = envoy.get("/", &[("Host", &listed)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"].as_array().unwrap().iter().find(|h| h[0] == "host").unwrap()[1], listed.as_str());
+    // A name allowed only by "*" must resolve to a public address: this one is refused
+    // after DNS, before any connection.
+    let rebound = format!("rebind.test:{}", echo.port);
+    let r = envoy.get("/", &[("Host", &rebound)]);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.header("x-wsgiproxy-error"), Some("destination_not_allowed"));
+    assert!(r.text().contains("resolves to 127.0.0.1"), "{}", r.text());
+    assert_eq!(envoy.stat("wsgiproxy.exact.resolved_checks"), 2);
+    assert_eq!(envoy.stat("wsgiproxy.exact.rejected.destination_not_allowed"), 1);
+}
+
+#[test]
 fn an_unreachable_destination_is_a_502_naming_it() {
     let dead = free_port();
     let host = format!("127.0.0.1:{dead}");

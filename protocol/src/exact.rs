@@ -3,6 +3,12 @@
 //! being an open proxy (only `allow_hosts` destinations; loopback, private and
 //! link-local addresses only when listed by address). The one header Envoy adds on
 //! its own is taken back by envoy/exact.yaml (see [`ABSENT_MARK`]).
+//!
+//! The filter runs twice: before routing it checks the Host by name ([`decide`]);
+//! as an upstream filter of the forward-proxy cluster, once DNS has answered, it
+//! checks the address the name resolved to ([`decide_resolved`]), so that a name let
+//! through only by a `*` pattern cannot lead to a loopback, private or metadata
+//! address (`Host: 169.254.169.254.nip.io`).
 
 use std::net::IpAddr;
 
@@ -91,10 +97,13 @@ enum Destination {
     Ip(IpAddr),
 }
 
-/// Not loopback, private, link-local, unspecified, multicast or otherwise special.
+/// A globally reachable unicast address: not loopback, private, link-local, shared
+/// (CGNAT), reserved, documentation, benchmarking, multicast or otherwise special.
+/// IPv6 addresses that carry an IPv4 one (mapped, NAT64, 6to4) are judged by it.
 pub fn is_public(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -102,19 +111,28 @@ pub fn is_public(ip: &IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || v4.is_documentation()
-                || v4.octets()[0] == 0
-                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64))
+                || a == 0
+                || a >= 240
+                || (a == 100 && (b & 0xc0) == 64)
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b & 0xfe) == 18))
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded_v4 = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(&IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80)
+            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) reach the IPv4 address inside.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(&embedded_v4(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public(&embedded_v4(s[1], s[2]));
+            }
+            // Global unicast is 2000::/3; within it, 2001::/23 (Teredo, ORCHID,
+            // benchmarking...) and 2001:db8::/32 (documentation) are special.
+            (s[0] & 0xe000) == 0x2000 && !(s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8))
         }
     }
 }
@@ -135,17 +153,49 @@ pub fn decide(config: &ExactConfig, head: &RequestHead) -> Decision {
         return Decision::Reply(LocalReply::new(400, "bad_host", format!("the Host header {shown:?} does not name a server")));
     };
     let port = port.unwrap_or(80);
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let destination = match bare.parse::<IpAddr>() {
-        Ok(ip) => Destination::Ip(ip),
-        Err(_) => Destination::Name(host.to_ascii_lowercase().trim_end_matches('.').to_string()),
-    };
+    let destination = destination_of(host);
     if !config.allow_hosts.iter().any(|p| p.matches(&destination, port)) {
         return refuse(&shown, "not in allow_hosts");
     }
     // Nothing to change here: Envoy routes only requests that carry X-Forwarded-Proto,
     // so the absence mark is taken off after routing, by envoy/exact.yaml's upstream filter.
     Decision::Forward(Edits::default())
+}
+
+/// The upstream check, once DNS has answered: the Host's name must have been let
+/// through by a pattern that vouches for where it resolves. A listed name or domain
+/// is trusted as listed; a name allowed only by `*` must resolve to a public
+/// address. (IP literals were judged by address before routing.)
+pub fn decide_resolved(config: &ExactConfig, head: &RequestHead, resolved: IpAddr) -> Decision {
+    let raw = head.get(AUTHORITY).unwrap_or_default();
+    let shown = String::from_utf8_lossy(raw).into_owned();
+    let Some((host, port)) = parse_authority(raw) else {
+        return Decision::Reply(LocalReply::new(400, "bad_host", format!("the Host header {shown:?} does not name a server")));
+    };
+    let port = port.unwrap_or(80);
+    let resolved = resolved.to_canonical();
+    let destination = destination_of(host);
+    let vouched = config.allow_hosts.iter().any(|p| {
+        p.matches(&destination, port)
+            && match (&p.host, &destination) {
+                (HostMatch::Any, _) => is_public(&resolved),
+                (_, Destination::Ip(ip)) => *ip == resolved,
+                _ => true,
+            }
+    });
+    if vouched {
+        Decision::Forward(Edits::default())
+    } else {
+        refuse(&shown, &format!("it resolves to {resolved}, which allow_hosts does not allow"))
+    }
+}
+
+fn destination_of(host: &str) -> Destination {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Destination::Ip(ip.to_canonical()),
+        Err(_) => Destination::Name(host.to_ascii_lowercase().trim_end_matches('.').to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +237,38 @@ mod tests {
         for private in ["127.0.0.1:80", "10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "[::1]:80", "[fe80::1]:80", "[fd00::1]:80", "[::ffff:127.0.0.1]:80", "0.0.0.0:80", "localhost:80", "a.localhost:80", "100.64.0.1"] {
             assert!(!allowed(&c, private), "{private}");
         }
+    }
+
+    #[test]
+    fn special_ranges_are_not_public() {
+        for ip in [
+            "198.18.0.1", "192.0.0.8", "240.0.0.1", "255.255.255.255", "100.100.100.200", "::", "::1", "::127.0.0.1",
+            "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::", "2002:a00:1::1", "2001:db8::1", "2001::1",
+            "fc00::1", "fe80::1", "ff02::1", "100::1",
+        ] {
+            assert!(!is_public(&ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "64:ff9b::808:808", "2002:808:808::1"] {
+            assert!(is_public(&ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn resolved_addresses() {
+        let c = config(&["*:*", "api.internal:8080", "*.corp.example:443", "10.0.0.0/8:80"]);
+        let check = |host: &str, ip: &str| {
+            let head = RequestHead::new(vec![(":authority".into(), host.as_bytes().to_vec())]);
+            matches!(decide_resolved(&c, &head, ip.parse().unwrap()), Decision::Forward(_))
+        };
+        assert!(check("example.com:443", "93.184.216.34"));
+        assert!(!check("example.com:443", "127.0.0.1"), "a public-looking name resolving to loopback");
+        assert!(!check("169.254.169.254.nip.io", "169.254.169.254"));
+        assert!(!check("rebind.example:80", "::ffff:10.0.0.1"));
+        assert!(check("api.internal:8080", "10.1.2.3"), "a listed name is trusted as listed");
+        assert!(check("db.corp.example:443", "192.168.1.5"), "so is a listed domain");
+        assert!(!check("api.internal:9090", "10.1.2.3"), "but only on its port (and then * wants a public address)");
+        assert!(check("10.1.2.3", "10.1.2.3"));
+        assert!(!check("10.1.2.3", "10.9.9.9"), "an address resolves to itself");
     }
 
     #[test]

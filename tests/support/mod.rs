@@ -138,6 +138,8 @@ pub struct Overrides {
     pub concurrency: Option<u32>,
     /// Edits applied to the YAML last.
     pub edit: Option<fn(&mut Yaml)>,
+    /// Every DNS cache resolves through a server on 127.0.0.1 at this port (see [`FakeDns`]).
+    pub dns: Option<u16>,
 }
 
 impl Overrides {
@@ -202,19 +204,37 @@ pub fn render(file: &str, port: u16, admin_port: u16, o: &Overrides) -> String {
         }
     }
     if let Some(config) = &o.plugin_config {
-        let mut done = false;
+        // The first Wasm filter's configuration, and every copy of it (envoy/exact.yaml
+        // runs the same filter again in its cluster).
+        let mut first: Option<Yaml> = None;
         walk_mut(&mut doc, &mut |m| {
-            if done {
-                return;
-            }
             if let Some(Yaml::Mapping(c)) = m.get_mut(key("configuration")) {
                 if c.get(key("@type")).and_then(Yaml::as_str) == Some("type.googleapis.com/google.protobuf.StringValue") {
-                    c.insert(key("value"), Yaml::String(config.to_string()));
-                    done = true;
+                    let shipped = c.get(key("value")).cloned();
+                    if first.is_none() || first == shipped {
+                        first = shipped;
+                        c.insert(key("value"), Yaml::String(config.to_string()));
+                    }
                 }
             }
         });
-        assert!(done, "{file} has no Wasm plugin configuration to replace");
+        assert!(first.is_some(), "{file} has no Wasm plugin configuration to replace");
+    }
+    if let Some(dns_port) = o.dns {
+        walk_mut(&mut doc, &mut |m| {
+            if let Some(Yaml::Mapping(cache)) = m.get_mut(key("dns_cache_config")) {
+                let resolver: Yaml = serde_yaml::from_str(&format!(
+                    "name: envoy.network.dns_resolver.cares
+typed_config:
+  \"@type\": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+  resolvers: [{{ socket_address: {{ address: 127.0.0.1, port_value: {dns_port} }} }}]
+  use_resolvers_as_fallback: false
+  dns_resolver_options: {{ no_default_search_domain: true }}"
+                ))
+                .unwrap();
+                cache.insert(key("typed_dns_resolver_config"), resolver);
+            }
+        });
     }
     if let Some(edit) = o.edit {
         edit(&mut doc);
@@ -522,4 +542,56 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("timed out waiting until {what}");
+}
+
+/// A DNS server on loopback that answers every A question with 127.0.0.1 (and
+/// every other question with no answer): names that resolve to loopback, for
+/// testing what a proxy does with them, without touching /etc/hosts.
+pub struct FakeDns {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeDns {
+    pub fn start() -> FakeDns {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
+                if let Some(answer) = dns_answer(&buf[..len]) {
+                    let _ = socket.send_to(&answer, from);
+                }
+            }
+        });
+        FakeDns { port, stop }
+    }
+}
+
+impl Drop for FakeDns {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The reply to one DNS query: the question echoed, and an A record for 127.0.0.1
+/// when the question is for A.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let mut end = 12;
+    while *query.get(end)? != 0 {
+        end += 1 + *query.get(end)? as usize;
+    }
+    let question = query.get(12..end + 5)?;
+    let is_a = query.get(end + 1..end + 3)? == [0, 1];
+    let mut reply = vec![query[0], query[1], 0x81, 0x80, 0, 1, 0, u8::from(is_a), 0, 0, 0, 0];
+    reply.extend_from_slice(question);
+    if is_a {
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    }
+    Some(reply)
 }
