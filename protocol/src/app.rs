@@ -49,6 +49,10 @@ pub fn decide(
         return Decision::Reply(LocalReply::new(400, "no_path", "the request has no path"));
     };
     let (path, query) = split_query(target);
+    if !path.starts_with('/') {
+        // `OPTIONS *`: there is no path to put under the href's.
+        return Decision::Reply(LocalReply::new(400, "unsupported_target", "only paths starting with / are forwarded"));
+    }
 
     // The mount point this route serves: the rest is what the backend sees below the href path.
     let rest = match &config.script_name {
@@ -87,8 +91,14 @@ pub fn decide(
     }
     let new_target = with_query(&new_path, join_query(query, config.href.query.as_deref()).as_deref());
 
-    // The Host the client asked for, with its port if it gave one.
+    // The Host the client asked for, with its port if it gave one: host[:port] only
+    // (no user information, path or comma), since it is reflected into redirects.
     let client_host = head.get(AUTHORITY).filter(|h| !h.is_empty());
+    if let Some(host) = client_host {
+        if crate::middleware::parse_authority(host).is_none() {
+            return Decision::Reply(LocalReply::new(400, "bad_host", "the Host header must be host or host:port"));
+        }
+    }
     if let Some(host) = client_host {
         edits.set(X_FORWARDED_SERVER, host.to_vec());
     }
@@ -267,12 +277,27 @@ mod tests {
     }
 
     #[test]
+    fn odd_targets_and_hosts_are_refused() {
+        let c = app(r#"{"role":"app","href":"http://b/myapp"}"#);
+        let Decision::Reply(r) = run(&c, &head(&[(":method", "OPTIONS"), (":path", "*")])) else { panic!() };
+        assert_eq!((r.status, r.reason), (400, "unsupported_target"));
+        for host in ["user@evil.example", "a.example/x", "a.example,b.example", "a.example:http"] {
+            let Decision::Reply(r) = run(&c, &head(&[(":path", "/"), (":authority", host)])) else { panic!("{host}") };
+            assert_eq!((r.status, r.reason), (400, "bad_host"), "{host}");
+        }
+        for host in ["www.example.com", "www.example.com:8443", "[2001:db8::1]:80", "203.0.113.9"] {
+            assert!(matches!(run(&c, &head(&[(":path", "/"), (":authority", host)])), Decision::Forward(_)), "{host}");
+        }
+    }
+
+    #[test]
     fn never_writes_a_control_character() {
         let c = app(r#"{"role":"app","href":"http://b/"}"#);
         let Decision::Reply(r) = run(&c, &head(&[(":path", "/a\u{1}b"), (":authority", "h")])) else { panic!() };
         assert_eq!((r.status, r.reason), (400, "control_character"));
+        // A Host with one is not host[:port] to begin with.
         let Decision::Reply(r) = run(&c, &head(&[(":path", "/a"), (":authority", "h\u{7f}")])) else { panic!() };
-        assert_eq!(r.reason, "control_character");
+        assert_eq!(r.reason, "bad_host");
     }
 
     #[test]
