@@ -81,13 +81,63 @@ fn seconds(app: &str, field: &str, value: Option<f64>, default: Option<f64>) -> 
     }
 }
 
+/// Deserializes the file, naming the app and field of any error: the TOML parser's
+/// own messages name neither (a wrong type, an unknown field, a syntax error).
+fn from_toml(text: &str) -> Result<RawFile, String> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let path: Vec<String> = e.path().iter().map(|seg| seg.to_string()).filter(|s| s != "?").collect();
+        let inner = e.inner();
+        let at = inner.span().map_or(String::new(), |s| format!(" ({})", line_of(text, s.start)));
+        let message = inner
+            .message()
+            .trim()
+            .replace('\n', ": ")
+            .replace("data did not match any variant of untagged enum RawCommand", "must be an array of strings or a string");
+        // An unknown or missing field is reported at its table: name it from the message.
+        let unknown = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|prefix| message.strip_prefix(prefix))
+            .and_then(|m| m.split('`').next())
+            .map(str::to_string);
+        // A syntax error has no path: name the app and key of the line it is on.
+        let (app, field) = match (path.first().map(String::as_str), path.get(1)) {
+            (Some("apps"), Some(app)) => (Some(app.clone()), path.get(2).cloned().or(unknown)),
+            _ if path.is_empty() => inner.span().map_or((None, None), |s| place_of(text, s.start)),
+            _ => (None, None),
+        };
+        match (app, field) {
+            (Some(app), Some(field)) => error(&app, &field, format!("{message}{at}")),
+            (Some(app), None) => format!("config error: app {app:?}: {message}{at}"),
+            _ => format!("config error: {message}{at}"),
+        }
+    })
+}
+
+/// "line N" for a byte offset.
+fn line_of(text: &str, offset: usize) -> String {
+    format!("line {}", text.get(..offset).unwrap_or(text).matches('\n').count() + 1)
+}
+
+/// The app (`[apps.NAME]` table) and key (`key = …`) of the line holding `offset`.
+fn place_of(text: &str, offset: usize) -> (Option<String>, Option<String>) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(line_start..).unwrap_or_default().lines().next().unwrap_or_default();
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let app = before.lines().rev().find_map(|l| {
+        let name = l.trim().strip_prefix("[apps.")?.strip_suffix(']')?;
+        Some(name.trim_matches('"').to_string())
+    });
+    (app, key)
+}
+
 pub fn load(path: &Path) -> Result<Vec<AppConfig>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("config error: cannot read {}: {e}", path.display()))?;
     parse(&text)
 }
 
 pub fn parse(text: &str) -> Result<Vec<AppConfig>, String> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| format!("config error: {}", e.to_string().trim()))?;
+    let raw: RawFile = from_toml(text)?;
     if raw.apps.is_empty() {
         return Err("config error: no [apps.NAME] table".into());
     }
@@ -189,7 +239,14 @@ mod tests {
             ("[apps.a]\ncommand = \"x\"\nready_path = \"health\"", "app \"a\": field \"ready_path\""),
             ("[apps.a]\ncommand = \"x\"\nport = 0", "app \"a\": field \"port\""),
             ("[apps.a]\ncommand = \"x\"\nport = 80\n[apps.b]\ncommand = \"y\"\nport = 80", "app \"b\": field \"port\""),
-            ("[apps.a]\ncommand = \"x\"\nbogus = 1", "unknown field `bogus`"),
+            ("[apps.a]\ncommand = \"x\"\nbogus = 1", "app \"a\": field \"bogus\": unknown field `bogus`"),
+            ("[apps.a]\ncommand = \"x\"\nport = \"80\"", "app \"a\": field \"port\": invalid type: string \"80\", expected u16 (line 3)"),
+            ("[apps.a]\ncommand = \"x\"\nport = 70000", "app \"a\": field \"port\""),
+            ("[apps.a]\ncommand = \"x\"\nidle_shutdown = \"soon\"", "app \"a\": field \"idle_shutdown\""),
+            ("[apps.a]\ncommand = 3", "app \"a\": field \"command\": must be an array of strings or a string"),
+            ("[apps.a]\ncommand = \"x\"\nenv = { A = 1 }", "app \"a\": field \"env\""),
+            ("[apps.a]\ncommand = \"x\"\n[apps.b]\ncommand = \"y\"\nstart_timeout = 1.2.3", "app \"b\": field \"start_timeout\""),
+            ("[apps.a]\nstart_timeout = 3", "app \"a\": field \"command\": missing field `command`"),
             ("[apps.a]\ncommand = \"'x\"", "app \"a\": field \"command\": unbalanced quotes"),
             ("[apps.a]\ncommand = \"x\"\nenv = { PORT = \"1\" }", "app \"a\": field \"env\""),
         ];

@@ -34,8 +34,10 @@ struct Args {
     /// Where children are recorded, to stop leftovers of an earlier run.
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// How long a grant lets the filter send requests without asking again.
-    #[arg(long, default_value_t = 2000)]
+    /// How long a grant lets the filter send requests without asking again (at least
+    /// 1000: the filter stops using a lease 500 ms before its end, and renews it from
+    /// 1000 ms before).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1000..=600_000))]
     lease_ms: u64,
     /// Where port allocation starts for apps without a fixed port.
     #[arg(long, default_value_t = ports::FIRST_PORT)]
@@ -80,20 +82,38 @@ async fn main() {
 
 async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn std::error::Error>> {
     let state_dir = args.state_dir.clone().unwrap_or_else(|| default_state_dir(&args.config));
-    let state_file = leftovers::StateFile::new(&state_dir)?;
-    let stopped = state_file.stop_leftovers().await;
-    if stopped > 0 {
-        tracing::warn!("stopped {stopped} children left by an earlier run");
+    // Locked first: a second sidecar on the same directory must not touch the first
+    // one's children.
+    let state_file = leftovers::StateFile::open(&state_dir)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let earlier = state_file.read();
+    if let Some(earlier) = &earlier {
+        let stopped = leftovers::stop_leftovers(&earlier.children).await;
+        if stopped > 0 {
+            tracing::warn!("stopped {stopped} children left by an earlier run");
+        }
     }
-    let ctx = Arc::new(app::Context::new(process::Spawner::start()?, Duration::from_millis(args.lease_ms), args.first_port, state_file));
+    let lease = Duration::from_millis(args.lease_ms);
+    for c in &configs {
+        if let Some(idle) = c.idle_shutdown.filter(|idle| *idle < lease + app::STOP_GRACE) {
+            tracing::info!(
+                app = %c.name,
+                "idle_shutdown ({idle:?}) is shorter than the lease plus its grace ({:?}): the app stops that long after its last request",
+                lease + app::STOP_GRACE
+            );
+        }
+    }
+    let fixed_ports: Vec<u16> = configs.iter().filter_map(|c| c.port).collect();
+    let ctx = Arc::new(app::Context::new(process::Spawner::start()?, lease, args.first_port, fixed_ports, state_file, earlier));
     let apps: BTreeMap<String, Arc<app::App>> =
         configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
     for app in apps.values() {
         tokio::spawn(Arc::clone(app).idle_monitor());
     }
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!("control API on http://{} ({} apps)", listener.local_addr()?, apps.len());
-    let api = Arc::new(api::Api { apps: apps.clone(), ctx });
+    let api = Arc::new(api::Api { apps: apps.clone(), ctx: Arc::clone(&ctx) });
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
@@ -111,6 +131,8 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
         }
     }
     tracing::info!("stopping every app");
+    // Connections kept alive still reach the API: from now on, ensure answers 503.
+    ctx.begin_shutdown();
     let stops: Vec<_> = apps.values().map(|a| {
         let a = Arc::clone(a);
         tokio::spawn(async move { a.shutdown().await })

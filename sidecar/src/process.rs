@@ -6,7 +6,7 @@
 //! whatever it started too. The early-death race (the sidecar dies between fork and
 //! prctl) is closed by checking the parent pid after prctl.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub struct Launch {
 /// A running child.
 pub struct ChildHandle {
     pub pid: u32,
+    /// Its start time (clock ticks since boot), to tell its process group from a later one.
+    pub start_time: u64,
     /// Becomes `Some(exit description)` when the child has exited and been reaped.
     pub exited: watch::Receiver<Option<String>>,
 }
@@ -48,6 +50,18 @@ impl ChildHandle {
     }
 
     /// Signal, grace period, SIGKILL, reap: returns once the child is gone.
+    /// SIGKILL to the whole process group, then waits (at most `limit`) until nothing
+    /// of it is left: what the leader started is gone too, and its ports are closed.
+    pub async fn kill_group(&self, limit: Duration) {
+        self.signal(Signal::SIGKILL);
+        self.wait_exit(limit).await;
+        let deadline = tokio::time::Instant::now() + limit;
+        while !crate::leftovers::group_members(self.pid, self.start_time).is_empty() && tokio::time::Instant::now() < deadline {
+            self.signal(Signal::SIGKILL);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn stop(&self, signal: Signal, grace: Duration) {
         if self.has_exited() {
             // The leader is gone; make sure nothing it started lingers in its group.
@@ -125,22 +139,16 @@ fn spawn_child(launch: Launch) -> std::io::Result<ChildHandle> {
     }
     let mut child: Child = command.spawn()?;
     let pid = child.id();
-    for (stream, is_err) in [
-        (child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), false),
-        (child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), true),
-    ] {
-        if let Some(stream) = stream {
-            let name = app.name.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if is_err {
-                        tracing::info!(target: "child", "[{name}] {line}");
-                    } else {
-                        tracing::info!(target: "child", "[{name}] {line}");
-                    }
-                }
-            });
-        }
+    let start_time = crate::leftovers::start_time(pid).unwrap_or_default();
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let name = app.name.clone();
+        std::thread::spawn(move || drain(stream, &name));
     }
     let (tx, rx) = watch::channel(None);
     std::thread::spawn(move || {
@@ -150,5 +158,76 @@ fn spawn_child(launch: Launch) -> std::io::Result<ChildHandle> {
         };
         let _ = tx.send(Some(description));
     });
-    Ok(ChildHandle { pid, exited: rx })
+    Ok(ChildHandle { pid, start_time, exited: rx })
+}
+
+/// The longest piece of output logged as one line.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Logs a child's output line by line, prefixed with the app's name, until the child
+/// closes it. Bytes that are not UTF-8 are logged lossily and never stop the reading:
+/// a child whose pipe is no longer read would block, or die of SIGPIPE.
+fn drain(stream: impl Read, name: &str) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        match read_line(&mut reader, &mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                tracing::info!(target: "child", "[{name}] {}", text.strip_suffix('\r').unwrap_or(text));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!(target: "child", "[{name}] reading its output failed ({e}): discarding the rest");
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                return;
+            }
+        }
+    }
+}
+
+/// Reads up to a newline (included) or `MAX_LINE` bytes into `line`; 0 at the end.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    line.clear();
+    while line.len() < MAX_LINE {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            break;
+        }
+        let room = MAX_LINE - line.len();
+        let (take, done) = match available.iter().take(room).position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len().min(room), false),
+        };
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if done {
+            break;
+        }
+    }
+    Ok(line.len())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_read_in_lines_whatever_the_bytes() {
+        let input: &[u8] = b"ok\n\xff\xfe not utf-8\nlast without newline";
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        while read_line(&mut reader, &mut line).unwrap() > 0 {
+            lines.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        assert_eq!(lines, ["ok\n", "\u{fffd}\u{fffd} not utf-8\n", "last without newline"]);
+        let long = vec![b'x'; MAX_LINE + 10];
+        let mut reader = BufReader::new(long.as_slice());
+        assert_eq!(read_line(&mut reader, &mut line).unwrap(), MAX_LINE);
+        assert_eq!(read_line(&mut reader, &mut line).unwrap(), 10);
+    }
 }
