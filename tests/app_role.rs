@@ -131,10 +131,15 @@ fn keys_from_envoy_properties() {
     let envoy = app_envoy(
         &echo,
         json!({"role": "app", "href": "http://b:80/",
-               "string_keys": [{"key": "SERVER_PROTOCOL", "from_property": ["request", "protocol"]}]}),
+               "string_keys": [{"key": "SERVER_PROTOCOL", "from_property": ["request", "protocol"]},
+                               {"key": "SERVER_PORT", "from_property": ["destination", "port"]},
+                               {"key": "MTLS", "from_property": ["connection", "mtls"]}]}),
     );
     let got = envoy.get("/", &[]).received();
     assert_eq!(got.header("x-wsgiproxy-str-0").as_deref(), Some("SERVER_PROTOCOL HTTP/1.1"));
+    // Numbers and booleans as text, not Envoy's raw bytes.
+    assert_eq!(got.header("x-wsgiproxy-str-1"), Some(format!("SERVER_PORT {}", envoy.port)));
+    assert_eq!(got.header("x-wsgiproxy-str-2").as_deref(), Some("MTLS false"));
 }
 
 #[test]

@@ -37,6 +37,37 @@ pub struct AppOutcome {
     pub client_view: Option<ClientView>,
 }
 
+/// Envoy's attributes that are numbers (8 bytes, little-endian) or booleans (1
+/// byte), as its attribute reference types them; every other attribute is sent as
+/// its bytes (strings, and the serialised maps, are sent as Envoy gives them).
+const INT_ATTRIBUTES: [[&str; 2]; 9] = [
+    ["source", "port"],
+    ["destination", "port"],
+    ["upstream", "port"],
+    ["request", "size"],
+    ["request", "total_size"],
+    ["response", "code"],
+    ["response", "size"],
+    ["response", "total_size"],
+    ["connection", "id"],
+];
+const BOOL_ATTRIBUTES: [[&str; 2]; 1] = [["connection", "mtls"]];
+
+/// An attribute's value as text: numbers in decimal, booleans as true/false.
+pub fn attribute_text(path: &[String], raw: Vec<u8>) -> Vec<u8> {
+    let is = |known: &[&str; 2]| path.len() == 2 && path[0] == known[0] && path[1] == known[1];
+    if INT_ATTRIBUTES.iter().any(is) {
+        if let Ok(bytes) = <[u8; 8]>::try_from(raw.as_slice()) {
+            return i64::from_le_bytes(bytes).to_string().into_bytes();
+        }
+    } else if BOOL_ATTRIBUTES.iter().any(is) {
+        if let [b] = raw.as_slice() {
+            return if *b == 0 { b"false".to_vec() } else { b"true".to_vec() };
+        }
+    }
+    raw
+}
+
 /// Decides what to do with a request.
 pub fn decide(
     config: &AppConfig,
@@ -132,7 +163,7 @@ pub fn decide(
         let value = match &spec.source {
             KeySource::Value(v) => Some(v.clone()),
             KeySource::Header(h) => head.get(h).map(<[u8]>::to_vec),
-            KeySource::Property(p) => property(p),
+            KeySource::Property(p) => property(p).map(|raw| attribute_text(p, raw)),
         };
         let Some(value) = value else { continue };
         let usable = match spec.family {
@@ -274,6 +305,16 @@ mod tests {
         let e = edits(run(&c, &head(&[(":path", "/")])));
         assert_eq!(text(&e, ":path").as_deref(), Some("/deep/er/"));
         assert_eq!(text(&e, "x-script-name"), None);
+    }
+
+    #[test]
+    fn typed_attributes_become_text() {
+        let path = |a: &str, b: &str| vec![a.to_string(), b.to_string()];
+        assert_eq!(attribute_text(&path("source", "port"), 8443i64.to_le_bytes().to_vec()), b"8443");
+        assert_eq!(attribute_text(&path("connection", "mtls"), vec![1]), b"true");
+        assert_eq!(attribute_text(&path("connection", "mtls"), vec![0]), b"false");
+        assert_eq!(attribute_text(&path("source", "address"), b"10.0.0.1:5".to_vec()), b"10.0.0.1:5");
+        assert_eq!(attribute_text(&path("source", "port"), vec![1, 2]), [1, 2], "not 8 bytes: left as it is");
     }
 
     #[test]
