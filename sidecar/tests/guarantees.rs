@@ -22,6 +22,9 @@ fn first_port() -> u16 {
     20000 + (std::process::id() % 50) as u16 * 100 + NEXT.fetch_add(1, Ordering::Relaxed) * 7
 }
 
+/// The sidecar's lease (its minimum).
+const LEASE_MS: u64 = 1000;
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -53,18 +56,29 @@ impl Sidecar {
     }
 
     fn start_in(dir: tempfile::TempDir, config: &str) -> Sidecar {
-        let path = dir.path().join("sidecar.toml");
+        // Tests run side by side: each sidecar allocates from its own range.
+        Self::launch(dir, config, first_port())
+    }
+
+    /// The command line of a sidecar on `dir` (its state directory inside), listening on `port`.
+    fn command(dir: &std::path::Path, config: &str, port: u16, first_port: u16) -> Command {
+        let path = dir.join("sidecar.toml");
         std::fs::write(&path, config.replace("ECHO", &echo_bin())).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("sidecar.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wsgiproxy-sidecar"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wsgiproxy-sidecar"));
+        command
             .arg("--config")
             .arg(&path)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--lease-ms", "300"])
-            // Tests run side by side: each sidecar allocates from its own range.
-            .args(["--first-port", &first_port().to_string()])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--lease-ms", &LEASE_MS.to_string()])
+            .args(["--first-port", &first_port.to_string()])
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"));
+        command
+    }
+
+    fn launch(dir: tempfile::TempDir, config: &str, first_port: u16) -> Sidecar {
+        let port = free_port();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("sidecar.log")).unwrap();
+        let child = Self::command(dir.path(), config, port, first_port)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -231,25 +245,33 @@ fn a_request_during_a_stop_waits_and_starts_again() {
 }
 
 #[test]
-fn a_busy_reporter_holds_off_the_idle_stop() {
-    let sidecar = Sidecar::start("[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\nidle_shutdown = 1\n");
+fn a_busy_reporter_holds_off_the_idle_stop_and_its_end_restarts_the_idle_clock() {
+    let sidecar = Sidecar::start("[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\nidle_shutdown = 2\n");
     assert_eq!(sidecar.ensure("blog").0, 200);
     let pid = pid_of(&sidecar, "blog");
-    let busy = [("x-wsgiproxy-reporter", "worker-1"), ("x-wsgiproxy-started", "0"), ("x-wsgiproxy-in-flight", "1")];
-    // A long request: in flight for three times idle_shutdown, reported as a worker would.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        let (status, headers, _) = sidecar.call("POST", "/v1/activity/blog", &busy);
+    // The reports a worker sends for one long request, in flight for twice
+    // idle_shutdown: started (1 in flight), still in flight…, then done (0 in flight).
+    let report = |started: &str, in_flight: &str| {
+        let headers = [("x-wsgiproxy-reporter", "worker-1"), ("x-wsgiproxy-started", started), ("x-wsgiproxy-in-flight", in_flight)];
+        let (status, headers, _) = sidecar.call("POST", "/v1/activity/blog", &headers);
         assert_eq!(status, 200);
-        assert_eq!(header(&headers, "x-wsgiproxy-lease-ms"), Some("300"));
-        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(header(&headers, "x-wsgiproxy-lease-ms"), Some("1000"));
+    };
+    report("1", "1");
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(500));
+        report("0", "1");
+        assert_eq!(sidecar.status("blog")["busy_reporters"], 1);
     }
     assert_eq!(sidecar.status("blog")["state"], "ready");
-    assert!(alive(pid));
-    let done = [("x-wsgiproxy-reporter", "worker-1"), ("x-wsgiproxy-started", "0"), ("x-wsgiproxy-in-flight", "0")];
-    assert_eq!(sidecar.call("POST", "/v1/activity/blog", &done).0, 200);
+    let ended = Instant::now();
+    report("0", "0");
+    assert_eq!(sidecar.status("blog")["busy_reporters"], 0, "the end of the request frees the worker at once");
     wait_until("the app stops once idle", Duration::from_secs(10), || !alive(pid));
-    assert_eq!(sidecar.call("POST", "/v1/activity/blog", &done).0, 409, "no lease for a stopped app");
+    // Idle counts from the end of the request (not from its start, 4 s earlier).
+    assert!(ended.elapsed() >= Duration::from_secs(2), "stopped {:?} after the request ended", ended.elapsed());
+    assert_eq!(sidecar.call("POST", "/v1/activity/blog", &[]).0, 409, "no lease for a stopped app");
 }
 
 #[test]
@@ -372,4 +394,176 @@ fn unknown_apps_and_bad_configs() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("app \"blog\": field \"stop_signal\": unknown signal \"SIGFOO\""), "{err}");
+}
+
+/// The port an ensure answer points at.
+fn upstream_port(headers: &[(String, String)]) -> u16 {
+    header(headers, "x-wsgiproxy-upstream").unwrap().rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_crashed_apps_port_is_not_given_to_another_app_while_leases_may_point_at_it() {
+    let sidecar = Sidecar::start(
+        "[apps.a]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\n[apps.b]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\n",
+    );
+    let (status, headers, _) = sidecar.ensure("a");
+    assert_eq!(status, 200);
+    let a_port = upstream_port(&headers);
+    let pid = pid_of(&sidecar, "a");
+    let _ = http(a_port, "GET", "/__exit/3", &[]);
+    wait_until("the crash is seen", Duration::from_secs(10), || !alive(pid) && sidecar.status("a")["state"] == "failed");
+    // A worker may still hold a lease for "a" on that port: "b" must not answer there.
+    let (status, headers, _) = sidecar.ensure("b");
+    assert_eq!(status, 200);
+    assert_ne!(upstream_port(&headers), a_port, "b got the port a worker's lease for a points at");
+    // "a" gets its port back, so that such a lease reaches "a" again.
+    let (status, headers, _) = sidecar.ensure("a");
+    assert_eq!(status, 200);
+    assert_eq!(upstream_port(&headers), a_port);
+}
+
+#[test]
+fn ports_of_an_earlier_run_stay_quarantined_after_a_restart() {
+    let config = "[apps.a]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\n[apps.b]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\n";
+    let first = first_port();
+    let mut sidecar = Sidecar::launch(tempfile::tempdir().unwrap(), config, first);
+    let (status, headers, _) = sidecar.ensure("a");
+    assert_eq!(status, 200);
+    let a_port = upstream_port(&headers);
+    let pid = pid_of(&sidecar, "a");
+    sidecar.child.kill().unwrap();
+    sidecar.child.wait().unwrap();
+    wait_until("the child dies with the sidecar", Duration::from_secs(5), || !alive(pid));
+    let dir = std::mem::replace(&mut sidecar.dir, tempfile::tempdir().unwrap());
+    // Same state directory, same port range.
+    let restarted = Sidecar::launch(dir, config, first);
+    let (status, headers, _) = restarted.ensure("b");
+    assert_eq!(status, 200);
+    assert_ne!(upstream_port(&headers), a_port, "b got a port Envoy may still hold a lease for, for a");
+    let (status, headers, _) = restarted.ensure("a");
+    assert_eq!(status, 200);
+    assert_eq!(upstream_port(&headers), a_port, "a is offered the port it had");
+}
+
+#[test]
+fn another_apps_fixed_port_is_never_allocated() {
+    let first = first_port();
+    let config = format!(
+        "[apps.alloc]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\n[apps.fixed]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\nport = {first}\n"
+    );
+    let sidecar = Sidecar::launch(tempfile::tempdir().unwrap(), &config, first);
+    let (status, headers, _) = sidecar.ensure("alloc");
+    assert_eq!(status, 200);
+    assert_ne!(upstream_port(&headers), first);
+    let (status, headers, body) = sidecar.ensure("fixed");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream_port(&headers), first);
+}
+
+#[test]
+fn output_that_is_not_utf8_is_logged_and_the_child_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("noisy.sh");
+    std::fs::write(&script, "printf 'bad \\377\\376 bytes\\n'\nECHO --port $PORT &\nwhile :; do echo still-talking; sleep 0.02; done\n".replace("ECHO", &echo_bin())).unwrap();
+    let sidecar = Sidecar::start_in(dir, &format!("[apps.noisy]\ncommand = [\"sh\", \"{}\"]\n", script.display()));
+    let (status, headers, body) = sidecar.ensure("noisy");
+    assert_eq!(status, 200, "{body}\n{}", sidecar.log());
+    let pid = pid_of(&sidecar, "noisy");
+    // The child keeps writing after its bad line, and the sidecar keeps reading.
+    wait_until("the output after the bad line is logged", Duration::from_secs(10), || {
+        sidecar.log().matches("[noisy] still-talking").count() >= 20
+    });
+    assert!(sidecar.log().contains("[noisy] bad \u{fffd}\u{fffd} bytes"), "{}", sidecar.log());
+    assert!(alive(pid));
+    assert_eq!(sidecar.status("noisy")["state"], "ready");
+    assert_eq!(http(upstream_port(&headers), "GET", "/", &[]).0, 200);
+}
+
+#[test]
+fn a_child_that_exits_before_ready_takes_its_process_group_along() {
+    let marker = format!("holder-{}", free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("exits.sh");
+    // The leader exits; a grandchild in its group holds the port (bound, not listening).
+    let hold = "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',int(sys.argv[1]))); time.sleep(30)";
+    std::fs::write(&script, format!("python3 -c \"{hold}\" $PORT {marker} &\nsleep 0.5\nexit 3\n")).unwrap();
+    let sidecar = Sidecar::start_in(dir, &format!("[apps.holder]\ncommand = [\"sh\", \"{}\"]\n", script.display()));
+    let (status, _, body) = sidecar.ensure("holder");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("exited before it was ready"), "{body}\n{}", sidecar.log());
+    assert!(processes_with(&marker).is_empty(), "the grandchild outlived its group's leader");
+    assert!(!sidecar.log().contains("taken meanwhile"), "our own grandchild is not a stranger\n{}", sidecar.log());
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"holder\"}"), 1);
+}
+
+#[test]
+fn a_second_sidecar_on_the_same_state_dir_refuses_to_start() {
+    let config = "[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\n";
+    let sidecar = Sidecar::start(config);
+    assert_eq!(sidecar.ensure("blog").0, 200);
+    let pid = pid_of(&sidecar, "blog");
+    let mut second = Sidecar::command(sidecar.dir.path(), config, free_port(), first_port())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            second.kill().unwrap();
+            second.wait().unwrap();
+            panic!("the second sidecar started beside the first");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut err = String::new();
+    second.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("uses the state directory") && err.contains("refusing to start"), "{err}");
+    assert!(alive(pid), "the second sidecar stopped the first one's child");
+    assert_eq!(sidecar.status("blog")["state"], "ready");
+}
+
+/// One request on a kept-alive connection; the answer is read by its Content-Length.
+fn keep_alive(stream: &mut TcpStream, method: &str, path: &str) -> (u16, String) {
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: sidecar\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn an_ensure_during_shutdown_starts_nothing() {
+    let marker = format!("late-{}", free_port());
+    // "slow" takes a second to stop, so the shutdown can be caught in the act.
+    let mut sidecar = Sidecar::start(&format!(
+        "[apps.slow]\ncommand = [\"sh\", \"-c\", \"trap 'sleep 1; exit 0' TERM; ECHO --port $PORT & wait; wait\"]\n[apps.late]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\", \"--name\", \"{marker}\"]\n"
+    ));
+    assert_eq!(sidecar.ensure("slow").0, 200);
+    let mut conn = TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(keep_alive(&mut conn, "GET", "/healthz").0, 200);
+    Command::new("kill").arg("-TERM").arg(sidecar.child.id().to_string()).status().unwrap();
+    wait_until("the shutdown is stopping slow", Duration::from_secs(5), || {
+        let status: serde_json::Value = serde_json::from_str(&keep_alive(&mut conn, "GET", "/v1/status").1).unwrap();
+        status["apps"]["slow"]["state"] == "stopping"
+    });
+    let (status, body) = keep_alive(&mut conn, "POST", "/v1/ensure/late");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    assert!(echoes_with(&marker).is_empty(), "an app was started during the shutdown");
+    assert!(sidecar.child.wait().unwrap().success());
+    assert!(echoes_with(&marker).is_empty());
 }
