@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
@@ -20,31 +20,48 @@ use crate::host;
 use crate::metrics::Metrics;
 use crate::root::Shared;
 
+/// How long an activity report may take (the sidecar answers at once).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Per-worker state of the spawn role, shared by the root and request contexts.
 pub struct SpawnRuntime {
     pub lease: RefCell<LeaseState>,
     /// Identifies this worker's VM to the sidecar, which tracks in-flight counts per reporter.
     pub reporter: String,
-    last_report: std::cell::Cell<SystemTime>,
+    /// Calls to the sidecar failing: logged when that begins and ends, not per request.
+    health: RefCell<CallHealth>,
 }
 
 impl SpawnRuntime {
     pub fn new() -> Self {
         let id = host::random_nonce().unwrap_or_default();
         SpawnRuntime {
-            lease: RefCell::new(LeaseState::default()),
+            // Reports are sent from the root's tick.
+            lease: RefCell::new(LeaseState::new(crate::metrics::FLUSH_EVERY)),
             reporter: hex_id(&id),
-            last_report: std::cell::Cell::new(SystemTime::UNIX_EPOCH),
+            health: RefCell::new(CallHealth::default()),
         }
     }
 
-    /// True once every `interval` (ticks come more often, for the metrics).
+    /// True when an activity report should go now: at most every `interval` while
+    /// there is activity, and at once when the lease nears its end with activity the
+    /// sidecar has not heard of. Asking does not move the timer; sending does.
     pub fn report_due(&self, now: SystemTime, interval: Duration) -> bool {
-        let due = now.duration_since(self.last_report.get()).map_or(true, |since| since >= interval);
-        if due {
-            self.last_report.set(now);
+        self.lease.borrow().report_due(now, interval)
+    }
+
+    fn call_failed(&self, what: &str) {
+        if self.health.borrow_mut().failed() {
+            warn!("wsgiproxy spawn: {what} (logged once until the sidecar answers again)");
+        } else {
+            debug!("wsgiproxy spawn: {what}");
         }
-        due
+    }
+
+    fn call_answered(&self) {
+        if self.health.borrow_mut().answered() {
+            info!("wsgiproxy spawn: the sidecar answers again");
+        }
     }
 }
 
@@ -76,54 +93,41 @@ fn call_response_header(name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name).ok().flatten()
 }
 
-/// Sends this worker's activity report, if one is owed. Called from the root's tick.
+/// Sends this worker's activity report, if one is due. Called from the root's tick;
+/// returns (call token, requests it counts, when it was sent).
 pub fn report_activity(config: &SpawnConfig, runtime: &SpawnRuntime, metrics: &Metrics) -> Option<(u32, u64, SystemTime)> {
-    let (started, in_flight) = runtime.lease.borrow_mut().take_report()?;
-    let asked_at = host::now();
+    let report = runtime.lease.borrow_mut().take_report(host::now(), config.report_interval)?;
     let path = format!("/v1/activity/{}", config.app);
-    let started_text = started.to_string();
-    let in_flight_text = in_flight.to_string();
+    let started_text = report.started.to_string();
+    let in_flight_text = report.in_flight.to_string();
     let extra = [
         (SIDECAR_REPORTER, runtime.reporter.as_str()),
         (SIDECAR_STARTED, started_text.as_str()),
         (SIDECAR_IN_FLIGHT, in_flight_text.as_str()),
     ];
-    match sidecar_call(config, &path, &extra, Duration::from_secs(5)) {
+    match sidecar_call(config, &path, &extra, REPORT_TIMEOUT) {
         Ok(token) => {
             metrics.inc("spawn.reports");
-            Some((token, started, asked_at))
+            Some((token, report.started, report.asked_at))
         }
         Err(e) => {
-            warn!("wsgiproxy spawn: {e}");
-            runtime.lease.borrow_mut().report_done(started);
+            runtime.call_failed(&e);
+            runtime.lease.borrow_mut().report_answered(&ReportAnswer::Undelivered);
             None
         }
     }
 }
 
-/// The answer to an activity report: renews the lease, or forgets it when the app is not ready.
-pub fn on_report_answer(runtime: &SpawnRuntime, started: u64, asked_at: SystemTime) {
-    let status = call_response_header(":status");
-    let mut lease = runtime.lease.borrow_mut();
-    match status.as_deref() {
-        Some(b"200") => {
-            lease.report_done(0);
-            match parse_grant(&call_response_header) {
-                Some(grant) => lease.grant(&grant, asked_at),
-                None => lease.revoke(),
-            }
-        }
-        Some(_) => {
-            lease.report_done(0);
-            lease.revoke();
-        }
-        None => {
-            // The sidecar did not answer: keep the count for the next report, and stop
-            // trusting the lease so that the next request asks again.
-            lease.report_done(started);
-            lease.revoke();
-        }
+/// The answer to the activity report in flight: renews the lease, or forgets it when
+/// the app is not ready or the sidecar did not get the report. (The report's counts
+/// and time are kept in the lease state; the arguments are the root's copy.)
+pub fn on_report_answer(runtime: &SpawnRuntime, _started: u64, _asked_at: SystemTime) {
+    let answer = report_answer(&call_response_header);
+    match answer {
+        ReportAnswer::Undelivered => runtime.call_failed("an activity report did not reach the sidecar"),
+        _ => runtime.call_answered(),
     }
+    runtime.lease.borrow_mut().report_answered(&answer);
 }
 
 fn parts(shared: &Shared) -> Option<(&SpawnConfig, &SpawnRuntime)> {
@@ -176,52 +180,34 @@ impl SpawnFilter {
 
 impl Context for SpawnFilter {
     fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let Some((config, runtime)) = self.parts() else { return };
-        let status = call_response_header(":status");
-        let grant = match status.as_deref() {
-            Some(b"200") => parse_grant(&call_response_header),
-            _ => None,
+        let shared = Rc::clone(&self.shared);
+        let Some((config, runtime)) = parts(&shared) else { return };
+        let body = || {
+            hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size.min(1024))
+                .ok()
+                .flatten()
+                .unwrap_or_default()
         };
-        if let Some(grant) = grant {
-            // The sidecar granted the lease when it answered, after any cold-start wait:
-            // count from then, still never later than the sidecar's own clock.
-            let granted_at = self.asked_at + Duration::from_millis(grant.cold_start_ms.unwrap_or(0));
-            runtime.lease.borrow_mut().grant(&grant, granted_at);
-            if let Some(ms) = grant.cold_start_ms {
-                self.shared.metrics.inc("spawn.cold_starts");
-                self.cold_start_ms = Some(ms);
+        match ensure_answer(&config.app, &call_response_header, &body) {
+            EnsureAnswer::Granted(grant) => {
+                runtime.call_answered();
+                runtime.lease.borrow_mut().ensure_granted(&grant, self.asked_at, host::now());
+                if let Some(ms) = grant.cold_start_ms {
+                    shared.metrics.inc("spawn.cold_starts");
+                    self.cold_start_ms = Some(ms);
+                }
+                self.go_on(&grant.upstream);
+                hostcalls::resume_http_request().ok();
             }
-            self.go_on(&grant.upstream);
-            hostcalls::resume_http_request().ok();
-            return;
+            EnsureAnswer::Refused(reply) => {
+                runtime.call_answered();
+                self.unavailable(reply);
+            }
+            EnsureAnswer::Unreachable(reply) => {
+                runtime.call_failed(&format!("the sidecar for {:?} did not answer (cluster {:?})", config.app, config.sidecar_cluster));
+                self.unavailable(reply);
+            }
         }
-        let from_sidecar = call_response_header(SIDECAR_MARK).is_some();
-        let reply = match status.filter(|_| from_sidecar) {
-            None => LocalReply::new(
-                503,
-                "sidecar_unreachable",
-                format!("the process manager for {:?} did not answer in time", config.app),
-            )
-            .with_header("retry-after", "1"),
-            Some(code) => {
-                let body = hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, body_size.min(1024))
-                    .ok()
-                    .flatten()
-                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
-                    .unwrap_or_default();
-                let retry = call_response_header("retry-after")
-                    .and_then(|v| String::from_utf8(v).ok())
-                    .filter(|v| v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty())
-                    .unwrap_or_else(|| "1".into());
-                LocalReply::new(
-                    503,
-                    "app_unavailable",
-                    format!("{:?} is not available (sidecar answered {}): {body}", config.app, String::from_utf8_lossy(&code)),
-                )
-                .with_header("retry-after", &retry)
-            }
-        };
-        self.unavailable(reply);
     }
 
     fn on_done(&mut self) -> bool {
@@ -257,10 +243,8 @@ impl HttpContext for SpawnFilter {
                 Action::Pause
             }
             Err(e) => {
-                warn!("wsgiproxy spawn: {e}");
-                self.unavailable(
-                    LocalReply::new(503, "sidecar_unreachable", "the process manager cannot be reached").with_header("retry-after", "1"),
-                );
+                runtime.call_failed(&e);
+                self.unavailable(unreachable_reply(&config.app));
                 Action::Pause
             }
         }

@@ -9,16 +9,40 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
-const LEASE_MS: u64 = 400;
+/// The sidecar's lease (its minimum is 1000 ms; the filter stops using one 500 ms
+/// before its end).
+const LEASE_MS: u64 = 1500;
 
 fn spawn_envoy(sidecar_port: u16, app: &str) -> Envoy {
-    Envoy::start(
-        "envoy/spawn.yaml",
-        &Overrides::default().cluster("wsgiproxy_sidecar", sidecar_port).plugin(json!({
-            "role": "spawn", "app": app, "sidecar_cluster": "wsgiproxy_sidecar",
-            "report_interval_ms": 200, "ensure_timeout_ms": 15000
-        })),
-    )
+    spawn_envoy_with(sidecar_port, json!({
+        "role": "spawn", "app": app, "sidecar_cluster": "wsgiproxy_sidecar",
+        "report_interval_ms": 200, "ensure_timeout_ms": 15000
+    }))
+}
+
+fn spawn_envoy_with(sidecar_port: u16, plugin: serde_json::Value) -> Envoy {
+    let overrides = Overrides { edit: Some(use_built_wasm), ..Overrides::default() };
+    Envoy::start("envoy/spawn.yaml", &overrides.cluster("wsgiproxy_sidecar", sidecar_port).plugin(plugin))
+}
+
+/// Loads the .wasm built in CARGO_TARGET_DIR (the shipped config names target/…).
+fn use_built_wasm(doc: &mut serde_yaml::Value) {
+    fn walk(value: &mut serde_yaml::Value, wasm: &str) {
+        match value {
+            serde_yaml::Value::Mapping(m) => {
+                for (k, v) in m.iter_mut() {
+                    if k.as_str() == Some("filename") && v.as_str().is_some_and(|f| f.ends_with(".wasm")) {
+                        *v = serde_yaml::Value::String(wasm.to_string());
+                    } else {
+                        walk(v, wasm);
+                    }
+                }
+            }
+            serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(|v| walk(v, wasm)),
+            _ => {}
+        }
+    }
+    walk(doc, &wasm_path().to_string_lossy());
 }
 
 fn blog(extra: &str) -> String {
@@ -78,17 +102,37 @@ fn idle_shutdown_then_restart_on_the_next_request() {
 }
 
 #[test]
-fn a_long_request_outlives_idle_shutdown() {
+fn a_long_request_started_late_in_a_lease_outlives_idle_shutdown() {
     let sidecar = Sidecar::start(&blog("idle_shutdown = 1"), LEASE_MS);
-    let envoy = spawn_envoy(sidecar.port, "blog");
+    // Reports at most once a minute by the interval: only the lease can make the
+    // worker tell the sidecar about the long request in time.
+    let envoy = spawn_envoy_with(sidecar.port, json!({
+        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
+        "report_interval_ms": 60000, "ensure_timeout_ms": 15000
+    }));
+    assert_eq!(envoy.get("/", &[]).status, 200);
+    let pid = sidecar.status("blog")["pid"].as_u64().unwrap();
+    // The lease is over 1 s old, and so is the last activity: left alone, the app
+    // would stop as soon as the lease runs out.
+    wait_until("the lease nears its end", Duration::from_secs(10), || {
+        sidecar.status("blog")["lease_left_ms"].as_u64().unwrap() <= 900
+    });
     let began = Instant::now();
-    let slow = envoy.get("/__sleep/3500", &[]);
-    assert_eq!(slow.status, 200, "{}", slow.text());
-    assert!(began.elapsed() >= Duration::from_millis(3500));
-    let streamed = envoy.get("/__stream/6/500", &[]);
+    let slow = envoy.get("/__sleep/3000", &[]);
+    assert_eq!(slow.status, 200, "the long request was cut: {}", slow.text());
+    assert!(began.elapsed() >= Duration::from_millis(3000));
+    assert_eq!(envoy.stat("wsgiproxy.spawn.ensure_calls"), 1, "the long request went under the worker's lease");
+    let streamed = envoy.get("/__stream/4/500", &[]);
     assert_eq!(streamed.status, 200);
-    assert_eq!(streamed.text().lines().count(), 6, "the stream was not cut");
+    assert_eq!(streamed.text().lines().count(), 4, "the stream was not cut");
+    let ended = Instant::now();
     assert_eq!(sidecar.metric("wsgiproxy_sidecar_idle_stops_total{app=\"blog\"}"), 0);
+    assert_eq!(sidecar.status("blog")["pid"].as_u64(), Some(pid), "the same process served them all");
+    // Then the app stops once idle for idle_shutdown, counted from the end of the
+    // last request (plus the lease the end's report renewed, and its grace).
+    wait_until("the idle app stops", Duration::from_secs(10), || sidecar.status("blog")["state"] == "stopped");
+    let after = ended.elapsed();
+    assert!(after >= Duration::from_secs(1) && after < Duration::from_secs(6), "stopped {after:?} after the last request ended");
 }
 
 #[test]
@@ -126,16 +170,44 @@ fn a_start_timeout_is_a_503_saying_so() {
     assert!(r.text().contains("did not become ready within"), "{}", r.text());
 }
 
+/// Stops Envoy (which flushes its log) and returns the log and the warnings the
+/// filter logged about the sidecar.
+fn stop_and_count_warnings(envoy: &mut Envoy) -> (String, usize) {
+    let _ = request(envoy.admin_port, "POST", "/quitquitquit", &[], b"");
+    envoy.proc.child.wait().unwrap();
+    let log = envoy.proc.log_text();
+    let warnings = log.lines().filter(|l| l.contains("[warning]") && l.contains("wsgiproxy spawn:")).count();
+    (log, warnings)
+}
+
 #[test]
 fn the_sidecar_down_is_a_prompt_503() {
     let dead = free_port();
-    let envoy = spawn_envoy(dead, "blog");
-    let began = Instant::now();
-    let r = envoy.get("/", &[]);
-    assert_eq!(r.status, 503);
-    assert_eq!(r.header("x-wsgiproxy-error"), Some("sidecar_unreachable"));
-    assert_eq!(r.header("retry-after"), Some("1"));
-    assert!(began.elapsed() < Duration::from_secs(5));
+    let mut envoy = spawn_envoy(dead, "blog");
+    for _ in 0..5 {
+        let began = Instant::now();
+        let r = envoy.get("/", &[]);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("x-wsgiproxy-error"), Some("sidecar_unreachable"));
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(began.elapsed() < Duration::from_secs(5));
+    }
+    let (log, warnings) = stop_and_count_warnings(&mut envoy);
+    assert_eq!(warnings, 1, "one warning for the outage, not one per request:\n{log}");
+}
+
+#[test]
+fn a_sidecar_cluster_that_cannot_be_called_is_logged_once() {
+    // The cluster does not exist: every call fails at once, in the filter.
+    let mut envoy = spawn_envoy_with(free_port(), json!({"role": "spawn", "app": "blog", "sidecar_cluster": "no_such_cluster"}));
+    for _ in 0..5 {
+        let r = envoy.get("/", &[]);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("x-wsgiproxy-error"), Some("sidecar_unreachable"));
+    }
+    let (log, warnings) = stop_and_count_warnings(&mut envoy);
+    assert!(log.contains("no_such_cluster"), "{log}");
+    assert_eq!(warnings, 1, "{log}");
 }
 
 #[test]

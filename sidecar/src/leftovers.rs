@@ -184,7 +184,7 @@ pub async fn stop_leftovers(children: &[Record]) -> usize {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
