@@ -232,3 +232,40 @@ fn stopping_the_sidecar_stops_its_children() {
     sidecar.terminate();
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "child {pid} outlived the sidecar");
 }
+
+/// A stand-in for the sidecar that grants every call with the given extra headers.
+fn fake_sidecar(headers: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && std::io::Read::read(&mut stream, &mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let answer = format!("HTTP/1.1 200 OK\r\nx-wsgiproxy-sidecar: 1\r\n{headers}content-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn huge_durations_from_the_sidecar_are_capped() {
+    let echo = Echo::start_with(&["--name", "app"]);
+    let max = u64::MAX;
+    let sidecar = fake_sidecar(format!(
+        "x-wsgiproxy-upstream: 127.0.0.1:{}\r\nx-wsgiproxy-lease-ms: {max}\r\nx-wsgiproxy-cold-start-ms: {max}\r\n",
+        echo.port
+    ));
+    let mut envoy = spawn_envoy(sidecar, "blog");
+    let answers: Vec<_> = (0..3).map(|_| envoy.get("/", &[])).collect();
+    let (log, _) = stop_and_count_warnings(&mut envoy);
+    assert!(!log.contains("panicked") && !log.contains("[critical]"), "{log}");
+    for r in &answers {
+        assert_eq!(r.received().0["name"], "app");
+    }
+    assert_eq!(answers[0].header("x-wsgiproxy-cold-start-ms"), Some("600000"), "capped");
+}

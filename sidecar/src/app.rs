@@ -220,6 +220,11 @@ impl Inner {
         }
     }
 
+    /// True when the child has exited (a crash whose cleanup is under way).
+    fn exited(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| c.has_exited())
+    }
+
     /// A worker's report: requests it started since its last report, and how many it
     /// has in flight now. Requests in flight are activity, and so is the end of the
     /// last of them: idle time counts from when a worker was last busy, not from when
@@ -335,6 +340,9 @@ impl App {
                     }
                 }
                 match inner.phase {
+                    // Exited, and its crash is being cleaned up: wait for the outcome
+                    // rather than grant a lease on a closed port.
+                    Phase::Ready if inner.exited() => waited = true,
                     Phase::Ready => {
                         let waited = waited.then(|| began.elapsed());
                         if let Some(w) = waited {
@@ -373,7 +381,9 @@ impl App {
     pub fn activity(&self, reporter: &str, started: u64, in_flight: u64) -> Result<Granted, Phase> {
         let mut inner = self.lock();
         inner.record_activity(reporter, started, in_flight, Instant::now(), self.reporter_expiry());
-        if inner.phase == Phase::Ready {
+        if inner.exited() {
+            Err(Phase::Failed)
+        } else if inner.phase == Phase::Ready {
             self.grant(&mut inner, None).ok_or(inner.phase)
         } else {
             Err(inner.phase)
