@@ -132,6 +132,7 @@ fn a_long_request_started_late_in_a_lease_outlives_idle_shutdown() {
     // last request (plus the lease the end's report renewed, and its grace).
     wait_until("the idle app stops", Duration::from_secs(10), || sidecar.status("blog")["state"] == "stopped");
     let after = ended.elapsed();
+    eprintln!("the idle app stopped {after:?} after its last request ended");
     assert!(after >= Duration::from_secs(1) && after < Duration::from_secs(6), "stopped {after:?} after the last request ended");
 }
 
