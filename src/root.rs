@@ -1,7 +1,6 @@
 //! The root context: parses the configuration once, and makes each request's context.
 
 use std::rc::Rc;
-use std::time::SystemTime;
 
 use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -21,17 +20,15 @@ pub struct Shared {
 #[derive(Default)]
 pub struct Root {
     shared: Option<Rc<Shared>>,
-    /// The activity report in flight: (call token, requests it counted, when it was sent).
-    report: Option<(u32, u64, SystemTime)>,
+    /// The call token of the activity report in flight.
+    report: Option<u32>,
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
         let Some(shared) = &self.shared else { return };
         match (self.report.take(), &shared.spawn) {
-            (Some((sent, started, asked_at)), Some(runtime)) if sent == token => {
-                crate::spawn::on_report_answer(runtime, started, asked_at);
-            }
+            (Some(sent), Some(runtime)) if sent == token => crate::spawn::on_report_answer(runtime),
             (other, _) => self.report = other,
         }
     }

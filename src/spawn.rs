@@ -94,8 +94,8 @@ fn call_response_header(name: &str) -> Option<Vec<u8>> {
 }
 
 /// Sends this worker's activity report, if one is due. Called from the root's tick;
-/// returns (call token, requests it counts, when it was sent).
-pub fn report_activity(config: &SpawnConfig, runtime: &SpawnRuntime, metrics: &Metrics) -> Option<(u32, u64, SystemTime)> {
+/// returns the call's token (the report's counts and time stay in the lease state).
+pub fn report_activity(config: &SpawnConfig, runtime: &SpawnRuntime, metrics: &Metrics) -> Option<u32> {
     let report = runtime.lease.borrow_mut().take_report(host::now(), config.report_interval)?;
     let path = format!("/v1/activity/{}", config.app);
     let started_text = report.started.to_string();
@@ -108,7 +108,7 @@ pub fn report_activity(config: &SpawnConfig, runtime: &SpawnRuntime, metrics: &M
     match sidecar_call(config, &path, &extra, REPORT_TIMEOUT) {
         Ok(token) => {
             metrics.inc("spawn.reports");
-            Some((token, report.started, report.asked_at))
+            Some(token)
         }
         Err(e) => {
             runtime.call_failed(&e);
@@ -119,9 +119,8 @@ pub fn report_activity(config: &SpawnConfig, runtime: &SpawnRuntime, metrics: &M
 }
 
 /// The answer to the activity report in flight: renews the lease, or forgets it when
-/// the app is not ready or the sidecar did not get the report. (The report's counts
-/// and time are kept in the lease state; the arguments are the root's copy.)
-pub fn on_report_answer(runtime: &SpawnRuntime, _started: u64, _asked_at: SystemTime) {
+/// the app is not ready or the sidecar did not get the report.
+pub fn on_report_answer(runtime: &SpawnRuntime) {
     let answer = report_answer(&call_response_header);
     match answer {
         ReportAnswer::Undelivered => runtime.call_failed("an activity report did not reach the sidecar"),

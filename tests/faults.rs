@@ -54,26 +54,6 @@ fn window(log: &[(Duration, u16, String)], from: Duration) -> (BTreeMap<String, 
     (failures, recovered.unwrap_or_default())
 }
 
-/// Loads the .wasm built in CARGO_TARGET_DIR (the shipped config names target/…).
-fn use_built_wasm(doc: &mut serde_yaml::Value) {
-    fn walk(value: &mut serde_yaml::Value, wasm: &str) {
-        match value {
-            serde_yaml::Value::Mapping(m) => {
-                for (k, v) in m.iter_mut() {
-                    if k.as_str() == Some("filename") && v.as_str().is_some_and(|f| f.ends_with(".wasm")) {
-                        *v = serde_yaml::Value::String(wasm.to_string());
-                    } else {
-                        walk(v, wasm);
-                    }
-                }
-            }
-            serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(|v| walk(v, wasm)),
-            _ => {}
-        }
-    }
-    walk(doc, &wasm_path().to_string_lossy());
-}
-
 fn signal(pid: u32, sig: &str) {
     Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
 }
@@ -85,7 +65,7 @@ fn faults_under_load_are_503s_and_service_comes_back() {
     let sidecar_port = sidecar.port;
     let envoy = Envoy::start(
         "envoy/spawn.yaml",
-        &Overrides { edit: Some(use_built_wasm), ..Overrides::default() }.cluster("wsgiproxy_sidecar", sidecar_port).plugin(json!({
+        &Overrides::default().cluster("wsgiproxy_sidecar", sidecar_port).plugin(json!({
             "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
             "report_interval_ms": 200, "ensure_timeout_ms": 1000
         })),

@@ -21,28 +21,8 @@ fn spawn_envoy(sidecar_port: u16, app: &str) -> Envoy {
 }
 
 fn spawn_envoy_with(sidecar_port: u16, plugin: serde_json::Value) -> Envoy {
-    let overrides = Overrides { edit: Some(use_built_wasm), ..Overrides::default() };
+    let overrides = Overrides::default();
     Envoy::start("envoy/spawn.yaml", &overrides.cluster("wsgiproxy_sidecar", sidecar_port).plugin(plugin))
-}
-
-/// Loads the .wasm built in CARGO_TARGET_DIR (the shipped config names target/…).
-fn use_built_wasm(doc: &mut serde_yaml::Value) {
-    fn walk(value: &mut serde_yaml::Value, wasm: &str) {
-        match value {
-            serde_yaml::Value::Mapping(m) => {
-                for (k, v) in m.iter_mut() {
-                    if k.as_str() == Some("filename") && v.as_str().is_some_and(|f| f.ends_with(".wasm")) {
-                        *v = serde_yaml::Value::String(wasm.to_string());
-                    } else {
-                        walk(v, wasm);
-                    }
-                }
-            }
-            serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(|v| walk(v, wasm)),
-            _ => {}
-        }
-    }
-    walk(doc, &wasm_path().to_string_lossy());
 }
 
 fn blog(extra: &str) -> String {

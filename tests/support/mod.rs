@@ -236,6 +236,14 @@ typed_config:
             }
         });
     }
+    // The shipped configs name target/…/wsgiproxy_filter.wasm: load the one built in
+    // CARGO_TARGET_DIR.
+    let wasm = Yaml::String(wasm_path().to_string_lossy().into_owned());
+    walk_mut(&mut doc, &mut |m| {
+        if m.get(key("filename")).and_then(Yaml::as_str).is_some_and(|f| f.ends_with("/wsgiproxy_filter.wasm")) {
+            m.insert(key("filename"), wasm.clone());
+        }
+    });
     if let Some(edit) = o.edit {
         edit(&mut doc);
     }
