@@ -276,7 +276,9 @@ pub fn backoff(failures: u32) -> Duration {
 /// A child that stayed ready this long no longer counts earlier failures.
 const HEALTHY_AFTER: Duration = Duration::from_secs(30);
 const PROBE_EVERY: Duration = Duration::from_millis(50);
-const LISTEN_CHECK_EVERY: Duration = Duration::from_millis(3);
+/// While a child starts, how often its port is knocked on: what a cold start waits
+/// at most past readiness.
+const LISTEN_CHECK_EVERY: Duration = Duration::from_millis(1);
 /// A reporter silent this many leases is presumed gone (its Envoy died). A busy
 /// worker reports at least once per lease (before its lease runs out).
 const REPORTER_EXPIRY_LEASES: u32 = 10;
@@ -503,10 +505,11 @@ impl App {
             if self.lock().generation != generation {
                 return Readied::Abandoned;
             }
-            // A listening socket shows in /proc at once: check for it often (cheap, no
-            // connection), and probe for real as soon as it is there, else every 50 ms.
+            // Knock often (a loopback connect that is refused costs tens of µs, where
+            // reading /proc/net/tcp can cost a millisecond), and probe for real as soon
+            // as the port answers, else every 50 ms. Whose socket it is, /proc says once.
             let now = tokio::time::Instant::now();
-            if now >= next_probe || ports::is_listening(port) {
+            if now >= next_probe || accepts_connections(port).await {
                 if probe(&self.config.readiness, port).await && ports::listened_by_group(port, child.pid) {
                     return Readied::Ready;
                 }
@@ -696,6 +699,12 @@ struct Stopping {
     child: Arc<ChildHandle>,
     generation: u64,
     port: Option<u16>,
+}
+
+/// Whether something accepts connections on the port (refused at once when not).
+async fn accepts_connections(port: u16) -> bool {
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    matches!(tokio::time::timeout(Duration::from_millis(50), connect).await, Ok(Ok(_)))
 }
 
 /// One readiness check: a TCP connect, or an HTTP GET answering 2xx/3xx.

@@ -111,7 +111,11 @@ impl PortBook {
 /// Socket inodes listening on `port` (IPv4 or IPv6), from /proc/net.
 fn listening_inodes(port: u16) -> Vec<u64> {
     let mut inodes = Vec::new();
+    // tcp6 only when tcp has none (a read can cost a millisecond under gVisor).
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if !inodes.is_empty() {
+            break;
+        }
         let Ok(text) = std::fs::read_to_string(table) else { continue };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
@@ -127,11 +131,6 @@ fn listening_inodes(port: u16) -> Vec<u64> {
     inodes
 }
 
-/// True when some socket listens on `port`.
-pub fn is_listening(port: u16) -> bool {
-    !listening_inodes(port).is_empty()
-}
-
 /// True when the process that listens on `port` belongs to the process group
 /// `pgid`: the port answered because *our* child bound it, not a stranger.
 pub fn listened_by_group(port: u16, pgid: u32) -> bool {
@@ -139,19 +138,25 @@ pub fn listened_by_group(port: u16, pgid: u32) -> bool {
     if inodes.is_empty() {
         return false;
     }
+    let holds_socket = |pid: u32| {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let t = target.to_string_lossy().into_owned();
+                t.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
+            })
+            .any(|inode| inodes.contains(&inode))
+    };
+    // Mostly the child itself (the group's leader) listens: look there first, and
+    // scan every process only for a server that forked its listener.
+    if holds_socket(pgid) {
+        return true;
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else { return false };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| crate::leftovers::process_group(*pid) == Some(pgid))
-        .any(|pid| {
-            let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-                .filter_map(|target| {
-                    let t = target.to_string_lossy().into_owned();
-                    t.strip_prefix("socket:[")?.strip_suffix(']')?.parse::<u64>().ok()
-                })
-                .any(|inode| inodes.contains(&inode))
-        })
+        .filter(|pid| *pid != pgid && crate::leftovers::process_group(*pid) == Some(pgid))
+        .any(holds_socket)
 }
 
 #[cfg(test)]
