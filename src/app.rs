@@ -71,7 +71,7 @@ impl HttpContext for AppFilter {
         let mut outcome = AppOutcome::default();
         match decide(config, &request, &mut |path| host::property(path), &mut outcome) {
             Decision::Forward(edits) => {
-                host::apply_request_edits(&edits);
+                host::apply_request_edits(&edits, &head);
                 metrics.inc("app.forwarded");
                 metrics.add("app.stripped_headers", outcome.stripped as u64);
                 metrics.add("app.invalid_keys", outcome.invalid_keys as u64);

@@ -55,7 +55,7 @@ impl HttpContext for ExactFilter {
         };
         match decision {
             Decision::Forward(edits) => {
-                host::apply_request_edits(&edits);
+                host::apply_request_edits(&edits, &head);
                 if resolved.is_none() {
                     metrics.inc("exact.forwarded");
                 }

@@ -15,15 +15,21 @@ pub fn request_head() -> RequestHead {
     RequestHead::new(headers)
 }
 
-/// Applies header edits: removals, then sets (a set replaces every value of a name).
-/// One call per changed header: measured cheaper than rewriting the whole map in one
-/// call (`set_map_bytes` makes Envoy drop and re-add every header).
-pub fn apply_request_edits(edits: &Edits) {
+/// Applies header edits to the request `head` was read from: removals, then sets (a
+/// set replaces every value of a name). One call per changed header: measured
+/// cheaper than rewriting the whole map in one call (`set_map_bytes` makes Envoy drop
+/// and re-add every header). A header the request does not have is added, which
+/// spares Envoy the search-and-remove of a replace.
+pub fn apply_request_edits(edits: &Edits, head: &RequestHead) {
     for name in &edits.remove {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
     }
     for (name, value) in &edits.set {
-        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
+        if head.contains(name) {
+            let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
+        } else {
+            let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+        }
     }
 }
 

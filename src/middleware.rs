@@ -66,7 +66,7 @@ impl HttpContext for MiddlewareFilter {
         }
         match decision {
             Decision::Forward(edits) => {
-                host::apply_request_edits(&edits);
+                host::apply_request_edits(&edits, &head);
                 debug!(
                     "wsgiproxy middleware: forwarded (trusted {}, verified {}, stripped {}, dropped keys {})",
                     outcome.trusted, outcome.verified, outcome.stripped, outcome.dropped_keys

@@ -62,8 +62,13 @@ pub struct Edits {
 }
 
 impl Edits {
+    /// Sets a header (once: a later set of the same name replaces the earlier one).
     pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.set.push((name.to_string(), value.into()));
+        let value = value.into();
+        match self.set.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v = value,
+            None => self.set.push((name.to_string(), value)),
+        }
     }
 
     /// Removes a header, unless this edit also sets it (a set replaces every value).
@@ -156,6 +161,15 @@ pub enum Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_is_set_once() {
+        let mut e = Edits::default();
+        e.set("x-a", "1");
+        e.set("x-b", "2");
+        e.set("x-a", "3");
+        assert_eq!(e.set, [("x-a".to_string(), b"3".to_vec()), ("x-b".to_string(), b"2".to_vec())]);
+    }
 
     #[test]
     fn peer_addresses() {

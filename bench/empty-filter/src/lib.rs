@@ -1,7 +1,8 @@
 //! An HTTP filter that does nothing: what any proxy-wasm filter costs at least.
 //!
 //! For attributing costs, its configuration may list host calls to make on each
-//! request (`{"ops": ["read_headers", "write_headers", "set_one", "property", "time"]}`);
+//! request (`{"ops": ["read_headers", "write_headers", "set_one", "property", "time", "get_one",
+//! "response_read", "response_get_three"]}`);
 //! the benchmark's baseline runs it with none.
 
 use proxy_wasm::hostcalls;
@@ -76,6 +77,26 @@ impl HttpContext for Empty {
                 }
                 "time" => {
                     let _ = hostcalls::get_current_time();
+                }
+                "get_one" => {
+                    let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-probe-absent");
+                }
+                _ => {}
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for op in self.ops.iter() {
+            match op.as_str() {
+                "response_read" => {
+                    let _ = hostcalls::get_map_bytes(MapType::HttpResponseHeaders);
+                }
+                "response_get_three" => {
+                    for name in ["location", "content-location", "set-cookie"] {
+                        let _ = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name);
+                    }
                 }
                 _ => {}
             }
