@@ -137,6 +137,12 @@ fn parts(shared: &Shared) -> Option<(&SpawnConfig, &SpawnRuntime)> {
 }
 
 fn upstream_connect_failed() -> bool {
+    // A header read is much cheaper than a property read: look at the details only
+    // when Envoy answered 503, as it does when the upstream refuses the connection.
+    let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok().flatten();
+    if status.as_deref() != Some(b"503") {
+        return false;
+    }
     hostcalls::get_property(vec!["response", "code_details"])
         .ok()
         .flatten()
@@ -225,8 +231,9 @@ impl HttpContext for SpawnFilter {
         let shared = Rc::clone(&self.shared);
         let Some((config, runtime)) = parts(&shared) else { return Action::Continue };
         shared.metrics.inc("spawn.requests");
-        // Envoy's ORIGINAL_DST cluster reads this header: a client must never choose it.
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, UPSTREAM_HEADER);
+        // Envoy's ORIGINAL_DST cluster reads UPSTREAM_HEADER: a client must never
+        // choose it. Every request that goes on has it set by `go_on` (a set replaces
+        // any copy the client sent); every other one is answered here.
         let now = host::now();
         let leased = runtime.lease.borrow().usable(now).map(str::to_string);
         if let Some(upstream) = leased {

@@ -48,6 +48,9 @@ fn cold_start_then_warm_through_envoy() {
     let warm = envoy.get("/again", &[]);
     assert_eq!(warm.header("x-wsgiproxy-cold-start-ms"), None);
     assert_eq!(warm.received().0["name"], "blog");
+    // Under a lease too, twice over.
+    let warm = envoy.get("/again", &[("X-Envoy-Original-Dst-Host", &spoof), ("X-Envoy-Original-Dst-Host", &spoof)]);
+    assert_eq!(warm.received().0["name"], "blog", "the client cannot choose the upstream");
     assert!(envoy.stat("wsgiproxy.spawn.lease_hits") >= 1, "a warm request does not ask the sidecar");
     assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1);
 }
@@ -138,6 +141,26 @@ fn a_crashed_app_comes_back() {
     }
     assert!(failures.len() <= 1 && failures.iter().all(|s| *s == 503), "{failures:?}");
     assert_eq!(sidecar.metric("wsgiproxy_sidecar_crashes_total{app=\"blog\"}"), 1);
+}
+
+#[test]
+fn a_connection_refused_under_a_lease_drops_the_lease_at_once() {
+    // A long lease and no report due: the refused connection is the only news of the crash.
+    let sidecar = Sidecar::start(&blog(""), 60_000);
+    let envoy = spawn_envoy_with(sidecar.port, json!({
+        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
+        "report_interval_ms": 60000, "ensure_timeout_ms": 15000
+    }));
+    assert_eq!(envoy.get("/", &[]).status, 200);
+    assert_eq!(envoy.get("/__exit/1", &[]).text(), "bye\n");
+    wait_until("the sidecar sees the crash", Duration::from_secs(5), || sidecar.status("blog")["state"] == "failed");
+    let r = envoy.get("/", &[]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("x-wsgiproxy-error"), None, "Envoy's own answer: the filter trusted its lease");
+    assert_eq!(envoy.stat("wsgiproxy.spawn.connect_failures"), 1);
+    let r = envoy.get("/", &[]);
+    assert_eq!(r.status, 200, "the next request asks the sidecar, which starts the app again");
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 2);
 }
 
 #[test]
