@@ -511,6 +511,38 @@ def memory(workdir, echo_port, args):
     return out
 
 
+APP_HOST_CALLS = ["read_headers", "property", "property", "set_six", "set_one", "set_one", "set_one", "response_read"]
+
+
+def attribute(workdir, echo_port, args):
+    """Where the app role's CPU goes: the empty filter making one kind of host call
+    per request, then exactly the app role's host calls and nothing else, against
+    the app role itself. Each figure is Envoy CPU/request over the empty filter's."""
+    empty = lambda ops: {"filters": [wasm_filter("empty", EMPTY_WASM, {"ops": ops})]}
+    specs = [
+        ("empty Wasm filter", empty([])),
+        ("+ read every request header", empty(["read_headers"])),
+        ("+ read one request header", empty(["get_one"])),
+        ("+ read one property (source.address)", empty(["property"])),
+        ("+ read the time", empty(["time"])),
+        ("+ set one header", empty(["set_one"])),
+        ("+ set six headers", empty(["set_six"])),
+        ("+ read every response header", empty(["response_read"])),
+        ("+ the app role's host calls, nothing else", empty(APP_HOST_CALLS)),
+        ("app role, unsigned", {"filters": [wasm_filter("wsgiproxy", WASM, APP_CONFIG)]}),
+    ]
+    cpu = {}
+    for _ in range(args.rounds):
+        for name, spec in specs:
+            cpu.setdefault(name, []).append(run_variant(workdir, spec, echo_port, args)["cpu_us"])
+    base = statistics.fmean(cpu["empty Wasm filter"])
+    print("| what the filter does per request | Envoy CPU µs/req | over the empty filter |")
+    print("|---|---:|---:|")
+    for name, _ in specs:
+        m = statistics.fmean(cpu[name])
+        print(f"| {name} | {m:.1f} | {m - base:+.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=2)
@@ -522,6 +554,7 @@ def main():
     ap.add_argument("--cold-rounds", type=int, default=3)
     ap.add_argument("--long-requests", type=int, default=1_000_000)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--attribute", action="store_true", help="instead: attribute the app role's CPU to host calls (empty filter with probe ops)")
     ap.add_argument("--only", help="comma-separated substrings: run only the matching variants (plus the two baselines), skip cold start and memory")
     args = ap.parse_args()
 
@@ -537,6 +570,9 @@ def main():
     wait_port(sc_port)
     results = {}
     try:
+        if args.attribute:
+            attribute(workdir, echo_port, args)
+            return
         specs = variants(echo_port, sc_port)
         if args.only:
             wanted = [w.strip() for w in args.only.split(",")]

@@ -2,6 +2,7 @@
 # Benchmarks (not part of the tests): prints a table of what the filter costs,
 # every figure measured in this run. Takes about 6 minutes on 2 cores.
 #   scripts/bench.sh [--rounds N] [--seconds S] [--long-requests N] [--json FILE]
+#   scripts/bench.sh --attribute     (where the app role's CPU goes, by host call)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WSGIPROXY_BENCH_TOOLS=1 bash scripts/setup.sh
