@@ -196,16 +196,8 @@ fn signatures_replay_tampering_and_rotation() {
     assert_eq!(send(&mw, "/p", &wrong).status, 403);
 
     // A stale Date, correctly signed by the test itself.
-    let ring = KeyRing::new(Algorithm::HmacSha1, &[("k2".into(), KEY_K2.as_bytes().to_vec())]).unwrap();
     let old_date = format_date(SystemTime::now() - Duration::from_secs(600));
-    let parts = SignedParts {
-        method: b"GET",
-        authority: b"internal:9000",
-        path: b"/p",
-        date: old_date.as_bytes(),
-        protocol_headers: vec![("x-wsgiproxy-version", b"0.1")],
-    };
-    let sig = sign(&ring, &[9; 16], &parts).unwrap();
+    let sig = sign_version_only(("k2", KEY_K2), [9; 16], "/p", &old_date);
     let stale = vec![
         ("host".to_string(), "internal:9000".to_string()),
         ("date".to_string(), old_date.clone()),
@@ -327,20 +319,12 @@ fn a_replay_is_caught_across_worker_threads() {
     // Fresh nonces land in slots no request has written yet: the first write to a
     // slot must be a compare-and-swap too. Each request is fired on 6 connections
     // opened beforehand and released together.
-    let ring = KeyRing::new(Algorithm::HmacSha1, &[("k1".into(), KEY_K1.as_bytes().to_vec())]).unwrap();
     let date = format_date(SystemTime::now());
     for round in 0..40u8 {
         let nonce: [u8; 16] = std::array::from_fn(|i| round.wrapping_mul(31).wrapping_add(i as u8 * 7) ^ 0x5a);
-        let parts = SignedParts {
-            method: b"GET",
-            authority: b"internal:9000",
-            path: b"/burst",
-            date: date.as_bytes(),
-            protocol_headers: vec![("x-wsgiproxy-version", b"0.1")],
-        };
         let raw = format!(
             "GET /burst HTTP/1.1\r\nHost: internal:9000\r\nDate: {date}\r\nX-WSGIProxy-Version: 0.1\r\nX-WSGIProxy-Signature: {}\r\nConnection: close\r\n\r\n",
-            sign(&ring, &nonce, &parts).unwrap()
+            sign_version_only(("k1", KEY_K1), nonce, "/burst", &date)
         );
         let statuses = fire_together(port, raw.as_bytes(), 6);
         assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "round {round}: {statuses:?}");
@@ -353,6 +337,20 @@ fn a_replay_is_caught_across_worker_threads() {
         let taken: u64 = per_worker.iter().filter(|(k, _)| k.contains(worker)).map(|(_, v)| v).sum();
         assert!(taken > 0, "{worker} took no connection: {per_worker:?}");
     }
+}
+
+/// The signature (HMAC-SHA1) of `GET {path}` to internal:9000 whose only protocol
+/// header is X-WSGIProxy-Version: 0.1, signed by the test itself.
+fn sign_version_only(key: (&str, &str), nonce: [u8; 16], path: &str, date: &str) -> String {
+    let ring = KeyRing::new(Algorithm::HmacSha1, &[(key.0.into(), key.1.as_bytes().to_vec())]).unwrap();
+    let parts = SignedParts {
+        method: b"GET",
+        authority: b"internal:9000",
+        path: path.as_bytes(),
+        date: date.as_bytes(),
+        protocol_headers: vec![("x-wsgiproxy-version", b"0.1")],
+    };
+    sign(&ring, &nonce, &parts).unwrap()
 }
 
 /// Opens `copies` connections, then writes `raw` on all of them at once; the statuses.
