@@ -567,3 +567,32 @@ fn an_ensure_during_shutdown_starts_nothing() {
     assert!(sidecar.child.wait().unwrap().success());
     assert!(echoes_with(&marker).is_empty());
 }
+
+#[test]
+fn metrics_show_starts_waits_and_states() {
+    let sidecar = Sidecar::start(
+        "[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\", \"--ready-delay-ms\", \"300\"]\n\
+         [apps.idle]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\n",
+    );
+    let (status, _, _) = sidecar.ensure("blog");
+    assert_eq!(status, 200);
+    let (_, _, text) = sidecar.call("GET", "/metrics", &[]);
+    let value = |line: &str| -> f64 {
+        let found = text.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("no {line} in\n{text}"));
+        found.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(text.contains("# TYPE wsgiproxy_sidecar_start_seconds histogram"), "{text}");
+    assert_eq!(value("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1.0);
+    // One start of ~0.3 s: not in the 0.25 s bucket, in the 0.5 s one and above (cumulative).
+    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{app=\"blog\",le=\"0.25\"}"), 0.0);
+    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{app=\"blog\",le=\"0.5\"}"), 1.0);
+    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{app=\"blog\",le=\"+Inf\"}"), 1.0);
+    assert_eq!(value("wsgiproxy_sidecar_start_seconds_count{app=\"blog\"}"), 1.0);
+    let took = value("wsgiproxy_sidecar_start_seconds_sum{app=\"blog\"}");
+    assert!((0.3..0.5).contains(&took), "{took}");
+    assert!(value("wsgiproxy_sidecar_ensure_wait_seconds_count{app=\"blog\"}") >= 1.0, "{text}");
+    // One state per app is 1, the others 0.
+    assert_eq!(value("wsgiproxy_sidecar_app_state{app=\"blog\",state=\"ready\"}"), 1.0);
+    assert_eq!(value("wsgiproxy_sidecar_app_state{app=\"blog\",state=\"stopped\"}"), 0.0);
+    assert_eq!(value("wsgiproxy_sidecar_app_state{app=\"idle\",state=\"stopped\"}"), 1.0);
+}
