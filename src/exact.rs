@@ -2,6 +2,7 @@
 
 use std::rc::Rc;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use wsgiproxy_protocol::config::Config;
@@ -42,7 +43,10 @@ impl HttpContext for ExactFilter {
         let head = host::request_head();
         // As an upstream filter of the forward-proxy cluster, the address DNS gave is
         // known: check it. Before routing it is not, and the Host is checked by name.
-        let resolved = host::property(&["upstream".into(), "address".into()]).and_then(|a| parse_peer_address(&a));
+        let resolved = hostcalls::get_property(vec!["upstream", "address"])
+            .ok()
+            .flatten()
+            .and_then(|a| parse_peer_address(&a));
         let decision = match resolved {
             Some(resolved) => {
                 metrics.inc("exact.resolved_checks");
