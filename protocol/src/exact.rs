@@ -147,13 +147,10 @@ fn refuse(host: &str, why: &str) -> Decision {
 }
 
 pub fn decide(config: &ExactConfig, head: &RequestHead) -> Decision {
-    let raw = head.get(AUTHORITY).unwrap_or_default();
-    let shown = String::from_utf8_lossy(raw).into_owned();
-    let Some((host, port)) = parse_authority(raw) else {
-        return Decision::Reply(LocalReply::new(400, "bad_host", format!("the Host header {shown:?} does not name a server")));
+    let (shown, destination, port) = match requested(head) {
+        Ok(requested) => requested,
+        Err(reply) => return reply,
     };
-    let port = port.unwrap_or(80);
-    let destination = destination_of(host);
     if !config.allow_hosts.iter().any(|p| p.matches(&destination, port)) {
         return refuse(&shown, "not in allow_hosts");
     }
@@ -167,14 +164,11 @@ pub fn decide(config: &ExactConfig, head: &RequestHead) -> Decision {
 /// is trusted as listed; a name allowed only by `*` must resolve to a public
 /// address. (IP literals were judged by address before routing.)
 pub fn decide_resolved(config: &ExactConfig, head: &RequestHead, resolved: IpAddr) -> Decision {
-    let raw = head.get(AUTHORITY).unwrap_or_default();
-    let shown = String::from_utf8_lossy(raw).into_owned();
-    let Some((host, port)) = parse_authority(raw) else {
-        return Decision::Reply(LocalReply::new(400, "bad_host", format!("the Host header {shown:?} does not name a server")));
+    let (shown, destination, port) = match requested(head) {
+        Ok(requested) => requested,
+        Err(reply) => return reply,
     };
-    let port = port.unwrap_or(80);
     let resolved = resolved.to_canonical();
-    let destination = destination_of(host);
     let vouched = config.allow_hosts.iter().any(|p| {
         p.matches(&destination, port)
             && match (&p.host, &destination) {
@@ -190,12 +184,20 @@ pub fn decide_resolved(config: &ExactConfig, head: &RequestHead, resolved: IpAdd
     }
 }
 
-fn destination_of(host: &str) -> Destination {
+/// The server the Host names: (the Host as shown in replies, the destination, its
+/// port, 80 when none is given), or a 400 when it names none.
+fn requested(head: &RequestHead) -> Result<(String, Destination, u16), Decision> {
+    let raw = head.get(AUTHORITY).unwrap_or_default();
+    let shown = String::from_utf8_lossy(raw).into_owned();
+    let Some((host, port)) = parse_authority(raw) else {
+        return Err(Decision::Reply(LocalReply::new(400, "bad_host", format!("the Host header {shown:?} does not name a server"))));
+    };
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<IpAddr>() {
+    let destination = match bare.parse::<IpAddr>() {
         Ok(ip) => Destination::Ip(ip.to_canonical()),
         Err(_) => Destination::Name(host.to_ascii_lowercase().trim_end_matches('.').to_string()),
-    }
+    };
+    Ok((shown, destination, port.unwrap_or(80)))
 }
 
 #[cfg(test)]
