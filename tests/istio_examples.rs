@@ -90,43 +90,29 @@ fn as_istio_json(v: &Yaml) -> Json {
 
 #[test]
 fn wasmplugins_follow_the_api_and_their_configs_load() {
-    let dir = repo_root().join("deploy/istio");
     let mut plugins = 0;
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("wasmplugin-") {
-            continue;
+    for (name, doc) in istio_documents("WasmPlugin") {
+        assert_eq!(doc["apiVersion"].as_str(), Some("extensions.istio.io/v1alpha1"), "{name}");
+        let spec = &doc["spec"];
+        validate_spec(&name, spec);
+        let config = as_istio_json(&spec["pluginConfig"]);
+        let shipped = match config["role"].as_str().unwrap() {
+            "app" => "envoy/app.yaml",
+            "middleware" => "envoy/middleware.yaml",
+            "spawn" => "envoy/spawn.yaml",
+            other => panic!("{name}: role {other}"),
+        };
+        let mut overrides = Overrides::default().plugin(config.clone());
+        for env in spec["vmConfig"]["env"].as_sequence().into_iter().flatten() {
+            overrides = overrides.env(env["name"].as_str().unwrap(), "istio-example-key-0123456789");
         }
-        let text = std::fs::read_to_string(&path).unwrap();
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let doc = Yaml::deserialize(document).unwrap();
-            if doc["kind"].as_str() != Some("WasmPlugin") {
-                continue;
-            }
-            assert_eq!(doc["apiVersion"].as_str(), Some("extensions.istio.io/v1alpha1"), "{name}");
-            let spec = &doc["spec"];
-            validate_spec(&name, spec);
-            let config = as_istio_json(&spec["pluginConfig"]);
-            let shipped = match config["role"].as_str().unwrap() {
-                "app" => "envoy/app.yaml",
-                "middleware" => "envoy/middleware.yaml",
-                "spawn" => "envoy/spawn.yaml",
-                other => panic!("{name}: role {other}"),
-            };
-            let mut overrides = Overrides::default().plugin(config.clone());
-            for env in spec["vmConfig"]["env"].as_sequence().into_iter().flatten() {
-                overrides = overrides.env(env["name"].as_str().unwrap(), "istio-example-key-0123456789");
-            }
-            // Envoy refuses to start when the filter refuses its configuration; once
-            // configured, the role has declared its counters.
-            let envoy = Envoy::start(shipped, &overrides);
-            let role = config["role"].as_str().unwrap();
-            let declared = format!("wasmcustom.wsgiproxy.{role}.requests");
-            assert!(envoy.stats(&declared).contains_key(&declared), "{name}: the {role} role is not configured");
-            plugins += 1;
-        }
+        // Envoy refuses to start when the filter refuses its configuration; once
+        // configured, the role has declared its counters.
+        let envoy = Envoy::start(shipped, &overrides);
+        let role = config["role"].as_str().unwrap();
+        let declared = format!("wasmcustom.wsgiproxy.{role}.requests");
+        assert!(envoy.stats(&declared).contains_key(&declared), "{name}: the {role} role is not configured");
+        plugins += 1;
     }
     assert!(plugins >= 3, "expected a WasmPlugin per role, found {plugins}");
 }
@@ -144,41 +130,47 @@ fn an_unknown_field_or_value_is_caught() {
 #[test]
 fn envoyfilter_patches_are_valid_envoy_config() {
     let mut patches = 0;
-    for entry in std::fs::read_dir(repo_root().join("deploy/istio")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap();
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let doc = Yaml::deserialize(document).unwrap();
-            if doc["kind"].as_str() != Some("EnvoyFilter") {
-                continue;
+    for (path, doc) in istio_documents("EnvoyFilter") {
+        for patch in doc["spec"]["configPatches"].as_sequence().unwrap() {
+            assert_eq!(patch["applyTo"].as_str(), Some("NETWORK_FILTER"), "{path}");
+            assert_eq!(patch["patch"]["operation"].as_str(), Some("MERGE"), "{path}");
+            let value = &patch["patch"]["value"]["typed_config"];
+            let mut config: Yaml = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("envoy/middleware.yaml")).unwrap()).unwrap();
+            let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+            assert_eq!(hcm["@type"], value["@type"], "{path}");
+            for (k, v) in value.as_mapping().unwrap() {
+                hcm[k.as_str().unwrap()] = v.clone();
             }
-            for patch in doc["spec"]["configPatches"].as_sequence().unwrap() {
-                assert_eq!(patch["applyTo"].as_str(), Some("NETWORK_FILTER"), "{path:?}");
-                assert_eq!(patch["patch"]["operation"].as_str(), Some("MERGE"), "{path:?}");
-                let value = &patch["patch"]["value"]["typed_config"];
-                let mut config: Yaml = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("envoy/middleware.yaml")).unwrap()).unwrap();
-                let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
-                assert_eq!(hcm["@type"], value["@type"], "{path:?}");
-                for (k, v) in value.as_mapping().unwrap() {
-                    hcm[k.as_str().unwrap()] = v.clone();
-                }
-                let dir = tempfile::tempdir().unwrap();
-                let file = dir.path().join("patched.yaml");
-                std::fs::write(&file, serde_yaml::to_string(&config).unwrap()).unwrap();
-                let out = std::process::Command::new(envoy_bin())
-                    .args(["--mode", "validate", "--log-level", "error", "-c"])
-                    .arg(&file)
-                    .env("WSGIPROXY_KEY_K1", "validate-only-key-0123456789")
-                    .current_dir(repo_root())
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{path:?}: {}", String::from_utf8_lossy(&out.stderr));
-                patches += 1;
-            }
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("patched.yaml");
+            std::fs::write(&file, serde_yaml::to_string(&config).unwrap()).unwrap();
+            let out = std::process::Command::new(envoy_bin())
+                .args(["--mode", "validate", "--log-level", "error", "-c"])
+                .arg(&file)
+                .env("WSGIPROXY_KEY_K1", "validate-only-key-0123456789")
+                .current_dir(repo_root())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+            patches += 1;
         }
     }
     assert!(patches >= 1, "no EnvoyFilter patch found");
+}
+
+/// Every document of `kind` in deploy/istio/*.yaml, with its file's name, in file order.
+fn istio_documents(kind: &str) -> Vec<(String, Yaml)> {
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("deploy/istio")).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut found = Vec::new();
+    for path in files.iter().filter(|p| p.extension().and_then(|e| e.to_str()) == Some("yaml")) {
+        let text = std::fs::read_to_string(path).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let doc = Yaml::deserialize(document).unwrap();
+            if doc["kind"].as_str() == Some(kind) {
+                found.push((path.file_name().unwrap().to_string_lossy().into_owned(), doc));
+            }
+        }
+    }
+    found
 }
