@@ -123,6 +123,32 @@ NATIVE_HEADERS = [
 ]
 
 
+def peer_filter():
+    """The filter's `peer` role as a network filter: it records the TCP peer that the
+    app and middleware roles use, as the shipped configs do."""
+    return {
+        "name": "wsgiproxy-peer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+            "config": {
+                "name": "wsgiproxy-peer",
+                "root_id": "wsgiproxy-peer",
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps({"role": "peer"})},
+                "vm_config": {"vm_id": "bench-peer", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(WASM)}}},
+            },
+        },
+    }
+
+
+def needs_peer(filters):
+    """Whether an HTTP filter is the app or middleware role (which read the peer record)."""
+    for f in filters:
+        value = f.get("typed_config", {}).get("config", {}).get("configuration", {}).get("value")
+        if value and json.loads(value).get("role") in ("app", "middleware"):
+            return True
+    return False
+
+
 def envoy_config(port, admin, upstream, filters=(), clusters=None):
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -144,7 +170,8 @@ def envoy_config(port, admin, upstream, filters=(), clusters=None):
             "listeners": [{
                 "name": "ingress",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+                "filter_chains": [{"filters": ([peer_filter()] if needs_peer(filters) else [])
+                                   + [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
             }],
             "clusters": cluster_list,
         },
@@ -370,7 +397,7 @@ def run_variant(workdir, spec, echo_port, args):
             port = free_port()
             config = envoy_config(port, free_port(), echo_port, spec["filters"], clusters=spec.get("clusters"))
             if spec.get("native"):
-                config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [spec["route"]]
+                config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [spec["route"]]
             envoys.append(start_envoy(workdir, config, port))
         script = arg = None
         path = PATH

@@ -25,6 +25,9 @@ fi
 
 need_apt=()
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+# The trust tests make certificates with openssl and speak mTLS with curl.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "${WSGIPROXY_BENCH_TOOLS:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
   command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)

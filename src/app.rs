@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use log::debug;
+use log::{debug, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
@@ -13,7 +13,8 @@ use wsgiproxy_protocol::response::{rewrite_headers, ClientView};
 
 use crate::host;
 use crate::metrics::Metrics;
-use crate::root::Shared;
+use crate::root::{Shared, Warning};
+use wsgiproxy_protocol::trust::{PEER_UNKNOWN, PEER_UNKNOWN_DETAIL};
 
 pub fn declare_metrics(metrics: &Metrics) {
     metrics.declare(&[
@@ -62,7 +63,7 @@ impl HttpContext for AppFilter {
         };
         let request = AppRequest {
             head: &head,
-            client_ip: host::peer_ip(),
+            downstream: host::downstream(config.needs()),
             https: host::downstream_is_tls(),
             // A host call: only when signing needs the time.
             now: if config.signing.is_some() { host::now() } else { std::time::UNIX_EPOCH },
@@ -85,7 +86,12 @@ impl HttpContext for AppFilter {
                 );
                 Action::Continue
             }
-            Decision::Reply(reply) => host::refuse(&reply, metrics, "app"),
+            Decision::Reply(reply) => {
+                if reply.reason == PEER_UNKNOWN && self.shared.warn_once(Warning::PeerUnknown) {
+                    warn!("wsgiproxy app: client_address is \"peer\" but the TCP peer is unknown, so requests are refused: {PEER_UNKNOWN_DETAIL}");
+                }
+                host::refuse(&reply, metrics, "app")
+            }
         }
     }
 

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 use wsgiproxy_protocol::request::{parse_peer_address, Edits, LocalReply, RequestHead};
+use wsgiproxy_protocol::trust::{Downstream, Needs, PEER_RECORD};
 
 /// Reads every request header once, as bytes (values may not be UTF-8).
 pub fn request_head() -> RequestHead {
@@ -75,10 +76,25 @@ pub fn property(path: &[String]) -> Option<Vec<u8>> {
         .flatten()
 }
 
-/// The direct downstream peer (not an X-Forwarded-For entry).
-pub fn peer_ip() -> Option<IpAddr> {
-    let raw = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
-    parse_peer_address(&raw)
+/// What a role needs to know about the downstream connection, one host call per
+/// value it uses.
+pub fn downstream(needs: Needs) -> Downstream {
+    let address = |path: Vec<&str>| -> Option<IpAddr> {
+        let raw = hostcalls::get_property(path).ok().flatten()?;
+        parse_peer_address(&raw)
+    };
+    let text = |path: Vec<&str>| -> Option<String> {
+        let raw = hostcalls::get_property(path).ok().flatten().filter(|v| !v.is_empty())?;
+        String::from_utf8(raw).ok()
+    };
+    Downstream {
+        // Written by the `peer` network filter; a client cannot set filter state.
+        tcp_peer: if needs.tcp_peer { address(vec![PEER_RECORD]) } else { None },
+        // The stream's remote address: the connection manager may have taken it from X-Forwarded-For.
+        envoy_client: if needs.envoy_client { address(vec!["source", "address"]) } else { None },
+        uri_san: if needs.principals { text(vec!["connection", "uri_san_peer_certificate"]) } else { None },
+        dns_san: if needs.principals { text(vec!["connection", "dns_san_peer_certificate"]) } else { None },
+    }
 }
 
 /// Whether the downstream connection is TLS.

@@ -7,6 +7,7 @@ mod exact;
 mod host;
 mod metrics;
 mod middleware;
+mod peer;
 mod replay;
 mod root;
 mod spawn;

@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 
-use log::debug;
+use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use wsgiproxy_protocol::config::Config;
@@ -12,7 +12,8 @@ use wsgiproxy_protocol::request::Decision;
 use crate::host;
 use crate::metrics::Metrics;
 use crate::replay::SharedNonces;
-use crate::root::Shared;
+use crate::root::{Shared, Warning};
+use wsgiproxy_protocol::trust::PEER_UNKNOWN_DETAIL;
 
 pub fn declare_metrics(metrics: &Metrics) {
     metrics.declare(&[
@@ -23,6 +24,7 @@ pub fn declare_metrics(metrics: &Metrics) {
         "middleware.stripped_headers",
         "middleware.dropped_keys",
         "middleware.signature_missing",
+        "middleware.peer_unknown",
     ]);
 }
 
@@ -48,7 +50,7 @@ impl HttpContext for MiddlewareFilter {
         let head = host::request_head();
         let request = MiddlewareRequest {
             head: &head,
-            peer_ip: host::peer_ip(),
+            downstream: host::downstream(config.needs()),
             https: host::downstream_is_tls(),
             // A host call: only when verifying needs the time.
             now: if config.verify.is_some() { host::now() } else { std::time::UNIX_EPOCH },
@@ -63,6 +65,15 @@ impl HttpContext for MiddlewareFilter {
         metrics.add("middleware.dropped_keys", outcome.dropped_keys as u64);
         if outcome.unsigned {
             metrics.inc("middleware.signature_missing");
+        }
+        if outcome.peer_unknown {
+            metrics.inc("middleware.peer_unknown");
+            if self.shared.warn_once(Warning::PeerUnknown) {
+                warn!("wsgiproxy middleware: trust_ips is configured but the TCP peer is unknown, so no request is trusted by address: {PEER_UNKNOWN_DETAIL}");
+            }
+        }
+        if config.trust_principals.is_some() && !request.https && self.shared.warn_once(Warning::PrincipalsWithoutTls) {
+            warn!("wsgiproxy middleware: trust_principals is configured but this connection has no TLS: principals match only mTLS peers, so nothing on this listener is trusted by identity");
         }
         match decision {
             Decision::Forward(edits) => {

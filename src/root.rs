@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use log::{error, info};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 use wsgiproxy_protocol::config::{self, Config};
 
@@ -15,6 +15,26 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The spawn role's per-worker lease and activity counts.
     pub spawn: Option<crate::spawn::SpawnRuntime>,
+    /// Warnings already logged by this VM (each once, not once per request).
+    warned: std::cell::Cell<u8>,
+}
+
+/// Conditions worth one warning per VM.
+#[derive(Clone, Copy)]
+pub enum Warning {
+    PeerUnknown = 1,
+    PeerUnrecorded = 2,
+    PrincipalsWithoutTls = 4,
+}
+
+impl Shared {
+    /// True the first time a warning is asked for.
+    pub fn warn_once(&self, warning: Warning) -> bool {
+        let bit = warning as u8;
+        let seen = self.warned.get();
+        self.warned.set(seen | bit);
+        seen & bit == 0
+    }
 }
 
 #[derive(Default)]
@@ -53,6 +73,7 @@ impl RootContext for Root {
                     Config::Middleware(_) => crate::middleware::declare_metrics(&metrics),
                     Config::Spawn(_) => crate::spawn::declare_metrics(&metrics),
                     Config::Exact(_) => crate::exact::declare_metrics(&metrics),
+                    Config::Peer => crate::peer::declare_metrics(&metrics),
                 }
                 let spawn = match &config {
                     Config::Spawn(_) => Some(crate::spawn::SpawnRuntime::new()),
@@ -60,8 +81,11 @@ impl RootContext for Root {
                 };
                 // Ticks flush the metrics and, in the spawn role, send activity reports.
                 self.set_tick_period(crate::metrics::FLUSH_EVERY);
-                info!("wsgiproxy: configured as role {:?}", config.role());
-                self.shared = Some(Rc::new(Shared { config, metrics, spawn }));
+                match &config {
+                    Config::Peer => info!("wsgiproxy: configured as role \"peer\" (a network filter: envoy.filters.network.wasm)"),
+                    _ => info!("wsgiproxy: configured as role {:?} (an HTTP filter: envoy.filters.http.wasm)", config.role()),
+                }
+                self.shared = Some(Rc::new(Shared { config, metrics, spawn, warned: Default::default() }));
                 true
             }
             Err(e) => {
@@ -90,10 +114,24 @@ impl RootContext for Root {
             Config::Middleware(_) => Box::new(crate::middleware::MiddlewareFilter::new(shared)),
             Config::Spawn(_) => Box::new(crate::spawn::SpawnFilter::new(shared)),
             Config::Exact(_) => Box::new(crate::exact::ExactFilter::new(shared)),
+            // Never asked: get_type says StreamContext for this role.
+            Config::Peer => return None,
         })
     }
 
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        let shared = self.shared.clone()?;
+        match &shared.config {
+            Config::Peer => Some(Box::new(crate::peer::PeerRecorder::new(shared))),
+            _ => None,
+        }
+    }
+
+    /// The `peer` role is a network filter; every other role an HTTP filter.
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        match self.shared.as_deref().map(|s| &s.config) {
+            Some(Config::Peer) => Some(ContextType::StreamContext),
+            _ => Some(ContextType::HttpContext),
+        }
     }
 }

@@ -191,7 +191,7 @@ fn bad_configurations_are_refused_at_load() {
     // Not JSON at all: the StringValue holds plain text.
     let o = Overrides {
         edit: Some(|doc| {
-            let filter = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+            let filter = &mut hcm(doc)["http_filters"][0];
             filter["typed_config"]["config"]["configuration"]["value"] = serde_yaml::Value::String("role: app".into());
         }),
         ..Overrides::default()

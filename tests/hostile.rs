@@ -77,7 +77,7 @@ fn untrusted_forgeries_never_reach_the_backend() {
 
 /// Envoy as Istio runs it by default: header names with underscores let through.
 fn allow_underscores(doc: &mut serde_yaml::Value) {
-    let hcm = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let hcm = hcm(doc);
     hcm["common_http_protocol_options"]["headers_with_underscores_action"] = "ALLOW".into();
 }
 

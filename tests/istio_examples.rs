@@ -96,6 +96,12 @@ fn wasmplugins_follow_the_api_and_their_configs_load() {
         let spec = &doc["spec"];
         validate_spec(&name, spec);
         let config = as_istio_json(&spec["pluginConfig"]);
+        if config["role"] == "peer" {
+            peer_plugin_loads(&name, spec, &config);
+            plugins += 1;
+            continue;
+        }
+        assert_eq!(spec["type"].as_str(), Some("HTTP"), "{name}: the {} role is an HTTP filter", config["role"]);
         let shipped = match config["role"].as_str().unwrap() {
             "app" => "envoy/app.yaml",
             "middleware" => "envoy/middleware.yaml",
@@ -114,7 +120,27 @@ fn wasmplugins_follow_the_api_and_their_configs_load() {
         assert!(envoy.stats(&declared).contains_key(&declared), "{name}: the {role} role is not configured");
         plugins += 1;
     }
-    assert!(plugins >= 3, "expected a WasmPlugin per role, found {plugins}");
+    assert!(plugins >= 4, "expected a WasmPlugin per role, found {plugins}");
+}
+
+/// The `peer` role is a NETWORK plugin; its config, as Istio hands it over, loads
+/// into the network filter of the shipped app config and records connections.
+fn peer_plugin_loads(name: &str, spec: &Yaml, config: &Json) {
+    assert_eq!(spec["type"].as_str(), Some("NETWORK"), "{name}: the peer role is a network filter");
+    let text = config.to_string();
+    let o = Overrides {
+        edit_with: Some(std::sync::Arc::new(move |doc: &mut Yaml| {
+            let filter = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+            assert_eq!(filter["name"].as_str(), Some("wsgiproxy-peer"));
+            filter["typed_config"]["config"]["configuration"]["value"] = Yaml::String(text.clone());
+        })),
+        // envoy/app.yaml's own app role signs with this key.
+        ..Overrides::default().env("WSGIPROXY_KEY_K1", "istio-example-key-0123456789")
+    };
+    let envoy = Envoy::start("envoy/app.yaml", &o);
+    let before = envoy.stat("wsgiproxy.peer.connections");
+    let _ = envoy.get("/", &[]);
+    assert_eq!(envoy.stat("wsgiproxy.peer.connections"), before + 1, "{name}");
 }
 
 #[test]
@@ -136,7 +162,7 @@ fn envoyfilter_patches_are_valid_envoy_config() {
             assert_eq!(patch["patch"]["operation"].as_str(), Some("MERGE"), "{path}");
             let value = &patch["patch"]["value"]["typed_config"];
             let mut config: Yaml = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("envoy/middleware.yaml")).unwrap()).unwrap();
-            let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+            let hcm = hcm(&mut config);
             assert_eq!(hcm["@type"], value["@type"], "{path}");
             for (k, v) in value.as_mapping().unwrap() {
                 hcm[k.as_str().unwrap()] = v.clone();

@@ -5,6 +5,7 @@
 mod common;
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
+use wsgiproxy_protocol::trust::Downstream;
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
 use wsgiproxy_protocol::config::{parse, Config};
 use wsgiproxy_protocol::headers::{is_protocol_header, is_safe_value};
@@ -20,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(Config::App(config)) = parse(json.as_bytes(), &|_| None) else { panic!("config") };
     let req = AppRequest {
         head: &head,
-        client_ip: Some("127.0.0.1".parse().expect("ip")),
+        downstream: Downstream { tcp_peer: Some("127.0.0.1".parse().expect("ip")), ..Default::default() },
         https: false,
         now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600),
         nonce: [7; 16],

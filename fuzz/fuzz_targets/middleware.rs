@@ -5,6 +5,7 @@
 mod common;
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, SystemTime};
+use wsgiproxy_protocol::trust::Downstream;
 use wsgiproxy_protocol::config::{parse, Config};
 use wsgiproxy_protocol::headers::is_safe_value;
 use wsgiproxy_protocol::middleware::{decide, MiddlewareOutcome, MiddlewareRequest, NonceMemory};
@@ -29,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         let Ok(Config::Middleware(config)) = parse(json.as_bytes(), &|_| None) else { panic!("config") };
         let req = MiddlewareRequest {
             head: &h,
-            peer_ip: Some("127.0.0.1".parse().expect("ip")),
+            downstream: Downstream { tcp_peer: Some("127.0.0.1".parse().expect("ip")), ..Default::default() },
             https: false,
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600),
         };

@@ -2,7 +2,6 @@
 //! client sent, rewrites the path for the backend's mount, injects the protocol
 //! headers, and signs them when a key is configured.
 
-use std::net::IpAddr;
 use std::time::SystemTime;
 
 use crate::codec::{encode_payload, is_json, Family};
@@ -12,12 +11,14 @@ use crate::paths::{has_unsafe_segment, join_query, split_query, strip_segment_pr
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 use crate::response::ClientView;
 use crate::signature::{format_date, is_signed_header, sign, Nonce, SignedParts};
+use crate::trust::{ClientAddress, Downstream, PEER_UNKNOWN, PEER_UNKNOWN_DETAIL};
 
 /// What the host tells the role about one request besides its headers.
 pub struct AppRequest<'a> {
     pub head: &'a RequestHead,
-    /// The downstream peer's address (Envoy's `source.address`), without port.
-    pub client_ip: Option<IpAddr>,
+    /// The connection, as [`AppConfig::needs`] says: the client address sent is
+    /// picked from it by `client_address`.
+    pub downstream: Downstream,
     /// Whether the downstream connection is TLS.
     pub https: bool,
     pub now: SystemTime,
@@ -76,6 +77,12 @@ pub fn decide(
     outcome: &mut AppOutcome,
 ) -> Decision {
     let head = req.head;
+    // The client address is the one thing the backend cannot check: never send one
+    // the client may have written.
+    let client_ip = config.client_address.pick(&req.downstream);
+    if client_ip.is_none() && config.client_address == ClientAddress::Peer {
+        return Decision::Reply(LocalReply::new(500, PEER_UNKNOWN, PEER_UNKNOWN_DETAIL));
+    }
     let Some(target) = head.get_str(PATH) else {
         return Decision::Reply(LocalReply::new(400, "no_path", "the request has no path"));
     };
@@ -144,7 +151,7 @@ pub fn decide(
             });
         }
     }
-    if let Some(ip) = req.client_ip {
+    if let Some(ip) = client_ip {
         edits.set(X_FORWARDED_FOR, ip.to_string());
     }
     if let Some(mount) = &config.script_name {
@@ -228,7 +235,7 @@ mod tests {
     fn run(config: &AppConfig, h: &RequestHead) -> Decision {
         let req = AppRequest {
             head: h,
-            client_ip: Some("203.0.113.7".parse().unwrap()),
+            downstream: Downstream { tcp_peer: "203.0.113.7".parse().ok(), ..Default::default() },
             https: false,
             now: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_485_600),
             nonce: [5; 16],

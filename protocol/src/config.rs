@@ -13,6 +13,7 @@ use crate::headers::{is_lowercase_token, is_reserved_name};
 use crate::href::Href;
 use crate::paths::normalize_prefix;
 use crate::signature::{Algorithm, KeyRing};
+use crate::trust::{ClientAddress, Needs, Principal};
 
 /// A configuration that cannot be used: which field, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +62,8 @@ struct RawApp {
     algorithm: Option<String>,
     #[serde(default)]
     rewrite_response: Option<bool>,
+    #[serde(default)]
+    client_address: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +100,10 @@ struct RawMiddleware {
     #[serde(default)]
     trust_ips: Option<Vec<String>>,
     #[serde(default)]
+    trust_principals: Option<Vec<String>>,
+    #[serde(default)]
+    client_address: Option<String>,
+    #[serde(default)]
     secret: Option<RawSecret>,
     #[serde(default)]
     algorithm: Option<String>,
@@ -121,6 +128,11 @@ struct RawMiddleware {
     #[serde(default)]
     on_untrusted: Option<String>,
 }
+
+/// The `peer` role takes no settings.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +179,9 @@ pub enum Config {
     Middleware(MiddlewareConfig),
     Spawn(SpawnConfig),
     Exact(crate::exact::ExactConfig),
+    /// Loaded as a network filter: records each connection's TCP peer for the
+    /// `app` and `middleware` roles (see [`crate::trust`]).
+    Peer,
 }
 
 impl Config {
@@ -176,6 +191,7 @@ impl Config {
             Config::Middleware(_) => "middleware",
             Config::Spawn(_) => "spawn",
             Config::Exact(_) => "exact",
+            Config::Peer => "peer",
         }
     }
 }
@@ -204,6 +220,15 @@ pub struct AppConfig {
     pub signing: Option<KeyRing>,
     /// Rewrite `Location`, `Content-Location` and `Set-Cookie` paths back to the client's view.
     pub rewrite_response: bool,
+    /// Which address is sent as X-Forwarded-For.
+    pub client_address: ClientAddress,
+}
+
+impl AppConfig {
+    /// What the role reads about the downstream connection.
+    pub fn needs(&self) -> Needs {
+        self.client_address.needs()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,8 +248,12 @@ pub enum ForcedPrefix {
 
 #[derive(Debug)]
 pub struct MiddlewareConfig {
-    /// Peers whose headers are believed; `None` means any peer (a secret is then required).
+    /// TCP peers whose headers are believed; `None` means any address.
     pub trust_ips: Option<Vec<IpNet>>,
+    /// mTLS peer identities whose headers are believed; `None` means any.
+    pub trust_principals: Option<Vec<Principal>>,
+    /// Which address describes the client of a request whose headers are not believed.
+    pub client_address: ClientAddress,
     pub verify: Option<KeyRing>,
     pub max_skew: Duration,
     pub forced_prefix: ForcedPrefix,
@@ -236,6 +265,14 @@ pub struct MiddlewareConfig {
     pub keys: BTreeMap<String, String>,
     pub allow_pickle: bool,
     pub on_untrusted: OnUntrusted,
+}
+
+impl MiddlewareConfig {
+    /// What the role reads about the downstream connection.
+    pub fn needs(&self) -> Needs {
+        let trust = Needs { tcp_peer: self.trust_ips.is_some(), envoy_client: false, principals: self.trust_principals.is_some() };
+        trust.union(self.client_address.needs())
+    }
 }
 
 #[derive(Debug)]
@@ -277,11 +314,12 @@ pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
         "middleware" => validate_middleware(raw(value)?, env).map(Config::Middleware),
         "spawn" => validate_spawn(raw(value)?).map(Config::Spawn),
         "exact" => validate_exact(raw(value)?).map(Config::Exact),
+        "peer" => raw::<RawPeer>(value).map(|_| Config::Peer),
         other => Err(ConfigError::new("role", format!("unknown role {other:?}; one of {ROLES}"))),
     }
 }
 
-const ROLES: &str = "\"app\", \"middleware\", \"spawn\", \"exact\"";
+const ROLES: &str = "\"app\", \"middleware\", \"spawn\", \"exact\", \"peer\"";
 
 /// Deserialises a role's raw form, naming the path of the first offending field.
 fn raw<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ConfigError> {
@@ -366,7 +404,26 @@ fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>) -> Result<App
         }
     }
     let signing = key_ring(raw.secret, raw.algorithm.as_deref(), env)?;
-    Ok(AppConfig { href, script_name, keys, signing, rewrite_response: raw.rewrite_response.unwrap_or(true) })
+    Ok(AppConfig {
+        href,
+        script_name,
+        keys,
+        signing,
+        rewrite_response: raw.rewrite_response.unwrap_or(true),
+        client_address: client_address(raw.client_address.as_deref())?,
+    })
+}
+
+fn client_address(value: Option<&str>) -> Result<ClientAddress, ConfigError> {
+    match value {
+        None => Ok(ClientAddress::default()),
+        Some(v) => ClientAddress::parse(v).ok_or_else(|| {
+            ConfigError::new(
+                "client_address",
+                format!("{v:?} is not \"peer\" (the TCP peer, recorded by the network filter) or \"envoy\" (Envoy's computed client address)"),
+            )
+        }),
+    }
 }
 
 fn validate_key(family: Family, field: &str, raw: RawKey) -> Result<KeySpec, ConfigError> {
@@ -448,11 +505,23 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
             .map_err(|_| ConfigError::new(format!("trust_ips[{i}]"), format!("{entry:?} is not an IP address or CIDR range")))?;
         trust_ips.get_or_insert_with(Vec::new).push(net.trunc());
     }
+    let trust_principals = match raw.trust_principals {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new("trust_principals", "must list at least one principal (or be left out)"))
+        }
+        Some(list) => Some(
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| Principal::parse(p).map_err(|e| ConfigError::new(format!("trust_principals[{i}]"), e)))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
     let verify = key_ring(raw.secret, raw.algorithm.as_deref(), env)?;
-    if raw.trust_ips.is_none() && verify.is_none() {
+    if raw.trust_ips.is_none() && trust_principals.is_none() && verify.is_none() {
         return Err(ConfigError::new(
             "trust_ips",
-            "trust must be configured: give \"trust_ips\" (to trust everyone: [\"0.0.0.0/0\", \"::/0\"]) or \"secret\"",
+            "trust must be configured: give \"trust_ips\" (TCP peers; to trust everyone: [\"0.0.0.0/0\", \"::/0\"]), \"trust_principals\" (mTLS identities) or \"secret\"",
         ));
     }
     let max_skew = Duration::from_secs(raw.max_skew_seconds.unwrap_or(DEFAULT_MAX_SKEW_SECONDS));
@@ -520,6 +589,8 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
     };
     Ok(MiddlewareConfig {
         trust_ips,
+        trust_principals,
+        client_address: client_address(raw.client_address.as_deref())?,
         verify,
         max_skew,
         forced_prefix,
@@ -648,5 +719,14 @@ mod tests {
         assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"keys":{"A":"x-a","B":"x-a"}}"#).field, "keys.B");
         assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"on_untrusted":"allow"}"#).field, "on_untrusted");
         assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"max_skew_seconds":0}"#).field, "max_skew_seconds");
+        assert_eq!(err(r#"{"role":"middleware","trust_principals":[]}"#).field, "trust_principals");
+        assert_eq!(err(r#"{"role":"middleware","trust_principals":["spiffe://td/*/x"]}"#).field, "trust_principals[0]");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"client_address":"xff"}"#).field, "client_address");
+        assert_eq!(err(r#"{"role":"app","href":"http://x/","client_address":"x-forwarded-for"}"#).field, "client_address");
+        assert!(err(r#"{"role":"peer","trust_ips":[]}"#).message.contains("unknown field"));
+        assert!(err(r#"{"role":"middleware"}"#).message.contains("trust_principals"));
+        assert!(matches!(parse(br#"{"role":"peer"}"#, &no_env), Ok(Config::Peer)));
+        let Ok(Config::Middleware(m)) = parse(br#"{"role":"middleware","trust_principals":["*.edge.svc"]}"#, &no_env) else { panic!() };
+        assert_eq!(m.needs(), crate::trust::Needs { tcp_peer: true, envoy_client: false, principals: true });
     }
 }

@@ -45,7 +45,7 @@ pub fn is_protocol_header(name: &str) -> bool {
 /// believe (Django's `USE_X_FORWARDED_PORT`, ProxyFix's `x_port`, RFC 7239). The
 /// filter is the one authority on the client, host and scheme: the middleware
 /// removes these from every request, so a client cannot send them past it.
-pub const COMPETING_FORWARDING_HEADERS: [&str; 8] = [
+pub const COMPETING_FORWARDING_HEADERS: [&str; 11] = [
     "forwarded",
     "x-forwarded-port",
     "x-forwarded-ssl",
@@ -54,6 +54,10 @@ pub const COMPETING_FORWARDING_HEADERS: [&str; 8] = [
     "front-end-https",
     "x-real-ip",
     "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    // Envoy's own, set from what it computed (an X-Forwarded-For entry under some settings).
+    "x-envoy-external-address",
 ];
 
 /// Whether `name` spelled with dashes for its underscores satisfies `pred`. Many

@@ -19,3 +19,4 @@ pub mod request;
 pub mod response;
 pub mod signature;
 pub mod spawn;
+pub mod trust;

@@ -12,6 +12,7 @@ use crate::headers::*;
 use crate::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix, with_query};
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 use crate::signature::{check_date, verify_mac, Nonce, Rejection, SignatureHeader, SignedParts};
+use crate::trust::Downstream;
 
 /// Longest protocol header value accepted.
 pub const MAX_VALUE_LEN: usize = 8192;
@@ -20,8 +21,9 @@ pub const MAX_PAYLOADS: usize = 64;
 
 pub struct MiddlewareRequest<'a> {
     pub head: &'a RequestHead,
-    /// The direct peer (Envoy's `source.address`), never an X-Forwarded-For entry.
-    pub peer_ip: Option<IpAddr>,
+    /// The connection: its TCP peer (never an X-Forwarded-For entry), Envoy's
+    /// computed client address, the mTLS peer identity; as [`MiddlewareConfig::needs`] says.
+    pub downstream: Downstream,
     /// Whether the downstream connection is TLS.
     pub https: bool,
     pub now: SystemTime,
@@ -45,6 +47,9 @@ pub struct MiddlewareOutcome {
     pub dropped_keys: usize,
     /// A secret is configured and the request carried no signature.
     pub unsigned: bool,
+    /// `trust_ips` is configured but the TCP peer is unknown (no network filter
+    /// recorded it): nothing was trusted by address.
+    pub peer_unknown: bool,
 }
 
 fn bad_request(reason: &'static str, detail: impl Into<String>) -> Decision {
@@ -106,10 +111,21 @@ pub fn decide(
     };
     let (path, query) = split_query(target);
 
-    let peer_trusted = match &config.trust_ips {
+    // Every configured trust source must hold. The address is the TCP peer only:
+    // Envoy's computed client address may be an X-Forwarded-For entry.
+    let downstream = &req.downstream;
+    let ip_trusted = match &config.trust_ips {
         None => true,
-        Some(nets) => req.peer_ip.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
+        Some(nets) => {
+            outcome.peer_unknown = downstream.tcp_peer.is_none();
+            downstream.tcp_peer.is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+        }
     };
+    let principal_trusted = match &config.trust_principals {
+        None => true,
+        Some(principals) => principals.iter().any(|p| p.matches(downstream)),
+    };
+    let peer_trusted = ip_trusted && principal_trusted;
     let mut trusted = peer_trusted;
     if peer_trusted {
         if let Err(reply) = check_protocol_headers(head) {
@@ -138,7 +154,7 @@ pub fn decide(
     }
 
     let believed = if trusted {
-        match believe(config, head, path, outcome) {
+        match believe(config, head, path, downstream.tcp_peer, outcome) {
             Ok(b) => b,
             Err(reply) => return reply,
         }
@@ -154,7 +170,7 @@ pub fn decide(
     let mut scheme = believed
         .scheme
         .unwrap_or_else(|| if req.https { "https".into() } else { "http".into() });
-    let client_ip = believed.client_ip.or(req.peer_ip);
+    let client_ip = believed.client_ip.or_else(|| config.client_address.pick(downstream));
     let mut script_name = believed.script_name;
     let mut new_path = believed.path.unwrap_or_else(|| path.to_string());
 
@@ -296,7 +312,10 @@ fn verify(
             .headers
             .iter()
             .filter(|(n, _)| crate::signature::is_signed_header(n))
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .map(|(n, v)| match n.as_str() {
+                X_FORWARDED_FOR => (n.as_str(), sender_forwarded_for(v, req.downstream.tcp_peer)),
+                _ => (n.as_str(), v.as_slice()),
+            })
             .collect(),
     };
     verify_mac(ring, &signature, &parts).map_err(Ok)?;
@@ -315,11 +334,29 @@ fn verify(
     }
 }
 
+/// The X-Forwarded-For the sender wrote. Under `use_remote_address: true` without
+/// `skip_xff_append`, Envoy appends the TCP peer to it before any filter runs: that
+/// last entry is Envoy's own, not the sender's, and is taken off again.
+pub fn sender_forwarded_for(value: &[u8], tcp_peer: Option<IpAddr>) -> &[u8] {
+    let Some(peer) = tcp_peer else { return value };
+    let Some(comma) = value.iter().rposition(|b| *b == b',') else { return value };
+    let last = std::str::from_utf8(&value[comma + 1..])
+        .ok()
+        .and_then(|s| s.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical());
+    if last == Some(peer) {
+        value[..comma].trim_ascii_end()
+    } else {
+        value
+    }
+}
+
 /// Validates and decodes a trusted request's protocol headers.
 fn believe(
     config: &MiddlewareConfig,
     head: &RequestHead,
     path: &str,
+    tcp_peer: Option<IpAddr>,
     outcome: &mut MiddlewareOutcome,
 ) -> Result<Believed, Decision> {
     let mut b = Believed::default();
@@ -328,7 +365,7 @@ fn believe(
             return Err(bad_request("unsupported_version", format!("X-WSGIProxy-Version must be {PROTOCOL_VERSION}")));
         }
     }
-    if let Some(v) = head.get(X_FORWARDED_FOR) {
+    if let Some(v) = head.get(X_FORWARDED_FOR).map(|v| sender_forwarded_for(v, tcp_peer)) {
         let ip = std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<IpAddr>().ok());
         b.client_ip = Some(ip.ok_or_else(|| bad_request("bad_forwarded_for", "X-Forwarded-For must hold exactly one IP address"))?);
     }

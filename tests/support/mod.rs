@@ -125,6 +125,9 @@ impl Echo {
     }
 }
 
+/// An edit of a rendered config that carries values of its own.
+pub type YamlEdit = std::sync::Arc<dyn Fn(&mut Yaml) + Send + Sync>;
+
 /// How a test changes a shipped envoy/*.yaml before running it.
 #[derive(Default, Clone)]
 pub struct Overrides {
@@ -138,6 +141,8 @@ pub struct Overrides {
     pub concurrency: Option<u32>,
     /// Edits applied to the YAML last.
     pub edit: Option<fn(&mut Yaml)>,
+    /// An edit that carries values of its own (paths, addresses), applied after `edit`.
+    pub edit_with: Option<YamlEdit>,
     /// Every DNS cache resolves through a server on 127.0.0.1 at this port (see [`FakeDns`]).
     pub dns: Option<u16>,
 }
@@ -185,6 +190,22 @@ fn key(name: &str) -> Yaml {
     Yaml::String(name.to_string())
 }
 
+/// The HTTP connection manager's `typed_config` in the first listener of a config
+/// (the `peer` network filter stands before it).
+pub fn hcm(doc: &mut Yaml) -> &mut Yaml {
+    let filters = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"].as_sequence_mut().unwrap();
+    let hcm = filters
+        .iter_mut()
+        .find(|f| f["name"].as_str() == Some("envoy.filters.network.http_connection_manager"))
+        .expect("the first listener has an HTTP connection manager");
+    &mut hcm["typed_config"]
+}
+
+/// Whether a plugin configuration is the `peer` network filter's.
+pub fn is_peer_role(config: &str) -> bool {
+    serde_json::from_str::<Json>(config).is_ok_and(|c| c["role"] == "peer")
+}
+
 /// Loads a shipped config and rewrites its ports and plugin configuration.
 pub fn render(file: &str, port: u16, admin_port: u16, o: &Overrides) -> String {
     let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
@@ -204,13 +225,17 @@ pub fn render(file: &str, port: u16, admin_port: u16, o: &Overrides) -> String {
         }
     }
     if let Some(config) = &o.plugin_config {
-        // The first Wasm filter's configuration, and every copy of it (envoy/exact.yaml
-        // runs the same filter again in its cluster).
+        // The first Wasm HTTP filter's configuration, and every copy of it
+        // (envoy/exact.yaml runs the same filter again in its cluster); the `peer`
+        // network filter keeps its own.
         let mut first: Option<Yaml> = None;
         walk_mut(&mut doc, &mut |m| {
             if let Some(Yaml::Mapping(c)) = m.get_mut(key("configuration")) {
                 if c.get(key("@type")).and_then(Yaml::as_str) == Some("type.googleapis.com/google.protobuf.StringValue") {
                     let shipped = c.get(key("value")).cloned();
+                    if shipped.as_ref().and_then(Yaml::as_str).is_some_and(is_peer_role) {
+                        return;
+                    }
                     if first.is_none() || first == shipped {
                         first = shipped;
                         c.insert(key("value"), Yaml::String(config.to_string()));
@@ -245,6 +270,9 @@ typed_config:
         }
     });
     if let Some(edit) = o.edit {
+        edit(&mut doc);
+    }
+    if let Some(edit) = &o.edit_with {
         edit(&mut doc);
     }
     serde_yaml::to_string(&doc).unwrap()
@@ -295,18 +323,17 @@ impl Envoy {
 
     /// Starts Envoy with a config it must refuse; returns its log.
     pub fn start_refused(file: &str, o: &Overrides) -> String {
-        let (port, _, mut proc, _) = Self::spawn(file, o);
+        let (_, admin_port, mut proc, _) = Self::spawn(file, o);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 assert!(!status.success(), "envoy exited 0");
                 return proc.log_text();
             }
-            assert!(
-                TcpStream::connect(("127.0.0.1", port)).is_err(),
-                "envoy accepted a bad configuration:\n{}",
-                proc.log_text()
-            );
+            // Not the listener: its socket is bound (and accepts into the backlog)
+            // while Envoy is still loading the filters it will refuse. Envoy saying
+            // it is ready is what accepting the configuration means.
+            assert!(!admin_says_live(admin_port), "envoy accepted a bad configuration:\n{}", proc.log_text());
             assert!(Instant::now() < deadline, "envoy neither started nor exited:\n{}", proc.log_text());
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -346,9 +373,30 @@ impl Envoy {
         last
     }
 
+    /// Stops Envoy (which flushes its log file) and returns its log.
+    pub fn stop_and_log(&mut self) -> String {
+        let _ = request(self.admin_port, "POST", "/quitquitquit", &[], b"");
+        let _ = self.proc.child.wait();
+        self.proc.log_text()
+    }
+
     pub fn admin(&self, path: &str) -> Response {
         request(self.admin_port, "GET", path, &[], b"")
     }
+}
+
+/// Whether Envoy's admin `/ready` answers LIVE; false on any error (Envoy may be
+/// starting, or exiting).
+pub fn admin_says_live(admin_port: u16) -> bool {
+    let attempt = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect(("127.0.0.1", admin_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        stream.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer)?;
+        Ok(answer.starts_with("HTTP/1.1 200") && answer.trim_end().ends_with("LIVE"))
+    };
+    attempt().unwrap_or(false)
 }
 
 /// An HTTP response as the client got it.
@@ -602,4 +650,32 @@ fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
         reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
     }
     Some(reply)
+}
+
+/// Opens a connection to Envoy from a given loopback source address (127.0.0.2,
+/// 127.0.0.3, ...): on one machine, distinct TCP peers for trust tests.
+pub fn connect_from(source: &str, port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let source: std::net::IpAddr = source.parse().unwrap();
+    let socket = Socket::new(if source.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }, Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::new(source, 0).into()).unwrap();
+    let target = std::net::SocketAddr::new(if source.is_ipv4() { "127.0.0.1".parse().unwrap() } else { source }, port);
+    socket.connect(&target.into()).unwrap();
+    socket.into()
+}
+
+/// [`request`], sent from a given loopback source address.
+pub fn request_from(source: &str, port: u16, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
+    let mut raw = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        raw.extend_from_slice(b"Host: test.local\r\n");
+    }
+    for (n, v) in headers {
+        raw.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"Connection: close\r\n\r\n");
+    let mut stream = connect_from(source, port);
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    stream.write_all(&raw).unwrap();
+    read_response(&mut BufReader::new(stream))
 }

@@ -28,8 +28,13 @@ fn head(pairs: &[(&str, &str)]) -> RequestHead {
 }
 
 fn run_at(c: &MiddlewareConfig, h: &RequestHead, peer: &str, at: SystemTime, mem: &mut Memory) -> Decision {
-    let req = MiddlewareRequest { head: h, peer_ip: Some(peer.parse().unwrap()), https: false, now: at };
+    let req = MiddlewareRequest { head: h, downstream: peer_at(peer), https: false, now: at };
     decide(c, &req, mem, &mut MiddlewareOutcome::default())
+}
+
+/// A connection whose TCP peer (recorded by the network filter) is `peer`.
+fn peer_at(peer: &str) -> Downstream {
+    Downstream { tcp_peer: Some(peer.parse().unwrap()), ..Default::default() }
 }
 
 fn run(c: &MiddlewareConfig, h: &RequestHead, peer: &str) -> Decision {
@@ -127,7 +132,7 @@ fn competing_headers_and_underscore_spellings_are_stripped_for_everyone() {
     }
     for peer in ["10.1.2.3", "192.0.2.1"] {
         let mut outcome = MiddlewareOutcome::default();
-        let req = MiddlewareRequest { head: &h, peer_ip: Some(peer.parse().unwrap()), https: false, now: now() };
+        let req = MiddlewareRequest { head: &h, downstream: peer_at(peer), https: false, now: now() };
         let e = forward(decide(&mw(TRUSTING), &req, &mut Memory(HashSet::new()), &mut outcome));
         for gone in ["forwarded", "x-forwarded-port", "x-real-ip", "x_remote_user", "x_forwarded_host", "x_wsgiproxy_str_9"] {
             assert!(e.remove.iter().any(|r| r == gone), "{peer}: {gone} not removed");
@@ -146,7 +151,7 @@ fn an_unsigned_request_is_counted_even_when_stripped() {
     let c = mw(r#"{"role":"middleware","secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}}"#);
     let mut outcome = MiddlewareOutcome::default();
     let h = sent_by_app();
-    let req = MiddlewareRequest { head: &h, peer_ip: Some("10.1.2.3".parse().unwrap()), https: false, now: now() };
+    let req = MiddlewareRequest { head: &h, downstream: peer_at("10.1.2.3"), https: false, now: now() };
     forward(decide(&c, &req, &mut Memory(HashSet::new()), &mut outcome));
     assert!(outcome.unsigned && !outcome.trusted);
 }
@@ -248,7 +253,7 @@ const VERIFYING: &str = r#"{"role":"middleware","keys":{"REMOTE_USER":"x-remote-
 fn through_app(app_json: &str, nonce: u8) -> RequestHead {
     let Config::App(a) = parse(app_json.as_bytes(), &|_| None).unwrap() else { panic!() };
     let client = head(&[(":method", "GET"), (":path", "/blog/p?x=1"), (":authority", "www.example.com"), ("x-auth-user", "bob")]);
-    let req = AppRequest { head: &client, client_ip: "203.0.113.9".parse().ok(), https: true, now: now(), nonce: [nonce; 16] };
+    let req = AppRequest { head: &client, downstream: peer_at("203.0.113.9"), https: true, now: now(), nonce: [nonce; 16] };
     let Decision::Forward(e) = app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()) else { panic!() };
     let mut headers: Vec<(String, Vec<u8>)> = client.headers.into_iter().filter(|(n, _)| !e.remove.contains(n) && e.value_of(n).is_none()).collect();
     headers.extend(e.set);
@@ -307,4 +312,114 @@ fn authorities() {
     for bad in [&b""[..], b"a:", b"a:99999", b"u@h", b"h/p", b"h,i", b"h h", b"[zz]", b"h:1:2", b"\xff"] {
         assert_eq!(parse_authority(bad), None, "{:?}", String::from_utf8_lossy(bad));
     }
+}
+
+fn run_with(c: &MiddlewareConfig, h: &RequestHead, downstream: Downstream, https: bool) -> (Decision, MiddlewareOutcome) {
+    let mut outcome = MiddlewareOutcome::default();
+    let req = MiddlewareRequest { head: h, downstream, https, now: now() };
+    (decide(c, &req, &mut Memory(HashSet::new()), &mut outcome), outcome)
+}
+
+fn believed_user(d: Decision) -> Option<String> {
+    text(&forward(d), "x-remote-user")
+}
+
+#[test]
+fn trust_ips_use_the_tcp_peer_only() {
+    let c = mw(TRUSTING);
+    let h = sent_by_app();
+    // Envoy's computed address (an X-Forwarded-For entry) inside the range buys nothing.
+    let envoy_says_trusted = Downstream { tcp_peer: "192.0.2.1".parse().ok(), envoy_client: "10.1.2.3".parse().ok(), ..Default::default() };
+    let (d, outcome) = run_with(&c, &h, envoy_says_trusted, false);
+    assert_eq!(believed_user(d), None);
+    assert!(!outcome.trusted && !outcome.peer_unknown);
+    // No record of the TCP peer: nothing is trusted by address, and it is said.
+    let unknown = Downstream { envoy_client: "10.1.2.3".parse().ok(), ..Default::default() };
+    let (d, outcome) = run_with(&c, &h, unknown, false);
+    let e = forward(d);
+    assert_eq!(text(&e, "x-remote-user"), None);
+    assert_eq!(text(&e, "x-forwarded-for"), None, "no address rather than one the client may have written");
+    assert!(outcome.peer_unknown && !outcome.trusted);
+}
+
+#[test]
+fn client_address_envoy_describes_untrusted_requests_only() {
+    let c = mw(r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"client_address":"envoy","keys":{"REMOTE_USER":"x-remote-user"}}"#);
+    let downstream = Downstream { tcp_peer: "192.0.2.1".parse().ok(), envoy_client: "10.9.9.9".parse().ok(), ..Default::default() };
+    let (d, _) = run_with(&c, &sent_by_app(), downstream, false);
+    let e = forward(d);
+    assert_eq!(text(&e, "x-remote-user"), None, "trust never follows Envoy's computed address");
+    assert_eq!(text(&e, "x-forwarded-for").as_deref(), Some("10.9.9.9"));
+}
+
+#[test]
+fn trust_principals_and_every_source_must_hold() {
+    let edge = |uri: &str, peer: &str| Downstream {
+        tcp_peer: peer.parse().ok(),
+        uri_san: Some(uri.to_string()),
+        ..Default::default()
+    };
+    let c = mw(r#"{"role":"middleware","trust_principals":["spiffe://cluster.local/ns/edge/sa/*"],"keys":{"REMOTE_USER":"x-remote-user"}}"#);
+    let h = sent_by_app();
+    assert_eq!(believed_user(run_with(&c, &h, edge("spiffe://cluster.local/ns/edge/sa/gw", "192.0.2.1"), true).0).as_deref(), Some("bob"));
+    assert_eq!(believed_user(run_with(&c, &h, edge("spiffe://cluster.local/ns/shop/sa/gw", "192.0.2.1"), true).0), None);
+    assert_eq!(believed_user(run_with(&c, &h, Downstream::default(), false).0), None);
+    // A DNS SAN never stands for a URI principal.
+    let dns_only = Downstream { dns_san: Some("spiffe://cluster.local/ns/edge/sa/gw".into()), ..Default::default() };
+    assert_eq!(believed_user(run_with(&c, &h, dns_only, true).0), None);
+
+    let both = mw(r#"{"role":"middleware","trust_principals":["spiffe://cluster.local/ns/edge/sa/gw"],"trust_ips":["10.0.0.0/8"],
+                     "keys":{"REMOTE_USER":"x-remote-user"}}"#);
+    assert_eq!(believed_user(run_with(&both, &h, edge("spiffe://cluster.local/ns/edge/sa/gw", "10.1.2.3"), true).0).as_deref(), Some("bob"));
+    assert_eq!(believed_user(run_with(&both, &h, edge("spiffe://cluster.local/ns/edge/sa/gw", "192.0.2.1"), true).0), None);
+    assert_eq!(believed_user(run_with(&both, &h, edge("spiffe://cluster.local/ns/shop/sa/gw", "10.1.2.3"), true).0), None);
+}
+
+#[test]
+fn envoys_own_x_forwarded_for_append_is_taken_off() {
+    let peer: Option<IpAddr> = "10.1.2.3".parse().ok();
+    assert_eq!(sender_forwarded_for(b"203.0.113.9,10.1.2.3", peer), b"203.0.113.9");
+    assert_eq!(sender_forwarded_for(b"203.0.113.9, 10.1.2.3", peer), b"203.0.113.9");
+    assert_eq!(sender_forwarded_for(b"203.0.113.9,10.9.9.9", peer), b"203.0.113.9,10.9.9.9");
+    assert_eq!(sender_forwarded_for(b"203.0.113.9", peer), b"203.0.113.9");
+    assert_eq!(sender_forwarded_for(b"203.0.113.9,10.1.2.3", None), b"203.0.113.9,10.1.2.3");
+    // Believed as the one address the sender sent.
+    let mut h = sent_by_app();
+    h.headers.retain(|(n, _)| n != "x-forwarded-for");
+    h.headers.push(("x-forwarded-for".into(), b"203.0.113.9,10.1.2.3".to_vec()));
+    let (d, _) = run_with(&mw(TRUSTING), &h, peer_at("10.1.2.3"), false);
+    assert_eq!(text(&forward(d), "x-forwarded-for").as_deref(), Some("203.0.113.9"));
+}
+
+#[test]
+fn signed_requests_survive_envoys_x_forwarded_for_append() {
+    let c = mw(VERIFYING);
+    let mut h = through_app(SIGNED_APP, 41);
+    for (n, v) in h.headers.iter_mut() {
+        if n == "x-forwarded-for" {
+            v.extend_from_slice(b",10.1.2.3");
+        }
+    }
+    let (d, outcome) = run_with(&c, &h, peer_at("10.1.2.3"), false);
+    assert!(outcome.verified, "{d:?}");
+    assert_eq!(text(&forward(d), "x-forwarded-for").as_deref(), Some("203.0.113.9"));
+}
+
+#[test]
+fn app_role_needs_its_client_address() {
+    let Config::App(a) = parse(br#"{"role":"app","href":"http://b/"}"#, &|_| None).unwrap() else { panic!() };
+    let client = head(&[(":method", "GET"), (":path", "/"), (":authority", "x")]);
+    let req = AppRequest { head: &client, downstream: Downstream::default(), https: false, now: now(), nonce: [0; 16] };
+    let r = reply(app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()));
+    assert_eq!((r.status, r.reason), (500, "peer_unknown"));
+    let Config::App(a) = parse(br#"{"role":"app","href":"http://b/","client_address":"envoy"}"#, &|_| None).unwrap() else { panic!() };
+    let req = AppRequest {
+        head: &client,
+        downstream: Downstream { tcp_peer: "10.0.0.1".parse().ok(), envoy_client: "203.0.113.5".parse().ok(), ..Default::default() },
+        https: false,
+        now: now(),
+        nonce: [0; 16],
+    };
+    let e = forward(app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()));
+    assert_eq!(text(&e, "x-forwarded-for").as_deref(), Some("203.0.113.5"));
 }
