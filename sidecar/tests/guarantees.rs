@@ -363,10 +363,14 @@ fn a_port_taken_in_between_is_replaced() {
     let mark = dir.path().join("first-run-done");
     // The first run makes its port busy from another session (bound, not listening,
     // so nothing answers), then fails to bind it; the sidecar must move to another port.
-    let squat = "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',int(sys.argv[1]))); time.sleep(20)";
+    // The squatter says when it holds the port (a fixed sleep loses the race on a
+    // loaded machine).
+    let bound = dir.path().join("port-squatted");
+    let squat = "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',int(sys.argv[1]))); open(sys.argv[2],'w').close(); time.sleep(20)";
     let config = format!(
-        "[apps.blog]\ncommand = [\"sh\", \"-c\", \"if [ -e {mark} ]; then exec ECHO --port $PORT; fi; touch {mark}; setsid python3 -c \\\"{squat}\\\" $PORT & sleep 0.5; exit 98\"]\n",
+        "[apps.blog]\ncommand = [\"sh\", \"-c\", \"if [ -e {mark} ]; then exec ECHO --port $PORT; fi; touch {mark}; setsid python3 -c \\\"{squat}\\\" $PORT {bound} & while [ ! -e {bound} ]; do sleep 0.02; done; exit 98\"]\n",
         mark = mark.display(),
+        bound = bound.display(),
     );
     let sidecar = Sidecar::start_in(dir, &config);
     let (status, headers, body) = sidecar.ensure("blog");
