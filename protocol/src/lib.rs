@@ -17,6 +17,7 @@ pub mod paths;
 pub mod replay;
 pub mod request;
 pub mod response;
+pub mod rfc9421;
 pub mod signature;
 pub mod spawn;
 pub mod trust;

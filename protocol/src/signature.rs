@@ -91,6 +91,18 @@ pub struct SigningKey {
     mac: KeyedMac,
 }
 
+impl SigningKey {
+    /// This key's MAC of `message`.
+    pub fn mac_of(&self, message: &[u8]) -> Vec<u8> {
+        self.mac.mac(message)
+    }
+
+    /// Whether `mac` is this key's MAC of `message`, compared in constant time.
+    pub fn verifies(&self, message: &[u8], mac: &[u8]) -> bool {
+        self.mac.verify(message, mac)
+    }
+}
+
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SigningKey({:?}, <secret>)", self.id)

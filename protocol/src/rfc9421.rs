@@ -1,0 +1,640 @@
+//! The second signature format: RFC 9421 HTTP Message Signatures, which any
+//! backend can check with an RFC 9421 library.
+//!
+//! The `app` role sends
+//!
+//! ```text
+//! Signature-Input: wsgiproxy=("@method" "@authority" "@path" "@query" "x-forwarded-for" ...);created=...;keyid="k1";alg="hmac-sha256";nonce="..."
+//! Signature: wsgiproxy=:{base64 HMAC-SHA256 of the signature base}:
+//! ```
+//!
+//! covering the four derived components above, then every protocol header it
+//! sends, sorted by name. The `middleware` role finds the `wsgiproxy` member of
+//! both fields (other labels are ignored), rebuilds the signature base (§2.5) from
+//! the request as it sees it, and checks the MAC in constant time. Its policy: `alg`
+//! must be `hmac-sha256`, `keyid` must be in the ring, `created` within the skew
+//! window, `expires` (when present) not past, `nonce` present (it goes to the
+//! replay memory), and the four derived components and every protocol header
+//! present must be covered, so that a header added on the way breaks trust.
+
+use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, Key, ListEntry, Parameters, Parser};
+use sha2::{Digest, Sha256};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::signature::{Algorithm, KeyRing, Nonce, Rejection, NONCE_LEN};
+
+/// The label of our signature in `Signature-Input` and `Signature`.
+pub const LABEL: &str = "wsgiproxy";
+/// The one algorithm this format uses (RFC 9421 §3.3.3).
+pub const ALGORITHM: &str = "hmac-sha256";
+pub const SIGNATURE_INPUT: &str = "signature-input";
+pub const SIGNATURE: &str = "signature";
+
+/// The derived components the `app` role covers, in this order, before its
+/// protocol headers; the `middleware` role requires each of them.
+pub const REQUIRED_DERIVED: [&str; 4] = ["@method", "@authority", "@path", "@query"];
+
+/// Which signature format a configuration uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SignatureFormat {
+    /// `X-WSGIProxy-Signature` (`wsgiproxy-signature-v1`), checked by our middleware role only.
+    #[default]
+    V1,
+    /// `Signature-Input` and `Signature` (RFC 9421).
+    Rfc9421,
+}
+
+impl SignatureFormat {
+    pub fn from_name(name: &str) -> Option<SignatureFormat> {
+        match name {
+            "v1" => Some(SignatureFormat::V1),
+            "rfc9421" => Some(SignatureFormat::Rfc9421),
+            _ => None,
+        }
+    }
+}
+
+/// The request as a signature sees it.
+pub struct Message<'a> {
+    pub method: &'a [u8],
+    /// Whether the target URI's scheme is https (for `@scheme`, `@target-uri`, and
+    /// the default port `@authority` leaves out).
+    pub https: bool,
+    /// `:authority`, as sent or received.
+    pub authority: &'a [u8],
+    /// `:path`, with its query.
+    pub target: &'a [u8],
+    /// Header fields, names lowercase, each field line once, in order.
+    pub fields: &'a [(String, Vec<u8>)],
+}
+
+/// Why a signature base cannot be built.
+pub type BaseError = &'static str;
+
+/// `host[:port]` lowercased, the port left out when it is the scheme's default
+/// (RFC 9421 §2.2.3, RFC 9110 §4.2.3).
+pub fn normalize_authority(authority: &str, https: bool) -> String {
+    let lower = authority.to_ascii_lowercase();
+    let (host, port) = match lower.rfind(':') {
+        // A colon inside brackets belongs to an IPv6 address, not a port.
+        Some(i) if !lower[i..].contains(']') && (!lower.contains('[') || lower[..i].ends_with(']')) => {
+            (&lower[..i], Some(&lower[i + 1..]))
+        }
+        _ => (lower.as_str(), None),
+    };
+    match port {
+        Some(p) if p.bytes().all(|b| b.is_ascii_digit()) => {
+            let default = if https { "443" } else { "80" };
+            if p.trim_start_matches('0') == default || p.is_empty() {
+                host.to_string()
+            } else {
+                lower.clone()
+            }
+        }
+        _ => lower.clone(),
+    }
+}
+
+/// A component value may hold visible ASCII, spaces and tabs only: the signature
+/// base is ASCII text, one component per line.
+fn printable(value: &[u8]) -> Result<&str, BaseError> {
+    if value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        std::str::from_utf8(value).map_err(|_| "not ASCII")
+    } else {
+        Err("a component value holds a character the signature base cannot carry")
+    }
+}
+
+/// The value of one covered component (RFC 9421 §2.1, §2.2).
+pub fn component_value(message: &Message<'_>, name: &str) -> Result<String, BaseError> {
+    let target = printable(message.target)?;
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let scheme = if message.https { "https" } else { "http" };
+    Ok(match name {
+        "@method" => printable(message.method)?.to_string(),
+        "@authority" => normalize_authority(printable(message.authority)?, message.https),
+        "@scheme" => scheme.to_string(),
+        "@target-uri" => format!("{scheme}://{}{target}", printable(message.authority)?),
+        "@request-target" => target.to_string(),
+        "@path" => if path.is_empty() { "/" } else { path }.to_string(),
+        // An absent query is `?` alone (§2.2.7).
+        "@query" => format!("?{}", query.unwrap_or("")),
+        derived if derived.starts_with('@') => return Err("an unsupported derived component"),
+        field => {
+            // Every field line, trimmed, joined with ", " in order (§2.1).
+            let mut lines = message.fields.iter().filter(|(n, _)| n == field).peekable();
+            if lines.peek().is_none() {
+                return Err("a covered header field is absent");
+            }
+            let mut joined = String::new();
+            for (i, (_, value)) in lines.enumerate() {
+                if i > 0 {
+                    joined.push_str(", ");
+                }
+                joined.push_str(printable(value)?.trim_matches([' ', '\t']));
+            }
+            joined
+        }
+    })
+}
+
+/// The signature base (§2.5): one `"{component}": {value}` line per covered
+/// component, then `"@signature-params": {params}` with no newline after it.
+pub fn signature_base(message: &Message<'_>, params: &InnerList) -> Result<String, BaseError> {
+    let mut base = String::with_capacity(512);
+    let mut seen: Vec<&str> = Vec::with_capacity(params.items.len());
+    for item in &params.items {
+        let name = component_name(item)?;
+        if seen.contains(&name) {
+            return Err("a component is covered twice");
+        }
+        seen.push(name);
+        base.push_str(&item.serialize());
+        base.push_str(": ");
+        base.push_str(&component_value(message, name)?);
+        base.push('\n');
+    }
+    base.push_str("\"@signature-params\": ");
+    base.push_str(&inner_list_text(params).ok_or("the signature parameters cannot be serialised")?);
+    Ok(base)
+}
+
+/// A covered component's name: a lowercase string without parameters (`;sf`,
+/// `;key`, `;bs`, `;req` and `;tr` are not supported).
+fn component_name(item: &Item) -> Result<&str, BaseError> {
+    match &item.bare_item {
+        BareItem::String(s) if item.params.is_empty() && !s.as_str().bytes().any(|b| b.is_ascii_uppercase()) => {
+            Ok(s.as_str())
+        }
+        BareItem::String(_) => Err("a component with parameters or capitals"),
+        _ => Err("a component identifier that is not a string"),
+    }
+}
+
+/// The serialisation of an inner list with its parameters.
+fn inner_list_text(list: &InnerList) -> Option<String> {
+    let entry = ListEntry::InnerList(list.clone());
+    let mut ser = sfv::ListSerializer::new();
+    ser.members(std::iter::once(&entry));
+    ser.finish()
+}
+
+fn key(name: &str) -> Option<Key> {
+    Key::from_string(name.to_string()).ok()
+}
+
+fn string_item(value: &str) -> Option<BareItem> {
+    sfv::String::from_string(value.to_string()).ok().map(BareItem::String)
+}
+
+/// The two header values the `app` role adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureFields {
+    pub signature_input: String,
+    pub signature: String,
+}
+
+/// Signs `message` with the ring's first key, covering [`REQUIRED_DERIVED`] and
+/// `fields` sorted by name. `None` when the ring is not HMAC-SHA256 or a value
+/// cannot stand in a signature base.
+pub fn sign(
+    ring: &KeyRing,
+    message: &Message<'_>,
+    fields: &[&str],
+    created: u64,
+    nonce: &str,
+) -> Option<SignatureFields> {
+    if ring.algorithm != Algorithm::HmacSha256 {
+        return None;
+    }
+    let signing_key = ring.signing_key()?;
+    let mut sorted: Vec<&str> = fields.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut items = Vec::with_capacity(REQUIRED_DERIVED.len() + sorted.len());
+    for name in REQUIRED_DERIVED.iter().copied().chain(sorted) {
+        items.push(Item::new(string_item(name)?));
+    }
+    let mut params = Parameters::new();
+    params.insert(key("created")?, BareItem::Integer(i64::try_from(created).ok()?.try_into().ok()?));
+    params.insert(key("keyid")?, string_item(&signing_key.id)?);
+    params.insert(key("alg")?, string_item(ALGORITHM)?);
+    params.insert(key("nonce")?, string_item(nonce)?);
+    let list = InnerList::with_params(items, params);
+    let base = signature_base(message, &list).ok()?;
+    let mac = signing_key.mac_of(base.as_bytes());
+
+    let mut input = Dictionary::new();
+    input.insert(key(LABEL)?, ListEntry::InnerList(list));
+    let mut signature = Dictionary::new();
+    signature.insert(key(LABEL)?, ListEntry::Item(Item::new(BareItem::ByteSequence(mac))));
+    Some(SignatureFields { signature_input: input.serialize()?, signature: signature.serialize()? })
+}
+
+/// A structured field's lines combined as RFC 8941 §4.2 parses them; `None` when absent.
+fn combined(fields: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for (_, value) in fields.iter().filter(|(n, _)| n == name) {
+        match &mut out {
+            None => out = Some(value.clone()),
+            Some(all) => {
+                all.extend_from_slice(b", ");
+                all.extend_from_slice(value);
+            }
+        }
+    }
+    out
+}
+
+/// Our member of `Signature-Input` and of `Signature`. `Missing` when the request
+/// carries no signature with our label; `Bad` when either field does not parse or
+/// the members are not an inner list and a byte sequence.
+pub fn find_signature(fields: &[(String, Vec<u8>)]) -> Result<(InnerList, Vec<u8>), Rejection> {
+    let parse = |name: &str| -> Result<Option<Dictionary>, Rejection> {
+        match combined(fields, name) {
+            None => Ok(None),
+            Some(raw) => Parser::new(&raw).parse::<Dictionary>().map(Some).map_err(|_| Rejection::Bad),
+        }
+    };
+    let input = parse(SIGNATURE_INPUT)?;
+    let signature = parse(SIGNATURE)?;
+    let input_member = input.as_ref().and_then(|d| d.get(LABEL));
+    let signature_member = signature.as_ref().and_then(|d| d.get(LABEL));
+    match (input_member, signature_member) {
+        (None, None) => Err(Rejection::Missing),
+        (Some(ListEntry::InnerList(list)), Some(ListEntry::Item(Item { bare_item: BareItem::ByteSequence(mac), .. }))) => {
+            Ok((list.clone(), mac.clone()))
+        }
+        _ => Err(Rejection::Bad),
+    }
+}
+
+/// What a verified signature leaves for the replay check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The signature's nonce, as the replay memory keys it.
+    pub nonce: Nonce,
+    /// Until when (seconds since the epoch) the nonce must be remembered: as long
+    /// as `created` stays inside the window.
+    pub remember_until: u64,
+}
+
+/// Checks our signature on `message`. `is_protocol_header` names the headers that
+/// must be covered whenever present.
+pub fn verify(
+    ring: &KeyRing,
+    message: &Message<'_>,
+    now: SystemTime,
+    max_skew: Duration,
+    is_protocol_header: impl Fn(&str) -> bool,
+) -> Result<Verified, Rejection> {
+    let (list, mac) = find_signature(message.fields)?;
+    let param = |name: &str| list.params.get(name);
+    let text = |name: &str| match param(name) {
+        Some(BareItem::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let integer = |name: &str| match param(name) {
+        Some(BareItem::Integer(i)) => Some(i64::from(*i)),
+        Some(_) => Some(-1),
+        None => None,
+    };
+    if ring.algorithm != Algorithm::HmacSha256 || text("alg") != Some(ALGORITHM) {
+        return Err(Rejection::Bad);
+    }
+    let key = text("keyid").and_then(|id| ring.key(id)).ok_or(Rejection::Bad)?;
+    let nonce = text("nonce").filter(|n| !n.is_empty()).ok_or(Rejection::Bad)?;
+
+    let now_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let created = integer("created").and_then(|c| u64::try_from(c).ok()).ok_or(Rejection::Stale)?;
+    if now_secs.abs_diff(created) > max_skew.as_secs() {
+        return Err(Rejection::Stale);
+    }
+    if let Some(expires) = integer("expires") {
+        if u64::try_from(expires).map_or(true, |e| e < now_secs) {
+            return Err(Rejection::Stale);
+        }
+    }
+
+    let covered: Vec<&str> = list.items.iter().filter_map(|i| component_name(i).ok()).collect();
+    let uncovered_field = message.fields.iter().any(|(n, _)| is_protocol_header(n) && !covered.contains(&n.as_str()));
+    if uncovered_field || REQUIRED_DERIVED.iter().any(|d| !covered.contains(d)) {
+        return Err(Rejection::Bad);
+    }
+    let base = signature_base(message, &list).map_err(|_| Rejection::Bad)?;
+    if !key.verifies(base.as_bytes(), &mac) {
+        return Err(Rejection::Bad);
+    }
+    Ok(Verified { nonce: nonce_key(nonce), remember_until: created + max_skew.as_secs() + 1 })
+}
+
+/// The replay memory's key for an RFC 9421 nonce (any string): a digest, kept
+/// apart from v1's raw nonces by a prefix.
+pub fn nonce_key(nonce: &str) -> Nonce {
+    let digest = Sha256::new().chain_update(b"wsgiproxy-rfc9421-nonce\n").chain_update(nonce.as_bytes()).finalize();
+    let mut key = [0u8; NONCE_LEN];
+    key.copy_from_slice(&digest[..NONCE_LEN]);
+    key
+}
+
+/// `Signature-Input` or `Signature` without our member, to pass on once it is
+/// consumed: `None` when nothing else is left (or the field does not parse, in
+/// which case no other verifier could use it either).
+pub fn without_our_member(value: &[u8]) -> Option<String> {
+    let mut dictionary = Parser::new(value).parse::<Dictionary>().ok()?;
+    dictionary.shift_remove(LABEL);
+    dictionary.serialize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+    /// RFC 9421 Appendix B.1.5, "test-shared-secret".
+    const RFC_SHARED_SECRET: &str =
+        "uzvJfB4u3N0Jy4T7NZ75MDVcr8zSTInedJtkgcu46YW4XByzNJjxBdtjUkdJPBtbmHhIDi6pcl8jsasjlTMtDQ==";
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()
+    }
+
+    /// The request of RFC 9421 Appendix B.2.
+    fn rfc_request() -> Vec<(String, Vec<u8>)> {
+        fields(&[
+            ("date", "Tue, 20 Apr 2021 02:07:55 GMT"),
+            ("content-type", "application/json"),
+            ("content-digest", "sha-512=:WZDPaVn/7XgHaAy8pmojAkGWoRx2UFChF41A2svX+TaPm+AbwAgBWnrIiYllu7BNNyealdVLvRwEmTHWXvJwew==:"),
+            ("content-length", "18"),
+        ])
+    }
+
+    fn message<'a>(target: &'a str, authority: &'a str, f: &'a [(String, Vec<u8>)]) -> Message<'a> {
+        Message { method: b"POST", https: false, authority: authority.as_bytes(), target: target.as_bytes(), fields: f }
+    }
+
+    fn ring(id: &str, secret: &[u8]) -> KeyRing {
+        KeyRing::new(Algorithm::HmacSha256, &[(id.to_string(), secret.to_vec())]).unwrap()
+    }
+
+    fn input_member(value: &str) -> InnerList {
+        match Parser::new(value).parse::<Dictionary>().unwrap().get("sig-b25") {
+            Some(ListEntry::InnerList(l)) => l.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rfc_9421_appendix_b_2_5_hmac_sha256() {
+        let f = rfc_request();
+        let m = message("/foo?param=Value&Pet=dog", "example.com", &f);
+        let list = input_member(r#"sig-b25=("date" "@authority" "content-type");created=1618884473;keyid="test-shared-secret""#);
+        let base = signature_base(&m, &list).unwrap();
+        assert_eq!(
+            base,
+            "\"date\": Tue, 20 Apr 2021 02:07:55 GMT\n\
+             \"@authority\": example.com\n\
+             \"content-type\": application/json\n\
+             \"@signature-params\": (\"date\" \"@authority\" \"content-type\");created=1618884473;keyid=\"test-shared-secret\""
+        );
+        let secret = B64.decode(RFC_SHARED_SECRET).unwrap();
+        let r = ring("test-shared-secret", &secret);
+        let key = r.key("test-shared-secret").unwrap();
+        let mac = key.mac_of(base.as_bytes());
+        assert_eq!(B64.encode(&mac), "pxcQw6G3AjtMBQjwo8XzkZf/bws5LelbaMk5rGIGtE8=");
+        assert!(key.verifies(base.as_bytes(), &mac));
+        let mut flipped = mac.clone();
+        flipped[0] ^= 1;
+        assert!(!key.verifies(base.as_bytes(), &flipped));
+        // The Signature field of the appendix parses to the same MAC.
+        let with_sig = [
+            f.clone(),
+            fields(&[
+                ("signature-input", r#"sig-b25=("date" "@authority" "content-type");created=1618884473;keyid="test-shared-secret""#),
+                ("signature", "sig-b25=:pxcQw6G3AjtMBQjwo8XzkZf/bws5LelbaMk5rGIGtE8=:"),
+            ]),
+        ]
+        .concat();
+        let parsed = Parser::new(&combined(&with_sig, SIGNATURE).unwrap()).parse::<Dictionary>().unwrap();
+        assert_eq!(parsed.get("sig-b25"), Some(&ListEntry::Item(Item::new(BareItem::ByteSequence(mac)))));
+    }
+
+    #[test]
+    fn derived_components() {
+        let f = fields(&[]);
+        let m = message("/foo?param=Value&Pet=dog", "Example.COM:80", &f);
+        assert_eq!(component_value(&m, "@method").unwrap(), "POST");
+        assert_eq!(component_value(&m, "@authority").unwrap(), "example.com");
+        assert_eq!(component_value(&m, "@path").unwrap(), "/foo");
+        assert_eq!(component_value(&m, "@query").unwrap(), "?param=Value&Pet=dog");
+        assert_eq!(component_value(&m, "@request-target").unwrap(), "/foo?param=Value&Pet=dog");
+        assert_eq!(component_value(&m, "@target-uri").unwrap(), "http://Example.COM:80/foo?param=Value&Pet=dog");
+        assert_eq!(component_value(&m, "@scheme").unwrap(), "http");
+        assert!(component_value(&m, "@status").is_err());
+        assert!(component_value(&m, "@query-param").is_err());
+        // An absent query is "?" alone; so is an empty one.
+        assert_eq!(component_value(&message("/p", "h", &f), "@query").unwrap(), "?");
+        assert_eq!(component_value(&message("/p?", "h", &f), "@query").unwrap(), "?");
+        let list = InnerList::new(vec![Item::new(string_item("@query").unwrap())]);
+        assert_eq!(signature_base(&message("/p", "h", &f), &list).unwrap(), "\"@query\": ?\n\"@signature-params\": (\"@query\")");
+    }
+
+    #[test]
+    fn authorities_are_normalised() {
+        assert_eq!(normalize_authority("Backend:80", false), "backend");
+        assert_eq!(normalize_authority("backend:080", false), "backend");
+        assert_eq!(normalize_authority("backend:443", false), "backend:443");
+        assert_eq!(normalize_authority("backend:443", true), "backend");
+        assert_eq!(normalize_authority("backend:8080", true), "backend:8080");
+        assert_eq!(normalize_authority("[2001:DB8::1]:80", false), "[2001:db8::1]");
+        assert_eq!(normalize_authority("[2001:db8::1]", false), "[2001:db8::1]");
+        assert_eq!(normalize_authority("[2001:db8::1]:8080", false), "[2001:db8::1]:8080");
+        assert_eq!(normalize_authority("10.0.0.1:80", false), "10.0.0.1");
+    }
+
+    #[test]
+    fn repeated_fields_are_combined() {
+        let f = fields(&[("x-list", " a "), ("other", "z"), ("x-list", "b,c"), ("x-empty", "")]);
+        let m = message("/", "h", &f);
+        assert_eq!(component_value(&m, "x-list").unwrap(), "a, b,c");
+        assert_eq!(component_value(&m, "x-empty").unwrap(), "");
+        assert_eq!(component_value(&m, "x-absent"), Err("a covered header field is absent"));
+        let bad = fields(&[("x-bin", "caf\u{e9}")]);
+        assert!(component_value(&message("/", "h", &bad), "x-bin").is_err());
+    }
+
+    fn app_message<'a>(f: &'a [(String, Vec<u8>)]) -> Message<'a> {
+        Message { method: b"GET", https: false, authority: b"backend:8080", target: b"/app/x?y=1", fields: f }
+    }
+
+    const NOW: u64 = 1_795_485_600;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(NOW)
+    }
+
+    fn protocol(name: &str) -> bool {
+        crate::signature::is_signed_header(name)
+    }
+
+    /// Signs the protocol headers of `f` and returns them with the two signature fields added.
+    fn signed(r: &KeyRing, f: &[(String, Vec<u8>)], created: u64) -> Vec<(String, Vec<u8>)> {
+        let names: Vec<&str> = f.iter().map(|(n, _)| n.as_str()).filter(|n| protocol(n)).collect();
+        let s = sign(r, &app_message(f), &names, created, "00112233445566778899aabbccddeeff").unwrap();
+        [f.to_vec(), fields(&[("signature-input", &s.signature_input), ("signature", &s.signature)])].concat()
+    }
+
+    #[test]
+    fn signs_what_the_app_sends_and_verifies_it() {
+        let r = ring("k1", b"0123456789abcdef");
+        let f = fields(&[("x-wsgiproxy-version", "0.1"), ("accept", "*/*"), ("x-forwarded-for", "10.0.0.1")]);
+        let names = ["x-wsgiproxy-version", "x-forwarded-for"];
+        let s = sign(&r, &app_message(&f), &names, NOW, "00112233445566778899aabbccddeeff").unwrap();
+        assert_eq!(
+            s.signature_input,
+            r#"wsgiproxy=("@method" "@authority" "@path" "@query" "x-forwarded-for" "x-wsgiproxy-version");created=1795485600;keyid="k1";alg="hmac-sha256";nonce="00112233445566778899aabbccddeeff""#
+        );
+        // The MAC over the documented base, computed independently.
+        let base = "\"@method\": GET\n\"@authority\": backend:8080\n\"@path\": /app/x\n\"@query\": ?y=1\n\
+                    \"x-forwarded-for\": 10.0.0.1\n\"x-wsgiproxy-version\": 0.1\n\"@signature-params\": "
+            .to_string()
+            + s.signature_input.trim_start_matches("wsgiproxy=");
+        let expected = r.key("k1").unwrap().mac_of(base.as_bytes());
+        assert_eq!(s.signature, format!("wsgiproxy=:{}:", B64.encode(expected)));
+
+        let all = signed(&r, &f, NOW);
+        let v = verify(&r, &app_message(&all), now(), Duration::from_secs(300), protocol).unwrap();
+        assert_eq!(v.nonce, nonce_key("00112233445566778899aabbccddeeff"));
+        assert_eq!(v.remember_until, NOW + 301);
+        // Any key of the ring verifies; SHA-1 rings neither sign nor verify this format.
+        let rotated = KeyRing::new(
+            Algorithm::HmacSha256,
+            &[("k2".into(), b"another-key-0123456".to_vec()), ("k1".into(), b"0123456789abcdef".to_vec())],
+        )
+        .unwrap();
+        assert!(verify(&rotated, &app_message(&all), now(), Duration::from_secs(300), protocol).is_ok());
+        let sha1 = KeyRing::new(Algorithm::HmacSha1, &[("k1".into(), b"0123456789abcdef".to_vec())]).unwrap();
+        assert!(sign(&sha1, &app_message(&f), &names, NOW, "n").is_none());
+        assert_eq!(verify(&sha1, &app_message(&all), now(), Duration::from_secs(300), protocol), Err(Rejection::Bad));
+    }
+
+    #[test]
+    fn verification_refuses() {
+        let r = ring("k1", b"0123456789abcdef");
+        let skew = Duration::from_secs(300);
+        let f = fields(&[("x-wsgiproxy-version", "0.1"), ("x-forwarded-for", "10.0.0.1")]);
+        let all = signed(&r, &f, NOW);
+        let check = |f: &[(String, Vec<u8>)]| verify(&r, &app_message(f), now(), skew, protocol);
+        assert!(check(&all).is_ok());
+
+        // Tampered component, added protocol header, unsigned request.
+        let mut tampered = all.clone();
+        tampered[1].1 = b"10.0.0.2".to_vec();
+        assert_eq!(check(&tampered), Err(Rejection::Bad));
+        let added = [all.clone(), fields(&[("x-script-name", "/evil")])].concat();
+        assert_eq!(check(&added), Err(Rejection::Bad));
+        let unrelated = [all.clone(), fields(&[("accept", "*/*")])].concat();
+        assert!(check(&unrelated).is_ok(), "headers outside the protocol need no coverage");
+        assert_eq!(check(&f), Err(Rejection::Missing));
+        let moved = Message { target: b"/app/x?y=2", ..app_message(&all) };
+        assert_eq!(verify(&r, &moved, now(), skew, protocol), Err(Rejection::Bad));
+
+        // Stale either way; in the window at its edges.
+        assert_eq!(check(&signed(&r, &f, NOW - 301)), Err(Rejection::Stale));
+        assert_eq!(check(&signed(&r, &f, NOW + 301)), Err(Rejection::Stale));
+        assert!(check(&signed(&r, &f, NOW - 300)).is_ok());
+
+        // Another key, another label only.
+        let other = ring("k1", b"fedcba9876543210");
+        assert_eq!(check(&signed(&other, &f, NOW)), Err(Rejection::Bad));
+        let relabelled: Vec<(String, Vec<u8>)> = all
+            .iter()
+            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).replace("wsgiproxy=", "other=").into_bytes()))
+            .collect();
+        assert_eq!(check(&relabelled), Err(Rejection::Missing));
+    }
+
+    /// A signature made by hand from the given Signature-Input member, to test the policy.
+    fn hand_signed(r: &KeyRing, f: &[(String, Vec<u8>)], member: &str) -> Vec<(String, Vec<u8>)> {
+        let input = format!("wsgiproxy={member}");
+        let list = match Parser::new(&input).parse::<Dictionary>().unwrap().get(LABEL) {
+            Some(ListEntry::InnerList(l)) => l.clone(),
+            other => panic!("{other:?}"),
+        };
+        let base = signature_base(&app_message(f), &list).unwrap();
+        let mac = r.key("k1").map(|k| k.mac_of(base.as_bytes())).unwrap_or_default();
+        let sig = format!("other=:AAAA:, wsgiproxy=:{}:", B64.encode(mac));
+        [f.to_vec(), fields(&[("signature-input", &format!("other=(\"@method\");created=1, {input}")), ("signature", &sig)])]
+            .concat()
+    }
+
+    #[test]
+    fn parameters_policy() {
+        let r = ring("k1", b"0123456789abcdef");
+        let f = fields(&[("x-wsgiproxy-version", "0.1")]);
+        let check = |member: &str| {
+            verify(&r, &app_message(&hand_signed(&r, &f, member)), now(), Duration::from_secs(300), protocol)
+        };
+        let all = r#"("@method" "@authority" "@path" "@query" "x-wsgiproxy-version")"#;
+        let ok = format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
+        assert!(check(&ok).is_ok(), "other labels are ignored");
+        // Parameter order and extra components are free.
+        assert!(check(&format!(r#"("@query" "@path" "x-wsgiproxy-version" "@authority" "@method" "@scheme");nonce="n1";alg="hmac-sha256";keyid="k1";created={NOW};tag="t""#)).is_ok());
+        assert!(check(&format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1";expires={}"#, NOW + 1)).is_ok());
+        assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1";expires={}"#, NOW - 1)), Err(Rejection::Stale));
+        assert_eq!(check(&format!(r#"{all};keyid="k1";alg="hmac-sha256";nonce="n1""#)), Err(Rejection::Stale));
+        assert_eq!(check(&format!(r#"{all};created="{NOW}";keyid="k1";alg="hmac-sha256";nonce="n1""#)), Err(Rejection::Stale));
+        assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k1";nonce="n1""#)), Err(Rejection::Bad), "alg is required");
+        assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k1";alg="rsa-pss-sha512";nonce="n1""#)), Err(Rejection::Bad));
+        assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k9";alg="hmac-sha256";nonce="n1""#)), Err(Rejection::Bad));
+        assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256""#)), Err(Rejection::Bad), "nonce is required");
+        // Each derived component is required; none may be covered twice or carry parameters.
+        let no_query = format!(r#"("@method" "@authority" "@path" "x-wsgiproxy-version");created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
+        assert_eq!(check(&no_query), Err(Rejection::Bad));
+        let twice = format!(r#"("@method" "@method" "@authority" "@path" "@query" "x-wsgiproxy-version");created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
+        assert_eq!(verify(&r, &app_message(&fields(&[])), now(), Duration::from_secs(300), protocol).err(), Some(Rejection::Missing));
+        assert!(signature_base(&app_message(&f), &input_member(&format!("sig-b25={twice}"))).is_err());
+    }
+
+    #[test]
+    fn consumed_member_is_removed() {
+        assert_eq!(without_our_member(br#"wsgiproxy=("@method");created=1, other=("@path")"#).as_deref(), Some(r#"other=("@path")"#));
+        assert_eq!(without_our_member(b"wsgiproxy=:AAAA:"), None);
+        assert_eq!(without_our_member(b"not a dictionary ("), None);
+    }
+
+    #[test]
+    fn malformed_input_never_panics() {
+        let r = ring("k1", b"0123456789abcdef");
+        let inputs: [&[u8]; 12] = [
+            b"",
+            b"wsgiproxy",
+            b"wsgiproxy=",
+            b"wsgiproxy=(",
+            b"wsgiproxy=(\"@method\";created=99999999999999999",
+            b"wsgiproxy=(1 2 3);created=1",
+            b"wsgiproxy=(\"@METHOD\");created=1",
+            b"wsgiproxy=(\"x\";sf);created=-5;expires=-1",
+            b"wsgiproxy=:!!!:",
+            b"\xff\xfe",
+            b"wsgiproxy=(\"@method\");created=1795485600;keyid=\"k1\";alg=\"hmac-sha256\";nonce=\"\"",
+            b"wsgiproxy=%\"display\"",
+        ];
+        for input in inputs {
+            for sig in [&b"wsgiproxy=:AAAA:"[..], b"wsgiproxy=1", b"", b"(("] {
+                let f = vec![
+                    ("signature-input".to_string(), input.to_vec()),
+                    ("signature".to_string(), sig.to_vec()),
+                    ("x-bin".to_string(), b"\x00\xff".to_vec()),
+                ];
+                assert!(verify(&r, &app_message(&f), now(), Duration::from_secs(300), protocol).is_err());
+                let _ = without_our_member(input);
+            }
+        }
+    }
+}
