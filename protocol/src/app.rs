@@ -10,6 +10,7 @@ use crate::headers::*;
 use crate::paths::{has_unsafe_segment, join_query, split_query, strip_segment_prefix, with_query};
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 use crate::response::ClientView;
+use crate::rfc9421::{self, SignatureFormat};
 use crate::signature::{format_date, is_signed_header, sign, Nonce, SignedParts};
 use crate::trust::{ClientAddress, Downstream, PEER_UNKNOWN, PEER_UNKNOWN_DETAIL};
 
@@ -190,6 +191,12 @@ pub fn decide(
     edits.set(PATH, new_target.clone());
     edits.set(AUTHORITY, config.href.authority.as_str());
 
+    if config.signature_format == SignatureFormat::Rfc9421 {
+        if let Err(reply) = sign_rfc9421(config, req, &new_target, &mut edits, outcome) {
+            return Decision::Reply(reply);
+        }
+        return edits.into_decision();
+    }
     if let Some(ring) = &config.signing {
         let date = format_date(req.now);
         let method = head.get(METHOD).unwrap_or(b"GET").to_vec();
@@ -213,6 +220,39 @@ pub fn decide(
         }
     }
     edits.into_decision()
+}
+
+/// Signs what is sent as RFC 9421 asks (see [`crate::rfc9421`]): `Signature-Input`
+/// and `Signature` over the method, authority, path, query and every protocol header.
+fn sign_rfc9421(
+    config: &AppConfig,
+    req: &AppRequest<'_>,
+    target: &str,
+    edits: &mut Edits,
+    outcome: &mut AppOutcome,
+) -> Result<(), LocalReply> {
+    let Some(ring) = &config.signing else { return Ok(()) };
+    let https = config.href.scheme == "https";
+    // Sent in its normal form (no default port), which any receiver, over TLS or
+    // not, reads as the `@authority` that was signed.
+    let authority = rfc9421::normalize_authority(&config.href.authority, https);
+    edits.set(AUTHORITY, authority.as_str());
+    let fields: Vec<(String, Vec<u8>)> = edits.set.iter().filter(|(n, _)| is_signed_header(n)).cloned().collect();
+    let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+    let message = rfc9421::Message {
+        method: req.head.get(METHOD).unwrap_or(b"GET"),
+        https,
+        authority: authority.as_bytes(),
+        target: target.as_bytes(),
+        fields: &fields,
+    };
+    let created = req.now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let signed = rfc9421::sign(ring, &message, &names, created, &hex::encode(req.nonce))
+        .ok_or_else(|| LocalReply::new(400, "unsignable", "a value sent cannot stand in an RFC 9421 signature base"))?;
+    edits.set(rfc9421::SIGNATURE_INPUT, signed.signature_input);
+    edits.set(rfc9421::SIGNATURE, signed.signature);
+    outcome.signed = true;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -346,6 +386,32 @@ mod tests {
         // A Host with one is not host[:port] to begin with.
         let Decision::Reply(r) = run(&c, &head(&[(":path", "/a"), (":authority", "h\u{7f}")])) else { panic!() };
         assert_eq!(r.reason, "bad_host");
+    }
+
+    #[test]
+    fn signs_rfc9421_what_it_sends() {
+        let c = app(r#"{"role":"app","href":"http://Backend/app","signature_format":"rfc9421",
+                        "string_keys":[{"key":"REMOTE_USER","value":"bob"}],
+                        "secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}}"#);
+        let e = edits(run(&c, &head(&[(":method", "POST"), (":path", "/x"), (":authority", "h"), ("signature", "client=:AAAA:")])));
+        assert_eq!(e.value_of("x-wsgiproxy-signature"), None);
+        assert_eq!(e.value_of("date"), None);
+        assert_eq!(text(&e, ":authority").as_deref(), Some("backend"), "the default port is left out");
+        let input = text(&e, "signature-input").unwrap();
+        assert_eq!(
+            input,
+            r#"wsgiproxy=("@method" "@authority" "@path" "@query" "x-forwarded-for" "x-forwarded-scheme" "x-forwarded-server" "x-traversal-path" "x-wsgiproxy-str-0" "x-wsgiproxy-version");created=1795485600;keyid="k1";alg="hmac-sha256";nonce="05050505050505050505050505050505""#
+        );
+        // What the middleware receives verifies.
+        let received: Vec<(String, Vec<u8>)> = e.set.iter().filter(|(n, _)| !n.starts_with(':')).cloned().collect();
+        assert_eq!(received.iter().filter(|(n, _)| n == "signature").count(), 1, "the client's signature is replaced");
+        let message = rfc9421::Message { method: b"POST", https: false, authority: b"backend", target: b"/app/x", fields: &received };
+        let verified = rfc9421::verify(c.signing.as_ref().unwrap(), &message, run_time(), std::time::Duration::from_secs(5), is_signed_header);
+        assert!(verified.is_ok(), "{verified:?}");
+    }
+
+    fn run_time() -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_485_600)
     }
 
     #[test]

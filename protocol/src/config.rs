@@ -12,6 +12,7 @@ use crate::codec::Family;
 use crate::headers::{is_lowercase_token, is_reserved_name};
 use crate::href::Href;
 use crate::paths::normalize_prefix;
+use crate::rfc9421::SignatureFormat;
 use crate::signature::{Algorithm, KeyRing};
 use crate::trust::{ClientAddress, Needs, Principal};
 
@@ -61,6 +62,8 @@ struct RawApp {
     #[serde(default)]
     algorithm: Option<String>,
     #[serde(default)]
+    signature_format: Option<String>,
+    #[serde(default)]
     rewrite_response: Option<bool>,
     #[serde(default)]
     client_address: Option<String>,
@@ -107,6 +110,8 @@ struct RawMiddleware {
     secret: Option<RawSecret>,
     #[serde(default)]
     algorithm: Option<String>,
+    #[serde(default)]
+    signature_format: Option<String>,
     #[serde(default, deserialize_with = "lenient_u64")]
     max_skew_seconds: Option<u64>,
     #[serde(default)]
@@ -218,6 +223,8 @@ pub struct AppConfig {
     pub script_name: Option<String>,
     pub keys: Vec<KeySpec>,
     pub signing: Option<KeyRing>,
+    /// How requests are signed: `X-WSGIProxy-Signature` or RFC 9421.
+    pub signature_format: SignatureFormat,
     /// Rewrite `Location`, `Content-Location` and `Set-Cookie` paths back to the client's view.
     pub rewrite_response: bool,
     /// Which address is sent as X-Forwarded-For.
@@ -255,6 +262,8 @@ pub struct MiddlewareConfig {
     /// Which address describes the client of a request whose headers are not believed.
     pub client_address: ClientAddress,
     pub verify: Option<KeyRing>,
+    /// Which signatures are verified: `X-WSGIProxy-Signature` or RFC 9421.
+    pub signature_format: SignatureFormat,
     pub max_skew: Duration,
     pub forced_prefix: ForcedPrefix,
     pub scheme: Option<String>,
@@ -403,12 +412,14 @@ fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>) -> Result<App
             keys.push(validate_key(family, &format!("{field}[{i}]"), k)?);
         }
     }
-    let signing = key_ring(raw.secret, raw.algorithm.as_deref(), env)?;
+    let (signature_format, algorithm) = signature_format(raw.signature_format.as_deref(), raw.algorithm.as_deref())?;
+    let signing = key_ring(raw.secret, algorithm, env)?;
     Ok(AppConfig {
         href,
         script_name,
         keys,
         signing,
+        signature_format,
         rewrite_response: raw.rewrite_response.unwrap_or(true),
         client_address: client_address(raw.client_address.as_deref())?,
     })
@@ -517,7 +528,8 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    let verify = key_ring(raw.secret, raw.algorithm.as_deref(), env)?;
+    let (signature_format, algorithm) = signature_format(raw.signature_format.as_deref(), raw.algorithm.as_deref())?;
+    let verify = key_ring(raw.secret, algorithm, env)?;
     if raw.trust_ips.is_none() && trust_principals.is_none() && verify.is_none() {
         return Err(ConfigError::new(
             "trust_ips",
@@ -592,6 +604,7 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
         trust_principals,
         client_address: client_address(raw.client_address.as_deref())?,
         verify,
+        signature_format,
         max_skew,
         forced_prefix,
         scheme,
@@ -602,6 +615,27 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
         allow_pickle: raw.allow_pickle,
         on_untrusted,
     })
+}
+
+/// The signature format, and the algorithm to use with it: RFC 9421 defines
+/// `hmac-sha256` only, which is then the default, and `hmac-sha1` is refused.
+fn signature_format<'a>(
+    format: Option<&str>,
+    algorithm: Option<&'a str>,
+) -> Result<(SignatureFormat, Option<&'a str>), ConfigError> {
+    let format = match format {
+        None => SignatureFormat::V1,
+        Some(name) => SignatureFormat::from_name(name)
+            .ok_or_else(|| ConfigError::new("signature_format", format!("{name:?} is not \"v1\" or \"rfc9421\"")))?,
+    };
+    match (format, algorithm) {
+        (SignatureFormat::Rfc9421, None) => Ok((format, Some(Algorithm::HmacSha256.name()))),
+        (SignatureFormat::Rfc9421, Some(name)) if name != Algorithm::HmacSha256.name() => Err(ConfigError::new(
+            "algorithm",
+            format!("{name:?} cannot sign RFC 9421 signatures (signature_format \"rfc9421\"): use \"hmac-sha256\""),
+        )),
+        _ => Ok((format, algorithm)),
+    }
 }
 
 #[cfg(test)]
@@ -692,6 +726,33 @@ mod tests {
         assert_eq!(mw.port, Some(8443));
         assert_eq!(mw.keys["REMOTE_USER"], "x-remote-user");
         assert_eq!(mw.on_untrusted, OnUntrusted::Reject);
+    }
+
+    #[test]
+    fn signature_formats() {
+        let secret = r#""secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}"#;
+        let app = |extra: &str| parse(format!(r#"{{"role":"app","href":"http://x/",{secret}{extra}}}"#).as_bytes(), &no_env);
+        let Ok(Config::App(a)) = app("") else { panic!() };
+        assert_eq!(a.signature_format, SignatureFormat::V1);
+        assert_eq!(a.signing.map(|r| r.algorithm), Some(Algorithm::HmacSha1));
+        let Ok(Config::App(a)) = app(r#","signature_format":"rfc9421""#) else { panic!() };
+        assert_eq!(a.signature_format, SignatureFormat::Rfc9421);
+        assert_eq!(a.signing.map(|r| r.algorithm), Some(Algorithm::HmacSha256), "RFC 9421 defaults to hmac-sha256");
+        let Ok(Config::App(a)) = app(r#","signature_format":"rfc9421","algorithm":"hmac-sha256""#) else { panic!() };
+        assert_eq!(a.signature_format, SignatureFormat::Rfc9421);
+        let Ok(Config::App(a)) = app(r#","signature_format":"v1""#) else { panic!() };
+        assert_eq!(a.signature_format, SignatureFormat::V1);
+        let Err(e) = app(r#","signature_format":"rfc9421","algorithm":"hmac-sha1""#) else { panic!() };
+        assert_eq!(e.field, "algorithm");
+        assert!(e.to_string().contains("RFC 9421"), "{e}");
+        let Err(e) = app(r#","signature_format":"cavage""#) else { panic!() };
+        assert_eq!(e.field, "signature_format");
+        let mw = |extra: &str| parse(format!(r#"{{"role":"middleware",{secret}{extra}}}"#).as_bytes(), &no_env);
+        let Ok(Config::Middleware(m)) = mw(r#","signature_format":"rfc9421""#) else { panic!() };
+        assert_eq!(m.signature_format, SignatureFormat::Rfc9421);
+        assert_eq!(m.verify.map(|r| r.algorithm), Some(Algorithm::HmacSha256));
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"signature_format":"rfc9421","algorithm":"hmac-sha1"}"#).field, "algorithm");
+        assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"signature_format":1}"#).field, "signature_format");
     }
 
     #[test]

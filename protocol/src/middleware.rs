@@ -11,6 +11,7 @@ use crate::config::{ForcedPrefix, MiddlewareConfig, OnUntrusted};
 use crate::headers::*;
 use crate::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix, with_query};
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
+use crate::rfc9421::{self, SignatureFormat};
 use crate::signature::{check_date, verify_mac, Nonce, Rejection, SignatureHeader, SignedParts};
 use crate::trust::Downstream;
 
@@ -247,6 +248,7 @@ pub fn decide(
     for (header, value) in believed.keys {
         edits.set(&header, value);
     }
+    strip_consumed_rfc9421_signature(config, head, &mut edits);
     edits.into_decision()
 }
 
@@ -296,6 +298,9 @@ fn verify(
     req: &MiddlewareRequest<'_>,
     nonces: &mut dyn NonceMemory,
 ) -> Result<(), Result<Rejection, Decision>> {
+    if config.signature_format == SignatureFormat::Rfc9421 {
+        return verify_rfc9421(config, ring, req, nonces);
+    }
     let head = req.head;
     let Some(raw) = head.get(X_WSGIPROXY_SIGNATURE) else {
         return Err(Ok(Rejection::Missing));
@@ -319,12 +324,53 @@ fn verify(
             .collect(),
     };
     verify_mac(ring, &signature, &parts).map_err(Ok)?;
-    let now_secs = req
-        .now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    match nonces.remember(&signature.nonce, date_secs + config.max_skew.as_secs() + 1, now_secs) {
+    remember_nonce(nonces, &signature.nonce, date_secs + config.max_skew.as_secs() + 1, req.now)
+}
+
+/// Verifies an RFC 9421 signature (see [`crate::rfc9421`]) with the same keys,
+/// window and replay memory as v1.
+fn verify_rfc9421(
+    config: &MiddlewareConfig,
+    ring: &crate::signature::KeyRing,
+    req: &MiddlewareRequest<'_>,
+    nonces: &mut dyn NonceMemory,
+) -> Result<(), Result<Rejection, Decision>> {
+    let head = req.head;
+    let message = rfc9421::Message {
+        method: head.get(METHOD).unwrap_or_default(),
+        https: req.https,
+        authority: head.get(AUTHORITY).unwrap_or_default(),
+        target: head.get(PATH).unwrap_or_default(),
+        fields: &head.headers,
+    };
+    let verified = rfc9421::verify(ring, &message, req.now, config.max_skew, crate::signature::is_signed_header).map_err(Ok)?;
+    remember_nonce(nonces, &verified.nonce, verified.remember_until, req.now)
+}
+
+/// RFC 9421: our member of `Signature-Input` and `Signature` is consumed like the
+/// protocol headers; other signatures pass on untouched.
+fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHead, edits: &mut Edits) {
+    if config.signature_format != SignatureFormat::Rfc9421 {
+        return;
+    }
+    for name in [rfc9421::SIGNATURE_INPUT, rfc9421::SIGNATURE] {
+        match rfc9421::combined(&head.headers, name).map(|v| rfc9421::without_our_member(&v)) {
+            Some(rfc9421::Consumed::Rest(rest)) => edits.set(name, rest),
+            Some(rfc9421::Consumed::All) => edits.remove(name),
+            Some(rfc9421::Consumed::NotOurs) | None => {}
+        }
+    }
+}
+
+/// Records a verified signature's nonce; a replay or an unusable memory is refused.
+fn remember_nonce(
+    nonces: &mut dyn NonceMemory,
+    nonce: &Nonce,
+    remember_until: u64,
+    now: SystemTime,
+) -> Result<(), Result<Rejection, Decision>> {
+    let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    match nonces.remember(nonce, remember_until, now_secs) {
         Ok(true) => Ok(()),
         Ok(false) => Err(Ok(Rejection::Replayed)),
         Err(e) => Err(Err(Decision::Reply(

@@ -123,6 +123,7 @@ pub fn component_value(message: &Message<'_>, name: &str) -> Result<String, Base
         // An absent query is `?` alone (§2.2.7).
         "@query" => format!("?{}", query.unwrap_or("")),
         derived if derived.starts_with('@') => return Err("an unsupported derived component"),
+        pseudo if pseudo.starts_with(':') => return Err("a pseudo-header is not a field"),
         field => {
             // Every field line, trimmed, joined with ", " in order (§2.1).
             let mut lines = message.fields.iter().filter(|(n, _)| n == field).peekable();
@@ -235,7 +236,7 @@ pub fn sign(
 }
 
 /// A structured field's lines combined as RFC 8941 §4.2 parses them; `None` when absent.
-fn combined(fields: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
+pub fn combined(fields: &[(String, Vec<u8>)], name: &str) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
     for (_, value) in fields.iter().filter(|(n, _)| n == name) {
         match &mut out {
@@ -340,13 +341,28 @@ pub fn nonce_key(nonce: &str) -> Nonce {
     key
 }
 
-/// `Signature-Input` or `Signature` without our member, to pass on once it is
-/// consumed: `None` when nothing else is left (or the field does not parse, in
-/// which case no other verifier could use it either).
-pub fn without_our_member(value: &[u8]) -> Option<String> {
-    let mut dictionary = Parser::new(value).parse::<Dictionary>().ok()?;
-    dictionary.shift_remove(LABEL);
-    dictionary.serialize()
+/// What is left of `Signature-Input` or `Signature` once our member is consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// No member of ours (or not a dictionary): the field is left as it is.
+    NotOurs,
+    /// Ours was the only member: the field goes.
+    All,
+    /// The other members, serialised.
+    Rest(String),
+}
+
+pub fn without_our_member(value: &[u8]) -> Consumed {
+    let Ok(mut dictionary) = Parser::new(value).parse::<Dictionary>() else {
+        return Consumed::NotOurs;
+    };
+    if dictionary.shift_remove(LABEL).is_none() {
+        return Consumed::NotOurs;
+    }
+    match dictionary.serialize() {
+        Some(rest) => Consumed::Rest(rest),
+        None => Consumed::All,
+    }
 }
 
 #[cfg(test)]
@@ -603,9 +619,13 @@ mod tests {
 
     #[test]
     fn consumed_member_is_removed() {
-        assert_eq!(without_our_member(br#"wsgiproxy=("@method");created=1, other=("@path")"#).as_deref(), Some(r#"other=("@path")"#));
-        assert_eq!(without_our_member(b"wsgiproxy=:AAAA:"), None);
-        assert_eq!(without_our_member(b"not a dictionary ("), None);
+        assert_eq!(
+            without_our_member(br#"wsgiproxy=("@method");created=1, other=("@path")"#),
+            Consumed::Rest(r#"other=("@path")"#.into())
+        );
+        assert_eq!(without_our_member(b"wsgiproxy=:AAAA:"), Consumed::All);
+        assert_eq!(without_our_member(b"other=:AAAA:"), Consumed::NotOurs);
+        assert_eq!(without_our_member(b"not a dictionary ("), Consumed::NotOurs);
     }
 
     #[test]

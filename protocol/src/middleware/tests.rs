@@ -423,3 +423,66 @@ fn app_role_needs_its_client_address() {
     let e = forward(app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()));
     assert_eq!(text(&e, "x-forwarded-for").as_deref(), Some("203.0.113.5"));
 }
+
+fn rfc9421(json: &str) -> String {
+    json.replacen("{\"role\"", "{\"signature_format\":\"rfc9421\",\"role\"", 1)
+}
+
+#[test]
+fn rfc9421_round_trip_and_rejections() {
+    let c = mw(&rfc9421(VERIFYING));
+    let app_json = rfc9421(SIGNED_APP);
+    let mut mem = Memory(HashSet::new());
+    let mut h = through_app(&app_json, 1);
+    assert!(h.get("signature-input").is_some() && h.get("x-wsgiproxy-signature").is_none());
+    // Another party's signature rides along: ignored, and passed on without ours.
+    h.headers.push(("signature-input".into(), br#"client=("@method");created=1"#.to_vec()));
+    h.headers.push(("signature".into(), b"client=:AAAA:".to_vec()));
+    let e = forward(run_at(&c, &h, "198.51.100.1", now(), &mut mem));
+    assert_eq!(text(&e, "x-remote-user").as_deref(), Some("bob"));
+    assert_eq!(text(&e, ":path").as_deref(), Some("/p?x=1"));
+    assert_eq!(text(&e, "signature-input").as_deref(), Some(r#"client=("@method");created=1"#));
+    assert_eq!(text(&e, "signature").as_deref(), Some("client=:AAAA:"));
+    // Ours alone: consumed.
+    let e = forward(run(&c, &through_app(&app_json, 9), "198.51.100.1"));
+    assert!(e.remove.contains(&"signature-input".to_string()) && e.remove.contains(&"signature".to_string()));
+    // Replayed, stale.
+    assert_eq!(reply(run_at(&c, &h, "198.51.100.1", now(), &mut mem)).reason, "signature_replayed");
+    let late = now() + Duration::from_secs(301);
+    assert_eq!(reply(run_at(&c, &through_app(&app_json, 2), "198.51.100.1", late, &mut mem)).reason, "signature_stale");
+    // Tampered path, query, header, host, method.
+    for (name, value) in [
+        (":path", "/myapp/admin?x=1"),
+        (":path", "/myapp/p"),
+        ("x-wsgiproxy-str-0", "REMOTE_USER root"),
+        (":authority", "other:1"),
+        (":method", "POST"),
+    ] {
+        let mut t = through_app(&app_json, 3);
+        for (n, v) in t.headers.iter_mut() {
+            if n == name {
+                *v = value.as_bytes().to_vec();
+            }
+        }
+        let r = reply(run(&c, &t, "198.51.100.1"));
+        assert_eq!((r.status, r.reason), (403, "signature_bad"), "{name}");
+    }
+    // A protocol header added on the way is not covered.
+    let mut t = through_app(&app_json, 4);
+    t.headers.push(("x-wsgiproxy-str-1".into(), b"IS_ADMIN yes".to_vec()));
+    assert_eq!(reply(run(&c, &t, "198.51.100.1")).reason, "signature_bad");
+    // Key rotation and a wrong key.
+    let old_app = app_json.replace("\"k2\",\"value\":\"second-secret-key-2\"", "\"k1\",\"value\":\"first-secret-key-11\"");
+    forward(run(&c, &through_app(&old_app, 5), "198.51.100.1"));
+    let wrong = app_json.replace("second-secret-key-2", "not-the-right-key");
+    assert_eq!(reply(run(&c, &through_app(&wrong, 6), "198.51.100.1")).reason, "signature_bad");
+    // A v1 signature is no signature here, and the reverse.
+    let v1_signed = through_app(SIGNED_APP, 7);
+    let mut outcome = MiddlewareOutcome::default();
+    let req = MiddlewareRequest { head: &v1_signed, downstream: peer_at("198.51.100.1"), https: false, now: now() };
+    let e = forward(decide(&c, &req, &mut Memory(HashSet::new()), &mut outcome));
+    assert!(outcome.unsigned && !outcome.trusted);
+    assert_eq!(text(&e, "x-remote-user"), None);
+    let e = forward(run(&mw(VERIFYING), &through_app(&app_json, 8), "198.51.100.1"));
+    assert_eq!(text(&e, "x-remote-user"), None, "a v1 middleware does not read RFC 9421 signatures");
+}
