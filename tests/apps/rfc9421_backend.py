@@ -1,0 +1,57 @@
+"""A backend behind the `app` role (signature_format "rfc9421") that checks each
+request's signature with PyPI's http-message-signatures, as a user's backend
+would, and answers with what the library verified (or why it refused).
+
+    rfc9421_backend.py PORT KEY
+"""
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from http_message_signatures import InvalidSignature
+
+KEY = sys.argv[2].encode()
+
+
+def verify(method, url, headers):
+    # README snippet (keep the two in step: tests/rfc9421_interop.rs checks it)
+    from types import SimpleNamespace
+    from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
+    keys = MappingKeyResolver(public_keys={"k1": KEY}, private_keys={})
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.HMAC_SHA256, key_resolver=keys)
+    result = verifier.verify(SimpleNamespace(method=method, url=url, headers=headers))[0]
+    # end of README snippet
+    return result
+
+
+class Handler(BaseHTTPRequestHandler):
+    def answer(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = f"http://{self.headers['Host']}{self.path}"
+        try:
+            result = verify(self.command, url, self.headers)
+            seen = {
+                "verified": True,
+                "label": result.label,
+                "covered": list(result.covered_components.items()),
+                "parameters": result.parameters,
+            }
+        except InvalidSignature as e:
+            seen = {"verified": False, "error": str(e)}
+        seen["body"] = body.decode("latin-1")
+        out = json.dumps(seen).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    do_GET = do_POST = do_PUT = do_DELETE = answer
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
