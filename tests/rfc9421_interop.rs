@@ -222,6 +222,10 @@ fn requests_signed_by_http_message_signatures_pass_the_middleware_role() {
         label: "wsgiproxy",
         key: KEY_K1,
     };
+    // A header sent as two field lines: the library signs them combined, "a, b".
+    let mut repeated = base("n-repeated");
+    repeated.headers.push(("x-repeated", "a, b"));
+    repeated.covered.push("x-repeated");
     let mut no_header_covered = base("n-partial");
     no_header_covered.covered.retain(|c| *c != "x-wsgiproxy-str-0");
     let signed = signed_by_the_library(&[
@@ -233,6 +237,7 @@ fn requests_signed_by_http_message_signatures_pass_the_middleware_role() {
         no_header_covered,
         ToSign { label: "other", ..base("n-other-label") },
         ToSign { key: "a-different-key-0123456789", ..base("n-other-key") },
+        repeated,
     ]);
 
     // Trusted: the backend gets the decoded keys and the forwarded values.
@@ -265,8 +270,15 @@ fn requests_signed_by_http_message_signatures_pass_the_middleware_role() {
     // Another label only: no signature of ours (401 under on_untrusted: reject).
     refused(send(mw.port, "/p?x=1", &signed[6]), 401, "signature_missing", "other label");
     refused(send(mw.port, "/p?x=1", &signed[7]), 403, "signature_bad", "other key");
+    // Two field lines of one header are combined as RFC 9421 §2.1 says.
+    let mut two_lines: Vec<(String, String)> = signed[8].iter().filter(|(n, _)| n != "x-repeated").cloned().collect();
+    two_lines.push(("X-Repeated".into(), "a".into()));
+    two_lines.push(("X-Repeated".into(), " b".into()));
+    let got = send(mw.port, "/p?x=1", &two_lines).received();
+    assert_eq!(got.all("x-repeated"), ["a", "b"]);
+    assert_eq!(got.header("x-remote-user").as_deref(), Some("alice"));
 
-    assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 1);
+    assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 2);
     assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signature_bad"), 5);
 }
 
