@@ -141,10 +141,12 @@ def peer_filter():
 
 
 def needs_peer(filters):
-    """Whether an HTTP filter is the app or middleware role (which read the peer record)."""
+    """Whether an HTTP filter is an app or middleware role that reads the peer record
+    (all but `client_address: envoy` without `trust_ips`)."""
     for f in filters:
         value = f.get("typed_config", {}).get("config", {}).get("configuration", {}).get("value")
-        if value and json.loads(value).get("role") in ("app", "middleware"):
+        config = json.loads(value) if value else {}
+        if config.get("role") in ("app", "middleware") and (config.get("client_address") != "envoy" or "trust_ips" in config):
             return True
     return False
 
@@ -373,6 +375,7 @@ def variants(echo_port, sidecar_port):
             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": LUA_APP}}}]}),
         ("app role, unsigned", {"filters": app()}),
+        ("app role, unsigned, no peer filter", {"filters": app(client_address="envoy")}),
         ("app role, HMAC-SHA1", {"filters": app(secret=secret, algorithm="hmac-sha1")}),
         ("app role, HMAC-SHA256", {"filters": app(secret=secret, algorithm="hmac-sha256")}),
         ("middleware, trusted peer", {"filters": [wasm_filter("wsgiproxy", WASM, {
