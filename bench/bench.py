@@ -376,6 +376,7 @@ def variants(echo_port, sidecar_port):
             "default_source_code": {"inline_string": LUA_APP}}}]}),
         ("app role, unsigned", {"filters": app()}),
         ("app role, unsigned, no peer filter", {"filters": app(client_address="envoy")}),
+        ("app role, unsigned, scheme declared", {"filters": app(scheme="http")}),
         ("app role, HMAC-SHA1", {"filters": app(secret=secret, algorithm="hmac-sha1")}),
         ("app role, HMAC-SHA256", {"filters": app(secret=secret, algorithm="hmac-sha256")}),
         ("middleware, trusted peer", {"filters": [wasm_filter("wsgiproxy", WASM, {
@@ -541,7 +542,10 @@ def memory(workdir, echo_port, args):
     return out
 
 
-APP_HOST_CALLS = ["read_headers", "property", "property", "set_six", "set_one", "set_one", "set_one", "response_read"]
+# The unsigned app role's host calls per request: the request headers, the peer
+# record, TLS (unless the scheme is declared), its header writes, and the three
+# response headers rewriting may change.
+APP_HOST_CALLS = ["read_headers", "property", "property", "set_six", "set_one", "set_one", "set_one", "response_get_three"]
 
 
 def attribute(workdir, echo_port, args):
@@ -558,8 +562,10 @@ def attribute(workdir, echo_port, args):
         ("+ set one header", empty(["set_one"])),
         ("+ set six headers", empty(["set_six"])),
         ("+ read every response header", empty(["response_read"])),
+        ("+ read three response headers by name", empty(["response_get_three"])),
         ("+ the app role's host calls, nothing else", empty(APP_HOST_CALLS)),
         ("app role, unsigned", {"filters": [wasm_filter("wsgiproxy", WASM, APP_CONFIG)]}),
+        ("app role, unsigned, scheme declared", {"filters": [wasm_filter("wsgiproxy", WASM, dict(APP_CONFIG, scheme="http"))]}),
     ]
     cpu = {}
     for _ in range(args.rounds):

@@ -7,9 +7,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
-use wsgiproxy_protocol::config::Config;
+use wsgiproxy_protocol::config::{Config, DeclaredScheme};
+use wsgiproxy_protocol::href::Href;
 use wsgiproxy_protocol::request::{Decision, LocalReply};
-use wsgiproxy_protocol::response::{rewrite_headers, ClientView};
+use wsgiproxy_protocol::response::{headers_to_read, rewrite_headers, ClientView};
 
 use crate::host;
 use crate::metrics::Metrics;
@@ -64,7 +65,11 @@ impl HttpContext for AppFilter {
         let request = AppRequest {
             head: &head,
             downstream: host::downstream(config.needs()),
-            https: host::downstream_is_tls(),
+            // A declared scheme spares the TLS property read.
+            https: match config.scheme {
+                Some(declared) => declared == DeclaredScheme::Https,
+                None => host::downstream_is_tls(),
+            },
             // A host call: only when signing needs the time.
             now: if config.signing.is_some() { host::now() } else { std::time::UNIX_EPOCH },
             nonce,
@@ -107,7 +112,10 @@ impl AppFilter {
         let (Config::App(config), Some(view)) = (&self.shared.config, &self.client_view) else {
             return;
         };
-        let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let headers = read_rewritable_headers(&config.href);
+        if headers.is_empty() {
+            return;
+        }
         let edits = rewrite_headers(&headers, &config.href, view);
         for (name, value) in &edits.locations {
             let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(value.as_bytes()));
@@ -121,4 +129,22 @@ impl AppFilter {
             self.shared.metrics.inc("app.rewritten_cookies");
         }
     }
+}
+
+/// The response headers rewriting may change, and only those: one small read per
+/// name instead of the whole map. Set-Cookie may repeat, and a single-value read
+/// gives only the first, so a response that has one is read whole.
+fn read_rewritable_headers(href: &Href) -> Vec<(String, Vec<u8>)> {
+    let mut found = Vec::new();
+    for name in headers_to_read(href) {
+        if let Ok(Some(value)) = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name) {
+            if *name == "set-cookie" {
+                let all = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+                found.extend(all.into_iter().filter(|(n, _)| n == "set-cookie"));
+            } else {
+                found.push((name.to_string(), value));
+            }
+        }
+    }
+    found
 }

@@ -231,3 +231,17 @@ fn responses_are_rewritten_to_the_clients_view() {
     let r = shallow.get("/blog/__redirect?to=http%3A%2F%2Fbackend.internal%3A8080%2Flogin", &[("Host", "www.example.com")]);
     assert_eq!(r.header("location"), Some("http://www.example.com/blog/login"));
 }
+
+#[test]
+fn a_declared_scheme_is_sent_and_used_for_redirects() {
+    // An operator whose TLS ends in front of this plaintext listener declares it.
+    let echo = Echo::start();
+    let envoy = app_envoy(&echo, json!({"role": "app", "href": "http://backend.internal:8080/myapp", "scheme": "https"}));
+    let got = envoy.get("/x", &[("Host", "www.example.com")]).received();
+    assert_eq!(got.header("x-forwarded-scheme").as_deref(), Some("https"));
+    let r = envoy.get("/__redirect?to=http%3A%2F%2Fbackend.internal%3A8080%2Fmyapp%2Flogin", &[("Host", "www.example.com")]);
+    assert_eq!(r.header("location"), Some("https://www.example.com/login"));
+    // Undeclared, it is what the connection is.
+    let plain = app_envoy(&echo, json!({"role": "app", "href": "http://backend.internal:8080/myapp"}));
+    assert_eq!(plain.get("/x", &[]).received().header("x-forwarded-scheme").as_deref(), Some("http"));
+}

@@ -67,6 +67,8 @@ struct RawApp {
     rewrite_response: Option<bool>,
     #[serde(default)]
     client_address: Option<String>,
+    #[serde(default)]
+    scheme: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +231,15 @@ pub struct AppConfig {
     pub rewrite_response: bool,
     /// Which address is sent as X-Forwarded-For.
     pub client_address: ClientAddress,
+    /// The listener's scheme, when the operator declares it: every connection is then
+    /// taken to be https (or http) without asking the host about TLS per request.
+    pub scheme: Option<DeclaredScheme>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeclaredScheme {
+    Http,
+    Https,
 }
 
 impl AppConfig {
@@ -422,6 +433,17 @@ fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>) -> Result<App
         signature_format,
         rewrite_response: raw.rewrite_response.unwrap_or(true),
         client_address: client_address(raw.client_address.as_deref())?,
+        scheme: match raw.scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None => None,
+            Some("http") => Some(DeclaredScheme::Http),
+            Some("https") => Some(DeclaredScheme::Https),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "scheme",
+                    format!("{other:?} is not \"http\" or \"https\" (leave it out to ask Envoy about each connection)"),
+                ))
+            }
+        },
     })
 }
 
@@ -784,6 +806,9 @@ mod tests {
         assert_eq!(err(r#"{"role":"middleware","trust_principals":["spiffe://td/*/x"]}"#).field, "trust_principals[0]");
         assert_eq!(err(r#"{"role":"middleware","trust_ips":[],"client_address":"xff"}"#).field, "client_address");
         assert_eq!(err(r#"{"role":"app","href":"http://x/","client_address":"x-forwarded-for"}"#).field, "client_address");
+        assert_eq!(err(r#"{"role":"app","href":"http://x/","scheme":"ftp"}"#).field, "scheme");
+        let Ok(Config::App(a)) = parse(br#"{"role":"app","href":"http://x/","scheme":"HTTPS"}"#, &no_env) else { panic!() };
+        assert_eq!(a.scheme, Some(DeclaredScheme::Https));
         assert!(err(r#"{"role":"peer","trust_ips":[]}"#).message.contains("unknown field"));
         assert!(err(r#"{"role":"middleware"}"#).message.contains("trust_principals"));
         assert!(matches!(parse(br#"{"role":"peer"}"#, &no_env), Ok(Config::Peer)));

@@ -107,6 +107,16 @@ pub struct ResponseEdits {
     pub cookies: Option<Vec<Vec<u8>>>,
 }
 
+/// The response headers rewriting may change, for this href: a filter reads only
+/// these (a cookie's `Path` is rewritten only under an href path).
+pub fn headers_to_read(href: &Href) -> &'static [&'static str] {
+    if href.path.is_empty() {
+        &["location", "content-location"]
+    } else {
+        &["location", "content-location", "set-cookie"]
+    }
+}
+
 /// Rewrites a response's headers (names lowercase, values raw) to the client's view.
 pub fn rewrite_headers(headers: &[(String, Vec<u8>)], href: &Href, view: &ClientView) -> ResponseEdits {
     let mut edits = ResponseEdits::default();
