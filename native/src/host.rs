@@ -1,0 +1,129 @@
+//! What the roles ask of Envoy, over the binding: the request's headers, its peer,
+//! attributes, header edits and local replies.
+
+use std::net::IpAddr;
+
+use wsgiproxy_protocol::request::{parse_peer_address, Edits, LocalReply, RequestHead};
+
+use crate::abi::{log, log_enabled, Attribute, HeaderMap, HeadersStatus, LogLevel, Stream};
+use crate::metrics::Metrics;
+
+/// Every request header, read once, as bytes.
+pub fn request_head(stream: &Stream) -> RequestHead {
+    RequestHead::new(stream.headers(HeaderMap::Request))
+}
+
+/// Applies header edits: removals, then sets (a set replaces every value of a name;
+/// a header the request does not have is added).
+pub fn apply_request_edits(stream: &Stream, edits: &Edits, head: &RequestHead) {
+    for name in &edits.remove {
+        stream.remove_header(HeaderMap::Request, name);
+    }
+    for (name, value) in &edits.set {
+        if head.contains(name) {
+            stream.set_header(HeaderMap::Request, name, value);
+        } else {
+            stream.add_header(HeaderMap::Request, name, value);
+        }
+    }
+}
+
+/// Logs at debug level, formatting only when Envoy would print it.
+pub fn debug(message: impl FnOnce() -> String) {
+    if log_enabled(LogLevel::Debug) {
+        log(LogLevel::Debug, &message());
+    }
+}
+
+/// Answers in the request's place: counts the reason, says why at debug level,
+/// sends the reply, and stops the request here.
+pub fn refuse(stream: &Stream, reply: &LocalReply, metrics: &Metrics, role: &str) -> HeadersStatus {
+    metrics.inc(stream, &format!("{role}.rejected.{}", reply.reason));
+    debug(|| format!("wsgiproxy {role}: replied {} ({}): {}", reply.status, reply.reason, reply.detail));
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("content-type", "text/plain; charset=utf-8"),
+        ("x-wsgiproxy-error", reply.reason),
+    ];
+    headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    stream.send_response(reply.status, &headers, reply.body().as_bytes(), &format!("wsgiproxy_{}", reply.reason));
+    HeadersStatus::StopIteration
+}
+
+/// The TCP peer of the connection (never an X-Forwarded-For entry).
+pub fn tcp_peer(stream: &Stream) -> Option<IpAddr> {
+    parse_peer_address(&stream.direct_remote_address()?)
+}
+
+/// Envoy's computed client address (`source.address`: the stream's downstream
+/// remote address, which the connection manager may take from X-Forwarded-For).
+pub fn envoy_client(stream: &Stream) -> Option<IpAddr> {
+    parse_peer_address(&stream.attribute_bytes(Attribute::SourceAddress)?)
+}
+
+/// Whether the downstream connection is TLS.
+pub fn downstream_is_tls(stream: &Stream) -> bool {
+    stream.attribute_bytes(Attribute::ConnectionTlsVersion).is_some_and(|v| !v.is_empty())
+}
+
+enum Kind {
+    Bytes,
+    Int,
+    Bool,
+}
+
+/// The attributes a configuration may name in `from_property`, as the ABI numbers them.
+const ATTRIBUTES: &[(&str, &str, Attribute, Kind)] = &[
+    ("request", "path", Attribute::RequestPath, Kind::Bytes),
+    ("request", "url_path", Attribute::RequestUrlPath, Kind::Bytes),
+    ("request", "host", Attribute::RequestHost, Kind::Bytes),
+    ("request", "scheme", Attribute::RequestScheme, Kind::Bytes),
+    ("request", "method", Attribute::RequestMethod, Kind::Bytes),
+    ("request", "referer", Attribute::RequestReferer, Kind::Bytes),
+    ("request", "useragent", Attribute::RequestUserAgent, Kind::Bytes),
+    ("request", "id", Attribute::RequestId, Kind::Bytes),
+    ("request", "protocol", Attribute::RequestProtocol, Kind::Bytes),
+    ("request", "query", Attribute::RequestQuery, Kind::Bytes),
+    ("request", "size", Attribute::RequestSize, Kind::Int),
+    ("request", "total_size", Attribute::RequestTotalSize, Kind::Int),
+    ("response", "code", Attribute::ResponseCode, Kind::Int),
+    ("response", "code_details", Attribute::ResponseCodeDetails, Kind::Bytes),
+    ("response", "size", Attribute::ResponseSize, Kind::Int),
+    ("response", "total_size", Attribute::ResponseTotalSize, Kind::Int),
+    ("source", "address", Attribute::SourceAddress, Kind::Bytes),
+    ("source", "port", Attribute::SourcePort, Kind::Int),
+    ("destination", "address", Attribute::DestinationAddress, Kind::Bytes),
+    ("destination", "port", Attribute::DestinationPort, Kind::Int),
+    ("connection", "id", Attribute::ConnectionId, Kind::Int),
+    ("connection", "mtls", Attribute::ConnectionMtls, Kind::Bool),
+    ("connection", "requested_server_name", Attribute::ConnectionRequestedServerName, Kind::Bytes),
+    ("connection", "tls_version", Attribute::ConnectionTlsVersion, Kind::Bytes),
+    ("connection", "subject_local_certificate", Attribute::ConnectionSubjectLocalCertificate, Kind::Bytes),
+    ("connection", "subject_peer_certificate", Attribute::ConnectionSubjectPeerCertificate, Kind::Bytes),
+    ("connection", "dns_san_local_certificate", Attribute::ConnectionDnsSanLocalCertificate, Kind::Bytes),
+    ("connection", "dns_san_peer_certificate", Attribute::ConnectionDnsSanPeerCertificate, Kind::Bytes),
+    ("connection", "uri_san_local_certificate", Attribute::ConnectionUriSanLocalCertificate, Kind::Bytes),
+    ("connection", "uri_san_peer_certificate", Attribute::ConnectionUriSanPeerCertificate, Kind::Bytes),
+    ("connection", "sha256_peer_certificate_digest", Attribute::ConnectionSha256PeerCertificateDigest, Kind::Bytes),
+    ("upstream", "address", Attribute::UpstreamAddress, Kind::Bytes),
+    ("upstream", "port", Attribute::UpstreamPort, Kind::Int),
+];
+
+/// An Envoy attribute by its path, encoded as the Wasm host gives it (numbers as 8
+/// little-endian bytes, booleans as one byte), so that the protocol crate formats
+/// both loaders' values alike. An attribute the ABI does not offer is absent.
+pub fn property(stream: &Stream, path: &[String]) -> Option<Vec<u8>> {
+    let [group, name] = path else { return None };
+    let (_, _, id, kind) = ATTRIBUTES.iter().find(|(g, n, _, _)| g == group && n == name)?;
+    match kind {
+        Kind::Bytes => stream.attribute_bytes(*id),
+        Kind::Int => stream.attribute_int(*id).map(|v| v.to_le_bytes().to_vec()),
+        Kind::Bool => stream.attribute_bool(*id).map(|b| vec![u8::from(b)]),
+    }
+}
+
+/// Fresh random bytes from the operating system.
+pub fn random_nonce() -> Option<[u8; 16]> {
+    let mut nonce = [0u8; 16];
+    getrandom::getrandom(&mut nonce).ok()?;
+    Some(nonce)
+}

@@ -1,0 +1,14 @@
+//! WSGIProxy as a native Envoy dynamic module: the same roles and configuration as the
+//! Wasm filter, every decision made by the `wsgiproxy-protocol` crate. Envoy 1.40 loads
+//! it with `envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter`.
+//!
+//! `abi` is the binding to Envoy's C ABI and holds every `unsafe` block; the rest is
+//! safe glue, shaped like the Wasm filter's.
+
+mod abi;
+mod app;
+mod filter;
+mod host;
+mod metrics;
+mod middleware;
+mod replay;

@@ -1,0 +1,81 @@
+//! The `middleware` role's stream filter (as `src/middleware.rs` of the Wasm filter).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wsgiproxy_protocol::config::Config;
+use wsgiproxy_protocol::middleware::{decide, MiddlewareOutcome, MiddlewareRequest};
+use wsgiproxy_protocol::request::Decision;
+
+use crate::abi::{HeadersStatus, HttpFilter, Stream};
+use crate::filter::Shared;
+use crate::host;
+use crate::replay::ProcessNonces;
+
+pub fn metric_names() -> Vec<String> {
+    crate::metrics::with_rejections(
+        "middleware",
+        &[
+            "middleware.requests",
+            "middleware.trusted",
+            "middleware.untrusted",
+            "middleware.verified",
+            "middleware.stripped_headers",
+            "middleware.dropped_keys",
+            "middleware.signature_missing",
+        ],
+    )
+}
+
+pub struct MiddlewareFilter {
+    shared: Arc<Shared>,
+}
+
+impl MiddlewareFilter {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        MiddlewareFilter { shared }
+    }
+}
+
+impl HttpFilter for MiddlewareFilter {
+    fn on_request_headers(&mut self, stream: &Stream, _end_of_stream: bool) -> HeadersStatus {
+        let Config::Middleware(config) = &self.shared.config else {
+            return HeadersStatus::Continue;
+        };
+        let metrics = &self.shared.metrics;
+        metrics.inc(stream, "middleware.requests");
+        let head = host::request_head(stream);
+        let request = MiddlewareRequest {
+            head: &head,
+            // The connection's own peer: the module reads it directly, so it needs
+            // no network filter to record it.
+            peer_ip: host::tcp_peer(stream),
+            https: host::downstream_is_tls(stream),
+            now: if config.verify.is_some() { SystemTime::now() } else { UNIX_EPOCH },
+        };
+        let mut outcome = MiddlewareOutcome::default();
+        let decision = decide(config, &request, &mut ProcessNonces, &mut outcome);
+        metrics.inc(stream, if outcome.trusted { "middleware.trusted" } else { "middleware.untrusted" });
+        if outcome.verified {
+            metrics.inc(stream, "middleware.verified");
+        }
+        metrics.add(stream, "middleware.stripped_headers", outcome.stripped as u64);
+        metrics.add(stream, "middleware.dropped_keys", outcome.dropped_keys as u64);
+        if outcome.unsigned {
+            metrics.inc(stream, "middleware.signature_missing");
+        }
+        match decision {
+            Decision::Forward(edits) => {
+                host::apply_request_edits(stream, &edits, &head);
+                host::debug(|| {
+                    format!(
+                        "wsgiproxy middleware: forwarded (trusted {}, verified {}, stripped {}, dropped keys {})",
+                        outcome.trusted, outcome.verified, outcome.stripped, outcome.dropped_keys
+                    )
+                });
+                HeadersStatus::Continue
+            }
+            Decision::Reply(reply) => host::refuse(stream, &reply, metrics, "middleware"),
+        }
+    }
+}
