@@ -117,7 +117,13 @@ pub fn property(stream: &Stream, path: &[String]) -> Option<Vec<u8>> {
     match kind {
         Kind::Bytes => stream.attribute_bytes(*id),
         Kind::Int => stream.attribute_int(*id).map(|v| v.to_le_bytes().to_vec()),
-        Kind::Bool => stream.attribute_bool(*id).map(|b| vec![u8::from(b)]),
+        // Envoy answers `connection.mtls` only on a TLS connection; its attribute
+        // reference (and the Wasm host) make it false on a plain one.
+        Kind::Bool => match stream.attribute_bool(*id) {
+            Some(b) => Some(vec![u8::from(b)]),
+            None if *id == Attribute::ConnectionMtls && !downstream_is_tls(stream) => Some(vec![0]),
+            None => None,
+        },
     }
 }
 

@@ -39,6 +39,70 @@ pub fn wasm_path() -> PathBuf {
     )
 }
 
+/// Which loader runs the filter: the Wasm VM (`envoy.filters.http.wasm`, the shipped
+/// configs) or the native dynamic module (`WSGIPROXY_LOADER=native`), which
+/// [`render`] swaps in for every Wasm HTTP filter, with the same configuration JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loader {
+    Wasm,
+    Native,
+}
+
+impl Loader {
+    /// The loader of this test run.
+    pub fn from_env() -> Loader {
+        match std::env::var("WSGIPROXY_LOADER").as_deref() {
+            Ok("native") => Loader::Native,
+            Ok("wasm") | Err(_) => Loader::Wasm,
+            Ok(other) => panic!("WSGIPROXY_LOADER={other:?}: expected wasm or native"),
+        }
+    }
+
+    /// Where Envoy shows the filter's counters.
+    pub fn stat_prefix(self) -> &'static str {
+        match self {
+            Loader::Wasm => "wasmcustom.",
+            Loader::Native => "dynamicmodulescustom.",
+        }
+    }
+}
+
+/// The folder holding libwsgiproxy.so (Envoy's ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+pub fn native_module_dir() -> PathBuf {
+    let dir = target_dir().join("native");
+    require(dir.join("libwsgiproxy.so"), "build it with `cargo build --profile native -p wsgiproxy-native` (scripts/test.sh does)");
+    dir
+}
+
+const WASM_HTTP_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const WASM_NETWORK_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
+
+/// Turns every Wasm HTTP filter into the native module with the same configuration,
+/// and drops Wasm network filters (the module reads the TCP peer itself).
+fn use_native_module(doc: &mut Yaml) {
+    let type_of = |m: &serde_yaml::Mapping| {
+        m.get(key("typed_config")).and_then(|t| t.get("@type")).and_then(Yaml::as_str).map(str::to_string)
+    };
+    walk_mut(doc, &mut |m| {
+        if let Some(Yaml::Sequence(filters)) = m.get_mut(key("filters")) {
+            filters.retain(|f| f.as_mapping().and_then(type_of).as_deref() != Some(WASM_NETWORK_FILTER));
+        }
+        if type_of(m).as_deref() != Some(WASM_HTTP_FILTER) {
+            return;
+        }
+        let config = m[key("typed_config")]["config"]["configuration"]["value"].clone();
+        let native: Yaml = serde_yaml::from_str(
+            "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+dynamic_module_config: { name: wsgiproxy }
+filter_name: wsgiproxy
+filter_config: { \"@type\": type.googleapis.com/google.protobuf.StringValue }",
+        )
+        .unwrap();
+        m.insert(key("typed_config"), native);
+        m[key("typed_config")]["filter_config"]["value"] = config;
+    });
+}
+
 pub fn bin_path(name: &str) -> PathBuf {
     require(target_dir().join("debug").join(name), "build it with `cargo build --workspace --bins` (scripts/test.sh does)")
 }
@@ -145,6 +209,8 @@ pub struct Overrides {
     pub edit_with: Option<YamlEdit>,
     /// Every DNS cache resolves through a server on 127.0.0.1 at this port (see [`FakeDns`]).
     pub dns: Option<u16>,
+    /// The loader, when a test chooses it (default: [`Loader::from_env`]).
+    pub loader: Option<Loader>,
 }
 
 impl Overrides {
@@ -160,6 +226,13 @@ impl Overrides {
         self.env.push((name.to_string(), value.to_string()));
         self
     }
+    pub fn loader(mut self, loader: Loader) -> Self {
+        self.loader = Some(loader);
+        self
+    }
+    pub fn chosen_loader(&self) -> Loader {
+        self.loader.unwrap_or_else(Loader::from_env)
+    }
 }
 
 /// A running Envoy.
@@ -167,6 +240,7 @@ pub struct Envoy {
     pub port: u16,
     pub admin_port: u16,
     pub proc: Proc,
+    pub loader: Loader,
 }
 
 fn walk_mut(value: &mut Yaml, f: &mut dyn FnMut(&mut serde_yaml::Mapping)) {
@@ -275,6 +349,9 @@ typed_config:
     if let Some(edit) = &o.edit_with {
         edit(&mut doc);
     }
+    if o.chosen_loader() == Loader::Native {
+        use_native_module(&mut doc);
+    }
     serde_yaml::to_string(&doc).unwrap()
 }
 
@@ -300,6 +377,9 @@ impl Envoy {
         for (k, v) in &o.env {
             cmd.env(k, v);
         }
+        if o.chosen_loader() == Loader::Native {
+            cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
+        }
         let child = cmd.spawn().unwrap();
         (port, admin_port, Proc { child, log: log.clone(), _dir: Some(dir) }, config)
     }
@@ -318,7 +398,7 @@ impl Envoy {
             assert!(Instant::now() < deadline, "envoy did not start:\n{}", proc.log_text());
             std::thread::sleep(Duration::from_millis(25));
         }
-        Envoy { port, admin_port, proc }
+        Envoy { port, admin_port, proc, loader: o.chosen_loader() }
     }
 
     /// Starts Envoy with a config it must refuse; returns its log.
@@ -353,11 +433,12 @@ impl Envoy {
             .collect()
     }
 
-    /// A counter the filter defined (Envoy shows Wasm metrics under `wasmcustom.`),
+    /// A counter the filter defined (Envoy shows Wasm metrics under `wasmcustom.`, the
+    /// native module's under `dynamicmodulescustom.`),
     /// read once the filter has flushed its counts (it does every 250 ms): waits until
     /// it has stayed the same for a while.
     pub fn stat(&self, name: &str) -> u64 {
-        let full = format!("wasmcustom.{name}");
+        let full = format!("{}{name}", self.loader.stat_prefix());
         let read = || self.stats(&full).get(&full).copied().unwrap_or(0);
         let mut last = read();
         let mut stable_since = Instant::now();
