@@ -1,0 +1,166 @@
+//! One protocol, two loaders: the same requests through the Wasm filter and through
+//! the native module, with the same configuration, give the backend the same bytes
+//! (method, target, every header and its order) and the client the same refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+const KEY: &str = "loaders-shared-key-0123456789";
+
+/// Headers that differ between any two requests whatever the filter does.
+const VOLATILE: [&str; 2] = ["x-request-id", "x-envoy-expected-rq-timeout-ms"];
+
+/// What the client saw: status, and for a refusal its reason and body; for a
+/// forwarded request, what the echo backend received.
+fn outcome(r: &Response, also_volatile: &[&str]) -> Value {
+    if r.status != 200 {
+        return json!({"status": r.status, "reason": r.header("x-wsgiproxy-error"), "body": r.text()});
+    }
+    let got = r.received().0;
+    let headers: Vec<&Value> = got["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| {
+            let name = h[0].as_str().unwrap();
+            !VOLATILE.contains(&name) && !also_volatile.contains(&name)
+        })
+        .collect();
+    json!({"method": got["method"], "uri": got["uri"], "headers": headers, "body": got["body"]})
+}
+
+/// A pair of Envoys running one shipped config with one plugin configuration, one per loader.
+fn both(file: &str, cluster: &str, port: u16, config: &Value) -> [Envoy; 2] {
+    [Loader::Wasm, Loader::Native].map(|loader| {
+        Envoy::start(file, &Overrides::default().cluster(cluster, port).plugin(config.clone()).loader(loader))
+    })
+}
+
+fn assert_same(what: &str, wasm: &Value, native: &Value) {
+    assert_eq!(wasm, native, "{what}: the Wasm filter (left) and the native module (right) differ");
+}
+
+const CLIENT_HEADERS: [(&str, &str); 8] = [
+    ("X-User", "alice"),
+    ("X-Roles", "[\"reader\"]"),
+    ("X-Forwarded-For", "6.6.6.6"),
+    ("X-Script-Name", "/evil"),
+    ("X-WSGIProxy-Str-0", "REMOTE_USER root"),
+    ("X-Forwarded-Server", "evil.example"),
+    ("Forwarded", "for=6.6.6.6"),
+    ("Host", "www.example.com:8443"),
+];
+
+#[test]
+fn the_app_role_sends_the_same_bytes_from_both_loaders() {
+    let echo = Echo::start();
+    let config = json!({"role": "app", "href": "http://backend.internal:8080/myapp?v=2", "script_name": "/blog",
+        "string_keys": [{"key": "REMOTE_USER", "from_header": "x-user"}, {"key": "PROTO", "from_property": ["request", "protocol"]},
+                        {"key": "MTLS", "from_property": ["connection", "mtls"]}],
+        "unicode_keys": [{"key": "name", "value": "Jos\u{e9}"}],
+        "json_keys": [{"key": "roles", "from_header": "x-roles"}, {"key": "bad", "from_header": "x-user"}]});
+    let [wasm, native] = both("envoy/app.yaml", "backend", echo.port, &config);
+    let requests: [(&str, &str); 7] = [
+        ("GET", "/blog/article/1?x=1&y=%20"),
+        ("POST", "/blog/"),
+        ("GET", "/blog"),
+        ("GET", "/elsewhere"),
+        ("GET", "/blog/a/%2e%2e/b"),
+        ("GET", "/blog/__redirect?to=%2Fmyapp%2Flogin"),
+        ("DELETE", "/blog/x;y"),
+    ];
+    let mut forwarded = 0;
+    for (method, target) in requests {
+        let [a, b] = [&wasm, &native].map(|e| request(e.port, method, target, &CLIENT_HEADERS, b"body"));
+        forwarded += usize::from(a.status == 200);
+        assert_same(&format!("{method} {target}"), &outcome(&a, &[]), &outcome(&b, &[]));
+        assert_eq!(a.header("location"), b.header("location"), "{method} {target}: Location");
+    }
+    assert!(forwarded >= 3 && forwarded < requests.len(), "both forwarded and refused requests are compared");
+    // Signed: the same headers, and the same values but for the Date and the
+    // signature (a fresh nonce and time on every request).
+    let config = json!({"role": "app", "href": "http://backend.internal:8080/", "secret": {"keys": [{"id": "k1", "value": KEY}]},
+        "algorithm": "hmac-sha256", "string_keys": [{"key": "REMOTE_USER", "from_header": "x-user"}]});
+    let [wasm, native] = both("envoy/app.yaml", "backend", echo.port, &config);
+    let [a, b] = [&wasm, &native].map(|e| request(e.port, "GET", "/signed?q=1", &CLIENT_HEADERS, b""));
+    let signed = ["date", "x-wsgiproxy-signature"];
+    assert_same("signed request", &outcome(&a, &signed), &outcome(&b, &signed));
+    for r in [&a, &b] {
+        assert_eq!(r.received().names().iter().filter(|n| signed.contains(&n.as_str())).count(), 2);
+    }
+}
+
+#[test]
+fn the_middleware_role_delivers_the_same_bytes_from_both_loaders() {
+    let echo = Echo::start();
+    // Signed requests made once by a sending Envoy, then replayed to each receiver:
+    // each receiving Envoy has its own replay memory, so each sees every nonce once.
+    let secret = json!({"keys": [{"id": "k1", "value": KEY}]});
+    let sender = Envoy::start(
+        "envoy/app.yaml",
+        &Overrides::default().cluster("backend", echo.port).loader(Loader::Wasm).plugin(json!({"role": "app",
+            "href": "http://internal:9000/app", "script_name": "/shop", "secret": secret,
+            "string_keys": [{"key": "REMOTE_USER", "from_header": "x-user"}], "json_keys": [{"key": "roles", "from_header": "x-roles"}],
+            "pickle_keys": [{"key": "blob", "value": "opaque"}]})),
+    );
+    let capture = |target: &str| -> Vec<(String, String)> {
+        sender.get(target, &CLIENT_HEADERS).received().0["headers"].as_array().unwrap().iter()
+            .map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_str().unwrap().to_string()))
+            .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "connection" | "x-request-id" | "x-envoy-expected-rq-timeout-ms" | "x-forwarded-proto"))
+            .collect()
+    };
+    let signed = [capture("/shop/cart?item=1"), capture("/shop/"), capture("/shop/pay")];
+
+    let config = json!({"role": "middleware", "secret": secret, "keys": {"REMOTE_USER": "x-remote-user", "roles": "x-roles"},
+        "on_untrusted": "reject"});
+    let [wasm, native] = both("envoy/middleware.yaml", "app", echo.port, &config);
+    let send = |e: &Envoy, target: &str, headers: &[(String, String)]| {
+        let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        request(e.port, "GET", target, &refs, b"")
+    };
+    for (h, target) in signed.iter().zip(["/app/cart?item=1", "/app/", "/app/pay"]) {
+        let [a, b] = [&wasm, &native].map(|e| send(e, target, h));
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_same(target, &outcome(&a, &[]), &outcome(&b, &[]));
+        // And a replay is refused by both.
+        let [a, b] = [&wasm, &native].map(|e| send(e, target, h));
+        assert_same(&format!("replayed {target}"), &outcome(&a, &[]), &outcome(&b, &[]));
+        assert_eq!(a.header("x-wsgiproxy-error"), Some("signature_replayed"));
+    }
+    // Unsigned, tampered and malformed: the same refusals.
+    let mut tampered = signed[0].clone();
+    for (n, v) in tampered.iter_mut() {
+        if n == "x-wsgiproxy-str-0" {
+            *v = "REMOTE_USER root".into();
+        }
+    }
+    let unsigned: Vec<(String, String)> = CLIENT_HEADERS.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    for (what, h) in [("tampered", &tampered), ("unsigned", &unsigned)] {
+        let [a, b] = [&wasm, &native].map(|e| send(e, "/app/cart?item=1", h));
+        assert!(a.status >= 400, "{what}: {}", a.status);
+        assert_same(what, &outcome(&a, &[]), &outcome(&b, &[]));
+    }
+
+    // Trusted by address, with every forgery a client could try, and malformed values.
+    let config = json!({"role": "middleware", "trust_ips": ["127.0.0.0/8"], "keys": {"REMOTE_USER": "x-remote-user"},
+        "pop_prefix": "/app"});
+    let [wasm, native] = both("envoy/middleware.yaml", "app", echo.port, &config);
+    let cases: [&[(&str, &str)]; 6] = [
+        &CLIENT_HEADERS,
+        &[("X-Forwarded-Server", "shop.example:443"), ("X-Forwarded-Scheme", "https"), ("X-Script-Name", "/shop"),
+          ("X-WSGIProxy-Str-0", "REMOTE_USER bob"), ("X-WSGIProxy-Str-1", "OTHER x"), ("X-Remote-User", "root")],
+        &[("X-Forwarded-For", "not-an-ip")],
+        &[("X-WSGIProxy-Str-0", "REMOTE_USER b64!!!")],
+        &[("X-Script-Name", "/a"), ("X-Forwarded-Script-Name", "/b")],
+        &[("X-WSGIProxy-Unicode-0", "REMOTE_USER b64AA==")],
+    ];
+    for (i, h) in cases.iter().enumerate() {
+        for target in ["/app/x?y=1", "/other"] {
+            let [a, b] = [&wasm, &native].map(|e| e.get(target, h));
+            assert_same(&format!("case {i} {target}"), &outcome(&a, &[]), &outcome(&b, &[]));
+        }
+    }
+}
