@@ -164,3 +164,22 @@ fn the_middleware_role_delivers_the_same_bytes_from_both_loaders() {
         }
     }
 }
+
+#[test]
+fn the_shipped_native_configs_chain_like_the_wasm_ones() {
+    let echo = Echo::start();
+    let key = ("WSGIPROXY_KEY_K1", "shipped-native-key-0123456789");
+    let native = Overrides::default().loader(Loader::Native).env(key.0, key.1);
+    let mw = Envoy::start("envoy/native-middleware.yaml", &native.clone().cluster("app", echo.port));
+    let edge = Envoy::start("envoy/native-app.yaml", &native.clone().cluster("backend", mw.port));
+    let got = edge.get("/hello?x=1", &[("X-Demo-User", "alice"), ("X-Remote-User", "root"), ("Host", "shop.example")]).received();
+    assert_eq!(got.uri(), "/hello?x=1");
+    assert_eq!(got.header("x-remote-user").as_deref(), Some("alice"));
+    assert_eq!(got.header("x-roles").as_deref(), Some("[\"reader\"]"));
+    assert_eq!(got.header("host").as_deref(), Some("shop.example"));
+    assert_eq!(got.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+    assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 1);
+    // A request straight to the receiver, unsigned: nothing it claims is believed.
+    let got = mw.get("/direct", &[("X-WSGIProxy-Str-0", "REMOTE_USER root"), ("X-Remote-User", "root")]).received();
+    assert_eq!(got.header("x-remote-user"), None);
+}

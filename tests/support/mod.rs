@@ -93,7 +93,7 @@ fn use_native_module(doc: &mut Yaml) {
         let config = m[key("typed_config")]["config"]["configuration"]["value"].clone();
         let native: Yaml = serde_yaml::from_str(
             "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-dynamic_module_config: { name: wsgiproxy }
+dynamic_module_config: { name: wsgiproxy, do_not_close: true }
 filter_name: wsgiproxy
 filter_config: { \"@type\": type.googleapis.com/google.protobuf.StringValue }",
         )
@@ -304,7 +304,9 @@ pub fn render(file: &str, port: u16, admin_port: u16, o: &Overrides) -> String {
         // network filter keeps its own.
         let mut first: Option<Yaml> = None;
         walk_mut(&mut doc, &mut |m| {
-            if let Some(Yaml::Mapping(c)) = m.get_mut(key("configuration")) {
+            // `configuration` of a Wasm filter, `filter_config` of the native module.
+            let field = if m.contains_key(key("filter_config")) { "filter_config" } else { "configuration" };
+            if let Some(Yaml::Mapping(c)) = m.get_mut(key(field)) {
                 if c.get(key("@type")).and_then(Yaml::as_str) == Some("type.googleapis.com/google.protobuf.StringValue") {
                     let shipped = c.get(key("value")).cloned();
                     if shipped.as_ref().and_then(Yaml::as_str).is_some_and(is_peer_role) {
