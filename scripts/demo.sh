@@ -4,13 +4,28 @@
 #   client -> Envoy (spawn + app roles, :10002) -> app "blog" started on demand by the sidecar (:9090)
 #   client -> Envoy (exact role, :10003) -> the server its Host names (127.0.0.1:8080 allowed)
 # The echo app answers with the request it received, so curl shows the protocol at work.
+# `scripts/demo.sh --native` (or WSGIPROXY_LOADER=native) runs the app and middleware
+# roles in the native dynamic module (envoy/native-*.yaml) instead of the Wasm filter;
+# spawn and exact stay Wasm, the only loader that has them.
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+loader="${WSGIPROXY_LOADER:-wasm}"
+[ "${1:-}" = --native ] && loader=native
+case "$loader" in
+  wasm) app_config=envoy/app.yaml; middleware_config=envoy/middleware.yaml ;;
+  native) app_config=envoy/native-app.yaml; middleware_config=envoy/native-middleware.yaml ;;
+  *) echo "unknown loader $loader: wasm or native" >&2; exit 2 ;;
+esac
+
 bash scripts/setup.sh
 cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter
 cargo build --release -p wsgiproxy-echo -p wsgiproxy-sidecar
+if [ "$loader" = native ]; then
+  cargo build --profile native -p wsgiproxy-native
+  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$PWD/target/native"
+fi
 
 export WSGIPROXY_KEY_K1="${WSGIPROXY_KEY_K1:-demo-only-shared-key-change-me}"
 pids=()
@@ -18,8 +33,8 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 target/release/wsgiproxy-echo --listen 127.0.0.1:8080 --name demo-app & pids+=($!)
-.venv/envoy -c envoy/middleware.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
-.venv/envoy -c envoy/app.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c "$middleware_config" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c "$app_config" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
 target/release/wsgiproxy-sidecar --config sidecar/example.toml --listen 127.0.0.1:9090 & pids+=($!)
 .venv/envoy -c envoy/spawn.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
 .venv/envoy -c envoy/exact.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
@@ -31,6 +46,8 @@ for port in 8080 10001 10000 9090 10002 10003; do
   done
 done
 
+echo
+echo "app and middleware roles: the $loader loader ($app_config, $middleware_config)"
 cat <<'MSG'
 
 WSGIProxy demo is up:

@@ -183,3 +183,21 @@ fn the_shipped_native_configs_chain_like_the_wasm_ones() {
     let got = mw.get("/direct", &[("X-WSGIProxy-Str-0", "REMOTE_USER root"), ("X-Remote-User", "root")]).received();
     assert_eq!(got.header("x-remote-user"), None);
 }
+
+#[test]
+fn the_exact_role_passes_the_same_bytes_from_both_loaders_and_the_shipped_native_config() {
+    let echo = Echo::start();
+    let allowed = format!("127.0.0.1:{}", echo.port);
+    let config = json!({"role": "exact", "allow_hosts": [allowed]});
+    let [wasm, native] = [Loader::Wasm, Loader::Native].map(|loader| {
+        Envoy::start("envoy/exact.yaml", &Overrides::default().plugin(config.clone()).loader(loader))
+    });
+    let shipped = Envoy::start("envoy/native-exact.yaml", &Overrides::default().plugin(config.clone()).loader(Loader::Native));
+    for host in [allowed.as_str(), "127.0.0.2:1", "evil.example"] {
+        let headers = [("Host", host), ("X-Forwarded-For", "6.6.6.6"), ("X-Custom", "a")];
+        let [a, b, c] = [&wasm, &native, &shipped].map(|e| request(e.port, "PATCH", "/p;q?r=%2F", &headers, b"body"));
+        assert_eq!(a.status == 200, host == allowed, "{host}: {}", a.text());
+        assert_same(host, &outcome(&a, &[]), &outcome(&b, &[]));
+        assert_same(host, &outcome(&a, &[]), &outcome(&c, &[]));
+    }
+}

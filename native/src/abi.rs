@@ -19,7 +19,7 @@ pub const ABI_VERSION: &CStr = c"v0.2.0";
 /// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct EnvoyBuffer {
+pub struct EnvoyBuffer {
     ptr: *const u8,
     length: usize,
 }
@@ -73,10 +73,8 @@ pub enum HeaderMap {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum LogLevel {
-    Trace = 0,
     Debug = 1,
     Info = 2,
-    Warn = 3,
     Error = 4,
     Critical = 5,
 }
@@ -554,12 +552,15 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
 
+    /// A local reply: status, headers, body, details.
+    type Reply = (u32, Vec<(String, String)>, Vec<u8>, String);
+
     /// What Envoy would hold for one stream.
     #[derive(Default)]
     struct FakeStream {
         request: Vec<(Vec<u8>, Vec<u8>)>,
         response: Vec<(Vec<u8>, Vec<u8>)>,
-        reply: Option<(u32, Vec<(String, String)>, Vec<u8>, String)>,
+        reply: Option<Reply>,
         source_address: Option<Vec<u8>>,
         direct_address: Option<Vec<u8>>,
         counters: Vec<(usize, u64)>,

@@ -22,6 +22,7 @@ impl FilterFactory for Factory {
         let shared = self.0.clone();
         match &shared.config {
             Config::Middleware(_) => Box::new(crate::middleware::MiddlewareFilter::new(shared)),
+            Config::Exact(_) => Box::new(crate::exact::ExactFilter::new(shared)),
             _ => Box::new(crate::app::AppFilter::new(shared)),
         }
     }
@@ -31,9 +32,9 @@ impl FilterFactory for Factory {
 pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Option<Box<dyn FilterFactory>> {
     let env = |name: &str| std::env::var(name).ok();
     let parsed = config::parse(raw, &env).map_err(|e| e.to_string()).and_then(|config| match &config {
-        Config::App(_) | Config::Middleware(_) => Ok(config),
+        Config::App(_) | Config::Middleware(_) | Config::Exact(_) => Ok(config),
         other => Err(format!(
-            "the role {:?} runs only in the Wasm filter; the native module has \"app\" and \"middleware\"",
+            "the role {:?} runs only in the Wasm filter; the native module has \"app\", \"middleware\" and \"exact\"",
             other.role()
         )),
     });
@@ -41,6 +42,7 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
         Ok(config) => {
             let names = match &config {
                 Config::Middleware(_) => crate::middleware::metric_names(),
+                Config::Exact(_) => crate::exact::metric_names(),
                 _ => crate::app::metric_names(),
             };
             let metrics = Metrics::define(handle, &names);

@@ -54,12 +54,6 @@ pub fn tcp_peer(stream: &Stream) -> Option<IpAddr> {
     parse_peer_address(&stream.direct_remote_address()?)
 }
 
-/// Envoy's computed client address (`source.address`: the stream's downstream
-/// remote address, which the connection manager may take from X-Forwarded-For).
-pub fn envoy_client(stream: &Stream) -> Option<IpAddr> {
-    parse_peer_address(&stream.attribute_bytes(Attribute::SourceAddress)?)
-}
-
 /// Whether the downstream connection is TLS.
 pub fn downstream_is_tls(stream: &Stream) -> bool {
     stream.attribute_bytes(Attribute::ConnectionTlsVersion).is_some_and(|v| !v.is_empty())

@@ -7,6 +7,7 @@
 
 mod abi;
 mod app;
+mod exact;
 mod filter;
 mod host;
 mod metrics;

@@ -50,6 +50,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "bad_traversal_path",
     "conflicting_script_name",
     "control_character",
+    "destination_not_allowed",
     "duplicate_header",
     "duplicate_key",
     "no_path",

@@ -441,7 +441,12 @@ impl Envoy {
     /// it has stayed the same for a while.
     pub fn stat(&self, name: &str) -> u64 {
         let full = format!("{}{name}", self.loader.stat_prefix());
-        let read = || self.stats(&full).get(&full).copied().unwrap_or(0);
+        // The native module's upstream filters count in their cluster's scope
+        // (`cluster.NAME.dynamicmodulescustom.…`): every scope's count is added.
+        let read = || {
+            let dotted = format!(".{full}");
+            self.stats(&full).iter().filter(|(k, _)| **k == full || k.ends_with(&dotted)).map(|(_, v)| v).sum::<u64>()
+        };
         let mut last = read();
         let mut stable_since = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(5);
