@@ -38,7 +38,7 @@ pub fn debug(message: impl FnOnce() -> String) {
 /// Answers in the request's place: counts the reason, says why at debug level,
 /// sends the reply, and stops the request here.
 pub fn refuse(stream: &Stream, reply: &LocalReply, metrics: &Metrics, role: &str) -> HeadersStatus {
-    metrics.inc(stream, &format!("{role}.rejected.{}", reply.reason));
+    metrics.rejected(stream, role, reply.reason);
     debug(|| format!("wsgiproxy {role}: replied {} ({}): {}", reply.status, reply.reason, reply.detail));
     let mut headers: Vec<(&str, &str)> = vec![
         ("content-type", "text/plain; charset=utf-8"),

@@ -34,11 +34,21 @@ impl Metrics {
     pub fn inc(&self, stream: &Stream, name: &str) {
         self.add(stream, name, 1);
     }
+
+    /// Counts a refusal under its reason, or under `other` when it is not listed.
+    pub fn rejected(&self, stream: &Stream, role: &str, reason: &str) {
+        let name = format!("{role}.rejected.{reason}");
+        if self.ids.contains_key(&name) {
+            self.inc(stream, &name);
+        } else {
+            self.inc(stream, &format!("{role}.rejected.other"));
+        }
+    }
 }
 
 /// The reasons a role answers with, counted as `{role}.rejected.{reason}`. Envoy
-/// takes no new counter after configuration, so they are listed here; a test checks
-/// the list against the protocol crate's replies.
+/// takes no new counter after configuration, so they are listed here; a reason
+/// missing from the list is counted as `{role}.rejected.other`.
 pub const REJECTION_REASONS: &[&str] = &[
     "bad_forwarded_for",
     "bad_forwarded_scheme",
@@ -71,6 +81,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "unsupported_target",
     "unsupported_version",
     "untrusted_peer",
+    "other",
 ];
 
 /// `names` and, for `role`, every `{role}.rejected.{reason}`.
