@@ -4,9 +4,8 @@
 #   client -> Envoy (spawn + app roles, :10002) -> app "blog" started on demand by the sidecar (:9090)
 #   client -> Envoy (exact role, :10003) -> the server its Host names (127.0.0.1:8080 allowed)
 # The echo app answers with the request it received, so curl shows the protocol at work.
-# `scripts/demo.sh --native` (or WSGIPROXY_LOADER=native) runs the app and middleware
-# roles in the native dynamic module (envoy/native-*.yaml) instead of the Wasm filter;
-# spawn and exact stay Wasm, the only loader that has them.
+# `scripts/demo.sh --native` (or WSGIPROXY_LOADER=native) runs every role in the
+# native dynamic module (envoy/native-*.yaml) instead of the Wasm filter.
 # Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +13,11 @@ cd "$(dirname "$0")/.."
 loader="${WSGIPROXY_LOADER:-wasm}"
 [ "${1:-}" = --native ] && loader=native
 case "$loader" in
-  wasm) app_config=envoy/app.yaml; middleware_config=envoy/middleware.yaml ;;
-  native) app_config=envoy/native-app.yaml; middleware_config=envoy/native-middleware.yaml ;;
+  wasm | native) ;;
   *) echo "unknown loader $loader: wasm or native" >&2; exit 2 ;;
 esac
+# envoy/app.yaml or envoy/native-app.yaml, and so on.
+config_of() { if [ "$loader" = native ]; then echo "envoy/native-$1.yaml"; else echo "envoy/$1.yaml"; fi; }
 
 bash scripts/setup.sh
 cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter
@@ -33,11 +33,11 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
 target/release/wsgiproxy-echo --listen 127.0.0.1:8080 --name demo-app & pids+=($!)
-.venv/envoy -c "$middleware_config" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
-.venv/envoy -c "$app_config" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c "$(config_of middleware)" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c "$(config_of app)" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
 target/release/wsgiproxy-sidecar --config sidecar/example.toml --listen 127.0.0.1:9090 & pids+=($!)
-.venv/envoy -c envoy/spawn.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
-.venv/envoy -c envoy/exact.yaml --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c "$(config_of spawn)" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c "$(config_of exact)" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
 
 for port in 8080 10001 10000 9090 10002 10003; do
   for _ in $(seq 100); do
@@ -47,7 +47,7 @@ for port in 8080 10001 10000 9090 10002 10003; do
 done
 
 echo
-echo "app and middleware roles: the $loader loader ($app_config, $middleware_config)"
+echo "every role runs in the $loader loader ($(config_of app), $(config_of middleware), $(config_of spawn), $(config_of exact))"
 cat <<'MSG'
 
 WSGIProxy demo is up:

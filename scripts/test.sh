@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: installs what is missing, builds the filter (.wasm), the native
 # dynamic module (libwsgiproxy.so) and the native binaries, lints, runs the unit tests
-# and the tests in real Envoy; the Envoy tests of the app, middleware and exact roles
-# and the hostile cases run twice, once per loader.
+# and the tests in real Envoy; the Envoy tests of every role and the hostile cases
+# run twice, once per loader.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,8 +50,9 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-echo "== the Envoy tests of the app, middleware and exact roles and the hostile cases, on the native module"
-WSGIPROXY_LOADER=native cargo test --test app_role --test middleware_role --test exact_role --test hostile "$@" 2>&1 | tee -a "$log"
+echo "== the Envoy tests of every role and the hostile cases, on the native module"
+WSGIPROXY_LOADER=native cargo test --test app_role --test middleware_role --test exact_role --test spawn_role \
+  --test hostile "$@" 2>&1 | tee -a "$log"
 native_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$native_status
 set -e

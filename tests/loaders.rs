@@ -201,3 +201,30 @@ fn the_exact_role_passes_the_same_bytes_from_both_loaders_and_the_shipped_native
         assert_same(host, &outcome(&a, &[]), &outcome(&c, &[]));
     }
 }
+
+#[test]
+fn the_shipped_native_spawn_config_starts_an_app_and_reports_then_envoy_exits_cleanly() {
+    let config = "[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\", \"--name\", \"blog\", \"--ready-delay-ms\", \"300\"]\n";
+    let sidecar = Sidecar::start(config, 1500);
+    let mut envoy = Envoy::start(
+        "envoy/native-spawn.yaml",
+        &Overrides::default().cluster("wsgiproxy_sidecar", sidecar.port).loader(Loader::Native),
+    );
+    let first = envoy.get("/hello", &[]);
+    assert!(first.header("x-wsgiproxy-cold-start-ms").is_some(), "a cold start says so");
+    let got = first.received();
+    assert_eq!(got.0["name"], "blog");
+    assert_eq!(got.header("host").as_deref(), Some("blog.internal:80"), "the app role ran after the spawn role");
+    // Reports from the module's timer keep the lease: later requests go straight on.
+    for _ in 0..4 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(envoy.get("/again", &[]).received().0["name"], "blog");
+    }
+    assert!(envoy.stat("wsgiproxy.spawn.reports") >= 1);
+    assert!(envoy.stat("wsgiproxy.spawn.lease_hits") >= 1);
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1);
+    // The timer thread stops with the configuration: Envoy exits cleanly.
+    let _ = request(envoy.admin_port, "POST", "/quitquitquit", &[], b"");
+    let status = envoy.proc.child.wait().unwrap();
+    assert!(status.success(), "envoy exited with {status}:\n{}", envoy.proc.log_text());
+}

@@ -45,7 +45,7 @@ impl ModuleBuffer {
 /// `envoy_dynamic_module_type_envoy_http_header`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct EnvoyHttpHeader {
+pub struct EnvoyHttpHeader {
     key_ptr: *const u8,
     key_length: usize,
     value_ptr: *const u8,
@@ -75,6 +75,7 @@ pub enum HeaderMap {
 pub enum LogLevel {
     Debug = 1,
     Info = 2,
+    Warn = 3,
     Error = 4,
     Critical = 5,
 }
@@ -193,6 +194,119 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: *mut c_void,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: *mut c_void,
+        callout_id: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: *mut c_void,
+        callout_id: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: *mut c_void) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: *mut c_void, event_id: u64);
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+}
+
+/// Borrows headers as the ABI's array of (key, value) buffers, for the duration of a call.
+fn module_headers(headers: &[(&str, &str)]) -> Vec<ModuleHttpHeader> {
+    headers
+        .iter()
+        .map(|(n, v)| ModuleHttpHeader { key_ptr: n.as_ptr(), key_length: n.len(), value_ptr: v.as_ptr(), value_length: v.len() })
+        .collect()
+}
+
+/// Why Envoy did not start a callout (`envoy_dynamic_module_type_http_callout_init_result`).
+pub fn callout_refusal(code: u32) -> &'static str {
+    match code {
+        1 => "missing required headers",
+        2 => "cluster not found",
+        3 => "duplicate callout id",
+        4 => "cannot create the request (no healthy host?)",
+        _ => "refused",
+    }
+}
+
+/// The answer to a callout: headers (`:status` included) and body.
+pub struct CalloutResponse {
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl CalloutResponse {
+    pub fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+}
+
+/// Copies the answer Envoy lent to a callout-done hook; `None` when the callout failed.
+fn callout_response(
+    result: u32,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    body: *const EnvoyBuffer,
+    body_size: usize,
+) -> Option<CalloutResponse> {
+    if result != 0 {
+        return None;
+    }
+    let headers = if headers.is_null() || headers_size == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: Envoy passes an array of `headers_size` headers, valid for this hook.
+        unsafe { std::slice::from_raw_parts(headers, headers_size) }
+            .iter()
+            .map(|h| (String::from_utf8_lossy(&copy_envoy_bytes(h.key_ptr, h.key_length)).into_owned(), copy_envoy_bytes(h.value_ptr, h.value_length)))
+            .collect()
+    };
+    let body = if body.is_null() || body_size == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: Envoy passes an array of `body_size` chunks, valid for this hook.
+        unsafe { std::slice::from_raw_parts(body, body_size) }.iter().flat_map(|c| copy_envoy_bytes(c.ptr, c.length)).collect()
+    };
+    Some(CalloutResponse { headers, body })
+}
+
+/// Lets a module thread wake the configuration on Envoy's main thread
+/// ([`FilterFactory::on_scheduled`]). Deleted when dropped.
+pub struct Scheduler(*mut c_void);
+
+// SAFETY: Envoy's config scheduler is made to be committed from any thread, the
+// module's own included (abi.h); deletion happens once, from `Drop`.
+unsafe impl Send for Scheduler {}
+// SAFETY: as above: `commit` is the only shared operation, and it is thread-safe.
+unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    pub fn commit(&self, event: u64) {
+        // SAFETY: a live scheduler (deleted only in Drop, after every user is gone).
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event) }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by scheduler_new, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
 }
 
 /// Copies bytes Envoy lent for the current hook.
@@ -239,6 +353,40 @@ impl ConfigHandle {
             )
         };
         (result == 0).then_some(id)
+    }
+
+    /// Adds `by` to a counter from the configuration's own context (the main thread).
+    pub fn increment_counter(&self, id: usize, by: u64) {
+        // SAFETY: the live config pointer of the current config hook; no labels.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_increment_counter(self.0, id, std::ptr::null_mut(), 0, by) };
+    }
+
+    /// A scheduler that wakes this configuration on the main thread.
+    pub fn scheduler(&self) -> Option<Scheduler> {
+        // SAFETY: the live config pointer of the current config hook.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(Scheduler(ptr))
+    }
+
+    /// Sends a request to `cluster` from the configuration's context; the answer comes
+    /// to [`FilterFactory::on_callout_done`]. `Err` says why Envoy did not send it.
+    pub fn http_callout(&self, cluster: &str, headers: &[(&str, &str)], timeout: std::time::Duration) -> Result<u64, &'static str> {
+        let mut raw = module_headers(headers);
+        let mut id = 0u64;
+        // SAFETY: live config pointer; `raw` and the buffers it points into borrow
+        // `headers` and `cluster`, alive for the call (Envoy copies them); `id` too.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                raw.as_mut_ptr(),
+                raw.len(),
+                ModuleBuffer::of(b""),
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            )
+        };
+        if result == 0 { Ok(id) } else { Err(callout_refusal(result)) }
     }
 }
 
@@ -301,15 +449,7 @@ impl Stream {
 
     /// Answers the request in Envoy's place.
     pub fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) {
-        let mut raw: Vec<ModuleHttpHeader> = headers
-            .iter()
-            .map(|(n, v)| ModuleHttpHeader {
-                key_ptr: n.as_ptr(),
-                key_length: n.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let mut raw = module_headers(headers);
         // SAFETY: live filter pointer; `raw` and every buffer it points into borrow
         // `headers`, `body` and `details`, all alive for the call; Envoy copies them.
         unsafe {
@@ -356,6 +496,33 @@ impl Stream {
         found.then(|| copy_envoy_bytes(out.ptr, out.length))
     }
 
+    /// Sends a request to `cluster`; the answer comes to [`HttpFilter::on_callout_done`].
+    /// `Err` says why Envoy did not send it.
+    pub fn http_callout(&self, cluster: &str, headers: &[(&str, &str)], timeout: std::time::Duration) -> Result<u64, &'static str> {
+        let mut raw = module_headers(headers);
+        let mut id = 0u64;
+        // SAFETY: live filter pointer; `raw` and the buffers it points into borrow
+        // `headers` and `cluster`, alive for the call (Envoy copies them); `id` too.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                raw.as_mut_ptr(),
+                raw.len(),
+                ModuleBuffer::of(b""),
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            )
+        };
+        if result == 0 { Ok(id) } else { Err(callout_refusal(result)) }
+    }
+
+    /// Lets a request stopped in its request-headers hook go on.
+    pub fn continue_decoding(&self) {
+        // SAFETY: live filter pointer.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
+    }
+
     /// Adds `by` to a counter defined with [`ConfigHandle::define_counter`].
     pub fn increment_counter(&self, id: usize, by: u64) {
         // SAFETY: live filter pointer, made from the config that defined `id`; no labels.
@@ -368,6 +535,10 @@ impl Stream {
 /// A filter configuration: makes the per-stream filters. Shared by every worker.
 pub trait FilterFactory: Send + Sync {
     fn new_filter(&self) -> Box<dyn HttpFilter>;
+    /// A [`Scheduler`] event, on the main thread.
+    fn on_scheduled(&self, _config: &ConfigHandle, _event: u64) {}
+    /// The answer to [`ConfigHandle::http_callout`] (`None`: it failed).
+    fn on_callout_done(&self, _config: &ConfigHandle, _id: u64, _response: Option<CalloutResponse>) {}
 }
 
 /// One HTTP stream's filter. Envoy calls it from one worker thread, one hook at a time.
@@ -376,6 +547,8 @@ pub trait HttpFilter {
     fn on_response_headers(&mut self, _stream: &Stream, _end_of_stream: bool) -> HeadersStatus {
         HeadersStatus::Continue
     }
+    /// The answer to [`Stream::http_callout`] (`None`: it failed).
+    fn on_callout_done(&mut self, _stream: &Stream, _id: u64, _response: Option<CalloutResponse>) {}
 }
 
 /// Runs a hook's body, turning a panic into `fallback` (and a log line).
@@ -442,8 +615,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: *const c_void, _filter_envoy: *mut c_void) -> *const c_void {
     guarded("on_http_filter_new", std::ptr::null(), || {
         // SAFETY: `config` came from `..._config_new` and lives until its destroy hook,
-        // which Envoy calls after every filter it made; shared reads only (`Sync`).
-        let Some(factory) = (unsafe { (config as *const Box<dyn FilterFactory>).as_ref() }) else {
+        // which Envoy calls after every filter it made.
+        let Some(factory) = (unsafe { factory_at(config) }) else {
             return std::ptr::null();
         };
         Box::into_raw(Box::new(factory.new_filter())) as *const c_void
@@ -494,7 +667,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
 }
 
 // Hooks Envoy 1.40 requires every HTTP module to export. The roles do nothing in
-// them: bodies and trailers pass, no callout or scheduled event is ever started.
+// them: bodies and trailers pass, no stream callout or per-stream event is started.
 // Each takes only the leading arguments it reads (the C calling convention lets the
 // caller pass more) and returns the "continue" value of its status enum.
 
@@ -517,7 +690,65 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_: *mut 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(_: *mut c_void, _: *const c_void) {}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    body: *const EnvoyBuffer,
+    body_size: usize,
+) {
+    let stream = Stream(filter_envoy);
+    guarded("on_http_filter_http_callout_done", (), || {
+        let response = callout_response(result, headers, headers_size, body, body_size);
+        // SAFETY: as in the request hook.
+        if let Some(f) = unsafe { filter_at(filter) } {
+            f.on_callout_done(&stream, callout_id, response);
+        }
+    })
+}
+
+/// The factory behind a config pointer Envoy hands back.
+///
+/// # Safety
+/// `ptr` must come from [`envoy_dynamic_module_on_http_filter_config_new`] and not yet
+/// be destroyed; only shared references are made (`FilterFactory: Sync`).
+unsafe fn factory_at<'a>(ptr: *const c_void) -> Option<&'a dyn FilterFactory> {
+    // SAFETY: per the function's contract; null is handled by `as_ref`.
+    unsafe { (ptr as *const Box<dyn FilterFactory>).as_ref() }.map(|b| b.as_ref())
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(config_envoy: *mut c_void, config: *const c_void, event: u64) {
+    guarded("on_http_filter_config_scheduled", (), || {
+        // SAFETY: Envoy passes the live config pointer `..._config_new` returned.
+        if let Some(factory) = unsafe { factory_at(config) } {
+            factory.on_scheduled(&ConfigHandle(config_envoy), event);
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    config_envoy: *mut c_void,
+    config: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const EnvoyHttpHeader,
+    headers_size: usize,
+    body: *const EnvoyBuffer,
+    body_size: usize,
+) {
+    guarded("on_http_filter_config_http_callout_done", (), || {
+        let response = callout_response(result, headers, headers_size, body, body_size);
+        // SAFETY: Envoy passes the live config pointer `..._config_new` returned.
+        if let Some(factory) = unsafe { factory_at(config) } {
+            factory.on_callout_done(&ConfigHandle(config_envoy), callout_id, response);
+        }
+    })
+}
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(_: *mut c_void, _: *const c_void) {}
 #[no_mangle]
@@ -709,6 +940,68 @@ mod tests {
         0
     }
 
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_increment_counter(_: *mut c_void, _: usize, _: *mut ModuleBuffer, _: usize, _: u64) -> u32 {
+        0
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: *mut c_void,
+        id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut ModuleHttpHeader,
+        headers_size: usize,
+        _body: ModuleBuffer,
+        _timeout: u64,
+    ) -> u32 {
+        // Records the call as a request header map of its own, then "cluster not found"
+        // unless the cluster is "sidecar".
+        let f = fake(filter);
+        f.response = (0..headers_size)
+            .map(|i| {
+                // SAFETY: the module passes an array of `headers_size` entries.
+                let h = unsafe { &*headers.add(i) };
+                (bytes(h.key_ptr, h.key_length), bytes(h.value_ptr, h.value_length))
+            })
+            .collect();
+        if bytes(cluster.ptr, cluster.length) != b"sidecar" {
+            return 2;
+        }
+        // SAFETY: `id` is the module's u64 for the call.
+        unsafe { *id = 7 };
+        0
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void) {
+        fake(filter).counters.push((usize::MAX, 0));
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        _: *mut c_void,
+        _: *mut u64,
+        _: ModuleBuffer,
+        _: *mut ModuleHttpHeader,
+        _: usize,
+        _: ModuleBuffer,
+        _: u64,
+    ) -> u32 {
+        2
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(_: *mut c_void) -> *mut c_void {
+        Box::into_raw(Box::new(std::sync::atomic::AtomicU64::new(0))) as *mut c_void
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: *mut c_void, _: u64) {
+        // SAFETY: made by the stand-in scheduler_new, alive until delete.
+        unsafe { &*(scheduler as *const std::sync::atomic::AtomicU64) }.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void) {
+        // SAFETY: made by the stand-in scheduler_new, deleted once.
+        drop(unsafe { Box::from_raw(scheduler as *mut std::sync::atomic::AtomicU64) });
+    }
+
     fn stream_of(fake: &mut FakeStream) -> Stream {
         Stream(fake as *mut FakeStream as *mut c_void)
     }
@@ -820,7 +1113,7 @@ mod tests {
         for (config, expected) in [
             (&b"{\"role\": \"app\", \"href\": \"http://x/\", \"script_name\": \"blog\"}"[..], "field `script_name`: must start with /"),
             (b"\xff\xfe", "not valid JSON"),
-            (b"{\"role\": \"spawn\", \"app\": \"a\", \"sidecar_cluster\": \"c\"}", "runs only in the Wasm filter"),
+            (b"{\"role\": \"spawn\", \"app\": \"a\"}", "field `sidecar_cluster`"),
         ] {
             let made = envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(b"wsgiproxy"), envoy_buffer(config));
             assert!(made.is_null());
@@ -831,6 +1124,47 @@ mod tests {
         // Envoy never passes null, but a null destroy must not crash either.
         envoy_dynamic_module_on_http_filter_config_destroy(std::ptr::null());
         envoy_dynamic_module_on_http_filter_destroy(std::ptr::null());
+    }
+
+    #[test]
+    fn a_callout_and_its_answer() {
+        // The spawn role asks the sidecar, pauses, and goes on with the upstream it got.
+        let config = r#"{"role": "spawn", "app": "blog", "sidecar_cluster": "sidecar"}"#;
+        let factory = envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(b"s"), envoy_buffer(config.as_bytes()));
+        assert!(!factory.is_null(), "{:?}", LOG.with(|l| l.borrow().clone()));
+        let filter = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
+        let mut f = FakeStream { request: vec![(b":path".to_vec(), b"/".to_vec())], ..FakeStream::default() };
+        let envoy_side = &mut f as *mut FakeStream as *mut c_void;
+        assert_eq!(envoy_dynamic_module_on_http_filter_request_headers(envoy_side, filter, true), HeadersStatus::StopIteration);
+        let sent: Vec<(Vec<u8>, Vec<u8>)> = std::mem::take(&mut f.response);
+        assert!(sent.contains(&(b":path".to_vec(), b"/v1/ensure/blog".to_vec())), "{sent:?}");
+        let answer = [
+            (&b":status"[..], &b"200"[..]),
+            (b"x-wsgiproxy-sidecar", b"1"),
+            (b"x-wsgiproxy-upstream", b"127.0.0.1:4321"),
+            (b"x-wsgiproxy-lease-ms", b"5000"),
+        ];
+        let raw: Vec<EnvoyHttpHeader> = answer
+            .iter()
+            .map(|(k, v)| EnvoyHttpHeader { key_ptr: k.as_ptr(), key_length: k.len(), value_ptr: v.as_ptr(), value_length: v.len() })
+            .collect();
+        let body = [envoy_buffer(b"ok")];
+        envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, filter, 7, 0, raw.as_ptr(), raw.len(), body.as_ptr(), body.len());
+        assert!(f.request.contains(&(b"x-envoy-original-dst-host".to_vec(), b"127.0.0.1:4321".to_vec())), "{:?}", f.request);
+        assert!(f.counters.contains(&(usize::MAX, 0)), "the request went on");
+        // A failed callout: a 503 saying the sidecar did not answer.
+        let second = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
+        let mut g = FakeStream::default();
+        let envoy_side = &mut g as *mut FakeStream as *mut c_void;
+        envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, second, 7, 1, std::ptr::null(), 0, std::ptr::null(), 0);
+        assert_eq!(g.reply.as_ref().map(|r| r.0), Some(503));
+        // Scheduled events and a failed report callout on the configuration.
+        envoy_dynamic_module_on_http_filter_config_scheduled(std::ptr::null_mut(), factory, 0);
+        envoy_dynamic_module_on_http_filter_config_http_callout_done(std::ptr::null_mut(), factory, 9, 1, std::ptr::null(), 0, std::ptr::null(), 0);
+        for made in [filter, second] {
+            envoy_dynamic_module_on_http_filter_destroy(made);
+        }
+        envoy_dynamic_module_on_http_filter_config_destroy(factory);
     }
 
     struct Panicking;

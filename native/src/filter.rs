@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use wsgiproxy_protocol::config::{self, Config};
 
-use crate::abi::{log, ConfigHandle, FilterFactory, HttpFilter, LogLevel};
+use crate::abi::{log, CalloutResponse, ConfigHandle, FilterFactory, HttpFilter, LogLevel};
 use crate::metrics::Metrics;
+use crate::spawn::{SpawnRuntime, Ticker};
 
 /// What every stream of a configuration shares, across worker threads.
 pub struct Shared {
@@ -15,15 +16,32 @@ pub struct Shared {
     pub metrics: Metrics,
 }
 
-struct Factory(Arc<Shared>);
+struct Factory {
+    shared: Arc<Shared>,
+    /// The spawn role's lease, and the thread that wakes it for activity reports.
+    spawn: Option<(Arc<SpawnRuntime>, Ticker)>,
+}
 
 impl FilterFactory for Factory {
     fn new_filter(&self) -> Box<dyn HttpFilter> {
-        let shared = self.0.clone();
-        match &shared.config {
-            Config::Middleware(_) => Box::new(crate::middleware::MiddlewareFilter::new(shared)),
-            Config::Exact(_) => Box::new(crate::exact::ExactFilter::new(shared)),
+        let shared = self.shared.clone();
+        match (&shared.config, &self.spawn) {
+            (Config::Middleware(_), _) => Box::new(crate::middleware::MiddlewareFilter::new(shared)),
+            (Config::Exact(_), _) => Box::new(crate::exact::ExactFilter::new(shared)),
+            (Config::Spawn(_), Some((runtime, _))) => Box::new(crate::spawn::SpawnFilter::new(shared, runtime.clone())),
             _ => Box::new(crate::app::AppFilter::new(shared)),
+        }
+    }
+
+    fn on_scheduled(&self, config: &ConfigHandle, _event: u64) {
+        if let (Config::Spawn(spawn), Some((runtime, _))) = (&self.shared.config, &self.spawn) {
+            runtime.tick(spawn, config, &self.shared);
+        }
+    }
+
+    fn on_callout_done(&self, _config: &ConfigHandle, id: u64, response: Option<CalloutResponse>) {
+        if let Some((runtime, _)) = &self.spawn {
+            runtime.report_answered(id, response);
         }
     }
 }
@@ -31,23 +49,28 @@ impl FilterFactory for Factory {
 /// Parses the configuration Envoy passed (`filter_config`); `None` refuses it.
 pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Option<Box<dyn FilterFactory>> {
     let env = |name: &str| std::env::var(name).ok();
-    let parsed = config::parse(raw, &env).map_err(|e| e.to_string()).and_then(|config| match &config {
-        Config::App(_) | Config::Middleware(_) | Config::Exact(_) => Ok(config),
-        other => Err(format!(
-            "the role {:?} runs only in the Wasm filter; the native module has \"app\", \"middleware\" and \"exact\"",
-            other.role()
-        )),
+    let parsed = config::parse(raw, &env).map_err(|e| e.to_string()).and_then(|config| {
+        let spawn = match &config {
+            // Reports need a timer: a module thread wakes the configuration.
+            Config::Spawn(_) => {
+                let ticker = handle.scheduler().and_then(Ticker::start);
+                Some((Arc::new(SpawnRuntime::new()), ticker.ok_or("the spawn role's report timer could not start")?))
+            }
+            _ => None,
+        };
+        Ok((config, spawn))
     });
     match parsed {
-        Ok(config) => {
+        Ok((config, spawn)) => {
             let names = match &config {
                 Config::Middleware(_) => crate::middleware::metric_names(),
                 Config::Exact(_) => crate::exact::metric_names(),
-                _ => crate::app::metric_names(),
+                Config::Spawn(_) => crate::spawn::metric_names(),
+                Config::App(_) => crate::app::metric_names(),
             };
             let metrics = Metrics::define(handle, &names);
             log(LogLevel::Info, &format!("wsgiproxy: configured as role {:?}", config.role()));
-            Some(Box::new(Factory(Arc::new(Shared { config, metrics }))))
+            Some(Box::new(Factory { shared: Arc::new(Shared { config, metrics }), spawn }))
         }
         Err(e) => {
             log(LogLevel::Error, &format!("wsgiproxy: {e}"));

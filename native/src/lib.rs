@@ -13,3 +13,4 @@ mod host;
 mod metrics;
 mod middleware;
 mod replay;
+mod spawn;

@@ -35,6 +35,13 @@ impl Metrics {
         self.add(stream, name, 1);
     }
 
+    /// Adds one from the configuration's own context (the main thread).
+    pub fn inc_config(&self, config: &ConfigHandle, name: &str) {
+        if let Some(id) = self.ids.get(name) {
+            config.increment_counter(*id, 1);
+        }
+    }
+
     /// Counts a refusal under its reason, or under `other` when it is not listed.
     pub fn rejected(&self, stream: &Stream, role: &str, reason: &str) {
         let name = format!("{role}.rejected.{reason}");
