@@ -8,8 +8,10 @@ use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::request::{Decision, LocalReply};
 use wsgiproxy_protocol::response::{rewrite_headers, ClientView};
 
-use crate::abi::{HeaderMap, HeadersStatus, HttpFilter, Stream};
-use crate::filter::Shared;
+use wsgiproxy_protocol::trust::{PEER_UNKNOWN, PEER_UNKNOWN_DETAIL};
+
+use crate::abi::{log, HeaderMap, HeadersStatus, HttpFilter, LogLevel, Stream};
+use crate::filter::{Shared, Warning};
 use crate::host;
 
 pub fn metric_names() -> Vec<String> {
@@ -60,7 +62,7 @@ impl HttpFilter for AppFilter {
         };
         let request = AppRequest {
             head: &head,
-            client_ip: host::tcp_peer(stream),
+            downstream: host::downstream(stream, config.needs()),
             https: host::downstream_is_tls(stream),
             now: if config.signing.is_some() { SystemTime::now() } else { UNIX_EPOCH },
             nonce,
@@ -84,7 +86,13 @@ impl HttpFilter for AppFilter {
                 });
                 HeadersStatus::Continue
             }
-            Decision::Reply(reply) => host::refuse(stream, &reply, metrics, "app"),
+            Decision::Reply(reply) => {
+                if reply.reason == PEER_UNKNOWN && self.shared.warn_once(Warning::PeerUnknown) {
+                    // Only when Envoy gives no direct remote address (not a TCP listener).
+                    log(LogLevel::Warn, &format!("wsgiproxy app: client_address is \"peer\" but the TCP peer is unknown, so requests are refused: {PEER_UNKNOWN_DETAIL}"));
+                }
+                host::refuse(stream, &reply, metrics, "app")
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! Envoy loads it (a bad one is refused, with the field named), and the factory of
 //! each stream's filter.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use wsgiproxy_protocol::config::{self, Config};
@@ -14,6 +15,23 @@ use crate::spawn::{SpawnRuntime, Ticker};
 pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
+    /// Warnings already logged for this configuration (each once, not per request).
+    warned: AtomicU8,
+}
+
+/// Conditions worth one warning per configuration.
+#[derive(Clone, Copy)]
+pub enum Warning {
+    PeerUnknown = 1,
+    PrincipalsWithoutTls = 2,
+}
+
+impl Shared {
+    /// True the first time a warning is asked for.
+    pub fn warn_once(&self, warning: Warning) -> bool {
+        let bit = warning as u8;
+        self.warned.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
 }
 
 struct Factory {
@@ -51,6 +69,11 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
     let env = |name: &str| std::env::var(name).ok();
     let parsed = config::parse(raw, &env).map_err(|e| e.to_string()).and_then(|config| {
         let spawn = match &config {
+            Config::Peer => {
+                return Err("the role \"peer\" is the Wasm filter's network filter; the native module reads the TCP peer \
+                            itself and needs no peer filter"
+                    .to_string())
+            }
             // Reports need a timer: a module thread wakes the configuration.
             Config::Spawn(_) => {
                 let ticker = handle.scheduler().and_then(Ticker::start);
@@ -66,11 +89,11 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
                 Config::Middleware(_) => crate::middleware::metric_names(),
                 Config::Exact(_) => crate::exact::metric_names(),
                 Config::Spawn(_) => crate::spawn::metric_names(),
-                Config::App(_) => crate::app::metric_names(),
+                Config::App(_) | Config::Peer => crate::app::metric_names(),
             };
             let metrics = Metrics::define(handle, &names);
             log(LogLevel::Info, &format!("wsgiproxy: configured as role {:?}", config.role()));
-            Some(Box::new(Factory { shared: Arc::new(Shared { config, metrics }), spawn }))
+            Some(Box::new(Factory { shared: Arc::new(Shared { config, metrics, warned: AtomicU8::new(0) }), spawn }))
         }
         Err(e) => {
             log(LogLevel::Error, &format!("wsgiproxy: {e}"));

@@ -1,9 +1,8 @@
 //! What the roles ask of Envoy, over the binding: the request's headers, its peer,
 //! attributes, header edits and local replies.
 
-use std::net::IpAddr;
-
 use wsgiproxy_protocol::request::{parse_peer_address, Edits, LocalReply, RequestHead};
+use wsgiproxy_protocol::trust::{Downstream, Needs};
 
 use crate::abi::{log, log_enabled, Attribute, HeaderMap, HeadersStatus, LogLevel, Stream};
 use crate::metrics::Metrics;
@@ -54,9 +53,19 @@ pub fn send_reply(stream: &Stream, reply: &LocalReply) {
     stream.send_response(reply.status, &headers, reply.body().as_bytes(), &format!("wsgiproxy_{}", reply.reason));
 }
 
-/// The TCP peer of the connection (never an X-Forwarded-For entry).
-pub fn tcp_peer(stream: &Stream) -> Option<IpAddr> {
-    parse_peer_address(&stream.direct_remote_address()?)
+/// What a role needs to know about the downstream connection, one call per value
+/// it uses. The TCP peer is the connection's own: the module reads it directly (the
+/// ABI's direct remote address), so it needs no network filter to record it.
+pub fn downstream(stream: &Stream, needs: Needs) -> Downstream {
+    let address = |raw: Option<Vec<u8>>| parse_peer_address(&raw?);
+    let text = |id: Attribute| stream.attribute_bytes(id).filter(|v| !v.is_empty()).and_then(|v| String::from_utf8(v).ok());
+    Downstream {
+        tcp_peer: if needs.tcp_peer { address(stream.direct_remote_address()) } else { None },
+        // The stream's remote address: the connection manager may have taken it from X-Forwarded-For.
+        envoy_client: if needs.envoy_client { address(stream.attribute_bytes(Attribute::SourceAddress)) } else { None },
+        uri_san: if needs.principals { text(Attribute::ConnectionUriSanPeerCertificate) } else { None },
+        dns_san: if needs.principals { text(Attribute::ConnectionDnsSanPeerCertificate) } else { None },
+    }
 }
 
 /// Whether the downstream connection is TLS.

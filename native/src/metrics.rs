@@ -76,6 +76,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "outside_pop_prefix",
     "outside_traversal_path",
     "oversized_header",
+    "peer_unknown",
     "replay_store_unavailable",
     "signature_bad",
     "signature_missing",

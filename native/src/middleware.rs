@@ -7,8 +7,10 @@ use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::middleware::{decide, MiddlewareOutcome, MiddlewareRequest};
 use wsgiproxy_protocol::request::Decision;
 
-use crate::abi::{HeadersStatus, HttpFilter, Stream};
-use crate::filter::Shared;
+use wsgiproxy_protocol::trust::PEER_UNKNOWN_DETAIL;
+
+use crate::abi::{log, HeadersStatus, HttpFilter, LogLevel, Stream};
+use crate::filter::{Shared, Warning};
 use crate::host;
 use crate::replay::ProcessNonces;
 
@@ -23,6 +25,7 @@ pub fn metric_names() -> Vec<String> {
             "middleware.stripped_headers",
             "middleware.dropped_keys",
             "middleware.signature_missing",
+            "middleware.peer_unknown",
         ],
     )
 }
@@ -47,9 +50,7 @@ impl HttpFilter for MiddlewareFilter {
         let head = host::request_head(stream);
         let request = MiddlewareRequest {
             head: &head,
-            // The connection's own peer: the module reads it directly, so it needs
-            // no network filter to record it.
-            peer_ip: host::tcp_peer(stream),
+            downstream: host::downstream(stream, config.needs()),
             https: host::downstream_is_tls(stream),
             now: if config.verify.is_some() { SystemTime::now() } else { UNIX_EPOCH },
         };
@@ -63,6 +64,15 @@ impl HttpFilter for MiddlewareFilter {
         metrics.add(stream, "middleware.dropped_keys", outcome.dropped_keys as u64);
         if outcome.unsigned {
             metrics.inc(stream, "middleware.signature_missing");
+        }
+        if outcome.peer_unknown {
+            metrics.inc(stream, "middleware.peer_unknown");
+            if self.shared.warn_once(Warning::PeerUnknown) {
+                log(LogLevel::Warn, &format!("wsgiproxy middleware: trust_ips is configured but the TCP peer is unknown, so no request is trusted by address: {PEER_UNKNOWN_DETAIL}"));
+            }
+        }
+        if config.trust_principals.is_some() && !request.https && self.shared.warn_once(Warning::PrincipalsWithoutTls) {
+            log(LogLevel::Warn, "wsgiproxy middleware: trust_principals is configured but this connection has no TLS: principals match only mTLS peers, so nothing on this listener is trusted by identity");
         }
         match decision {
             Decision::Forward(edits) => {
