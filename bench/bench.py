@@ -32,6 +32,8 @@ ECHO = ROOT / "target/release/wsgiproxy-echo"
 SIDECAR = ROOT / "target/release/wsgiproxy-sidecar"
 WASM = ROOT / "target/wasm32-wasip1/release/wsgiproxy_filter.wasm"
 EMPTY_WASM = ROOT / "target/wasm32-wasip1/release/wsgiproxy_bench_empty_filter.wasm"
+# The native dynamic module (libwsgiproxy.so), built with `--profile native`.
+NATIVE_DIR = ROOT / "target/native"
 ENVOY_CORE, LOAD_CORE = "0", "1"
 TICKS = os.sysconf("SC_CLK_TCK")
 KEY = "benchmark-shared-key-0123456789"
@@ -84,6 +86,20 @@ def wasm_filter(name, path, config):
                     "environment_variables": {"key_values": {"WSGIPROXY_KEY": KEY}},
                 },
             },
+        },
+    }
+
+
+def native_filter(name, config):
+    """The same role in the native dynamic module, with the same JSON (its secrets come
+    from Envoy's environment: see start_envoy)."""
+    return {
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": "wsgiproxy", "do_not_close": True},
+            "filter_name": name,
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(config)},
         },
     }
 
@@ -213,8 +229,10 @@ class Proc:
 def start_envoy(workdir, config, port, concurrency=1, cpu=ENVOY_CORE):
     path = Path(workdir) / f"envoy-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
+    # The native module finds libwsgiproxy.so here and reads its key from Envoy's environment.
+    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR), WSGIPROXY_KEY=KEY)
     proc = Proc([ENVOY, "-c", path, "--concurrency", concurrency, "--disable-hot-restart", "--log-level", "error"],
-                cpu, Path(workdir) / f"envoy-{port}.log")
+                cpu, Path(workdir) / f"envoy-{port}.log", env=env)
     try:
         wait_port(port)
     except RuntimeError:
@@ -385,6 +403,10 @@ def variants(echo_port, sidecar_port):
         ("two-Envoy chain (SHA256)", {"chain": (app(secret=secret, algorithm="hmac-sha256"), [wasm_filter("wsgiproxy", WASM, mw_secret)])}),
         ("spawn role, warm app", {"filters": [wasm_filter("wsgiproxy", WASM, {
             "role": "spawn", "app": "bench", "sidecar_cluster": "wsgiproxy_sidecar"})], "clusters": spawn_clusters}),
+        # The same roles and JSON in the native dynamic module.
+        ("native module: app role, unsigned", {"filters": [native_filter("wsgiproxy", APP_CONFIG)]}),
+        ("native module: app role, HMAC-SHA256", {"filters": [native_filter("wsgiproxy", dict(APP_CONFIG, secret=secret, algorithm="hmac-sha256"))]}),
+        ("native module: middleware, verifying SHA256", {"filters": [native_filter("wsgiproxy", mw_secret)], "signed_input": True}),
     ]
 
 

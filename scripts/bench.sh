@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 WSGIPROXY_BENCH_TOOLS=1 bash scripts/setup.sh
 cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter -p wsgiproxy-bench-empty-filter
 cargo build --release -p wsgiproxy-echo -p wsgiproxy-sidecar
+cargo build --profile native -p wsgiproxy-native
 exec .venv/bin/python bench/bench.py "$@"

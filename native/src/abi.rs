@@ -7,6 +7,7 @@
 //!
 //! Envoy only promises compatibility with a module built for its exact ABI: this one
 //! reports [`ABI_VERSION`], the string Envoy 1.40.0 expects, and is pinned to it.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -1101,11 +1102,22 @@ mod tests {
         assert!(f.counters.iter().any(|&(_, by)| by == 1));
         assert!(DEFINED.with(|d| d.borrow().iter().any(|n| n == "wsgiproxy.app.rejected.outside_mount")));
 
-        let mut outside = FakeStream { request: vec![(b":path".to_vec(), b"/other".to_vec())], ..FakeStream::default() };
+        let mut outside = FakeStream {
+            request: vec![(b":path".to_vec(), b"/other".to_vec())],
+            direct_address: Some(b"10.1.2.3:4444".to_vec()),
+            ..FakeStream::default()
+        };
         assert_eq!(through_hooks(config, &mut outside), HeadersStatus::StopIteration);
         let (status, headers, _, _) = outside.reply.unwrap();
         assert_eq!(status, 404);
         assert!(headers.contains(&("x-wsgiproxy-error".into(), "outside_mount".into())));
+
+        // No TCP peer to send as the client address: refused, never a guess.
+        let mut unknown = FakeStream { request: vec![(b":path".to_vec(), b"/blog/x".to_vec())], ..FakeStream::default() };
+        assert_eq!(through_hooks(config, &mut unknown), HeadersStatus::StopIteration);
+        let (status, headers, _, _) = unknown.reply.unwrap();
+        assert_eq!(status, 500);
+        assert!(headers.contains(&("x-wsgiproxy-error".into(), "peer_unknown".into())));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! `abi` is the binding to Envoy's C ABI and holds every `unsafe` block; the rest is
 //! safe glue, shaped like the Wasm filter's.
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
 mod abi;
 mod app;
 mod exact;
