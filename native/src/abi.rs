@@ -702,13 +702,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body_size: usize,
 ) {
     let stream = Stream(filter_envoy);
-    guarded("on_http_filter_http_callout_done", (), || {
+    let done = guarded("on_http_filter_http_callout_done", false, || {
         let response = callout_response(result, headers, headers_size, body, body_size);
         // SAFETY: as in the request hook.
         if let Some(f) = unsafe { filter_at(filter) } {
             f.on_callout_done(&stream, callout_id, response);
         }
-    })
+        true
+    });
+    if !done {
+        // The request waits for this answer: fail closed rather than leave it hanging.
+        guarded("on_http_filter_http_callout_done", (), || {
+            stream.send_response(500, &[("x-wsgiproxy-error", "internal_error")], b"internal error\n", "wsgiproxy_internal_error")
+        });
+    }
 }
 
 /// The factory behind a config pointer Envoy hands back.
@@ -1187,6 +1194,9 @@ mod tests {
         fn on_response_headers(&mut self, _: &Stream, _: bool) -> HeadersStatus {
             panic!("another bug")
         }
+        fn on_callout_done(&mut self, _: &Stream, _: u64, _: Option<CalloutResponse>) {
+            panic!("a third bug")
+        }
     }
 
     #[test]
@@ -1196,10 +1206,13 @@ mod tests {
         let envoy_side = &mut f as *mut FakeStream as *mut c_void;
         assert_eq!(envoy_dynamic_module_on_http_filter_request_headers(envoy_side, filter, true), HeadersStatus::StopIteration);
         assert_eq!(envoy_dynamic_module_on_http_filter_response_headers(envoy_side, filter, true), HeadersStatus::Continue);
-        envoy_dynamic_module_on_http_filter_destroy(filter);
-        let (status, headers, _, _) = f.reply.unwrap();
+        let (status, headers, _, _) = f.reply.take().unwrap();
         assert_eq!(status, 500);
         assert!(headers.contains(&("x-wsgiproxy-error".into(), "internal_error".into())));
+        // A request waiting for a callout's answer is answered, not left hanging.
+        envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, filter, 1, 1, std::ptr::null(), 0, std::ptr::null(), 0);
+        assert_eq!(f.reply.take().map(|r| r.0), Some(500));
+        envoy_dynamic_module_on_http_filter_destroy(filter);
         assert!(LOG.with(|l| l.borrow().iter().any(|(level, m)| *level == LogLevel::Critical && m.contains("panic caught"))));
     }
 }
