@@ -152,6 +152,10 @@ fn a_connection_refused_under_a_lease_drops_the_lease_at_once() {
         "report_interval_ms": 60000, "ensure_timeout_ms": 15000
     }));
     assert_eq!(envoy.get("/", &[]).status, 200);
+    // The first request's activity is reported at the next tick (250 ms): let that
+    // report be answered while the app is up, or it would be the news of the crash.
+    wait_until("the first report is answered", Duration::from_secs(5), || envoy.stat("wsgiproxy.spawn.reports") >= 1);
+    std::thread::sleep(Duration::from_millis(300));
     assert_eq!(envoy.get("/__exit/1", &[]).text(), "bye\n");
     wait_until("the sidecar sees the crash", Duration::from_secs(5), || sidecar.status("blog")["state"] == "failed");
     let r = envoy.get("/", &[]);
