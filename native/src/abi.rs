@@ -670,7 +670,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
 // Hooks Envoy 1.40 requires every HTTP module to export. The roles do nothing in
 // them: bodies and trailers pass, no stream callout or per-stream event is started.
 // Each takes only the leading arguments it reads (the C calling convention lets the
-// caller pass more) and returns the "continue" value of its status enum.
+// caller pass more) and returns the "continue" value of its status enum. They run
+// no code that could panic, so, like `on_program_init`, they need no `guarded`.
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(_: *mut c_void, _: *const c_void, _: bool) -> u32 {
