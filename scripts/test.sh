@@ -50,11 +50,11 @@ trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-echo "== the Envoy tests of every role and the hostile cases, on the native module"
+echo "== the Envoy tests of every role, the hostile, trust and RFC 9421 ones, on the native module"
 # Two trust tests take the Wasm filter's peer network filter away to show it fails
 # closed; the native module reads the TCP peer itself, so they do not apply to it.
 WSGIPROXY_LOADER=native cargo test --no-fail-fast --test app_role --test middleware_role --test exact_role --test spawn_role \
-  --test hostile --test trust "$@" -- \
+  --test hostile --test trust --test rfc9421_interop "$@" -- \
   --skip app_role_without_the_peer_record_refuses_rather_than_guess \
   --skip without_the_peer_record_nothing_is_trusted_by_address 2>&1 | tee -a "$log"
 native_status=${PIPESTATUS[0]}
