@@ -410,3 +410,31 @@ fn principals_on_a_plaintext_listener_never_match_and_say_so() {
     let log = envoy.stop_and_log();
     assert_eq!(log.matches("trust_principals is configured but this connection has no TLS").count(), 1, "{log}");
 }
+
+#[test]
+fn a_role_in_the_wrong_kind_of_filter_fails_closed() {
+    // The peer role in the HTTP filter's place: no request reaches the backend unjudged.
+    let echo = Echo::start();
+    let envoy = Envoy::start("envoy/middleware.yaml", &Overrides::default().cluster("app", echo.port).plugin(json!({"role": "peer"})).env("WSGIPROXY_KEY_K1", "validate-only-key-0123456789"));
+    for _ in 0..3 {
+        let r = request_from(ATTACKER, envoy.port, "GET", "/x", &PROTOCOL);
+        assert!(r.status >= 500, "forwarded by a misplaced peer role: {} {}", r.status, r.text());
+    }
+    // The middleware role in the network filter's place: connections are refused.
+    fn middleware_as_network_filter(doc: &mut Yaml) {
+        let filter = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+        filter["typed_config"]["config"]["configuration"]["value"] =
+            Yaml::from(r#"{"role": "middleware", "trust_ips": ["127.0.0.2/32"], "keys": {"REMOTE_USER": "x-remote-user"}}"#);
+    }
+    let envoy = start_middleware(&echo, by_address(), middleware_as_network_filter);
+    for _ in 0..3 {
+        let mut stream = connect_from(ATTACKER, envoy.port);
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let _ = std::io::Write::write_all(&mut stream, b"GET /x HTTP/1.1\r\nHost: a\r\nX-WSGIProxy-Str-0: REMOTE_USER admin\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(!text.contains("x-remote-user"), "forwarded: {text}");
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 5"), "{text}");
+    }
+}
