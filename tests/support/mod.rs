@@ -162,6 +162,34 @@ impl Overrides {
     }
 }
 
+/// One GET to Envoy's admin endpoint at start, when it may not answer yet: the
+/// status and the body as sent (chunked: look for whole lines in it), or None.
+fn admin_probe(admin_port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Envoy is LIVE, its workers are started, and no listener is warming.
+fn envoy_says_it_serves(admin_port: u16) -> bool {
+    let live = admin_probe(admin_port, "/ready").is_some_and(|(status, body)| status == 200 && body.lines().any(|l| l.trim() == "LIVE"));
+    if !live {
+        return false;
+    }
+    let Some((200, stats)) = admin_probe(admin_port, "/stats?filter=listener_manager") else { return false };
+    let gauge = |name: &str| stats.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse::<u64>().ok());
+    gauge("listener_manager.workers_started") == Some(1)
+        && gauge("listener_manager.total_listeners_warming") == Some(0)
+        && gauge("listener_manager.total_listeners_active").is_some_and(|n| n > 0)
+}
+
 /// A running Envoy.
 pub struct Envoy {
     pub port: u16,
@@ -304,7 +332,11 @@ impl Envoy {
         (port, admin_port, Proc { child, log: log.clone(), _dir: Some(dir) }, config)
     }
 
-    /// Starts Envoy with a shipped config and waits until its listener accepts.
+    /// Starts Envoy with a shipped config and waits until Envoy itself says it serves:
+    /// admin `/ready` answers LIVE, its workers are started and no listener is still
+    /// warming. A TCP connect is not enough: the listen socket accepts before the
+    /// workers serve, and a connection queued on a socket Envoy then replaces (one per
+    /// worker with reuse_port) is reset.
     pub fn start(file: &str, o: &Overrides) -> Envoy {
         let (port, admin_port, mut proc, _) = Self::spawn(file, o);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -312,7 +344,7 @@ impl Envoy {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 panic!("envoy exited ({status}) at start:\n{}", proc.log_text());
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if envoy_says_it_serves(admin_port) {
                 break;
             }
             assert!(Instant::now() < deadline, "envoy did not start:\n{}", proc.log_text());
