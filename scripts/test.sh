@@ -19,9 +19,7 @@ for config in envoy/*.yaml; do
   WSGIPROXY_KEY_K1=validate-only-key-0123456789 .venv/envoy --mode validate -c "$config" --log-level error >/dev/null \
     || { echo "envoy refused $config"; exit 1; }
 done
-if [ -f docker-compose.yml ]; then
-  docker-compose -f docker-compose.yml config -q
-fi
+bash scripts/compose.sh config -q
 
 echo "== tests"
 log=$(mktemp)
