@@ -344,3 +344,47 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     let left = leftovers();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A config with what the stack may change taken out: addresses, the .wasm's path,
+/// how a cluster finds its endpoints, and the plugin settings that name places
+/// (href, trust_ips, allow_hosts).
+fn filter_chains_of(file: &str) -> serde_yaml::Value {
+    use serde_yaml::Value as Yaml;
+    fn walk(v: &mut Yaml) {
+        match v {
+            Yaml::Mapping(m) => {
+                for (k, v) in m.iter_mut() {
+                    match k.as_str() {
+                        Some("socket_address" | "filename") => *v = Yaml::Null,
+                        Some("type") if v.as_str() == Some("STRICT_DNS") => *v = Yaml::from("STATIC"),
+                        Some("value") if v.as_str().is_some_and(|s| s.trim_start().starts_with('{')) => {
+                            let mut config: Json = serde_json::from_str(v.as_str().unwrap()).unwrap();
+                            for place in ["href", "trust_ips", "allow_hosts"] {
+                                config.as_object_mut().unwrap().remove(place);
+                            }
+                            *v = Yaml::from(config.to_string());
+                        }
+                        _ => walk(v),
+                    }
+                }
+            }
+            Yaml::Sequence(s) => s.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut doc: Yaml = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join(file)).unwrap()).unwrap();
+    walk(&mut doc);
+    doc
+}
+
+#[test]
+fn the_stack_runs_the_shipped_configs_with_its_own_addresses() {
+    for (stack, shipped) in [
+        ("deploy/compose/edge.yaml", "envoy/app.yaml"),
+        ("deploy/compose/backend.yaml", "envoy/middleware.yaml"),
+        ("deploy/compose/spawn.yaml", "envoy/spawn.yaml"),
+        ("deploy/compose/exact.yaml", "envoy/exact.yaml"),
+    ] {
+        assert!(filter_chains_of(stack) == filter_chains_of(shipped), "{stack} differs from {shipped} beyond addresses");
+    }
+}
