@@ -123,6 +123,8 @@ struct Answer {
     status: u16,
     took: Duration,
     cold_start: bool,
+    /// x-wsgiproxy-error, when the filter answered itself.
+    error: String,
 }
 
 /// Requests one after another from the client container, each answer time-stamped
@@ -142,7 +144,7 @@ impl Load {
         // closed pipe), line-buffered so that each answer comes as it is received.
         let mut child = compose_command(&[
             "exec", "-T", "client", "timeout", "300", "stdbuf", "-oL", "curl", "-s", "-o", "/dev/null", "--max-time", "10",
-            "-w", "%{http_code} %{time_total} %header{x-wsgiproxy-cold-start-ms}\\n", &glob,
+            "-w", "%{http_code} %{time_total} %header{x-wsgiproxy-cold-start-ms} %header{x-wsgiproxy-error}\\n", &glob,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -160,7 +162,8 @@ impl Load {
                 let status = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
                 let took = fields.next().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
                 let cold_start = fields.next().is_some_and(|h| !h.trim().is_empty());
-                into.lock().unwrap().push(Answer { at: began.elapsed(), status, took: Duration::from_secs_f64(took), cold_start });
+                let error = fields.next().unwrap_or_default().trim().to_string();
+                into.lock().unwrap().push(Answer { at: began.elapsed(), status, took: Duration::from_secs_f64(took), cold_start, error });
             }
         });
         let load = Load { child, answers, reader: Some(reader), began };
@@ -192,6 +195,15 @@ impl Load {
         }
         self.answers.lock().unwrap().clone()
     }
+}
+
+/// How many failed, by status and x-wsgiproxy-error (empty: Envoy's own answer).
+fn kinds(failures: &[Answer]) -> std::collections::BTreeMap<String, usize> {
+    let mut kinds = std::collections::BTreeMap::new();
+    for a in failures {
+        *kinds.entry(format!("{} {}", a.status, a.error).trim().to_string()).or_insert(0) += 1;
+    }
+    kinds
 }
 
 /// Runs of the same status: `200x2168 2.4s-6.2s, ...`.
@@ -301,9 +313,10 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     let slowest = failures.iter().map(|a| a.took).max().unwrap_or_default();
     let back = back.unwrap();
     eprintln!(
-        "backend stopped: {} requests, {} failed ({statuses:?}), slowest failure {slowest:?}; first 200 {:?} after `start` returned",
+        "backend stopped: {} requests, {} failed ({:?}), slowest failure {slowest:?}; first 200 {:?} after `start` returned",
         answers.len(),
         failures.len(),
+        kinds(&failures),
         back.saturating_sub(started_at)
     );
     assert_eq!(statuses, [503].into(), "the edge answers 503 while the backend is down");
@@ -333,7 +346,7 @@ fn the_stack_serves_across_containers_and_survives_faults() {
         "sidecar killed: {} requests, {} failed ({:?}); first 200 {:?} after `start` returned, cold start: {}",
         answers.len(),
         failures.len(),
-        failures.iter().map(|a| a.status).collect::<std::collections::BTreeSet<_>>(),
+        kinds(&failures),
         back.saturating_sub(started_at),
         first_after.cold_start
     );
