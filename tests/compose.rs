@@ -14,9 +14,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 use support::*;
+use wsgiproxy_protocol::signature::{format_date, sign, Algorithm, KeyRing, SignedParts};
 
 /// Its own project name: the test never touches a stack a user brought up.
 const PROJECT: &str = "wsgiproxy-test";
+/// The signing key the edge and the backend share in the test's stack.
+const KEY: &str = "compose-test-key-0123456789abcdef";
 
 fn compose_command(args: &[&str]) -> Command {
     let mut cmd = Command::new("bash");
@@ -27,7 +30,8 @@ fn compose_command(args: &[&str]) -> Command {
         // The image is assembled from what scripts/test.sh built (cargo's lock is ours).
         .env("WSGIPROXY_COMPOSE_PROFILE", "debug")
         .env("WSGIPROXY_COMPOSE_SKIP_CARGO", "1")
-        .env("CARGO_TARGET_DIR", target_dir());
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env("WSGIPROXY_KEY_K1", KEY);
     cmd
 }
 
@@ -88,6 +92,19 @@ fn from_client(url: &str, headers: &[&str]) -> Response {
     args.push(url);
     let out = compose_ok(&args);
     read_response(&mut out.as_bytes())
+}
+
+/// The headers of a request to the backend (`GET /signed`, Host backend:10001) that
+/// claims user `mallory`, signed with the stack's key as the edge would sign it.
+fn signed_claim(nonce: u8) -> Vec<String> {
+    let ring = KeyRing::new(Algorithm::HmacSha256, &[("k1".into(), KEY.as_bytes().to_vec())]).unwrap();
+    let date = format_date(std::time::SystemTime::now());
+    let headers: Vec<(&str, &[u8])> = vec![("x-wsgiproxy-version", b"0.1"), ("x-wsgiproxy-str-0", b"REMOTE_USER mallory")];
+    let parts = SignedParts { method: b"GET", authority: b"backend:10001", path: b"/signed", date: date.as_bytes(), protocol_headers: headers.clone() };
+    let signature = sign(&ring, &[nonce; 16], &parts).unwrap();
+    let mut all: Vec<String> = headers.iter().map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v))).collect();
+    all.extend([format!("Date: {date}"), format!("X-WSGIProxy-Signature: {signature}"), "Host: backend:10001".into()]);
+    all
 }
 
 /// A GET from inside a container to its own loopback (admin and control APIs).
@@ -273,6 +290,23 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     assert_eq!(got.header("x-forwarded-host").as_deref(), Some("backend:10001"));
     wait_for("the backend counts an untrusted request", Duration::from_secs(5), || counter("backend", "wsgiproxy.middleware.untrusted") == 1);
     assert_eq!(counter("backend", "wsgiproxy.middleware.trusted"), 1);
+
+    // A correctly signed request is believed from the edge's address only: sent from
+    // the client network it is not; sent from inside the edge's container (its
+    // address on the edge network, 10.213.2.10) it is.
+    let claim = signed_claim(1);
+    let mut args: Vec<&str> = vec!["exec", "-T", "client", "curl", "-sS", "--max-time", "20"];
+    claim.iter().for_each(|h| args.extend(["-H", h.as_str()]));
+    args.push("http://backend:10001/signed");
+    let got: Json = serde_json::from_str(&compose_ok(&args)).unwrap();
+    assert!(!got["headers"].to_string().contains("mallory"), "believed from the client network: {got}");
+    wait_for("the backend counts it untrusted", Duration::from_secs(5), || counter("backend", "wsgiproxy.middleware.untrusted") == 2);
+    let claim = signed_claim(2);
+    let mut args: Vec<&str> = vec!["exec", "-T", "edge", "curl", "-sS", "--max-time", "20"];
+    claim.iter().for_each(|h| args.extend(["-H", h.as_str()]));
+    args.push("http://10.213.2.20:10001/signed");
+    let got: Json = serde_json::from_str(&compose_ok(&args)).unwrap();
+    assert!(got["headers"].to_string().contains(r#"["x-remote-user","mallory"]"#), "not believed from the edge's address: {got}");
 
     // The exact proxy: the request as sent, to the allowed destination only.
     let r = from_client("http://exact:10003/e?q=1", &["Host: echo:8080", "X-Probe: 1"]);
