@@ -15,12 +15,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p wsgiproxy-filter --target wasm32-wasip1 --release -- -D warnings
 
 echo "== shipped configs"
+# The configs name target/…/wsgiproxy_filter.wasm: validate copies that name the one
+# built in CARGO_TARGET_DIR, when it is set.
+target_dir=${CARGO_TARGET_DIR:-target}
+validate_dir=$(mktemp -d)
 for envoy in .venv/envoy .venv/envoy-oldest; do
   for config in envoy/*.yaml; do
-    WSGIPROXY_KEY_K1=validate-only-key-0123456789 "$envoy" --mode validate -c "$config" --log-level error >/dev/null \
+    sed "s|target/wasm32-wasip1/|$target_dir/wasm32-wasip1/|" "$config" >"$validate_dir/$(basename "$config")"
+    WSGIPROXY_KEY_K1=validate-only-key-0123456789 "$envoy" --mode validate -c "$validate_dir/$(basename "$config")" --log-level error >/dev/null \
       || { echo "$("$envoy" --version) refused $config"; exit 1; }
   done
 done
+rm -rf "$validate_dir"
 bash scripts/compose.sh config -q
 
 echo "== tests"
