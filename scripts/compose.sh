@@ -77,10 +77,16 @@ build_image() {
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
   printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
   install -d -m 1777 "$root/tmp"
+  # The image this replaces is removed once nothing uses it (no dangling copies).
+  local previous
+  previous=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   tar -C "$root" -c . | docker import \
     --change 'ENV PATH=/usr/local/bin:/usr/bin' \
     --change 'WORKDIR /' \
     --message "wsgiproxy stack ($PROFILE binaries)" - "$IMAGE" >/dev/null
+  if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+  fi
   echo "built $IMAGE"
 }
 
