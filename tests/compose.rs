@@ -354,7 +354,8 @@ fn the_stack_serves_across_containers_and_survives_faults() {
         back.saturating_sub(started_at)
     );
     assert_eq!(statuses, [503].into(), "the edge answers 503 while the backend is down");
-    assert!(slowest < Duration::from_millis(1500), "503s come promptly: the slowest took {slowest:?}");
+    // Prompt: never longer than the edge's connect_timeout (1 s), with room for a loaded machine.
+    assert!(slowest < Duration::from_millis(2000), "503s come promptly: the slowest took {slowest:?}");
 
     // Fault 2: the sidecar's container is killed under load through the spawn Envoy.
     let load = Load::start("http://spawn:10002/load");
