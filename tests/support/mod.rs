@@ -565,6 +565,18 @@ pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
 
+/// Where a sidecar's apps are given ports: a block of 10 of its own for each sidecar
+/// of this test process (20 blocks, then they are reused), and blocks apart from
+/// other processes'. With overlapping ranges, a port one test's crashed app freed
+/// was taken by another test's sidecar, whose app then answered under the first
+/// test's lease.
+fn first_app_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = NEXT.fetch_add(1, Ordering::Relaxed) % 20;
+    20000 + (std::process::id() % 200) as u16 * 200 + block * 10
+}
+
 /// The spawn sidecar, with a configuration written by the test.
 pub struct Sidecar {
     pub port: u16,
@@ -584,7 +596,7 @@ impl Sidecar {
         std::fs::write(&path, config.replace("ECHO", &bin_path("wsgiproxy-echo").to_string_lossy())).unwrap();
         let log = dir.path().join("sidecar.log");
         let out = std::fs::File::create(&log).unwrap();
-        let first_port = 30000 + (std::process::id() % 100) as u16 * 50 + (port % 50);
+        let first_port = first_app_port();
         let child = Command::new(bin_path("wsgiproxy-sidecar"))
             .arg("--config")
             .arg(&path)
