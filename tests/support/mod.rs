@@ -235,6 +235,34 @@ impl Overrides {
     }
 }
 
+/// One GET to Envoy's admin endpoint at start, when it may not answer yet: the
+/// status and the body as sent (chunked: look for whole lines in it), or None.
+fn admin_probe(admin_port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(("127.0.0.1", admin_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// Envoy is LIVE, its workers are started, and no listener is warming.
+fn envoy_says_it_serves(admin_port: u16) -> bool {
+    let live = admin_probe(admin_port, "/ready").is_some_and(|(status, body)| status == 200 && body.lines().any(|l| l.trim() == "LIVE"));
+    if !live {
+        return false;
+    }
+    let Some((200, stats)) = admin_probe(admin_port, "/stats?filter=listener_manager") else { return false };
+    let gauge = |name: &str| stats.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.trim().parse::<u64>().ok());
+    gauge("listener_manager.workers_started") == Some(1)
+        && gauge("listener_manager.total_listeners_warming") == Some(0)
+        && gauge("listener_manager.total_listeners_active").is_some_and(|n| n > 0)
+}
+
 /// A running Envoy.
 pub struct Envoy {
     pub port: u16,
@@ -386,7 +414,11 @@ impl Envoy {
         (port, admin_port, Proc { child, log: log.clone(), _dir: Some(dir) }, config)
     }
 
-    /// Starts Envoy with a shipped config and waits until its listener accepts.
+    /// Starts Envoy with a shipped config and waits until Envoy itself says it serves:
+    /// admin `/ready` answers LIVE, its workers are started and no listener is still
+    /// warming. A TCP connect is not enough: the listen socket accepts before the
+    /// workers serve, and a connection queued on a socket Envoy then replaces (one per
+    /// worker with reuse_port) is reset.
     pub fn start(file: &str, o: &Overrides) -> Envoy {
         let (port, admin_port, mut proc, _) = Self::spawn(file, o);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -394,7 +426,7 @@ impl Envoy {
             if let Ok(Some(status)) = proc.child.try_wait() {
                 panic!("envoy exited ({status}) at start:\n{}", proc.log_text());
             }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if envoy_says_it_serves(admin_port) {
                 break;
             }
             assert!(Instant::now() < deadline, "envoy did not start:\n{}", proc.log_text());
@@ -438,7 +470,9 @@ impl Envoy {
     /// A counter the filter defined (Envoy shows Wasm metrics under `wasmcustom.`, the
     /// native module's under `dynamicmodulescustom.`),
     /// read once the filter has flushed its counts (it does every 250 ms): waits until
-    /// it has stayed the same for a while.
+    /// it has stayed the same for a while. Envoy before 1.40 may show it under the
+    /// scope of the first filter that defined it (`cluster.NAME.wasmcustom.` when that
+    /// was an upstream filter): every scope's count is added.
     pub fn stat(&self, name: &str) -> u64 {
         let full = format!("{}{name}", self.loader.stat_prefix());
         // The native module's upstream filters count in their cluster's scope
@@ -619,6 +653,18 @@ pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
 
+/// Where a sidecar's apps are given ports: a block of 10 of its own for each sidecar
+/// of this test process (20 blocks, then they are reused), and blocks apart from
+/// other processes'. With overlapping ranges, a port one test's crashed app freed
+/// was taken by another test's sidecar, whose app then answered under the first
+/// test's lease.
+fn first_app_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = NEXT.fetch_add(1, Ordering::Relaxed) % 20;
+    20000 + (std::process::id() % 200) as u16 * 200 + block * 10
+}
+
 /// The spawn sidecar, with a configuration written by the test.
 pub struct Sidecar {
     pub port: u16,
@@ -638,7 +684,7 @@ impl Sidecar {
         std::fs::write(&path, config.replace("ECHO", &bin_path("wsgiproxy-echo").to_string_lossy())).unwrap();
         let log = dir.path().join("sidecar.log");
         let out = std::fs::File::create(&log).unwrap();
-        let first_port = 30000 + (std::process::id() % 100) as u16 * 50 + (port % 50);
+        let first_port = first_app_port();
         let child = Command::new(bin_path("wsgiproxy-sidecar"))
             .arg("--config")
             .arg(&path)

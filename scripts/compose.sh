@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# The compose stack (docker-compose.yml): builds its image locally, then runs
+# Compose — `docker compose` (v2) when the machine has it, else `docker-compose` (v1).
+#
+#   scripts/compose.sh build          build the image wsgiproxy/stack:local (no pull)
+#   scripts/compose.sh up             build, start everything, wait until all serve
+#   scripts/compose.sh down           stop and remove containers, networks, volumes
+#   scripts/compose.sh ARGS...        any other Compose command, e.g.
+#                                     exec client curl -s http://edge:10000/hello
+#
+# The image is FROM scratch: Envoy from the PyPI wheel (./.venv, scripts/setup.sh),
+# the filter (.wasm), the echo app and the sidecar built here, curl, sleep,
+# timeout and stdbuf (health checks, the client), the shared libraries `ldd` lists for each of
+# them, and the stack's configs (deploy/compose/). It is assembled in a folder and
+# `docker import`ed: nothing is pulled.
+#
+# Environment: WSGIPROXY_COMPOSE_PROFILE=release|debug (cargo profile of the native
+# binaries; default release), COMPOSE_PROJECT_NAME (default wsgiproxy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+IMAGE=wsgiproxy/stack:local
+PROFILE=${WSGIPROXY_COMPOSE_PROFILE:-release}
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-wsgiproxy}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+compose() {
+  if docker compose version >/dev/null 2>&1; then
+    docker compose -f docker-compose.yml "$@"
+  else
+    docker-compose -f docker-compose.yml "$@"
+  fi
+}
+
+# Copies a dynamically linked executable into the root at `dest`, with every
+# library `ldd` lists for it (at the same path) and the loader.
+add_executable() {
+  local root=$1 src=$2 dest=$3
+  install -D -m 0755 "$src" "$root$dest"
+  ldd "$src" | awk '/=> \// { print $3 } /^\t\/[^ ]+ \(/ { print $1 }' | while read -r lib; do
+    # 0755: the loader among them is executed.
+    [ -e "$root$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+  done
+}
+
+build_image() {
+  if [ ! -x .venv/envoy ]; then
+    bash scripts/setup.sh
+  fi
+  local cargo_profile=()
+  [ "$PROFILE" = release ] && cargo_profile=(--release)
+  # The compose test runs inside `cargo test`, which holds cargo's lock: it asks
+  # for the image to be assembled from what scripts/test.sh has built already.
+  if [ "${WSGIPROXY_COMPOSE_SKIP_CARGO:-0}" != 1 ]; then
+    cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter
+    cargo build "${cargo_profile[@]}" -p wsgiproxy-echo -p wsgiproxy-sidecar
+  fi
+  local bins="$TARGET_DIR/$PROFILE"
+  local root
+  root=$(mktemp -d)
+  chmod 0755 "$root"
+  trap 'rm -rf "$root"' RETURN
+  add_executable "$root" "$(readlink -f .venv/envoy)" /usr/local/bin/envoy
+  add_executable "$root" "$bins/wsgiproxy-echo" /usr/local/bin/wsgiproxy-echo
+  add_executable "$root" "$bins/wsgiproxy-sidecar" /usr/local/bin/wsgiproxy-sidecar
+  add_executable "$root" "$(command -v curl)" /usr/bin/curl
+  add_executable "$root" "$(command -v sleep)" /usr/bin/sleep
+  add_executable "$root" "$(command -v timeout)" /usr/bin/timeout
+  # stdbuf -oL: the client's load reports each answer as it comes, not by the 4 KiB.
+  add_executable "$root" "$(command -v stdbuf)" /usr/bin/stdbuf
+  add_executable "$root" /usr/libexec/coreutils/libstdbuf.so /usr/libexec/coreutils/libstdbuf.so
+  install -D -m 0644 "$TARGET_DIR/wasm32-wasip1/release/wsgiproxy_filter.wasm" "$root/etc/envoy/wsgiproxy_filter.wasm"
+  for config in deploy/compose/*.yaml deploy/compose/*.toml; do
+    install -D -m 0644 "$config" "$root/etc/wsgiproxy/$(basename "$config")"
+  done
+  printf 'root:x:0:0:root:/:/nonexistent\nnobody:x:65534:65534:nobody:/:/nonexistent\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+  printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
+  install -d -m 1777 "$root/tmp"
+  # The image this replaces is removed once nothing uses it (no dangling copies).
+  local previous
+  previous=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
+  tar -C "$root" -c . | docker import \
+    --change 'ENV PATH=/usr/local/bin:/usr/bin' \
+    --change 'WORKDIR /' \
+    --message "wsgiproxy stack ($PROFILE binaries)" - "$IMAGE" >/dev/null
+  if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ]; then
+    docker image rm "$previous" >/dev/null 2>&1 || true
+  fi
+  echo "built $IMAGE"
+}
+
+# Compose v1 has no `up --wait`: start detached, then wait until every container
+# with a health check reports healthy (and fail at once if one is unhealthy or exits).
+wait_healthy() {
+  local deadline=$((SECONDS + ${WSGIPROXY_COMPOSE_WAIT:-180}))
+  while :; do
+    local pending=0 id state health
+    for id in $(compose ps -q); do
+      state=$(docker inspect -f '{{.State.Status}}' "$id")
+      health=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")
+      if [ "$state" != running ] || [ "$health" = unhealthy ]; then
+        echo "$(docker inspect -f '{{.Name}}' "$id") is $state/$health" >&2
+        compose logs --tail 50 >&2
+        return 1
+      fi
+      [ "$health" = healthy ] || [ "$health" = none ] || pending=$((pending + 1))
+    done
+    [ "$pending" = 0 ] && return 0
+    if [ $SECONDS -ge $deadline ]; then
+      echo "the stack did not become healthy in time" >&2
+      compose ps >&2
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+case "${1:-}" in
+  build)
+    build_image
+    ;;
+  up)
+    shift
+    build_image
+    if docker compose version >/dev/null 2>&1 && docker compose up --help 2>/dev/null | grep -q -- '--wait'; then
+      compose up -d --wait "$@" || { compose logs --tail 50 >&2; exit 1; }
+    else
+      compose up -d "$@" || { compose logs --tail 50 >&2; exit 1; }
+      wait_healthy
+    fi
+    compose ps
+    ;;
+  down)
+    shift
+    compose down --volumes --remove-orphans "$@"
+    ;;
+  "")
+    sed -n '2,20p' "$0"
+    exit 2
+    ;;
+  *)
+    compose "$@"
+    ;;
+esac
