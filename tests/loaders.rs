@@ -228,3 +228,14 @@ fn the_shipped_native_spawn_config_starts_an_app_and_reports_then_envoy_exits_cl
     let status = envoy.proc.child.wait().unwrap();
     assert!(status.success(), "envoy exited with {status}:\n{}", envoy.proc.log_text());
 }
+
+#[test]
+fn the_shipped_native_spawn_config_carries_bursts_to_a_small_backlog_server() {
+    // The shipped config spawns app "blog": here it is Python's http.server.
+    let sidecar = Sidecar::start(&small_backlog_app("blog"), 1500);
+    let envoy = Envoy::start(
+        "envoy/native-spawn.yaml",
+        &Overrides::default().cluster("wsgiproxy_sidecar", sidecar.port).loader(Loader::Native),
+    );
+    bursts_reach_it(&envoy, &sidecar, "blog");
+}

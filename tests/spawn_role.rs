@@ -278,50 +278,9 @@ fn huge_durations_from_the_sidecar_are_capped() {
     assert_eq!(answers[0].header("x-wsgiproxy-cold-start-ms"), Some("600000"), "capped");
 }
 
-/// Python's development server: `http.server` listens with a backlog of 5.
-fn small_backlog_app() -> String {
-    "[apps.dev]\ncommand = [\"python3\", \"-m\", \"http.server\", \"__PORT__\", \"--bind\", \"127.0.0.1\", \"--directory\", \"sidecar\"]\n".to_string()
-}
-
-/// `count` requests sent at once, each on its own connection; their statuses and
-/// the Envoy answers' details for the ones that failed.
-fn burst(port: u16, count: usize, path: &str) -> Vec<(u16, String)> {
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(count));
-    (0..count)
-        .map(|_| {
-            let (barrier, path) = (barrier.clone(), path.to_string());
-            std::thread::spawn(move || {
-                barrier.wait();
-                let r = request(port, "GET", &path, &[], b"");
-                (r.status, if r.status == 200 { String::new() } else { r.text() })
-            })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|t| t.join().unwrap())
-        .collect()
-}
-
 #[test]
 fn bursts_reach_a_server_with_a_small_backlog() {
-    let sidecar = Sidecar::start(&small_backlog_app(), LEASE_MS);
+    let sidecar = Sidecar::start(&small_backlog_app("dev"), LEASE_MS);
     let envoy = spawn_envoy(sidecar.port, "dev");
-    // 20 first requests at once: they wait for the cold start, then Envoy opens 20
-    // connections to a server whose accept queue holds 6.
-    let began = Instant::now();
-    let cold = burst(envoy.port, 20, "/README.md");
-    eprintln!("20 cold requests answered in {:?}", began.elapsed());
-    let failed: Vec<_> = cold.iter().filter(|(s, _)| *s != 200).collect();
-    assert!(failed.is_empty(), "{} of 20 cold requests failed: {failed:?}", failed.len());
-    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"dev\"}"), 1);
-    // Warm: 30 at once, more than the pool holds.
-    for round in 0..2 {
-        let began = Instant::now();
-        let warm = burst(envoy.port, 30, "/README.md");
-        eprintln!("30 warm requests answered in {:?}", began.elapsed());
-        let failed: Vec<_> = warm.iter().filter(|(s, _)| *s != 200).collect();
-        assert!(failed.is_empty(), "round {round}: {} of 30 warm requests failed: {failed:?}", failed.len());
-    }
-    let timeouts = envoy.stats("cluster.spawned.upstream_cx_connect_timeout");
-    assert_eq!(timeouts.get("cluster.spawned.upstream_cx_connect_timeout"), Some(&0));
+    bursts_reach_it(&envoy, &sidecar, "dev");
 }
