@@ -18,15 +18,7 @@ use crate::root::{Shared, Warning};
 use wsgiproxy_protocol::trust::{PEER_UNKNOWN, PEER_UNKNOWN_DETAIL};
 
 pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&[
-        "app.requests",
-        "app.forwarded",
-        "app.signed",
-        "app.stripped_headers",
-        "app.invalid_keys",
-        "app.rewritten_locations",
-        "app.rewritten_cookies",
-    ]);
+    metrics.declare(wsgiproxy_protocol::counters::APP);
 }
 
 pub struct AppFilter {

@@ -16,16 +16,7 @@ use crate::root::{Shared, Warning};
 use wsgiproxy_protocol::trust::PEER_UNKNOWN_DETAIL;
 
 pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&[
-        "middleware.requests",
-        "middleware.trusted",
-        "middleware.untrusted",
-        "middleware.verified",
-        "middleware.stripped_headers",
-        "middleware.dropped_keys",
-        "middleware.signature_missing",
-        "middleware.peer_unknown",
-    ]);
+    metrics.declare(wsgiproxy_protocol::counters::MIDDLEWARE);
 }
 
 pub struct MiddlewareFilter {

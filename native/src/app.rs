@@ -15,18 +15,7 @@ use crate::filter::{Shared, Warning};
 use crate::host;
 
 pub fn metric_names() -> Vec<String> {
-    crate::metrics::with_rejections(
-        "app",
-        &[
-            "app.requests",
-            "app.forwarded",
-            "app.signed",
-            "app.stripped_headers",
-            "app.invalid_keys",
-            "app.rewritten_locations",
-            "app.rewritten_cookies",
-        ],
-    )
+    crate::metrics::with_rejections("app", wsgiproxy_protocol::counters::APP)
 }
 
 pub struct AppFilter {

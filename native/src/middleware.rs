@@ -15,19 +15,7 @@ use crate::host;
 use crate::replay::ProcessNonces;
 
 pub fn metric_names() -> Vec<String> {
-    crate::metrics::with_rejections(
-        "middleware",
-        &[
-            "middleware.requests",
-            "middleware.trusted",
-            "middleware.untrusted",
-            "middleware.verified",
-            "middleware.stripped_headers",
-            "middleware.dropped_keys",
-            "middleware.signature_missing",
-            "middleware.peer_unknown",
-        ],
-    )
+    crate::metrics::with_rejections("middleware", wsgiproxy_protocol::counters::MIDDLEWARE)
 }
 
 pub struct MiddlewareFilter {

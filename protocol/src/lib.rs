@@ -9,6 +9,7 @@
 pub mod app;
 pub mod codec;
 pub mod config;
+pub mod counters;
 pub mod exact;
 pub mod headers;
 pub mod href;
