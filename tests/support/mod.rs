@@ -420,10 +420,18 @@ impl Envoy {
     /// workers serve, and a connection queued on a socket Envoy then replaces (one per
     /// worker with reuse_port) is reset.
     pub fn start(file: &str, o: &Overrides) -> Envoy {
-        let (port, admin_port, mut proc, _) = Self::spawn(file, o);
+        let (mut port, mut admin_port, mut proc, _) = Self::spawn(file, o);
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut tries = 1;
         loop {
             if let Ok(Some(status)) = proc.child.try_wait() {
+                // A free port may be taken by someone else before Envoy binds it (tests
+                // and other processes share the machine): start again on new ports.
+                if tries < 3 && proc.log_text().contains("Address already in use") {
+                    tries += 1;
+                    (port, admin_port, proc, _) = Self::spawn(file, o);
+                    continue;
+                }
                 panic!("envoy exited ({status}) at start:\n{}", proc.log_text());
             }
             if envoy_says_it_serves(admin_port) {
