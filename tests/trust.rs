@@ -97,6 +97,12 @@ fn without_peer_filter(doc: &mut Yaml) {
     filters.retain(|f| f["name"].as_str() != Some("wsgiproxy-peer"));
 }
 
+/// Envoy's defaults, and no `peer` network filter.
+fn defaults_without_peer(doc: &mut Yaml) {
+    envoy_defaults(doc);
+    without_peer_filter(doc);
+}
+
 fn start_middleware(echo: &Echo, config: Value, edit: fn(&mut Yaml)) -> Envoy {
     Envoy::start("envoy/middleware.yaml", &Overrides { edit: Some(edit), ..Overrides::default().cluster("app", echo.port).plugin(config) })
 }
@@ -166,10 +172,6 @@ fn shipped_middleware_config() {
 
 #[test]
 fn without_the_peer_record_nothing_is_trusted_by_address() {
-    fn defaults_without_peer(doc: &mut Yaml) {
-        envoy_defaults(doc);
-        without_peer_filter(doc);
-    }
     let echo = Echo::start();
     let mut envoy = start_middleware(&echo, by_address(), defaults_without_peer);
     for source in [TRUSTED, ATTACKER] {
@@ -251,10 +253,6 @@ fn app_role_client_address_envoy_follows_the_connection_manager() {
 
 #[test]
 fn app_role_without_the_peer_record_refuses_rather_than_guess() {
-    fn defaults_without_peer(doc: &mut Yaml) {
-        envoy_defaults(doc);
-        without_peer_filter(doc);
-    }
     let echo = Echo::start();
     let mut envoy = start_app(&echo, app_config(None), defaults_without_peer);
     for _ in 0..2 {
