@@ -7,7 +7,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
-use wsgiproxy_protocol::config::{Config, DeclaredScheme};
+use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::href::Href;
 use wsgiproxy_protocol::request::{Decision, LocalReply};
 use wsgiproxy_protocol::response::{headers_to_read, rewrite_headers, ClientView};
@@ -57,11 +57,7 @@ impl HttpContext for AppFilter {
         let request = AppRequest {
             head: &head,
             downstream: host::downstream(config.needs()),
-            // A declared scheme spares the TLS property read.
-            https: match config.scheme {
-                Some(declared) => declared == DeclaredScheme::Https,
-                None => host::downstream_is_tls(),
-            },
+            https: config.https(host::downstream_is_tls),
             // A host call: only when signing needs the time.
             now: if config.signing.is_some() { host::now() } else { std::time::UNIX_EPOCH },
             nonce,

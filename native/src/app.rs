@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
-use wsgiproxy_protocol::config::{Config, DeclaredScheme};
+use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::request::{Decision, LocalReply};
 use wsgiproxy_protocol::response::{rewrite_headers, ClientView};
 
@@ -52,11 +52,7 @@ impl HttpFilter for AppFilter {
         let request = AppRequest {
             head: &head,
             downstream: host::downstream(stream, config.needs()),
-            // A declared scheme spares the TLS attribute read, as in the Wasm filter.
-            https: match config.scheme {
-                Some(declared) => declared == DeclaredScheme::Https,
-                None => host::downstream_is_tls(stream),
-            },
+            https: config.https(|| host::downstream_is_tls(stream)),
             now: if config.signing.is_some() { SystemTime::now() } else { UNIX_EPOCH },
             nonce,
         };

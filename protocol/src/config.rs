@@ -247,6 +247,15 @@ impl AppConfig {
     pub fn needs(&self) -> Needs {
         self.client_address.needs()
     }
+
+    /// Whether the request came over TLS: the declared scheme when there is one
+    /// (which spares the host call), else what `connection_is_tls` says.
+    pub fn https(&self, connection_is_tls: impl FnOnce() -> bool) -> bool {
+        match self.scheme {
+            Some(declared) => declared == DeclaredScheme::Https,
+            None => connection_is_tls(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
