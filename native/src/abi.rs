@@ -142,6 +142,14 @@ extern "C" {
         map: HeaderMap,
         result: *mut EnvoyHttpHeader,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter: *mut c_void,
+        map: HeaderMap,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        count: *mut usize,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
         filter: *mut c_void,
         map: HeaderMap,
@@ -274,7 +282,7 @@ fn callout_response(
         // SAFETY: Envoy passes an array of `headers_size` headers, valid for this hook.
         unsafe { std::slice::from_raw_parts(headers, headers_size) }
             .iter()
-            .map(|h| (String::from_utf8_lossy(&copy_envoy_bytes(h.key_ptr, h.key_length)).into_owned(), copy_envoy_bytes(h.value_ptr, h.value_length)))
+            .map(|h| (header_name(copy_envoy_bytes(h.key_ptr, h.key_length)), copy_envoy_bytes(h.value_ptr, h.value_length)))
             .collect()
     };
     let body = if body.is_null() || body_size == 0 {
@@ -311,6 +319,12 @@ impl Drop for Scheduler {
 }
 
 /// Copies bytes Envoy lent for the current hook.
+/// A header name as text, keeping the copy's buffer when it is UTF-8 (Envoy's names
+/// are lowercase ASCII; anything else is replaced, never trusted as a protocol name).
+fn header_name(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn copy_envoy_bytes(ptr: *const u8, length: usize) -> Vec<u8> {
     if ptr.is_null() || length == 0 {
         return Vec::new();
@@ -409,12 +423,35 @@ impl Stream {
         if !unsafe { envoy_dynamic_module_callback_http_get_headers(self.0, map, raw.as_mut_ptr()) } {
             return Vec::new();
         }
-        raw.iter()
-            .map(|h| {
-                let name = copy_envoy_bytes(h.key_ptr, h.key_length);
-                (String::from_utf8_lossy(&name).into_owned(), copy_envoy_bytes(h.value_ptr, h.value_length))
-            })
-            .collect()
+        raw.iter().map(|h| (header_name(copy_envoy_bytes(h.key_ptr, h.key_length)), copy_envoy_bytes(h.value_ptr, h.value_length))).collect()
+    }
+
+    /// Every value of one header, in order: cheaper than [`Stream::headers`] when a
+    /// filter needs a few names (no copy of the rest of the map).
+    pub fn header_values(&self, map: HeaderMap, name: &str) -> Vec<Vec<u8>> {
+        let mut first = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+        let mut count = 0usize;
+        // SAFETY: live filter pointer; the key borrows `name` for the call; `first`
+        // and `count` are the module's own, written by Envoy (index 0 also reports
+        // how many values the name has).
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(self.0, map, ModuleBuffer::of(name.as_bytes()), &mut first, 0, &mut count)
+        };
+        if !found || count == 0 {
+            return Vec::new();
+        }
+        let mut values = Vec::with_capacity(count);
+        values.push(copy_envoy_bytes(first.ptr, first.length));
+        for index in 1..count {
+            let mut value = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+            // SAFETY: as above; nothing changes the map between these calls.
+            if unsafe {
+                envoy_dynamic_module_callback_http_get_header(self.0, map, ModuleBuffer::of(name.as_bytes()), &mut value, index, std::ptr::null_mut())
+            } {
+                values.push(copy_envoy_bytes(value.ptr, value.length));
+            }
+        }
+        values
     }
 
     /// Replaces every value of `name` with `value` (adds it when absent).
@@ -860,6 +897,29 @@ mod tests {
         true
     }
     #[no_mangle]
+    extern "C" fn envoy_dynamic_module_callback_http_get_header(
+        filter: *mut c_void,
+        m: HeaderMap,
+        key: ModuleBuffer,
+        out: *mut EnvoyBuffer,
+        index: usize,
+        count: *mut usize,
+    ) -> bool {
+        let name = bytes(key.ptr, key.length);
+        let values: Vec<&Vec<u8>> = map(fake(filter), m).iter().filter(|(k, _)| *k == name).map(|(_, v)| v).collect();
+        if index == 0 && !count.is_null() {
+            // SAFETY: the module passes its own counter for the call.
+            unsafe { *count = values.len() };
+        }
+        match values.get(index) {
+            Some(v) => {
+                lend(out, v);
+                true
+            }
+            None => false,
+        }
+    }
+    #[no_mangle]
     extern "C" fn envoy_dynamic_module_callback_http_set_header(filter: *mut c_void, m: HeaderMap, key: ModuleBuffer, value: ModuleBuffer) -> bool {
         let headers = map(fake(filter), m);
         let name = bytes(key.ptr, key.length);
@@ -1052,6 +1112,24 @@ mod tests {
             "an empty value is set, not taken for a removal"
         );
         assert_eq!(f.response, [(b"set-cookie".to_vec(), b"a=1".to_vec())]);
+    }
+
+    #[test]
+    fn one_header_is_read_by_name_with_every_value() {
+        let mut f = FakeStream {
+            response: vec![
+                (b"set-cookie".to_vec(), b"a=1".to_vec()),
+                (b"location".to_vec(), b"/x".to_vec()),
+                (b"set-cookie".to_vec(), vec![0xff, b'b']),
+                (b"set-cookie".to_vec(), vec![]),
+            ],
+            ..FakeStream::default()
+        };
+        let s = stream_of(&mut f);
+        assert_eq!(s.header_values(HeaderMap::Response, "set-cookie"), [b"a=1".to_vec(), vec![0xff, b'b'], vec![]]);
+        assert_eq!(s.header_values(HeaderMap::Response, "location"), [b"/x".to_vec()]);
+        assert!(s.header_values(HeaderMap::Response, "content-location").is_empty());
+        assert!(s.header_values(HeaderMap::Request, "location").is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use wsgiproxy_protocol::app::{decide, AppOutcome, AppRequest};
 use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::request::{Decision, LocalReply};
-use wsgiproxy_protocol::response::{rewrite_headers, ClientView};
+use wsgiproxy_protocol::response::{headers_to_read, rewrite_headers, ClientView};
 
 use wsgiproxy_protocol::trust::{PEER_UNKNOWN, PEER_UNKNOWN_DETAIL};
 
@@ -89,8 +89,12 @@ impl HttpFilter for AppFilter {
         let (Config::App(config), Some(view)) = (&self.shared.config, &self.client_view) else {
             return HeadersStatus::Continue;
         };
-        // Location, Content-Location and Set-Cookie paths back to the client's view.
-        let headers = stream.headers(HeaderMap::Response);
+        // Location, Content-Location and Set-Cookie paths back to the client's view:
+        // only the headers rewriting may change are read, by name.
+        let headers: Vec<(String, Vec<u8>)> = headers_to_read(&config.href)
+            .iter()
+            .flat_map(|name| stream.header_values(HeaderMap::Response, name).into_iter().map(|v| ((*name).to_string(), v)))
+            .collect();
         let edits = rewrite_headers(&headers, &config.href, view);
         let metrics = &self.shared.metrics;
         for (name, value) in &edits.locations {
