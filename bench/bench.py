@@ -589,6 +589,18 @@ def attribute(workdir, echo_port, args):
         ("app role, unsigned", {"filters": [wasm_filter("wsgiproxy", WASM, APP_CONFIG)]}),
         ("app role, unsigned, scheme declared", {"filters": [wasm_filter("wsgiproxy", WASM, dict(APP_CONFIG, scheme="http"))]}),
     ]
+    if args.instructions:
+        # Deterministic: one count each, instructions rather than CPU time.
+        counts = {}
+        for name, spec in specs:
+            counts[name] = instructions_per_request(workdir, spec, echo_port, args.instruction_requests)
+            print(f"{name:45s} {counts[name]:12,.0f} instructions/request", file=sys.stderr, flush=True)
+        base = counts["empty Wasm filter"]
+        print("| what the filter does per request | Envoy instructions/request | over the empty filter | × the empty filter |")
+        print("|---|---:|---:|---:|")
+        for name, _ in specs:
+            print(f"| {name} | {counts[name]:,.0f} | {counts[name] - base:+,.0f} | {counts[name] / base:.2f} |")
+        return
     cpu = {}
     for _ in range(args.rounds):
         for name, spec in specs:
@@ -636,50 +648,53 @@ def callgrind_total(path):
     raise RuntimeError(f"no totals in {path}")
 
 
-def instructions(workdir, echo_port, sc_port, args):
+def instructions_per_request(workdir, spec, echo_port, count, warm=300):
     """Instructions Envoy executes per request, counted by callgrind: the same for the
     same binary and inputs whatever else the machine runs, so a small ratio can be
     read that CPU time on a shared machine hides. User space only: the kernel's share
-    of each request (sockets, loopback) is not counted, so these ratios are upper
-    bounds of the CPU-time ones. Counting is switched on only while the measured
-    requests are sent, after a warm-up."""
+    of each request (sockets, loopback) is not counted. Counting is switched on only
+    while the measured requests are sent, after a warm-up."""
+    port = free_port()
+    config = envoy_config(port, free_port(), echo_port, spec["filters"], clusters=spec.get("clusters"))
+    if spec.get("native"):
+        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [spec["route"]]
+    if spec.get("signed_input"):
+        signed = Path(workdir) / "signed.txt"
+        signed_requests(signed, warm + count, "backend.internal:8080")
+        reqs = [line.rstrip("\n").replace("\t", "\r\n").encode() + b"\r\n\r\n" for line in signed.open()]
+    else:
+        plain = f"GET {PATH} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in CLIENT_HEADERS.items()) + "\r\n"
+        reqs = [plain.encode()] * (warm + count)
+    out = Path(workdir) / f"callgrind.{port}"
+    path = Path(workdir) / f"envoy-{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR), WSGIPROXY_KEY=KEY)
+    proc = Proc(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
+                 f"--callgrind-out-file={out}", ENVOY, "-c", path, "--concurrency", 1, "--disable-hot-restart",
+                 "--log-level", "error"], ENVOY_CORE, Path(workdir) / f"envoy-{port}.log", env=env)
+    try:
+        wait_port(port, timeout=600)
+        answered = send_sequentially(port, reqs[:warm])
+        subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)
+        answered += send_sequentially(port, reqs[warm:])
+        subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
+        if answered != warm + count:
+            raise RuntimeError(f"only {answered} of {warm + count} requests answered 2xx")
+        return callgrind_total(sorted(Path(workdir).glob(f"callgrind.{port}.*"))[-1]) / count
+    finally:
+        proc.stop()
+
+
+def instructions(workdir, echo_port, sc_port, args):
+    """The main variants' instructions per request (see instructions_per_request):
+    ratios that hold on a noisy machine, an upper bound of the CPU-time ones."""
     specs = dict(variants(echo_port, sc_port))
-    plain = (f"GET {PATH} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in CLIENT_HEADERS.items()) + "\r\n").encode()
-    count, warm = args.instruction_requests, 300
+    count = args.instruction_requests
     results = {}
     for name in INSTRUCTION_VARIANTS:
-        spec = specs[name]
-        port = free_port()
-        config = envoy_config(port, free_port(), echo_port, spec["filters"], clusters=spec.get("clusters"))
-        if spec.get("native"):
-            config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [spec["route"]]
-        if spec.get("signed_input"):
-            signed = Path(workdir) / "signed.txt"
-            signed_requests(signed, warm + count, "backend.internal:8080")
-            reqs = [line.rstrip("\n").replace("\t", "\r\n").encode() + b"\r\n\r\n" for line in signed.open()]
-        else:
-            reqs = [plain] * (warm + count)
-        out = Path(workdir) / f"callgrind.{port}"
-        path = Path(workdir) / f"envoy-{port}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR), WSGIPROXY_KEY=KEY)
-        proc = Proc(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
-                     f"--callgrind-out-file={out}", ENVOY, "-c", path, "--concurrency", 1, "--disable-hot-restart",
-                     "--log-level", "error"], ENVOY_CORE, Path(workdir) / f"envoy-{port}.log", env=env)
-        try:
-            wait_port(port, timeout=600)
-            answered = send_sequentially(port, reqs[:warm])
-            subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)
-            answered += send_sequentially(port, reqs[warm:])
-            subprocess.run(["callgrind_control", "--dump", str(proc.pid)], check=True, capture_output=True)
-            if answered != warm + count:
-                raise RuntimeError(f"{name}: only {answered} of {warm + count} requests answered 2xx")
-            dumps = sorted(Path(workdir).glob(f"callgrind.{port}.*"))
-            results[name] = callgrind_total(dumps[-1]) / count
-        finally:
-            proc.stop()
+        results[name] = instructions_per_request(workdir, specs[name], echo_port, count)
         print(f"{name:45s} {results[name]:12,.0f} instructions/request", file=sys.stderr, flush=True)
-    print(f"Envoy instructions per request (callgrind, user space; {count} requests after {warm} of warm-up, one connection):")
+    print(f"Envoy instructions per request (callgrind, user space; {count} requests after 300 of warm-up, one connection):")
     print()
     print("| variant | instructions/request | vs no filter | vs empty Wasm | vs Lua |")
     print("|---|---:|---:|---:|---:|")

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of the tests): prints a table of what the filter costs,
-# every figure measured in this run. Takes about 6 minutes on 2 cores.
-#   scripts/bench.sh [--rounds N] [--seconds S] [--long-requests N] [--json FILE]
+# every figure measured in this run. Takes about 15 minutes on 2 cores.
+#   scripts/bench.sh [--rounds N] [--seconds S] [--long-requests N] [--json FILE] [--only A,B]
 #   scripts/bench.sh --attribute     (where the app role's CPU goes, by host call)
+#   scripts/bench.sh --instructions  (instructions per request under callgrind: ratios
+#                                     that hold on a noisy machine; about 5 minutes)
+#   scripts/bench.sh --attribute --instructions   (the attribution, counted so)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WSGIPROXY_BENCH_TOOLS=1 bash scripts/setup.sh
