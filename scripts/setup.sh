@@ -42,6 +42,7 @@ if [ "${WSGIPROXY_BENCH_TOOLS:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
   command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
   command -v hey >/dev/null 2>&1 || need_apt+=(hey)
+  command -v callgrind_control >/dev/null 2>&1 || need_apt+=(valgrind)   # bench.sh --instructions
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
