@@ -16,6 +16,12 @@ case "$loader" in
   wasm | native) ;;
   *) echo "unknown loader $loader: wasm or native" >&2; exit 2 ;;
 esac
+# Where cargo builds (CARGO_TARGET_DIR, when it is set).
+target_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
+# The shipped configs (and sidecar/example.toml) name target/…: run copies that name
+# $target_dir, so that the demo works wherever cargo builds.
+run_dir="$(mktemp -d)"
+localize() { sed "s|\([\" ]\)target/|\1$target_dir/|g" "$1" >"$run_dir/$(basename "$1")"; echo "$run_dir/$(basename "$1")"; }
 # envoy/app.yaml or envoy/native-app.yaml, and so on.
 config_of() { if [ "$loader" = native ]; then echo "envoy/native-$1.yaml"; else echo "envoy/$1.yaml"; fi; }
 
@@ -24,20 +30,20 @@ cargo build --release --target wasm32-wasip1 -p wsgiproxy-filter
 cargo build --release -p wsgiproxy-echo -p wsgiproxy-sidecar
 if [ "$loader" = native ]; then
   cargo build --profile native -p wsgiproxy-native
-  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$PWD/target/native"
+  export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$target_dir/native"
 fi
 
 export WSGIPROXY_KEY_K1="${WSGIPROXY_KEY_K1:-demo-only-shared-key-change-me}"
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$run_dir"; }
 trap cleanup EXIT INT TERM
 
-target/release/wsgiproxy-echo --listen 127.0.0.1:8080 --name demo-app & pids+=($!)
-.venv/envoy -c "$(config_of middleware)" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
-.venv/envoy -c "$(config_of app)" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
-target/release/wsgiproxy-sidecar --config sidecar/example.toml --listen 127.0.0.1:9090 & pids+=($!)
-.venv/envoy -c "$(config_of spawn)" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
-.venv/envoy -c "$(config_of exact)" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+"$target_dir/release/wsgiproxy-echo" --listen 127.0.0.1:8080 --name demo-app & pids+=($!)
+.venv/envoy -c "$(localize "$(config_of middleware)")" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c "$(localize "$(config_of app)")" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+"$target_dir/release/wsgiproxy-sidecar" --config "$(localize sidecar/example.toml)" --listen 127.0.0.1:9090 & pids+=($!)
+.venv/envoy -c "$(localize "$(config_of spawn)")" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
+.venv/envoy -c "$(localize "$(config_of exact)")" --concurrency 1 --disable-hot-restart --log-level warn & pids+=($!)
 
 for port in 8080 10001 10000 9090 10002 10003; do
   for _ in $(seq 100); do

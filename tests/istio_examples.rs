@@ -161,7 +161,11 @@ fn envoyfilter_patches_are_valid_envoy_config() {
             assert_eq!(patch["applyTo"].as_str(), Some("NETWORK_FILTER"), "{path}");
             assert_eq!(patch["patch"]["operation"].as_str(), Some("MERGE"), "{path}");
             let value = &patch["patch"]["value"]["typed_config"];
-            let mut config: Yaml = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("envoy/middleware.yaml")).unwrap()).unwrap();
+            // The shipped config names target/…/wsgiproxy_filter.wasm: name the one this
+            // run built (CARGO_TARGET_DIR may put it elsewhere).
+            let shipped = std::fs::read_to_string(repo_root().join("envoy/middleware.yaml")).unwrap();
+            let shipped = shipped.replace("target/wasm32-wasip1/release/wsgiproxy_filter.wasm", &wasm_path().to_string_lossy());
+            let mut config: Yaml = serde_yaml::from_str(&shipped).unwrap();
             let hcm = hcm(&mut config);
             assert_eq!(hcm["@type"], value["@type"], "{path}");
             for (k, v) in value.as_mapping().unwrap() {

@@ -7,10 +7,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The echo app built beside this test (`…/debug/deps/guarantees-…` → `…/debug/`),
+/// wherever the target directory is (CARGO_TARGET_DIR included).
 fn echo_bin() -> String {
-    let path = std::env::var_os("WSGIPROXY_ECHO_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/wsgiproxy-echo"));
+    let built = || {
+        let exe = std::env::current_exe().unwrap();
+        exe.parent().and_then(|deps| deps.parent()).unwrap().join("wsgiproxy-echo")
+    };
+    let path = std::env::var_os("WSGIPROXY_ECHO_BIN").map(PathBuf::from).unwrap_or_else(built);
     assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
     path.to_string_lossy().into_owned()
 }
