@@ -726,7 +726,7 @@ def instructions(workdir, echo_port, sc_port, args):
 
 def paired_ratio(results, name, base, key="cpu_us"):
     """The median, over rounds, of `name`'s figure over `base`'s in the same round.
-    On a shared machine the speed of a whole round drifts (by ±25% here); a ratio
+    On a shared machine the speed of a whole round drifts (by up to 40% here); a ratio
     taken within a round cancels that drift, and the median drops an odd round."""
     return statistics.median(r[key] / b[key] for r, b in zip(results[name], results[base]))
 
