@@ -19,8 +19,7 @@ esac
 # Where cargo builds (CARGO_TARGET_DIR, when it is set).
 target_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
 # The shipped configs (and sidecar/example.toml) name target/…: run copies that name
-# $target_dir, so that the demo works wherever cargo builds.
-run_dir="$(mktemp -d)"
+# $target_dir (in $run_dir, made below), so that the demo works wherever cargo builds.
 localize() { sed "s|\([\" ]\)target/|\1$target_dir/|g" "$1" >"$run_dir/$(basename "$1")"; echo "$run_dir/$(basename "$1")"; }
 # envoy/app.yaml or envoy/native-app.yaml, and so on.
 config_of() { if [ "$loader" = native ]; then echo "envoy/native-$1.yaml"; else echo "envoy/$1.yaml"; fi; }
@@ -35,6 +34,7 @@ fi
 
 export WSGIPROXY_KEY_K1="${WSGIPROXY_KEY_K1:-demo-only-shared-key-change-me}"
 pids=()
+run_dir="$(mktemp -d)"
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$run_dir"; }
 trap cleanup EXIT INT TERM
 
