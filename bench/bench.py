@@ -226,15 +226,17 @@ class Proc:
         self.log.close()
 
 
-def start_envoy(workdir, config, port, concurrency=1, cpu=ENVOY_CORE):
+def start_envoy(workdir, config, port, concurrency=1, cpu=ENVOY_CORE, wrapper=(), timeout=30.0):
+    """Envoy on `config`, once it listens on `port`; `wrapper` is a command to run it
+    under (callgrind), which slows its start."""
     path = Path(workdir) / f"envoy-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     # The native module finds libwsgiproxy.so here and reads its key from Envoy's environment.
     env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR), WSGIPROXY_KEY=KEY)
-    proc = Proc([ENVOY, "-c", path, "--concurrency", concurrency, "--disable-hot-restart", "--log-level", "error"],
+    proc = Proc([*wrapper, ENVOY, "-c", path, "--concurrency", concurrency, "--disable-hot-restart", "--log-level", "error"],
                 cpu, Path(workdir) / f"envoy-{port}.log", env=env)
     try:
-        wait_port(port)
+        wait_port(port, timeout)
     except RuntimeError:
         proc.stop()
         raise RuntimeError((Path(workdir) / f"envoy-{port}.log").read_text()[-2000:])
@@ -293,7 +295,7 @@ def paced_replay(port, rate, seconds, requests_file):
     connections, each pacing its share of the rate; returns p50, p99, answered."""
     import asyncio
 
-    raw = [line.rstrip("\n").replace("\t", "\r\n").encode() + b"\r\n\r\n" for line in Path(requests_file).open()]
+    raw = raw_requests(requests_file)
     latencies = []
 
     async def connection(slot, per_conn):
@@ -342,6 +344,11 @@ function request()
   return requests[(i - 1) % #requests + 1]
 end
 """
+
+
+def raw_requests(path):
+    """The requests signed_requests wrote, as bytes to send (one per line, headers tab-separated)."""
+    return [line.rstrip("\n").replace("\t", "\r\n").encode() + b"\r\n\r\n" for line in Path(path).open()]
 
 
 def signed_requests(path, count, authority):
@@ -425,6 +432,14 @@ def variants(echo_port, sidecar_port):
     ]
 
 
+def variant_config(spec, port, echo_port):
+    """The Envoy config of a single-Envoy variant, listening on `port`."""
+    config = envoy_config(port, free_port(), echo_port, spec["filters"], clusters=spec.get("clusters"))
+    if spec.get("native"):
+        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [spec["route"]]
+    return config
+
+
 def run_variant(workdir, spec, echo_port, args):
     envoys = []
     try:
@@ -436,10 +451,7 @@ def run_variant(workdir, spec, echo_port, args):
             port = edge_port
         else:
             port = free_port()
-            config = envoy_config(port, free_port(), echo_port, spec["filters"], clusters=spec.get("clusters"))
-            if spec.get("native"):
-                config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [spec["route"]]
-            envoys.append(start_envoy(workdir, config, port))
+            envoys.append(start_envoy(workdir, variant_config(spec, port, echo_port), port))
         script = arg = None
         path = PATH
         if spec.get("signed_input"):
@@ -672,25 +684,17 @@ def instructions_per_request(workdir, spec, echo_port, count, warm=300):
     of each request (sockets, loopback) is not counted. Counting is switched on only
     while the measured requests are sent, after a warm-up."""
     port = free_port()
-    config = envoy_config(port, free_port(), echo_port, spec["filters"], clusters=spec.get("clusters"))
-    if spec.get("native"):
-        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [spec["route"]]
     if spec.get("signed_input"):
         signed = Path(workdir) / "signed.txt"
         signed_requests(signed, warm + count, "backend.internal:8080")
-        reqs = [line.rstrip("\n").replace("\t", "\r\n").encode() + b"\r\n\r\n" for line in signed.open()]
+        reqs = raw_requests(signed)
     else:
         plain = f"GET {PATH} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in CLIENT_HEADERS.items()) + "\r\n"
         reqs = [plain.encode()] * (warm + count)
     out = Path(workdir) / f"callgrind.{port}"
-    path = Path(workdir) / f"envoy-{port}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR), WSGIPROXY_KEY=KEY)
-    proc = Proc(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
-                 f"--callgrind-out-file={out}", ENVOY, "-c", path, "--concurrency", 1, "--disable-hot-restart",
-                 "--log-level", "error"], ENVOY_CORE, Path(workdir) / f"envoy-{port}.log", env=env)
+    callgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file", f"--callgrind-out-file={out}")
+    proc = start_envoy(workdir, variant_config(spec, port, echo_port), port, wrapper=callgrind, timeout=600)
     try:
-        wait_port(port, timeout=600)
         answered = send_sequentially(port, reqs[:warm])
         subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)
         answered += send_sequentially(port, reqs[warm:])
