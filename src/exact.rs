@@ -14,12 +14,7 @@ use crate::metrics::Metrics;
 use crate::root::Shared;
 
 pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&[
-        "exact.requests",
-        "exact.forwarded",
-        "exact.resolved_checks",
-        "exact.rejected.destination_not_allowed",
-    ]);
+    metrics.declare(&["exact.requests", "exact.forwarded", "exact.resolved_checks", "exact.rejected.destination_not_allowed"]);
 }
 
 pub struct ExactFilter {
@@ -43,10 +38,7 @@ impl HttpContext for ExactFilter {
         let head = host::request_head();
         // As an upstream filter of the forward-proxy cluster, the address DNS gave is
         // known: check it. Before routing it is not, and the Host is checked by name.
-        let resolved = hostcalls::get_property(vec!["upstream", "address"])
-            .ok()
-            .flatten()
-            .and_then(|a| parse_peer_address(&a));
+        let resolved = hostcalls::get_property(vec!["upstream", "address"]).ok().flatten().and_then(|a| parse_peer_address(&a));
         let decision = match resolved {
             Some(resolved) => {
                 metrics.inc("exact.resolved_checks");

@@ -9,10 +9,7 @@ use wsgiproxy_protocol::trust::{Downstream, Needs, PEER_RECORD};
 
 /// Reads every request header once, as bytes (values may not be UTF-8).
 pub fn request_head() -> RequestHead {
-    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
+    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default().into_iter().collect();
     RequestHead::new(headers)
 }
 
@@ -60,10 +57,7 @@ pub fn refuse(reply: &LocalReply, metrics: &crate::metrics::Metrics, role: &str)
 
 /// Sends a short plain-text reply instead of forwarding the request.
 pub fn send_reply(reply: &LocalReply) {
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("content-type", "text/plain; charset=utf-8"),
-        ("x-wsgiproxy-error", reply.reason),
-    ];
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "text/plain; charset=utf-8"), ("x-wsgiproxy-error", reply.reason)];
     headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let body = reply.body();
     let _ = hostcalls::send_http_response(reply.status as u32, headers, Some(body.as_bytes()));
@@ -71,9 +65,7 @@ pub fn send_reply(reply: &LocalReply) {
 
 /// The value of an Envoy attribute, such as `["source", "address"]`.
 pub fn property(path: &[String]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.iter().map(String::as_str).collect())
-        .ok()
-        .flatten()
+    hostcalls::get_property(path.iter().map(String::as_str).collect()).ok().flatten()
 }
 
 /// What a role needs to know about the downstream connection, one host call per
@@ -99,10 +91,7 @@ pub fn downstream(needs: Needs) -> Downstream {
 
 /// Whether the downstream connection is TLS.
 pub fn downstream_is_tls() -> bool {
-    hostcalls::get_property(vec!["connection", "tls_version"])
-        .ok()
-        .flatten()
-        .is_some_and(|v| !v.is_empty())
+    hostcalls::get_property(vec!["connection", "tls_version"]).ok().flatten().is_some_and(|v| !v.is_empty())
 }
 
 /// Fresh random bytes from the host (WASI `random_get`).

@@ -21,9 +21,7 @@ impl SharedNonces {
             match hostcalls::get_shared_data(&key) {
                 // A stored slot always has a CAS token, even when its value is empty.
                 Ok((_, Some(_))) => {}
-                Ok((_, None)) => {
-                    hostcalls::set_shared_data(&key, Some(&[]), None).map_err(|s| format!("shared data: {s:?}"))?
-                }
+                Ok((_, None)) => hostcalls::set_shared_data(&key, Some(&[]), None).map_err(|s| format!("shared data: {s:?}"))?,
                 Err(s) => return Err(format!("shared data: {s:?}")),
             }
         }

@@ -60,9 +60,9 @@ impl RootContext for Root {
         let raw = self.get_plugin_configuration().unwrap_or_default();
         let env = |name: &str| std::env::var(name).ok();
         let parsed = config::parse(&raw, &env).map_err(|e| e.to_string()).and_then(|config| match &config {
-            Config::Middleware(m) if m.verify.is_some() => crate::replay::SharedNonces::prepare()
-                .map(|()| config)
-                .map_err(|e| format!("the replay memory could not be prepared: {e}")),
+            Config::Middleware(m) if m.verify.is_some() => {
+                crate::replay::SharedNonces::prepare().map(|()| config).map_err(|e| format!("the replay memory could not be prepared: {e}"))
+            }
             _ => Ok(config),
         });
         match parsed {

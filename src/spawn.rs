@@ -82,8 +82,7 @@ pub fn declare_metrics(metrics: &Metrics) {
 }
 
 fn sidecar_call(config: &SpawnConfig, path: &str, extra: &[(&str, &str)], timeout: Duration) -> Result<u32, String> {
-    let mut headers: Vec<(&str, &str)> =
-        vec![(":method", "POST"), (":path", path), (":authority", &config.sidecar_authority)];
+    let mut headers: Vec<(&str, &str)> = vec![(":method", "POST"), (":path", path), (":authority", &config.sidecar_authority)];
     headers.extend_from_slice(extra);
     hostcalls::dispatch_http_call(&config.sidecar_cluster, headers, None, vec![], timeout)
         .map_err(|s| format!("cannot call the sidecar through cluster {:?}: {s:?}", config.sidecar_cluster))
@@ -143,13 +142,10 @@ fn upstream_connect_failed() -> bool {
     if status.as_deref() != Some(b"503") {
         return false;
     }
-    hostcalls::get_property(vec!["response", "code_details"])
-        .ok()
-        .flatten()
-        .is_some_and(|details| {
-            let text = String::from_utf8_lossy(&details);
-            text.starts_with("upstream_reset_before_response_started") && text.contains("connection_failure")
-        })
+    hostcalls::get_property(vec!["response", "code_details"]).ok().flatten().is_some_and(|details| {
+        let text = String::from_utf8_lossy(&details);
+        text.starts_with("upstream_reset_before_response_started") && text.contains("connection_failure")
+    })
 }
 
 pub struct SpawnFilter {

@@ -147,9 +147,7 @@ fn signing_adds_date_and_signature() {
     let echo = Echo::start();
     let envoy = Envoy::start(
         "envoy/app.yaml",
-        &Overrides::default()
-            .cluster("backend", echo.port)
-            .env("WSGIPROXY_KEY_K1", "an-example-key-of-enough-length"),
+        &Overrides::default().cluster("backend", echo.port).env("WSGIPROXY_KEY_K1", "an-example-key-of-enough-length"),
     );
     let first = envoy.get("/x", &[("Date", "Mon, 01 Jan 1990 00:00:00 GMT")]).received();
     let second = envoy.get("/x", &[]).received();
@@ -183,10 +181,7 @@ fn bad_configurations_are_refused_at_load() {
     for (config, expected) in cases {
         let log = Envoy::start_refused("envoy/app.yaml", &Overrides::default().plugin(config.clone()));
         let line = log.lines().find(|l| l.contains("wsgiproxy: invalid configuration") || l.contains("wsgiproxy: "));
-        assert!(
-            log.contains(expected),
-            "config {config} should be refused with {expected:?}; got {line:?}\n{log}"
-        );
+        assert!(log.contains(expected), "config {config} should be refused with {expected:?}; got {line:?}\n{log}");
     }
     // Not JSON at all: the StringValue holds plain text.
     let o = Overrides {
@@ -204,7 +199,8 @@ fn bad_configurations_are_refused_at_load() {
 fn responses_are_rewritten_to_the_clients_view() {
     let echo = Echo::start();
     let envoy = app_envoy(&echo, json!({"role": "app", "href": "http://backend.internal:8080/myapp", "script_name": "/blog"}));
-    let r = envoy.get("/blog/__redirect?to=http%3A%2F%2Fbackend.internal%3A8080%2Fmyapp%2Flogin%3Fnext%3D1", &[("Host", "www.example.com")]);
+    let r =
+        envoy.get("/blog/__redirect?to=http%3A%2F%2Fbackend.internal%3A8080%2Fmyapp%2Flogin%3Fnext%3D1", &[("Host", "www.example.com")]);
     assert_eq!(r.status, 302);
     assert_eq!(r.header("location"), Some("http://www.example.com/blog/login?next=1"));
     assert_eq!(r.header("content-location"), Some("http://www.example.com/blog/login?next=1"));
@@ -213,11 +209,17 @@ fn responses_are_rewritten_to_the_clients_view() {
     let r = envoy.get("/blog/__redirect?to=https%3A%2F%2Felsewhere.example%2Fx", &[("Host", "www.example.com")]);
     assert_eq!(r.header("location"), Some("https://elsewhere.example/x"), "other servers are left alone");
 
-    let r = envoy.get("/blog/__cookie?c=sid%3D1%3B%20Path%3D%2Fmyapp%3B%20HttpOnly&c=other%3D2%3B%20Path%3D%2Fmyapp%2Fadmin&c=keep%3D3%3B%20Path%3D%2F", &[("Host", "www.example.com")]);
+    let r = envoy.get(
+        "/blog/__cookie?c=sid%3D1%3B%20Path%3D%2Fmyapp%3B%20HttpOnly&c=other%3D2%3B%20Path%3D%2Fmyapp%2Fadmin&c=keep%3D3%3B%20Path%3D%2F",
+        &[("Host", "www.example.com")],
+    );
     let cookies: Vec<&str> = r.headers.iter().filter(|(n, _)| n == "set-cookie").map(|(_, v)| v.as_str()).collect();
     assert_eq!(cookies, ["sid=1; Path=/blog; HttpOnly", "other=2; Path=/blog/admin", "keep=3; Path=/"]);
 
-    let off = app_envoy(&echo, json!({"role": "app", "href": "http://backend.internal:8080/myapp", "script_name": "/blog", "rewrite_response": false}));
+    let off = app_envoy(
+        &echo,
+        json!({"role": "app", "href": "http://backend.internal:8080/myapp", "script_name": "/blog", "rewrite_response": false}),
+    );
     let r = off.get("/blog/__redirect?to=%2Fmyapp%2Fdone", &[]);
     assert_eq!(r.header("location"), Some("/myapp/done"));
 

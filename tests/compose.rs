@@ -64,10 +64,7 @@ struct Stack;
 impl Stack {
     fn up() -> Stack {
         let docker = Command::new("docker").arg("version").output();
-        assert!(
-            docker.is_ok_and(|o| o.status.success()),
-            "this test needs a Docker engine and Compose (docker-compose or docker compose)"
-        );
+        assert!(docker.is_ok_and(|o| o.status.success()), "this test needs a Docker engine and Compose (docker-compose or docker compose)");
         // Built artifacts the image is assembled from (with how to build them).
         let _ = (wasm_path(), bin_path("wsgiproxy-echo"), bin_path("wsgiproxy-sidecar"), envoy_bin());
         let _ = compose(&["down", "--timeout", "1"]);
@@ -100,7 +97,13 @@ fn signed_claim(nonce: u8) -> Vec<String> {
     let ring = KeyRing::new(Algorithm::HmacSha256, &[("k1".into(), KEY.as_bytes().to_vec())]).unwrap();
     let date = format_date(std::time::SystemTime::now());
     let headers: Vec<(&str, &[u8])> = vec![("x-wsgiproxy-version", b"0.1"), ("x-wsgiproxy-str-0", b"REMOTE_USER mallory")];
-    let parts = SignedParts { method: b"GET", authority: b"backend:10001", path: b"/signed", date: date.as_bytes(), protocol_headers: headers.clone() };
+    let parts = SignedParts {
+        method: b"GET",
+        authority: b"backend:10001",
+        path: b"/signed",
+        date: date.as_bytes(),
+        protocol_headers: headers.clone(),
+    };
     let signature = sign(&ring, &[nonce; 16], &parts).unwrap();
     let mut all: Vec<String> = headers.iter().map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v))).collect();
     all.extend([format!("Date: {date}"), format!("X-WSGIProxy-Signature: {signature}"), "Host: backend:10001".into()]);
@@ -125,10 +128,8 @@ fn sidecar_app() -> Json {
 
 fn container_ip(service: &str) -> String {
     let id = compose_ok(&["ps", "-q", service]).trim().to_string();
-    let out = Command::new("docker")
-        .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", &id])
-        .output()
-        .unwrap();
+    let out =
+        Command::new("docker").args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", &id]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -160,8 +161,22 @@ impl Load {
         // `timeout` only as a backstop: stop() ends it (curl dies writing to the
         // closed pipe), line-buffered so that each answer comes as it is received.
         let mut child = compose_command(&[
-            "exec", "-T", "client", "timeout", "300", "stdbuf", "-oL", "curl", "-s", "-o", "/dev/null", "--max-time", "10",
-            "-w", "%{http_code} %{time_total} %header{x-wsgiproxy-cold-start-ms} %header{x-wsgiproxy-error}\\n", &glob,
+            "exec",
+            "-T",
+            "client",
+            "timeout",
+            "300",
+            "stdbuf",
+            "-oL",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "-w",
+            "%{http_code} %{time_total} %header{x-wsgiproxy-cold-start-ms} %header{x-wsgiproxy-error}\\n",
+            &glob,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -288,7 +303,9 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     assert_eq!(got.header("x-remote-user"), None);
     assert_eq!(got.header("x-forwarded-for"), Some(client_ip.clone()));
     assert_eq!(got.header("x-forwarded-host").as_deref(), Some("backend:10001"));
-    wait_for("the backend counts an untrusted request", Duration::from_secs(5), || counter("backend", "wsgiproxy.middleware.untrusted") == 1);
+    wait_for("the backend counts an untrusted request", Duration::from_secs(5), || {
+        counter("backend", "wsgiproxy.middleware.untrusted") == 1
+    });
     assert_eq!(counter("backend", "wsgiproxy.middleware.trusted"), 1);
 
     // A correctly signed request is believed from the edge's address only: sent from

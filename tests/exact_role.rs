@@ -78,8 +78,7 @@ fn a_name_is_judged_by_the_address_it_resolves_to() {
     let echo = Echo::start();
     let dns = FakeDns::start();
     let listed = format!("listed.test:{}", echo.port);
-    let o = Overrides { dns: Some(dns.port), ..Overrides::default() }
-        .plugin(json!({"role": "exact", "allow_hosts": ["*:*", listed]}));
+    let o = Overrides { dns: Some(dns.port), ..Overrides::default() }.plugin(json!({"role": "exact", "allow_hosts": ["*:*", listed]}));
     let envoy = Envoy::start("envoy/exact.yaml", &o);
     // A listed name is trusted as listed: it reaches the loopback backend.
     let r = envoy.get("/", &[("Host", &listed)]);

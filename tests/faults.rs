@@ -25,7 +25,11 @@ fn load(port: u16, stop: Arc<AtomicBool>, log: Log, began: Instant) -> Vec<std::
                 while !stop.load(Ordering::Relaxed) {
                     let r = request(port, "GET", "/work", &[], b"");
                     let why = r.header("x-wsgiproxy-error").map(str::to_string).unwrap_or_else(|| {
-                        if r.status == 200 { String::new() } else { r.text().chars().take(60).collect() }
+                        if r.status == 200 {
+                            String::new()
+                        } else {
+                            r.text().chars().take(60).collect()
+                        }
                     });
                     log.lock().unwrap().push((began.elapsed(), r.status, why));
                     std::thread::sleep(Duration::from_millis(5));

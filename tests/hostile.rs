@@ -14,7 +14,9 @@ fn middleware(echo: &Echo, trust: &[&str]) -> Envoy {
     let keys: serde_json::Value = serde_json::from_str(KEYS).unwrap();
     Envoy::start(
         "envoy/middleware.yaml",
-        &Overrides::default().cluster("app", echo.port).plugin(json!({"role": "middleware", "trust_ips": trust, "keys": keys, "pop_prefix": "/app"})),
+        &Overrides::default()
+            .cluster("app", echo.port)
+            .plugin(json!({"role": "middleware", "trust_ips": trust, "keys": keys, "pop_prefix": "/app"})),
     )
 }
 
@@ -54,10 +56,15 @@ fn assert_clean(got: &Received) {
     let headers = got.0["headers"].as_array().unwrap();
     for h in headers {
         let (name, value) = (h[0].as_str().unwrap(), h[1].as_str().unwrap());
-        assert!(!value.contains("root") && !value.contains("evil") && !value.contains("6.6.6") && !value.contains("admin"),
-            "forged {name}: {value} reached the backend");
+        assert!(
+            !value.contains("root") && !value.contains("evil") && !value.contains("6.6.6") && !value.contains("admin"),
+            "forged {name}: {value} reached the backend"
+        );
         assert!(!name.contains('_'), "{name} reached the backend");
-        assert!(!name.starts_with("x-wsgiproxy") && !name.starts_with("x-traversal") && name != "x-script-name", "{name} reached the backend");
+        assert!(
+            !name.starts_with("x-wsgiproxy") && !name.starts_with("x-traversal") && name != "x-script-name",
+            "{name} reached the backend"
+        );
     }
 }
 
@@ -94,9 +101,24 @@ fn the_filter_itself_strips_underscore_spellings() {
         assert_eq!(mw.get("/app/x", &[("x_custom", "kept")]).received().header("x_custom").as_deref(), Some("kept"));
         let forged: Vec<(&str, &str)> = if trust == "127.0.0.1" {
             // A trusted peer's protocol headers are believed: forge only what it never sends.
-            FORGERIES.iter().copied().filter(|(n, _)| n.contains('_') || !n.to_ascii_lowercase().starts_with("x-wsgiproxy")
-                && !matches!(n.to_ascii_lowercase().as_str(), "x-forwarded-for" | "x-forwarded-server" | "x-forwarded-scheme"
-                    | "x-script-name" | "x-forwarded-script-name" | "x-traversal-path" | "x-traversal-query-string")).collect()
+            FORGERIES
+                .iter()
+                .copied()
+                .filter(|(n, _)| {
+                    n.contains('_')
+                        || !n.to_ascii_lowercase().starts_with("x-wsgiproxy")
+                            && !matches!(
+                                n.to_ascii_lowercase().as_str(),
+                                "x-forwarded-for"
+                                    | "x-forwarded-server"
+                                    | "x-forwarded-scheme"
+                                    | "x-script-name"
+                                    | "x-forwarded-script-name"
+                                    | "x-traversal-path"
+                                    | "x-traversal-query-string"
+                            )
+                })
+                .collect()
         } else {
             FORGERIES.to_vec()
         };
@@ -208,9 +230,11 @@ fn no_panic_reaches_the_vm() {
     );
     // Throw everything at both, raw bytes included.
     let nasty: Vec<Vec<u8>> = vec![
-        b"GET /app/x HTTP/1.1\r\nHost: h\r\nX-WSGIProxy-Str-0: \xff\xfe\xfd\r\nX-User: \xff\r\nX-Name: \xc3\x28\r\nX-Roles: \xff{\r\n\r\n".to_vec(),
+        b"GET /app/x HTTP/1.1\r\nHost: h\r\nX-WSGIProxy-Str-0: \xff\xfe\xfd\r\nX-User: \xff\r\nX-Name: \xc3\x28\r\nX-Roles: \xff{\r\n\r\n"
+            .to_vec(),
         b"GET /app/x HTTP/1.1\r\nHost: \xff\xfe\r\n\r\n".to_vec(),
-        b"GET /app/x HTTP/1.1\r\nHost: h\r\nX-WSGIProxy-Json-0: roles b64\r\nX-WSGIProxy-Str-999: a\r\nX-WSGIProxy-Str-1000: a\r\n\r\n".to_vec(),
+        b"GET /app/x HTTP/1.1\r\nHost: h\r\nX-WSGIProxy-Json-0: roles b64\r\nX-WSGIProxy-Str-999: a\r\nX-WSGIProxy-Str-1000: a\r\n\r\n"
+            .to_vec(),
         b"GET /app/x HTTP/1.1\r\nHost: h\r\nX-Traversal-Path: \r\nX-Script-Name: \r\nX-Forwarded-Server: :\r\n\r\n".to_vec(),
         b"GET /app/x HTTP/1.1\r\nHost: [::1\r\nX-Forwarded-Server: [zz]:1\r\nX-WSGIProxy-Str-0: %\r\n\r\n".to_vec(),
         b"GET /app HTTP/1.1\r\nHost: h\r\nX-WSGIProxy-Signature: \xff \xff \xff\r\n\r\n".to_vec(),
@@ -254,17 +278,29 @@ fn replayed_and_reordered_signed_requests() {
     let secret = json!({"keys": [{"id": "k1", "value": key}]});
     let mw = Envoy::start(
         "envoy/middleware.yaml",
-        &Overrides::default().cluster("app", echo.port).plugin(json!({"role": "middleware", "secret": secret, "keys": {"REMOTE_USER": "x-remote-user"}})),
+        &Overrides::default()
+            .cluster("app", echo.port)
+            .plugin(json!({"role": "middleware", "secret": secret, "keys": {"REMOTE_USER": "x-remote-user"}})),
     );
     let edge = Envoy::start(
         "envoy/app.yaml",
-        &Overrides::default().cluster("backend", echo.port).plugin(json!({"role": "app", "href": "http://internal:9000/", "secret": secret,
+        &Overrides::default()
+            .cluster("backend", echo.port)
+            .plugin(json!({"role": "app", "href": "http://internal:9000/", "secret": secret,
             "string_keys": [{"key": "REMOTE_USER", "value": "bob"}]})),
     );
     let capture = |path: &str| -> Vec<(String, String)> {
-        edge.get(path, &[]).received().0["headers"].as_array().unwrap().iter()
+        edge.get(path, &[]).received().0["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
             .map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_str().unwrap().to_string()))
-            .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "connection" | "x-request-id" | "x-envoy-expected-rq-timeout-ms" | "x-forwarded-proto"))
+            .filter(|(n, _)| {
+                !matches!(
+                    n.as_str(),
+                    "content-length" | "connection" | "x-request-id" | "x-envoy-expected-rq-timeout-ms" | "x-forwarded-proto"
+                )
+            })
             .collect()
     };
     let first = capture("/one");

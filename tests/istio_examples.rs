@@ -13,8 +13,22 @@ use support::*;
 
 /// Field → allowed values (empty: any value of the right shape, checked below).
 const SPEC_FIELDS: [&str; 16] = [
-    "selector", "targetRef", "targetRefs", "url", "sha256", "imagePullPolicy", "imagePullSecret", "verificationKey",
-    "pluginConfig", "pluginName", "phase", "priority", "failStrategy", "vmConfig", "match", "type",
+    "selector",
+    "targetRef",
+    "targetRefs",
+    "url",
+    "sha256",
+    "imagePullPolicy",
+    "imagePullSecret",
+    "verificationKey",
+    "pluginConfig",
+    "pluginName",
+    "phase",
+    "priority",
+    "failStrategy",
+    "vmConfig",
+    "match",
+    "type",
 ];
 const PULL_POLICY: [&str; 3] = ["UNSPECIFIED_POLICY", "IfNotPresent", "Always"];
 const PHASE: [&str; 4] = ["UNSPECIFIED_PHASE", "AUTHN", "AUTHZ", "STATS"];
@@ -43,7 +57,9 @@ fn validate_spec(file: &str, spec: &Yaml) {
     if let Some(sel) = spec.get("selector") {
         keys(sel, &format!("{file}: spec.selector"), &["matchLabels"]);
     }
-    for (field, allowed) in [("imagePullPolicy", &PULL_POLICY[..]), ("phase", &PHASE), ("failStrategy", &FAIL_STRATEGY), ("type", &PLUGIN_TYPE)] {
+    for (field, allowed) in
+        [("imagePullPolicy", &PULL_POLICY[..]), ("phase", &PHASE), ("failStrategy", &FAIL_STRATEGY), ("type", &PLUGIN_TYPE)]
+    {
         if let Some(v) = spec.get(field) {
             one_of(v, &format!("{file}: spec.{field}"), allowed);
         }

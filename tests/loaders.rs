@@ -34,9 +34,8 @@ fn outcome(r: &Response, also_volatile: &[&str]) -> Value {
 
 /// A pair of Envoys running one shipped config with one plugin configuration, one per loader.
 fn both(file: &str, cluster: &str, port: u16, config: &Value) -> [Envoy; 2] {
-    [Loader::Wasm, Loader::Native].map(|loader| {
-        Envoy::start(file, &Overrides::default().cluster(cluster, port).plugin(config.clone()).loader(loader))
-    })
+    [Loader::Wasm, Loader::Native]
+        .map(|loader| Envoy::start(file, &Overrides::default().cluster(cluster, port).plugin(config.clone()).loader(loader)))
 }
 
 fn assert_same(what: &str, wasm: &Value, native: &Value) {
@@ -107,9 +106,17 @@ fn the_middleware_role_delivers_the_same_bytes_from_both_loaders() {
             "pickle_keys": [{"key": "blob", "value": "opaque"}]})),
     );
     let capture = |target: &str| -> Vec<(String, String)> {
-        sender.get(target, &CLIENT_HEADERS).received().0["headers"].as_array().unwrap().iter()
+        sender.get(target, &CLIENT_HEADERS).received().0["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
             .map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_str().unwrap().to_string()))
-            .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "connection" | "x-request-id" | "x-envoy-expected-rq-timeout-ms" | "x-forwarded-proto"))
+            .filter(|(n, _)| {
+                !matches!(
+                    n.as_str(),
+                    "content-length" | "connection" | "x-request-id" | "x-envoy-expected-rq-timeout-ms" | "x-forwarded-proto"
+                )
+            })
             .collect()
     };
     let signed = [capture("/shop/cart?item=1"), capture("/shop/"), capture("/shop/pay")];
@@ -150,8 +157,14 @@ fn the_middleware_role_delivers_the_same_bytes_from_both_loaders() {
     let [wasm, native] = both("envoy/middleware.yaml", "app", echo.port, &config);
     let cases: [&[(&str, &str)]; 6] = [
         &CLIENT_HEADERS,
-        &[("X-Forwarded-Server", "shop.example:443"), ("X-Forwarded-Scheme", "https"), ("X-Script-Name", "/shop"),
-          ("X-WSGIProxy-Str-0", "REMOTE_USER bob"), ("X-WSGIProxy-Str-1", "OTHER x"), ("X-Remote-User", "root")],
+        &[
+            ("X-Forwarded-Server", "shop.example:443"),
+            ("X-Forwarded-Scheme", "https"),
+            ("X-Script-Name", "/shop"),
+            ("X-WSGIProxy-Str-0", "REMOTE_USER bob"),
+            ("X-WSGIProxy-Str-1", "OTHER x"),
+            ("X-Remote-User", "root"),
+        ],
         &[("X-Forwarded-For", "not-an-ip")],
         &[("X-WSGIProxy-Str-0", "REMOTE_USER b64!!!")],
         &[("X-Script-Name", "/a"), ("X-Forwarded-Script-Name", "/b")],
@@ -189,9 +202,8 @@ fn the_exact_role_passes_the_same_bytes_from_both_loaders_and_the_shipped_native
     let echo = Echo::start();
     let allowed = format!("127.0.0.1:{}", echo.port);
     let config = json!({"role": "exact", "allow_hosts": [allowed]});
-    let [wasm, native] = [Loader::Wasm, Loader::Native].map(|loader| {
-        Envoy::start("envoy/exact.yaml", &Overrides::default().plugin(config.clone()).loader(loader))
-    });
+    let [wasm, native] = [Loader::Wasm, Loader::Native]
+        .map(|loader| Envoy::start("envoy/exact.yaml", &Overrides::default().plugin(config.clone()).loader(loader)));
     let shipped = Envoy::start("envoy/native-exact.yaml", &Overrides::default().plugin(config.clone()).loader(Loader::Native));
     for host in [allowed.as_str(), "127.0.0.2:1", "evil.example"] {
         let headers = [("Host", host), ("X-Forwarded-For", "6.6.6.6"), ("X-Custom", "a")];
@@ -206,10 +218,8 @@ fn the_exact_role_passes_the_same_bytes_from_both_loaders_and_the_shipped_native
 fn the_shipped_native_spawn_config_starts_an_app_and_reports_then_envoy_exits_cleanly() {
     let config = "[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\", \"--name\", \"blog\", \"--ready-delay-ms\", \"300\"]\n";
     let sidecar = Sidecar::start(config, 1500);
-    let mut envoy = Envoy::start(
-        "envoy/native-spawn.yaml",
-        &Overrides::default().cluster("wsgiproxy_sidecar", sidecar.port).loader(Loader::Native),
-    );
+    let mut envoy =
+        Envoy::start("envoy/native-spawn.yaml", &Overrides::default().cluster("wsgiproxy_sidecar", sidecar.port).loader(Loader::Native));
     let first = envoy.get("/hello", &[]);
     assert!(first.header("x-wsgiproxy-cold-start-ms").is_some(), "a cold start says so");
     let got = first.received();
@@ -233,9 +243,7 @@ fn the_shipped_native_spawn_config_starts_an_app_and_reports_then_envoy_exits_cl
 fn the_shipped_native_spawn_config_carries_bursts_to_a_small_backlog_server() {
     // The shipped config spawns app "blog": here it is Python's http.server.
     let sidecar = Sidecar::start(&small_backlog_app("blog"), 1500);
-    let envoy = Envoy::start(
-        "envoy/native-spawn.yaml",
-        &Overrides::default().cluster("wsgiproxy_sidecar", sidecar.port).loader(Loader::Native),
-    );
+    let envoy =
+        Envoy::start("envoy/native-spawn.yaml", &Overrides::default().cluster("wsgiproxy_sidecar", sidecar.port).loader(Loader::Native));
     bursts_reach_it(&envoy, &sidecar, "blog");
 }

@@ -58,9 +58,8 @@ fn two_envoys_signed_end_to_end() {
                "unicode_keys": [{"key": "name", "value": "Jos\u{e9}"}],
                "json_keys": [{"key": "roles", "value": "[\"admin\"]"}]}),
     );
-    let got = edge
-        .get("/blog/posts/7?page=2", &[("Host", "www.example.com:8443"), ("X-Auth-User", "bob"), ("X-Remote-User", "root")])
-        .received();
+    let got =
+        edge.get("/blog/posts/7?page=2", &[("Host", "www.example.com:8443"), ("X-Auth-User", "bob"), ("X-Remote-User", "root")]).received();
     assert_eq!(got.uri(), "/posts/7?page=2");
     assert_eq!(got.header("host").as_deref(), Some("www.example.com:8443"));
     assert_eq!(got.header("x-forwarded-host").as_deref(), Some("www.example.com:8443"));
@@ -78,8 +77,12 @@ fn two_envoys_signed_end_to_end() {
 #[test]
 fn trusted_peer_by_cidr_without_signature() {
     let echo = Echo::start();
-    let mw = middleware(echo.port, json!({"role": "middleware", "trust_ips": ["10.0.0.0/8", "127.0.0.0/8"], "keys": {"REMOTE_USER": "x-remote-user"}}));
-    let edge = app(mw.port, json!({"role": "app", "href": "http://b:80/", "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}]}));
+    let mw = middleware(
+        echo.port,
+        json!({"role": "middleware", "trust_ips": ["10.0.0.0/8", "127.0.0.0/8"], "keys": {"REMOTE_USER": "x-remote-user"}}),
+    );
+    let edge =
+        app(mw.port, json!({"role": "app", "href": "http://b:80/", "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}]}));
     let got = edge.get("/x", &[("Host", "front.example"), ("X-Auth-User", "alice")]).received();
     assert_eq!(got.header("x-remote-user").as_deref(), Some("alice"));
     assert_eq!(got.header("host").as_deref(), Some("front.example"));
@@ -143,7 +146,9 @@ fn captured_signed_request(app_key: (&str, &str), path: &str) -> Vec<(String, St
         .unwrap()
         .iter()
         .map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_str().unwrap().to_string()))
-        .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "connection" | "x-request-id" | "x-envoy-expected-rq-timeout-ms" | "x-forwarded-proto"))
+        .filter(|(n, _)| {
+            !matches!(n.as_str(), "content-length" | "connection" | "x-request-id" | "x-envoy-expected-rq-timeout-ms" | "x-forwarded-proto")
+        })
         .collect()
 }
 
@@ -222,7 +227,10 @@ fn signatures_replay_tampering_and_rotation() {
 #[test]
 fn undecodable_or_malformed_protocol_headers_are_400() {
     let echo = Echo::start();
-    let mw = middleware(echo.port, json!({"role": "middleware", "trust_ips": ["127.0.0.1"], "keys": {"REMOTE_USER": "x-remote-user", "roles": "x-roles"}}));
+    let mw = middleware(
+        echo.port,
+        json!({"role": "middleware", "trust_ips": ["127.0.0.1"], "keys": {"REMOTE_USER": "x-remote-user", "roles": "x-roles"}}),
+    );
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: &[Case] = &[
         (&[("X-WSGIProxy-Str-0", "REMOTE_USER b64%%%")], "undecodable_payload", "x-wsgiproxy-str-0"),
@@ -249,7 +257,10 @@ fn undecodable_or_malformed_protocol_headers_are_400() {
 #[test]
 fn forced_prefix_and_host() {
     let echo = Echo::start();
-    let mw = middleware(echo.port, json!({"role": "middleware", "trust_ips": [], "pop_prefix": "/shop", "scheme": "https", "host": "shop.example:443"}));
+    let mw = middleware(
+        echo.port,
+        json!({"role": "middleware", "trust_ips": [], "pop_prefix": "/shop", "scheme": "https", "host": "shop.example:443"}),
+    );
     let got = mw.get("/shop/cart?id=3", &[]).received();
     assert_eq!(got.uri(), "/cart?id=3");
     assert_eq!(got.header("x-forwarded-prefix").as_deref(), Some("/shop"));

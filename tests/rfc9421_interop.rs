@@ -120,7 +120,8 @@ fn app_role_signatures_verify_with_http_message_signatures() {
     }
 
     // Without a query at all, "@query" is "?" and the library agrees.
-    let envoy = app_envoy(port, json!({"role": "app", "href": "http://b:1/", "signature_format": "rfc9421", "secret": secret("k1", KEY_K1)}));
+    let envoy =
+        app_envoy(port, json!({"role": "app", "href": "http://b:1/", "signature_format": "rfc9421", "secret": secret("k1", KEY_K1)}));
     let seen = envoy.get("/plain", &[]).json();
     assert_eq!(seen["verified"], true, "{seen}");
     assert!(covered(&seen).contains(&("\"@query\"".into(), "?".into())), "{seen}");

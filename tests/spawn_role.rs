@@ -14,10 +14,13 @@ use support::*;
 const LEASE_MS: u64 = 1500;
 
 fn spawn_envoy(sidecar_port: u16, app: &str) -> Envoy {
-    spawn_envoy_with(sidecar_port, json!({
-        "role": "spawn", "app": app, "sidecar_cluster": "wsgiproxy_sidecar",
-        "report_interval_ms": 200, "ensure_timeout_ms": 15000
-    }))
+    spawn_envoy_with(
+        sidecar_port,
+        json!({
+            "role": "spawn", "app": app, "sidecar_cluster": "wsgiproxy_sidecar",
+            "report_interval_ms": 200, "ensure_timeout_ms": 15000
+        }),
+    )
 }
 
 fn spawn_envoy_with(sidecar_port: u16, plugin: serde_json::Value) -> Envoy {
@@ -89,17 +92,18 @@ fn a_long_request_started_late_in_a_lease_outlives_idle_shutdown() {
     let sidecar = Sidecar::start(&blog("idle_shutdown = 1"), LEASE_MS);
     // Reports at most once a minute by the interval: only the lease can make the
     // worker tell the sidecar about the long request in time.
-    let envoy = spawn_envoy_with(sidecar.port, json!({
-        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
-        "report_interval_ms": 60000, "ensure_timeout_ms": 15000
-    }));
+    let envoy = spawn_envoy_with(
+        sidecar.port,
+        json!({
+            "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
+            "report_interval_ms": 60000, "ensure_timeout_ms": 15000
+        }),
+    );
     assert_eq!(envoy.get("/", &[]).status, 200);
     let pid = sidecar.status("blog")["pid"].as_u64().unwrap();
     // The lease is over 1 s old, and so is the last activity: left alone, the app
     // would stop as soon as the lease runs out.
-    wait_until("the lease nears its end", Duration::from_secs(10), || {
-        sidecar.status("blog")["lease_left_ms"].as_u64().unwrap() <= 900
-    });
+    wait_until("the lease nears its end", Duration::from_secs(10), || sidecar.status("blog")["lease_left_ms"].as_u64().unwrap() <= 900);
     let began = Instant::now();
     let slow = envoy.get("/__sleep/3000", &[]);
     assert_eq!(slow.status, 200, "the long request was cut: {}", slow.text());
@@ -147,10 +151,13 @@ fn a_crashed_app_comes_back() {
 fn a_connection_refused_under_a_lease_drops_the_lease_at_once() {
     // A long lease and no report due: the refused connection is the only news of the crash.
     let sidecar = Sidecar::start(&blog(""), 60_000);
-    let envoy = spawn_envoy_with(sidecar.port, json!({
-        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
-        "report_interval_ms": 60000, "ensure_timeout_ms": 15000
-    }));
+    let envoy = spawn_envoy_with(
+        sidecar.port,
+        json!({
+            "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
+            "report_interval_ms": 60000, "ensure_timeout_ms": 15000
+        }),
+    );
     assert_eq!(envoy.get("/", &[]).status, 200);
     // The first request's activity is reported at the next tick (250 ms): let that
     // report be answered while the app is up, or it would be the news of the crash.

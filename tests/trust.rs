@@ -29,11 +29,8 @@ const FORGERIES: [(&str, &str); 6] = [
 ];
 
 /// What a trusted sender (the `app` role) would say.
-const PROTOCOL: [(&str, &str); 3] = [
-    ("X-WSGIProxy-Version", "0.1"),
-    ("X-Forwarded-Server", "victim.example"),
-    ("X-WSGIProxy-Str-0", "REMOTE_USER admin"),
-];
+const PROTOCOL: [(&str, &str); 3] =
+    [("X-WSGIProxy-Version", "0.1"), ("X-Forwarded-Server", "victim.example"), ("X-WSGIProxy-Str-0", "REMOTE_USER admin")];
 
 fn by_address() -> Value {
     json!({"role": "middleware", "trust_ips": [format!("{TRUSTED}/32")], "keys": {"REMOTE_USER": "x-remote-user"}})
@@ -280,7 +277,23 @@ impl Pki {
     fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki { dir };
-        pki.openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test mesh CA"]);
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test mesh CA",
+        ]);
         pki.issue("server", "subjectAltName=DNS:test.local\nextendedKeyUsage=serverAuth");
         pki
     }
@@ -290,7 +303,8 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl").args(args).current_dir(self.dir.path()).output().expect("openssl is installed (scripts/setup.sh)");
+        let out =
+            Command::new("openssl").args(args).current_dir(self.dir.path()).output().expect("openssl is installed (scripts/setup.sh)");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
@@ -298,8 +312,37 @@ impl Pki {
     fn issue(&self, name: &str, extensions: &str) {
         std::fs::write(self.dir.path().join(format!("{name}.ext")), extensions).unwrap();
         let (key, csr, pem, ext) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-        self.openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]);
-        self.openssl(&["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem, "-days", "2", "-extfile", &ext]);
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
     }
 
     fn client(&self, name: &str, spiffe_id: &str) {
@@ -358,7 +401,10 @@ fn istio_shaped_sidecar_inbound_trusts_spiffe_identities_only() {
     let echo = Echo::start();
     let config = json!({"role": "middleware", "trust_principals": ["spiffe://cluster.local/ns/edge/sa/*"],
                         "keys": {"REMOTE_USER": "x-remote-user"}});
-    let o = Overrides { edit_with: Some(istio_sidecar_inbound(pki.dir.path())), ..Overrides::default().cluster("app", echo.port).plugin(config) };
+    let o = Overrides {
+        edit_with: Some(istio_sidecar_inbound(pki.dir.path())),
+        ..Overrides::default().cluster("app", echo.port).plugin(config)
+    };
     let envoy = Envoy::start("envoy/middleware.yaml", &o);
 
     // The edge's identity is believed, from any address (pod addresses change).
@@ -387,9 +433,13 @@ fn principals_and_addresses_must_both_hold() {
     let echo = Echo::start();
     let config = json!({"role": "middleware", "trust_principals": ["spiffe://cluster.local/ns/edge/sa/gateway"],
                         "trust_ips": [format!("{TRUSTED}/32")], "keys": {"REMOTE_USER": "x-remote-user"}});
-    let o = Overrides { edit_with: Some(istio_sidecar_inbound(pki.dir.path())), ..Overrides::default().cluster("app", echo.port).plugin(config) };
+    let o = Overrides {
+        edit_with: Some(istio_sidecar_inbound(pki.dir.path())),
+        ..Overrides::default().cluster("app", echo.port).plugin(config)
+    };
     let envoy = Envoy::start("envoy/middleware.yaml", &o);
-    let trusted = |source, cert| mtls_request(&pki, envoy.port, source, Some(cert), &with(&FORGERIES, &PROTOCOL)).header("x-remote-user").is_some();
+    let trusted =
+        |source, cert| mtls_request(&pki, envoy.port, source, Some(cert), &with(&FORGERIES, &PROTOCOL)).header("x-remote-user").is_some();
     assert!(trusted(TRUSTED, "gateway"));
     assert!(!trusted(ATTACKER, "gateway"), "the right identity from the wrong address");
     assert!(!trusted(TRUSTED, "intruder"), "the right address with the wrong identity");
@@ -413,7 +463,13 @@ fn principals_on_a_plaintext_listener_never_match_and_say_so() {
 fn a_role_in_the_wrong_kind_of_filter_fails_closed() {
     // The peer role in the HTTP filter's place: no request reaches the backend unjudged.
     let echo = Echo::start();
-    let envoy = Envoy::start("envoy/middleware.yaml", &Overrides::default().cluster("app", echo.port).plugin(json!({"role": "peer"})).env("WSGIPROXY_KEY_K1", "validate-only-key-0123456789"));
+    let envoy = Envoy::start(
+        "envoy/middleware.yaml",
+        &Overrides::default()
+            .cluster("app", echo.port)
+            .plugin(json!({"role": "peer"}))
+            .env("WSGIPROXY_KEY_K1", "validate-only-key-0123456789"),
+    );
     for _ in 0..3 {
         let r = request_from(ATTACKER, envoy.port, "GET", "/x", &PROTOCOL);
         assert!(r.status >= 500, "forwarded by a misplaced peer role: {} {}", r.status, r.text());
@@ -428,7 +484,10 @@ fn a_role_in_the_wrong_kind_of_filter_fails_closed() {
     for _ in 0..3 {
         let mut stream = connect_from(ATTACKER, envoy.port);
         stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        let _ = std::io::Write::write_all(&mut stream, b"GET /x HTTP/1.1\r\nHost: a\r\nX-WSGIProxy-Str-0: REMOTE_USER admin\r\nConnection: close\r\n\r\n");
+        let _ = std::io::Write::write_all(
+            &mut stream,
+            b"GET /x HTTP/1.1\r\nHost: a\r\nX-WSGIProxy-Str-0: REMOTE_USER admin\r\nConnection: close\r\n\r\n",
+        );
         let mut answer = Vec::new();
         let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
         let text = String::from_utf8_lossy(&answer);

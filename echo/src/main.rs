@@ -239,8 +239,8 @@ async fn respond(state: &State, req: Request<Incoming>) -> Result<Response<Body>
         Err(e) => return Err(bad_request(format!("cannot read the request body: {e}"))),
     };
     let json = |status: StatusCode| -> Result<Response<Body>, Refusal> {
-        let description = describe(&state.name, &parts, &body)
-            .map_err(|e| Refusal { status: StatusCode::INTERNAL_SERVER_ERROR, why: e.to_string() })?;
+        let description =
+            describe(&state.name, &parts, &body).map_err(|e| Refusal { status: StatusCode::INTERNAL_SERVER_ERROR, why: e.to_string() })?;
         let mut r = Response::new(full(description));
         *r.status_mut() = status;
         r.headers_mut().insert(CONTENT_TYPE, APPLICATION_JSON.clone());
@@ -338,9 +338,7 @@ fn listen_addr(args: &Args) -> Result<SocketAddr, String> {
     }
     let port = match (args.port, std::env::var("PORT")) {
         (Some(port), _) => port,
-        (None, Ok(port)) if !port.trim().is_empty() => {
-            port.trim().parse().map_err(|_| format!("PORT is not a port number: {port:?}"))?
-        }
+        (None, Ok(port)) if !port.trim().is_empty() => port.trim().parse().map_err(|_| format!("PORT is not a port number: {port:?}"))?,
         _ => return Err("give --listen ADDR, --port N, or the PORT environment variable".into()),
     };
     Ok(SocketAddr::from(([127, 0, 0, 1], port)))

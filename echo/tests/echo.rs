@@ -150,7 +150,8 @@ fn get(port: u16, target: &str) -> Reply {
 #[test]
 fn describes_a_get_with_query_and_repeated_headers() {
     let echo = start(&["--name", "e1"]);
-    let r = send(echo.port, b"GET /a/b?x=1&y=%2F HTTP/1.1\r\nHost: h\r\nX-Rep: one\r\nX-Other: o\r\nX-Rep: two\r\nConnection: close\r\n\r\n");
+    let r =
+        send(echo.port, b"GET /a/b?x=1&y=%2F HTTP/1.1\r\nHost: h\r\nX-Rep: one\r\nX-Other: o\r\nX-Rep: two\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("x-echo-name"), Some("e1"));
@@ -162,7 +163,8 @@ fn describes_a_get_with_query_and_repeated_headers() {
     assert_eq!(v["uri"], "/a/b?x=1&y=%2F");
     assert_eq!(v["body"], "");
     assert_eq!(v["body_len"], 0);
-    let headers: Vec<(&str, &str)> = v["headers"].as_array().unwrap().iter().map(|h| (h[0].as_str().unwrap(), h[1].as_str().unwrap())).collect();
+    let headers: Vec<(&str, &str)> =
+        v["headers"].as_array().unwrap().iter().map(|h| (h[0].as_str().unwrap(), h[1].as_str().unwrap())).collect();
     let reps: Vec<&str> = headers.iter().filter(|h| h.0 == "x-rep").map(|h| h.1).collect();
     assert_eq!(reps, ["one", "two"], "repeated headers are separate entries, in order");
     assert!(headers.contains(&("x-other", "o")) && headers.contains(&("host", "h")), "{headers:?}");
@@ -280,7 +282,10 @@ fn ready_delay_postpones_listening() {
     assert_eq!(get(echo.port, "/").status, 200);
 
     let port = free_port();
-    let _slow = Echo { child: Command::new(BIN).args(["--port", &port.to_string(), "--ready-delay-ms", "2000"]).stdout(Stdio::null()).spawn().unwrap(), port };
+    let _slow = Echo {
+        child: Command::new(BIN).args(["--port", &port.to_string(), "--ready-delay-ms", "2000"]).stdout(Stdio::null()).spawn().unwrap(),
+        port,
+    };
     std::thread::sleep(Duration::from_millis(300));
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "not listening yet");
 }
@@ -294,7 +299,8 @@ fn port_from_the_environment() {
 #[test]
 fn listen_address() {
     let port = free_port();
-    let mut child = Command::new(BIN).args(["--listen", &format!("127.0.0.1:{port}")]).env("PORT", "1").stdout(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        Command::new(BIN).args(["--listen", &format!("127.0.0.1:{port}")]).env("PORT", "1").stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let echo = Echo { child, port };
     let line = first_line(stdout, Duration::from_secs(10)).unwrap();
@@ -331,7 +337,10 @@ fn signals_and_exit_path() {
     let mut exiting = start(&[]);
     // A stop during --ready-delay-ms is clean too.
     let port = free_port();
-    let mut delayed = Echo { child: Command::new(BIN).args(["--port", &port.to_string(), "--ready-delay-ms", "5000"]).stdout(Stdio::null()).spawn().unwrap(), port };
+    let mut delayed = Echo {
+        child: Command::new(BIN).args(["--port", &port.to_string(), "--ready-delay-ms", "5000"]).stdout(Stdio::null()).spawn().unwrap(),
+        port,
+    };
     std::thread::sleep(Duration::from_millis(200));
     delayed.signal("TERM");
     assert_eq!(delayed.wait_exit(Duration::from_secs(2)).code(), Some(0));

@@ -137,11 +137,7 @@ extern "C" {
     fn envoy_dynamic_module_callback_log(level: LogLevel, message: ModuleBuffer);
     fn envoy_dynamic_module_callback_log_enabled(level: LogLevel) -> bool;
     fn envoy_dynamic_module_callback_http_get_headers_size(filter: *mut c_void, map: HeaderMap) -> usize;
-    fn envoy_dynamic_module_callback_http_get_headers(
-        filter: *mut c_void,
-        map: HeaderMap,
-        result: *mut EnvoyHttpHeader,
-    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_headers(filter: *mut c_void, map: HeaderMap, result: *mut EnvoyHttpHeader) -> bool;
     fn envoy_dynamic_module_callback_http_get_header(
         filter: *mut c_void,
         map: HeaderMap,
@@ -150,18 +146,8 @@ extern "C" {
         index: usize,
         count: *mut usize,
     ) -> bool;
-    fn envoy_dynamic_module_callback_http_set_header(
-        filter: *mut c_void,
-        map: HeaderMap,
-        key: ModuleBuffer,
-        value: ModuleBuffer,
-    ) -> bool;
-    fn envoy_dynamic_module_callback_http_add_header(
-        filter: *mut c_void,
-        map: HeaderMap,
-        key: ModuleBuffer,
-        value: ModuleBuffer,
-    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(filter: *mut c_void, map: HeaderMap, key: ModuleBuffer, value: ModuleBuffer) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(filter: *mut c_void, map: HeaderMap, key: ModuleBuffer, value: ModuleBuffer) -> bool;
     fn envoy_dynamic_module_callback_http_send_response(
         filter: *mut c_void,
         status: u32,
@@ -170,25 +156,11 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
-    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
-        filter: *mut c_void,
-        id: Attribute,
-        result: *mut EnvoyBuffer,
-    ) -> bool;
-    fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
-        filter: *mut c_void,
-        id: Attribute,
-        result: *mut u64,
-    ) -> bool;
-    fn envoy_dynamic_module_callback_http_filter_get_attribute_bool(
-        filter: *mut c_void,
-        id: Attribute,
-        result: *mut bool,
-    ) -> bool;
-    fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(
-        filter: *mut c_void,
-        result: *mut EnvoyBuffer,
-    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(filter: *mut c_void, id: Attribute, result: *mut EnvoyBuffer)
+        -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_int(filter: *mut c_void, id: Attribute, result: *mut u64) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_bool(filter: *mut c_void, id: Attribute, result: *mut bool) -> bool;
+    fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(filter: *mut c_void, result: *mut EnvoyBuffer) -> bool;
     fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: *mut c_void,
         name: ModuleBuffer,
@@ -401,7 +373,11 @@ impl ConfigHandle {
                 u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             )
         };
-        if result == 0 { Ok(id) } else { Err(callout_refusal(result)) }
+        if result == 0 {
+            Ok(id)
+        } else {
+            Err(callout_refusal(result))
+        }
     }
 }
 
@@ -423,7 +399,9 @@ impl Stream {
         if !unsafe { envoy_dynamic_module_callback_http_get_headers(self.0, map, raw.as_mut_ptr()) } {
             return Vec::new();
         }
-        raw.iter().map(|h| (header_name(copy_envoy_bytes(h.key_ptr, h.key_length)), copy_envoy_bytes(h.value_ptr, h.value_length))).collect()
+        raw.iter()
+            .map(|h| (header_name(copy_envoy_bytes(h.key_ptr, h.key_length)), copy_envoy_bytes(h.value_ptr, h.value_length)))
+            .collect()
     }
 
     /// Every value of one header, in order: cheaper than [`Stream::headers`] when a
@@ -446,7 +424,14 @@ impl Stream {
             let mut value = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
             // SAFETY: as above; nothing changes the map between these calls.
             if unsafe {
-                envoy_dynamic_module_callback_http_get_header(self.0, map, ModuleBuffer::of(name.as_bytes()), &mut value, index, std::ptr::null_mut())
+                envoy_dynamic_module_callback_http_get_header(
+                    self.0,
+                    map,
+                    ModuleBuffer::of(name.as_bytes()),
+                    &mut value,
+                    index,
+                    std::ptr::null_mut(),
+                )
             } {
                 values.push(copy_envoy_bytes(value.ptr, value.length));
             }
@@ -480,9 +465,7 @@ impl Stream {
     pub fn remove_header(&self, map: HeaderMap, name: &str) -> bool {
         // SAFETY: live filter pointer; the key borrows `name`; a null value buffer is
         // the ABI's way to ask for removal.
-        unsafe {
-            envoy_dynamic_module_callback_http_set_header(self.0, map, ModuleBuffer::of(name.as_bytes()), ModuleBuffer::null())
-        }
+        unsafe { envoy_dynamic_module_callback_http_set_header(self.0, map, ModuleBuffer::of(name.as_bytes()), ModuleBuffer::null()) }
     }
 
     /// Answers the request in Envoy's place.
@@ -552,7 +535,11 @@ impl Stream {
                 u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             )
         };
-        if result == 0 { Ok(id) } else { Err(callout_refusal(result)) }
+        if result == 0 {
+            Ok(id)
+        } else {
+            Err(callout_refusal(result))
+        }
     }
 
     /// Lets a request stopped in its request-headers hook go on.
@@ -808,17 +795,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(_: *mut 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: *mut c_void, _: *const c_void) {}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _: *mut c_void,
-    _: *const c_void,
-) {
-}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(_: *mut c_void, _: *const c_void) {}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _: *mut c_void,
-    _: *const c_void,
-) {
-}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(_: *mut c_void, _: *const c_void) {}
 
 /// The binding against a stand-in for Envoy: the callbacks above are defined here
 /// over a plain Rust header map, so that every pointer the wrappers pass and read is
@@ -920,7 +899,12 @@ mod tests {
         }
     }
     #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_http_set_header(filter: *mut c_void, m: HeaderMap, key: ModuleBuffer, value: ModuleBuffer) -> bool {
+    extern "C" fn envoy_dynamic_module_callback_http_set_header(
+        filter: *mut c_void,
+        m: HeaderMap,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool {
         let headers = map(fake(filter), m);
         let name = bytes(key.ptr, key.length);
         headers.retain(|(k, _)| *k != name);
@@ -930,7 +914,12 @@ mod tests {
         true
     }
     #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_http_add_header(filter: *mut c_void, m: HeaderMap, key: ModuleBuffer, value: ModuleBuffer) -> bool {
+    extern "C" fn envoy_dynamic_module_callback_http_add_header(
+        filter: *mut c_void,
+        m: HeaderMap,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool {
         map(fake(filter), m).push((bytes(key.ptr, key.length), bytes(value.ptr, value.length)));
         true
     }
@@ -954,7 +943,11 @@ mod tests {
         fake(filter).reply = Some((status, list, bytes(body.ptr, body.length), text(details.ptr, details.length)));
     }
     #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_string(filter: *mut c_void, id: Attribute, out: *mut EnvoyBuffer) -> bool {
+    extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: *mut c_void,
+        id: Attribute,
+        out: *mut EnvoyBuffer,
+    ) -> bool {
         match (id, &fake(filter).source_address) {
             (Attribute::SourceAddress, Some(a)) => {
                 lend(out, a);
@@ -977,7 +970,10 @@ mod tests {
         false
     }
     #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(filter: *mut c_void, out: *mut EnvoyBuffer) -> bool {
+    extern "C" fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(
+        filter: *mut c_void,
+        out: *mut EnvoyBuffer,
+    ) -> bool {
         match &fake(filter).direct_address {
             Some(a) => {
                 lend(out, a);
@@ -1004,13 +1000,25 @@ mod tests {
         0
     }
     #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(filter: *mut c_void, id: usize, _: *mut ModuleBuffer, _: usize, by: u64) -> u32 {
+    extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: *mut c_void,
+        id: usize,
+        _: *mut ModuleBuffer,
+        _: usize,
+        by: u64,
+    ) -> u32 {
         fake(filter).counters.push((id, by));
         0
     }
 
     #[no_mangle]
-    extern "C" fn envoy_dynamic_module_callback_http_filter_config_increment_counter(_: *mut c_void, _: usize, _: *mut ModuleBuffer, _: usize, _: u64) -> u32 {
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        _: *mut c_void,
+        _: usize,
+        _: *mut ModuleBuffer,
+        _: usize,
+        _: u64,
+    ) -> u32 {
         0
     }
     #[no_mangle]
@@ -1142,7 +1150,12 @@ mod tests {
         assert_eq!(s.attribute_int(Attribute::SourcePort), Some(40_000));
         assert_eq!(s.attribute_int(Attribute::DestinationPort), None);
         assert_eq!(s.attribute_bool(Attribute::ConnectionMtls), None);
-        s.send_response(403, &[("x-wsgiproxy-error", "untrusted_peer"), ("content-type", "text/plain")], b"no\n", "wsgiproxy_untrusted_peer");
+        s.send_response(
+            403,
+            &[("x-wsgiproxy-error", "untrusted_peer"), ("content-type", "text/plain")],
+            b"no\n",
+            "wsgiproxy_untrusted_peer",
+        );
         s.increment_counter(3, 2);
         let (status, headers, body, details) = f.reply.take().unwrap();
         assert_eq!((status, body.as_slice(), details.as_str()), (403, &b"no\n"[..], "wsgiproxy_untrusted_peer"));
@@ -1153,7 +1166,8 @@ mod tests {
     /// Runs one request through the hooks, as Envoy would: config, filter, headers, destroy.
     fn through_hooks(config: &str, f: &mut FakeStream) -> HeadersStatus {
         let name = b"wsgiproxy";
-        let factory = envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(name), envoy_buffer(config.as_bytes()));
+        let factory =
+            envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(name), envoy_buffer(config.as_bytes()));
         assert!(!factory.is_null(), "{:?}", LOG.with(|l| l.borrow().clone()));
         let filter = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
         let envoy_side = f as *mut FakeStream as *mut c_void;
@@ -1180,7 +1194,8 @@ mod tests {
         let config = r#"{"role": "app", "href": "http://backend:8080/app", "script_name": "/blog",
                          "string_keys": [{"key": "PROTO", "from_property": ["request", "protocol"]}]}"#;
         assert_eq!(through_hooks(config, &mut f), HeadersStatus::Continue);
-        let get = |n: &[u8]| f.request.iter().filter(|(k, _)| k == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect::<Vec<_>>();
+        let get =
+            |n: &[u8]| f.request.iter().filter(|(k, _)| k == n).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect::<Vec<_>>();
         assert_eq!(get(b":path"), ["/app/x?q=1"]);
         assert_eq!(get(b"x-script-name"), ["/blog"]);
         assert_eq!(get(b"x-forwarded-for"), ["10.1.2.3"]);
@@ -1213,7 +1228,8 @@ mod tests {
             (b"\xff\xfe", "not valid JSON"),
             (b"{\"role\": \"spawn\", \"app\": \"a\"}", "field `sidecar_cluster`"),
         ] {
-            let made = envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(b"wsgiproxy"), envoy_buffer(config));
+            let made =
+                envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(b"wsgiproxy"), envoy_buffer(config));
             assert!(made.is_null());
             let logged = LOG.with(|l| l.borrow().last().cloned()).unwrap();
             assert_eq!(logged.0, LogLevel::Error);
@@ -1228,7 +1244,8 @@ mod tests {
     fn a_callout_and_its_answer() {
         // The spawn role asks the sidecar, pauses, and goes on with the upstream it got.
         let config = r#"{"role": "spawn", "app": "blog", "sidecar_cluster": "sidecar"}"#;
-        let factory = envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(b"s"), envoy_buffer(config.as_bytes()));
+        let factory =
+            envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(b"s"), envoy_buffer(config.as_bytes()));
         assert!(!factory.is_null(), "{:?}", LOG.with(|l| l.borrow().clone()));
         let filter = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
         let mut f = FakeStream { request: vec![(b":path".to_vec(), b"/".to_vec())], ..FakeStream::default() };
@@ -1258,7 +1275,16 @@ mod tests {
         assert_eq!(g.reply.as_ref().map(|r| r.0), Some(503));
         // Scheduled events and a failed report callout on the configuration.
         envoy_dynamic_module_on_http_filter_config_scheduled(std::ptr::null_mut(), factory, 0);
-        envoy_dynamic_module_on_http_filter_config_http_callout_done(std::ptr::null_mut(), factory, 9, 1, std::ptr::null(), 0, std::ptr::null(), 0);
+        envoy_dynamic_module_on_http_filter_config_http_callout_done(
+            std::ptr::null_mut(),
+            factory,
+            9,
+            1,
+            std::ptr::null(),
+            0,
+            std::ptr::null(),
+            0,
+        );
         for made in [filter, second] {
             envoy_dynamic_module_on_http_filter_destroy(made);
         }

@@ -45,10 +45,7 @@ pub fn refuse(stream: &Stream, reply: &LocalReply, metrics: &Metrics, role: &str
 
 /// Sends a short plain-text reply instead of forwarding the request.
 pub fn send_reply(stream: &Stream, reply: &LocalReply) {
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("content-type", "text/plain; charset=utf-8"),
-        ("x-wsgiproxy-error", reply.reason),
-    ];
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "text/plain; charset=utf-8"), ("x-wsgiproxy-error", reply.reason)];
     headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     stream.send_response(reply.status, &headers, reply.body().as_bytes(), &format!("wsgiproxy_{}", reply.reason));
 }

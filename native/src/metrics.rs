@@ -14,10 +14,8 @@ pub struct Metrics {
 impl Metrics {
     /// Defines `wsgiproxy.{name}` for each name.
     pub fn define(config: &ConfigHandle, names: &[String]) -> Metrics {
-        let ids = names
-            .iter()
-            .filter_map(|name| config.define_counter(&format!("wsgiproxy.{name}")).map(|id| (name.clone(), id)))
-            .collect();
+        let ids =
+            names.iter().filter_map(|name| config.define_counter(&format!("wsgiproxy.{name}")).map(|id| (name.clone(), id))).collect();
         Metrics { ids }
     }
 
@@ -94,9 +92,5 @@ pub const REJECTION_REASONS: &[&str] = &[
 
 /// `names` and, for `role`, every `{role}.rejected.{reason}`.
 pub fn with_rejections(role: &str, names: &[&str]) -> Vec<String> {
-    names
-        .iter()
-        .map(|n| (*n).to_string())
-        .chain(REJECTION_REASONS.iter().map(|r| format!("{role}.rejected.{r}")))
-        .collect()
+    names.iter().map(|n| (*n).to_string()).chain(REJECTION_REASONS.iter().map(|r| format!("{role}.rejected.{r}"))).collect()
 }

@@ -225,7 +225,12 @@ impl HttpFilter for SpawnFilter {
         }
         self.asked_at = now;
         let path = format!("/v1/ensure/{app}");
-        let headers = [(":method", "POST"), (":path", path.as_str()), (":authority", authority.as_str()), (SIDECAR_REPORTER, self.runtime.reporter.as_str())];
+        let headers = [
+            (":method", "POST"),
+            (":path", path.as_str()),
+            (":authority", authority.as_str()),
+            (SIDECAR_REPORTER, self.runtime.reporter.as_str()),
+        ];
         match stream.http_callout(&cluster, &headers, timeout) {
             Ok(_) => {
                 self.shared.metrics.inc(stream, "spawn.ensure_calls");

@@ -108,11 +108,7 @@ pub fn decide(
         None => path,
     };
     if has_unsafe_segment(rest) {
-        return Decision::Reply(LocalReply::new(
-            400,
-            "unsafe_path",
-            "the path holds dot segments, back slashes or encoded slashes",
-        ));
+        return Decision::Reply(LocalReply::new(400, "unsafe_path", "the path holds dot segments, back slashes or encoded slashes"));
     }
 
     let mut edits = Edits::default();
@@ -200,12 +196,8 @@ pub fn decide(
     if let Some(ring) = &config.signing {
         let date = format_date(req.now);
         let method = head.get(METHOD).unwrap_or(b"GET").to_vec();
-        let signed: Vec<(&str, &[u8])> = edits
-            .set
-            .iter()
-            .filter(|(name, _)| is_signed_header(name))
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect();
+        let signed: Vec<(&str, &[u8])> =
+            edits.set.iter().filter(|(name, _)| is_signed_header(name)).map(|(n, v)| (n.as_str(), v.as_slice())).collect();
         let parts = SignedParts {
             method: &method,
             authority: config.href.authority.as_bytes(),
@@ -406,7 +398,8 @@ mod tests {
         let received: Vec<(String, Vec<u8>)> = e.set.iter().filter(|(n, _)| !n.starts_with(':')).cloned().collect();
         assert_eq!(received.iter().filter(|(n, _)| n == "signature").count(), 1, "the client's signature is replaced");
         let message = rfc9421::Message { method: b"POST", https: false, authority: b"backend", target: b"/app/x", fields: &received };
-        let verified = rfc9421::verify(c.signing.as_ref().unwrap(), &message, run_time(), std::time::Duration::from_secs(5), is_signed_header);
+        let verified =
+            rfc9421::verify(c.signing.as_ref().unwrap(), &message, run_time(), std::time::Duration::from_secs(5), is_signed_header);
         assert!(verified.is_ok(), "{verified:?}");
     }
 
@@ -424,13 +417,7 @@ mod tests {
         assert_eq!(date, b"Tue, 24 Nov 2026 02:00:00 GMT");
         let signed: Vec<(&str, &[u8])> =
             e.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.as_str(), v.as_slice())).collect();
-        let parts = SignedParts {
-            method: b"POST",
-            authority: b"backend:8080",
-            path: b"/app/x",
-            date,
-            protocol_headers: signed,
-        };
+        let parts = SignedParts { method: b"POST", authority: b"backend:8080", path: b"/app/x", date, protocol_headers: signed };
         assert!(verify_mac(c.signing.as_ref().unwrap(), &sig, &parts).is_ok());
     }
 }

@@ -36,9 +36,7 @@ impl Family {
     pub fn parse_header_name(name: &str) -> Option<Result<(Family, usize), String>> {
         Family::ALL.iter().find_map(|&family| {
             name.strip_prefix(family.header_prefix()).map(|index| {
-                parse_index(index)
-                    .map(|i| (family, i))
-                    .ok_or_else(|| format!("{name}: payload index is not a plain decimal number"))
+                parse_index(index).map(|i| (family, i)).ok_or_else(|| format!("{name}: payload index is not a plain decimal number"))
             })
         })
     }
@@ -123,9 +121,7 @@ pub fn split_payload(raw: &[u8]) -> Result<(String, &[u8]), DecodeError> {
         None => (raw, &raw[raw.len()..]),
     };
     let key = std::str::from_utf8(key).map_err(|_| DecodeError::BadKey)?;
-    let key = percent_decode_str(key)
-        .decode_utf8()
-        .map_err(|_| DecodeError::BadKey)?;
+    let key = percent_decode_str(key).decode_utf8().map_err(|_| DecodeError::BadKey)?;
     if key.is_empty() || key.chars().any(char::is_control) {
         return Err(DecodeError::BadKey);
     }
@@ -144,8 +140,7 @@ pub fn decode_value(family: Family, wire: &[u8]) -> Result<Vec<u8>, DecodeError>
             std::str::from_utf8(&value).map_err(|_| DecodeError::NotUtf8)?;
         }
         Family::Json => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&value)
-                .map_err(|_| DecodeError::NotJson)?;
+            serde_json::from_slice::<serde::de::IgnoredAny>(&value).map_err(|_| DecodeError::NotJson)?;
         }
     }
     Ok(value)

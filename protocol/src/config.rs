@@ -328,8 +328,7 @@ pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
     if json.iter().all(u8::is_ascii_whitespace) {
         return Err(ConfigError::new("", "the configuration is empty; it must be a JSON object with a \"role\""));
     }
-    let mut value: serde_json::Value = serde_json::from_slice(json)
-        .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
     let Some(object) = value.as_object_mut() else {
         return Err(ConfigError::new("", "must be a JSON object"));
     };
@@ -462,7 +461,9 @@ fn client_address(value: Option<&str>) -> Result<ClientAddress, ConfigError> {
         Some(v) => ClientAddress::parse(v).ok_or_else(|| {
             ConfigError::new(
                 "client_address",
-                format!("{v:?} is not \"peer\" (the TCP peer, recorded by the network filter) or \"envoy\" (Envoy's computed client address)"),
+                format!(
+                    "{v:?} is not \"peer\" (the TCP peer, recorded by the network filter) or \"envoy\" (Envoy's computed client address)"
+                ),
             )
         }),
     }
@@ -495,12 +496,8 @@ fn validate_key(family: Family, field: &str, raw: RawKey) -> Result<KeySpec, Con
             }
             KeySource::Value(v.into_bytes())
         }
-        (None, None, None) => {
-            return Err(ConfigError::new(field, "needs one source: \"from_header\", \"from_property\" or \"value\""))
-        }
-        _ => {
-            return Err(ConfigError::new(field, "takes exactly one of \"from_header\", \"from_property\" or \"value\""))
-        }
+        (None, None, None) => return Err(ConfigError::new(field, "needs one source: \"from_header\", \"from_property\" or \"value\"")),
+        _ => return Err(ConfigError::new(field, "takes exactly one of \"from_header\", \"from_property\" or \"value\"")),
     };
     Ok(KeySpec { family, key: raw.key, source })
 }
@@ -526,16 +523,17 @@ fn key_ring(
         let field = format!("secret.keys[{i}]");
         let material = match (k.env, k.value) {
             (Some(var), None) => env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                ConfigError::new(format!("{field}.env"), format!("environment variable {var:?} is not set in the Wasm VM (vm_config.environment_variables)"))
+                ConfigError::new(
+                    format!("{field}.env"),
+                    format!("environment variable {var:?} is not set in the Wasm VM (vm_config.environment_variables)"),
+                )
             })?,
             (None, Some(v)) => v,
             _ => return Err(ConfigError::new(field, "takes exactly one of \"env\" or \"value\"")),
         };
         keys.push((k.id, material.into_bytes()));
     }
-    KeyRing::new(algorithm, &keys)
-        .map(Some)
-        .map_err(|e| ConfigError::new("secret.keys", e))
+    KeyRing::new(algorithm, &keys).map(Some).map_err(|e| ConfigError::new("secret.keys", e))
 }
 
 fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>) -> Result<MiddlewareConfig, ConfigError> {
@@ -572,9 +570,7 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
         return Err(ConfigError::new("max_skew_seconds", "must be between 1 and 3600"));
     }
     let forced_prefix = match (raw.prefix, raw.pop_prefix) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new("pop_prefix", "cannot be given together with \"prefix\""))
-        }
+        (Some(_), Some(_)) => return Err(ConfigError::new("pop_prefix", "cannot be given together with \"prefix\"")),
         (Some(p), None) => ForcedPrefix::Prefix(normalize_prefix(&p).map_err(|e| ConfigError::new("prefix", e))?),
         (None, Some(p)) => {
             let p = normalize_prefix(&p).map_err(|e| ConfigError::new("pop_prefix", e))?;
@@ -650,10 +646,7 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
 
 /// The signature format, and the algorithm to use with it: RFC 9421 defines
 /// `hmac-sha256` only, which is then the default, and `hmac-sha1` is refused.
-fn signature_format<'a>(
-    format: Option<&str>,
-    algorithm: Option<&'a str>,
-) -> Result<(SignatureFormat, Option<&'a str>), ConfigError> {
+fn signature_format<'a>(format: Option<&str>, algorithm: Option<&'a str>) -> Result<(SignatureFormat, Option<&'a str>), ConfigError> {
     let format = match format {
         None => SignatureFormat::V1,
         Some(name) => SignatureFormat::from_name(name)

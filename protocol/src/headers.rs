@@ -76,12 +76,7 @@ pub fn is_safe_value(value: &[u8]) -> bool {
 
 /// An HTTP token (RFC 9110) in lowercase: what a configured header name must be.
 pub fn is_lowercase_token(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase()
-                || b.is_ascii_digit()
-                || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Headers a configuration may never ask the filter to write: pseudo-headers,

@@ -38,12 +38,7 @@ impl Href {
         if href.contains('#') {
             return Err("must not contain a fragment".into());
         }
-        Ok(Href {
-            scheme,
-            authority: format!("{host}:{port}"),
-            path,
-            query: uri.query().filter(|q| !q.is_empty()).map(str::to_string),
-        })
+        Ok(Href { scheme, authority: format!("{host}:{port}"), path, query: uri.query().filter(|q| !q.is_empty()).map(str::to_string) })
     }
 }
 

@@ -74,9 +74,7 @@ pub fn parse_authority(value: &[u8]) -> Option<(&str, Option<u16>)> {
         }
     };
     if !host.starts_with('[')
-        && (host.is_empty()
-            || host.len() > 253
-            || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
+        && (host.is_empty() || host.len() > 253 || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
     {
         return None;
     }
@@ -168,9 +166,7 @@ pub fn decide(
         Some(h) => h,
         None => head.get_str(AUTHORITY).unwrap_or_default().to_string(),
     };
-    let mut scheme = believed
-        .scheme
-        .unwrap_or_else(|| if req.https { "https".into() } else { "http".into() });
+    let mut scheme = believed.scheme.unwrap_or_else(|| if req.https { "https".into() } else { "http".into() });
     let client_ip = believed.client_ip.or_else(|| config.client_address.pick(downstream));
     let mut script_name = believed.script_name;
     let mut new_path = believed.path.unwrap_or_else(|| path.to_string());
@@ -386,10 +382,7 @@ fn remember_nonce(
 pub fn sender_forwarded_for(value: &[u8], tcp_peer: Option<IpAddr>) -> &[u8] {
     let Some(peer) = tcp_peer else { return value };
     let Some(comma) = value.iter().rposition(|b| *b == b',') else { return value };
-    let last = std::str::from_utf8(&value[comma + 1..])
-        .ok()
-        .and_then(|s| s.trim().parse::<IpAddr>().ok())
-        .map(|ip| ip.to_canonical());
+    let last = std::str::from_utf8(&value[comma + 1..]).ok().and_then(|s| s.trim().parse::<IpAddr>().ok()).map(|ip| ip.to_canonical());
     if last == Some(peer) {
         value[..comma].trim_ascii_end()
     } else {
@@ -437,15 +430,13 @@ fn believe(
     };
     if let Some(v) = script {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
-        b.script_name = normalize_prefix(text)
-            .map_err(|e| bad_request("bad_script_name", format!("X-Script-Name {e}")))?;
+        b.script_name = normalize_prefix(text).map_err(|e| bad_request("bad_script_name", format!("X-Script-Name {e}")))?;
     }
     if let Some(v) = head.get(X_TRAVERSAL_PATH) {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
         // WSGIProxy 0.2.2 sent it without its leading slash.
         let with_slash = if text.starts_with('/') || text.is_empty() { text.to_string() } else { format!("/{text}") };
-        let traversal = normalize_prefix(&with_slash)
-            .map_err(|e| bad_request("bad_traversal_path", format!("X-Traversal-Path {e}")))?;
+        let traversal = normalize_prefix(&with_slash).map_err(|e| bad_request("bad_traversal_path", format!("X-Traversal-Path {e}")))?;
         let rest = strip_segment_prefix(path, &traversal).ok_or_else(|| {
             bad_request(
                 "outside_traversal_path",

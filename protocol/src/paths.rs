@@ -73,9 +73,7 @@ pub fn has_unsafe_segment(path: &str) -> bool {
     if lower.contains("%2f") || lower.contains("%5c") {
         return true;
     }
-    lower
-        .split('/')
-        .any(|segment| matches!(segment, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+    lower.split('/').any(|segment| matches!(segment, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
 }
 
 #[cfg(test)]

@@ -13,10 +13,7 @@ impl RequestHead {
 
     /// The first value of a header.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
     /// The first value of a header, when it is UTF-8.
@@ -46,11 +43,7 @@ impl RequestHead {
 /// `trust_ips` and `X-Forwarded-For` see what the peer really is.
 pub fn parse_peer_address(raw: &[u8]) -> Option<std::net::IpAddr> {
     let text = std::str::from_utf8(raw).ok()?;
-    let ip = text
-        .parse::<std::net::SocketAddr>()
-        .map(|s| s.ip())
-        .or_else(|_| text.parse::<std::net::IpAddr>())
-        .ok()?;
+    let ip = text.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| text.parse::<std::net::IpAddr>()).ok()?;
     Some(ip.to_canonical())
 }
 
@@ -88,20 +81,15 @@ impl Edits {
     /// The first header this edit would write with a value that cannot stand in a
     /// header (Envoy does not check what filters write).
     pub fn first_unsafe(&self) -> Option<&str> {
-        self.set
-            .iter()
-            .find(|(_, v)| !crate::headers::is_safe_value(v))
-            .map(|(n, _)| n.as_str())
+        self.set.iter().find(|(_, v)| !crate::headers::is_safe_value(v)).map(|(n, _)| n.as_str())
     }
 
     /// Forwards with these edits, unless one of them would write an unsafe value.
     pub fn into_decision(self) -> Decision {
         match self.first_unsafe() {
-            Some(name) => Decision::Reply(LocalReply::new(
-                400,
-                "control_character",
-                format!("the request would carry a control character in {name}"),
-            )),
+            Some(name) => {
+                Decision::Reply(LocalReply::new(400, "control_character", format!("the request would carry a control character in {name}")))
+            }
             None => Decision::Forward(self.finish()),
         }
     }
@@ -111,11 +99,7 @@ impl Edits {
     }
 
     pub fn value_of(&self, name: &str) -> Option<&[u8]> {
-        self.set
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.set.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 }
 
@@ -133,12 +117,7 @@ pub struct LocalReply {
 
 impl LocalReply {
     pub fn new(status: u16, reason: &'static str, detail: impl Into<String>) -> Self {
-        LocalReply {
-            status,
-            reason,
-            detail: detail.into(),
-            headers: Vec::new(),
-        }
+        LocalReply { status, reason, detail: detail.into(), headers: Vec::new() }
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {

@@ -62,9 +62,7 @@ fn same_authority(authority: &str, href: &Href) -> bool {
         return true;
     }
     let default = if href.scheme == "https" { ":443" } else { ":80" };
-    href.authority
-        .strip_suffix(default)
-        .is_some_and(|host| authority.eq_ignore_ascii_case(host))
+    href.authority.strip_suffix(default).is_some_and(|host| authority.eq_ignore_ascii_case(host))
 }
 
 /// Rewrites the `Path` attribute of a `Set-Cookie` value; `None` leaves it alone.
@@ -183,10 +181,7 @@ mod tests {
         assert_eq!(rewrite_location("/login", &href, &view), None);
         assert_eq!(rewrite_cookie_path("sid=1; Path=/", &href, &view), None);
         assert_eq!(rewrite_cookie_path("sid=1; Path=/blog", &href, &view), None);
-        assert_eq!(
-            rewrite_location("http://backend:8080/login", &href, &view).as_deref(),
-            Some("https://www.example.com/blog/login")
-        );
+        assert_eq!(rewrite_location("http://backend:8080/login", &href, &view).as_deref(), Some("https://www.example.com/blog/login"));
     }
 
     #[test]

@@ -77,9 +77,7 @@ pub fn normalize_authority(authority: &str, https: bool) -> String {
     let lower = authority.to_ascii_lowercase();
     let (host, port) = match lower.rfind(':') {
         // A colon inside brackets belongs to an IPv6 address, not a port.
-        Some(i) if !lower[i..].contains(']') && (!lower.contains('[') || lower[..i].ends_with(']')) => {
-            (&lower[..i], Some(&lower[i + 1..]))
-        }
+        Some(i) if !lower[i..].contains(']') && (!lower.contains('[') || lower[..i].ends_with(']')) => (&lower[..i], Some(&lower[i + 1..])),
         _ => (lower.as_str(), None),
     };
     match port {
@@ -167,9 +165,7 @@ pub fn signature_base(message: &Message<'_>, params: &InnerList) -> Result<Strin
 /// `;key`, `;bs`, `;req` and `;tr` are not supported).
 fn component_name(item: &Item) -> Result<&str, BaseError> {
     match &item.bare_item {
-        BareItem::String(s) if item.params.is_empty() && !s.as_str().bytes().any(|b| b.is_ascii_uppercase()) => {
-            Ok(s.as_str())
-        }
+        BareItem::String(s) if item.params.is_empty() && !s.as_str().bytes().any(|b| b.is_ascii_uppercase()) => Ok(s.as_str()),
         BareItem::String(_) => Err("a component with parameters or capitals"),
         _ => Err("a component identifier that is not a string"),
     }
@@ -201,13 +197,7 @@ pub struct SignatureFields {
 /// Signs `message` with the ring's first key, covering [`REQUIRED_DERIVED`] and
 /// `fields` sorted by name. `None` when the ring is not HMAC-SHA256 or a value
 /// cannot stand in a signature base.
-pub fn sign(
-    ring: &KeyRing,
-    message: &Message<'_>,
-    fields: &[&str],
-    created: u64,
-    nonce: &str,
-) -> Option<SignatureFields> {
+pub fn sign(ring: &KeyRing, message: &Message<'_>, fields: &[&str], created: u64, nonce: &str) -> Option<SignatureFields> {
     if ring.algorithm != Algorithm::HmacSha256 {
         return None;
     }
@@ -373,8 +363,7 @@ mod tests {
     const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
     /// RFC 9421 Appendix B.1.5, "test-shared-secret".
-    const RFC_SHARED_SECRET: &str =
-        "uzvJfB4u3N0Jy4T7NZ75MDVcr8zSTInedJtkgcu46YW4XByzNJjxBdtjUkdJPBtbmHhIDi6pcl8jsasjlTMtDQ==";
+    const RFC_SHARED_SECRET: &str = "uzvJfB4u3N0Jy4T7NZ75MDVcr8zSTInedJtkgcu46YW4XByzNJjxBdtjUkdJPBtbmHhIDi6pcl8jsasjlTMtDQ==";
 
     fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
         pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()
@@ -568,10 +557,8 @@ mod tests {
         // Another key, another label only.
         let other = ring("k1", b"fedcba9876543210");
         assert_eq!(check(&signed(&other, &f, NOW)), Err(Rejection::Bad));
-        let relabelled: Vec<(String, Vec<u8>)> = all
-            .iter()
-            .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).replace("wsgiproxy=", "other=").into_bytes()))
-            .collect();
+        let relabelled: Vec<(String, Vec<u8>)> =
+            all.iter().map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).replace("wsgiproxy=", "other=").into_bytes())).collect();
         assert_eq!(check(&relabelled), Err(Rejection::Missing));
     }
 
@@ -585,24 +572,24 @@ mod tests {
         let base = signature_base(&app_message(f), &list).unwrap();
         let mac = r.key("k1").map(|k| k.mac_of(base.as_bytes())).unwrap_or_default();
         let sig = format!("other=:AAAA:, wsgiproxy=:{}:", B64.encode(mac));
-        [f.to_vec(), fields(&[("signature-input", &format!("other=(\"@method\");created=1, {input}")), ("signature", &sig)])]
-            .concat()
+        [f.to_vec(), fields(&[("signature-input", &format!("other=(\"@method\");created=1, {input}")), ("signature", &sig)])].concat()
     }
 
     #[test]
     fn parameters_policy() {
         let r = ring("k1", b"0123456789abcdef");
         let f = fields(&[("x-wsgiproxy-version", "0.1")]);
-        let check = |member: &str| {
-            verify(&r, &app_message(&hand_signed(&r, &f, member)), now(), Duration::from_secs(300), protocol)
-        };
+        let check = |member: &str| verify(&r, &app_message(&hand_signed(&r, &f, member)), now(), Duration::from_secs(300), protocol);
         let all = r#"("@method" "@authority" "@path" "@query" "x-wsgiproxy-version")"#;
         let ok = format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
         assert!(check(&ok).is_ok(), "other labels are ignored");
         // Parameter order and extra components are free.
         assert!(check(&format!(r#"("@query" "@path" "x-wsgiproxy-version" "@authority" "@method" "@scheme");nonce="n1";alg="hmac-sha256";keyid="k1";created={NOW};tag="t""#)).is_ok());
         assert!(check(&format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1";expires={}"#, NOW + 1)).is_ok());
-        assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1";expires={}"#, NOW - 1)), Err(Rejection::Stale));
+        assert_eq!(
+            check(&format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1";expires={}"#, NOW - 1)),
+            Err(Rejection::Stale)
+        );
         assert_eq!(check(&format!(r#"{all};keyid="k1";alg="hmac-sha256";nonce="n1""#)), Err(Rejection::Stale));
         assert_eq!(check(&format!(r#"{all};created="{NOW}";keyid="k1";alg="hmac-sha256";nonce="n1""#)), Err(Rejection::Stale));
         assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k1";nonce="n1""#)), Err(Rejection::Bad), "alg is required");
@@ -610,19 +597,19 @@ mod tests {
         assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k9";alg="hmac-sha256";nonce="n1""#)), Err(Rejection::Bad));
         assert_eq!(check(&format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256""#)), Err(Rejection::Bad), "nonce is required");
         // Each derived component is required; none may be covered twice or carry parameters.
-        let no_query = format!(r#"("@method" "@authority" "@path" "x-wsgiproxy-version");created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
+        let no_query =
+            format!(r#"("@method" "@authority" "@path" "x-wsgiproxy-version");created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
         assert_eq!(check(&no_query), Err(Rejection::Bad));
-        let twice = format!(r#"("@method" "@method" "@authority" "@path" "@query" "x-wsgiproxy-version");created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
+        let twice = format!(
+            r#"("@method" "@method" "@authority" "@path" "@query" "x-wsgiproxy-version");created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#
+        );
         assert_eq!(verify(&r, &app_message(&fields(&[])), now(), Duration::from_secs(300), protocol).err(), Some(Rejection::Missing));
         assert!(signature_base(&app_message(&f), &input_member(&format!("sig-b25={twice}"))).is_err());
     }
 
     #[test]
     fn consumed_member_is_removed() {
-        assert_eq!(
-            without_our_member(br#"wsgiproxy=("@method");created=1, other=("@path")"#),
-            Consumed::Rest(r#"other=("@path")"#.into())
-        );
+        assert_eq!(without_our_member(br#"wsgiproxy=("@method");created=1, other=("@path")"#), Consumed::Rest(r#"other=("@path")"#.into()));
         assert_eq!(without_our_member(b"wsgiproxy=:AAAA:"), Consumed::All);
         assert_eq!(without_our_member(b"other=:AAAA:"), Consumed::NotOurs);
         assert_eq!(without_our_member(b"not a dictionary ("), Consumed::NotOurs);

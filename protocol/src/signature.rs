@@ -136,10 +136,7 @@ impl KeyRing {
             if secret.len() < MIN_SECRET_LEN {
                 return Err(format!("key {id:?} is shorter than {MIN_SECRET_LEN} bytes"));
             }
-            ring.push(SigningKey {
-                id: id.clone(),
-                mac: KeyedMac::new(algorithm, secret)?,
-            });
+            ring.push(SigningKey { id: id.clone(), mac: KeyedMac::new(algorithm, secret)? });
         }
         Ok(KeyRing { algorithm, keys: ring })
     }
@@ -154,8 +151,7 @@ impl KeyRing {
 }
 
 fn is_key_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// What the MAC covers, as the receiver sees the request.
@@ -183,17 +179,8 @@ pub struct SignedParts<'a> {
 /// {path}                 :path, with its query
 /// {name}:{value}         one line per protocol header, sorted by name, then value
 /// ```
-pub fn canonical_string(
-    algorithm: Algorithm,
-    key_id: &str,
-    nonce: &Nonce,
-    parts: &SignedParts<'_>,
-) -> Vec<u8> {
-    let mut headers: Vec<&(&str, &[u8])> = parts
-        .protocol_headers
-        .iter()
-        .filter(|(name, _)| *name != X_WSGIPROXY_SIGNATURE)
-        .collect();
+pub fn canonical_string(algorithm: Algorithm, key_id: &str, nonce: &Nonce, parts: &SignedParts<'_>) -> Vec<u8> {
+    let mut headers: Vec<&(&str, &[u8])> = parts.protocol_headers.iter().filter(|(name, _)| *name != X_WSGIPROXY_SIGNATURE).collect();
     headers.sort();
     let mut out = Vec::with_capacity(256);
     for line in [
@@ -250,11 +237,7 @@ impl SignatureHeader {
         }
         let mut nonce_bytes = [0u8; NONCE_LEN];
         hex::decode_to_slice(nonce, &mut nonce_bytes).ok()?;
-        Some(SignatureHeader {
-            key_id: key_id.to_string(),
-            nonce: nonce_bytes,
-            mac: hex::decode(mac).ok()?,
-        })
+        Some(SignatureHeader { key_id: key_id.to_string(), nonce: nonce_bytes, mac: hex::decode(mac).ok()? })
     }
 }
 
@@ -310,9 +293,7 @@ pub fn check_date(date: &[u8], now: SystemTime, max_skew: Duration) -> Result<u6
     if skew > max_skew {
         return Err(Rejection::Stale);
     }
-    when.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .map_err(|_| Rejection::Stale)
+    when.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).map_err(|_| Rejection::Stale)
 }
 
 #[cfg(test)]
@@ -320,14 +301,7 @@ mod tests {
     use super::*;
 
     fn ring(alg: Algorithm) -> KeyRing {
-        KeyRing::new(
-            alg,
-            &[
-                ("k2".into(), b"a-very-secret-key-2".to_vec()),
-                ("k1".into(), b"a-very-secret-key-1".to_vec()),
-            ],
-        )
-        .unwrap()
+        KeyRing::new(alg, &[("k2".into(), b"a-very-secret-key-2".to_vec()), ("k1".into(), b"a-very-secret-key-1".to_vec())]).unwrap()
     }
 
     fn parts<'a>(headers: Vec<(&'a str, &'a [u8])>) -> SignedParts<'a> {
@@ -343,11 +317,7 @@ mod tests {
     #[test]
     fn canonical_string_is_exact() {
         let nonce = [0xab; NONCE_LEN];
-        let p = parts(vec![
-            ("x-wsgiproxy-version", b"0.1"),
-            ("x-forwarded-for", b"10.0.0.1"),
-            ("x-wsgiproxy-signature", b"ignored"),
-        ]);
+        let p = parts(vec![("x-wsgiproxy-version", b"0.1"), ("x-forwarded-for", b"10.0.0.1"), ("x-wsgiproxy-signature", b"ignored")]);
         let text = String::from_utf8(canonical_string(Algorithm::HmacSha1, "k2", &nonce, &p)).unwrap();
         assert_eq!(
             text,
@@ -366,10 +336,7 @@ mod tests {
         let header = sign(&one, &nonce, &p).unwrap();
         let sig = SignatureHeader::parse(header.as_bytes()).unwrap();
         assert_eq!(sig.key_id, "k");
-        assert_eq!(
-            hex::encode(&sig.mac),
-            "4c6c42fbefb0b90d70382d5ced79e840cd95c4ec22ea34149f33e0e58f37382c"
-        );
+        assert_eq!(hex::encode(&sig.mac), "4c6c42fbefb0b90d70382d5ced79e840cd95c4ec22ea34149f33e0e58f37382c");
         assert!(verify_mac(&one, &sig, &p).is_ok());
     }
 

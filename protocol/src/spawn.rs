@@ -275,8 +275,7 @@ impl LeaseState {
 
     /// True when the lease (if any) ends within `renew_before`.
     fn lease_ending(&self, now: SystemTime) -> bool {
-        self.lease_until
-            .is_none_or(|until| until.duration_since(now).map_or(true, |left| left <= self.renew_before()))
+        self.lease_until.is_none_or(|until| until.duration_since(now).map_or(true, |left| left <= self.renew_before()))
     }
 
     /// Whether a report should go now: activity is owed, none is in flight, and either
@@ -536,7 +535,8 @@ mod tests {
         let headers = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes().to_vec())
         };
-        let ok = headers(&[("x-wsgiproxy-upstream", "127.0.0.1:10001"), ("x-wsgiproxy-lease-ms", "2000"), ("x-wsgiproxy-cold-start-ms", "315")]);
+        let ok =
+            headers(&[("x-wsgiproxy-upstream", "127.0.0.1:10001"), ("x-wsgiproxy-lease-ms", "2000"), ("x-wsgiproxy-cold-start-ms", "315")]);
         assert_eq!(
             parse_grant(&ok),
             Some(Grant { upstream: "127.0.0.1:10001".into(), lease: Duration::from_millis(2000), cold_start_ms: Some(315) })

@@ -137,10 +137,7 @@ impl Principal {
     pub fn matches(&self, downstream: &Downstream) -> bool {
         match self {
             Principal::Uri(p) => downstream.uri_san.as_deref().is_some_and(|san| p.matches(san, '/')),
-            Principal::Dns(p) => downstream
-                .dns_san
-                .as_deref()
-                .is_some_and(|san| p.matches(&san.to_ascii_lowercase(), '.')),
+            Principal::Dns(p) => downstream.dns_san.as_deref().is_some_and(|san| p.matches(&san.to_ascii_lowercase(), '.')),
         }
     }
 }
@@ -149,12 +146,10 @@ impl Pattern {
     fn matches(&self, value: &str, separator: char) -> bool {
         match self {
             Pattern::Exact(exact) => value == exact,
-            Pattern::Wildcard(fixed) if separator == '/' => value
-                .strip_prefix(fixed.as_str())
-                .is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#'])),
-            Pattern::Wildcard(fixed) => value
-                .strip_suffix(fixed.as_str())
-                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            Pattern::Wildcard(fixed) if separator == '/' => {
+                value.strip_prefix(fixed.as_str()).is_some_and(|rest| !rest.is_empty() && !rest.contains(['/', '?', '#']))
+            }
+            Pattern::Wildcard(fixed) => value.strip_suffix(fixed.as_str()).is_some_and(|label| !label.is_empty() && !label.contains('.')),
         }
     }
 }
@@ -225,11 +220,7 @@ mod tests {
 
     #[test]
     fn client_address_picks() {
-        let d = Downstream {
-            tcp_peer: "10.0.0.1".parse().ok(),
-            envoy_client: "203.0.113.7".parse().ok(),
-            ..Default::default()
-        };
+        let d = Downstream { tcp_peer: "10.0.0.1".parse().ok(), envoy_client: "203.0.113.7".parse().ok(), ..Default::default() };
         assert_eq!(ClientAddress::Peer.pick(&d), "10.0.0.1".parse().ok());
         assert_eq!(ClientAddress::Envoy.pick(&d), "203.0.113.7".parse().ok());
         assert_eq!(ClientAddress::parse("peer"), Some(ClientAddress::Peer));

@@ -61,11 +61,7 @@ fn granted(app: &str, g: &Granted) -> Reply {
 }
 
 fn number(req: &Request<Incoming>, name: &str) -> u64 {
-    req.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    req.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 impl Api {
@@ -87,12 +83,7 @@ impl Api {
             (&Method::POST, ["v1", "activity", name]) => match self.apps.get(*name) {
                 None => text(StatusCode::NOT_FOUND, format!("no app named {name:?} is configured")),
                 Some(app) => {
-                    let reporter = req
-                        .headers()
-                        .get("x-wsgiproxy-reporter")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
+                    let reporter = req.headers().get("x-wsgiproxy-reporter").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
                     let started = number(&req, "x-wsgiproxy-started");
                     let in_flight = number(&req, "x-wsgiproxy-in-flight");
                     match app.activity(&reporter, started, in_flight) {
@@ -102,8 +93,7 @@ impl Api {
                 }
             },
             (&Method::GET, ["v1", "status"]) => {
-                let apps: serde_json::Map<String, serde_json::Value> =
-                    self.apps.iter().map(|(n, a)| (n.clone(), a.status())).collect();
+                let apps: serde_json::Map<String, serde_json::Value> = self.apps.iter().map(|(n, a)| (n.clone(), a.status())).collect();
                 reply(StatusCode::OK, "application/json", serde_json::json!({ "apps": apps }).to_string())
             }
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),

@@ -249,10 +249,7 @@ impl Inner {
     /// report still on its way), and no activity for `idle`.
     fn idle(&self, now: Instant, idle: Duration, expiry: Duration) -> bool {
         let busy = self.reporters.values().any(|(in_flight, at)| *in_flight > 0 && now.duration_since(*at) < expiry);
-        self.phase == Phase::Ready
-            && !busy
-            && now >= self.lease_until + STOP_GRACE
-            && now.duration_since(self.last_activity) >= idle
+        self.phase == Phase::Ready && !busy && now >= self.lease_until + STOP_GRACE && now.duration_since(self.last_activity) >= idle
     }
 }
 
@@ -290,12 +287,7 @@ impl App {
     pub fn new(config: AppConfig, ctx: Arc<Context>) -> Arc<App> {
         let now = Instant::now();
         ctx.metrics.set_state(&config.name, Phase::Stopped.name());
-        Arc::new(App {
-            config,
-            ctx,
-            inner: Mutex::new(Inner::new(now)),
-            changed: watch::channel(0).0,
-        })
+        Arc::new(App { config, ctx, inner: Mutex::new(Inner::new(now)), changed: watch::channel(0).0 })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -338,7 +330,10 @@ impl App {
                 inner.last_activity = now;
                 if let (Some(gen), Some((failed_gen, reason))) = (joined, &inner.failure) {
                     if gen == *failed_gen {
-                        return Err(Unavailable { reason: reason.clone(), retry_after: backoff(inner.consecutive_failures).max(Duration::from_secs(1)) });
+                        return Err(Unavailable {
+                            reason: reason.clone(),
+                            retry_after: backoff(inner.consecutive_failures).max(Duration::from_secs(1)),
+                        });
                     }
                 }
                 match inner.phase {
@@ -484,10 +479,8 @@ impl App {
                     self.ctx.forget_child(child.pid);
                     self.ctx.release_port(name, port);
                     self.ctx.metrics.inc("wsgiproxy_sidecar_stops_total", &[("app", name), ("reason", "start_timeout")]);
-                    return self.fail(
-                        generation,
-                        format!("the app did not become ready within {:?} and was killed", self.config.start_timeout),
-                    );
+                    return self
+                        .fail(generation, format!("the app did not become ready within {:?} and was killed", self.config.start_timeout));
                 }
             }
         }

@@ -179,10 +179,8 @@ pub fn parse(text: &str) -> Result<Vec<AppConfig>, String> {
         }
         apps.push(AppConfig {
             idle_shutdown: seconds(&name, "idle_shutdown", app.idle_shutdown, None)?,
-            start_timeout: seconds(&name, "start_timeout", app.start_timeout, Some(DEFAULT_START_TIMEOUT))?
-                .unwrap_or_default(),
-            stop_timeout: seconds(&name, "stop_timeout", app.stop_timeout, Some(DEFAULT_STOP_TIMEOUT))?
-                .unwrap_or_default(),
+            start_timeout: seconds(&name, "start_timeout", app.start_timeout, Some(DEFAULT_START_TIMEOUT))?.unwrap_or_default(),
+            stop_timeout: seconds(&name, "stop_timeout", app.stop_timeout, Some(DEFAULT_STOP_TIMEOUT))?.unwrap_or_default(),
             name,
             command,
             cwd: app.cwd,

@@ -85,9 +85,7 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
     // Locked first: a second sidecar on the same directory must not touch the first
     // one's children.
     let state_file = leftovers::StateFile::open(&state_dir)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let earlier = state_file.read();
     if let Some(earlier) = &earlier {
         let stopped = leftovers::stop_leftovers(&earlier.children).await;
@@ -107,8 +105,7 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
     }
     let fixed_ports: Vec<u16> = configs.iter().filter_map(|c| c.port).collect();
     let ctx = Arc::new(app::Context::new(process::Spawner::start()?, lease, args.first_port, fixed_ports, state_file, earlier));
-    let apps: BTreeMap<String, Arc<app::App>> =
-        configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
+    let apps: BTreeMap<String, Arc<app::App>> = configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
     for app in apps.values() {
         tokio::spawn(Arc::clone(app).idle_monitor());
     }
@@ -133,10 +130,13 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
     tracing::info!("stopping every app");
     // Connections kept alive still reach the API: from now on, ensure answers 503.
     ctx.begin_shutdown();
-    let stops: Vec<_> = apps.values().map(|a| {
-        let a = Arc::clone(a);
-        tokio::spawn(async move { a.shutdown().await })
-    }).collect();
+    let stops: Vec<_> = apps
+        .values()
+        .map(|a| {
+            let a = Arc::clone(a);
+            tokio::spawn(async move { a.shutdown().await })
+        })
+        .collect();
     for stop in stops {
         let _ = stop.await;
     }

@@ -30,11 +30,7 @@ pub struct Metrics {
 pub const STATES: [&str; 5] = ["stopped", "starting", "ready", "stopping", "failed"];
 
 fn labels(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect::<Vec<_>>()
-        .join(",")
+    pairs.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect::<Vec<_>>().join(",")
 }
 
 impl Metrics {
@@ -90,11 +86,7 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE wsgiproxy_sidecar_app_state gauge");
         for (app, current) in &s.states {
             for state in STATES {
-                let _ = writeln!(
-                    out,
-                    "wsgiproxy_sidecar_app_state{{app=\"{app}\",state=\"{state}\"}} {}",
-                    u8::from(state == *current)
-                );
+                let _ = writeln!(out, "wsgiproxy_sidecar_app_state{{app=\"{app}\",state=\"{state}\"}} {}", u8::from(state == *current));
             }
         }
         out

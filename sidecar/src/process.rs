@@ -98,9 +98,7 @@ impl Spawner {
 
     pub async fn spawn(&self, launch: Launch) -> std::io::Result<ChildHandle> {
         let (tx, rx) = oneshot::channel();
-        self.requests
-            .send((launch, tx))
-            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+        self.requests.send((launch, tx)).map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
         rx.await.map_err(|_| std::io::Error::other("the spawner thread is gone"))?
     }
 }
@@ -110,13 +108,7 @@ fn spawn_child(launch: Launch) -> std::io::Result<ChildHandle> {
     let port_text = port.to_string();
     let argv: Vec<String> = app.command.iter().map(|a| a.replace("__PORT__", &port_text)).collect();
     let mut command = Command::new(&argv[0]);
-    command
-        .args(&argv[1..])
-        .envs(&app.env)
-        .env("PORT", &port_text)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.args(&argv[1..]).envs(&app.env).env("PORT", &port_text).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(cwd) = &app.cwd {
         command.current_dir(cwd);
     }

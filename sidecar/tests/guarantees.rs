@@ -82,11 +82,7 @@ impl Sidecar {
     fn launch(dir: tempfile::TempDir, config: &str, first_port: u16) -> Sidecar {
         let port = free_port();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.path().join("sidecar.log")).unwrap();
-        let child = Self::command(dir.path(), config, port, first_port)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = Self::command(dir.path(), config, port, first_port).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
         let sidecar = Sidecar { child, port, dir };
         wait_until("the control API listens", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok());
         sidecar
@@ -111,11 +107,7 @@ impl Sidecar {
 
     fn metric(&self, line_start: &str) -> u64 {
         let (_, _, body) = self.call("GET", "/metrics", &[]);
-        body.lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        body.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
     }
 }
 
@@ -133,10 +125,7 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, 
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
     let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     (status, headers, body.to_string())
 }
 
@@ -170,7 +159,10 @@ fn pid_of(sidecar: &Sidecar, app: &str) -> u64 {
 fn echoes_with(marker: &str) -> Vec<u32> {
     processes_with(marker)
         .into_iter()
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|argv0| String::from_utf8_lossy(argv0).ends_with("wsgiproxy-echo"))))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).next().is_some_and(|argv0| String::from_utf8_lossy(argv0).ends_with("wsgiproxy-echo")))
+        })
         .collect()
 }
 
@@ -180,9 +172,7 @@ fn processes_with(marker: &str) -> Vec<u32> {
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(marker))
-                .unwrap_or(false)
+            std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).contains(marker)).unwrap_or(false)
                 && alive(*pid as u64)
         })
         .collect()
@@ -370,7 +360,8 @@ fn a_port_taken_in_between_is_replaced() {
     // The squatter says when it holds the port (a fixed sleep loses the race on a
     // loaded machine).
     let bound = dir.path().join("port-squatted");
-    let squat = "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',int(sys.argv[1]))); open(sys.argv[2],'w').close(); time.sleep(20)";
+    let squat =
+        "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',int(sys.argv[1]))); open(sys.argv[2],'w').close(); time.sleep(20)";
     let config = format!(
         "[apps.blog]\ncommand = [\"sh\", \"-c\", \"if [ -e {mark} ]; then exec ECHO --port $PORT; fi; touch {mark}; setsid python3 -c \\\"{squat}\\\" $PORT {bound} & while [ ! -e {bound} ]; do sleep 0.02; done; exit 98\"]\n",
         mark = mark.display(),
@@ -472,7 +463,12 @@ fn another_apps_fixed_port_is_never_allocated() {
 fn output_that_is_not_utf8_is_logged_and_the_child_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("noisy.sh");
-    std::fs::write(&script, "printf 'bad \\377\\376 bytes\\n'\nECHO --port $PORT &\nwhile :; do echo still-talking; sleep 0.02; done\n".replace("ECHO", &echo_bin())).unwrap();
+    std::fs::write(
+        &script,
+        "printf 'bad \\377\\376 bytes\\n'\nECHO --port $PORT &\nwhile :; do echo still-talking; sleep 0.02; done\n"
+            .replace("ECHO", &echo_bin()),
+    )
+    .unwrap();
     let sidecar = Sidecar::start_in(dir, &format!("[apps.noisy]\ncommand = [\"sh\", \"{}\"]\n", script.display()));
     let (status, headers, body) = sidecar.ensure("noisy");
     assert_eq!(status, 200, "{body}\n{}", sidecar.log());

@@ -80,9 +80,8 @@ const WASM_NETWORK_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.
 /// Turns every Wasm HTTP filter into the native module with the same configuration,
 /// and drops Wasm network filters (the module reads the TCP peer itself).
 fn use_native_module(doc: &mut Yaml) {
-    let type_of = |m: &serde_yaml::Mapping| {
-        m.get(key("typed_config")).and_then(|t| t.get("@type")).and_then(Yaml::as_str).map(str::to_string)
-    };
+    let type_of =
+        |m: &serde_yaml::Mapping| m.get(key("typed_config")).and_then(|t| t.get("@type")).and_then(Yaml::as_str).map(str::to_string);
     walk_mut(doc, &mut |m| {
         if let Some(Yaml::Sequence(filters)) = m.get_mut(key("filters")) {
             filters.retain(|f| f.as_mapping().and_then(type_of).as_deref() != Some(WASM_NETWORK_FILTER));
@@ -468,11 +467,7 @@ impl Envoy {
     /// Counters whose names contain `filter`, from the admin endpoint.
     pub fn stats(&self, filter: &str) -> BTreeMap<String, u64> {
         let r = request(self.admin_port, "GET", &format!("/stats?filter={filter}"), &[], b"");
-        r.text()
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
-            .collect()
+        r.text().lines().filter_map(|l| l.split_once(": ")).filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v))).collect()
     }
 
     /// A counter the filter defined (Envoy shows Wasm metrics under `wasmcustom.`, the
@@ -617,11 +612,7 @@ pub fn raw_request(port: u16, raw: &[u8]) -> Response {
 pub fn read_response(reader: &mut impl BufRead) -> Response {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
-    let status: u16 = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();

@@ -59,7 +59,8 @@ fn text(e: &Edits, name: &str) -> Option<String> {
     e.value_of(name).map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
-const TRUSTING: &str = r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"keys":{"REMOTE_USER":"x-remote-user","roles":"x-roles","name":"x-name"}}"#;
+const TRUSTING: &str =
+    r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"keys":{"REMOTE_USER":"x-remote-user","roles":"x-roles","name":"x-name"}}"#;
 
 fn sent_by_app() -> RequestHead {
     head(&[
@@ -158,12 +159,7 @@ fn an_unsigned_request_is_counted_even_when_stripped() {
 
 #[test]
 fn the_originals_quirks_are_accepted() {
-    let h = head(&[
-        (":path", "/myapp/x"),
-        (":authority", "b"),
-        ("x-forwarded-script-name", "/blog"),
-        ("x-traversal-path", "myapp"),
-    ]);
+    let h = head(&[(":path", "/myapp/x"), (":authority", "b"), ("x-forwarded-script-name", "/blog"), ("x-traversal-path", "myapp")]);
     let e = forward(run(&mw(TRUSTING), &h, "10.0.0.1"));
     assert_eq!(text(&e, ":path").as_deref(), Some("/x"));
     assert_eq!(text(&e, "x-forwarded-prefix").as_deref(), Some("/blog"));
@@ -255,7 +251,8 @@ fn through_app(app_json: &str, nonce: u8) -> RequestHead {
     let client = head(&[(":method", "GET"), (":path", "/blog/p?x=1"), (":authority", "www.example.com"), ("x-auth-user", "bob")]);
     let req = AppRequest { head: &client, downstream: peer_at("203.0.113.9"), https: true, now: now(), nonce: [nonce; 16] };
     let Decision::Forward(e) = app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()) else { panic!() };
-    let mut headers: Vec<(String, Vec<u8>)> = client.headers.into_iter().filter(|(n, _)| !e.remove.contains(n) && e.value_of(n).is_none()).collect();
+    let mut headers: Vec<(String, Vec<u8>)> =
+        client.headers.into_iter().filter(|(n, _)| !e.remove.contains(n) && e.value_of(n).is_none()).collect();
     headers.extend(e.set);
     RequestHead::new(headers)
 }
@@ -354,12 +351,9 @@ fn client_address_envoy_describes_untrusted_requests_only() {
 
 #[test]
 fn trust_principals_and_every_source_must_hold() {
-    let edge = |uri: &str, peer: &str| Downstream {
-        tcp_peer: peer.parse().ok(),
-        uri_san: Some(uri.to_string()),
-        ..Default::default()
-    };
-    let c = mw(r#"{"role":"middleware","trust_principals":["spiffe://cluster.local/ns/edge/sa/*"],"keys":{"REMOTE_USER":"x-remote-user"}}"#);
+    let edge = |uri: &str, peer: &str| Downstream { tcp_peer: peer.parse().ok(), uri_san: Some(uri.to_string()), ..Default::default() };
+    let c =
+        mw(r#"{"role":"middleware","trust_principals":["spiffe://cluster.local/ns/edge/sa/*"],"keys":{"REMOTE_USER":"x-remote-user"}}"#);
     let h = sent_by_app();
     assert_eq!(believed_user(run_with(&c, &h, edge("spiffe://cluster.local/ns/edge/sa/gw", "192.0.2.1"), true).0).as_deref(), Some("bob"));
     assert_eq!(believed_user(run_with(&c, &h, edge("spiffe://cluster.local/ns/shop/sa/gw", "192.0.2.1"), true).0), None);
@@ -370,7 +364,10 @@ fn trust_principals_and_every_source_must_hold() {
 
     let both = mw(r#"{"role":"middleware","trust_principals":["spiffe://cluster.local/ns/edge/sa/gw"],"trust_ips":["10.0.0.0/8"],
                      "keys":{"REMOTE_USER":"x-remote-user"}}"#);
-    assert_eq!(believed_user(run_with(&both, &h, edge("spiffe://cluster.local/ns/edge/sa/gw", "10.1.2.3"), true).0).as_deref(), Some("bob"));
+    assert_eq!(
+        believed_user(run_with(&both, &h, edge("spiffe://cluster.local/ns/edge/sa/gw", "10.1.2.3"), true).0).as_deref(),
+        Some("bob")
+    );
     assert_eq!(believed_user(run_with(&both, &h, edge("spiffe://cluster.local/ns/edge/sa/gw", "192.0.2.1"), true).0), None);
     assert_eq!(believed_user(run_with(&both, &h, edge("spiffe://cluster.local/ns/shop/sa/gw", "10.1.2.3"), true).0), None);
 }
