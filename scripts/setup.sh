@@ -19,6 +19,9 @@ fi
 if ! cargo clippy --version >/dev/null 2>&1; then
   rustup component add clippy
 fi
+if ! cargo fmt --version >/dev/null 2>&1; then
+  rustup component add rustfmt
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -18,6 +18,7 @@ cargo build --profile native -p wsgiproxy-native
 export ENVOY_DYNAMIC_MODULES_SEARCH_PATH="$target_dir/native"
 
 echo "== lint"
+cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p wsgiproxy-filter --target wasm32-wasip1 --release -- -D warnings
 
