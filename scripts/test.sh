@@ -53,6 +53,14 @@ else
   echo "no nightly toolchain with AddressSanitizer and no valgrind: the binding runs unsanitised below"
 fi
 
+# The hooks' re-entrancy and lifetime rules under Miri too, where it is installed
+# (it checks the aliasing of the filter Envoy calls back into; the stand-in Envoy
+# reads the clock, hence no isolation).
+if cargo +nightly miri --version >/dev/null 2>&1; then
+  echo "== the native module's binding under Miri"
+  MIRIFLAGS="-Zmiri-disable-isolation" cargo +nightly miri test -p wsgiproxy-native --target-dir target/miri abi::
+fi
+
 echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -150,6 +150,8 @@ fn upstream_connect_failed() -> bool {
 
 pub struct SpawnFilter {
     shared: Rc<Shared>,
+    /// The `ensure` call this request waits for: its body and trailers wait too.
+    waiting_for: Option<u32>,
     counted: bool,
     cold_start_ms: Option<u64>,
     asked_at: SystemTime,
@@ -157,7 +159,7 @@ pub struct SpawnFilter {
 
 impl SpawnFilter {
     pub fn new(shared: Rc<Shared>) -> Self {
-        SpawnFilter { shared, counted: false, cold_start_ms: None, asked_at: SystemTime::UNIX_EPOCH }
+        SpawnFilter { shared, waiting_for: None, counted: false, cold_start_ms: None, asked_at: SystemTime::UNIX_EPOCH }
     }
 
     fn parts(&self) -> Option<(&SpawnConfig, &SpawnRuntime)> {
@@ -180,7 +182,11 @@ impl SpawnFilter {
 }
 
 impl Context for SpawnFilter {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if self.waiting_for != Some(token) {
+            return;
+        }
+        self.waiting_for = None;
         let shared = Rc::clone(&self.shared);
         let Some((config, runtime)) = parts(&shared) else { return };
         let body = || {
@@ -225,11 +231,12 @@ impl Context for SpawnFilter {
 impl HttpContext for SpawnFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
+        // Envoy's ORIGINAL_DST cluster obeys UPSTREAM_HEADER: whatever happens next, no
+        // copy the client sent survives. Every request that goes on has the role's own,
+        // set by `go_on`; every other one is answered here.
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, UPSTREAM_HEADER, None);
         let Some((config, runtime)) = parts(&shared) else { return Action::Continue };
         shared.metrics.inc("spawn.requests");
-        // Envoy's ORIGINAL_DST cluster reads UPSTREAM_HEADER: a client must never
-        // choose it. Every request that goes on has it set by `go_on` (a set replaces
-        // any copy the client sent); every other one is answered here.
         let now = host::now();
         let leased = runtime.lease.borrow().usable(now).map(str::to_string);
         if let Some(upstream) = leased {
@@ -240,8 +247,11 @@ impl HttpContext for SpawnFilter {
         self.asked_at = now;
         let path = format!("/v1/ensure/{}", config.app);
         match sidecar_call(config, &path, &[(SIDECAR_REPORTER, &runtime.reporter)], config.ensure_timeout) {
-            Ok(_) => {
+            Ok(token) => {
                 self.shared.metrics.inc("spawn.ensure_calls");
+                self.waiting_for = Some(token);
+                // The host turns this into "stop all iteration" under flow control: the
+                // body and trailers wait with the headers.
                 Action::Pause
             }
             Err(e) => {
@@ -249,6 +259,23 @@ impl HttpContext for SpawnFilter {
                 self.unavailable(unreachable_reply(&config.app));
                 Action::Pause
             }
+        }
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // Held by the host while the request waits; should it come anyway, it waits too.
+        if self.waiting_for.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.waiting_for.is_some() {
+            Action::Pause
+        } else {
+            Action::Continue
         }
     }
 

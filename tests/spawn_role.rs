@@ -291,3 +291,119 @@ fn bursts_reach_a_server_with_a_small_backlog() {
     let envoy = spawn_envoy(sidecar.port, "dev");
     bursts_reach_it(&envoy, &sidecar, "dev");
 }
+
+/// The shipped spawn config of the loader under test (envoy/native-spawn.yaml for the
+/// native module), with the sidecar's cluster and the plugin JSON of [`spawn_envoy`].
+fn shipped_spawn_envoy(sidecar_port: u16, edit: Option<fn(&mut serde_yaml::Value)>) -> Envoy {
+    let file = match Loader::from_env() {
+        Loader::Native => "envoy/native-spawn.yaml",
+        Loader::Wasm => "envoy/spawn.yaml",
+    };
+    let mut overrides = Overrides::default().cluster("wsgiproxy_sidecar", sidecar_port).plugin(json!({
+        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
+        "report_interval_ms": 200, "ensure_timeout_ms": 15000
+    }));
+    overrides.edit = edit;
+    Envoy::start(file, &overrides)
+}
+
+/// Checks that a request reached the spawned app with its body, and that no copy of the
+/// destination header the client sent went anywhere.
+fn reached_the_app_intact(r: &Response, body: &[u8], spoof: &str) -> Received {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.received();
+    assert_eq!(got.0["name"], "blog", "the client chose the upstream");
+    assert_eq!(got.0["body_len"].as_u64(), Some(body.len() as u64));
+    assert!(got.body().as_bytes() == body, "the body changed on the way");
+    assert!(!got.all("x-envoy-original-dst-host").iter().any(|v| v == spoof), "the client's destination header reached the app");
+    got
+}
+
+/// A cold start with a body: the body waits with the headers while the sidecar starts
+/// the app, and the destination header the client sent is never obeyed (the native
+/// module's body hook used to let the request go on before the role had set it).
+#[test]
+fn a_post_with_a_body_during_a_cold_start_reaches_the_app() {
+    let sidecar = Sidecar::start(&blog(""), LEASE_MS);
+    let envoy = shipped_spawn_envoy(sidecar.port, None);
+    let other = Echo::start_with(&["--name", "not-the-app"]);
+    let spoof = format!("127.0.0.1:{}", other.port);
+    let cold = request(envoy.port, "POST", "/form", &[("X-Envoy-Original-Dst-Host", &spoof)], b"hello=1");
+    assert!(cold.header("x-wsgiproxy-cold-start-ms").is_some(), "not a cold start");
+    reached_the_app_intact(&cold, b"hello=1", &spoof);
+    // And on the lease.
+    let warm = request(envoy.port, "POST", "/form", &[("X-Envoy-Original-Dst-Host", &spoof)], b"hello=2");
+    assert_eq!(warm.header("x-wsgiproxy-cold-start-ms"), None);
+    reached_the_app_intact(&warm, b"hello=2", &spoof);
+    // One start served both.
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1);
+}
+
+#[test]
+fn a_chunked_upload_whose_chunks_come_after_the_headers_waits_for_the_cold_start() {
+    let sidecar = Sidecar::start(&blog(""), LEASE_MS);
+    let envoy = shipped_spawn_envoy(sidecar.port, None);
+    let other = Echo::start_with(&["--name", "not-the-app"]);
+    let spoof = format!("127.0.0.1:{}", other.port);
+    let chunks: [&[u8]; 4] = [b"one,", b"two,", b"three,", b"four"];
+    // The app takes 300 ms to be ready: the chunks arrive before, during and after that.
+    let gap = Duration::from_millis(120);
+    let cold = chunked_upload(envoy.port, "/upload", &[("X-Envoy-Original-Dst-Host", &spoof)], &chunks, gap, &[]);
+    assert!(cold.header("x-wsgiproxy-cold-start-ms").is_some(), "not a cold start");
+    reached_the_app_intact(&cold, b"one,two,three,four", &spoof);
+    let warm = chunked_upload(envoy.port, "/upload", &[("X-Envoy-Original-Dst-Host", &spoof)], &chunks, gap, &[]);
+    reached_the_app_intact(&warm, b"one,two,three,four", &spoof);
+}
+
+#[test]
+fn a_body_larger_than_envoys_buffers_waits_for_the_cold_start() {
+    let sidecar = Sidecar::start(&blog(""), LEASE_MS);
+    let envoy = shipped_spawn_envoy(sidecar.port, None);
+    let other = Echo::start_with(&["--name", "not-the-app"]);
+    let spoof = format!("127.0.0.1:{}", other.port);
+    // 3 MiB: over the 1 MiB each connection's buffers hold by default, so the wait is
+    // bounded by flow control, not by buffering the whole body (a 413).
+    let body: Vec<u8> = (0..3 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    let cold = request(envoy.port, "POST", "/big", &[("X-Envoy-Original-Dst-Host", &spoof)], &body);
+    assert!(cold.header("x-wsgiproxy-cold-start-ms").is_some(), "not a cold start");
+    reached_the_app_intact(&cold, &body, &spoof);
+    let warm = request(envoy.port, "POST", "/big", &[("X-Envoy-Original-Dst-Host", &spoof)], &body);
+    reached_the_app_intact(&warm, &body, &spoof);
+}
+
+/// HTTP/1.1 request trailers, which Envoy passes on where both sides enable them.
+fn with_trailers(doc: &mut serde_yaml::Value) {
+    hcm(doc)["http_protocol_options"] = serde_yaml::from_str("{ enable_trailers: true }").unwrap();
+    for cluster in doc["static_resources"]["clusters"].as_sequence_mut().unwrap() {
+        if cluster["name"].as_str() == Some("spawned") {
+            cluster["typed_extension_protocol_options"] = serde_yaml::from_str(
+                r#"{ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                     "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions,
+                     explicit_http_config: { http_protocol_options: { enable_trailers: true } } } }"#,
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_request_with_trailers_waits_for_the_cold_start() {
+    let sidecar = Sidecar::start(&blog(""), LEASE_MS);
+    let envoy = shipped_spawn_envoy(sidecar.port, Some(with_trailers));
+    let other = Echo::start_with(&["--name", "not-the-app"]);
+    let spoof = format!("127.0.0.1:{}", other.port);
+    let chunks: [&[u8]; 2] = [b"part-1,", b"part-2"];
+    for round in ["cold", "warm"] {
+        let r = chunked_upload(
+            envoy.port,
+            "/trailers",
+            &[("X-Envoy-Original-Dst-Host", &spoof)],
+            &chunks,
+            Duration::from_millis(150),
+            &[("x-checksum", "abc123")],
+        );
+        assert_eq!(r.header("x-wsgiproxy-cold-start-ms").is_some(), round == "cold", "{round}");
+        let got = reached_the_app_intact(&r, b"part-1,part-2", &spoof);
+        assert_eq!(got.0["trailers"], json!([["x-checksum", "abc123"]]), "{round}: the trailers were lost");
+    }
+}

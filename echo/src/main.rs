@@ -31,7 +31,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::http::request::Parts;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use percent_encoding::percent_decode_str;
 use tokio::net::TcpListener;
@@ -151,7 +151,7 @@ fn write_text(out: &mut Vec<u8>, bytes: &[u8]) -> serde_json::Result<()> {
 
 /// The JSON description of a request. Headers come in hyper's `HeaderMap` order: names in
 /// the order first received, every value of a repeated name in order, as separate entries.
-fn describe(name: &str, parts: &Parts, body: &[u8]) -> serde_json::Result<Vec<u8>> {
+fn describe(name: &str, parts: &Parts, body: &[u8], trailers: Option<&HeaderMap>) -> serde_json::Result<Vec<u8>> {
     let uri = &parts.uri;
     let mut out = Vec::with_capacity(256 + body.len() + parts.headers.len() * 48);
     out.extend_from_slice(b"{\"name\":");
@@ -183,6 +183,21 @@ fn describe(name: &str, parts: &Parts, body: &[u8]) -> serde_json::Result<Vec<u8
     write_text(&mut out, body)?;
     out.extend_from_slice(b",\"body_len\":");
     out.extend_from_slice(body.len().to_string().as_bytes());
+    // Only a request that had trailers says so (the other descriptions stay as they were).
+    if let Some(trailers) = trailers.filter(|t| !t.is_empty()) {
+        out.extend_from_slice(b",\"trailers\":[");
+        for (i, (n, v)) in trailers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'[');
+            serde_json::to_writer(&mut out, n.as_str())?;
+            out.push(b',');
+            write_text(&mut out, v.as_bytes())?;
+            out.push(b']');
+        }
+        out.push(b']');
+    }
     out.push(b'}');
     Ok(out)
 }
@@ -234,13 +249,16 @@ async fn respond(state: &State, req: Request<Incoming>) -> Result<Response<Body>
         return Ok(text_response(StatusCode::OK, Bytes::from_static(b"ok\n")));
     }
 
-    let body = match incoming.collect().await {
-        Ok(collected) => collected.to_bytes(),
+    let (body, trailers) = match incoming.collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            (collected.to_bytes(), trailers)
+        }
         Err(e) => return Err(bad_request(format!("cannot read the request body: {e}"))),
     };
     let json = |status: StatusCode| -> Result<Response<Body>, Refusal> {
-        let description =
-            describe(&state.name, &parts, &body).map_err(|e| Refusal { status: StatusCode::INTERNAL_SERVER_ERROR, why: e.to_string() })?;
+        let description = describe(&state.name, &parts, &body, trailers.as_ref())
+            .map_err(|e| Refusal { status: StatusCode::INTERNAL_SERVER_ERROR, why: e.to_string() })?;
         let mut r = Response::new(full(description));
         *r.status_mut() = status;
         r.headers_mut().insert(CONTENT_TYPE, APPLICATION_JSON.clone());

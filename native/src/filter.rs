@@ -76,7 +76,7 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
             }
             // Reports need a timer: a module thread wakes the configuration.
             Config::Spawn(_) => {
-                let ticker = handle.scheduler().and_then(Ticker::start);
+                let ticker = handle.scheduler().and_then(|s| Ticker::start(s, crate::spawn::TICK));
                 Some((Arc::new(SpawnRuntime::new()), ticker.ok_or("the spawn role's report timer could not start")?))
             }
             _ => None,

@@ -13,7 +13,10 @@ use wsgiproxy_protocol::config::{Config, SpawnConfig};
 use wsgiproxy_protocol::request::LocalReply;
 use wsgiproxy_protocol::spawn::*;
 
-use crate::abi::{log, Attribute, CalloutResponse, ConfigHandle, HeaderMap, HeadersStatus, HttpFilter, LogLevel, Scheduler, Stream};
+use crate::abi::{
+    log, Attribute, BodyStatus, CalloutResponse, ConfigHandle, HeaderMap, HeadersStatus, HttpFilter, LogLevel, Scheduler, Stream,
+    TrailersStatus,
+};
 use crate::filter::Shared;
 use crate::host;
 
@@ -36,8 +39,17 @@ pub struct SpawnRuntime {
     reporter: String,
     /// Calls to the sidecar failing: logged when that begins and ends, not per request.
     health: Mutex<CallHealth>,
-    /// The activity report in flight, if any.
-    report: Mutex<Option<u64>>,
+    /// The activity report being sent or in flight.
+    report: Mutex<Report>,
+}
+
+/// Where the configuration's activity report is (all on Envoy's main thread).
+#[derive(Debug, PartialEq, Eq)]
+enum Report {
+    Idle,
+    /// Handed to Envoy, which has not given its id yet (it may answer before it does).
+    Sending,
+    InFlight(u64),
 }
 
 /// Locks a mutex, even one a panic left poisoned (the state stays consistent: every
@@ -53,7 +65,7 @@ impl SpawnRuntime {
             lease: Mutex::new(LeaseState::new(TICK)),
             reporter: id.iter().map(|b| format!("{b:02x}")).collect(),
             health: Mutex::new(CallHealth::default()),
-            report: Mutex::new(None),
+            report: Mutex::new(Report::Idle),
         }
     }
 
@@ -72,12 +84,17 @@ impl SpawnRuntime {
     }
 
     /// On each tick: sends the activity report, if one is due and none is in flight.
+    /// No lock is held while Envoy makes the call, which may answer before it returns.
     pub fn tick(&self, config: &SpawnConfig, handle: &ConfigHandle, shared: &Shared) {
-        let mut in_flight = lock(&self.report);
-        if in_flight.is_some() {
-            return;
+        {
+            let mut state = lock(&self.report);
+            if *state != Report::Idle {
+                return;
+            }
+            *state = Report::Sending;
         }
         let Some(report) = lock(&self.lease).take_report(SystemTime::now(), config.report_interval) else {
+            *lock(&self.report) = Report::Idle;
             return;
         };
         let path = format!("/v1/activity/{}", config.app);
@@ -90,12 +107,19 @@ impl SpawnRuntime {
             (SIDECAR_STARTED, started.as_str()),
             (SIDECAR_IN_FLIGHT, in_flight_now.as_str()),
         ];
-        match handle.http_callout(&config.sidecar_cluster, &headers, REPORT_TIMEOUT) {
+        let sent = handle.http_callout(&config.sidecar_cluster, &headers, REPORT_TIMEOUT);
+        let mut state = lock(&self.report);
+        match sent {
             Ok(id) => {
                 shared.metrics.inc_config(handle, "spawn.reports");
-                *in_flight = Some(id);
+                // Still `Sending` unless the answer already came (then it is `Idle`).
+                if *state == Report::Sending {
+                    *state = Report::InFlight(id);
+                }
             }
             Err(why) => {
+                *state = Report::Idle;
+                drop(state);
                 self.call_failed(&format!("cannot call the sidecar through cluster {:?}: {why}", config.sidecar_cluster));
                 lock(&self.lease).report_answered(&ReportAnswer::Undelivered);
             }
@@ -104,11 +128,14 @@ impl SpawnRuntime {
 
     /// The answer to the activity report in flight: renews the lease, or forgets it.
     pub fn report_answered(&self, id: u64, response: Option<CalloutResponse>) {
-        let mut in_flight = lock(&self.report);
-        if *in_flight != Some(id) {
-            return;
+        {
+            let mut state = lock(&self.report);
+            // One report at a time: while `Sending`, the answer is that report's.
+            if !matches!(*state, Report::Sending) && *state != Report::InFlight(id) {
+                return;
+            }
+            *state = Report::Idle;
         }
-        *in_flight = None;
         let answer = match &response {
             Some(r) => report_answer(&|name| r.header(name)),
             None => ReportAnswer::Undelivered,
@@ -121,24 +148,33 @@ impl SpawnRuntime {
     }
 }
 
-/// A module thread that wakes the configuration every [`TICK`]; stopped and joined
-/// when the configuration goes.
+/// A module thread that wakes the configuration every `every`; woken, stopped and
+/// joined at once when the configuration goes (Envoy may drop it on a worker thread,
+/// which must not wait for a sleep to end).
 pub struct Ticker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Ticker {
-    pub fn start(scheduler: Scheduler) -> Option<Ticker> {
+    pub fn start(scheduler: Scheduler, every: Duration) -> Option<Ticker> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("wsgiproxy-tick".into())
-            .spawn(move || {
-                while !stopped.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    scheduler.commit(0);
+            .spawn(move || loop {
+                let due = std::time::Instant::now() + every;
+                // A park can end early (an unpark, or spuriously): sleep out the tick.
+                while let Some(left) = due.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+                    if stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::park_timeout(left);
                 }
+                if stopped.load(Ordering::Acquire) {
+                    return;
+                }
+                scheduler.commit(0);
             })
             .ok()?;
         Some(Ticker { stop, thread: Some(thread) })
@@ -147,8 +183,9 @@ impl Ticker {
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -169,6 +206,8 @@ fn upstream_connect_failed(stream: &Stream) -> bool {
 pub struct SpawnFilter {
     shared: Arc<Shared>,
     runtime: Arc<SpawnRuntime>,
+    /// The `ensure` callout this request waits for: its body and trailers wait too.
+    waiting_for: Option<u64>,
     counted: bool,
     cold_start_ms: Option<u64>,
     asked_at: SystemTime,
@@ -176,7 +215,7 @@ pub struct SpawnFilter {
 
 impl SpawnFilter {
     pub fn new(shared: Arc<Shared>, runtime: Arc<SpawnRuntime>) -> Self {
-        SpawnFilter { shared, runtime, counted: false, cold_start_ms: None, asked_at: SystemTime::UNIX_EPOCH }
+        SpawnFilter { shared, runtime, waiting_for: None, counted: false, cold_start_ms: None, asked_at: SystemTime::UNIX_EPOCH }
     }
 
     fn config(&self) -> Option<&SpawnConfig> {
@@ -187,8 +226,7 @@ impl SpawnFilter {
     }
 
     fn go_on(&mut self, stream: &Stream, upstream: &str) {
-        // Envoy's ORIGINAL_DST cluster reads this header: the set replaces any copy
-        // the client sent.
+        // Envoy's ORIGINAL_DST cluster reads this header: only the role ever sets it.
         stream.set_header(HeaderMap::Request, UPSTREAM_HEADER, upstream.as_bytes());
         lock(&self.runtime.lease).request_started();
         self.counted = true;
@@ -212,6 +250,9 @@ impl Drop for SpawnFilter {
 
 impl HttpFilter for SpawnFilter {
     fn on_request_headers(&mut self, stream: &Stream, _end_of_stream: bool) -> HeadersStatus {
+        // Envoy's ORIGINAL_DST cluster obeys this header: whatever happens next, no copy
+        // the client sent survives (a request that goes on gets the role's own).
+        stream.remove_header(HeaderMap::Request, UPSTREAM_HEADER);
         let Some(config) = self.config() else { return HeadersStatus::Continue };
         let (app, cluster, authority, timeout) =
             (config.app.clone(), config.sidecar_cluster.clone(), config.sidecar_authority.clone(), config.ensure_timeout);
@@ -232,9 +273,12 @@ impl HttpFilter for SpawnFilter {
             (SIDECAR_REPORTER, self.runtime.reporter.as_str()),
         ];
         match stream.http_callout(&cluster, &headers, timeout) {
-            Ok(_) => {
+            Ok(id) => {
                 self.shared.metrics.inc(stream, "spawn.ensure_calls");
-                HeadersStatus::StopIteration
+                self.waiting_for = Some(id);
+                // The whole request waits, body and trailers included (Envoy holds them
+                // under flow control): nothing may reach the router before `go_on`.
+                HeadersStatus::StopAllIterationAndWatermark
             }
             Err(why) => {
                 self.runtime.call_failed(&format!("cannot call the sidecar through cluster {cluster:?}: {why}"));
@@ -243,7 +287,29 @@ impl HttpFilter for SpawnFilter {
         }
     }
 
-    fn on_callout_done(&mut self, stream: &Stream, _id: u64, response: Option<CalloutResponse>) {
+    fn on_request_body(&mut self, _stream: &Stream, _end_of_stream: bool) -> BodyStatus {
+        if self.waiting_for.is_some() {
+            BodyStatus::StopIterationAndWatermark
+        } else {
+            BodyStatus::Continue
+        }
+    }
+
+    fn on_request_trailers(&mut self, _stream: &Stream) -> TrailersStatus {
+        if self.waiting_for.is_some() {
+            TrailersStatus::StopIteration
+        } else {
+            TrailersStatus::Continue
+        }
+    }
+
+    fn on_callout_done(&mut self, stream: &Stream, id: u64, response: Option<CalloutResponse>) {
+        // Only the answer this request waits for (a callout Envoy refused at once may
+        // still be answered: the request was refused already).
+        if self.waiting_for != Some(id) {
+            return;
+        }
+        self.waiting_for = None;
         let Some(config) = self.config() else { return };
         let (app, cluster) = (config.app.clone(), config.sidecar_cluster.clone());
         let answer = match &response {

@@ -600,6 +600,41 @@ pub fn request(port: u16, method: &str, target: &str, headers: &[(&str, &str)], 
     raw_request(port, &raw)
 }
 
+/// A chunked upload whose chunks leave the client `gap` apart, after the headers
+/// (so that Envoy sees the request's head well before its body), ending with
+/// `trailers`; then the whole response.
+pub fn chunked_upload(
+    port: u16,
+    target: &str,
+    headers: &[(&str, &str)],
+    chunks: &[&[u8]],
+    gap: Duration,
+    trailers: &[(&str, &str)],
+) -> Response {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!("PUT {target} HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    for chunk in chunks {
+        std::thread::sleep(gap);
+        stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).unwrap();
+        stream.write_all(chunk).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+    }
+    std::thread::sleep(gap);
+    let mut end = b"0\r\n".to_vec();
+    for (n, v) in trailers {
+        end.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    end.extend_from_slice(b"\r\n");
+    stream.write_all(&end).unwrap();
+    read_response(&mut BufReader::new(stream))
+}
+
 /// Sends raw bytes and parses the response (Content-Length, chunked, or until close).
 pub fn raw_request(port: u16, raw: &[u8]) -> Response {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -6,6 +6,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::handles::*;
 use super::raw::*;
+use super::slot::{Entered, FilterSlot};
 use super::ABI_VERSION;
 
 // -------------------------------------------------------------- event hooks
@@ -19,9 +20,18 @@ pub trait FilterFactory: Send + Sync {
     fn on_callout_done(&self, _config: &ConfigHandle, _id: u64, _response: Option<CalloutResponse>) {}
 }
 
-/// One HTTP stream's filter. Envoy calls it from one worker thread, one hook at a time.
+/// One HTTP stream's filter. Envoy calls it from one worker thread; a hook that Envoy
+/// calls from inside another of the same filter does not reach it (see `slot`).
 pub trait HttpFilter {
     fn on_request_headers(&mut self, stream: &Stream, end_of_stream: bool) -> HeadersStatus;
+    /// A part of the request body. A filter that holds the request holds its body too.
+    fn on_request_body(&mut self, _stream: &Stream, _end_of_stream: bool) -> BodyStatus {
+        BodyStatus::Continue
+    }
+    /// The request's trailers. A filter that holds the request holds them too.
+    fn on_request_trailers(&mut self, _stream: &Stream) -> TrailersStatus {
+        TrailersStatus::Continue
+    }
     fn on_response_headers(&mut self, _stream: &Stream, _end_of_stream: bool) -> HeadersStatus {
         HeadersStatus::Continue
     }
@@ -44,17 +54,6 @@ fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
 /// Copies a buffer Envoy lent to a hook.
 fn lent_bytes(buffer: EnvoyBuffer) -> Vec<u8> {
     copy_envoy_bytes(buffer.ptr, buffer.length)
-}
-
-/// The filter behind a module pointer Envoy hands back.
-///
-/// # Safety
-/// `ptr` must come from [`envoy_dynamic_module_on_http_filter_new`] and not yet be
-/// destroyed, and no other reference to it may be live (Envoy calls one hook of a
-/// stream at a time, on its worker thread).
-unsafe fn filter_at<'a>(ptr: *const c_void) -> Option<&'a mut Box<dyn HttpFilter>> {
-    // SAFETY: per the function's contract; null is handled by `as_mut`.
-    unsafe { (ptr as *mut Box<dyn HttpFilter>).as_mut() }
 }
 
 #[no_mangle]
@@ -97,18 +96,31 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: *const c_void,
         let Some(factory) = (unsafe { factory_at(config) }) else {
             return std::ptr::null();
         };
-        Box::into_raw(Box::new(factory.new_filter())) as *const c_void
+        FilterSlot::into_raw(factory.new_filter())
     })
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
     guarded("on_http_filter_destroy", (), || {
-        if !filter.is_null() {
-            // SAFETY: `filter` came from `Box::into_raw` in `..._filter_new`, destroyed once.
-            drop(unsafe { Box::from_raw(filter as *mut Box<dyn HttpFilter>) });
-        }
+        // SAFETY: `filter` came from `..._filter_new` and is destroyed once, on its
+        // stream's worker thread.
+        unsafe { FilterSlot::destroy(filter) }
     })
+}
+
+/// Answers a request in Envoy's place when the filter could not judge it: fails closed.
+fn internal_error(stream: &Stream) {
+    guarded("internal_error", (), || {
+        stream.send_response(500, &[("x-wsgiproxy-error", "internal_error")], b"internal error\n", "wsgiproxy_internal_error")
+    });
+}
+
+/// Runs a stream hook on its filter (see `slot` for the rules).
+fn enter<T>(filter: *const c_void, stream: &Stream, hook: &str, body: impl FnOnce(&mut dyn HttpFilter) -> T) -> Option<Entered<T>> {
+    // SAFETY: Envoy passes the pointer `..._filter_new` returned, until its destroy
+    // hook, and calls the stream's hooks on the stream's worker thread.
+    unsafe { FilterSlot::enter(filter, stream, hook, body) }
 }
 
 #[no_mangle]
@@ -118,17 +130,51 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     end_of_stream: bool,
 ) -> HeadersStatus {
     let stream = Stream(filter_envoy);
-    let status = guarded("on_http_filter_request_headers", None, || {
-        // SAFETY: a live filter of this stream; Envoy calls its hooks one at a time.
-        unsafe { filter_at(filter) }.map(|f| f.on_request_headers(&stream, end_of_stream))
-    });
-    status.unwrap_or_else(|| {
-        // Fail closed: a request the filter could not judge is not forwarded.
-        guarded("on_http_filter_request_headers", (), || {
-            stream.send_response(500, &[("x-wsgiproxy-error", "internal_error")], b"internal error\n", "wsgiproxy_internal_error")
-        });
-        HeadersStatus::StopIteration
-    })
+    match enter(filter, &stream, "on_http_filter_request_headers", |f| f.on_request_headers(&stream, end_of_stream)) {
+        Some(Entered::Ran(status)) => status,
+        // Not a request this filter may let through.
+        Some(Entered::Busy | Entered::Poisoned | Entered::Destroyed) => HeadersStatus::StopIteration,
+        Some(Entered::Panicked) | None => {
+            // Fail closed: a request the filter could not judge is not forwarded.
+            internal_error(&stream);
+            HeadersStatus::StopIteration
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    filter_envoy: *mut c_void,
+    filter: *const c_void,
+    end_of_stream: bool,
+) -> BodyStatus {
+    let stream = Stream(filter_envoy);
+    match enter(filter, &stream, "on_http_filter_request_body", |f| f.on_request_body(&stream, end_of_stream)) {
+        Some(Entered::Ran(status)) => status,
+        // Envoy hands over the body it held from inside `continue_decoding`: the filter
+        // has just let the request go on.
+        Some(Entered::Busy) => BodyStatus::Continue,
+        // The request was answered (500) or the stream is gone: nothing more goes on.
+        Some(Entered::Poisoned | Entered::Destroyed) => BodyStatus::StopIterationAndWatermark,
+        Some(Entered::Panicked) | None => {
+            internal_error(&stream);
+            BodyStatus::StopIterationAndWatermark
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(filter_envoy: *mut c_void, filter: *const c_void) -> TrailersStatus {
+    let stream = Stream(filter_envoy);
+    match enter(filter, &stream, "on_http_filter_request_trailers", |f| f.on_request_trailers(&stream)) {
+        Some(Entered::Ran(status)) => status,
+        Some(Entered::Busy) => TrailersStatus::Continue,
+        Some(Entered::Poisoned | Entered::Destroyed) => TrailersStatus::StopIteration,
+        Some(Entered::Panicked) | None => {
+            internal_error(&stream);
+            TrailersStatus::StopIteration
+        }
+    }
 }
 
 #[no_mangle]
@@ -138,33 +184,33 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     end_of_stream: bool,
 ) -> HeadersStatus {
     let stream = Stream(filter_envoy);
-    guarded("on_http_filter_response_headers", HeadersStatus::Continue, || {
-        // SAFETY: as in the request hook.
-        unsafe { filter_at(filter) }.map_or(HeadersStatus::Continue, |f| f.on_response_headers(&stream, end_of_stream))
-    })
+    match enter(filter, &stream, "on_http_filter_response_headers", |f| f.on_response_headers(&stream, end_of_stream)) {
+        Some(Entered::Ran(status)) => status,
+        // A local reply made from inside one of the filter's own hooks (its own refusal,
+        // or Envoy's answer further down the chain), or the filter's own 500 after a
+        // panic on the request path: it goes out as it is.
+        Some(Entered::Busy | Entered::Poisoned) | None => HeadersStatus::Continue,
+        Some(Entered::Destroyed) => HeadersStatus::StopIteration,
+        Some(Entered::Panicked) => {
+            // The response was not judged: it is replaced by a 500, never passed on.
+            internal_error(&stream);
+            HeadersStatus::StopIteration
+        }
+    }
 }
 
-// Hooks Envoy 1.40 requires every HTTP module to export. The roles do nothing in
-// them: bodies and trailers pass, no stream callout or per-stream event is started.
-// Each takes only the leading arguments it reads (the C calling convention lets the
-// caller pass more) and returns the "continue" value of its status enum. They run
-// no code that could panic, so, like `on_program_init`, they need no `guarded`.
+// Hooks Envoy 1.40 requires every HTTP module to export, in which the roles do
+// nothing: response bodies and trailers pass, no per-stream stream callout or event
+// is started. Each returns the "continue" value of its status enum. They run no code
+// that could panic, so, like `on_program_init`, they need no `guarded`.
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(_: *mut c_void, _: *const c_void, _: bool) -> u32 {
-    0
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(_: *mut c_void, _: *const c_void, _: bool) -> BodyStatus {
+    BodyStatus::Continue
 }
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(_: *mut c_void, _: *const c_void) -> u32 {
-    0
-}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(_: *mut c_void, _: *const c_void, _: bool) -> u32 {
-    0
-}
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_: *mut c_void, _: *const c_void) -> u32 {
-    0
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_: *mut c_void, _: *const c_void) -> TrailersStatus {
+    TrailersStatus::Continue
 }
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(_: *mut c_void, _: *const c_void) {}
@@ -180,19 +226,28 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     body_size: usize,
 ) {
     let stream = Stream(filter_envoy);
-    let done = guarded("on_http_filter_http_callout_done", false, || {
-        let response = callout_response(result, headers, headers_size, body, body_size);
-        // SAFETY: as in the request hook.
-        if let Some(f) = unsafe { filter_at(filter) } {
-            f.on_callout_done(&stream, callout_id, response);
+    let Some(response) =
+        guarded("on_http_filter_http_callout_done", None, || Some(callout_response(result, headers, headers_size, body, body_size)))
+    else {
+        return internal_error(&stream);
+    };
+    let mut answer = Some(response);
+    match enter(filter, &stream, "on_http_filter_http_callout_done", |f| {
+        if let Some(response) = answer.take() {
+            f.on_callout_done(&stream, callout_id, response)
         }
-        true
-    });
-    if !done {
+    }) {
+        Some(Entered::Ran(()) | Entered::Poisoned | Entered::Destroyed) | None => {}
+        // Answered inside the hook that made the call (a callout that failed at once):
+        // the filter gets it once that hook has returned.
+        Some(Entered::Busy) => {
+            if let Some(response) = answer.take() {
+                // SAFETY: as in `enter`.
+                unsafe { FilterSlot::defer_callout_answer(filter, callout_id, response) }
+            }
+        }
         // The request waits for this answer: fail closed rather than leave it hanging.
-        guarded("on_http_filter_http_callout_done", (), || {
-            stream.send_response(500, &[("x-wsgiproxy-error", "internal_error")], b"internal error\n", "wsgiproxy_internal_error")
-        });
+        Some(Entered::Panicked) => internal_error(&stream),
     }
 }
 

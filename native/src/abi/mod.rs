@@ -17,9 +17,10 @@ pub const ABI_VERSION: &CStr = c"v0.2.0";
 mod handles;
 mod hooks;
 mod raw;
+mod slot;
 #[cfg(test)]
 mod tests;
 
 pub use handles::*;
 pub use hooks::*;
-pub use raw::{Attribute, HeaderMap, HeadersStatus, LogLevel};
+pub use raw::{Attribute, BodyStatus, HeaderMap, HeadersStatus, LogLevel, TrailersStatus};

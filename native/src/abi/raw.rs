@@ -110,10 +110,34 @@ pub enum Attribute {
     UpstreamPort = 42,
 }
 
-/// The status a request- or response-headers hook returns.
+/// The status a request- or response-headers hook returns
+/// (`envoy_dynamic_module_type_on_http_filter_{request,response}_headers_status`, Envoy's
+/// `FilterHeadersStatus`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum HeadersStatus {
+    Continue = 0,
+    StopIteration = 1,
+    /// Stops this filter and every one after it, holding the body and trailers (with
+    /// flow control, not a size limit) until the filter continues: Envoy does not even
+    /// call this filter's body and trailers hooks meanwhile.
+    StopAllIterationAndWatermark = 4,
+}
+
+/// The status a request- or response-body hook returns (`..._body_status`, Envoy's
+/// `FilterDataStatus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BodyStatus {
+    Continue = 0,
+    /// Holds the data, and what follows, under flow control until the filter continues.
+    StopIterationAndWatermark = 2,
+}
+
+/// The status a request- or response-trailers hook returns (`..._trailers_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum TrailersStatus {
     Continue = 0,
     StopIteration = 1,
 }
@@ -121,7 +145,7 @@ pub enum HeadersStatus {
 // ---------------------------------------------------------------- callbacks
 
 // Envoy's exports, resolved when Envoy loads the module (the binary exports them).
-// Tests link stand-ins instead (`tests` below).
+// Tests link stand-ins instead (`tests.rs`).
 extern "C" {
     pub(crate) fn envoy_dynamic_module_callback_log(level: LogLevel, message: ModuleBuffer);
     pub(crate) fn envoy_dynamic_module_callback_log_enabled(level: LogLevel) -> bool;

@@ -3,6 +3,7 @@
 //! exercised (scripts/test.sh runs these under AddressSanitizer, or valgrind).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use super::slot::FilterSlot;
 use super::{handles::*, hooks::*, raw::*};
 use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
@@ -19,6 +20,13 @@ struct FakeStream {
     source_address: Option<Vec<u8>>,
     direct_address: Option<Vec<u8>>,
     counters: Vec<(usize, u64)>,
+    /// Calls back into the module filter at this address from inside the callbacks, as
+    /// Envoy does: a local reply runs the response hook (then destroys the filter when
+    /// `destroy_on_reply`), continuing hands over the held body.
+    call_back: Option<*const c_void>,
+    destroy_on_reply: bool,
+    /// What the hooks called back answered.
+    called_back: Vec<String>,
 }
 
 thread_local! {
@@ -139,7 +147,16 @@ extern "C" fn envoy_dynamic_module_callback_http_send_response(
             (text(h.key_ptr, h.key_length), text(h.value_ptr, h.value_length))
         })
         .collect();
-    fake(filter).reply = Some((status, list, bytes(body.ptr, body.length), text(details.ptr, details.length)));
+    let stream = fake(filter);
+    stream.reply = Some((status, list, bytes(body.ptr, body.length), text(details.ptr, details.length)));
+    if let Some(module_filter) = stream.call_back {
+        let status = envoy_dynamic_module_on_http_filter_response_headers(filter, module_filter, true);
+        fake(filter).called_back.push(format!("response_headers {status:?}"));
+        if fake(filter).destroy_on_reply {
+            envoy_dynamic_module_on_http_filter_destroy(module_filter);
+            fake(filter).called_back.push("destroyed".into());
+        }
+    }
 }
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
@@ -247,6 +264,10 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_http_callout(
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void) {
     fake(filter).counters.push((usize::MAX, 0));
+    if let Some(module_filter) = fake(filter).call_back {
+        let status = envoy_dynamic_module_on_http_filter_request_body(filter, module_filter, true);
+        fake(filter).called_back.push(format!("request_body {status:?}"));
+    }
 }
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_config_http_callout(
@@ -428,38 +449,87 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
     envoy_dynamic_module_on_http_filter_destroy(std::ptr::null());
 }
 
-#[test]
-fn a_callout_and_its_answer() {
-    // The spawn role asks the sidecar, pauses, and goes on with the upstream it got.
+/// A stand-in stream a test owns and, like Envoy, reaches through its pointer only (a
+/// `&mut` kept beside the pointer would be invalidated by each hook's use of it).
+struct Owned(*mut c_void);
+
+impl Owned {
+    fn new(stream: FakeStream) -> Owned {
+        Owned(Box::into_raw(Box::new(stream)) as *mut c_void)
+    }
+    fn get(&self) -> &mut FakeStream {
+        fake(self.0)
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        // SAFETY: made by `Owned::new`, freed once.
+        drop(unsafe { Box::from_raw(self.0 as *mut FakeStream) });
+    }
+}
+
+/// The spawn role's configuration against the stand-in sidecar cluster.
+fn spawn_factory() -> *const c_void {
     let config = r#"{"role": "spawn", "app": "blog", "sidecar_cluster": "sidecar"}"#;
     let factory = envoy_dynamic_module_on_http_filter_config_new(std::ptr::null_mut(), envoy_buffer(b"s"), envoy_buffer(config.as_bytes()));
     assert!(!factory.is_null(), "{:?}", LOG.with(|l| l.borrow().clone()));
-    let filter = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
-    let mut f = FakeStream { request: vec![(b":path".to_vec(), b"/".to_vec())], ..FakeStream::default() };
-    let envoy_side = &mut f as *mut FakeStream as *mut c_void;
-    assert_eq!(envoy_dynamic_module_on_http_filter_request_headers(envoy_side, filter, true), HeadersStatus::StopIteration);
-    let sent: Vec<(Vec<u8>, Vec<u8>)> = std::mem::take(&mut f.response);
-    assert!(sent.contains(&(b":path".to_vec(), b"/v1/ensure/blog".to_vec())), "{sent:?}");
-    let answer = [
-        (&b":status"[..], &b"200"[..]),
-        (b"x-wsgiproxy-sidecar", b"1"),
-        (b"x-wsgiproxy-upstream", b"127.0.0.1:4321"),
-        (b"x-wsgiproxy-lease-ms", b"5000"),
-    ];
+    factory
+}
+
+/// Answers the stand-in's callout 7 with `answer` (status 0) or a failure.
+fn answer_callout(envoy_side: *mut c_void, filter: *const c_void, answer: Option<&[(&[u8], &[u8])]>) {
+    let Some(answer) = answer else {
+        return envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, filter, 7, 1, std::ptr::null(), 0, std::ptr::null(), 0);
+    };
     let raw: Vec<EnvoyHttpHeader> = answer
         .iter()
         .map(|(k, v)| EnvoyHttpHeader { key_ptr: k.as_ptr(), key_length: k.len(), value_ptr: v.as_ptr(), value_length: v.len() })
         .collect();
     let body = [envoy_buffer(b"ok")];
     envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, filter, 7, 0, raw.as_ptr(), raw.len(), body.as_ptr(), body.len());
-    assert!(f.request.contains(&(b"x-envoy-original-dst-host".to_vec(), b"127.0.0.1:4321".to_vec())), "{:?}", f.request);
-    assert!(f.counters.contains(&(usize::MAX, 0)), "the request went on");
-    // A failed callout: a 503 saying the sidecar did not answer.
-    let second = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
-    let mut g = FakeStream::default();
-    let envoy_side = &mut g as *mut FakeStream as *mut c_void;
-    envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, second, 7, 1, std::ptr::null(), 0, std::ptr::null(), 0);
-    assert_eq!(g.reply.as_ref().map(|r| r.0), Some(503));
+}
+
+const GRANTED: [(&[u8], &[u8]); 4] = [
+    (b":status", b"200"),
+    (b"x-wsgiproxy-sidecar", b"1"),
+    (b"x-wsgiproxy-upstream", b"127.0.0.1:4321"),
+    (b"x-wsgiproxy-lease-ms", b"5000"),
+];
+
+#[test]
+fn a_callout_and_its_answer() {
+    // The spawn role asks the sidecar and holds the whole request, body and trailers,
+    // then goes on with the upstream it got: never the one the client named.
+    let factory = spawn_factory();
+    let filter = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
+    let f = Owned::new(FakeStream {
+        request: vec![(b":path".to_vec(), b"/".to_vec()), (b"x-envoy-original-dst-host".to_vec(), b"169.254.169.254:80".to_vec())],
+        ..FakeStream::default()
+    });
+    let envoy_side = f.0;
+    assert_eq!(envoy_dynamic_module_on_http_filter_request_headers(envoy_side, filter, false), HeadersStatus::StopAllIterationAndWatermark);
+    assert!(!f.get().request.iter().any(|(k, _)| k == b"x-envoy-original-dst-host"), "the client's destination is gone at once");
+    let sent: Vec<(Vec<u8>, Vec<u8>)> = std::mem::take(&mut f.get().response);
+    assert!(sent.contains(&(b":path".to_vec(), b"/v1/ensure/blog".to_vec())), "{sent:?}");
+    // Were Envoy to hand over the body or trailers meanwhile, they wait too.
+    assert_eq!(envoy_dynamic_module_on_http_filter_request_body(envoy_side, filter, false), BodyStatus::StopIterationAndWatermark);
+    assert_eq!(envoy_dynamic_module_on_http_filter_request_trailers(envoy_side, filter), TrailersStatus::StopIteration);
+    // An answer to a callout this request did not make is not taken for its own.
+    envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, filter, 8, 1, std::ptr::null(), 0, std::ptr::null(), 0);
+    assert!(f.get().reply.is_none());
+    answer_callout(envoy_side, filter, Some(&GRANTED));
+    assert!(f.get().request.contains(&(b"x-envoy-original-dst-host".to_vec(), b"127.0.0.1:4321".to_vec())), "{:?}", f.get().request);
+    assert!(f.get().counters.contains(&(usize::MAX, 0)), "the request went on");
+    assert_eq!(envoy_dynamic_module_on_http_filter_request_body(envoy_side, filter, true), BodyStatus::Continue);
+    // A failed callout (a configuration with no lease yet): a 503 saying the sidecar did not answer.
+    let cold_factory = spawn_factory();
+    let second = envoy_dynamic_module_on_http_filter_new(cold_factory, std::ptr::null_mut());
+    let g = Owned::new(FakeStream::default());
+    let envoy_side = g.0;
+    assert_eq!(envoy_dynamic_module_on_http_filter_request_headers(envoy_side, second, true), HeadersStatus::StopAllIterationAndWatermark);
+    answer_callout(envoy_side, second, None);
+    assert_eq!(g.get().reply.as_ref().map(|r| r.0), Some(503));
     // Scheduled events and a failed report callout on the configuration.
     envoy_dynamic_module_on_http_filter_config_scheduled(std::ptr::null_mut(), factory, 0);
     envoy_dynamic_module_on_http_filter_config_http_callout_done(
@@ -476,15 +546,51 @@ fn a_callout_and_its_answer() {
         envoy_dynamic_module_on_http_filter_destroy(made);
     }
     envoy_dynamic_module_on_http_filter_config_destroy(factory);
+    envoy_dynamic_module_on_http_filter_config_destroy(cold_factory);
 }
 
-struct Panicking;
+#[test]
+fn envoy_calling_back_from_inside_a_hook_never_reaches_the_filter_twice() {
+    let factory = spawn_factory();
+    // Granted: `continue_decoding` hands over the held body from inside the answer's
+    // hook; it goes on (the filter is not entered a second time).
+    let filter = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
+    let f = Owned::new(FakeStream { call_back: Some(filter), ..FakeStream::default() });
+    let envoy_side = f.0;
+    envoy_dynamic_module_on_http_filter_request_headers(envoy_side, filter, false);
+    answer_callout(envoy_side, filter, Some(&GRANTED));
+    assert_eq!(f.get().called_back, ["request_body Continue"]);
+    envoy_dynamic_module_on_http_filter_destroy(filter);
+    envoy_dynamic_module_on_http_filter_config_destroy(factory);
+
+    // Refused (a configuration with no lease yet): the local reply runs the response
+    // hook, then Envoy destroys the filter, all inside `send_response`: the filter is
+    // freed once the hook has returned (AddressSanitizer or valgrind see a use after
+    // free or a leak otherwise).
+    let factory = spawn_factory();
+    let filter = envoy_dynamic_module_on_http_filter_new(factory, std::ptr::null_mut());
+    let g = Owned::new(FakeStream { call_back: Some(filter), destroy_on_reply: true, ..FakeStream::default() });
+    let envoy_side = g.0;
+    envoy_dynamic_module_on_http_filter_request_headers(envoy_side, filter, true);
+    answer_callout(envoy_side, filter, None);
+    assert_eq!(g.get().reply.as_ref().map(|r| r.0), Some(503));
+    assert_eq!(g.get().called_back, ["response_headers Continue", "destroyed"]);
+    envoy_dynamic_module_on_http_filter_config_destroy(factory);
+}
+
+/// A filter whose hooks panic where it is told to, and which answers (and is called
+/// back) from inside its callout hook otherwise.
+struct Panicking {
+    in_hook: &'static str,
+}
 impl HttpFilter for Panicking {
     fn on_request_headers(&mut self, _: &Stream, _: bool) -> HeadersStatus {
-        panic!("a bug")
+        assert_ne!(self.in_hook, "request_headers", "a bug");
+        HeadersStatus::StopIteration
     }
     fn on_response_headers(&mut self, _: &Stream, _: bool) -> HeadersStatus {
-        panic!("another bug")
+        assert_ne!(self.in_hook, "response_headers", "another bug");
+        HeadersStatus::Continue
     }
     fn on_callout_done(&mut self, _: &Stream, _: u64, _: Option<CalloutResponse>) {
         panic!("a third bug")
@@ -493,17 +599,31 @@ impl HttpFilter for Panicking {
 
 #[test]
 fn a_panic_never_crosses_into_envoy_and_fails_closed() {
-    let filter: *const c_void = Box::into_raw(Box::new(Box::new(Panicking) as Box<dyn HttpFilter>)) as *const c_void;
-    let mut f = FakeStream::default();
-    let envoy_side = &mut f as *mut FakeStream as *mut c_void;
+    // On the request path: a 500, and the filter is not called again (its 500 goes out
+    // as it is; a late answer does not make a second reply).
+    let filter = FilterSlot::into_raw(Box::new(Panicking { in_hook: "request_headers" }));
+    let f = Owned::new(FakeStream::default());
+    let envoy_side = f.0;
     assert_eq!(envoy_dynamic_module_on_http_filter_request_headers(envoy_side, filter, true), HeadersStatus::StopIteration);
-    assert_eq!(envoy_dynamic_module_on_http_filter_response_headers(envoy_side, filter, true), HeadersStatus::Continue);
-    let (status, headers, _, _) = f.reply.take().unwrap();
+    let (status, headers, _, _) = f.get().reply.take().unwrap();
     assert_eq!(status, 500);
     assert!(headers.contains(&("x-wsgiproxy-error".into(), "internal_error".into())));
-    // A request waiting for a callout's answer is answered, not left hanging.
+    assert_eq!(envoy_dynamic_module_on_http_filter_response_headers(envoy_side, filter, true), HeadersStatus::Continue);
+    assert_eq!(envoy_dynamic_module_on_http_filter_request_body(envoy_side, filter, true), BodyStatus::StopIterationAndWatermark);
     envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, filter, 1, 1, std::ptr::null(), 0, std::ptr::null(), 0);
-    assert_eq!(f.reply.take().map(|r| r.0), Some(500));
+    assert!(f.get().reply.is_none(), "a poisoned filter is not called again");
+    envoy_dynamic_module_on_http_filter_destroy(filter);
+
+    // On the response path: the response is replaced by a 500, never passed on.
+    let filter = FilterSlot::into_raw(Box::new(Panicking { in_hook: "response_headers" }));
+    assert_eq!(envoy_dynamic_module_on_http_filter_response_headers(envoy_side, filter, false), HeadersStatus::StopIteration);
+    assert_eq!(f.get().reply.take().map(|r| r.0), Some(500));
+    envoy_dynamic_module_on_http_filter_destroy(filter);
+
+    // A request waiting for a callout's answer is answered, not left hanging.
+    let filter = FilterSlot::into_raw(Box::new(Panicking { in_hook: "callout" }));
+    envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, filter, 1, 1, std::ptr::null(), 0, std::ptr::null(), 0);
+    assert_eq!(f.get().reply.take().map(|r| r.0), Some(500));
     envoy_dynamic_module_on_http_filter_destroy(filter);
     assert!(LOG.with(|l| l.borrow().iter().any(|(level, m)| *level == LogLevel::Critical && m.contains("panic caught"))));
 }
