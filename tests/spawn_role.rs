@@ -407,3 +407,92 @@ fn a_request_with_trailers_waits_for_the_cold_start() {
         assert_eq!(got.0["trailers"], json!([["x-checksum", "abc123"]]), "{round}: the trailers were lost");
     }
 }
+
+/// A stand-in sidecar that grants `ensure` at once with `upstream` and holds every
+/// activity report for `hold` before answering it; counts the reports it got.
+fn slow_reporting_sidecar(upstream: u16, hold: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reports = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = reports.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && std::io::Read::read(&mut stream, &mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                if head.starts_with(b"POST /v1/activity/") {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(hold);
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nx-wsgiproxy-sidecar: 1\r\nx-wsgiproxy-upstream: 127.0.0.1:{upstream}\r\n\
+                     x-wsgiproxy-lease-ms: 60000\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+            });
+        }
+    });
+    (port, reports)
+}
+
+/// The spawn listener removed (an LDS update) while its configuration's activity
+/// report is in flight: the configuration goes (its report thread is stopped at once,
+/// the late answer finds nothing), and Envoy carries on serving.
+#[test]
+fn the_spawn_listener_removed_while_a_report_is_in_flight() {
+    let app = Echo::start_with(&["--name", "blog"]);
+    let (sidecar, reports) = slow_reporting_sidecar(app.port, Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let lds = dir.path().join("lds.yaml");
+    let lds_for_edit = lds.clone();
+    let mut overrides = Overrides::default().cluster("wsgiproxy_sidecar", sidecar).plugin(json!({
+        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar", "report_interval_ms": 200
+    }));
+    // The listener comes from a file Envoy watches, so that the test can take it away.
+    overrides.edit_with = Some(std::sync::Arc::new(move |doc: &mut serde_yaml::Value| {
+        let mut listeners = doc["static_resources"].as_mapping_mut().unwrap().remove("listeners").unwrap();
+        // Rendering puts the native module in place after this edit, which no longer
+        // sees the listeners.
+        if Loader::from_env() == Loader::Native {
+            use_native_module(&mut listeners);
+        }
+        let mut resources = Vec::new();
+        for mut listener in listeners.as_sequence().unwrap().clone() {
+            listener.as_mapping_mut().unwrap().insert("@type".into(), "type.googleapis.com/envoy.config.listener.v3.Listener".into());
+            resources.push(listener);
+        }
+        let file = serde_yaml::to_string(&serde_yaml::Mapping::from_iter([("resources".into(), resources.into())])).unwrap();
+        std::fs::write(&lds_for_edit, file).unwrap();
+        doc["node"] = serde_yaml::from_str("{ id: spawn-test, cluster: spawn-test }").unwrap();
+        doc["dynamic_resources"] = serde_yaml::from_str(&format!(
+            "{{ lds_config: {{ path_config_source: {{ path: {} }}, resource_api_version: V3 }} }}",
+            lds_for_edit.display()
+        ))
+        .unwrap();
+    }));
+    overrides.args = vec!["--drain-time-s".into(), "0".into()];
+    let mut envoy = Envoy::start("envoy/spawn.yaml", &overrides);
+    for _ in 0..3 {
+        assert_eq!(envoy.get("/", &[]).received().0["name"], "blog");
+    }
+    wait_until("a report is in flight", Duration::from_secs(5), || reports.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    // Envoy watches the file's directory for a move onto it.
+    let empty = dir.path().join("lds.next");
+    std::fs::write(&empty, "resources: []\n").unwrap();
+    std::fs::rename(&empty, &lds).unwrap();
+    wait_until("the listener is gone", Duration::from_secs(10), || {
+        envoy.stats("listener_manager.total_listeners").get("listener_manager.total_listeners_active") == Some(&0)
+            && envoy.stats("listener_manager.total_listeners").get("listener_manager.total_listeners_draining") == Some(&0)
+    });
+    // The report's answer comes after the configuration went; Envoy is still well.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(envoy.admin("/ready").status, 200, "Envoy stopped serving");
+    let log = stop_and_count_warnings(&mut envoy).0;
+    assert!(!log.contains("panic") && !log.contains("[critical]"), "{log}");
+}

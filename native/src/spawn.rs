@@ -351,3 +351,21 @@ impl HttpFilter for SpawnFilter {
         HeadersStatus::Continue
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticker_stops_at_once_in_the_middle_of_a_tick() {
+        // The stand-in Envoy's scheduler (abi/tests.rs).
+        let scheduler = ConfigHandle(std::ptr::null_mut()).scheduler().unwrap();
+        let ticker = Ticker::start(scheduler, Duration::from_secs(60)).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let began = std::time::Instant::now();
+        drop(ticker);
+        // It used to sleep out the tick: a worker dropping the configuration waited.
+        assert!(began.elapsed() < Duration::from_secs(5), "the ticker took {:?} to stop", began.elapsed());
+    }
+}

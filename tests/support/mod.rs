@@ -79,7 +79,7 @@ const WASM_NETWORK_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.
 
 /// Turns every Wasm HTTP filter into the native module with the same configuration,
 /// and drops Wasm network filters (the module reads the TCP peer itself).
-fn use_native_module(doc: &mut Yaml) {
+pub fn use_native_module(doc: &mut Yaml) {
     let type_of =
         |m: &serde_yaml::Mapping| m.get(key("typed_config")).and_then(|t| t.get("@type")).and_then(Yaml::as_str).map(str::to_string);
     walk_mut(doc, &mut |m| {
@@ -210,6 +210,8 @@ pub struct Overrides {
     pub dns: Option<u16>,
     /// The loader, when a test chooses it (default: [`Loader::from_env`]).
     pub loader: Option<Loader>,
+    /// More arguments to Envoy.
+    pub args: Vec<String>,
 }
 
 impl Overrides {
@@ -403,6 +405,7 @@ impl Envoy {
             .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        cmd.args(&o.args);
         for (k, v) in &o.env {
             cmd.env(k, v);
         }
