@@ -41,6 +41,8 @@ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2
 # compose stack's image carries the host's curl (health checks, the client).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# nm: a test holds the native module's symbols against the Envoy binary's.
+command -v nm >/dev/null 2>&1 || need_apt+=(binutils)
 if [ "${WSGIPROXY_BENCH_TOOLS:-0}" = 1 ]; then
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
   command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)

@@ -247,3 +247,51 @@ fn the_shipped_native_spawn_config_carries_bursts_to_a_small_backlog_server() {
         Envoy::start("envoy/native-spawn.yaml", &Overrides::default().cluster("wsgiproxy_sidecar", sidecar.port).loader(Loader::Native));
     bursts_reach_it(&envoy, &sidecar, "blog");
 }
+
+/// The names in `nm -D` output of `file`, defined (`T`) or undefined (`U`) as asked.
+fn dynamic_symbols(file: &std::path::Path, defined: bool) -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new("nm")
+        .arg("-D")
+        .arg(if defined { "--defined-only" } else { "--undefined-only" })
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nm {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().last()).map(str::to_string).collect()
+}
+
+/// The module against the real Envoy binary of this run: every callback it calls is one
+/// Envoy exports, and every HTTP filter hook Envoy looks up is one the module exports,
+/// but for the optional hooks of features it does not use (per-route configuration,
+/// stream callouts from a configuration).
+#[test]
+fn the_native_module_and_envoy_agree_on_every_symbol() {
+    let module = native_module_dir().join("libwsgiproxy.so");
+    let envoy = std::fs::canonicalize(envoy_bin()).unwrap();
+    let exported_by_envoy = dynamic_symbols(&envoy, true);
+    let called = dynamic_symbols(&module, false);
+    let callbacks: Vec<_> = called.iter().filter(|s| s.starts_with("envoy_dynamic_module_callback_")).collect();
+    assert!(callbacks.len() > 10, "{callbacks:?}");
+    for callback in callbacks {
+        assert!(exported_by_envoy.contains(callback), "Envoy does not export {callback}");
+    }
+    // The hook names Envoy looks up are strings in its binary.
+    let binary = std::fs::read(&envoy).unwrap();
+    let prefix = b"envoy_dynamic_module_on_http_filter";
+    let mut looked_up = std::collections::BTreeSet::new();
+    let mut at = 0;
+    while let Some(found) = binary[at..].windows(prefix.len()).position(|w| w == prefix) {
+        let start = at + found;
+        let end = start + binary[start..].iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'_')).unwrap();
+        looked_up.insert(String::from_utf8_lossy(&binary[start..end]).into_owned());
+        at = end;
+    }
+    assert!(looked_up.contains("envoy_dynamic_module_on_http_filter_request_headers"), "{looked_up:?}");
+    let exported = dynamic_symbols(&module, true);
+    let optional = ["_per_route_config_", "_config_http_stream_"];
+    for hook in &looked_up {
+        if !optional.iter().any(|o| hook.contains(o)) {
+            assert!(exported.contains(hook), "Envoy looks up {hook}, which the module does not export");
+        }
+    }
+}

@@ -290,19 +290,75 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
         }
     })
 }
+// The per-stream and stream-callout hooks the roles do not use (they start no stream
+// callout and schedule no per-stream event), each declared as abi.h has it.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter_envoy: *mut c_void,
+    _filter: *const c_void,
+    _stream_handle: u64,
+    _headers: *const EnvoyHttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter_envoy: *mut c_void,
+    _filter: *const c_void,
+    _stream_handle: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter_envoy: *mut c_void,
+    _filter: *const c_void,
+    _stream_handle: u64,
+    _trailers: *const EnvoyHttpHeader,
+    _trailers_size: usize,
+) {
+}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter_envoy: *mut c_void,
+    _filter: *const c_void,
+    _stream_handle: u64,
+) {
+}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter_envoy: *mut c_void,
+    _filter: *const c_void,
+    _stream_handle: u64,
+    _reason: u32,
+) {
+}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_filter_envoy: *mut c_void, _filter: *const c_void, _event_id: u64) {}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter_envoy: *mut c_void,
+    _filter: *const c_void,
+) {
+}
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(_: *mut c_void, _: *const c_void) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter_envoy: *mut c_void,
+    _filter: *const c_void,
+) {
+}
+/// Envoy tells every filter of a stream about a local reply (ours included) before it
+/// is sent: it is sent (`Continue`, 0), never turned into a reset.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
+    _filter_envoy: *mut c_void,
+    _filter: *const c_void,
+    _response_code: u32,
+    _details: EnvoyBuffer,
+    _reset_imminent: bool,
+) -> u32 {
+    0
+}

@@ -627,3 +627,77 @@ fn a_panic_never_crosses_into_envoy_and_fails_closed() {
     envoy_dynamic_module_on_http_filter_destroy(filter);
     assert!(LOG.with(|l| l.borrow().iter().any(|(level, m)| *level == LogLevel::Critical && m.contains("panic caught"))));
 }
+
+/// Every hook of Envoy 1.40.0's abi.h, as this module declares it: (name, parameter
+/// types, return type) with abi.h's C types written as their Rust equivalents (an
+/// `..._envoy_ptr` is `*mut c_void`, a `..._module_ptr` `*const c_void`, an enum `u32`
+/// or the module's `repr(u32)` enum of it, `size_t` `usize`). Checked by hand against
+/// abi.h once, and on each Envoy upgrade; the test below holds the code to it, so that
+/// no hook is declared with fewer or other arguments than Envoy passes.
+const ABI_1_40_HOOKS: &[(&str, &[&str], &str)] = &[
+    ("program_init", &[], "*const c_char"),
+    ("http_filter_config_new", &["*mut c_void", "EnvoyBuffer", "EnvoyBuffer"], "*const c_void"),
+    ("http_filter_config_destroy", &["*const c_void"], ""),
+    ("http_filter_new", &["*const c_void", "*mut c_void"], "*const c_void"),
+    ("http_filter_destroy", &["*const c_void"], ""),
+    ("http_filter_request_headers", &["*mut c_void", "*const c_void", "bool"], "HeadersStatus"),
+    ("http_filter_request_body", &["*mut c_void", "*const c_void", "bool"], "BodyStatus"),
+    ("http_filter_request_trailers", &["*mut c_void", "*const c_void"], "TrailersStatus"),
+    ("http_filter_response_headers", &["*mut c_void", "*const c_void", "bool"], "HeadersStatus"),
+    ("http_filter_response_body", &["*mut c_void", "*const c_void", "bool"], "BodyStatus"),
+    ("http_filter_response_trailers", &["*mut c_void", "*const c_void"], "TrailersStatus"),
+    ("http_filter_stream_complete", &["*mut c_void", "*const c_void"], ""),
+    (
+        "http_filter_http_callout_done",
+        &["*mut c_void", "*const c_void", "u64", "u32", "*const EnvoyHttpHeader", "usize", "*const EnvoyBuffer", "usize"],
+        "",
+    ),
+    ("http_filter_config_scheduled", &["*mut c_void", "*const c_void", "u64"], ""),
+    (
+        "http_filter_config_http_callout_done",
+        &["*mut c_void", "*const c_void", "u64", "u32", "*const EnvoyHttpHeader", "usize", "*const EnvoyBuffer", "usize"],
+        "",
+    ),
+    ("http_filter_http_stream_headers", &["*mut c_void", "*const c_void", "u64", "*const EnvoyHttpHeader", "usize", "bool"], ""),
+    ("http_filter_http_stream_data", &["*mut c_void", "*const c_void", "u64", "*const EnvoyBuffer", "usize", "bool"], ""),
+    ("http_filter_http_stream_trailers", &["*mut c_void", "*const c_void", "u64", "*const EnvoyHttpHeader", "usize"], ""),
+    ("http_filter_http_stream_complete", &["*mut c_void", "*const c_void", "u64"], ""),
+    ("http_filter_http_stream_reset", &["*mut c_void", "*const c_void", "u64", "u32"], ""),
+    ("http_filter_scheduled", &["*mut c_void", "*const c_void", "u64"], ""),
+    ("http_filter_downstream_above_write_buffer_high_watermark", &["*mut c_void", "*const c_void"], ""),
+    ("http_filter_downstream_below_write_buffer_low_watermark", &["*mut c_void", "*const c_void"], ""),
+    ("http_filter_local_reply", &["*mut c_void", "*const c_void", "u32", "EnvoyBuffer", "bool"], "u32"),
+];
+
+/// The hooks `hooks.rs` exports, read from its source: name → (parameter types, return type).
+fn declared_hooks() -> std::collections::BTreeMap<String, (Vec<String>, String)> {
+    let source = include_str!("hooks.rs");
+    let mut found = std::collections::BTreeMap::new();
+    for piece in source.split("pub extern \"C\" fn envoy_dynamic_module_on_").skip(1) {
+        let (name, rest) = piece.split_once('(').unwrap();
+        let (params, rest) = rest.split_once(')').unwrap();
+        let params = params
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| p.split_once(':').unwrap().1.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        let head = rest.split('{').next().unwrap();
+        let returns = head.trim().strip_prefix("->").map(|r| r.trim().to_string()).unwrap_or_default();
+        found.insert(name.to_string(), (params, returns));
+    }
+    found
+}
+
+#[test]
+fn every_hook_is_declared_as_envoy_1_40s_abi_h_has_it() {
+    let declared = declared_hooks();
+    for (name, params, returns) in ABI_1_40_HOOKS {
+        let Some((got_params, got_returns)) = declared.get(*name) else { panic!("hook {name} is not exported") };
+        assert_eq!(got_params, params, "the parameters of {name}");
+        assert_eq!(got_returns, returns, "the return type of {name}");
+    }
+    let listed: Vec<&str> = ABI_1_40_HOOKS.iter().map(|h| h.0).collect();
+    for name in declared.keys() {
+        assert!(listed.contains(&name.as_str()), "{name} is exported but not in abi.h's list");
+    }
+}
