@@ -340,6 +340,12 @@ impl Stream {
         }
     }
 
+    /// Resets the stream (a local reset): what is under way is cut, not passed on.
+    pub fn reset(&self, details: &str) {
+        // SAFETY: live filter pointer; the details buffer borrows `details` for the call.
+        unsafe { envoy_dynamic_module_callback_http_filter_reset_stream(self.0, 0, ModuleBuffer::of(details.as_bytes())) }
+    }
+
     /// Lets a request stopped in its request-headers hook go on.
     pub fn continue_decoding(&self) {
         // SAFETY: live filter pointer.

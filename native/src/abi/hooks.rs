@@ -192,8 +192,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
         Some(Entered::Busy | Entered::Poisoned) | None => HeadersStatus::Continue,
         Some(Entered::Destroyed) => HeadersStatus::StopIteration,
         Some(Entered::Panicked) => {
-            // The response was not judged: it is replaced by a 500, never passed on.
-            internal_error(&stream);
+            // The response was not judged: the stream is reset, the response never passed on.
+            guarded("reset", (), || stream.reset("wsgiproxy_internal_error"));
             HeadersStatus::StopIteration
         }
     }

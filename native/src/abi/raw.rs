@@ -227,6 +227,8 @@ extern "C" {
         timeout_milliseconds: u64,
     ) -> u32;
     pub(crate) fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
+    /// `reason`: `envoy_dynamic_module_type_http_filter_stream_reset_reason` (0: LocalReset).
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_reset_stream(filter: *mut c_void, reason: u32, details: ModuleBuffer);
     pub(crate) fn envoy_dynamic_module_callback_http_filter_config_http_callout(
         config: *mut c_void,
         callout_id: *mut u64,

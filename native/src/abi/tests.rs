@@ -27,6 +27,8 @@ struct FakeStream {
     destroy_on_reply: bool,
     /// What the hooks called back answered.
     called_back: Vec<String>,
+    /// The details of a reset.
+    reset: Option<String>,
 }
 
 thread_local! {
@@ -260,6 +262,11 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_http_callout(
     // SAFETY: `id` is the module's u64 for the call.
     unsafe { *id = 7 };
     0
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_reset_stream(filter: *mut c_void, reason: u32, details: ModuleBuffer) {
+    assert_eq!(reason, 0, "a local reset");
+    fake(filter).reset = Some(String::from_utf8(bytes(details.ptr, details.length)).unwrap());
 }
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void) {
@@ -614,10 +621,11 @@ fn a_panic_never_crosses_into_envoy_and_fails_closed() {
     assert!(f.get().reply.is_none(), "a poisoned filter is not called again");
     envoy_dynamic_module_on_http_filter_destroy(filter);
 
-    // On the response path: the response is replaced by a 500, never passed on.
+    // On the response path: the stream is reset, the response never passed on.
     let filter = FilterSlot::into_raw(Box::new(Panicking { in_hook: "response_headers" }));
     assert_eq!(envoy_dynamic_module_on_http_filter_response_headers(envoy_side, filter, false), HeadersStatus::StopIteration);
-    assert_eq!(f.get().reply.take().map(|r| r.0), Some(500));
+    assert_eq!(f.get().reset.take().as_deref(), Some("wsgiproxy_internal_error"));
+    assert!(f.get().reply.is_none());
     envoy_dynamic_module_on_http_filter_destroy(filter);
 
     // A request waiting for a callout's answer is answered, not left hanging.
