@@ -13,7 +13,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::app::{App, Context, Granted};
+use crate::app::{App, Granted};
+use crate::context::Context;
 
 pub struct Api {
     pub apps: BTreeMap<String, Arc<App>>,

@@ -5,10 +5,13 @@
 mod api;
 mod app;
 mod config;
+mod context;
 mod leftovers;
 mod metrics;
 mod ports;
 mod process;
+mod readiness;
+mod state_machine;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -95,16 +98,16 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
     }
     let lease = Duration::from_millis(args.lease_ms);
     for c in &configs {
-        if let Some(idle) = c.idle_shutdown.filter(|idle| *idle < lease + app::STOP_GRACE) {
+        if let Some(idle) = c.idle_shutdown.filter(|idle| *idle < lease + state_machine::STOP_GRACE) {
             tracing::info!(
                 app = %c.name,
                 "idle_shutdown ({idle:?}) is shorter than the lease plus its grace ({:?}): the app stops that long after its last request",
-                lease + app::STOP_GRACE
+                lease + state_machine::STOP_GRACE
             );
         }
     }
     let fixed_ports: Vec<u16> = configs.iter().filter_map(|c| c.port).collect();
-    let ctx = Arc::new(app::Context::new(process::Spawner::start()?, lease, args.first_port, fixed_ports, state_file, earlier));
+    let ctx = Arc::new(context::Context::new(process::Spawner::start()?, lease, args.first_port, fixed_ports, state_file, earlier));
     let apps: BTreeMap<String, Arc<app::App>> = configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
     for app in apps.values() {
         tokio::spawn(Arc::clone(app).idle_monitor());
