@@ -309,7 +309,7 @@ fn app_role_to_middleware_role_in_rfc9421() {
     assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 1);
 }
 
-/// The README's five-line backend snippet is the one the backend above runs.
+/// The five-line backend snippet in docs/signatures.md is the one the backend above runs.
 #[test]
 fn the_readme_snippet_is_the_tested_one() {
     let script = std::fs::read_to_string(repo_root().join("tests/apps/rfc9421_backend.py")).unwrap();
@@ -317,8 +317,8 @@ fn the_readme_snippet_is_the_tested_one() {
     let end = script.find("# end of README snippet").unwrap();
     let snippet: Vec<&str> = script[start..end].lines().skip(1).map(str::trim).filter(|l| !l.is_empty()).collect();
     assert_eq!(snippet.len(), 5, "{snippet:?}");
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let block = readme.split("```python").nth(1).and_then(|b| b.split("```").next()).expect("a python block in README.md");
+    let doc = std::fs::read_to_string(repo_root().join("docs/signatures.md")).unwrap();
+    let block = doc.split("```python").nth(1).and_then(|b| b.split("```").next()).expect("a python block in docs/signatures.md");
     let lines: Vec<&str> = block.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     assert_eq!(lines, snippet);
 }
