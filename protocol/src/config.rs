@@ -326,7 +326,8 @@ pub const DEFAULT_ENSURE_TIMEOUT_MS: u64 = 35_000;
 pub const DEFAULT_REPORT_INTERVAL_MS: u64 = 1_000;
 
 pub const DEFAULT_MAX_SKEW_SECONDS: u64 = 300;
-/// At the default skew: about 50,000 signed requests a second natively, 35,000 in Wasm.
+/// At the default skew, enough for about 50,000 signed requests a second in the
+/// native module (73% full) and 35,000 in Wasm (see `replay`'s module docs).
 pub const DEFAULT_REPLAY_MEMORY_MB: u64 = 256;
 const MAX_REPLAY_MEMORY_MB: u64 = 65_536;
 
