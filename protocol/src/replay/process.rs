@@ -149,7 +149,7 @@ impl ProcessMemory {
             return Ok(Verdict::Expired);
         }
         let fingerprint = self.key.fingerprint(nonce);
-        // The hash sets hash the low and the top bits: shard on the middle ones.
+        // Fingerprints are uniform: any bits choose a shard.
         let shard = &self.shards[(fingerprint >> 32) as usize % SHARDS];
         let mut shard = shard.lock().map_err(|_| Unavailable::Poisoned)?;
         self.drop_expired(&mut shard, window, now);
