@@ -684,16 +684,19 @@ def instructions_per_request(workdir, spec, echo_port, count, warm=300):
     of each request (sockets, loopback) is not counted. Counting is switched on only
     while the measured requests are sent, after a warm-up."""
     port = free_port()
+    out = Path(workdir) / f"callgrind.{port}"
+    callgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file", f"--callgrind-out-file={out}")
+    proc = start_envoy(workdir, variant_config(spec, port, echo_port), port, wrapper=callgrind, timeout=600)
     if spec.get("signed_input"):
+        # Signed after Envoy began, from the next second: its replay memory refuses
+        # signatures dated up to the second it began (restart protection).
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)
         signed = Path(workdir) / "signed.txt"
         signed_requests(signed, warm + count, "backend.internal:8080")
         reqs = raw_requests(signed)
     else:
         plain = f"GET {PATH} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in CLIENT_HEADERS.items()) + "\r\n"
         reqs = [plain.encode()] * (warm + count)
-    out = Path(workdir) / f"callgrind.{port}"
-    callgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file", f"--callgrind-out-file={out}")
-    proc = start_envoy(workdir, variant_config(spec, port, echo_port), port, wrapper=callgrind, timeout=600)
     try:
         answered = send_sequentially(port, reqs[:warm])
         subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)

@@ -19,6 +19,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 pub struct Metrics {
     /// name → (Envoy metric id, count not yet sent)
     counters: RefCell<HashMap<String, (Option<u32>, u64)>>,
+    /// name → Envoy metric id
+    gauges: RefCell<HashMap<String, u32>>,
 }
 
 fn define(name: &str) -> Option<u32> {
@@ -50,6 +52,19 @@ impl Metrics {
         for name in names {
             counters.entry((*name).to_string()).or_insert((None, 0)).0 = define(name);
         }
+    }
+
+    /// Sets the gauge `wsgiproxy.{name}` (a host call: from the root context's tick).
+    pub fn set_gauge(&self, name: &str, value: u64) {
+        let mut gauges = self.gauges.borrow_mut();
+        let id = match gauges.get(name) {
+            Some(id) => *id,
+            None => match hostcalls::define_metric(MetricType::Gauge, &format!("wsgiproxy.{name}")) {
+                Ok(id) => *gauges.entry(name.to_string()).or_insert(id),
+                Err(_) => return,
+            },
+        };
+        let _ = hostcalls::record_metric(id, value);
     }
 
     /// Sends the pending counts to Envoy.

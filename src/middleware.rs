@@ -7,6 +7,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::middleware::{decide, MiddlewareOutcome, MiddlewareRequest};
+use wsgiproxy_protocol::replay::WARN_PERCENT;
 use wsgiproxy_protocol::request::Decision;
 
 use crate::host;
@@ -18,6 +19,24 @@ use wsgiproxy_protocol::trust::PEER_UNKNOWN_DETAIL;
 pub fn declare_metrics(metrics: &Metrics) {
     metrics.declare(wsgiproxy_protocol::counters::MIDDLEWARE);
 }
+
+/// Sets the replay memory's gauge to the fullest key this VM wrote since the last
+/// flush, and warns once when it passes [`WARN_PERCENT`].
+pub fn report_replay_fullness(shared: &Shared) {
+    let Some(percent) = shared.replay_fullest.take() else { return };
+    shared.metrics.set_gauge(REPLAY_GAUGE, percent);
+    if percent < WARN_PERCENT {
+        shared.rearm(Warning::ReplayMemoryFilling);
+    } else if shared.warn_once(Warning::ReplayMemoryFilling) {
+        warn!(
+            "wsgiproxy middleware: a replay memory key is {percent}% full (past {WARN_PERCENT}%); at 100% its signed requests \
+             are refused with 503: raise replay_memory_mb"
+        );
+    }
+}
+
+/// The fullest replay memory key a VM wrote lately, in percent.
+const REPLAY_GAUGE: &str = "middleware.replay_memory_percent";
 
 pub struct MiddlewareFilter {
     shared: Rc<Shared>,
@@ -47,7 +66,8 @@ impl HttpContext for MiddlewareFilter {
             now: if config.verify.is_some() { host::now() } else { std::time::UNIX_EPOCH },
         };
         let mut outcome = MiddlewareOutcome::default();
-        let decision = decide(config, &request, &mut SharedNonces, &mut outcome);
+        let mut nonces = SharedNonces { memory: self.shared.replay.as_ref(), fullest: &self.shared.replay_fullest };
+        let decision = decide(config, &request, &mut nonces, &mut outcome);
         metrics.inc(if outcome.trusted { "middleware.trusted" } else { "middleware.untrusted" });
         if outcome.verified {
             metrics.inc("middleware.verified");

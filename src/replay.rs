@@ -1,53 +1,65 @@
 //! Remembers signed requests' nonces in Envoy's shared data, so that a replay is
-//! caught whichever worker thread receives it.
+//! caught whichever worker thread receives it. The design is the protocol crate's
+//! [`SharedMemory`]; this is its binding to the host's shared data.
+
+use std::cell::Cell;
+use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
+use wsgiproxy_protocol::config::MiddlewareConfig;
 use wsgiproxy_protocol::middleware::NonceMemory;
-use wsgiproxy_protocol::replay::{all_slot_keys, insert, slot_key, Insert};
+use wsgiproxy_protocol::replay::{SetError, SharedData, SharedLayout, SharedMemory, Verdict};
 use wsgiproxy_protocol::signature::Nonce;
 
-/// Compare-and-swap attempts before giving up on a contended slot.
-const CAS_ATTEMPTS: usize = 16;
+struct EnvoySharedData;
 
-pub struct SharedNonces;
-
-impl SharedNonces {
-    /// Creates every slot that does not exist yet. Called from `on_configure`, which
-    /// Envoy runs on its main thread before any worker serves (and again in each
-    /// worker, where every slot then exists), so no request races the creation.
-    pub fn prepare() -> Result<(), String> {
-        for key in all_slot_keys() {
-            match hostcalls::get_shared_data(&key) {
-                // A stored slot always has a CAS token, even when its value is empty.
-                Ok((_, Some(_))) => {}
-                Ok((_, None)) => hostcalls::set_shared_data(&key, Some(&[]), None).map_err(|s| format!("shared data: {s:?}"))?,
-                Err(s) => return Err(format!("shared data: {s:?}")),
-            }
+impl SharedData for EnvoySharedData {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+        match hostcalls::get_shared_data(key) {
+            // A stored key always has a CAS token, even when its value is empty.
+            Ok((value, Some(cas))) => Ok(Some((value.unwrap_or_default(), cas))),
+            Ok((_, None)) => Ok(None),
+            Err(s) => Err(format!("{s:?}")),
         }
-        Ok(())
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(s) => Err(SetError::Host(format!("{s:?}"))),
+        }
     }
 }
 
-impl NonceMemory for SharedNonces {
-    fn remember(&mut self, nonce: &Nonce, expires_at: u64, now: u64) -> Result<bool, String> {
-        let key = slot_key(nonce);
-        for _ in 0..CAS_ATTEMPTS {
-            let (current, cas) = hostcalls::get_shared_data(&key).map_err(|s| format!("shared data: {s:?}"))?;
-            // Never write without a CAS token: that write would be unconditional.
-            let Some(cas) = cas else {
-                return Err("the replay memory is not prepared".into());
-            };
-            match insert(&current.unwrap_or_default(), nonce, expires_at, now) {
-                Insert::Replayed => return Ok(false),
-                Insert::Full => return Err("the replay memory is full".into()),
-                Insert::Fresh(next) => match hostcalls::set_shared_data(&key, Some(&next), Some(cas)) {
-                    Ok(()) => return Ok(true),
-                    Err(Status::CasMismatch) => continue,
-                    Err(s) => return Err(format!("shared data: {s:?}")),
-                },
-            }
+/// Creates the memory's keys (the first VM) or finds them (every later one).
+/// Called from `on_configure`, which Envoy runs on its main thread before any
+/// worker serves, so no request races the creation.
+pub fn prepare(config: &MiddlewareConfig) -> Result<SharedMemory, String> {
+    let layout = SharedLayout::new(config.max_skew.as_secs(), config.replay_memory_bytes);
+    let now = crate::host::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    SharedMemory::prepare(&EnvoySharedData, layout, now, || {
+        let mut key = [0u8; 16];
+        getrandom::getrandom(&mut key).map_err(|e| format!("no randomness for the fingerprint key: {e}"))?;
+        Ok(key)
+    })
+}
+
+/// One request's use of the memory; `fullest` keeps the fullest key percentage
+/// seen since the last metrics flush.
+pub struct SharedNonces<'a> {
+    pub memory: Option<&'a SharedMemory>,
+    pub fullest: &'a Cell<Option<u64>>,
+}
+
+impl NonceMemory for SharedNonces<'_> {
+    fn remember(&mut self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, String> {
+        let memory = self.memory.ok_or("the replay memory is not prepared")?;
+        let (verdict, fullness) = memory.remember(&EnvoySharedData, nonce, signed_at, now).map_err(|e| e.to_string())?;
+        if verdict == Verdict::Fresh {
+            self.fullest.set(Some(self.fullest.get().unwrap_or_default().max(fullness.percent())));
         }
-        Err("the replay memory is too contended".into())
+        Ok(verdict)
     }
 }

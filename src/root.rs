@@ -15,6 +15,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The spawn role's per-worker lease and activity counts.
     pub spawn: Option<crate::spawn::SpawnRuntime>,
+    /// The middleware role's replay memory, when it verifies signatures.
+    pub replay: Option<wsgiproxy_protocol::replay::SharedMemory>,
+    /// The fullest replay memory key (percent) this VM wrote since the last flush.
+    pub replay_fullest: std::cell::Cell<Option<u64>>,
     /// Warnings already logged by this VM (each once, not once per request).
     warned: std::cell::Cell<u8>,
 }
@@ -25,6 +29,7 @@ pub enum Warning {
     PeerUnknown = 1,
     PeerUnrecorded = 2,
     PrincipalsWithoutTls = 4,
+    ReplayMemoryFilling = 8,
 }
 
 impl Shared {
@@ -34,6 +39,11 @@ impl Shared {
         let seen = self.warned.get();
         self.warned.set(seen | bit);
         seen & bit == 0
+    }
+
+    /// Forgets a warning, so that it is logged again when its condition returns.
+    pub fn rearm(&self, warning: Warning) {
+        self.warned.set(self.warned.get() & !(warning as u8));
     }
 }
 
@@ -60,13 +70,14 @@ impl RootContext for Root {
         let raw = self.get_plugin_configuration().unwrap_or_default();
         let env = |name: &str| std::env::var(name).ok();
         let parsed = config::parse(&raw, &env).map_err(|e| e.to_string()).and_then(|config| match &config {
-            Config::Middleware(m) if m.verify.is_some() => {
-                crate::replay::SharedNonces::prepare().map(|()| config).map_err(|e| format!("the replay memory could not be prepared: {e}"))
-            }
-            _ => Ok(config),
+            Config::Middleware(m) if m.verify.is_some() => match crate::replay::prepare(m) {
+                Ok(memory) => Ok((config, Some(memory))),
+                Err(e) => Err(format!("the replay memory could not be prepared: {e}")),
+            },
+            _ => Ok((config, None)),
         });
         match parsed {
-            Ok(config) => {
+            Ok((config, replay)) => {
                 let metrics = Metrics::default();
                 match &config {
                     Config::App(_) => crate::app::declare_metrics(&metrics),
@@ -85,7 +96,14 @@ impl RootContext for Root {
                     Config::Peer => info!("wsgiproxy: configured as role \"peer\" (a network filter: envoy.filters.network.wasm)"),
                     _ => info!("wsgiproxy: configured as role {:?} (an HTTP filter: envoy.filters.http.wasm)", config.role()),
                 }
-                self.shared = Some(Rc::new(Shared { config, metrics, spawn, warned: Default::default() }));
+                self.shared = Some(Rc::new(Shared {
+                    config,
+                    metrics,
+                    spawn,
+                    replay,
+                    replay_fullest: Default::default(),
+                    warned: Default::default(),
+                }));
                 true
             }
             Err(e) => {
@@ -98,6 +116,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(shared) = &self.shared else { return };
+        crate::middleware::report_replay_fullness(shared);
         shared.metrics.flush();
         if let (Config::Spawn(config), Some(runtime)) = (&shared.config, &shared.spawn) {
             let now = crate::host::now();

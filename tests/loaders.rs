@@ -95,7 +95,7 @@ fn the_app_role_sends_the_same_bytes_from_both_loaders() {
 #[test]
 fn the_middleware_role_delivers_the_same_bytes_from_both_loaders() {
     let echo = Echo::start();
-    // Signed requests made once by a sending Envoy, then replayed to each receiver:
+    // Signed requests made once by a sending Envoy, then sent to each receiver:
     // each receiving Envoy has its own replay memory, so each sees every nonce once.
     let secret = json!({"keys": [{"id": "k1", "value": KEY}]});
     let sender = Envoy::start(
@@ -119,11 +119,11 @@ fn the_middleware_role_delivers_the_same_bytes_from_both_loaders() {
             })
             .collect()
     };
-    let signed = [capture("/shop/cart?item=1"), capture("/shop/"), capture("/shop/pay")];
-
     let config = json!({"role": "middleware", "secret": secret, "keys": {"REMOTE_USER": "x-remote-user", "roles": "x-roles"},
         "on_untrusted": "reject"});
+    // Receivers first: a replay memory refuses what was signed before it began.
     let [wasm, native] = both("envoy/middleware.yaml", "app", echo.port, &config);
+    let signed = [capture("/shop/cart?item=1"), capture("/shop/"), capture("/shop/pay")];
     let send = |e: &Envoy, target: &str, headers: &[(String, String)]| {
         let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         request(e.port, "GET", target, &refs, b"")

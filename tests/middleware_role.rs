@@ -211,6 +211,13 @@ fn signatures_replay_tampering_and_rotation() {
     ];
     let r = send(&mw, "/p", &stale);
     assert_eq!((r.status, r.header("x-wsgiproxy-error")), (403, Some("signature_stale")));
+    // Inside the window but dated before this Envoy's replay memory began: what an
+    // Envoy before a restart accepted is unknown, so it is refused as too early.
+    let before_start = format_date(SystemTime::now() - Duration::from_secs(60));
+    let sig = sign_version_only(("k2", KEY_K2), [10; 16], "/p", &before_start);
+    let early = with(&with(&stale, "date", &before_start), "x-wsgiproxy-signature", &sig);
+    let r = send(&mw, "/p", &early);
+    assert_eq!((r.status, r.header("x-wsgiproxy-error")), (425, Some("signed_before_restart")), "{}", r.text());
 
     // Unsigned: stripped by default (counted), 401 with on_untrusted=reject.
     let got = mw.get("/p", &forged()).received();
@@ -222,6 +229,12 @@ fn signatures_replay_tampering_and_rotation() {
     assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signature_bad"), 7);
     assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signature_replayed"), 1);
     assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signature_stale"), 1);
+    assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signed_before_restart"), 1);
+    if mw.loader == Loader::Wasm {
+        // The gauge of the fullest replay memory key a worker wrote lately (percent).
+        let gauge = "wasmcustom.wsgiproxy.middleware.replay_memory_percent";
+        wait_until("the replay memory gauge", Duration::from_secs(5), || mw.stats("replay_memory_percent").contains_key(gauge));
+    }
 }
 
 #[test]

@@ -9,13 +9,14 @@ use wsgiproxy_protocol::trust::Downstream;
 use wsgiproxy_protocol::config::{parse, Config};
 use wsgiproxy_protocol::headers::is_safe_value;
 use wsgiproxy_protocol::middleware::{decide, MiddlewareOutcome, MiddlewareRequest, NonceMemory};
+use wsgiproxy_protocol::replay::Verdict;
 use wsgiproxy_protocol::request::Decision;
 use wsgiproxy_protocol::signature::Nonce;
 
 struct Memory;
 impl NonceMemory for Memory {
-    fn remember(&mut self, _: &Nonce, _: u64, _: u64) -> Result<bool, String> {
-        Ok(true)
+    fn remember(&mut self, _: &Nonce, _: u64, _: u64) -> Result<Verdict, String> {
+        Ok(Verdict::Fresh)
     }
 }
 

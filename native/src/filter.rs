@@ -68,6 +68,7 @@ impl FilterFactory for Factory {
 pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Option<Box<dyn FilterFactory>> {
     let env = |name: &str| std::env::var(name).ok();
     let parsed = config::parse(raw, &env).map_err(|e| e.to_string()).and_then(|config| {
+        crate::replay::prepare(&config)?;
         let spawn = match &config {
             Config::Peer => {
                 return Err("the role \"peer\" is the Wasm filter's network filter; the native module reads the TCP peer \

@@ -80,6 +80,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "signature_missing",
     "signature_replayed",
     "signature_stale",
+    "signed_before_restart",
     "too_many_payloads",
     "undecodable_payload",
     "undeliverable_value",

@@ -10,6 +10,7 @@ use crate::codec::{decode_value, split_payload, Family};
 use crate::config::{ForcedPrefix, MiddlewareConfig, OnUntrusted};
 use crate::headers::*;
 use crate::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix, with_query};
+use crate::replay::Verdict;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 use crate::rfc9421::{self, SignatureFormat};
 use crate::signature::{check_date, verify_mac, Nonce, Rejection, SignatureHeader, SignedParts};
@@ -30,11 +31,13 @@ pub struct MiddlewareRequest<'a> {
     pub now: SystemTime,
 }
 
-/// Where signed requests' nonces are remembered (per Envoy, across workers).
+/// Where signed requests' nonces are remembered (per Envoy, across workers): see
+/// [`crate::replay`]. Only a request whose MAC verified reaches it, so a flood of
+/// forged requests cannot fill it.
 pub trait NonceMemory {
-    /// Remembers `nonce` until `expires_at` (seconds since the epoch).
-    /// `Ok(true)`: first time seen; `Ok(false)`: a replay; `Err`: the store is full or failing.
-    fn remember(&mut self, nonce: &Nonce, expires_at: u64, now: u64) -> Result<bool, String>;
+    /// Remembers `nonce` of a signature dated `signed_at`, at `now` (both seconds
+    /// since the epoch). `Err`: the memory is full or failing (the request is refused).
+    fn remember(&mut self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, String>;
 }
 
 /// What happened, for metrics and debug logs.
@@ -254,8 +257,16 @@ fn signature_reply(rejection: Rejection) -> Decision {
         Rejection::Bad => "the request signature is not valid",
         Rejection::Stale => "the request Date is missing or outside the accepted window",
         Rejection::Replayed => "the request was already received (replayed nonce)",
+        Rejection::BeforeReplayMemory => {
+            "the request was signed before this proxy's replay memory began (a restart): send it again, newly signed"
+        }
     };
-    let status = if rejection == Rejection::Missing { 401 } else { 403 };
+    let status = match rejection {
+        Rejection::Missing => 401,
+        // RFC 8470's Too Early: the request might be a replay; a new one is welcome.
+        Rejection::BeforeReplayMemory => 425,
+        _ => 403,
+    };
     Decision::Reply(LocalReply::new(status, rejection.reason(), detail))
 }
 
@@ -320,7 +331,7 @@ fn verify(
             .collect(),
     };
     verify_mac(ring, &signature, &parts).map_err(Ok)?;
-    remember_nonce(nonces, &signature.nonce, date_secs + config.max_skew.as_secs() + 1, req.now)
+    remember_nonce(nonces, &signature.nonce, date_secs, req.now)
 }
 
 /// Verifies an RFC 9421 signature (see [`crate::rfc9421`]) with the same keys,
@@ -340,7 +351,7 @@ fn verify_rfc9421(
         fields: &head.headers,
     };
     let verified = rfc9421::verify(ring, &message, req.now, config.max_skew, crate::signature::is_signed_header).map_err(Ok)?;
-    remember_nonce(nonces, &verified.nonce, verified.remember_until, req.now)
+    remember_nonce(nonces, &verified.nonce, verified.created, req.now)
 }
 
 /// RFC 9421: our member of `Signature-Input` and `Signature` is consumed like the
@@ -359,16 +370,13 @@ fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHea
 }
 
 /// Records a verified signature's nonce; a replay or an unusable memory is refused.
-fn remember_nonce(
-    nonces: &mut dyn NonceMemory,
-    nonce: &Nonce,
-    remember_until: u64,
-    now: SystemTime,
-) -> Result<(), Result<Rejection, Decision>> {
+fn remember_nonce(nonces: &mut dyn NonceMemory, nonce: &Nonce, signed_at: u64, now: SystemTime) -> Result<(), Result<Rejection, Decision>> {
     let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-    match nonces.remember(nonce, remember_until, now_secs) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Ok(Rejection::Replayed)),
+    match nonces.remember(nonce, signed_at, now_secs) {
+        Ok(Verdict::Fresh) => Ok(()),
+        Ok(Verdict::Replayed) => Err(Ok(Rejection::Replayed)),
+        Ok(Verdict::SignedBeforeMemory) => Err(Ok(Rejection::BeforeReplayMemory)),
+        Ok(Verdict::Expired) => Err(Ok(Rejection::Stale)),
         Err(e) => Err(Err(Decision::Reply(
             LocalReply::new(503, "replay_store_unavailable", format!("cannot check the request for replay: {e}"))
                 .with_header("retry-after", "1"),

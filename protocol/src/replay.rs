@@ -1,69 +1,165 @@
-//! The nonce memory that refuses replayed signed requests.
+//! The memory of signed requests' nonces, which refuses replayed requests.
 //!
-//! Nonces are kept in Envoy's shared data (one store per Envoy, across its worker
-//! threads), spread over a fixed number of slots so that memory stays bounded and
-//! each compare-and-swap touches a small value. A slot holds entries of 16 nonce
-//! bytes and an 8-byte big-endian expiry (seconds since the epoch); expired entries
-//! are dropped whenever the slot is written. This module is the pure part: which
-//! slot, and what the slot becomes; the filter does the compare-and-swap loop.
+//! Design (issue #17). A nonce only needs remembering while a request carrying it
+//! could still pass the Date check: while `now - signed_at <= max_skew`. So each
+//! nonce is kept in a time bucket chosen by the signature's own timestamp (the
+//! Date of v1, `created` of RFC 9421), which a replay carries unchanged: a replay
+//! looks in exactly one bucket. Buckets are [`Window::bucket_secs`] wide (a
+//! sixteenth of the skew) and a whole bucket is forgotten at once when its last
+//! second is more than the skew in the past; nothing is expired entry by entry.
+//!
+//! A nonce is kept as a 64-bit fingerprint, SipHash-1-3 under a random 128-bit key
+//! of this memory ([`FingerprintKey`]): without the key nobody can aim two nonces
+//! at one fingerprint, and two different nonces collide by chance with
+//! probability `live / 2^64` per request (about 1e-12 with 16 million live).
+//!
+//! Two stores share this:
+//! - [`ProcessMemory`]: the native module's, one per process, in 64 locked shards;
+//!   closed buckets are frozen into sorted arrays (8 bytes a nonce).
+//! - [`SharedMemory`]: the Wasm filter's, over Envoy's shared data ([`SharedData`]):
+//!   a fixed set of small keys, one read and one compare-and-swap per request.
+//!
+//! Restart protection (RFC 8446 §8, as TLS 1.3 does for 0-RTT): a memory knows
+//! nothing of what was accepted before it began, so it refuses every signature
+//! dated at or before its first second ([`Verdict::SignedBeforeMemory`]). A
+//! request in flight across a restart is refused once (425); its sender signs a
+//! new one.
 
-use crate::signature::{Nonce, NONCE_LEN};
+mod process;
+mod shared;
 
-/// Slots in the store.
-pub const SLOT_COUNT: usize = 4096;
-/// Live nonces one slot holds at most; past it, requests are refused (fail closed).
-pub const SLOT_CAPACITY: usize = 512;
-const ENTRY_LEN: usize = NONCE_LEN + 8;
+use std::hash::Hasher;
 
-/// The shared-data key of the slot that holds `nonce`.
-pub fn slot_key(nonce: &Nonce) -> String {
-    let index = u32::from_be_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]) as usize % SLOT_COUNT;
-    key_of(index)
+use siphasher::sip::SipHasher13;
+
+use crate::signature::Nonce;
+
+pub use process::ProcessMemory;
+pub use shared::{FakeSharedData, SetError, SharedData, SharedLayout, SharedMemory};
+
+/// Fullness at or past which the loaders warn (and keep warning in their gauge).
+pub const WARN_PERCENT: u64 = 80;
+
+/// The secret key of a memory's fingerprints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FingerprintKey([u8; 16]);
+
+impl FingerprintKey {
+    pub fn new(random: [u8; 16]) -> Self {
+        FingerprintKey(random)
+    }
+
+    pub fn fingerprint(&self, nonce: &Nonce) -> u64 {
+        let mut hasher = SipHasher13::new_with_key(&self.0);
+        hasher.write(nonce);
+        hasher.finish()
+    }
 }
 
-/// Every slot's key. The filter creates them all when it is configured: Envoy's
-/// shared data has no atomic "create if absent" (a write with no compare-and-swap
-/// token is unconditional), so a slot written for the first time by two workers at
-/// once could lose a nonce. Created up front, every later write is a real CAS.
-pub fn all_slot_keys() -> impl Iterator<Item = String> {
-    (0..SLOT_COUNT).map(key_of)
+impl std::fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FingerprintKey(..)")
+    }
 }
 
-fn key_of(index: usize) -> String {
-    format!("wsgiproxy.replay.{index}")
+/// The time buckets of a memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub bucket_secs: u64,
+    pub skew_secs: u64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Insert {
-    /// Not seen: store this as the slot's new value.
-    Fresh(Vec<u8>),
-    /// Seen before and not yet expired.
+impl Window {
+    /// Buckets a sixteenth of the skew wide (at least a second): a bucket is kept
+    /// for the skew plus its own width, so the memory holds about 1/16 more than
+    /// the nonces that could still be replayed.
+    pub fn for_skew(skew_secs: u64) -> Self {
+        Window { bucket_secs: (skew_secs / 16).max(1), skew_secs }
+    }
+
+    pub fn bucket_of(&self, signed_at: u64) -> u64 {
+        signed_at / self.bucket_secs
+    }
+
+    /// True once no request signed inside `bucket` can pass the Date check: its
+    /// last second is more than the skew before `now`.
+    pub fn expired(&self, bucket: u64, now: u64) -> bool {
+        let last_second = bucket.saturating_add(1).saturating_mul(self.bucket_secs).saturating_sub(1);
+        now > last_second.saturating_add(self.skew_secs)
+    }
+
+    /// The newest bucket that is expired at `now`, if any.
+    pub fn newest_expired(&self, now: u64) -> Option<u64> {
+        (now.checked_sub(self.skew_secs)? / self.bucket_secs).checked_sub(1)
+    }
+
+    /// Buckets that can hold live nonces at once: signatures are accepted from
+    /// `skew` before to `skew` after now.
+    pub fn live_buckets(&self) -> u64 {
+        (2 * self.skew_secs + self.bucket_secs).div_ceil(self.bucket_secs) + 1
+    }
+}
+
+/// What a memory says of a nonce it was asked to remember.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not seen before: now remembered.
+    Fresh,
+    /// Seen before inside the window.
     Replayed,
-    /// The slot is full of live nonces.
-    Full,
+    /// Signed at or before the memory began (restart protection): it may have
+    /// been accepted by the memory's predecessor.
+    SignedBeforeMemory,
+    /// Its bucket was already forgotten: the request's own clock reading is older
+    /// than the one that expired it (a race at the window's edge). Refused as stale.
+    Expired,
 }
 
-/// Adds `nonce` (remembered until `expires_at`) to a slot's current value.
-pub fn insert(slot: &[u8], nonce: &Nonce, expires_at: u64, now: u64) -> Insert {
-    let mut kept = Vec::with_capacity(slot.len() + ENTRY_LEN);
-    for entry in slot.chunks_exact(ENTRY_LEN) {
-        let (seen, expiry) = entry.split_at(NONCE_LEN);
-        let mut expiry_bytes = [0u8; 8];
-        expiry_bytes.copy_from_slice(expiry);
-        if u64::from_be_bytes(expiry_bytes) < now {
-            continue;
+/// Why a memory cannot answer: the filter fails closed (503).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Past the configured memory bound (`replay_memory_mb`).
+    Full,
+    /// Lock poisoned by a panic while it was held.
+    Poisoned,
+    /// Too many compare-and-swap conflicts in a row.
+    Contended,
+    /// The shared-data keys were not created at configuration.
+    NotPrepared,
+    /// The host's shared data failed, or holds a value this memory did not write.
+    Host(String),
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::Full => f.write_str("the replay memory is full (raise replay_memory_mb)"),
+            Unavailable::Poisoned => f.write_str("the replay memory is unavailable"),
+            Unavailable::Contended => f.write_str("the replay memory is too contended"),
+            Unavailable::NotPrepared => f.write_str("the replay memory is not prepared"),
+            Unavailable::Host(e) => write!(f, "shared data: {e}"),
         }
-        if seen == nonce {
-            return Insert::Replayed;
+    }
+}
+
+/// How full a memory is, for a gauge and a warning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fullness {
+    pub live: u64,
+    pub capacity: u64,
+}
+
+impl Fullness {
+    pub fn percent(&self) -> u64 {
+        if self.capacity == 0 {
+            return 100;
         }
-        kept.extend_from_slice(entry);
+        (self.live.saturating_mul(100) / self.capacity).min(100)
     }
-    if kept.len() / ENTRY_LEN >= SLOT_CAPACITY {
-        return Insert::Full;
+
+    pub fn worth_a_warning(&self) -> bool {
+        self.percent() >= WARN_PERCENT
     }
-    kept.extend_from_slice(nonce);
-    kept.extend_from_slice(&expires_at.to_be_bytes());
-    Insert::Fresh(kept)
 }
 
 #[cfg(test)]
@@ -71,44 +167,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remembers_until_expiry() {
-        let a = [1u8; NONCE_LEN];
-        let b = [2u8; NONCE_LEN];
-        let Insert::Fresh(slot) = insert(&[], &a, 100, 10) else { panic!() };
-        assert_eq!(insert(&slot, &a, 100, 50), Insert::Replayed);
-        let Insert::Fresh(slot) = insert(&slot, &b, 200, 50) else { panic!() };
-        assert_eq!(slot.len(), 2 * ENTRY_LEN);
-        // After a's expiry it is dropped on the next write, and may be seen again.
-        let Insert::Fresh(slot) = insert(&slot, &a, 300, 101) else { panic!() };
-        assert_eq!(slot.len(), 2 * ENTRY_LEN);
-        assert_eq!(insert(&slot, &b, 300, 150), Insert::Replayed);
+    fn buckets_expire_after_their_last_second_plus_the_skew() {
+        let w = Window::for_skew(300);
+        assert_eq!(w.bucket_secs, 18);
+        assert_eq!(Window::for_skew(5).bucket_secs, 1);
+        // Bucket 10 is seconds 180..=197: still acceptable at 197 + 300.
+        assert_eq!(w.bucket_of(180), 10);
+        assert_eq!(w.bucket_of(197), 10);
+        assert!(!w.expired(10, 497));
+        assert!(w.expired(10, 498));
+        assert_eq!(w.newest_expired(498), Some(10));
+        assert_eq!(w.newest_expired(497), Some(9));
+        assert_eq!(w.newest_expired(317), None);
+        assert!(w.expired(w.newest_expired(1_000_000).unwrap_or_default(), 1_000_000));
+        assert!(!w.expired(w.newest_expired(1_000_000).unwrap_or_default() + 1, 1_000_000));
+        // From 300 s behind to 300 s ahead of now.
+        assert_eq!(w.live_buckets(), 36);
     }
 
     #[test]
-    fn a_full_slot_refuses() {
-        let mut slot = Vec::new();
-        for i in 0..SLOT_CAPACITY {
-            let mut n = [0u8; NONCE_LEN];
-            n[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            let Insert::Fresh(next) = insert(&slot, &n, 100, 0) else { panic!() };
-            slot = next;
-        }
-        assert_eq!(insert(&slot, &[9u8; NONCE_LEN], 100, 0), Insert::Full);
-        // Once they expire, there is room again.
-        assert!(matches!(insert(&slot, &[9u8; NONCE_LEN], 200, 101), Insert::Fresh(_)));
+    fn fingerprints_depend_on_the_key() {
+        let nonce = [7u8; 16];
+        let a = FingerprintKey::new([1; 16]);
+        let b = FingerprintKey::new([2; 16]);
+        assert_eq!(a.fingerprint(&nonce), a.fingerprint(&nonce));
+        assert_ne!(a.fingerprint(&nonce), b.fingerprint(&nonce));
+        assert_ne!(a.fingerprint(&nonce), a.fingerprint(&[8u8; 16]));
+        assert_eq!(format!("{a:?}"), "FingerprintKey(..)");
     }
 
     #[test]
-    fn slots_spread() {
-        assert_ne!(slot_key(&[0u8; NONCE_LEN]), slot_key(&[1u8; NONCE_LEN]));
-    }
-
-    #[test]
-    fn every_nonce_lands_in_a_prepared_slot() {
-        let all: std::collections::HashSet<String> = all_slot_keys().collect();
-        assert_eq!(all.len(), SLOT_COUNT);
-        for first in [0u8, 1, 127, 255] {
-            assert!(all.contains(&slot_key(&[first; NONCE_LEN])));
-        }
+    fn fullness() {
+        assert_eq!(Fullness { live: 79, capacity: 100 }.percent(), 79);
+        assert!(!Fullness { live: 79, capacity: 100 }.worth_a_warning());
+        assert!(Fullness { live: 80, capacity: 100 }.worth_a_warning());
+        assert_eq!(Fullness { live: 5, capacity: 0 }.percent(), 100);
     }
 }

@@ -268,9 +268,8 @@ pub fn find_signature(fields: &[(String, Vec<u8>)]) -> Result<(InnerList, Vec<u8
 pub struct Verified {
     /// The signature's nonce, as the replay memory keys it.
     pub nonce: Nonce,
-    /// Until when (seconds since the epoch) the nonce must be remembered: as long
-    /// as `created` stays inside the window.
-    pub remember_until: u64,
+    /// `created` (seconds since the epoch): the replay memory's time bucket.
+    pub created: u64,
 }
 
 /// Checks our signature on `message`. `is_protocol_header` names the headers that
@@ -319,7 +318,7 @@ pub fn verify(
     if !key.verifies(base.as_bytes(), &mac) {
         return Err(Rejection::Bad);
     }
-    Ok(Verified { nonce: nonce_key(nonce), remember_until: created + max_skew.as_secs() + 1 })
+    Ok(Verified { nonce: nonce_key(nonce), created })
 }
 
 /// The replay memory's key for an RFC 9421 nonce (any string): a digest, kept
@@ -515,7 +514,7 @@ mod tests {
         let all = signed(&r, &f, NOW);
         let v = verify(&r, &app_message(&all), now(), Duration::from_secs(300), protocol).unwrap();
         assert_eq!(v.nonce, nonce_key("00112233445566778899aabbccddeeff"));
-        assert_eq!(v.remember_until, NOW + 301);
+        assert_eq!(v.created, NOW);
         // Any key of the ring verifies; SHA-1 rings neither sign nor verify this format.
         let rotated = KeyRing::new(
             Algorithm::HmacSha256,

@@ -252,6 +252,10 @@ pub enum Rejection {
     Stale,
     /// A nonce already seen inside the window.
     Replayed,
+    /// Signed at or before the second the replay memory began (restart protection,
+    /// as TLS 1.3 refuses 0-RTT data from before a server's start, RFC 8446 §8):
+    /// what the memory's predecessor accepted is unknown, so it may be a replay.
+    BeforeReplayMemory,
 }
 
 impl Rejection {
@@ -261,6 +265,7 @@ impl Rejection {
             Rejection::Bad => "signature_bad",
             Rejection::Stale => "signature_stale",
             Rejection::Replayed => "signature_replayed",
+            Rejection::BeforeReplayMemory => "signed_before_restart",
         }
     }
 }

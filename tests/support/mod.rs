@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -422,7 +422,7 @@ impl Envoy {
     /// workers serve, and a connection queued on a socket Envoy then replaces (one per
     /// worker with reuse_port) is reset.
     pub fn start(file: &str, o: &Overrides) -> Envoy {
-        let (mut port, mut admin_port, mut proc, _) = Self::spawn(file, o);
+        let (mut port, mut admin_port, mut proc, config) = Self::spawn(file, o);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut tries = 1;
         loop {
@@ -441,6 +441,9 @@ impl Envoy {
             }
             assert!(Instant::now() < deadline, "envoy did not start:\n{}", proc.log_text());
             std::thread::sleep(Duration::from_millis(25));
+        }
+        if std::fs::read_to_string(&config).unwrap_or_default().contains("secret") {
+            wait_past_this_second();
         }
         Envoy { port, admin_port, proc, loader: o.chosen_loader() }
     }
@@ -511,6 +514,14 @@ impl Envoy {
     pub fn admin(&self, path: &str) -> Response {
         request(self.admin_port, "GET", path, &[], b"")
     }
+}
+
+/// Sleeps into the next second. A replay memory refuses signatures dated in the
+/// second it began (restart protection): once Envoy is ready, a test's signatures
+/// are dated from the next second on.
+pub fn wait_past_this_second() {
+    let into_second = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    std::thread::sleep(Duration::from_nanos(1_000_000_000 - u64::from(into_second)) + Duration::from_millis(5));
 }
 
 /// Whether Envoy's admin `/ready` answers LIVE; false on any error (Envoy may be

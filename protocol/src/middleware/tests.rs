@@ -7,8 +7,8 @@ use std::time::Duration;
 struct Memory(HashSet<Nonce>);
 
 impl NonceMemory for Memory {
-    fn remember(&mut self, nonce: &Nonce, _expires_at: u64, _now: u64) -> Result<bool, String> {
-        Ok(self.0.insert(*nonce))
+    fn remember(&mut self, nonce: &Nonce, _signed_at: u64, _now: u64) -> Result<Verdict, String> {
+        Ok(if self.0.insert(*nonce) { Verdict::Fresh } else { Verdict::Replayed })
     }
 }
 
@@ -482,4 +482,51 @@ fn rfc9421_round_trip_and_rejections() {
     assert_eq!(text(&e, "x-remote-user"), None);
     let e = forward(run(&mw(VERIFYING), &through_app(&app_json, 8), "198.51.100.1"));
     assert_eq!(text(&e, "x-remote-user"), None, "a v1 middleware does not read RFC 9421 signatures");
+}
+
+fn process_memory(began: SystemTime) -> crate::replay::ProcessMemory {
+    let began = began.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    crate::replay::ProcessMemory::new(crate::replay::FingerprintKey::new([5; 16]), crate::replay::Window::for_skew(300), 1 << 20, began)
+}
+
+fn run_with_memory(c: &MiddlewareConfig, h: &RequestHead, memory: &crate::replay::ProcessMemory) -> Decision {
+    let req = MiddlewareRequest { head: h, downstream: peer_at("198.51.100.1"), https: false, now: now() };
+    decide(c, &req, &mut &*memory, &mut MiddlewareOutcome::default())
+}
+
+#[test]
+fn signed_before_the_memory_began_is_too_early() {
+    for format in [VERIFYING.to_string(), rfc9421(VERIFYING)] {
+        let c = mw(&format);
+        let app_json = if format.contains("rfc9421") { rfc9421(SIGNED_APP) } else { SIGNED_APP.to_string() };
+        // Signed in the second the memory began (a restart): it may have been accepted before.
+        let memory = process_memory(now());
+        let r = reply(run_with_memory(&c, &through_app(&app_json, 1), &memory));
+        assert_eq!((r.status, r.reason), (425, "signed_before_restart"));
+        // Begun a second earlier, the same request passes, once.
+        let memory = process_memory(now() - Duration::from_secs(1));
+        forward(run_with_memory(&c, &through_app(&app_json, 1), &memory));
+        assert_eq!(reply(run_with_memory(&c, &through_app(&app_json, 1), &memory)).reason, "signature_replayed");
+        assert_eq!(memory.fullness().live, 1);
+    }
+}
+
+#[test]
+fn forged_requests_never_reach_the_memory() {
+    // Only a request whose MAC verified is remembered: a flood of forgeries, with
+    // fresh nonces and good dates, leaves the memory empty.
+    let memory = process_memory(now() - Duration::from_secs(60));
+    for format in [VERIFYING.to_string(), rfc9421(VERIFYING)] {
+        let c = mw(&format);
+        let app_json = if format.contains("rfc9421") { rfc9421(SIGNED_APP) } else { SIGNED_APP.to_string() };
+        let wrong_key = app_json.replace("second-secret-key-2", "not-the-right-key");
+        for nonce in 0..=255u8 {
+            let forged = through_app(&wrong_key, nonce);
+            assert_eq!(reply(run_with_memory(&c, &forged, &memory)).reason, "signature_bad");
+            let mut tampered = through_app(&app_json, nonce);
+            tampered.headers.push(("x-wsgiproxy-str-1".into(), b"IS_ADMIN yes".to_vec()));
+            assert_eq!(reply(run_with_memory(&c, &tampered, &memory)).reason, "signature_bad");
+        }
+    }
+    assert_eq!(memory.fullness().live, 0);
 }
