@@ -398,3 +398,22 @@ fn fire_together(port: u16, raw: &[u8], copies: usize) -> Vec<u16> {
         .collect();
     threads.into_iter().map(|t| t.join().unwrap()).collect()
 }
+
+/// A signed request accepted by a verifying Envoy, then replayed to that Envoy after
+/// a restart (a new process, its replay memory empty): refused, as TLS 1.3 refuses
+/// 0-RTT data across a restart; a request signed after the restart goes through.
+#[test]
+fn a_request_replayed_to_a_restarted_envoy_is_refused() {
+    let echo = Echo::start();
+    let config = json!({"role": "middleware", "secret": secret(&[("k1", KEY_K1)]), "keys": {"REMOTE_USER": "x-remote-user"}});
+    let mut before = middleware(echo.port, config.clone());
+    let signed = captured_signed_request(("k1", KEY_K1), "/p");
+    assert_eq!(send(&before, "/p", &signed).received().header("x-remote-user").as_deref(), Some("bob"));
+    before.stop_and_log();
+    let after = middleware(echo.port, config);
+    let replay = send(&after, "/p", &signed);
+    assert_eq!((replay.status, replay.header("x-wsgiproxy-error")), (425, Some("signed_before_restart")), "{}", replay.text());
+    assert_eq!(after.stat("wsgiproxy.middleware.rejected.signed_before_restart"), 1);
+    let fresh = captured_signed_request(("k1", KEY_K1), "/p");
+    assert_eq!(send(&after, "/p", &fresh).received().header("x-remote-user").as_deref(), Some("bob"));
+}
