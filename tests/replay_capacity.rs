@@ -96,11 +96,14 @@ fn millions_of_live_nonces_in_real_envoy() {
 
     let began = Instant::now();
     let refused = Arc::new(AtomicU64::new(0));
+    let sample_every = (total / 1000).max(1);
     let threads: Vec<_> = (0..connections)
         .map(|c| {
             let (ring, refused, port) = (ring.clone(), refused.clone(), envoy.port);
             std::thread::spawn(move || {
                 let mut statuses = BTreeMap::<u16, u64>::new();
+                // Requests kept as sent, to be replayed at the end.
+                let mut captured = Vec::new();
                 let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
                 stream.set_nodelay(true).unwrap();
                 stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -112,7 +115,11 @@ fn millions_of_live_nonces_in_real_envoy() {
                     if dated_at.elapsed() >= Duration::from_millis(500) {
                         (date, dated_at) = (format_date(SystemTime::now()), Instant::now());
                     }
-                    writer.write_all(&signed_request(&ring, n, &date)).unwrap();
+                    let request = signed_request(&ring, n, &date);
+                    writer.write_all(&request).unwrap();
+                    if n % sample_every == 0 {
+                        captured.push((n, request));
+                    }
                     let status = read_status(&mut reader);
                     *statuses.entry(status).or_default() += 1;
                     if status != 200 {
@@ -120,15 +127,18 @@ fn millions_of_live_nonces_in_real_envoy() {
                     }
                     n += connections;
                 }
-                statuses
+                (statuses, captured)
             })
         })
         .collect();
     let mut statuses = BTreeMap::<u16, u64>::new();
+    let mut captured = Vec::new();
     for t in threads {
-        for (status, count) in t.join().unwrap() {
+        let (counted, kept) = t.join().unwrap();
+        for (status, count) in counted {
             *statuses.entry(status).or_default() += count;
         }
+        captured.extend(kept);
     }
     let took = began.elapsed();
     let rss_after = rss_bytes(envoy.proc.pid());
@@ -144,16 +154,14 @@ fn millions_of_live_nonces_in_real_envoy() {
     assert_eq!(refused.load(Ordering::Relaxed), 0);
     assert_eq!(envoy.stat("wsgiproxy.middleware.verified"), total);
 
-    // Replays of a sample, spread over the run, each on a worker of its own choosing.
-    let date = format_date(SystemTime::now());
-    let mut replayed = 0;
-    for n in (0..total).step_by((total / 1000).max(1) as usize) {
-        // The nonce is what is remembered; a fresh Date does not make it new.
-        let r = raw_request(envoy.port, &signed_request(&ring, n, &date));
+    // Replays of a sample spread over the run, byte for byte, each on a new connection
+    // (whichever worker takes it).
+    assert!(captured.len() >= 1000, "{}", captured.len());
+    for (n, request) in &captured {
+        let r = raw_request(envoy.port, request);
         assert_eq!((r.status, r.header("x-wsgiproxy-error")), (403, Some("signature_replayed")), "replay of {n}");
-        replayed += 1;
     }
-    eprintln!("{replayed} replays refused");
+    eprintln!("{} replays refused", captured.len());
     match envoy.loader {
         Loader::Native => assert!(per_nonce <= 16.0, "{per_nonce:.2} bytes per live nonce"),
         Loader::Wasm => {
