@@ -45,10 +45,10 @@ impl Metrics {
     }
 
     /// Defines counters up front, so that they show as 0 before anything happens.
-    pub fn declare(&self, names: &[&str]) {
+    pub fn declare(&self, names: &[impl AsRef<str>]) {
         let mut counters = self.counters.borrow_mut();
-        for name in names {
-            counters.entry((*name).to_string()).or_insert((None, 0)).0 = define(name);
+        for name in names.iter().map(AsRef::as_ref) {
+            counters.entry(name.to_string()).or_insert((None, 0)).0 = define(name);
         }
     }
 
