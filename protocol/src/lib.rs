@@ -24,4 +24,6 @@ pub mod response;
 pub mod rfc9421;
 pub mod signature;
 pub mod spawn;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod trust;

@@ -61,3 +61,6 @@ fn refuse<H: Host>(host: &mut H, role: &str, reply: &LocalReply) -> Flow {
     host.send_reply(reply);
     Flow::Replied
 }
+
+#[cfg(test)]
+mod tests;
