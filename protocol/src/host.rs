@@ -2,7 +2,7 @@
 //! request's headers, the connection, Envoy's attributes, header edits, local
 //! replies, counters, logs, the nonce memory, time and randomness. The Wasm filter
 //! and the native module each implement it over their own host calls; the drivers
-//! are written once against it, and tested against [`crate::testing::FakeHost`].
+//! are written once against it, and tested against `testing::FakeHost`.
 //!
 //! Reads are shaped so that each loader can serve them the cheap way: the whole
 //! request head in one read (the Wasm filter's one host call), or one header by

@@ -3,8 +3,11 @@
 //! The WSGIProxy forwarding protocol, free of any proxy-wasm dependency so that
 //! `cargo test` exercises it natively.
 //!
-//! The filter crate reads a request's headers once into a [`request::RequestHead`],
-//! asks a role ([`app`], [`middleware`]) for a [`request::Decision`], and applies it.
+//! A role ([`app`], [`middleware`], [`exact`]) decides on plain data: a request's
+//! headers read into a [`request::RequestHead`] give a [`request::Decision`]. Its
+//! [`driver`] reads the request from the loader, asks for the decision, applies it,
+//! counts and logs, through the [`host::Host`] trait each loader (the Wasm filter,
+//! the native module) implements.
 
 pub mod app;
 pub mod codec;
