@@ -52,6 +52,17 @@ impl Metrics {
         }
     }
 
+    /// Defines counters that requests rarely count (a role's refusals), so that they
+    /// show as 0 too, without keeping them among the counts: each is defined again
+    /// the first time it is counted. Keeping their names in the VM was measured to
+    /// add about 3,000 Envoy instructions to each middleware request (through the
+    /// heap's layout: the lookups cost the same).
+    pub fn declare_rare(&self, names: impl Iterator<Item = String>) {
+        for name in names {
+            let _ = define(&name);
+        }
+    }
+
     /// Sends the pending counts to Envoy.
     pub fn flush(&self) {
         for (name, (id, pending)) in self.counters.borrow_mut().iter_mut() {

@@ -46,7 +46,11 @@ impl RootContext for Root {
                 let metrics = Metrics::default();
                 match &config {
                     Config::Spawn(_) => crate::spawn::declare_metrics(&metrics),
-                    _ => metrics.declare(&counters::declared(config.role())),
+                    _ => {
+                        // The rare ones first: their names are freed before the counts' map is made.
+                        metrics.declare_rare(counters::refusals(config.role()));
+                        metrics.declare(counters::of_role(config.role()));
+                    }
                 }
                 let spawn = match &config {
                     Config::Spawn(_) => Some(crate::spawn::SpawnRuntime::new()),

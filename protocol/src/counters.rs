@@ -83,10 +83,14 @@ pub fn of_role(role: &str) -> &'static [&'static str] {
     }
 }
 
+/// The refusal counters of `role`: one per reason, none for a role that refuses nothing.
+pub fn refusals(role: &str) -> impl Iterator<Item = String> + '_ {
+    Reason::ALL.iter().filter(move |_| refuses(role)).map(move |reason| refused(role, *reason))
+}
+
 /// Every counter `role` may count: its own and, when it refuses requests, one per reason.
 pub fn declared(role: &str) -> Vec<String> {
-    let refusals = Reason::ALL.iter().filter(|_| refuses(role)).map(|reason| refused(role, *reason));
-    of_role(role).iter().map(|name| (*name).to_string()).chain(refusals).collect()
+    of_role(role).iter().map(|name| (*name).to_string()).chain(refusals(role)).collect()
 }
 
 #[cfg(test)]
