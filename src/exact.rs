@@ -1,21 +1,14 @@
-//! The `exact` role's request context.
+//! The `exact` role's request context: the shared driver over proxy-wasm.
 
 use std::rc::Rc;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use wsgiproxy_protocol::config::Config;
-use wsgiproxy_protocol::exact::{decide, decide_resolved};
-use wsgiproxy_protocol::request::{parse_peer_address, Decision};
+use wsgiproxy_protocol::driver::exact::on_request_headers;
 
-use crate::host;
-use crate::metrics::Metrics;
-use crate::root::Shared;
-
-pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&["exact.requests", "exact.forwarded", "exact.resolved_checks", "exact.rejected.destination_not_allowed"]);
-}
+use crate::host::{action, WasmHost};
+use crate::shared::Shared;
 
 pub struct ExactFilter {
     shared: Rc<Shared>,
@@ -34,30 +27,6 @@ impl HttpContext for ExactFilter {
         let Config::Exact(config) = &self.shared.config else {
             return Action::Continue;
         };
-        let metrics = &self.shared.metrics;
-        let head = host::request_head();
-        // As an upstream filter of the forward-proxy cluster, the address DNS gave is
-        // known: check it. Before routing it is not, and the Host is checked by name.
-        let resolved = hostcalls::get_property(vec!["upstream", "address"]).ok().flatten().and_then(|a| parse_peer_address(&a));
-        let decision = match resolved {
-            Some(resolved) => {
-                metrics.inc("exact.resolved_checks");
-                decide_resolved(config, &head, resolved)
-            }
-            None => {
-                metrics.inc("exact.requests");
-                decide(config, &head)
-            }
-        };
-        match decision {
-            Decision::Forward(edits) => {
-                host::apply_request_edits(&edits, &head);
-                if resolved.is_none() {
-                    metrics.inc("exact.forwarded");
-                }
-                Action::Continue
-            }
-            Decision::Reply(reply) => host::refuse(&reply, metrics, "exact"),
-        }
+        action(on_request_headers(config, &mut WasmHost::new(&self.shared)))
     }
 }

@@ -1,33 +1,147 @@
-//! Small wrappers over host calls, shared by the roles.
+//! The Wasm filter's side of the drivers' [`Host`]: proxy-wasm host calls. Also the
+//! few host calls the spawn role makes itself.
 
-use std::net::IpAddr;
+use std::fmt;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
-use wsgiproxy_protocol::request::{parse_peer_address, Edits, LocalReply, RequestHead};
-use wsgiproxy_protocol::trust::{Downstream, Needs, PEER_RECORD};
+use proxy_wasm::types::{Action, MapType};
+use wsgiproxy_protocol::driver::Flow;
+use wsgiproxy_protocol::host::{HeaderMap, Host, Warning};
+use wsgiproxy_protocol::middleware::NonceMemory;
+use wsgiproxy_protocol::replay::Verdict;
+use wsgiproxy_protocol::request::{LocalReply, RequestHead};
+use wsgiproxy_protocol::signature::Nonce;
+use wsgiproxy_protocol::trust::PEER_RECORD;
 
-/// Reads every request header once, as bytes (values may not be UTF-8).
-pub fn request_head() -> RequestHead {
-    let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default().into_iter().collect();
-    RequestHead::new(headers)
+use crate::replay::SharedNonces;
+use crate::shared::Shared;
+
+/// One hook's view of the host, for a driver.
+pub struct WasmHost<'a> {
+    shared: &'a Shared,
 }
 
-/// Applies header edits to the request `head` was read from: removals, then sets (a
-/// set replaces every value of a name). One call per changed header: measured
-/// cheaper than rewriting the whole map in one call (`set_map_bytes` makes Envoy drop
-/// and re-add every header). A header the request does not have is added, which
-/// spares Envoy the search-and-remove of a replace.
-pub fn apply_request_edits(edits: &Edits, head: &RequestHead) {
-    for name in &edits.remove {
-        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+impl<'a> WasmHost<'a> {
+    pub fn new(shared: &'a Shared) -> Self {
+        WasmHost { shared }
     }
-    for (name, value) in &edits.set {
-        if head.contains(name) {
-            let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
-        } else {
-            let _ = hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value);
+}
+
+/// What the hook returns once the driver is done.
+pub fn action(flow: Flow) -> Action {
+    match flow {
+        Flow::Continue => Action::Continue,
+        Flow::Replied => Action::Pause,
+    }
+}
+
+fn map_type(map: HeaderMap) -> MapType {
+    match map {
+        HeaderMap::Request => MapType::HttpRequestHeaders,
+        HeaderMap::Response => MapType::HttpResponseHeaders,
+    }
+}
+
+fn attribute(path: Vec<&str>) -> Option<Vec<u8>> {
+    hostcalls::get_property(path).ok().flatten()
+}
+
+impl Host for WasmHost<'_> {
+    /// One host call for the whole map.
+    fn request_head(&mut self) -> RequestHead {
+        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default().into_iter().collect();
+        RequestHead::new(headers)
+    }
+
+    fn header(&mut self, map: HeaderMap, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(map_type(map), name).ok().flatten()
+    }
+
+    /// A single-value read gives only the first value: when the name is there, the
+    /// whole map is read for the others.
+    fn header_values(&mut self, map: HeaderMap, name: &str, found: &mut Vec<(String, Vec<u8>)>) {
+        if let Ok(Some(_)) = hostcalls::get_map_value_bytes(map_type(map), name) {
+            let all = hostcalls::get_map_bytes(map_type(map)).unwrap_or_default();
+            found.extend(all.into_iter().filter(|(n, _)| n == name));
         }
+    }
+
+    /// One call per changed header: measured cheaper than rewriting the whole map in
+    /// one call (`set_map_bytes` makes Envoy drop and re-add every header).
+    fn set_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) {
+        let _ = hostcalls::set_map_value_bytes(map_type(map), name, Some(value));
+    }
+
+    fn add_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) {
+        let _ = hostcalls::add_map_value_bytes(map_type(map), name, value);
+    }
+
+    fn remove_header(&mut self, map: HeaderMap, name: &str) {
+        let _ = hostcalls::remove_map_value(map_type(map), name);
+    }
+
+    fn send_reply(&mut self, reply: &LocalReply) {
+        send_reply(reply);
+    }
+
+    /// Written by the `peer` network filter; a client cannot set filter state.
+    fn tcp_peer(&mut self) -> Option<Vec<u8>> {
+        attribute(vec![PEER_RECORD])
+    }
+
+    fn envoy_client(&mut self) -> Option<Vec<u8>> {
+        attribute(vec!["source", "address"])
+    }
+
+    fn peer_uri_san(&mut self) -> Option<Vec<u8>> {
+        attribute(vec!["connection", "uri_san_peer_certificate"])
+    }
+
+    fn peer_dns_san(&mut self) -> Option<Vec<u8>> {
+        attribute(vec!["connection", "dns_san_peer_certificate"])
+    }
+
+    fn connection_is_tls(&mut self) -> bool {
+        attribute(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty())
+    }
+
+    fn upstream_address(&mut self) -> Option<Vec<u8>> {
+        attribute(vec!["upstream", "address"])
+    }
+
+    fn property(&mut self, path: &[String]) -> Option<Vec<u8>> {
+        attribute(path.iter().map(String::as_str).collect())
+    }
+
+    /// Kept in the VM; the root context's tick sends the counts to Envoy.
+    fn count(&mut self, name: &str, by: u64) {
+        self.shared.metrics.add(name, by);
+    }
+
+    fn first_time(&mut self, warning: Warning) -> bool {
+        self.shared.warn_once(warning)
+    }
+
+    fn warn(&mut self, message: fmt::Arguments<'_>) {
+        log::warn!("{message}");
+    }
+
+    /// `log` drops it unformatted unless Envoy's `wasm` log level lets it through
+    /// (see [`follow_host_log_level`]).
+    fn debug(&mut self, message: fmt::Arguments<'_>) {
+        log::debug!("{message}");
+    }
+
+    fn remember_nonce(&mut self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, String> {
+        SharedNonces { memory: self.shared.replay.as_ref(), fullest: &self.shared.replay_fullest }.remember(nonce, signed_at, now)
+    }
+
+    fn now(&mut self) -> std::time::SystemTime {
+        now()
+    }
+
+    fn random_nonce(&mut self) -> Option<Nonce> {
+        random_nonce()
     }
 }
 
@@ -46,52 +160,10 @@ pub fn follow_host_log_level() {
     log::set_max_level(level);
 }
 
-/// Answers in the request's place (a role refused it): counts the reason, says why
-/// at debug level, sends the reply, and stops the request here.
-pub fn refuse(reply: &LocalReply, metrics: &crate::metrics::Metrics, role: &str) -> proxy_wasm::types::Action {
-    metrics.inc(&format!("{role}.rejected.{}", reply.reason));
-    log::debug!("wsgiproxy {role}: replied {} ({}): {}", reply.status, reply.reason, reply.detail);
-    send_reply(reply);
-    proxy_wasm::types::Action::Pause
-}
-
 /// Sends a short plain-text reply instead of forwarding the request.
 pub fn send_reply(reply: &LocalReply) {
-    let mut headers: Vec<(&str, &str)> = vec![("content-type", "text/plain; charset=utf-8"), ("x-wsgiproxy-error", reply.reason)];
-    headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
     let body = reply.body();
-    let _ = hostcalls::send_http_response(reply.status as u32, headers, Some(body.as_bytes()));
-}
-
-/// The value of an Envoy attribute, such as `["source", "address"]`.
-pub fn property(path: &[String]) -> Option<Vec<u8>> {
-    hostcalls::get_property(path.iter().map(String::as_str).collect()).ok().flatten()
-}
-
-/// What a role needs to know about the downstream connection, one host call per
-/// value it uses.
-pub fn downstream(needs: Needs) -> Downstream {
-    let address = |path: Vec<&str>| -> Option<IpAddr> {
-        let raw = hostcalls::get_property(path).ok().flatten()?;
-        parse_peer_address(&raw)
-    };
-    let text = |path: Vec<&str>| -> Option<String> {
-        let raw = hostcalls::get_property(path).ok().flatten().filter(|v| !v.is_empty())?;
-        String::from_utf8(raw).ok()
-    };
-    Downstream {
-        // Written by the `peer` network filter; a client cannot set filter state.
-        tcp_peer: if needs.tcp_peer { address(vec![PEER_RECORD]) } else { None },
-        // The stream's remote address: the connection manager may have taken it from X-Forwarded-For.
-        envoy_client: if needs.envoy_client { address(vec!["source", "address"]) } else { None },
-        uri_san: if needs.principals { text(vec!["connection", "uri_san_peer_certificate"]) } else { None },
-        dns_san: if needs.principals { text(vec!["connection", "dns_san_peer_certificate"]) } else { None },
-    }
-}
-
-/// Whether the downstream connection is TLS.
-pub fn downstream_is_tls() -> bool {
-    hostcalls::get_property(vec!["connection", "tls_version"]).ok().flatten().is_some_and(|v| !v.is_empty())
+    let _ = hostcalls::send_http_response(reply.status as u32, reply.response_headers(), Some(body.as_bytes()));
 }
 
 /// Fresh random bytes from the host (WASI `random_get`).

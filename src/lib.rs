@@ -10,6 +10,7 @@ mod middleware;
 mod peer;
 mod replay;
 mod root;
+mod shared;
 mod spawn;
 
 use proxy_wasm::types::LogLevel;

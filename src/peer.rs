@@ -10,14 +10,11 @@ use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, StreamContext};
 use proxy_wasm::types::Action;
+use wsgiproxy_protocol::counters::peer::{CONNECTIONS, UNRECORDED};
+use wsgiproxy_protocol::host::Warning;
 use wsgiproxy_protocol::trust::PEER_RECORD;
 
-use crate::metrics::Metrics;
-use crate::root::Shared;
-
-pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&["peer.connections", "peer.unrecorded"]);
-}
+use crate::shared::Shared;
 
 pub struct PeerRecorder {
     shared: Rc<Shared>,
@@ -34,7 +31,7 @@ impl Context for PeerRecorder {}
 impl StreamContext for PeerRecorder {
     fn on_new_connection(&mut self) -> Action {
         let metrics = &self.shared.metrics;
-        metrics.inc("peer.connections");
+        metrics.inc(CONNECTIONS);
         let recorded = hostcalls::get_property(vec!["source", "address"])
             .ok()
             .flatten()
@@ -42,8 +39,8 @@ impl StreamContext for PeerRecorder {
             .map(|address| hostcalls::set_property(vec![PEER_RECORD], Some(&address)));
         if !matches!(recorded, Some(Ok(()))) {
             // The HTTP roles then find no record and trust nobody by address.
-            metrics.inc("peer.unrecorded");
-            if self.shared.warn_once(crate::root::Warning::PeerUnrecorded) {
+            metrics.inc(UNRECORDED);
+            if self.shared.warn_once(Warning::PeerUnrecorded) {
                 warn!("wsgiproxy peer: could not record a connection's TCP peer ({recorded:?})");
             }
         }

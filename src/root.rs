@@ -6,46 +6,12 @@ use log::{error, info};
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 use wsgiproxy_protocol::config::{self, Config};
+use wsgiproxy_protocol::counters;
 
 use crate::metrics::Metrics;
 
-/// What every request context of this plugin shares.
-pub struct Shared {
-    pub config: Config,
-    pub metrics: Metrics,
-    /// The spawn role's per-worker lease and activity counts.
-    pub spawn: Option<crate::spawn::SpawnRuntime>,
-    /// The middleware role's replay memory, when it verifies signatures.
-    pub replay: Option<wsgiproxy_protocol::replay::SharedMemory>,
-    /// The fullest replay memory key (percent) this VM wrote since the last flush.
-    pub replay_fullest: std::cell::Cell<Option<u64>>,
-    /// Warnings already logged by this VM (each once, not once per request).
-    warned: std::cell::Cell<u8>,
-}
-
-/// Conditions worth one warning per VM.
-#[derive(Clone, Copy)]
-pub enum Warning {
-    PeerUnknown = 1,
-    PeerUnrecorded = 2,
-    PrincipalsWithoutTls = 4,
-    ReplayMemoryFilling = 8,
-}
-
-impl Shared {
-    /// True the first time a warning is asked for.
-    pub fn warn_once(&self, warning: Warning) -> bool {
-        let bit = warning as u8;
-        let seen = self.warned.get();
-        self.warned.set(seen | bit);
-        seen & bit == 0
-    }
-
-    /// Forgets a warning, so that it is logged again when its condition returns.
-    pub fn rearm(&self, warning: Warning) {
-        self.warned.set(self.warned.get() & !(warning as u8));
-    }
-}
+// Re-exported for the spawn role, which still imports it from here (until its driver is shared too).
+pub use crate::shared::Shared;
 
 #[derive(Default)]
 pub struct Root {
@@ -80,11 +46,12 @@ impl RootContext for Root {
             Ok((config, replay)) => {
                 let metrics = Metrics::default();
                 match &config {
-                    Config::App(_) => crate::app::declare_metrics(&metrics),
-                    Config::Middleware(_) => crate::middleware::declare_metrics(&metrics),
                     Config::Spawn(_) => crate::spawn::declare_metrics(&metrics),
-                    Config::Exact(_) => crate::exact::declare_metrics(&metrics),
-                    Config::Peer => crate::peer::declare_metrics(&metrics),
+                    _ => {
+                        // The rare ones first: their names are freed before the counts' map is made.
+                        metrics.declare_rare(counters::refusals(config.role()));
+                        metrics.declare(counters::of_role(config.role()));
+                    }
                 }
                 let spawn = match &config {
                     Config::Spawn(_) => Some(crate::spawn::SpawnRuntime::new()),
@@ -96,14 +63,7 @@ impl RootContext for Root {
                     Config::Peer => info!("wsgiproxy: configured as role \"peer\" (a network filter: envoy.filters.network.wasm)"),
                     _ => info!("wsgiproxy: configured as role {:?} (an HTTP filter: envoy.filters.http.wasm)", config.role()),
                 }
-                self.shared = Some(Rc::new(Shared {
-                    config,
-                    metrics,
-                    spawn,
-                    replay,
-                    replay_fullest: Default::default(),
-                    warned: Default::default(),
-                }));
+                self.shared = Some(Rc::new(Shared::new(config, metrics, spawn, replay)));
                 true
             }
             Err(e) => {

@@ -70,15 +70,7 @@ fn hex_id(bytes: &[u8]) -> String {
 }
 
 pub fn declare_metrics(metrics: &Metrics) {
-    metrics.declare(&[
-        "spawn.requests",
-        "spawn.lease_hits",
-        "spawn.ensure_calls",
-        "spawn.cold_starts",
-        "spawn.unavailable",
-        "spawn.reports",
-        "spawn.connect_failures",
-    ]);
+    metrics.declare(wsgiproxy_protocol::counters::spawn::ALL);
 }
 
 fn sidecar_call(config: &SpawnConfig, path: &str, extra: &[(&str, &str)], timeout: Duration) -> Result<u32, String> {

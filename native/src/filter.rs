@@ -2,37 +2,17 @@
 //! Envoy loads it (a bad one is refused, with the field named), and the factory of
 //! each stream's filter.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use wsgiproxy_protocol::config::{self, Config};
+use wsgiproxy_protocol::counters;
 
 use crate::abi::{log, CalloutResponse, ConfigHandle, FilterFactory, HttpFilter, LogLevel};
 use crate::metrics::Metrics;
 use crate::spawn::{SpawnRuntime, Ticker};
 
-/// What every stream of a configuration shares, across worker threads.
-pub struct Shared {
-    pub config: Config,
-    pub metrics: Metrics,
-    /// Warnings already logged for this configuration (each once, not per request).
-    warned: AtomicU8,
-}
-
-/// Conditions worth one warning per configuration.
-#[derive(Clone, Copy)]
-pub enum Warning {
-    PeerUnknown = 1,
-    PrincipalsWithoutTls = 2,
-}
-
-impl Shared {
-    /// True the first time a warning is asked for.
-    pub fn warn_once(&self, warning: Warning) -> bool {
-        let bit = warning as u8;
-        self.warned.fetch_or(bit, Ordering::Relaxed) & bit == 0
-    }
-}
+// Re-exported for the spawn role, which still imports it from here (until its driver is shared too).
+pub use crate::shared::Shared;
 
 struct Factory {
     shared: Arc<Shared>,
@@ -87,14 +67,12 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
     match parsed {
         Ok((config, spawn)) => {
             let names = match &config {
-                Config::Middleware(_) => crate::middleware::metric_names(),
-                Config::Exact(_) => crate::exact::metric_names(),
                 Config::Spawn(_) => crate::spawn::metric_names(),
-                Config::App(_) | Config::Peer => crate::app::metric_names(),
+                _ => counters::declared(config.role()),
             };
             let metrics = Metrics::define(handle, &names);
             log(LogLevel::Info, &format!("wsgiproxy: configured as role {:?}", config.role()));
-            Some(Box::new(Factory { shared: Arc::new(Shared { config, metrics, warned: AtomicU8::new(0) }), spawn }))
+            Some(Box::new(Factory { shared: Arc::new(Shared::new(config, metrics)), spawn }))
         }
         Err(e) => {
             log(LogLevel::Error, &format!("wsgiproxy: {e}"));

@@ -1,29 +1,134 @@
-//! What the roles ask of Envoy, over the binding: the request's headers, its peer,
-//! attributes, header edits and local replies.
+//! The native module's side of the drivers' [`Host`]: Envoy's dynamic-module ABI
+//! over the binding. Also the few calls the spawn role makes itself.
 
-use wsgiproxy_protocol::request::{parse_peer_address, Edits, LocalReply, RequestHead};
-use wsgiproxy_protocol::trust::{Downstream, Needs};
+use std::fmt;
+use std::time::SystemTime;
 
-use crate::abi::{log, log_enabled, Attribute, HeaderMap, HeadersStatus, LogLevel, Stream};
-use crate::metrics::Metrics;
+use wsgiproxy_protocol::driver::Flow;
+use wsgiproxy_protocol::host::{HeaderMap, Host, Warning};
+use wsgiproxy_protocol::middleware::NonceMemory;
+use wsgiproxy_protocol::replay::Verdict;
+use wsgiproxy_protocol::request::{LocalReply, RequestHead};
+use wsgiproxy_protocol::signature::Nonce;
 
-/// Every request header, read once, as bytes.
-pub fn request_head(stream: &Stream) -> RequestHead {
-    RequestHead::new(stream.headers(HeaderMap::Request))
+use crate::abi::{self, log, log_enabled, Attribute, HeadersStatus, LogLevel, Stream};
+use crate::attributes::{connection_is_tls, property};
+use crate::replay::ProcessNonces;
+use crate::shared::Shared;
+
+/// One hook's view of Envoy, for a driver.
+pub struct NativeHost<'a> {
+    stream: &'a Stream,
+    shared: &'a Shared,
 }
 
-/// Applies header edits: removals, then sets (a set replaces every value of a name;
-/// a header the request does not have is added).
-pub fn apply_request_edits(stream: &Stream, edits: &Edits, head: &RequestHead) {
-    for name in &edits.remove {
-        stream.remove_header(HeaderMap::Request, name);
+impl<'a> NativeHost<'a> {
+    pub fn new(stream: &'a Stream, shared: &'a Shared) -> Self {
+        NativeHost { stream, shared }
     }
-    for (name, value) in &edits.set {
-        if head.contains(name) {
-            stream.set_header(HeaderMap::Request, name, value);
-        } else {
-            stream.add_header(HeaderMap::Request, name, value);
-        }
+}
+
+/// What the hook returns once the driver is done.
+pub fn status(flow: Flow) -> HeadersStatus {
+    match flow {
+        Flow::Continue => HeadersStatus::Continue,
+        Flow::Replied => HeadersStatus::StopIteration,
+    }
+}
+
+fn abi_map(map: HeaderMap) -> abi::HeaderMap {
+    match map {
+        HeaderMap::Request => abi::HeaderMap::Request,
+        HeaderMap::Response => abi::HeaderMap::Response,
+    }
+}
+
+impl Host for NativeHost<'_> {
+    fn request_head(&mut self) -> RequestHead {
+        RequestHead::new(self.stream.headers(abi::HeaderMap::Request))
+    }
+
+    /// Read in place by name: no copy of the rest of the map.
+    fn header(&mut self, map: HeaderMap, name: &str) -> Option<Vec<u8>> {
+        self.stream.header_values(abi_map(map), name).into_iter().next()
+    }
+
+    fn header_values(&mut self, map: HeaderMap, name: &str, found: &mut Vec<(String, Vec<u8>)>) {
+        found.extend(self.stream.header_values(abi_map(map), name).into_iter().map(|value| (name.to_string(), value)));
+    }
+
+    fn set_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) {
+        self.stream.set_header(abi_map(map), name, value);
+    }
+
+    fn add_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) {
+        self.stream.add_header(abi_map(map), name, value);
+    }
+
+    fn remove_header(&mut self, map: HeaderMap, name: &str) {
+        self.stream.remove_header(abi_map(map), name);
+    }
+
+    fn send_reply(&mut self, reply: &LocalReply) {
+        send_reply(self.stream, reply);
+    }
+
+    /// The connection's own peer (the ABI's direct remote address), which the
+    /// connection manager never rewrites: no network filter needs to record it.
+    fn tcp_peer(&mut self) -> Option<Vec<u8>> {
+        self.stream.direct_remote_address()
+    }
+
+    fn envoy_client(&mut self) -> Option<Vec<u8>> {
+        self.stream.attribute_bytes(Attribute::SourceAddress)
+    }
+
+    fn peer_uri_san(&mut self) -> Option<Vec<u8>> {
+        self.stream.attribute_bytes(Attribute::ConnectionUriSanPeerCertificate)
+    }
+
+    fn peer_dns_san(&mut self) -> Option<Vec<u8>> {
+        self.stream.attribute_bytes(Attribute::ConnectionDnsSanPeerCertificate)
+    }
+
+    fn connection_is_tls(&mut self) -> bool {
+        connection_is_tls(self.stream)
+    }
+
+    fn upstream_address(&mut self) -> Option<Vec<u8>> {
+        self.stream.attribute_bytes(Attribute::UpstreamAddress)
+    }
+
+    fn property(&mut self, path: &[String]) -> Option<Vec<u8>> {
+        property(self.stream, path)
+    }
+
+    fn count(&mut self, name: &str, by: u64) {
+        self.shared.metrics.add(self.stream, name, by);
+    }
+
+    fn first_time(&mut self, warning: Warning) -> bool {
+        self.shared.warn_once(warning)
+    }
+
+    fn warn(&mut self, message: fmt::Arguments<'_>) {
+        log(LogLevel::Warn, &message.to_string());
+    }
+
+    fn debug(&mut self, message: fmt::Arguments<'_>) {
+        debug(|| message.to_string());
+    }
+
+    fn remember_nonce(&mut self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, String> {
+        ProcessNonces.remember(nonce, signed_at, now)
+    }
+
+    fn now(&mut self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn random_nonce(&mut self) -> Option<Nonce> {
+        random_nonce()
     }
 }
 
@@ -34,102 +139,9 @@ pub fn debug(message: impl FnOnce() -> String) {
     }
 }
 
-/// Answers in the request's place: counts the reason, says why at debug level,
-/// sends the reply, and stops the request here.
-pub fn refuse(stream: &Stream, reply: &LocalReply, metrics: &Metrics, role: &str) -> HeadersStatus {
-    metrics.rejected(stream, role, reply.reason);
-    debug(|| format!("wsgiproxy {role}: replied {} ({}): {}", reply.status, reply.reason, reply.detail));
-    send_reply(stream, reply);
-    HeadersStatus::StopIteration
-}
-
 /// Sends a short plain-text reply instead of forwarding the request.
 pub fn send_reply(stream: &Stream, reply: &LocalReply) {
-    let mut headers: Vec<(&str, &str)> = vec![("content-type", "text/plain; charset=utf-8"), ("x-wsgiproxy-error", reply.reason)];
-    headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    stream.send_response(reply.status, &headers, reply.body().as_bytes(), &format!("wsgiproxy_{}", reply.reason));
-}
-
-/// What a role needs to know about the downstream connection, one call per value
-/// it uses. The TCP peer is the connection's own: the module reads it directly (the
-/// ABI's direct remote address), so it needs no network filter to record it.
-pub fn downstream(stream: &Stream, needs: Needs) -> Downstream {
-    let address = |raw: Option<Vec<u8>>| parse_peer_address(&raw?);
-    let text = |id: Attribute| stream.attribute_bytes(id).filter(|v| !v.is_empty()).and_then(|v| String::from_utf8(v).ok());
-    Downstream {
-        tcp_peer: if needs.tcp_peer { address(stream.direct_remote_address()) } else { None },
-        // The stream's remote address: the connection manager may have taken it from X-Forwarded-For.
-        envoy_client: if needs.envoy_client { address(stream.attribute_bytes(Attribute::SourceAddress)) } else { None },
-        uri_san: if needs.principals { text(Attribute::ConnectionUriSanPeerCertificate) } else { None },
-        dns_san: if needs.principals { text(Attribute::ConnectionDnsSanPeerCertificate) } else { None },
-    }
-}
-
-/// Whether the downstream connection is TLS.
-pub fn downstream_is_tls(stream: &Stream) -> bool {
-    stream.attribute_bytes(Attribute::ConnectionTlsVersion).is_some_and(|v| !v.is_empty())
-}
-
-enum Kind {
-    Bytes,
-    Int,
-    Bool,
-}
-
-/// The attributes a configuration may name in `from_property`, as the ABI numbers them.
-const ATTRIBUTES: &[(&str, &str, Attribute, Kind)] = &[
-    ("request", "path", Attribute::RequestPath, Kind::Bytes),
-    ("request", "url_path", Attribute::RequestUrlPath, Kind::Bytes),
-    ("request", "host", Attribute::RequestHost, Kind::Bytes),
-    ("request", "scheme", Attribute::RequestScheme, Kind::Bytes),
-    ("request", "method", Attribute::RequestMethod, Kind::Bytes),
-    ("request", "referer", Attribute::RequestReferer, Kind::Bytes),
-    ("request", "useragent", Attribute::RequestUserAgent, Kind::Bytes),
-    ("request", "id", Attribute::RequestId, Kind::Bytes),
-    ("request", "protocol", Attribute::RequestProtocol, Kind::Bytes),
-    ("request", "query", Attribute::RequestQuery, Kind::Bytes),
-    ("request", "size", Attribute::RequestSize, Kind::Int),
-    ("request", "total_size", Attribute::RequestTotalSize, Kind::Int),
-    ("response", "code", Attribute::ResponseCode, Kind::Int),
-    ("response", "code_details", Attribute::ResponseCodeDetails, Kind::Bytes),
-    ("response", "size", Attribute::ResponseSize, Kind::Int),
-    ("response", "total_size", Attribute::ResponseTotalSize, Kind::Int),
-    ("source", "address", Attribute::SourceAddress, Kind::Bytes),
-    ("source", "port", Attribute::SourcePort, Kind::Int),
-    ("destination", "address", Attribute::DestinationAddress, Kind::Bytes),
-    ("destination", "port", Attribute::DestinationPort, Kind::Int),
-    ("connection", "id", Attribute::ConnectionId, Kind::Int),
-    ("connection", "mtls", Attribute::ConnectionMtls, Kind::Bool),
-    ("connection", "requested_server_name", Attribute::ConnectionRequestedServerName, Kind::Bytes),
-    ("connection", "tls_version", Attribute::ConnectionTlsVersion, Kind::Bytes),
-    ("connection", "subject_local_certificate", Attribute::ConnectionSubjectLocalCertificate, Kind::Bytes),
-    ("connection", "subject_peer_certificate", Attribute::ConnectionSubjectPeerCertificate, Kind::Bytes),
-    ("connection", "dns_san_local_certificate", Attribute::ConnectionDnsSanLocalCertificate, Kind::Bytes),
-    ("connection", "dns_san_peer_certificate", Attribute::ConnectionDnsSanPeerCertificate, Kind::Bytes),
-    ("connection", "uri_san_local_certificate", Attribute::ConnectionUriSanLocalCertificate, Kind::Bytes),
-    ("connection", "uri_san_peer_certificate", Attribute::ConnectionUriSanPeerCertificate, Kind::Bytes),
-    ("connection", "sha256_peer_certificate_digest", Attribute::ConnectionSha256PeerCertificateDigest, Kind::Bytes),
-    ("upstream", "address", Attribute::UpstreamAddress, Kind::Bytes),
-    ("upstream", "port", Attribute::UpstreamPort, Kind::Int),
-];
-
-/// An Envoy attribute by its path, encoded as the Wasm host gives it (numbers as 8
-/// little-endian bytes, booleans as one byte), so that the protocol crate formats
-/// both loaders' values alike. An attribute the ABI does not offer is absent.
-pub fn property(stream: &Stream, path: &[String]) -> Option<Vec<u8>> {
-    let [group, name] = path else { return None };
-    let (_, _, id, kind) = ATTRIBUTES.iter().find(|(g, n, _, _)| g == group && n == name)?;
-    match kind {
-        Kind::Bytes => stream.attribute_bytes(*id),
-        Kind::Int => stream.attribute_int(*id).map(|v| v.to_le_bytes().to_vec()),
-        // Envoy answers `connection.mtls` only on a TLS connection; its attribute
-        // reference (and the Wasm host) make it false on a plain one.
-        Kind::Bool => match stream.attribute_bool(*id) {
-            Some(b) => Some(vec![u8::from(b)]),
-            None if *id == Attribute::ConnectionMtls && !downstream_is_tls(stream) => Some(vec![0]),
-            None => None,
-        },
-    }
+    stream.send_response(reply.status, &reply.response_headers(), reply.body().as_bytes(), &format!("wsgiproxy_{}", reply.reason));
 }
 
 /// Fresh random bytes from the operating system.

@@ -9,10 +9,12 @@
 #[allow(unsafe_code)]
 mod abi;
 mod app;
+mod attributes;
 mod exact;
 mod filter;
 mod host;
 mod metrics;
 mod middleware;
 mod replay;
+mod shared;
 mod spawn;

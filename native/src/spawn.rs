@@ -26,10 +26,7 @@ pub const TICK: Duration = Duration::from_millis(250);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn metric_names() -> Vec<String> {
-    ["requests", "lease_hits", "ensure_calls", "cold_starts", "unavailable", "reports", "connect_failures"]
-        .iter()
-        .map(|n| format!("spawn.{n}"))
-        .collect()
+    wsgiproxy_protocol::counters::spawn::ALL.iter().map(|n| n.to_string()).collect()
 }
 
 /// The lease and activity counts of one configuration, shared across workers.

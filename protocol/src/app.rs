@@ -8,11 +8,12 @@ use crate::codec::{encode_payload, is_json, Family};
 use crate::config::{AppConfig, KeySource};
 use crate::headers::*;
 use crate::paths::{has_unsafe_segment, join_query, split_query, strip_segment_prefix, with_query};
+use crate::reason::Reason;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 use crate::response::ClientView;
 use crate::rfc9421::{self, SignatureFormat};
 use crate::signature::{format_date, is_signed_header, sign, Nonce, SignedParts};
-use crate::trust::{ClientAddress, Downstream, PEER_UNKNOWN, PEER_UNKNOWN_DETAIL};
+use crate::trust::{ClientAddress, Downstream, PEER_UNKNOWN_DETAIL};
 
 /// What the host tells the role about one request besides its headers.
 pub struct AppRequest<'a> {
@@ -82,15 +83,15 @@ pub fn decide(
     // the client may have written.
     let client_ip = config.client_address.pick(&req.downstream);
     if client_ip.is_none() && config.client_address == ClientAddress::Peer {
-        return Decision::Reply(LocalReply::new(500, PEER_UNKNOWN, PEER_UNKNOWN_DETAIL));
+        return Decision::Reply(LocalReply::new(500, Reason::PeerUnknown, PEER_UNKNOWN_DETAIL));
     }
     let Some(target) = head.get_str(PATH) else {
-        return Decision::Reply(LocalReply::new(400, "no_path", "the request has no path"));
+        return Decision::Reply(LocalReply::new(400, Reason::NoPath, "the request has no path"));
     };
     let (path, query) = split_query(target);
     if !path.starts_with('/') {
         // `OPTIONS *`: there is no path to put under the href's.
-        return Decision::Reply(LocalReply::new(400, "unsupported_target", "only paths starting with / are forwarded"));
+        return Decision::Reply(LocalReply::new(400, Reason::UnsupportedTarget, "only paths starting with / are forwarded"));
     }
 
     // The mount point this route serves: the rest is what the backend sees below the href path.
@@ -100,7 +101,7 @@ pub fn decide(
             None => {
                 return Decision::Reply(LocalReply::new(
                     404,
-                    "outside_mount",
+                    Reason::OutsideMount,
                     format!("this route serves {mount}; the request path is outside it"),
                 ))
             }
@@ -108,7 +109,7 @@ pub fn decide(
         None => path,
     };
     if has_unsafe_segment(rest) {
-        return Decision::Reply(LocalReply::new(400, "unsafe_path", "the path holds dot segments, back slashes or encoded slashes"));
+        return Decision::Reply(LocalReply::new(400, Reason::UnsafePath, "the path holds dot segments, back slashes or encoded slashes"));
     }
 
     let mut edits = Edits::default();
@@ -131,7 +132,7 @@ pub fn decide(
     let client_host = head.get(AUTHORITY).filter(|h| !h.is_empty());
     if let Some(host) = client_host {
         if crate::middleware::parse_authority(host).is_none() {
-            return Decision::Reply(LocalReply::new(400, "bad_host", "the Host header must be host or host:port"));
+            return Decision::Reply(LocalReply::new(400, Reason::BadHost, "the Host header must be host or host:port"));
         }
     }
     if let Some(host) = client_host {
@@ -240,7 +241,7 @@ fn sign_rfc9421(
     };
     let created = req.now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     let signed = rfc9421::sign(ring, &message, &names, created, &hex::encode(req.nonce))
-        .ok_or_else(|| LocalReply::new(400, "unsignable", "a value sent cannot stand in an RFC 9421 signature base"))?;
+        .ok_or_else(|| LocalReply::new(400, Reason::Unsignable, "a value sent cannot stand in an RFC 9421 signature base"))?;
     edits.set(rfc9421::SIGNATURE_INPUT, signed.signature_input);
     edits.set(rfc9421::SIGNATURE, signed.signature);
     outcome.signed = true;
@@ -360,10 +361,10 @@ mod tests {
     fn odd_targets_and_hosts_are_refused() {
         let c = app(r#"{"role":"app","href":"http://b/myapp"}"#);
         let Decision::Reply(r) = run(&c, &head(&[(":method", "OPTIONS"), (":path", "*")])) else { panic!() };
-        assert_eq!((r.status, r.reason), (400, "unsupported_target"));
+        assert_eq!((r.status, r.reason), (400, Reason::UnsupportedTarget));
         for host in ["user@evil.example", "a.example/x", "a.example,b.example", "a.example:http"] {
             let Decision::Reply(r) = run(&c, &head(&[(":path", "/"), (":authority", host)])) else { panic!("{host}") };
-            assert_eq!((r.status, r.reason), (400, "bad_host"), "{host}");
+            assert_eq!((r.status, r.reason), (400, Reason::BadHost), "{host}");
         }
         for host in ["www.example.com", "www.example.com:8443", "[2001:db8::1]:80", "203.0.113.9"] {
             assert!(matches!(run(&c, &head(&[(":path", "/"), (":authority", host)])), Decision::Forward(_)), "{host}");
@@ -374,10 +375,10 @@ mod tests {
     fn never_writes_a_control_character() {
         let c = app(r#"{"role":"app","href":"http://b/"}"#);
         let Decision::Reply(r) = run(&c, &head(&[(":path", "/a\u{1}b"), (":authority", "h")])) else { panic!() };
-        assert_eq!((r.status, r.reason), (400, "control_character"));
+        assert_eq!((r.status, r.reason), (400, Reason::ControlCharacter));
         // A Host with one is not host[:port] to begin with.
         let Decision::Reply(r) = run(&c, &head(&[(":path", "/a"), (":authority", "h\u{7f}")])) else { panic!() };
-        assert_eq!(r.reason, "bad_host");
+        assert_eq!(r.reason, Reason::BadHost);
     }
 
     #[test]

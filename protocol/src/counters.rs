@@ -1,24 +1,122 @@
-//! The counters each role declares, under `wsgiproxy.`: one list for both loaders,
-//! so that the Wasm filter and the native module report the same names. A role's
-//! `{role}.rejected.{reason}` counters come on top, one per refusal reason.
+//! The counters each role reports, under `wsgiproxy.`: one list for both loaders,
+//! so that the Wasm filter and the native module report the same names. The drivers
+//! count by these constants; a loader declares [`declared`] for its role.
+//!
+//! The roles that answer requests themselves (`app`, `middleware`, `exact`) also
+//! count each refusal as `{role}.rejected.{reason}` ([`refused`]), one counter per
+//! [`Reason`]: the native module can define no counter once configured, so it
+//! declares them all up front.
 
-pub const APP: &[&str] = &[
-    "app.requests",
-    "app.forwarded",
-    "app.signed",
-    "app.stripped_headers",
-    "app.invalid_keys",
-    "app.rewritten_locations",
-    "app.rewritten_cookies",
-];
+use crate::reason::Reason;
 
-pub const MIDDLEWARE: &[&str] = &[
-    "middleware.requests",
-    "middleware.trusted",
-    "middleware.untrusted",
-    "middleware.verified",
-    "middleware.stripped_headers",
-    "middleware.dropped_keys",
-    "middleware.signature_missing",
-    "middleware.peer_unknown",
-];
+pub mod app {
+    pub const REQUESTS: &str = "app.requests";
+    pub const FORWARDED: &str = "app.forwarded";
+    pub const SIGNED: &str = "app.signed";
+    pub const STRIPPED_HEADERS: &str = "app.stripped_headers";
+    pub const INVALID_KEYS: &str = "app.invalid_keys";
+    pub const REWRITTEN_LOCATIONS: &str = "app.rewritten_locations";
+    pub const REWRITTEN_COOKIES: &str = "app.rewritten_cookies";
+    pub const ALL: &[&str] = &[REQUESTS, FORWARDED, SIGNED, STRIPPED_HEADERS, INVALID_KEYS, REWRITTEN_LOCATIONS, REWRITTEN_COOKIES];
+}
+
+pub mod middleware {
+    pub const REQUESTS: &str = "middleware.requests";
+    pub const TRUSTED: &str = "middleware.trusted";
+    pub const UNTRUSTED: &str = "middleware.untrusted";
+    pub const VERIFIED: &str = "middleware.verified";
+    pub const STRIPPED_HEADERS: &str = "middleware.stripped_headers";
+    pub const DROPPED_KEYS: &str = "middleware.dropped_keys";
+    pub const SIGNATURE_MISSING: &str = "middleware.signature_missing";
+    pub const PEER_UNKNOWN: &str = "middleware.peer_unknown";
+    pub const ALL: &[&str] = &[REQUESTS, TRUSTED, UNTRUSTED, VERIFIED, STRIPPED_HEADERS, DROPPED_KEYS, SIGNATURE_MISSING, PEER_UNKNOWN];
+}
+
+pub mod exact {
+    /// Requests checked by name, before routing.
+    pub const REQUESTS: &str = "exact.requests";
+    pub const FORWARDED: &str = "exact.forwarded";
+    /// Requests checked by the resolved address, as the cluster's upstream filter.
+    pub const RESOLVED_CHECKS: &str = "exact.resolved_checks";
+    pub const ALL: &[&str] = &[REQUESTS, FORWARDED, RESOLVED_CHECKS];
+}
+
+/// Declared here, counted by each loader's own spawn code (not yet a shared driver).
+pub mod spawn {
+    pub const ALL: &[&str] = &[
+        "spawn.requests",
+        "spawn.lease_hits",
+        "spawn.ensure_calls",
+        "spawn.cold_starts",
+        "spawn.unavailable",
+        "spawn.reports",
+        "spawn.connect_failures",
+    ];
+}
+
+/// The Wasm filter's `peer` network filter (the native module needs none).
+pub mod peer {
+    pub const CONNECTIONS: &str = "peer.connections";
+    pub const UNRECORDED: &str = "peer.unrecorded";
+    pub const ALL: &[&str] = &[CONNECTIONS, UNRECORDED];
+}
+
+/// The counter of `role`'s refusals for `reason`: `{role}.rejected.{reason}`.
+pub fn refused(role: &str, reason: Reason) -> String {
+    format!("{role}.rejected.{reason}")
+}
+
+/// Whether `role` answers requests itself, and so counts its refusals.
+pub fn refuses(role: &str) -> bool {
+    matches!(role, "app" | "middleware" | "exact")
+}
+
+/// The role's own counters (as [`crate::config::Config::role`] names the role).
+pub fn of_role(role: &str) -> &'static [&'static str] {
+    match role {
+        "app" => app::ALL,
+        "middleware" => middleware::ALL,
+        "exact" => exact::ALL,
+        "spawn" => spawn::ALL,
+        "peer" => peer::ALL,
+        _ => &[],
+    }
+}
+
+/// The refusal counters of `role`: one per reason, none for a role that refuses nothing.
+pub fn refusals(role: &str) -> impl Iterator<Item = String> + '_ {
+    Reason::ALL.iter().filter(move |_| refuses(role)).map(move |reason| refused(role, *reason))
+}
+
+/// Every counter `role` may count: its own and, when it refuses requests, one per reason.
+pub fn declared(role: &str) -> Vec<String> {
+    of_role(role).iter().map(|name| (*name).to_string()).chain(refusals(role)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_declares_its_counters_under_its_own_name() {
+        for role in ["app", "middleware", "exact", "spawn", "peer"] {
+            let names = declared(role);
+            assert!(!names.is_empty(), "{role}");
+            assert!(names.iter().all(|n| n.starts_with(&format!("{role}."))), "{role}: {names:?}");
+            let unique: std::collections::HashSet<&String> = names.iter().collect();
+            assert_eq!(unique.len(), names.len(), "{role}: a name twice");
+        }
+    }
+
+    #[test]
+    fn the_refusing_roles_declare_every_reason() {
+        for role in ["app", "middleware", "exact"] {
+            let names = declared(role);
+            for reason in Reason::ALL {
+                assert!(names.contains(&refused(role, *reason)), "{role}: {reason}");
+            }
+        }
+        assert!(declared("app").contains(&"app.rejected.unsignable".to_string()));
+        assert!(!declared("spawn").iter().any(|n| n.contains(".rejected.")));
+    }
+}

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 
 use crate::headers::AUTHORITY;
 use crate::middleware::parse_authority;
+use crate::reason::Reason;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 
 /// envoy/exact.yaml's early header mutation adds `x-forwarded-proto: wsgiproxy-absent`
@@ -143,7 +144,7 @@ pub struct ExactConfig {
 }
 
 fn refuse(host: &str, why: &str) -> Decision {
-    Decision::Reply(LocalReply::new(403, "destination_not_allowed", format!("this proxy does not forward to {host}: {why}")))
+    Decision::Reply(LocalReply::new(403, Reason::DestinationNotAllowed, format!("this proxy does not forward to {host}: {why}")))
 }
 
 pub fn decide(config: &ExactConfig, head: &RequestHead) -> Decision {
@@ -190,7 +191,7 @@ fn requested(head: &RequestHead) -> Result<(String, Destination, u16), Decision>
     let raw = head.get(AUTHORITY).unwrap_or_default();
     let shown = String::from_utf8_lossy(raw).into_owned();
     let Some((host, port)) = parse_authority(raw) else {
-        return Err(Decision::Reply(LocalReply::new(400, "bad_host", format!("the Host header {shown:?} does not name a server"))));
+        return Err(Decision::Reply(LocalReply::new(400, Reason::BadHost, format!("the Host header {shown:?} does not name a server"))));
     };
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let destination = match bare.parse::<IpAddr>() {

@@ -10,6 +10,7 @@ use crate::codec::{decode_value, split_payload, Family};
 use crate::config::{ForcedPrefix, MiddlewareConfig, OnUntrusted};
 use crate::headers::*;
 use crate::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix, with_query};
+use crate::reason::Reason;
 use crate::replay::Verdict;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 use crate::rfc9421::{self, SignatureFormat};
@@ -56,7 +57,7 @@ pub struct MiddlewareOutcome {
     pub peer_unknown: bool,
 }
 
-fn bad_request(reason: &'static str, detail: impl Into<String>) -> Decision {
+fn bad_request(reason: Reason, detail: impl Into<String>) -> Decision {
     Decision::Reply(LocalReply::new(400, reason, detail))
 }
 
@@ -109,7 +110,7 @@ pub fn decide(
 ) -> Decision {
     let head = req.head;
     let Some(target) = head.get_str(PATH) else {
-        return bad_request("no_path", "the request has no path");
+        return bad_request(Reason::NoPath, "the request has no path");
     };
     let (path, query) = split_query(target);
 
@@ -151,7 +152,7 @@ pub fn decide(
         return Decision::Reply(if peer_trusted && has_signature_config {
             LocalReply::new(401, Rejection::Missing.reason(), "the request is not signed")
         } else {
-            LocalReply::new(403, "untrusted_peer", "the request comes from a peer this proxy does not trust")
+            LocalReply::new(403, Reason::UntrustedPeer, "the request comes from a peer this proxy does not trust")
         });
     }
 
@@ -185,14 +186,14 @@ pub fn decide(
             }
             None => {
                 return bad_request(
-                    "outside_pop_prefix",
+                    Reason::OutsidePopPrefix,
                     format!("every request here must start with the path {p}, but this one is {new_path}"),
                 )
             }
         },
     }
     if new_path != path && has_unsafe_segment(&new_path) {
-        return bad_request("unsafe_path", "the path holds dot segments, back slashes or encoded slashes");
+        return bad_request(Reason::UnsafePath, "the path holds dot segments, back slashes or encoded slashes");
     }
     if let Some(s) = &config.scheme {
         scheme = s.clone();
@@ -279,21 +280,21 @@ fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision> {
             continue;
         }
         if seen.contains(&name.as_str()) {
-            return Err(bad_request("duplicate_header", format!("the header {name} is given more than once")));
+            return Err(bad_request(Reason::DuplicateHeader, format!("the header {name} is given more than once")));
         }
         seen.push(name);
         if value.len() > MAX_VALUE_LEN {
-            return Err(bad_request("oversized_header", format!("the header {name} is longer than {MAX_VALUE_LEN} bytes")));
+            return Err(bad_request(Reason::OversizedHeader, format!("the header {name} is longer than {MAX_VALUE_LEN} bytes")));
         }
         if !is_safe_value(value) {
-            return Err(bad_request("control_character", format!("the header {name} holds a control character")));
+            return Err(bad_request(Reason::ControlCharacter, format!("the header {name} holds a control character")));
         }
         if Family::parse_header_name(name).is_some() {
             payloads += 1;
         }
     }
     if payloads > MAX_PAYLOADS {
-        return Err(bad_request("too_many_payloads", format!("more than {MAX_PAYLOADS} payload headers")));
+        return Err(bad_request(Reason::TooManyPayloads, format!("more than {MAX_PAYLOADS} payload headers")));
     }
     Ok(())
 }
@@ -378,7 +379,7 @@ fn remember_nonce(nonces: &mut dyn NonceMemory, nonce: &Nonce, signed_at: u64, n
         Ok(Verdict::SignedBeforeMemory) => Err(Ok(Rejection::BeforeReplayMemory)),
         Ok(Verdict::Expired) => Err(Ok(Rejection::Stale)),
         Err(e) => Err(Err(Decision::Reply(
-            LocalReply::new(503, "replay_store_unavailable", format!("cannot check the request for replay: {e}"))
+            LocalReply::new(503, Reason::ReplayStoreUnavailable, format!("cannot check the request for replay: {e}"))
                 .with_header("retry-after", "1"),
         ))),
     }
@@ -409,45 +410,46 @@ fn believe(
     let mut b = Believed::default();
     if let Some(v) = head.get(X_WSGIPROXY_VERSION) {
         if v != PROTOCOL_VERSION.as_bytes() {
-            return Err(bad_request("unsupported_version", format!("X-WSGIProxy-Version must be {PROTOCOL_VERSION}")));
+            return Err(bad_request(Reason::UnsupportedVersion, format!("X-WSGIProxy-Version must be {PROTOCOL_VERSION}")));
         }
     }
     if let Some(v) = head.get(X_FORWARDED_FOR).map(|v| sender_forwarded_for(v, tcp_peer)) {
         let ip = std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<IpAddr>().ok());
-        b.client_ip = Some(ip.ok_or_else(|| bad_request("bad_forwarded_for", "X-Forwarded-For must hold exactly one IP address"))?);
+        b.client_ip = Some(ip.ok_or_else(|| bad_request(Reason::BadForwardedFor, "X-Forwarded-For must hold exactly one IP address"))?);
     }
     if let Some(v) = head.get(X_FORWARDED_SERVER) {
         if parse_authority(v).is_none() {
-            return Err(bad_request("bad_forwarded_server", "X-Forwarded-Server must be host or host:port"));
+            return Err(bad_request(Reason::BadForwardedServer, "X-Forwarded-Server must be host or host:port"));
         }
         b.host = std::str::from_utf8(v).ok().map(str::to_string);
     }
     if let Some(v) = head.get(X_FORWARDED_SCHEME) {
         let s = String::from_utf8_lossy(v).to_ascii_lowercase();
         if s != "http" && s != "https" {
-            return Err(bad_request("bad_forwarded_scheme", "X-Forwarded-Scheme must be http or https"));
+            return Err(bad_request(Reason::BadForwardedScheme, "X-Forwarded-Scheme must be http or https"));
         }
         b.scheme = Some(s);
     }
     let script = match (head.get(X_SCRIPT_NAME), head.get(X_FORWARDED_SCRIPT_NAME)) {
         (Some(a), Some(c)) if a != c => {
-            return Err(bad_request("conflicting_script_name", "X-Script-Name and X-Forwarded-Script-Name disagree"))
+            return Err(bad_request(Reason::ConflictingScriptName, "X-Script-Name and X-Forwarded-Script-Name disagree"))
         }
         (Some(a), _) | (None, Some(a)) => Some(a),
         (None, None) => None,
     };
     if let Some(v) = script {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
-        b.script_name = normalize_prefix(text).map_err(|e| bad_request("bad_script_name", format!("X-Script-Name {e}")))?;
+        b.script_name = normalize_prefix(text).map_err(|e| bad_request(Reason::BadScriptName, format!("X-Script-Name {e}")))?;
     }
     if let Some(v) = head.get(X_TRAVERSAL_PATH) {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
         // WSGIProxy 0.2.2 sent it without its leading slash.
         let with_slash = if text.starts_with('/') || text.is_empty() { text.to_string() } else { format!("/{text}") };
-        let traversal = normalize_prefix(&with_slash).map_err(|e| bad_request("bad_traversal_path", format!("X-Traversal-Path {e}")))?;
+        let traversal =
+            normalize_prefix(&with_slash).map_err(|e| bad_request(Reason::BadTraversalPath, format!("X-Traversal-Path {e}")))?;
         let rest = strip_segment_prefix(path, &traversal).ok_or_else(|| {
             bad_request(
-                "outside_traversal_path",
+                Reason::OutsideTraversalPath,
                 format!("the header X-Traversal-Path gives {traversal} but the path {path} does not start with it"),
             )
         })?;
@@ -457,10 +459,10 @@ fn believe(
     let mut seen_keys: Vec<String> = Vec::new();
     for (name, value) in &head.headers {
         let Some(parsed) = Family::parse_header_name(name) else { continue };
-        let (family, _) = parsed.map_err(|e| bad_request("bad_payload_index", e))?;
-        let (key, wire) = split_payload(value).map_err(|e| bad_request("bad_payload", format!("{name}: {e}")))?;
+        let (family, _) = parsed.map_err(|e| bad_request(Reason::BadPayloadIndex, e))?;
+        let (key, wire) = split_payload(value).map_err(|e| bad_request(Reason::BadPayload, format!("{name}: {e}")))?;
         if seen_keys.contains(&key) {
-            return Err(bad_request("duplicate_key", format!("{name}: the key {key} is given more than once")));
+            return Err(bad_request(Reason::DuplicateKey, format!("{name}: the key {key} is given more than once")));
         }
         seen_keys.push(key.clone());
         let Some(target) = config.keys.get(&key) else {
@@ -475,10 +477,10 @@ fn believe(
             }
             continue;
         }
-        let decoded = decode_value(family, wire).map_err(|e| bad_request("undecodable_payload", format!("{name}: {e}")))?;
+        let decoded = decode_value(family, wire).map_err(|e| bad_request(Reason::UndecodablePayload, format!("{name}: {e}")))?;
         if !is_safe_value(&decoded) {
             return Err(bad_request(
-                "undeliverable_value",
+                Reason::UndeliverableValue,
                 format!("{name}: the value of {key} holds control characters and cannot be delivered as a header"),
             ));
         }

@@ -1,5 +1,7 @@
 //! What a role sees of a request and what it decides about it.
 
+use crate::reason::Reason;
+
 /// A request's headers, read once from the host (names lowercase, values raw bytes).
 #[derive(Debug, Clone, Default)]
 pub struct RequestHead {
@@ -87,9 +89,11 @@ impl Edits {
     /// Forwards with these edits, unless one of them would write an unsafe value.
     pub fn into_decision(self) -> Decision {
         match self.first_unsafe() {
-            Some(name) => {
-                Decision::Reply(LocalReply::new(400, "control_character", format!("the request would carry a control character in {name}")))
-            }
+            Some(name) => Decision::Reply(LocalReply::new(
+                400,
+                Reason::ControlCharacter,
+                format!("the request would carry a control character in {name}"),
+            )),
             None => Decision::Forward(self.finish()),
         }
     }
@@ -107,8 +111,8 @@ impl Edits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {
     pub status: u16,
-    /// A stable, short reason code: the `x-wsgiproxy-error` header and the metric label.
-    pub reason: &'static str,
+    /// Why: the `x-wsgiproxy-error` header and the counter's name.
+    pub reason: Reason,
     /// A short human explanation, sent as the body.
     pub detail: String,
     /// Extra response headers (for example `www-authenticate` or `retry-after`).
@@ -116,7 +120,7 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
-    pub fn new(status: u16, reason: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: u16, reason: Reason, detail: impl Into<String>) -> Self {
         LocalReply { status, reason, detail: detail.into(), headers: Vec::new() }
     }
 
@@ -127,6 +131,13 @@ impl LocalReply {
 
     pub fn body(&self) -> String {
         format!("{}\n", self.detail)
+    }
+
+    /// The reply's headers: plain text, the reason, then the extra ones.
+    pub fn response_headers(&self) -> Vec<(&str, &str)> {
+        let mut headers = vec![("content-type", "text/plain; charset=utf-8"), ("x-wsgiproxy-error", self.reason.as_str())];
+        headers.extend(self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        headers
     }
 }
 

@@ -12,6 +12,7 @@ use sha2::Sha256;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::headers::{is_protocol_header, X_WSGIPROXY_SIGNATURE};
+use crate::reason::Reason;
 
 pub const NONCE_LEN: usize = 16;
 pub type Nonce = [u8; NONCE_LEN];
@@ -259,13 +260,13 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn reason(self) -> &'static str {
+    pub fn reason(self) -> Reason {
         match self {
-            Rejection::Missing => "signature_missing",
-            Rejection::Bad => "signature_bad",
-            Rejection::Stale => "signature_stale",
-            Rejection::Replayed => "signature_replayed",
-            Rejection::BeforeReplayMemory => "signed_before_restart",
+            Rejection::Missing => Reason::SignatureMissing,
+            Rejection::Bad => Reason::SignatureBad,
+            Rejection::Stale => Reason::SignatureStale,
+            Rejection::Replayed => Reason::SignatureReplayed,
+            Rejection::BeforeReplayMemory => Reason::SignedBeforeRestart,
         }
     }
 }

@@ -23,6 +23,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use crate::reason::Reason;
 use crate::request::LocalReply;
 
 /// The request header the sidecar's answer is delivered in (Envoy's default name), read by the
@@ -91,7 +92,7 @@ pub fn retry_after(value: Option<Vec<u8>>) -> String {
 
 /// The sidecar could not be reached (or did not answer in time).
 pub fn unreachable_reply(app: &str) -> LocalReply {
-    LocalReply::new(503, "sidecar_unreachable", format!("the process manager for {app:?} cannot be reached or did not answer in time"))
+    LocalReply::new(503, Reason::SidecarUnreachable, format!("the process manager for {app:?} cannot be reached or did not answer in time"))
         .with_header("retry-after", "1")
 }
 
@@ -130,7 +131,7 @@ pub fn ensure_answer(app: &str, header: &dyn Fn(&str) -> Option<Vec<u8>>, body: 
         body.trim().to_string()
     };
     EnsureAnswer::Refused(
-        LocalReply::new(503, "app_unavailable", format!("{app:?} is not available (sidecar answered {status}): {why}"))
+        LocalReply::new(503, Reason::AppUnavailable, format!("{app:?} is not available (sidecar answered {status}): {why}"))
             .with_header("retry-after", &retry_after(header("retry-after"))),
     )
 }
@@ -563,14 +564,14 @@ mod tests {
 
         let refused = [(":status", "503"), (SIDECAR_MARK, "1"), ("retry-after", "8")];
         let EnsureAnswer::Refused(reply) = ensure_answer("blog", &answer(&refused), &body) else { panic!() };
-        assert_eq!((reply.status, reply.reason), (503, "app_unavailable"));
+        assert_eq!((reply.status, reply.reason), (503, Reason::AppUnavailable));
         assert_eq!(reply.headers, [("retry-after".to_string(), "8".to_string())]);
         assert!(reply.detail.ends_with("the app exited [31m"), "no control characters: {}", reply.detail);
 
         // Envoy's own 503 for a sidecar it cannot reach, or no answer at all.
         for pairs in [&[(":status", "503")][..], &[]] {
             let EnsureAnswer::Unreachable(reply) = ensure_answer("blog", &answer(pairs), &body) else { panic!() };
-            assert_eq!(reply.reason, "sidecar_unreachable");
+            assert_eq!(reply.reason, Reason::SidecarUnreachable);
         }
         // A 200 with an unusable grant is a refusal, not a request sent anywhere.
         let bad = [(":status", "200"), (SIDECAR_MARK, "1"), (SIDECAR_UPSTREAM, "10.1.1.1:80"), (SIDECAR_LEASE, "2000")];

@@ -17,8 +17,8 @@ use std::net::IpAddr;
 /// filter the operator installed can write it; a client cannot.
 pub const PEER_RECORD: &str = "wsgiproxy_peer";
 
-/// The reason given when a role needs the TCP peer and no network filter recorded it.
-pub const PEER_UNKNOWN: &str = "peer_unknown";
+/// The detail given (with [`crate::reason::Reason::PeerUnknown`]) when a role needs
+/// the TCP peer and no network filter recorded it.
 pub const PEER_UNKNOWN_DETAIL: &str = "the TCP peer of this connection is unknown: load the filter as a network filter \
      with {\"role\": \"peer\"} before the HTTP connection manager, or set \"client_address\": \"envoy\"";
 

@@ -1,6 +1,7 @@
 use super::*;
 use crate::app::{self, AppOutcome, AppRequest};
 use crate::config::{parse, Config};
+use crate::reason::Reason;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -168,26 +169,26 @@ fn the_originals_quirks_are_accepted() {
 #[test]
 fn bad_input_is_a_400_never_half_applied() {
     let c = mw(TRUSTING);
-    let cases: &[(&[(&str, &str)], &str)] = &[
-        (&[("x-traversal-path", "/other")], "outside_traversal_path"),
-        (&[("x-traversal-path", "/my")], "outside_traversal_path"),
-        (&[("x-forwarded-for", "1.2.3.4, 5.6.7.8")], "bad_forwarded_for"),
-        (&[("x-forwarded-server", "user@evil.com")], "bad_forwarded_server"),
-        (&[("x-forwarded-server", "a.com/path")], "bad_forwarded_server"),
-        (&[("x-forwarded-server", "a.com,b.com")], "bad_forwarded_server"),
-        (&[("x-forwarded-scheme", "javascript")], "bad_forwarded_scheme"),
-        (&[("x-script-name", "blog")], "bad_script_name"),
-        (&[("x-script-name", "/a/../b")], "bad_script_name"),
-        (&[("x-script-name", "/a"), ("x-forwarded-script-name", "/b")], "conflicting_script_name"),
-        (&[("x-wsgiproxy-version", "9")], "unsupported_version"),
-        (&[("x-wsgiproxy-str-01", "REMOTE_USER a")], "bad_payload_index"),
-        (&[("x-wsgiproxy-str-0", "REMOTE_USER b64***")], "undecodable_payload"),
-        (&[("x-wsgiproxy-unicode-0", "name b64/w==")], "undecodable_payload"),
-        (&[("x-wsgiproxy-json-0", "roles {")], "undecodable_payload"),
-        (&[("x-wsgiproxy-str-0", "REMOTE_USER b64YQpi")], "undeliverable_value"),
-        (&[("x-wsgiproxy-str-0", "REMOTE_USER a"), ("x-wsgiproxy-str-1", "REMOTE_USER b")], "duplicate_key"),
-        (&[("x-script-name", "/a"), ("x-script-name", "/a")], "duplicate_header"),
-        (&[("x-wsgiproxy-str-0", "REMOTE_USER a\nb")], "control_character"),
+    let cases: &[(&[(&str, &str)], Reason)] = &[
+        (&[("x-traversal-path", "/other")], Reason::OutsideTraversalPath),
+        (&[("x-traversal-path", "/my")], Reason::OutsideTraversalPath),
+        (&[("x-forwarded-for", "1.2.3.4, 5.6.7.8")], Reason::BadForwardedFor),
+        (&[("x-forwarded-server", "user@evil.com")], Reason::BadForwardedServer),
+        (&[("x-forwarded-server", "a.com/path")], Reason::BadForwardedServer),
+        (&[("x-forwarded-server", "a.com,b.com")], Reason::BadForwardedServer),
+        (&[("x-forwarded-scheme", "javascript")], Reason::BadForwardedScheme),
+        (&[("x-script-name", "blog")], Reason::BadScriptName),
+        (&[("x-script-name", "/a/../b")], Reason::BadScriptName),
+        (&[("x-script-name", "/a"), ("x-forwarded-script-name", "/b")], Reason::ConflictingScriptName),
+        (&[("x-wsgiproxy-version", "9")], Reason::UnsupportedVersion),
+        (&[("x-wsgiproxy-str-01", "REMOTE_USER a")], Reason::BadPayloadIndex),
+        (&[("x-wsgiproxy-str-0", "REMOTE_USER b64***")], Reason::UndecodablePayload),
+        (&[("x-wsgiproxy-unicode-0", "name b64/w==")], Reason::UndecodablePayload),
+        (&[("x-wsgiproxy-json-0", "roles {")], Reason::UndecodablePayload),
+        (&[("x-wsgiproxy-str-0", "REMOTE_USER b64YQpi")], Reason::UndeliverableValue),
+        (&[("x-wsgiproxy-str-0", "REMOTE_USER a"), ("x-wsgiproxy-str-1", "REMOTE_USER b")], Reason::DuplicateKey),
+        (&[("x-script-name", "/a"), ("x-script-name", "/a")], Reason::DuplicateHeader),
+        (&[("x-wsgiproxy-str-0", "REMOTE_USER a\nb")], Reason::ControlCharacter),
     ];
     for (extra, reason) in cases {
         let mut pairs = vec![(":path", "/myapp/x"), (":authority", "b")];
@@ -197,11 +198,11 @@ fn bad_input_is_a_400_never_half_applied() {
     }
     let long = "x".repeat(MAX_VALUE_LEN + 1);
     let r = reply(run(&c, &head(&[(":path", "/"), ("x-forwarded-server", &long)]), "10.0.0.1"));
-    assert_eq!(r.reason, "oversized_header");
+    assert_eq!(r.reason, Reason::OversizedHeader);
     let many: Vec<(String, String)> = (0..=MAX_PAYLOADS).map(|i| (format!("x-wsgiproxy-str-{i}"), format!("K{i} v"))).collect();
     let mut pairs: Vec<(&str, &str)> = vec![(":path", "/")];
     pairs.extend(many.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    assert_eq!(reply(run(&c, &head(&pairs), "10.0.0.1")).reason, "too_many_payloads");
+    assert_eq!(reply(run(&c, &head(&pairs), "10.0.0.1")).reason, Reason::TooManyPayloads);
 }
 
 #[test]
@@ -213,7 +214,7 @@ fn forced_values() {
     assert_eq!(text(&e, "x-forwarded-proto").as_deref(), Some("https"));
     assert_eq!(text(&e, ":authority").as_deref(), Some("example.com:8443"));
     let r = reply(run(&c, &head(&[(":path", "/other"), (":authority", "i")]), "10.0.0.1"));
-    assert_eq!((r.status, r.reason), (400, "outside_pop_prefix"));
+    assert_eq!((r.status, r.reason), (400, Reason::OutsidePopPrefix));
     assert!(r.detail.contains("/app"));
 
     let c = mw(r#"{"role":"middleware","trust_ips":["0.0.0.0/0"],"prefix":"/forced","host":"h.example:81"}"#);
@@ -267,10 +268,10 @@ fn signed_round_trip_and_rejections() {
     assert_eq!(text(&e, ":path").as_deref(), Some("/p?x=1"));
     assert_eq!(text(&e, "x-forwarded-proto").as_deref(), Some("https"));
     // The same request again is a replay.
-    assert_eq!(reply(run_at(&c, &h, "198.51.100.1", now(), &mut mem)).reason, "signature_replayed");
+    assert_eq!(reply(run_at(&c, &h, "198.51.100.1", now(), &mut mem)).reason, Reason::SignatureReplayed);
     // Too late.
     let late = now() + Duration::from_secs(301);
-    assert_eq!(reply(run_at(&c, &through_app(SIGNED_APP, 2), "198.51.100.1", late, &mut mem)).reason, "signature_stale");
+    assert_eq!(reply(run_at(&c, &through_app(SIGNED_APP, 2), "198.51.100.1", late, &mut mem)).reason, Reason::SignatureStale);
     // Tampered path, header, host.
     for (name, value) in [(":path", "/myapp/admin"), ("x-wsgiproxy-str-0", "REMOTE_USER root"), (":authority", "other:1")] {
         let mut t = through_app(SIGNED_APP, 3);
@@ -280,18 +281,18 @@ fn signed_round_trip_and_rejections() {
             }
         }
         let r = reply(run(&c, &t, "198.51.100.1"));
-        assert_eq!((r.status, r.reason), (403, "signature_bad"), "{name}");
+        assert_eq!((r.status, r.reason), (403, Reason::SignatureBad), "{name}");
     }
     // An added protocol header breaks the signature too.
     let mut t = through_app(SIGNED_APP, 4);
     t.headers.push(("x-wsgiproxy-str-1".into(), b"IS_ADMIN yes".to_vec()));
-    assert_eq!(reply(run(&c, &t, "198.51.100.1")).reason, "signature_bad");
+    assert_eq!(reply(run(&c, &t, "198.51.100.1")).reason, Reason::SignatureBad);
     // Signed by the older key: still verifies after rotation.
     let old_app = SIGNED_APP.replace("\"k2\",\"value\":\"second-secret-key-2\"", "\"k1\",\"value\":\"first-secret-key-11\"");
     forward(run(&c, &through_app(&old_app, 5), "198.51.100.1"));
     // A wrong key fails.
     let wrong = SIGNED_APP.replace("second-secret-key-2", "not-the-right-key");
-    assert_eq!(reply(run(&c, &through_app(&wrong, 6), "198.51.100.1")).reason, "signature_bad");
+    assert_eq!(reply(run(&c, &through_app(&wrong, 6), "198.51.100.1")).reason, Reason::SignatureBad);
     // Unsigned: stripped by default, 401 with reject.
     let unsigned = sent_by_app();
     let e = forward(run(&c, &unsigned, "198.51.100.1"));
@@ -408,7 +409,7 @@ fn app_role_needs_its_client_address() {
     let client = head(&[(":method", "GET"), (":path", "/"), (":authority", "x")]);
     let req = AppRequest { head: &client, downstream: Downstream::default(), https: false, now: now(), nonce: [0; 16] };
     let r = reply(app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()));
-    assert_eq!((r.status, r.reason), (500, "peer_unknown"));
+    assert_eq!((r.status, r.reason), (500, Reason::PeerUnknown));
     let Config::App(a) = parse(br#"{"role":"app","href":"http://b/","client_address":"envoy"}"#, &|_| None).unwrap() else { panic!() };
     let req = AppRequest {
         head: &client,
@@ -444,9 +445,9 @@ fn rfc9421_round_trip_and_rejections() {
     let e = forward(run(&c, &through_app(&app_json, 9), "198.51.100.1"));
     assert!(e.remove.contains(&"signature-input".to_string()) && e.remove.contains(&"signature".to_string()));
     // Replayed, stale.
-    assert_eq!(reply(run_at(&c, &h, "198.51.100.1", now(), &mut mem)).reason, "signature_replayed");
+    assert_eq!(reply(run_at(&c, &h, "198.51.100.1", now(), &mut mem)).reason, Reason::SignatureReplayed);
     let late = now() + Duration::from_secs(301);
-    assert_eq!(reply(run_at(&c, &through_app(&app_json, 2), "198.51.100.1", late, &mut mem)).reason, "signature_stale");
+    assert_eq!(reply(run_at(&c, &through_app(&app_json, 2), "198.51.100.1", late, &mut mem)).reason, Reason::SignatureStale);
     // Tampered path, query, header, host, method.
     for (name, value) in [
         (":path", "/myapp/admin?x=1"),
@@ -462,17 +463,17 @@ fn rfc9421_round_trip_and_rejections() {
             }
         }
         let r = reply(run(&c, &t, "198.51.100.1"));
-        assert_eq!((r.status, r.reason), (403, "signature_bad"), "{name}");
+        assert_eq!((r.status, r.reason), (403, Reason::SignatureBad), "{name}");
     }
     // A protocol header added on the way is not covered.
     let mut t = through_app(&app_json, 4);
     t.headers.push(("x-wsgiproxy-str-1".into(), b"IS_ADMIN yes".to_vec()));
-    assert_eq!(reply(run(&c, &t, "198.51.100.1")).reason, "signature_bad");
+    assert_eq!(reply(run(&c, &t, "198.51.100.1")).reason, Reason::SignatureBad);
     // Key rotation and a wrong key.
     let old_app = app_json.replace("\"k2\",\"value\":\"second-secret-key-2\"", "\"k1\",\"value\":\"first-secret-key-11\"");
     forward(run(&c, &through_app(&old_app, 5), "198.51.100.1"));
     let wrong = app_json.replace("second-secret-key-2", "not-the-right-key");
-    assert_eq!(reply(run(&c, &through_app(&wrong, 6), "198.51.100.1")).reason, "signature_bad");
+    assert_eq!(reply(run(&c, &through_app(&wrong, 6), "198.51.100.1")).reason, Reason::SignatureBad);
     // A v1 signature is no signature here, and the reverse.
     let v1_signed = through_app(SIGNED_APP, 7);
     let mut outcome = MiddlewareOutcome::default();
@@ -502,11 +503,11 @@ fn signed_before_the_memory_began_is_too_early() {
         // Signed in the second the memory began (a restart): it may have been accepted before.
         let memory = process_memory(now());
         let r = reply(run_with_memory(&c, &through_app(&app_json, 1), &memory));
-        assert_eq!((r.status, r.reason), (425, "signed_before_restart"));
+        assert_eq!((r.status, r.reason), (425, Reason::SignedBeforeRestart));
         // Begun a second earlier, the same request passes, once.
         let memory = process_memory(now() - Duration::from_secs(1));
         forward(run_with_memory(&c, &through_app(&app_json, 1), &memory));
-        assert_eq!(reply(run_with_memory(&c, &through_app(&app_json, 1), &memory)).reason, "signature_replayed");
+        assert_eq!(reply(run_with_memory(&c, &through_app(&app_json, 1), &memory)).reason, Reason::SignatureReplayed);
         assert_eq!(memory.fullness().live, 1);
     }
 }
@@ -522,10 +523,10 @@ fn forged_requests_never_reach_the_memory() {
         let wrong_key = app_json.replace("second-secret-key-2", "not-the-right-key");
         for nonce in 0..=255u8 {
             let forged = through_app(&wrong_key, nonce);
-            assert_eq!(reply(run_with_memory(&c, &forged, &memory)).reason, "signature_bad");
+            assert_eq!(reply(run_with_memory(&c, &forged, &memory)).reason, Reason::SignatureBad);
             let mut tampered = through_app(&app_json, nonce);
             tampered.headers.push(("x-wsgiproxy-str-1".into(), b"IS_ADMIN yes".to_vec()));
-            assert_eq!(reply(run_with_memory(&c, &tampered, &memory)).reason, "signature_bad");
+            assert_eq!(reply(run_with_memory(&c, &tampered, &memory)).reason, Reason::SignatureBad);
         }
     }
     assert_eq!(memory.fullness().live, 0);

@@ -1,0 +1,25 @@
+//! What every stream of a configuration shares, across worker threads: the
+//! configuration, its counters and the warnings already logged.
+
+use wsgiproxy_protocol::config::Config;
+use wsgiproxy_protocol::host::{Warned, Warning};
+
+use crate::metrics::Metrics;
+
+pub struct Shared {
+    pub config: Config,
+    pub metrics: Metrics,
+    /// Warnings already logged for this configuration (each once, not per request).
+    warned: Warned,
+}
+
+impl Shared {
+    pub fn new(config: Config, metrics: Metrics) -> Self {
+        Shared { config, metrics, warned: Warned::default() }
+    }
+
+    /// True the first time a warning is asked for.
+    pub fn warn_once(&self, warning: Warning) -> bool {
+        self.warned.first_time(warning)
+    }
+}

@@ -1,0 +1,107 @@
+//! The `app` role's request and response path.
+
+use std::time::UNIX_EPOCH;
+
+use super::{apply_request_edits, downstream, refuse, Flow};
+use crate::app::{decide, AppOutcome, AppRequest};
+use crate::config::AppConfig;
+use crate::counters::app::*;
+use crate::host::{HeaderMap, Host, Warning};
+use crate::reason::Reason;
+use crate::request::{Decision, LocalReply};
+use crate::response::{headers_to_read, rewrite_headers, ClientView};
+use crate::trust::PEER_UNKNOWN_DETAIL;
+
+const ROLE: &str = "app";
+/// The one response header rewriting reads that may repeat.
+const SET_COOKIE: &str = "set-cookie";
+
+/// One stream of the `app` role: what its request leaves for its response.
+#[derive(Debug, Default)]
+pub struct AppStream {
+    /// Set when the response's Location and cookie paths are to be rewritten.
+    client_view: Option<ClientView>,
+}
+
+impl AppStream {
+    /// Strips, rewrites and signs the request for the backend, or refuses it.
+    pub fn on_request_headers<H: Host>(&mut self, config: &AppConfig, host: &mut H) -> Flow {
+        host.count(REQUESTS, 1);
+        let head = host.request_head();
+        let signing = config.signing.is_some();
+        let nonce = if signing {
+            match host.random_nonce() {
+                Some(nonce) => nonce,
+                None => {
+                    let reply = LocalReply::new(503, Reason::NoRandomness, "cannot sign the request: no random source");
+                    return refuse(host, ROLE, &reply);
+                }
+            }
+        } else {
+            [0; 16]
+        };
+        let request = AppRequest {
+            head: &head,
+            downstream: downstream(host, config.needs()),
+            https: config.https(|| host.connection_is_tls()),
+            // Only when signing needs the time (a host call in the Wasm filter).
+            now: if signing { host.now() } else { UNIX_EPOCH },
+            nonce,
+        };
+        let mut outcome = AppOutcome::default();
+        match decide(config, &request, &mut |path| host.property(path), &mut outcome) {
+            Decision::Forward(edits) => {
+                apply_request_edits(host, &edits, |name| head.contains(name));
+                host.count(FORWARDED, 1);
+                host.count(STRIPPED_HEADERS, outcome.stripped as u64);
+                host.count(INVALID_KEYS, outcome.invalid_keys as u64);
+                if outcome.signed {
+                    host.count(SIGNED, 1);
+                }
+                self.client_view = outcome.client_view.take();
+                host.debug(format_args!(
+                    "wsgiproxy app: forwarded (stripped {}, invalid keys {}, signed {})",
+                    outcome.stripped, outcome.invalid_keys, outcome.signed
+                ));
+                Flow::Continue
+            }
+            Decision::Reply(reply) => {
+                if reply.reason == Reason::PeerUnknown && host.first_time(Warning::PeerUnknown) {
+                    host.warn(format_args!(
+                        "wsgiproxy app: client_address is \"peer\" but the TCP peer is unknown, so requests are refused: {PEER_UNKNOWN_DETAIL}"
+                    ));
+                }
+                refuse(host, ROLE, &reply)
+            }
+        }
+    }
+
+    /// Rewrites Location, Content-Location and Set-Cookie paths back to the client's
+    /// view, when the request asked for it. Reads only the headers rewriting may change.
+    pub fn on_response_headers<H: Host>(&self, config: &AppConfig, host: &mut H) {
+        let Some(view) = &self.client_view else { return };
+        let mut headers = Vec::new();
+        for name in headers_to_read(&config.href) {
+            if *name == SET_COOKIE {
+                host.header_values(HeaderMap::Response, name, &mut headers);
+            } else if let Some(value) = host.header(HeaderMap::Response, name) {
+                headers.push(((*name).to_string(), value));
+            }
+        }
+        if headers.is_empty() {
+            return;
+        }
+        let edits = rewrite_headers(&headers, &config.href, view);
+        for (name, value) in &edits.locations {
+            host.set_header(HeaderMap::Response, name, value.as_bytes());
+            host.count(REWRITTEN_LOCATIONS, 1);
+        }
+        if let Some(cookies) = &edits.cookies {
+            host.remove_header(HeaderMap::Response, SET_COOKIE);
+            for cookie in cookies {
+                host.add_header(HeaderMap::Response, SET_COOKIE, cookie);
+            }
+            host.count(REWRITTEN_COOKIES, 1);
+        }
+    }
+}

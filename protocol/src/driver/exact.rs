@@ -1,0 +1,42 @@
+//! The `exact` role's request path: before routing, and again as the forward-proxy
+//! cluster's upstream filter.
+
+use super::{apply_request_edits, refuse, Flow};
+use crate::counters::exact::*;
+use crate::exact::{decide, decide_resolved, ExactConfig};
+use crate::headers::AUTHORITY;
+use crate::host::{HeaderMap, Host};
+use crate::request::{parse_peer_address, Decision, RequestHead};
+
+const ROLE: &str = "exact";
+
+/// Lets the request go to the server its Host names when `allow_hosts` allows it.
+pub fn on_request_headers<H: Host>(config: &ExactConfig, host: &mut H) -> Flow {
+    // The role judges the Host alone: one header read, not the whole map.
+    let authority = host.header(HeaderMap::Request, AUTHORITY);
+    let head = RequestHead::new(authority.map(|value| (AUTHORITY.to_string(), value)).into_iter().collect());
+    // As an upstream filter of the forward-proxy cluster, the address DNS gave is
+    // known: check it. Before routing it is not, and the Host is checked by name.
+    let resolved = host.upstream_address().and_then(|address| parse_peer_address(&address));
+    let decision = match resolved {
+        Some(resolved) => {
+            host.count(RESOLVED_CHECKS, 1);
+            decide_resolved(config, &head, resolved)
+        }
+        None => {
+            host.count(REQUESTS, 1);
+            decide(config, &head)
+        }
+    };
+    match decision {
+        Decision::Forward(edits) => {
+            // `head` holds the Host only: every set replaces, whatever else the request has.
+            apply_request_edits(host, &edits, |_| true);
+            if resolved.is_none() {
+                host.count(FORWARDED, 1);
+            }
+            Flow::Continue
+        }
+        Decision::Reply(reply) => refuse(host, ROLE, &reply),
+    }
+}

@@ -1,0 +1,73 @@
+//! The `middleware` role's request path.
+
+use std::time::UNIX_EPOCH;
+
+use super::{apply_request_edits, downstream, refuse, Flow};
+use crate::config::MiddlewareConfig;
+use crate::counters::middleware::*;
+use crate::host::{Host, Warning};
+use crate::middleware::{decide, MiddlewareOutcome, MiddlewareRequest, NonceMemory};
+use crate::replay::Verdict;
+use crate::request::Decision;
+use crate::signature::Nonce;
+use crate::trust::PEER_UNKNOWN_DETAIL;
+
+const ROLE: &str = "middleware";
+
+/// Decides whether to believe the request's protocol headers, turns them into the
+/// headers the backend reads, or refuses the request.
+pub fn on_request_headers<H: Host>(config: &MiddlewareConfig, host: &mut H) -> Flow {
+    host.count(REQUESTS, 1);
+    let head = host.request_head();
+    let request = MiddlewareRequest {
+        head: &head,
+        downstream: downstream(host, config.needs()),
+        https: host.connection_is_tls(),
+        // Only when verifying needs the time (a host call in the Wasm filter).
+        now: if config.verify.is_some() { host.now() } else { UNIX_EPOCH },
+    };
+    let mut outcome = MiddlewareOutcome::default();
+    let decision = decide(config, &request, &mut HostNonces(host), &mut outcome);
+    host.count(if outcome.trusted { TRUSTED } else { UNTRUSTED }, 1);
+    if outcome.verified {
+        host.count(VERIFIED, 1);
+    }
+    host.count(STRIPPED_HEADERS, outcome.stripped as u64);
+    host.count(DROPPED_KEYS, outcome.dropped_keys as u64);
+    if outcome.unsigned {
+        host.count(SIGNATURE_MISSING, 1);
+    }
+    if outcome.peer_unknown {
+        host.count(PEER_UNKNOWN, 1);
+        if host.first_time(Warning::PeerUnknown) {
+            host.warn(format_args!(
+                "wsgiproxy middleware: trust_ips is configured but the TCP peer is unknown, so no request is trusted by address: {PEER_UNKNOWN_DETAIL}"
+            ));
+        }
+    }
+    if config.trust_principals.is_some() && !request.https && host.first_time(Warning::PrincipalsWithoutTls) {
+        host.warn(format_args!(
+            "wsgiproxy middleware: trust_principals is configured but this connection has no TLS: principals match only mTLS peers, so nothing on this listener is trusted by identity"
+        ));
+    }
+    match decision {
+        Decision::Forward(edits) => {
+            apply_request_edits(host, &edits, |name| head.contains(name));
+            host.debug(format_args!(
+                "wsgiproxy middleware: forwarded (trusted {}, verified {}, stripped {}, dropped keys {})",
+                outcome.trusted, outcome.verified, outcome.stripped, outcome.dropped_keys
+            ));
+            Flow::Continue
+        }
+        Decision::Reply(reply) => refuse(host, ROLE, &reply),
+    }
+}
+
+/// The host's nonce memory, as the protocol's `decide` asks for it.
+struct HostNonces<'h, H>(&'h mut H);
+
+impl<H: Host> NonceMemory for HostNonces<'_, H> {
+    fn remember(&mut self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, String> {
+        self.0.remember_nonce(nonce, signed_at, now)
+    }
+}

@@ -1,0 +1,143 @@
+//! What a role's driver ([`crate::driver`]) asks of the loader it runs in: the
+//! request's headers, the connection, Envoy's attributes, header edits, local
+//! replies, counters, logs, the nonce memory, time and randomness. The Wasm filter
+//! and the native module each implement it over their own host calls; the drivers
+//! are written once against it, and tested against `testing::FakeHost`.
+//!
+//! Reads are shaped so that each loader can serve them the cheap way: the whole
+//! request head in one read (the Wasm filter's one host call), or one header by
+//! name (the native module reads it in place). Methods take `&mut self` so that a
+//! test double can record what it is asked.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::SystemTime;
+
+use crate::replay::Verdict;
+use crate::request::{LocalReply, RequestHead};
+use crate::signature::Nonce;
+
+/// Which of the stream's header maps a call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderMap {
+    Request,
+    Response,
+}
+
+pub trait Host {
+    /// Every request header, read once, as bytes (names lowercase; values may not be UTF-8).
+    fn request_head(&mut self) -> RequestHead;
+
+    /// The first value of one header, or `None`.
+    fn header(&mut self, map: HeaderMap, name: &str) -> Option<Vec<u8>>;
+
+    /// Every value of a header that may repeat, in order, appended to `found` as (name, value).
+    fn header_values(&mut self, map: HeaderMap, name: &str, found: &mut Vec<(String, Vec<u8>)>);
+
+    /// Replaces every value of `name` (adds it when absent).
+    fn set_header(&mut self, map: HeaderMap, name: &str, value: &[u8]);
+
+    /// Adds one more value of `name`.
+    fn add_header(&mut self, map: HeaderMap, name: &str, value: &[u8]);
+
+    /// Removes every value of `name`.
+    fn remove_header(&mut self, map: HeaderMap, name: &str);
+
+    /// Answers in the request's place; the request goes no further.
+    fn send_reply(&mut self, reply: &LocalReply);
+
+    /// The connection's TCP peer, as Envoy writes an address (`ip:port`): never an
+    /// X-Forwarded-For entry. `None` when the loader cannot know it.
+    fn tcp_peer(&mut self) -> Option<Vec<u8>>;
+
+    /// Envoy's computed client address (`source.address`): the TCP peer or an
+    /// X-Forwarded-For entry, as the connection manager's settings say.
+    fn envoy_client(&mut self) -> Option<Vec<u8>>;
+
+    /// The mTLS peer certificate's first URI SAN, when there is one.
+    fn peer_uri_san(&mut self) -> Option<Vec<u8>>;
+
+    /// The mTLS peer certificate's first DNS SAN, when there is one.
+    fn peer_dns_san(&mut self) -> Option<Vec<u8>>;
+
+    /// Whether the downstream connection is TLS.
+    fn connection_is_tls(&mut self) -> bool;
+
+    /// The address the upstream host resolved to (`upstream.address`): known only
+    /// to a filter of the cluster, after DNS.
+    fn upstream_address(&mut self) -> Option<Vec<u8>>;
+
+    /// An Envoy attribute by its path (`["request", "protocol"]`), encoded as the
+    /// proxy-wasm host gives it: numbers as 8 little-endian bytes, booleans as one byte.
+    fn property(&mut self, path: &[String]) -> Option<Vec<u8>>;
+
+    /// Adds `by` to the counter `wsgiproxy.{name}` (see [`crate::counters`]).
+    fn count(&mut self, name: &str, by: u64);
+
+    /// True the first time `warning` is asked about, for this configuration.
+    fn first_time(&mut self, warning: Warning) -> bool;
+
+    /// Logs a warning.
+    fn warn(&mut self, message: fmt::Arguments<'_>);
+
+    /// Logs at debug level, formatting only when the host would print it.
+    fn debug(&mut self, message: fmt::Arguments<'_>);
+
+    /// Remembers a verified signature's nonce, dated `signed_at`, at `now` (seconds
+    /// since the epoch), for every worker (see [`crate::replay`]). `Err`: the memory
+    /// is past its bound or failing.
+    fn remember_nonce(&mut self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, String>;
+
+    fn now(&mut self) -> SystemTime;
+
+    /// Fresh random bytes, or `None` when the host has no random source.
+    fn random_nonce(&mut self) -> Option<Nonce>;
+}
+
+/// Conditions worth one warning per configuration, not one per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warning {
+    /// A role needs the TCP peer and the host does not know it.
+    PeerUnknown = 1,
+    /// The Wasm filter's `peer` network filter could not record a connection's peer.
+    PeerUnrecorded = 2,
+    /// `trust_principals` is configured on a connection with no TLS.
+    PrincipalsWithoutTls = 4,
+    /// The replay memory is past [`crate::replay::WARN_PERCENT`] (logged again after it
+    /// falls below and rises again: see [`Warned::rearm`]).
+    ReplayMemoryFilling = 8,
+}
+
+/// The warnings already logged for a configuration. Atomic, so that the native
+/// module's workers share it; in the single-threaded Wasm VM it costs a plain load
+/// and store.
+#[derive(Debug, Default)]
+pub struct Warned(AtomicU8);
+
+impl Warned {
+    /// True the first time `warning` is asked about.
+    pub fn first_time(&self, warning: Warning) -> bool {
+        let bit = warning as u8;
+        self.0.fetch_or(bit, Ordering::Relaxed) & bit == 0
+    }
+
+    /// Forgets a warning, so that it is logged again when its condition returns.
+    pub fn rearm(&self, warning: Warning) {
+        self.0.fetch_and(!(warning as u8), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_warning_is_first_once() {
+        let warned = Warned::default();
+        assert!(warned.first_time(Warning::PeerUnknown));
+        assert!(!warned.first_time(Warning::PeerUnknown));
+        assert!(warned.first_time(Warning::PrincipalsWithoutTls));
+        assert!(warned.first_time(Warning::PeerUnrecorded));
+        assert!(!warned.first_time(Warning::PrincipalsWithoutTls));
+    }
+}

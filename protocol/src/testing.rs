@@ -1,0 +1,236 @@
+//! A test double of [`Host`]: a request and a response held in memory and edited in
+//! place, with every read, count, log line and reply recorded, so that the drivers
+//! are tested natively and fast. Built for this crate's tests, and for other
+//! crates' with the `testing` feature.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use crate::counters;
+use crate::host::{HeaderMap, Host, Warned, Warning};
+use crate::replay::Verdict;
+use crate::request::{LocalReply, RequestHead};
+use crate::signature::Nonce;
+
+pub struct FakeHost {
+    /// The request's headers, in order (names lowercase).
+    pub request: Vec<(String, Vec<u8>)>,
+    pub response: Vec<(String, Vec<u8>)>,
+    /// The connection's facts, as Envoy writes them (`ip:port`, SANs).
+    pub tcp_peer: Option<String>,
+    pub envoy_client: Option<String>,
+    pub uri_san: Option<String>,
+    pub dns_san: Option<String>,
+    pub tls: bool,
+    pub upstream_address: Option<String>,
+    /// Attributes by path, as the Wasm host encodes them.
+    pub properties: Vec<(Vec<String>, Vec<u8>)>,
+    pub now: SystemTime,
+    /// What the random source gives; `None`: it has none.
+    pub random: Option<Nonce>,
+    /// The nonces remembered; `Err`: the memory fails with this message.
+    pub nonces: Result<HashSet<Nonce>, String>,
+
+    /// What the driver asked of the host, in order (`request_head`, `header :authority`, `now`...).
+    pub reads: Vec<String>,
+    /// Every counter counted, even by 0, with its total.
+    pub counts: BTreeMap<String, u64>,
+    pub replies: Vec<LocalReply>,
+    pub warnings: Vec<String>,
+    pub debug_lines: Vec<String>,
+    warned: Warned,
+}
+
+impl Default for FakeHost {
+    /// A plain-text connection from 203.0.113.7, at a fixed time, with randomness
+    /// and a working nonce memory.
+    fn default() -> Self {
+        FakeHost {
+            request: Vec::new(),
+            response: Vec::new(),
+            tcp_peer: Some("203.0.113.7:5555".into()),
+            envoy_client: None,
+            uri_san: None,
+            dns_san: None,
+            tls: false,
+            upstream_address: None,
+            properties: Vec::new(),
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600),
+            random: Some([5; 16]),
+            nonces: Ok(HashSet::new()),
+            reads: Vec::new(),
+            counts: BTreeMap::new(),
+            replies: Vec::new(),
+            warnings: Vec::new(),
+            debug_lines: Vec::new(),
+            warned: Warned::default(),
+        }
+    }
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs.iter().map(|(name, value)| (name.to_string(), value.as_bytes().to_vec())).collect()
+}
+
+impl FakeHost {
+    /// A host whose request has these headers.
+    pub fn with_request(pairs: &[(&str, &str)]) -> Self {
+        FakeHost { request: owned(pairs), ..FakeHost::default() }
+    }
+
+    /// The same host (its warnings, nonces and counts), with a new request and
+    /// response: the next stream of the same configuration.
+    pub fn next_request(&mut self, pairs: &[(&str, &str)]) {
+        self.request = owned(pairs);
+        self.response.clear();
+        self.reads.clear();
+    }
+
+    pub fn set_response(&mut self, pairs: &[(&str, &str)]) {
+        self.response = owned(pairs);
+    }
+
+    fn map(&self, map: HeaderMap) -> &Vec<(String, Vec<u8>)> {
+        match map {
+            HeaderMap::Request => &self.request,
+            HeaderMap::Response => &self.response,
+        }
+    }
+
+    fn map_mut(&mut self, map: HeaderMap) -> &mut Vec<(String, Vec<u8>)> {
+        match map {
+            HeaderMap::Request => &mut self.request,
+            HeaderMap::Response => &mut self.response,
+        }
+    }
+
+    /// Every value of a header, as text.
+    pub fn values(&self, map: HeaderMap, name: &str) -> Vec<String> {
+        self.map(map).iter().filter(|(n, _)| n == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect()
+    }
+
+    /// The request header's one value, as text; `None` when absent.
+    pub fn request_value(&self, name: &str) -> Option<String> {
+        self.values(HeaderMap::Request, name).into_iter().next()
+    }
+
+    /// A counter's total (0 when never counted).
+    pub fn count_of(&self, name: &str) -> u64 {
+        self.counts.get(name).copied().unwrap_or_default()
+    }
+
+    /// Counters counted that `role` does not declare: a loader that defines only
+    /// declared counters (the native module) would lose them.
+    pub fn undeclared_counts(&self, role: &str) -> Vec<String> {
+        let declared = counters::declared(role);
+        self.counts.keys().filter(|name| !declared.contains(name)).cloned().collect()
+    }
+
+    fn read(&mut self, what: impl Into<String>) {
+        self.reads.push(what.into());
+    }
+}
+
+impl Host for FakeHost {
+    fn request_head(&mut self) -> RequestHead {
+        self.read("request_head");
+        RequestHead::new(self.request.clone())
+    }
+
+    fn header(&mut self, map: HeaderMap, name: &str) -> Option<Vec<u8>> {
+        self.read(format!("header {name}"));
+        self.map(map).iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+
+    fn header_values(&mut self, map: HeaderMap, name: &str, found: &mut Vec<(String, Vec<u8>)>) {
+        self.read(format!("header_values {name}"));
+        found.extend(self.map(map).iter().filter(|(n, _)| n == name).cloned());
+    }
+
+    fn set_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) {
+        let headers = self.map_mut(map);
+        headers.retain(|(n, _)| n != name);
+        headers.push((name.to_string(), value.to_vec()));
+    }
+
+    fn add_header(&mut self, map: HeaderMap, name: &str, value: &[u8]) {
+        self.map_mut(map).push((name.to_string(), value.to_vec()));
+    }
+
+    fn remove_header(&mut self, map: HeaderMap, name: &str) {
+        self.map_mut(map).retain(|(n, _)| n != name);
+    }
+
+    fn send_reply(&mut self, reply: &LocalReply) {
+        self.replies.push(reply.clone());
+    }
+
+    fn tcp_peer(&mut self) -> Option<Vec<u8>> {
+        self.read("tcp_peer");
+        self.tcp_peer.clone().map(String::into_bytes)
+    }
+
+    fn envoy_client(&mut self) -> Option<Vec<u8>> {
+        self.read("envoy_client");
+        self.envoy_client.clone().map(String::into_bytes)
+    }
+
+    fn peer_uri_san(&mut self) -> Option<Vec<u8>> {
+        self.read("peer_uri_san");
+        self.uri_san.clone().map(String::into_bytes)
+    }
+
+    fn peer_dns_san(&mut self) -> Option<Vec<u8>> {
+        self.read("peer_dns_san");
+        self.dns_san.clone().map(String::into_bytes)
+    }
+
+    fn connection_is_tls(&mut self) -> bool {
+        self.read("connection_is_tls");
+        self.tls
+    }
+
+    fn upstream_address(&mut self) -> Option<Vec<u8>> {
+        self.read("upstream_address");
+        self.upstream_address.clone().map(String::into_bytes)
+    }
+
+    fn property(&mut self, path: &[String]) -> Option<Vec<u8>> {
+        self.read(format!("property {}", path.join(".")));
+        self.properties.iter().find(|(p, _)| p == path).map(|(_, v)| v.clone())
+    }
+
+    fn count(&mut self, name: &str, by: u64) {
+        *self.counts.entry(name.to_string()).or_default() += by;
+    }
+
+    fn first_time(&mut self, warning: Warning) -> bool {
+        self.warned.first_time(warning)
+    }
+
+    fn warn(&mut self, message: fmt::Arguments<'_>) {
+        self.warnings.push(message.to_string());
+    }
+
+    fn debug(&mut self, message: fmt::Arguments<'_>) {
+        self.debug_lines.push(message.to_string());
+    }
+
+    fn remember_nonce(&mut self, nonce: &Nonce, _signed_at: u64, _now: u64) -> Result<Verdict, String> {
+        match &mut self.nonces {
+            Ok(seen) => Ok(if seen.insert(*nonce) { Verdict::Fresh } else { Verdict::Replayed }),
+            Err(failure) => Err(failure.clone()),
+        }
+    }
+
+    fn now(&mut self) -> SystemTime {
+        self.read("now");
+        self.now
+    }
+
+    fn random_nonce(&mut self) -> Option<Nonce> {
+        self.read("random_nonce");
+        self.random
+    }
+}
