@@ -24,7 +24,11 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
         let Some(shared) = &self.shared else { return };
         match (self.report.take(), &shared.spawn) {
-            (Some(sent), Some(runtime)) if sent == token => crate::spawn::on_report_answer(runtime),
+            (Some(sent), Some(runtime)) if sent == token => {
+                if let Config::Spawn(config) = &shared.config {
+                    crate::spawn::on_report_answer(config, runtime)
+                }
+            }
             (other, _) => self.report = other,
         }
     }

@@ -111,8 +111,8 @@ pub fn report_activity(config: &SpawnConfig, runtime: &SpawnRuntime, metrics: &M
 
 /// The answer to the activity report in flight: renews the lease, or forgets it when
 /// the app is not ready or the sidecar did not get the report.
-pub fn on_report_answer(runtime: &SpawnRuntime) {
-    let answer = report_answer(&call_response_header);
+pub fn on_report_answer(config: &SpawnConfig, runtime: &SpawnRuntime) {
+    let answer = report_answer(config, &call_response_header);
     match answer {
         ReportAnswer::Undelivered => runtime.call_failed("an activity report did not reach the sidecar"),
         _ => runtime.call_answered(),
@@ -187,7 +187,7 @@ impl Context for SpawnFilter {
                 .flatten()
                 .unwrap_or_default()
         };
-        match ensure_answer(&config.app, &call_response_header, &body) {
+        match ensure_answer(config, &call_response_header, &body) {
             EnsureAnswer::Granted(grant) => {
                 runtime.call_answered();
                 runtime.lease.borrow_mut().ensure_granted(&grant, self.asked_at, host::now());

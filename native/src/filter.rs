@@ -38,8 +38,8 @@ impl FilterFactory for Factory {
     }
 
     fn on_callout_done(&self, _config: &ConfigHandle, id: u64, response: Option<CalloutResponse>) {
-        if let Some((runtime, _)) = &self.spawn {
-            runtime.report_answered(id, response);
+        if let (Config::Spawn(spawn), Some((runtime, _))) = (&self.shared.config, &self.spawn) {
+            runtime.report_answered(spawn, id, response);
         }
     }
 }

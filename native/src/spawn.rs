@@ -124,7 +124,7 @@ impl SpawnRuntime {
     }
 
     /// The answer to the activity report in flight: renews the lease, or forgets it.
-    pub fn report_answered(&self, id: u64, response: Option<CalloutResponse>) {
+    pub fn report_answered(&self, config: &SpawnConfig, id: u64, response: Option<CalloutResponse>) {
         {
             let mut state = lock(&self.report);
             // One report at a time: while `Sending`, the answer is that report's.
@@ -134,7 +134,7 @@ impl SpawnRuntime {
             *state = Report::Idle;
         }
         let answer = match &response {
-            Some(r) => report_answer(&|name| r.header(name)),
+            Some(r) => report_answer(config, &|name| r.header(name)),
             None => ReportAnswer::Undelivered,
         };
         match answer {
@@ -310,7 +310,7 @@ impl HttpFilter for SpawnFilter {
         let Some(config) = self.config() else { return };
         let (app, cluster) = (config.app.clone(), config.sidecar_cluster.clone());
         let answer = match &response {
-            Some(r) => ensure_answer(&app, &|name| r.header(name), &|| r.body.clone()),
+            Some(r) => ensure_answer(config, &|name| r.header(name), &|| r.body.clone()),
             None => EnsureAnswer::Unreachable(unreachable_reply(&app)),
         };
         match answer {

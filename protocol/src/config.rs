@@ -160,6 +160,8 @@ struct RawSpawn {
     ensure_timeout_ms: Option<u64>,
     #[serde(default, deserialize_with = "lenient_u64")]
     report_interval_ms: Option<u64>,
+    #[serde(default)]
+    upstream_networks: Option<Vec<String>>,
 }
 
 /// Istio passes `pluginConfig` numbers as doubles: accept `300.0` where `300` is meant.
@@ -320,6 +322,9 @@ pub struct SpawnConfig {
     pub ensure_timeout: Duration,
     /// How often each worker reports activity while it has any.
     pub report_interval: Duration,
+    /// Where besides loopback the sidecar may send requests (a container on its own
+    /// address): its answer is refused for any other address.
+    pub upstream_networks: Vec<IpNet>,
 }
 
 pub const DEFAULT_ENSURE_TIMEOUT_MS: u64 = 35_000;
@@ -410,12 +415,26 @@ fn validate_spawn(raw: RawSpawn) -> Result<SpawnConfig, ConfigError> {
     if !(100..=60_000).contains(&report) {
         return Err(ConfigError::new("report_interval_ms", "must be between 100 and 60000"));
     }
+    let mut upstream_networks = Vec::new();
+    for (i, entry) in raw.upstream_networks.iter().flatten().enumerate() {
+        let net = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| ConfigError::new(format!("upstream_networks[{i}]"), format!("{entry:?} is not an IP address or CIDR range")))?;
+        // Everywhere is not a network of containers: it would let a wrong answer send
+        // requests anywhere Envoy can reach.
+        if net.prefix_len() == 0 {
+            return Err(ConfigError::new(format!("upstream_networks[{i}]"), "must name the apps' network, not every address"));
+        }
+        upstream_networks.push(net.trunc());
+    }
     Ok(SpawnConfig {
         app: raw.app,
         sidecar_cluster: raw.sidecar_cluster,
         sidecar_authority,
         ensure_timeout: Duration::from_millis(ensure),
         report_interval: Duration::from_millis(report),
+        upstream_networks,
     })
 }
 
@@ -816,6 +835,16 @@ mod tests {
         assert_eq!(err(r#"{"role":"spawn","app":"a b","sidecar_cluster":"s"}"#).field, "app");
         assert_eq!(err(r#"{"role":"spawn","app":"a"}"#).message, "missing field `sidecar_cluster`");
         assert_eq!(err(r#"{"role":"spawn","app":"a","sidecar_cluster":"s","ensure_timeout_ms":1}"#).field, "ensure_timeout_ms");
+        let Ok(Config::Spawn(s)) =
+            parse(br#"{"role":"spawn","app":"a","sidecar_cluster":"s","upstream_networks":["172.18.0.0/16","10.1.2.3"]}"#, &no_env)
+        else {
+            panic!()
+        };
+        assert_eq!(s.upstream_networks, ["172.18.0.0/16".parse::<IpNet>().unwrap(), "10.1.2.3/32".parse().unwrap()]);
+        for bad in [r#"["0.0.0.0/0"]"#, r#"["::/0"]"#, r#"["nope"]"#] {
+            let e = err(&format!(r#"{{"role":"spawn","app":"a","sidecar_cluster":"s","upstream_networks":{bad}}}"#));
+            assert_eq!(e.field, "upstream_networks[0]", "{bad}");
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use ipnet::IpNet;
+
+use crate::config::SpawnConfig;
 use crate::reason::Reason;
 use crate::request::LocalReply;
 
@@ -67,11 +70,13 @@ fn text(header: &dyn Fn(&str) -> Option<Vec<u8>>, name: &str) -> Option<String> 
 }
 
 /// Reads a 200 answer of `/v1/ensure` or `/v1/activity`. The upstream must be a
-/// loopback `address:port` (the sidecar starts apps beside Envoy); durations are capped.
-pub fn parse_grant(header: &dyn Fn(&str) -> Option<Vec<u8>>) -> Option<Grant> {
+/// loopback `address:port` (the sidecar starts apps beside Envoy) or one in
+/// `networks` (the configuration's `upstream_networks`); durations are capped.
+pub fn parse_grant(header: &dyn Fn(&str) -> Option<Vec<u8>>, networks: &[IpNet]) -> Option<Grant> {
     let upstream = text(header, SIDECAR_UPSTREAM)?;
     let address: SocketAddr = upstream.parse().ok()?;
-    if !address.ip().is_loopback() || address.port() == 0 {
+    let ip = address.ip().to_canonical();
+    if !(ip.is_loopback() || networks.iter().any(|n| n.contains(&ip))) || address.port() == 0 {
         return None;
     }
     let lease_ms: u64 = text(header, SIDECAR_LEASE)?.parse().ok()?;
@@ -109,10 +114,11 @@ pub enum EnsureAnswer {
 
 /// Reads the sidecar's answer to an ensure call: `header` gives its headers
 /// (`:status` included), `body` its body (read only for a refusal).
-pub fn ensure_answer(app: &str, header: &dyn Fn(&str) -> Option<Vec<u8>>, body: &dyn Fn() -> Vec<u8>) -> EnsureAnswer {
+pub fn ensure_answer(config: &SpawnConfig, header: &dyn Fn(&str) -> Option<Vec<u8>>, body: &dyn Fn() -> Vec<u8>) -> EnsureAnswer {
+    let app = config.app.as_str();
     let status = header(":status");
     if status.as_deref() == Some(b"200") {
-        if let Some(grant) = parse_grant(header) {
+        if let Some(grant) = parse_grant(header, &config.upstream_networks) {
             return EnsureAnswer::Granted(grant);
         }
     }
@@ -147,10 +153,10 @@ pub enum ReportAnswer {
     Undelivered,
 }
 
-pub fn report_answer(header: &dyn Fn(&str) -> Option<Vec<u8>>) -> ReportAnswer {
+pub fn report_answer(config: &SpawnConfig, header: &dyn Fn(&str) -> Option<Vec<u8>>) -> ReportAnswer {
     let marked = header(SIDECAR_MARK).is_some();
     match header(":status").as_deref() {
-        Some(b"200") if marked => parse_grant(header).map_or(ReportAnswer::NotReady, ReportAnswer::Granted),
+        Some(b"200") if marked => parse_grant(header, &config.upstream_networks).map_or(ReportAnswer::NotReady, ReportAnswer::Granted),
         Some(_) if marked => ReportAnswer::NotReady,
         _ => ReportAnswer::Undelivered,
     }
@@ -423,7 +429,7 @@ mod tests {
             SIDECAR_LEASE | SIDECAR_COLD_START => Some(u64::MAX.to_string().into_bytes()),
             _ => None,
         };
-        let g = parse_grant(&headers).unwrap();
+        let g = parse_grant(&headers, &[]).unwrap();
         assert_eq!((g.lease, g.cold_start_ms), (MAX_LEASE, Some(MAX_COLD_START_MS)));
         let mut s = state();
         s.ensure_granted(&g, at(1000), at(1200));
@@ -539,17 +545,35 @@ mod tests {
         let ok =
             headers(&[("x-wsgiproxy-upstream", "127.0.0.1:10001"), ("x-wsgiproxy-lease-ms", "2000"), ("x-wsgiproxy-cold-start-ms", "315")]);
         assert_eq!(
-            parse_grant(&ok),
+            parse_grant(&ok, &[]),
             Some(Grant { upstream: "127.0.0.1:10001".into(), lease: Duration::from_millis(2000), cold_start_ms: Some(315) })
         );
-        assert!(parse_grant(&headers(&[("x-wsgiproxy-upstream", "[::1]:80"), ("x-wsgiproxy-lease-ms", "1")])).is_some());
+        assert!(parse_grant(&headers(&[("x-wsgiproxy-upstream", "[::1]:80"), ("x-wsgiproxy-lease-ms", "1")]), &[]).is_some());
         for bad in ["evil.example:80", "10.0.0.5:80", "0.0.0.0:80", "127.0.0.1:0", "127.0.0.1", "[2001:db8::1]:80"] {
             let pairs: &'static [(&'static str, &'static str)] =
                 Box::leak(vec![("x-wsgiproxy-upstream", bad), ("x-wsgiproxy-lease-ms", "1")].into_boxed_slice());
-            assert_eq!(parse_grant(&headers(pairs)), None, "{bad}");
+            assert_eq!(parse_grant(&headers(pairs), &[]), None, "{bad}");
         }
-        assert_eq!(parse_grant(&headers(&[("x-wsgiproxy-upstream", "127.0.0.1:1")])), None);
-        assert_eq!(parse_grant(&headers(&[("x-wsgiproxy-upstream", "127.0.0.1:1"), ("x-wsgiproxy-lease-ms", "-1")])), None);
+        assert_eq!(parse_grant(&headers(&[("x-wsgiproxy-upstream", "127.0.0.1:1")]), &[]), None);
+        // A container on its own address, where the configuration names its network.
+        let bridge: IpNet = "172.18.0.0/16".parse().unwrap();
+        let container = headers(&[("x-wsgiproxy-upstream", "172.18.0.5:8080"), ("x-wsgiproxy-lease-ms", "1")]);
+        assert_eq!(parse_grant(&container, &[]), None, "not without the network configured");
+        assert_eq!(parse_grant(&container, &[bridge]).map(|g| g.upstream), Some("172.18.0.5:8080".into()));
+        let elsewhere = headers(&[("x-wsgiproxy-upstream", "10.0.0.5:80"), ("x-wsgiproxy-lease-ms", "1")]);
+        assert_eq!(parse_grant(&elsewhere, &[bridge]), None);
+        assert_eq!(parse_grant(&headers(&[("x-wsgiproxy-upstream", "127.0.0.1:1"), ("x-wsgiproxy-lease-ms", "-1")]), &[]), None);
+    }
+
+    fn blog_config() -> SpawnConfig {
+        SpawnConfig {
+            app: "blog".into(),
+            sidecar_cluster: "sidecar".into(),
+            sidecar_authority: "wsgiproxy-sidecar".into(),
+            ensure_timeout: SECOND,
+            report_interval: SECOND,
+            upstream_networks: Vec::new(),
+        }
     }
 
     fn answer<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<Vec<u8>> + 'a {
@@ -560,22 +584,22 @@ mod tests {
     fn ensure_answers() {
         let body = || b"app \"blog\" is not available: the app exited\x1b[31m\n".to_vec();
         let granted = [(":status", "200"), (SIDECAR_MARK, "1"), (SIDECAR_UPSTREAM, "127.0.0.1:10000"), (SIDECAR_LEASE, "2000")];
-        assert_eq!(ensure_answer("blog", &answer(&granted), &body), EnsureAnswer::Granted(grant(2000)));
+        assert_eq!(ensure_answer(&blog_config(), &answer(&granted), &body), EnsureAnswer::Granted(grant(2000)));
 
         let refused = [(":status", "503"), (SIDECAR_MARK, "1"), ("retry-after", "8")];
-        let EnsureAnswer::Refused(reply) = ensure_answer("blog", &answer(&refused), &body) else { panic!() };
+        let EnsureAnswer::Refused(reply) = ensure_answer(&blog_config(), &answer(&refused), &body) else { panic!() };
         assert_eq!((reply.status, reply.reason), (503, Reason::AppUnavailable));
         assert_eq!(reply.headers, [("retry-after".to_string(), "8".to_string())]);
         assert!(reply.detail.ends_with("the app exited [31m"), "no control characters: {}", reply.detail);
 
         // Envoy's own 503 for a sidecar it cannot reach, or no answer at all.
         for pairs in [&[(":status", "503")][..], &[]] {
-            let EnsureAnswer::Unreachable(reply) = ensure_answer("blog", &answer(pairs), &body) else { panic!() };
+            let EnsureAnswer::Unreachable(reply) = ensure_answer(&blog_config(), &answer(pairs), &body) else { panic!() };
             assert_eq!(reply.reason, Reason::SidecarUnreachable);
         }
         // A 200 with an unusable grant is a refusal, not a request sent anywhere.
         let bad = [(":status", "200"), (SIDECAR_MARK, "1"), (SIDECAR_UPSTREAM, "10.1.1.1:80"), (SIDECAR_LEASE, "2000")];
-        assert!(matches!(ensure_answer("blog", &answer(&bad), &body), EnsureAnswer::Refused(_)));
+        assert!(matches!(ensure_answer(&blog_config(), &answer(&bad), &body), EnsureAnswer::Refused(_)));
     }
 
     #[test]
@@ -593,10 +617,14 @@ mod tests {
     #[test]
     fn report_answers() {
         let ok = [(":status", "200"), (SIDECAR_MARK, "1"), (SIDECAR_UPSTREAM, "127.0.0.1:10000"), (SIDECAR_LEASE, "2000")];
-        assert_eq!(report_answer(&answer(&ok)), ReportAnswer::Granted(grant(2000)));
-        assert_eq!(report_answer(&answer(&[(":status", "409"), (SIDECAR_MARK, "1")])), ReportAnswer::NotReady);
-        assert_eq!(report_answer(&answer(&[(":status", "503")])), ReportAnswer::Undelivered, "Envoy's 503: the sidecar never got it");
-        assert_eq!(report_answer(&answer(&[])), ReportAnswer::Undelivered);
+        assert_eq!(report_answer(&blog_config(), &answer(&ok)), ReportAnswer::Granted(grant(2000)));
+        assert_eq!(report_answer(&blog_config(), &answer(&[(":status", "409"), (SIDECAR_MARK, "1")])), ReportAnswer::NotReady);
+        assert_eq!(
+            report_answer(&blog_config(), &answer(&[(":status", "503")])),
+            ReportAnswer::Undelivered,
+            "Envoy's 503: the sidecar never got it"
+        );
+        assert_eq!(report_answer(&blog_config(), &answer(&[])), ReportAnswer::Undelivered);
     }
 
     #[test]
