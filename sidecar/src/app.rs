@@ -288,7 +288,10 @@ impl App {
         let Stopping { child, generation } = stopping;
         tracing::info!(app = %self.config.name, "stopping ({})", why.name());
         child.stop().await;
-        self.ctx.metrics.stopped(&self.config.name, why);
+        // A container the sidecar did not start was left running.
+        if child.is_ours() {
+            self.ctx.metrics.stopped(&self.config.name, why);
+        }
         let mut inner = self.lock();
         if inner.stopped(generation) {
             self.publish_phase(&inner);
