@@ -98,12 +98,13 @@ fn echo_image() -> &'static str {
         add_executable(root.path(), &echo, "/echo");
         add_executable(root.path(), Path::new("/bin/sh"), "/bin/sh");
         std::fs::create_dir_all(root.path().join("tmp")).unwrap();
-        let tar = Command::new("tar").arg("-C").arg(root.path()).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut tar = Command::new("tar").arg("-C").arg(root.path()).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
         let imported = Command::new("docker")
             .args(["import", "--change", "ENTRYPOINT [\"/echo\"]", "--message", "wsgiproxy echo for tests", "-", &image])
-            .stdin(Stdio::from(tar.stdout.unwrap()))
+            .stdin(Stdio::from(tar.stdout.take().unwrap()))
             .output()
             .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of the image's files failed");
         assert!(imported.status.success(), "docker import: {}", String::from_utf8_lossy(&imported.stderr));
         // Images of earlier echo builds go, once no container uses them.
         for old in docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "wsgiproxy-test/echo"]).lines() {
