@@ -375,6 +375,35 @@ fn a_restarted_sidecar_takes_over_the_container_it_started_instead_of_starting_a
 }
 
 #[test]
+fn a_restarted_sidecar_takes_over_a_container_it_paused_still_paused() {
+    if !docker_available("a_restarted_sidecar_takes_over_a_container_it_paused_still_paused") {
+        return;
+    }
+    let network = Network::create();
+    let container = Container::on(&network);
+    let dir = tempfile::tempdir().unwrap();
+    let config = blog_on(&container, &network, "idle_shutdown = 1\non_idle = \"pause\"");
+    let mut first = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    assert_eq!(ensure(&first).status, 200);
+    let started_at = container.started_at();
+    wait_until("the idle container is paused", Duration::from_secs(20), || container.status() == "paused");
+    first.proc.child.kill().unwrap();
+    first.proc.child.wait().unwrap();
+    let mut second = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    wait_until("the restarted sidecar takes the paused container over", Duration::from_secs(10), || {
+        second.status("blog")["state"] == "paused"
+    });
+    assert_eq!(container.status(), "paused", "taken over as it was");
+    let r = ensure(&second);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(container.status(), "running");
+    assert_eq!(container.started_at(), started_at, "thawed, not started again");
+    assert_eq!(second.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 0);
+    second.terminate();
+    assert_eq!(container.status(), "exited", "still the sidecar's: stopped with it");
+}
+
+#[test]
 fn a_container_the_sidecar_did_not_start_is_used_and_left_running() {
     if !docker_available("a_container_the_sidecar_did_not_start_is_used_and_left_running") {
         return;
