@@ -45,11 +45,11 @@ fn header(name: &str, value: impl ToString, r: &mut Reply) {
 }
 
 fn granted(app: &str, g: &Granted) -> Reply {
-    let upstream = format!("127.0.0.1:{}", g.port);
+    let upstream = g.upstream.to_string();
     let lease_ms = g.lease.as_millis() as u64;
     let waited_ms = g.waited.map(|w| w.as_millis() as u64);
     let body = serde_json::json!({
-        "app": app, "state": "ready", "upstream": upstream, "port": g.port,
+        "app": app, "state": "ready", "upstream": upstream, "port": g.upstream.port(),
         "lease_ms": lease_ms, "waited_ms": waited_ms.unwrap_or(0), "cold_start": waited_ms.is_some(),
     });
     let mut r = reply(StatusCode::OK, "application/json", body.to_string());
@@ -98,7 +98,7 @@ impl Api {
                 reply(StatusCode::OK, "application/json", serde_json::json!({ "apps": apps }).to_string())
             }
             (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok"),
-            (&Method::GET, ["metrics"]) => reply(StatusCode::OK, "text/plain; version=0.0.4", self.ctx.metrics.render()),
+            (&Method::GET, ["metrics"]) => reply(StatusCode::OK, crate::metrics::CONTENT_TYPE, self.ctx.metrics.render()),
             _ => text(StatusCode::NOT_FOUND, "not found"),
         };
         let mut response = response;

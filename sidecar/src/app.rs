@@ -1,5 +1,6 @@
 //! One app's lifecycle: runs what its state machine (`state_machine.rs`) decides —
-//! starts, readiness waits, crash clean-ups, stops — and tells callers of every
+//! starts, resumes, readiness waits, crash clean-ups, stops, pauses — on its
+//! workload (`workload.rs`: a process or a container), and tells callers of every
 //! change through a watch channel (a long poll), never on a timer.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -7,34 +8,35 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, OnIdle, WorkloadConfig};
 use crate::context::Context;
-use crate::ports;
-use crate::process::{ChildHandle, Launch};
-use crate::readiness::{ReadinessCheck, LISTEN_CHECK_EVERY};
-use crate::state_machine::{reporter_expiry, AppState, EnsureStep, Phase, RunningChild, Stopping, Unavailable};
+use crate::metrics::{FailureReason, StopReason};
+use crate::state_machine::{reporter_expiry, AppState, EnsureStep, Phase, Stopping, Unavailable};
+use crate::workload::container::ContainerWorkload;
+use crate::workload::process::ProcessWorkload;
+use crate::workload::{AfterEarlyExit, Instance, Workload};
 
 /// A successful ensure or activity report.
 #[derive(Debug, Clone)]
 pub struct Granted {
-    pub port: u16,
+    pub upstream: std::net::SocketAddr,
     pub lease: Duration,
     /// Set when the caller waited for a start.
     pub waited: Option<Duration>,
 }
 
-impl RunningChild for ChildHandle {
-    fn has_exited(&self) -> bool {
-        ChildHandle::has_exited(self)
-    }
-}
+/// The state machine, with a workload's instance as its child.
+type Inner = AppState<dyn Instance>;
 
-/// The state machine, with the sidecar's process handle as its child.
-type Inner = AppState<ChildHandle>;
+/// How many times a start is tried when its instance could not use its port.
+const START_ATTEMPTS: usize = 3;
 
 pub struct App {
     pub config: AppConfig,
     ctx: Arc<Context>,
+    workload: Arc<dyn Workload>,
+    /// Set for a container app (it may take over a container at the sidecar's start).
+    container: Option<Arc<ContainerWorkload>>,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
 }
@@ -42,8 +44,16 @@ pub struct App {
 impl App {
     pub fn new(config: AppConfig, ctx: Arc<Context>) -> Arc<App> {
         let now = Instant::now();
+        ctx.metrics.add_app(&config.name);
         ctx.metrics.set_state(&config.name, Phase::Stopped.name());
-        Arc::new(App { config, ctx, inner: Mutex::new(Inner::new(now)), changed: watch::channel(0).0 })
+        let (workload, container): (Arc<dyn Workload>, _) = match &config.workload {
+            WorkloadConfig::Process(p) => (Arc::new(ProcessWorkload::new(&config, p.clone(), Arc::clone(&ctx))), None),
+            WorkloadConfig::Container(c) => {
+                let container = Arc::new(ContainerWorkload::new(&config, c.clone(), Arc::clone(&ctx)));
+                (Arc::clone(&container) as Arc<dyn Workload>, Some(container))
+            }
+        };
+        Arc::new(App { config, ctx, workload, container, inner: Mutex::new(Inner::new(now)), changed: watch::channel(0).0 })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -60,8 +70,27 @@ impl App {
     }
 
     fn grant(&self, inner: &mut Inner, waited: Option<Duration>) -> Option<Granted> {
-        let port = inner.grant(Instant::now() + self.ctx.lease)?;
-        Some(Granted { port, lease: self.ctx.lease, waited })
+        let upstream = inner.grant(Instant::now() + self.ctx.lease)?;
+        Some(Granted { upstream, lease: self.ctx.lease, waited })
+    }
+
+    /// At the sidecar's start: takes over what an earlier run started and left
+    /// running (a container), as it is — running (checked for readiness, then idle
+    /// from now on) or paused.
+    pub async fn take_over(self: &Arc<App>) {
+        let Some(container) = &self.container else { return };
+        let Some(adopted) = container.adopt().await else { return };
+        let mut inner = self.lock();
+        if inner.phase != Phase::Stopped || self.ctx.is_shutting_down() {
+            // A request started it meanwhile (and found it running: the same one).
+            return;
+        }
+        if adopted.paused {
+            inner.adopt_paused(adopted.instance.upstream(), adopted.instance, Instant::now());
+            self.publish_phase(&inner);
+        } else {
+            self.begin_start(&mut inner, Some(adopted.instance));
+        }
     }
 
     /// Makes sure the app is up, starting it if need be, and waits until it is ready.
@@ -84,14 +113,14 @@ impl App {
                     EnsureStep::Grant => {
                         let waited = waited.then(|| began.elapsed());
                         if let Some(w) = waited {
-                            self.ctx.metrics.observe("wsgiproxy_sidecar_ensure_wait_seconds", &self.config.name, w);
+                            self.ctx.metrics.ensure_waited(&self.config.name, w);
                         }
                         if let Some(granted) = self.grant(&mut inner, waited) {
                             return Ok(granted);
                         }
                     }
                     EnsureStep::Start => {
-                        self.begin_start(&mut inner);
+                        self.begin_start(&mut inner, None);
                         waited = true;
                         joined = Some(inner.generation);
                     }
@@ -125,39 +154,49 @@ impl App {
         reporter_expiry(self.ctx.lease)
     }
 
-    fn begin_start(self: &Arc<App>, inner: &mut Inner) {
-        let generation = inner.begin_start();
+    /// Begins a start (or a resume of the paused child, or the take-over of
+    /// `running`) in a task of its own.
+    fn begin_start(self: &Arc<App>, inner: &mut Inner, running: Option<Arc<dyn Instance>>) {
+        let (generation, paused) = inner.begin_start();
         self.publish_phase(inner);
         let app = Arc::clone(self);
         tokio::spawn(async move {
-            app.run_start(generation).await;
+            app.run_start(generation, running.or(paused)).await;
             let mut inner = app.lock();
             inner.start_wound_up();
             app.changed.send_modify(|n| *n += 1);
         });
     }
 
-    async fn run_start(self: &Arc<App>, generation: u64) {
+    /// Resumes `existing` (a paused child, or one found running), or starts the
+    /// workload, then waits until it is ready.
+    async fn run_start(self: &Arc<App>, generation: u64, existing: Option<Arc<dyn Instance>>) {
         let name = &self.config.name;
         let began = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.start_timeout;
-        for _attempt in 0..3 {
-            let Some(port) = self.ctx.take_port(name, self.config.port) else {
-                return self.fail(generation, "no free port".into());
+        let mut existing = existing;
+        let mut cold = true;
+        for _attempt in 0..START_ATTEMPTS {
+            let instance = match existing.take() {
+                Some(instance) => match instance.resume(deadline).await {
+                    Ok(()) => {
+                        // Thawed, or found running: not a cold start.
+                        cold = false;
+                        instance
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %name, "cannot resume it ({e}): starting it afresh");
+                        instance.discard().await;
+                        continue;
+                    }
+                },
+                None => match self.workload.start(deadline).await {
+                    Ok(instance) => instance,
+                    Err(e) => return self.fail(generation, format!("cannot start it: {e}"), FailureReason::StartError),
+                },
             };
-            self.ctx.metrics.inc("wsgiproxy_sidecar_spawns_total", &[("app", name)]);
-            let launched = self.ctx.spawner.spawn(Launch { app: self.config.clone(), port }).await;
-            let child = match launched {
-                Ok(child) => Arc::new(child),
-                Err(e) => {
-                    self.ctx.release_port(name, port);
-                    return self.fail(generation, format!("cannot start {:?}: {e}", self.config.command[0]));
-                }
-            };
-            tracing::info!(app = %name, pid = child.pid, port, "started");
-            self.ctx.remember_child(name, &child, port);
-            let current = self.lock().adopt_child(generation, port, child.pid, Arc::clone(&child));
-            let readied = if current { self.wait_ready(&child, port, deadline, generation).await } else { Readied::Abandoned };
+            let current = self.lock().adopt_child(generation, instance.upstream(), Arc::clone(&instance));
+            let readied = if current { self.wait_ready(&instance, deadline, generation).await } else { Readied::Abandoned };
             match readied {
                 Readied::Ready => {
                     let mut inner = self.lock();
@@ -167,117 +206,91 @@ impl App {
                     }
                     self.publish_phase(&inner);
                     drop(inner);
-                    self.ctx.metrics.observe("wsgiproxy_sidecar_start_seconds", name, began.elapsed());
-                    tracing::info!(app = %name, port, "ready after {:?}", began.elapsed());
+                    if cold {
+                        self.ctx.metrics.cold_start(name, began.elapsed());
+                    }
+                    tracing::info!(app = %name, upstream = %instance.upstream(), "ready after {:?}", began.elapsed());
                     let app = Arc::clone(self);
-                    tokio::spawn(async move { app.watch_exit(generation, child, port).await });
+                    tokio::spawn(async move { app.watch_exit(generation, instance).await });
                     return;
                 }
                 Readied::Abandoned => {
-                    // Shut down while it started: this child is nobody's.
-                    child.kill_group(Duration::from_secs(2)).await;
-                    self.ctx.forget_child(child.pid);
-                    self.ctx.release_port(name, port);
+                    // Shut down while it started: this instance is nobody's.
+                    instance.discard().await;
                     return;
                 }
-                Readied::Exited(description) => {
-                    // Whatever it started goes too, before anything is concluded from
-                    // the port: a grandchild of ours holding it is not a stranger.
-                    child.kill_group(Duration::from_secs(2)).await;
-                    self.ctx.forget_child(child.pid);
-                    let taken = self.config.port.is_none() && !ports::is_free(port);
-                    self.ctx.release_port(name, port);
-                    // An allocated port someone else took between our check and the child's bind.
-                    if taken {
-                        tracing::warn!(app = %name, port, "the child could not use its port (taken meanwhile): starting again on another");
-                        continue;
+                Readied::Exited(description) => match instance.discard().await {
+                    AfterEarlyExit::StartAgain => continue,
+                    AfterEarlyExit::Failed => {
+                        let reason = format!("the app exited before it was ready ({description})");
+                        return self.fail(generation, reason, FailureReason::ExitedBeforeReady);
                     }
-                    self.ctx.metrics.inc("wsgiproxy_sidecar_crashes_total", &[("app", name)]);
-                    return self.fail(generation, format!("the app exited before it was ready ({description})"));
-                }
+                },
                 Readied::TimedOut => {
-                    child.stop(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(2)).await;
-                    self.ctx.forget_child(child.pid);
-                    self.ctx.release_port(name, port);
-                    self.ctx.metrics.inc("wsgiproxy_sidecar_stops_total", &[("app", name), ("reason", "start_timeout")]);
-                    return self
-                        .fail(generation, format!("the app did not become ready within {:?} and was killed", self.config.start_timeout));
+                    instance.discard().await;
+                    self.ctx.metrics.stopped(name, StopReason::StartTimeout);
+                    let what = if instance.is_ours() { "and was killed" } else { "(left running: the sidecar did not start it)" };
+                    let reason = format!("the app did not become ready within {:?} {what}", self.config.start_timeout);
+                    return self.fail(generation, reason, FailureReason::StartTimeout);
                 }
             }
         }
-        self.fail(generation, "the app could not bind a port after 3 attempts".into());
+        self.fail(generation, format!("the app could not be started after {START_ATTEMPTS} attempts"), FailureReason::StartError);
     }
 
-    async fn wait_ready(&self, child: &ChildHandle, port: u16, deadline: tokio::time::Instant, generation: u64) -> Readied {
-        let mut exited = child.exited.clone();
+    /// Waits until the instance is ready, has exited, the start is abandoned (a
+    /// shutdown), or the deadline.
+    async fn wait_ready(&self, instance: &Arc<dyn Instance>, deadline: tokio::time::Instant, generation: u64) -> Readied {
         let mut changes = self.changed.subscribe();
-        let mut check = ReadinessCheck::new(&self.config.readiness, port, child.pid);
+        let ready = instance.wait_ready();
+        tokio::pin!(ready);
         loop {
-            if let Some(description) = exited.borrow().clone() {
-                return Readied::Exited(description);
-            }
             if self.lock().generation != generation {
                 return Readied::Abandoned;
             }
-            if check.ready().await {
-                return Readied::Ready;
-            }
             tokio::select! {
-                _ = exited.changed() => {}
+                outcome = &mut ready => return match outcome {
+                    Ok(()) => Readied::Ready,
+                    Err(description) => Readied::Exited(description),
+                },
                 _ = changes.changed() => {}
-                _ = tokio::time::sleep(LISTEN_CHECK_EVERY) => {}
                 _ = tokio::time::sleep_until(deadline) => return Readied::TimedOut,
             }
         }
     }
 
-    fn fail(&self, generation: u64, reason: String) {
+    fn fail(&self, generation: u64, reason: String, why: FailureReason) {
         tracing::warn!(app = %self.config.name, "{reason}");
         let mut inner = self.lock();
         if inner.fail(generation, reason, Instant::now()) {
+            self.ctx.metrics.failed(&self.config.name, why);
             self.publish_phase(&inner);
         }
     }
 
-    /// A ready child that exits on its own has crashed: the next request starts it again.
-    async fn watch_exit(self: Arc<App>, generation: u64, child: Arc<ChildHandle>, port: u16) {
-        let mut exited = child.exited.clone();
-        let _ = exited.wait_for(Option::is_some).await;
-        let description = exited.borrow().clone().unwrap_or_default();
+    /// A ready instance that exits on its own has crashed: the next request starts it again.
+    async fn watch_exit(self: Arc<App>, generation: u64, instance: Arc<dyn Instance>) {
+        let description = instance.wait_exit().await;
         if !self.lock().is_ready_as(generation) {
-            // Stopped on purpose: the stop cleans up.
+            // Stopped or paused on purpose, or resumed since: that cleans up.
             return;
         }
-        // Whatever it left in its process group goes too. Its port stays out of other
+        // Whatever is left of it goes too. A process's port stays out of other
         // apps' reach while workers may still hold leases for it.
-        child.kill_group(Duration::from_secs(2)).await;
-        self.ctx.forget_child(child.pid);
-        self.ctx.release_port(&self.config.name, port);
-        self.ctx.metrics.inc("wsgiproxy_sidecar_crashes_total", &[("app", &self.config.name)]);
+        instance.discard().await;
         if !self.lock().count_crash(generation, Instant::now()) {
             return;
         }
-        self.fail(generation, format!("the app exited ({description})"));
+        self.fail(generation, format!("the app exited ({description})"), FailureReason::Crashed);
     }
 
-    /// Moves a ready app to stopping; what to stop, if anything.
-    fn begin_stop(&self, inner: &mut Inner) -> Option<Stopping<ChildHandle>> {
-        let stopping = inner.begin_stop()?;
-        self.publish_phase(inner);
-        Some(stopping)
-    }
-
-    async fn finish_stop(&self, stopping: Stopping<ChildHandle>, reason: &str) {
-        let Stopping { child, generation, port } = stopping;
-        tracing::info!(app = %self.config.name, pid = child.pid, "stopping ({reason})");
-        child.stop(self.config.stop_signal, self.config.stop_timeout).await;
-        self.ctx.forget_child(child.pid);
-        if let Some(port) = port {
-            self.ctx.release_port(&self.config.name, port);
-        }
-        self.ctx.metrics.inc("wsgiproxy_sidecar_stops_total", &[("app", &self.config.name), ("reason", reason)]);
-        if reason == "idle" {
-            self.ctx.metrics.inc("wsgiproxy_sidecar_idle_stops_total", &[("app", &self.config.name)]);
+    async fn finish_stop(&self, stopping: Stopping<dyn Instance>, why: StopReason) {
+        let Stopping { child, generation } = stopping;
+        tracing::info!(app = %self.config.name, "stopping ({})", why.name());
+        child.stop().await;
+        // A container the sidecar did not start was left running.
+        if child.is_ours() {
+            self.ctx.metrics.stopped(&self.config.name, why);
         }
         let mut inner = self.lock();
         if inner.stopped(generation) {
@@ -285,51 +298,85 @@ impl App {
         }
     }
 
-    /// Stops a ready app. Returns once it is gone.
-    pub async fn stop(&self, reason: &str) {
-        let stopping = self.begin_stop(&mut self.lock());
-        if let Some(stopping) = stopping {
-            self.finish_stop(stopping, reason).await;
+    async fn finish_pause(&self, pausing: Stopping<dyn Instance>) {
+        let Stopping { child, generation } = pausing;
+        let paused = child.pause().await;
+        let mut inner = self.lock();
+        let moved = match &paused {
+            Ok(()) => inner.paused(generation),
+            Err(e) => {
+                tracing::warn!(app = %self.config.name, "cannot pause it ({e}): it stays up, and is tried again after another idle period");
+                inner.pause_failed(generation, Instant::now())
+            }
+        };
+        if moved {
+            if paused.is_ok() {
+                tracing::info!(app = %self.config.name, "paused (idle)");
+                self.ctx.metrics.paused(&self.config.name);
+            }
+            self.publish_phase(&inner);
         }
     }
 
-    /// Stops the app if it is idle, deciding under the same lock as the move to
-    /// stopping: a lease granted meanwhile keeps it. True when it stopped.
+    /// Stops a ready app. Returns once it is gone.
+    pub async fn stop(&self, why: StopReason) {
+        let stopping = {
+            let mut inner = self.lock();
+            let stopping = inner.begin_stop();
+            if stopping.is_some() {
+                self.publish_phase(&inner);
+            }
+            stopping
+        };
+        if let Some(stopping) = stopping {
+            self.finish_stop(stopping, why).await;
+        }
+    }
+
+    /// Stops (or pauses) the app if it is idle, deciding under the same lock as the
+    /// move to stopping: a lease granted meanwhile keeps it. True when it did.
     pub async fn stop_if_idle(&self) -> bool {
         let Some(idle) = self.config.idle_shutdown else { return false };
-        let stopping = {
+        let leaving = {
             let mut inner = self.lock();
             if !inner.idle(Instant::now(), idle, self.reporter_expiry()) {
                 return false;
             }
-            self.begin_stop(&mut inner)
+            let leaving = match self.config.on_idle {
+                OnIdle::Stop => inner.begin_stop(),
+                OnIdle::Pause => inner.begin_pause(),
+            };
+            if leaving.is_some() {
+                self.publish_phase(&inner);
+            }
+            leaving
         };
-        match stopping {
-            Some(stopping) => {
-                self.finish_stop(stopping, "idle").await;
+        match (leaving, self.config.on_idle) {
+            (Some(stopping), OnIdle::Stop) => {
+                self.finish_stop(stopping, StopReason::Idle).await;
                 true
             }
-            None => false,
+            (Some(pausing), OnIdle::Pause) => {
+                self.finish_pause(pausing).await;
+                true
+            }
+            (None, _) => false,
         }
     }
 
     /// Stops whatever runs, whatever its phase (at shutdown, once the context says
     /// so: nothing starts any more). Returns once nothing of the app is left.
     pub async fn shutdown(&self) {
-        self.stop("shutdown").await;
+        self.stop(StopReason::Shutdown).await;
         let mut changes = self.changed.subscribe();
-        let (child, port) = {
+        let child = {
             let mut inner = self.lock();
             let left = inner.abandon();
             self.changed.send_modify(|n| *n += 1);
             left
         };
         if let Some(child) = child {
-            child.stop(self.config.stop_signal, self.config.stop_timeout).await;
-            self.ctx.forget_child(child.pid);
-            if let Some(port) = port {
-                self.ctx.release_port(&self.config.name, port);
-            }
+            child.stop().await;
         }
         let deadline = tokio::time::Instant::now() + self.config.stop_timeout + Duration::from_secs(10);
         while self.lock().starts_running > 0 {
@@ -354,17 +401,22 @@ impl App {
     pub fn status(&self) -> serde_json::Value {
         let inner = self.lock();
         let now = Instant::now();
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "state": inner.phase.name(),
-            "pid": inner.pid,
-            "port": inner.port,
+            "pid": null,
+            "upstream": inner.upstream.map(|u| u.to_string()),
+            "port": inner.upstream.map(|u| u.port()),
             "idle_for_seconds": now.duration_since(inner.last_activity).as_secs_f64(),
             "lease_left_ms": inner.lease_until.saturating_duration_since(now).as_millis() as u64,
             "busy_reporters": inner.reporters.values().filter(|(n, _)| *n > 0).count(),
             "restarts": inner.restarts,
             "consecutive_failures": inner.consecutive_failures,
             "last_failure": inner.failure.as_ref().map(|(_, r)| r.clone()),
-        })
+        });
+        if let (Some(child), Some(fields)) = (&inner.child, status.as_object_mut()) {
+            fields.extend(child.describe());
+        }
+        status
     }
 }
 
@@ -380,7 +432,7 @@ enum Readied {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::config::Readiness;
+    use crate::config::{ProcessConfig, Readiness};
     use crate::leftovers::StateFile;
     use crate::process::Spawner;
     use crate::state_machine::STOP_GRACE;
@@ -388,34 +440,36 @@ mod tests {
     fn config(command: &[&str], idle: Option<Duration>) -> AppConfig {
         AppConfig {
             name: "t".into(),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            cwd: None,
-            env: Default::default(),
-            port: None,
+            workload: WorkloadConfig::Process(ProcessConfig {
+                command: command.iter().map(|s| s.to_string()).collect(),
+                cwd: None,
+                env: Default::default(),
+                port: None,
+                stop_signal: nix::sys::signal::Signal::SIGTERM,
+            }),
             idle_shutdown: idle,
+            on_idle: OnIdle::Stop,
             readiness: Readiness::Tcp,
             start_timeout: Duration::from_secs(5),
-            stop_signal: nix::sys::signal::Signal::SIGTERM,
             stop_timeout: Duration::from_secs(2),
         }
     }
 
     async fn context(dir: &std::path::Path) -> Arc<Context> {
         let state = StateFile::open(dir).unwrap();
-        Arc::new(Context::new(Spawner::start().unwrap(), Duration::from_secs(1), 41000, [], state, None))
+        Arc::new(Context::new(Spawner::start().unwrap(), None, Duration::from_secs(1), 41000, [], state, None))
     }
 
     /// An app made ready by hand around a real child (`sleep`), idle for a while.
     async fn idle_ready_app(dir: &std::path::Path) -> Arc<App> {
         let ctx = context(dir).await;
         let app = App::new(config(&["sleep", "30"], Some(Duration::from_millis(100))), Arc::clone(&ctx));
-        let child = ctx.spawner.spawn(Launch { app: app.config.clone(), port: 41000 }).await.unwrap();
+        let child = app.workload.start(tokio::time::Instant::now() + Duration::from_secs(5)).await.unwrap();
         let mut inner = app.lock();
         let past = Instant::now() - Duration::from_secs(10);
         inner.phase = Phase::Ready;
-        inner.pid = Some(child.pid);
-        inner.port = Some(41000);
-        inner.child = Some(Arc::new(child));
+        inner.upstream = Some(child.upstream());
+        inner.child = Some(child);
         inner.last_activity = past;
         inner.lease_until = past;
         drop(inner);

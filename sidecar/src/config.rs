@@ -1,4 +1,5 @@
-//! The sidecar's configuration file (TOML): one `[apps.NAME]` table per app.
+//! The sidecar's configuration file (TOML): one `[apps.NAME]` table per app, a
+//! process to start (`command`) or a Docker container to start (`container`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,7 +24,14 @@ enum RawCommand {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
-    command: RawCommand,
+    #[serde(default)]
+    command: Option<RawCommand>,
+    #[serde(default)]
+    container: Option<String>,
+    #[serde(default)]
+    network: Option<String>,
+    #[serde(default)]
+    on_idle: Option<String>,
     #[serde(default)]
     cwd: Option<PathBuf>,
     #[serde(default)]
@@ -51,25 +59,72 @@ pub enum Readiness {
     Http(String),
 }
 
+/// What an idle app becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnIdle {
+    Stop,
+    /// Frozen (`docker pause`): it keeps its memory and address, and resumes at once.
+    Pause,
+}
+
+/// A process the sidecar starts, on a port it gives.
 #[derive(Debug, Clone)]
-pub struct AppConfig {
-    pub name: String,
+pub struct ProcessConfig {
     /// argv; `__PORT__` is replaced by the port when the child starts.
     pub command: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
+    /// A fixed port; without it, one is allocated.
     pub port: Option<u16>,
+    pub stop_signal: Signal,
+}
+
+/// An existing Docker container the sidecar starts.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// Its name or id.
+    pub container: String,
+    /// The port the app listens on inside the container.
+    pub port: u16,
+    /// The Docker network (one Envoy shares) on which requests reach it; without
+    /// it, the host port Docker publishes `port` on, or `port` on loopback for a
+    /// container sharing a network namespace (`--network host` or `container:…`).
+    pub network: Option<String>,
+}
+
+/// What an app is: the seam between the lifecycle and what it runs.
+#[derive(Debug, Clone)]
+pub enum WorkloadConfig {
+    Process(ProcessConfig),
+    Container(ContainerConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    pub workload: WorkloadConfig,
     pub idle_shutdown: Option<Duration>,
+    pub on_idle: OnIdle,
     pub readiness: Readiness,
     pub start_timeout: Duration,
-    pub stop_signal: Signal,
     pub stop_timeout: Duration,
+}
+
+impl AppConfig {
+    /// The fixed port a process app reserves on this host, if any.
+    pub fn fixed_port(&self) -> Option<u16> {
+        match &self.workload {
+            WorkloadConfig::Process(p) => p.port,
+            WorkloadConfig::Container(_) => None,
+        }
+    }
 }
 
 pub const DEFAULT_START_TIMEOUT: f64 = 30.0;
 pub const DEFAULT_STOP_TIMEOUT: f64 = 10.0;
 
-fn error(app: &str, field: &str, message: impl std::fmt::Display) -> String {
+/// A configuration error naming the app and the field.
+pub fn error(app: &str, field: &str, message: impl std::fmt::Display) -> String {
     format!("config error: app {app:?}: field {field:?}: {message}")
 }
 
@@ -131,6 +186,45 @@ fn place_of(text: &str, offset: usize) -> (Option<String>, Option<String>) {
     (app, key)
 }
 
+/// A fixed port of a process app, unique among apps.
+fn port_field(app: &str, port: u16, taken: &mut HashSet<u16>) -> Result<u16, String> {
+    if port == 0 {
+        return Err(error(app, "port", "must be 1 to 65535 (leave it out to have one allocated)"));
+    }
+    if !taken.insert(port) {
+        return Err(error(app, "port", format!("{port} is used by another app")));
+    }
+    Ok(port)
+}
+
+fn process(
+    app: &str,
+    command: RawCommand,
+    cwd: Option<PathBuf>,
+    env: BTreeMap<String, String>,
+    port: Option<u16>,
+    stop_signal: Option<String>,
+) -> Result<ProcessConfig, String> {
+    let command = match command {
+        RawCommand::Argv(argv) => argv,
+        RawCommand::Line(line) => shlex::split(&line).ok_or_else(|| error(app, "command", "unbalanced quotes"))?,
+    };
+    if command.first().is_none_or(String::is_empty) {
+        return Err(error(app, "command", "must not be empty"));
+    }
+    let stop_signal = match stop_signal.as_deref() {
+        None => Signal::SIGTERM,
+        Some(s) => {
+            let full = if s.starts_with("SIG") { s.to_string() } else { format!("SIG{s}") };
+            full.parse::<Signal>().map_err(|_| error(app, "stop_signal", format!("unknown signal {s:?}")))?
+        }
+    };
+    if env.contains_key("PORT") {
+        return Err(error(app, "env", "PORT is set by the sidecar"));
+    }
+    Ok(ProcessConfig { command, cwd, env, port, stop_signal })
+}
+
 pub fn load(path: &Path) -> Result<Vec<AppConfig>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("config error: cannot read {}: {e}", path.display()))?;
     parse(&text)
@@ -147,56 +241,80 @@ pub fn parse(text: &str) -> Result<Vec<AppConfig>, String> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
             return Err(format!("config error: app {name:?}: the name must be letters, digits, '.', '_' or '-'"));
         }
-        let command = match app.command {
-            RawCommand::Argv(argv) => argv,
-            RawCommand::Line(line) => shlex::split(&line).ok_or_else(|| error(&name, "command", "unbalanced quotes"))?,
-        };
-        if command.is_empty() || command[0].is_empty() {
-            return Err(error(&name, "command", "must not be empty"));
-        }
-        if let Some(port) = app.port {
-            if port == 0 {
-                return Err(error(&name, "port", "must be 1 to 65535 (leave it out to have one allocated)"));
-            }
-            if !ports.insert(port) {
-                return Err(error(&name, "port", format!("{port} is used by another app")));
-            }
-        }
         let readiness = match app.ready_path {
             None => Readiness::Tcp,
             Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => Readiness::Http(p),
             Some(p) => return Err(error(&name, "ready_path", format!("{p:?} must be a path starting with /"))),
         };
-        let stop_signal = match app.stop_signal.as_deref() {
-            None => Signal::SIGTERM,
-            Some(s) => {
-                let full = if s.starts_with("SIG") { s.to_string() } else { format!("SIG{s}") };
-                full.parse::<Signal>().map_err(|_| error(&name, "stop_signal", format!("unknown signal {s:?}")))?
+        let on_idle = match app.on_idle.as_deref() {
+            None | Some("stop") => OnIdle::Stop,
+            Some("pause") => OnIdle::Pause,
+            Some(other) => return Err(error(&name, "on_idle", format!("{other:?} must be \"stop\" or \"pause\""))),
+        };
+        let workload = match (app.command, app.container) {
+            (Some(_), Some(_)) => return Err(error(&name, "container", "an app is a `command` or a `container`, not both")),
+            (None, None) => {
+                return Err(error(
+                    &name,
+                    "command",
+                    "missing: give `command` (a process to start) or `container` (a Docker container to start)",
+                ))
+            }
+            (Some(command), None) => {
+                for (field, given) in [("network", app.network.is_some()), ("on_idle", on_idle == OnIdle::Pause)] {
+                    if given {
+                        return Err(error(&name, field, "only for a `container` app"));
+                    }
+                }
+                let port = match app.port {
+                    Some(port) => Some(port_field(&name, port, &mut ports)?),
+                    None => None,
+                };
+                WorkloadConfig::Process(process(&name, command, app.cwd, app.env, port, app.stop_signal)?)
+            }
+            (None, Some(container)) => {
+                for (field, given) in [("cwd", app.cwd.is_some()), ("env", !app.env.is_empty()), ("stop_signal", app.stop_signal.is_some())]
+                {
+                    if given {
+                        return Err(error(&name, field, "only for a `command` app (a container has its own)"));
+                    }
+                }
+                if container.is_empty() || !container.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                    return Err(error(&name, "container", format!("{container:?} is not a container name or id")));
+                }
+                let Some(port) = app.port.filter(|p| *p != 0) else {
+                    return Err(error(&name, "port", "required for a container: the port the app listens on inside it (1 to 65535)"));
+                };
+                if app.network.as_deref().is_some_and(str::is_empty) {
+                    return Err(error(&name, "network", "must not be empty"));
+                }
+                WorkloadConfig::Container(ContainerConfig { container, port, network: app.network })
             }
         };
-        if app.env.contains_key("PORT") {
-            return Err(error(&name, "env", "PORT is set by the sidecar"));
-        }
         apps.push(AppConfig {
             idle_shutdown: seconds(&name, "idle_shutdown", app.idle_shutdown, None)?,
             start_timeout: seconds(&name, "start_timeout", app.start_timeout, Some(DEFAULT_START_TIMEOUT))?.unwrap_or_default(),
             stop_timeout: seconds(&name, "stop_timeout", app.stop_timeout, Some(DEFAULT_STOP_TIMEOUT))?.unwrap_or_default(),
             name,
-            command,
-            cwd: app.cwd,
-            env: app.env,
-            port: app.port,
+            workload,
+            on_idle,
             readiness,
-            stop_signal,
         });
     }
     Ok(apps)
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    fn process(app: &AppConfig) -> &ProcessConfig {
+        match &app.workload {
+            WorkloadConfig::Process(p) => p,
+            WorkloadConfig::Container(_) => panic!("{} is a container", app.name),
+        }
+    }
 
     #[test]
     fn parses_apps() {
@@ -213,19 +331,32 @@ mod tests {
             port = 9000
             env = { MODE = "prod" }
             start_timeout = 2.5
+
+            [apps.shop]
+            container = "shop_1"
+            port = 8080
+            network = "apps"
+            on_idle = "pause"
             "#,
         )
         .unwrap();
         let api = &apps[0];
         assert_eq!(api.name, "api");
-        assert_eq!(api.port, Some(9000));
+        assert_eq!(process(api).port, Some(9000));
+        assert_eq!(api.fixed_port(), Some(9000));
         assert_eq!(api.start_timeout, Duration::from_millis(2500));
         assert_eq!(api.stop_timeout, Duration::from_secs(10));
         let blog = &apps[1];
-        assert_eq!(blog.command, ["wsgiproxy-echo", "--port", "__PORT__", "--name", "my blog"]);
+        assert_eq!(process(blog).command, ["wsgiproxy-echo", "--port", "__PORT__", "--name", "my blog"]);
         assert_eq!(blog.idle_shutdown, Some(Duration::from_secs(30)));
         assert_eq!(blog.readiness, Readiness::Http("/health".into()));
-        assert_eq!(blog.stop_signal, Signal::SIGINT);
+        assert_eq!(process(blog).stop_signal, Signal::SIGINT);
+        assert_eq!(blog.on_idle, OnIdle::Stop);
+        let shop = &apps[2];
+        let WorkloadConfig::Container(c) = &shop.workload else { panic!("shop is a container") };
+        assert_eq!((c.container.as_str(), c.port, c.network.as_deref()), ("shop_1", 8080, Some("apps")));
+        assert_eq!(shop.on_idle, OnIdle::Pause);
+        assert_eq!(shop.fixed_port(), None, "a container's port is its own, not this host's");
     }
 
     #[test]
@@ -244,13 +375,31 @@ mod tests {
             ("[apps.a]\ncommand = 3", "app \"a\": field \"command\": must be an array of strings or a string"),
             ("[apps.a]\ncommand = \"x\"\nenv = { A = 1 }", "app \"a\": field \"env\""),
             ("[apps.a]\ncommand = \"x\"\n[apps.b]\ncommand = \"y\"\nstart_timeout = 1.2.3", "app \"b\": field \"start_timeout\""),
-            ("[apps.a]\nstart_timeout = 3", "app \"a\": field \"command\": missing field `command`"),
+            ("[apps.a]\nstart_timeout = 3", "app \"a\": field \"command\": missing: give `command`"),
             ("[apps.a]\ncommand = \"'x\"", "app \"a\": field \"command\": unbalanced quotes"),
             ("[apps.a]\ncommand = \"x\"\nenv = { PORT = \"1\" }", "app \"a\": field \"env\""),
+            // Containers.
+            ("[apps.a]\ncommand = \"x\"\ncontainer = \"c\"", "app \"a\": field \"container\": an app is a `command` or a `container`"),
+            ("[apps.a]\ncontainer = \"c\"", "app \"a\": field \"port\": required for a container"),
+            ("[apps.a]\ncontainer = \"c\"\nport = 0", "app \"a\": field \"port\": required for a container"),
+            ("[apps.a]\ncontainer = \"c d\"\nport = 80", "app \"a\": field \"container\": \"c d\" is not a container name"),
+            ("[apps.a]\ncontainer = \"c\"\nport = 80\nstop_signal = \"INT\"", "app \"a\": field \"stop_signal\": only for a `command` app"),
+            ("[apps.a]\ncontainer = \"c\"\nport = 80\nenv = { A = \"1\" }", "app \"a\": field \"env\": only for a `command` app"),
+            ("[apps.a]\ncontainer = \"c\"\nport = 80\non_idle = \"freeze\"", "app \"a\": field \"on_idle\": \"freeze\" must be"),
+            ("[apps.a]\ncommand = \"x\"\non_idle = \"pause\"", "app \"a\": field \"on_idle\": only for a `container` app"),
+            ("[apps.a]\ncommand = \"x\"\nnetwork = \"n\"", "app \"a\": field \"network\": only for a `container` app"),
+            ("[apps.a]\ncontainer = \"c\"\nport = 80\nnetwork = \"\"", "app \"a\": field \"network\": must not be empty"),
         ];
         for (text, expected) in cases {
             let e = parse(text).unwrap_err();
             assert!(e.contains(expected), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn containers_may_share_a_port_number() {
+        // Each listens in its own network namespace.
+        let apps = parse("[apps.a]\ncontainer = \"a\"\nport = 80\n[apps.b]\ncontainer = \"b\"\nport = 80\n").unwrap();
+        assert_eq!(apps.len(), 2);
     }
 }

@@ -1,12 +1,13 @@
-//! What every app shares: the spawner, the metrics, the lease, whether the sidecar is
-//! shutting down, and the book of children and ports, persisted together in the
-//! state file.
+//! What every app shares: the spawner, the Docker client, the metrics, the lease,
+//! whether the sidecar is shutting down, and the book of children, ports and
+//! containers, persisted together in the state file.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::leftovers::{boot_id, unix_ms, HeldPort, Record, State, StateFile};
+use crate::docker::Docker;
+use crate::leftovers::{boot_id, unix_ms, ContainerRecord, HeldPort, Record, State, StateFile};
 use crate::metrics::Metrics;
 use crate::ports::{self, PortBook};
 use crate::process::{ChildHandle, Spawner};
@@ -14,6 +15,8 @@ use crate::process::{ChildHandle, Spawner};
 /// What every app shares.
 pub struct Context {
     pub spawner: Spawner,
+    /// Set when an app is a container.
+    pub docker: Option<Docker>,
     pub metrics: Metrics,
     pub lease: Duration,
     state_file: StateFile,
@@ -26,6 +29,7 @@ pub struct Context {
 struct Book {
     children: Vec<Record>,
     ports: PortBook,
+    containers: Vec<ContainerRecord>,
 }
 
 impl Context {
@@ -34,6 +38,7 @@ impl Context {
     /// workers may still hold leases for them.
     pub fn new(
         spawner: Spawner,
+        docker: Option<Docker>,
         lease: Duration,
         first_port: u16,
         fixed_ports: impl IntoIterator<Item = u16>,
@@ -41,6 +46,8 @@ impl Context {
         earlier: Option<State>,
     ) -> Context {
         let mut ports = PortBook::new(first_port, fixed_ports);
+        // Containers it started: the apps take over those still running as they were.
+        let containers = earlier.as_ref().map(|e| e.containers.clone()).unwrap_or_default();
         if let Some(earlier) = earlier {
             let now = Instant::now();
             let now_ms = unix_ms(SystemTime::now());
@@ -61,10 +68,11 @@ impl Context {
         }
         let ctx = Context {
             spawner,
+            docker,
             metrics: Metrics::default(),
             lease,
             state_file,
-            book: Mutex::new(Book { children: Vec::new(), ports }),
+            book: Mutex::new(Book { children: Vec::new(), ports, containers }),
             shutting_down: AtomicBool::new(false),
         };
         if let Ok(book) = ctx.book.lock() {
@@ -91,6 +99,7 @@ impl Context {
             lease_ms: self.lease.as_millis().try_into().unwrap_or(u64::MAX),
             children: book.children.clone(),
             ports,
+            containers: book.containers.clone(),
         });
     }
 
@@ -126,6 +135,32 @@ impl Context {
         let mut book = self.book();
         book.ports.release(app, port, Instant::now() + self.lease + ports::QUARANTINE_MARGIN);
         self.persist(&book);
+    }
+
+    /// Records a container the sidecar is starting or started (replacing what was
+    /// recorded of it).
+    pub fn remember_container(&self, record: ContainerRecord) {
+        let mut book = self.book();
+        book.containers.retain(|r| r.id != record.id);
+        book.containers.push(record);
+        self.persist(&book);
+    }
+
+    /// The container is stopped, or was never started: it is no longer the sidecar's.
+    pub fn forget_container(&self, id: &str) {
+        let mut book = self.book();
+        book.containers.retain(|r| r.id != id);
+        self.persist(&book);
+    }
+
+    /// What the sidecar recorded of the containers it started for `app`.
+    pub fn containers_started(&self, app: &str) -> Vec<ContainerRecord> {
+        self.book().containers.iter().filter(|r| r.app == app).cloned().collect()
+    }
+
+    /// Every container recorded as started, whatever its app.
+    pub fn all_containers_started(&self) -> Vec<ContainerRecord> {
+        self.book().containers.clone()
     }
 
     /// From now on, nothing starts: ensure calls answer 503.

@@ -6,6 +6,9 @@
 //!   recorded too), so a reused pid is never touched.
 //! - Ports in use or quarantined by the earlier run stay quarantined (see `ports.rs`),
 //!   since Envoy workers may still hold leases pointing at them.
+//! - Containers it started (`ContainerRecord`) are *not* stopped: the next run takes
+//!   over those still running as it left them (same id, same start time), and never
+//!   touches a container someone else started or restarted.
 //! - The directory is locked (`flock`) for the sidecar's life: a second sidecar on the
 //!   same directory refuses to start instead of stopping the first one's children.
 
@@ -39,6 +42,38 @@ pub struct HeldPort {
     pub until_unix_ms: Option<u64>,
 }
 
+/// A container the sidecar started (and so may stop).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRecord {
+    pub app: String,
+    /// The container's full id.
+    pub id: String,
+    /// Its `State.StartedAt` as Docker gave it after the start; absent while the
+    /// start is under way (the sidecar may die between the call and the answer).
+    pub started_at: Option<String>,
+    /// When the sidecar asked Docker to start it (Unix milliseconds).
+    pub requested_unix_ms: u64,
+}
+
+/// How far Docker's clock and ours may disagree (same host) when a start is matched
+/// by its time.
+const CLOCK_SLACK_MS: u64 = 1000;
+
+impl ContainerRecord {
+    /// True when the container `id` of `app`, started at `started_at` (Docker's
+    /// RFC 3339 time), is the one this record says the sidecar started: same start
+    /// time, or — when the sidecar died before it learnt it — started after it asked.
+    pub fn started(&self, app: &str, id: &str, started_at: &str) -> bool {
+        if self.app != app || self.id != id || started_at.is_empty() {
+            return false;
+        }
+        match &self.started_at {
+            Some(recorded) => recorded == started_at,
+            None => humantime::parse_rfc3339(started_at).is_ok_and(|t| unix_ms(t).saturating_add(CLOCK_SLACK_MS) >= self.requested_unix_ms),
+        }
+    }
+}
+
 /// The state file's content.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
@@ -48,6 +83,9 @@ pub struct State {
     pub lease_ms: u64,
     pub children: Vec<Record>,
     pub ports: Vec<HeldPort>,
+    /// Containers started and not yet stopped (older files have none).
+    #[serde(default)]
+    pub containers: Vec<ContainerRecord>,
 }
 
 /// This boot's id; empty when unknown (then recorded pids are never signalled).
@@ -203,7 +241,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = StateFile::open(dir.path()).unwrap();
         let child = Record { app: "a".into(), pid: 1, start_time: 0, port: 10000 };
-        let mut state = State { boot_id: boot_id(), lease_ms: 2000, children: vec![child], ports: Vec::new() };
+        let mut state = State { boot_id: boot_id(), lease_ms: 2000, children: vec![child], ports: Vec::new(), containers: Vec::new() };
         file.write(&state);
         assert_eq!(file.read(), Some(state.clone()));
         state.boot_id = "0b0b0b0b-not-this-boot".into();
@@ -212,5 +250,23 @@ mod tests {
         // The format of an earlier version (a bare list, no boot id) is not trusted either.
         std::fs::write(dir.path().join("children.json"), r#"[{"app":"a","pid":1,"start_time":0}]"#).unwrap();
         assert_eq!(file.read(), None);
+    }
+
+    #[test]
+    fn a_container_is_ours_only_as_we_started_it() {
+        let at = "2026-05-01T12:00:00.123456789Z";
+        let requested = unix_ms(humantime::parse_rfc3339(at).unwrap());
+        let started = ContainerRecord { app: "blog".into(), id: "abc".into(), started_at: Some(at.into()), requested_unix_ms: requested };
+        assert!(started.started("blog", "abc", at));
+        assert!(!started.started("blog", "abc", "2026-05-01T12:05:00Z"), "restarted by someone else since");
+        assert!(!started.started("shop", "abc", at));
+        assert!(!started.started("blog", "abd", at));
+        // The sidecar died between asking and hearing back: a start after the request is ours.
+        let asked = ContainerRecord { started_at: None, ..started };
+        assert!(asked.started("blog", "abc", "2026-05-01T12:00:00.5Z"));
+        assert!(asked.started("blog", "abc", "2026-05-01T12:00:00Z"), "within the clock slack");
+        assert!(!asked.started("blog", "abc", "2026-05-01T11:59:00Z"), "it ran before we asked: someone else's");
+        assert!(!asked.started("blog", "abc", "0001-01-01T00:00:00Z"));
+        assert!(!asked.started("blog", "abc", "garbage"));
     }
 }

@@ -1,17 +1,19 @@
-//! wsgiproxy-sidecar: starts backend processes on demand for the WSGIProxy Envoy
-//! filter's `spawn` role, reports when they are ready, stops them when idle, and
-//! stops them all when it stops.
+//! wsgiproxy-sidecar: starts backends on demand for the WSGIProxy Envoy filter's
+//! `spawn` role — processes, or existing Docker containers — reports when they are
+//! ready, stops (or pauses) them when idle, and stops them all when it stops.
 
 mod api;
 mod app;
 mod config;
 mod context;
+mod docker;
 mod leftovers;
 mod metrics;
 mod ports;
 mod process;
 mod readiness;
 mod state_machine;
+mod workload;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser, Debug)]
-#[command(about = "Starts backend processes on demand for the WSGIProxy Envoy filter")]
+#[command(about = "Starts backends (processes or Docker containers) on demand for the WSGIProxy Envoy filter")]
 struct Args {
     /// The apps' configuration (TOML).
     #[arg(long)]
@@ -45,7 +47,10 @@ struct Args {
     /// Where port allocation starts for apps without a fixed port.
     #[arg(long, default_value_t = ports::FIRST_PORT)]
     first_port: u16,
-    /// Validate the configuration and exit.
+    /// The Docker daemon's socket, for container apps.
+    #[arg(long, default_value = docker::DEFAULT_SOCKET)]
+    docker_socket: PathBuf,
+    /// Validate the configuration (and the containers it names, when Docker answers) and exit.
     #[arg(long)]
     check: bool,
 }
@@ -73,6 +78,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let has_containers = apps.iter().any(|a| matches!(a.workload, config::WorkloadConfig::Container(_)));
+    if has_containers {
+        if let Err(e) = workload::container::check_apps(&docker::Docker::new(args.docker_socket.clone()), &apps).await {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    }
     if args.check {
         println!("configuration {} OK ({} apps)", args.config.display(), apps.len());
         return;
@@ -106,10 +118,21 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
             );
         }
     }
-    let fixed_ports: Vec<u16> = configs.iter().filter_map(|c| c.port).collect();
-    let ctx = Arc::new(context::Context::new(process::Spawner::start()?, lease, args.first_port, fixed_ports, state_file, earlier));
+    let fixed_ports: Vec<u16> = configs.iter().filter_map(config::AppConfig::fixed_port).collect();
+    let container_apps: Vec<String> =
+        configs.iter().filter(|c| matches!(c.workload, config::WorkloadConfig::Container(_))).map(|c| c.name.clone()).collect();
+    // A Docker client for container apps, and for containers an earlier run started.
+    let recorded = earlier.as_ref().is_some_and(|e| !e.containers.is_empty());
+    let docker = (!container_apps.is_empty() || recorded).then(|| docker::Docker::new(args.docker_socket.clone()));
+    let ctx = Arc::new(context::Context::new(process::Spawner::start()?, docker, lease, args.first_port, fixed_ports, state_file, earlier));
     let apps: BTreeMap<String, Arc<app::App>> = configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
+    {
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move { workload::container::stop_orphans(&ctx, &container_apps).await });
+    }
     for app in apps.values() {
+        let taking_over = Arc::clone(app);
+        tokio::spawn(async move { taking_over.take_over().await });
         tokio::spawn(Arc::clone(app).idle_monitor());
     }
     tracing::info!("control API on http://{} ({} apps)", listener.local_addr()?, apps.len());

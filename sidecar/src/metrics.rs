@@ -1,94 +1,264 @@
-//! Prometheus metrics, in the text exposition format.
+//! The sidecar's metrics, kept and exposed (OpenMetrics text, which Prometheus reads)
+//! by the `prometheus-client` crate.
+//!
+//! Per app: starts (`spawns_total`), stops by reason, idle stops, crashes, failures
+//! by reason, pauses and resumes; the cold-start time (`start_seconds`: from the
+//! start to ready) and how long ensure calls waited, as histograms; and the app's
+//! state (1 for the current one).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Histogram buckets (seconds): from a 5 ms process start to a 30 s container start.
 const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// Every state an app may be in, as `wsgiproxy_sidecar_app_state{state}` names them.
+pub const STATES: [&str; 7] = ["stopped", "starting", "ready", "stopping", "pausing", "paused", "failed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabel {
+    app: String,
 }
 
-#[derive(Default)]
-struct Store {
-    /// (metric, labels) → value
-    counters: BTreeMap<(&'static str, String), u64>,
-    histograms: BTreeMap<(&'static str, String), Histogram>,
-    states: BTreeMap<String, &'static str>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppReason {
+    app: String,
+    reason: String,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppState {
+    app: String,
+    state: String,
+}
+
+/// Why an app stopped (`wsgiproxy_sidecar_stops_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Idle,
+    Shutdown,
+    StartTimeout,
+}
+
+impl StopReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Idle => "idle",
+            StopReason::Shutdown => "shutdown",
+            StopReason::StartTimeout => "start_timeout",
+        }
+    }
+}
+
+/// Why an app moved to failed (`wsgiproxy_sidecar_failures_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The workload could not be started (no port, no such command, Docker refused
+    /// or cannot be reached).
+    StartError,
+    /// It exited before it was ready.
+    ExitedBeforeReady,
+    /// It was not ready within `start_timeout`.
+    StartTimeout,
+    /// It exited after it was ready.
+    Crashed,
+}
+
+impl FailureReason {
+    fn name(self) -> &'static str {
+        match self {
+            FailureReason::StartError => "start_error",
+            FailureReason::ExitedBeforeReady => "exited_before_ready",
+            FailureReason::StartTimeout => "start_timeout",
+            FailureReason::Crashed => "crashed",
+        }
+    }
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
 pub struct Metrics {
-    store: Mutex<Store>,
+    registry: Registry,
+    spawns: Family<AppLabel, Counter>,
+    stops: Family<AppReason, Counter>,
+    idle_stops: Family<AppLabel, Counter>,
+    crashes: Family<AppLabel, Counter>,
+    failures: Family<AppReason, Counter>,
+    pauses: Family<AppLabel, Counter>,
+    resumes: Family<AppLabel, Counter>,
+    start_seconds: Family<AppLabel, Histogram, fn() -> Histogram>,
+    ensure_wait_seconds: Family<AppLabel, Histogram, fn() -> Histogram>,
+    app_state: Family<AppState, Gauge>,
+    /// Serializes state changes, so that an app never shows two states at once.
+    state_lock: Mutex<()>,
 }
 
-pub const STATES: [&str; 5] = ["stopped", "starting", "ready", "stopping", "failed"];
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let spawns = Family::<AppLabel, Counter>::default();
+        let stops = Family::<AppReason, Counter>::default();
+        let idle_stops = Family::<AppLabel, Counter>::default();
+        let crashes = Family::<AppLabel, Counter>::default();
+        let failures = Family::<AppReason, Counter>::default();
+        let pauses = Family::<AppLabel, Counter>::default();
+        let resumes = Family::<AppLabel, Counter>::default();
+        let start_seconds = Family::<AppLabel, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        let ensure_wait_seconds = Family::<AppLabel, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        let app_state = Family::<AppState, Gauge>::default();
+        // Counters get their `_total` suffix from the encoder.
+        registry.register("wsgiproxy_sidecar_spawns", "Starts of an app (a process spawned, a container started)", spawns.clone());
+        registry.register("wsgiproxy_sidecar_stops", "Stops of an app, by reason", stops.clone());
+        registry.register("wsgiproxy_sidecar_idle_stops", "Stops of an app for idleness", idle_stops.clone());
+        registry.register("wsgiproxy_sidecar_crashes", "Exits of an app the sidecar did not ask for", crashes.clone());
+        registry.register("wsgiproxy_sidecar_failures", "Moves of an app to failed, by reason", failures.clone());
+        registry.register("wsgiproxy_sidecar_pauses", "Pauses of an idle container", pauses.clone());
+        registry.register("wsgiproxy_sidecar_resumes", "Resumes of a paused container", resumes.clone());
+        registry.register("wsgiproxy_sidecar_start_seconds", "Cold-start time: from the start of an app to ready", start_seconds.clone());
+        registry.register(
+            "wsgiproxy_sidecar_ensure_wait_seconds",
+            "How long ensure calls that waited for a start waited",
+            ensure_wait_seconds.clone(),
+        );
+        registry.register("wsgiproxy_sidecar_app_state", "1 for the state each app is in, 0 for the others", app_state.clone());
+        Metrics {
+            registry,
+            spawns,
+            stops,
+            idle_stops,
+            crashes,
+            failures,
+            pauses,
+            resumes,
+            start_seconds,
+            ensure_wait_seconds,
+            app_state,
+            state_lock: Mutex::new(()),
+        }
+    }
+}
 
-fn labels(pairs: &[(&str, &str)]) -> String {
-    pairs.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect::<Vec<_>>().join(",")
+fn app(name: &str) -> AppLabel {
+    AppLabel { app: name.to_string() }
+}
+
+fn reason(name: &str, reason: &str) -> AppReason {
+    AppReason { app: name.to_string(), reason: reason.to_string() }
 }
 
 impl Metrics {
-    pub fn inc(&self, name: &'static str, pairs: &[(&str, &str)]) {
-        if let Ok(mut s) = self.store.lock() {
-            *s.counters.entry((name, labels(pairs))).or_default() += 1;
+    /// Shows an app's counters at 0 before anything happened to it.
+    pub fn add_app(&self, name: &str) {
+        for family in [&self.spawns, &self.idle_stops, &self.crashes] {
+            let _created = family.get_or_create(&app(name));
         }
     }
 
-    pub fn observe(&self, name: &'static str, app: &str, value: Duration) {
-        if let Ok(mut s) = self.store.lock() {
-            let h = s.histograms.entry((name, labels(&[("app", app)]))).or_default();
-            let secs = value.as_secs_f64();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
+    pub fn started(&self, name: &str) {
+        self.spawns.get_or_create(&app(name)).inc();
+    }
+
+    pub fn stopped(&self, name: &str, why: StopReason) {
+        self.stops.get_or_create(&reason(name, why.name())).inc();
+        if why == StopReason::Idle {
+            self.idle_stops.get_or_create(&app(name)).inc();
         }
     }
 
-    pub fn set_state(&self, app: &str, state: &'static str) {
-        if let Ok(mut s) = self.store.lock() {
-            s.states.insert(app.to_string(), state);
+    pub fn failed(&self, name: &str, why: FailureReason) {
+        self.failures.get_or_create(&reason(name, why.name())).inc();
+        if matches!(why, FailureReason::Crashed | FailureReason::ExitedBeforeReady) {
+            self.crashes.get_or_create(&app(name)).inc();
         }
     }
 
+    pub fn paused(&self, name: &str) {
+        self.pauses.get_or_create(&app(name)).inc();
+    }
+
+    pub fn resumed(&self, name: &str) {
+        self.resumes.get_or_create(&app(name)).inc();
+    }
+
+    /// A start that became ready after `took`.
+    pub fn cold_start(&self, name: &str, took: Duration) {
+        self.start_seconds.get_or_create(&app(name)).observe(took.as_secs_f64());
+    }
+
+    /// An ensure call that waited `took` for a start.
+    pub fn ensure_waited(&self, name: &str, took: Duration) {
+        self.ensure_wait_seconds.get_or_create(&app(name)).observe(took.as_secs_f64());
+    }
+
+    pub fn set_state(&self, name: &str, current: &str) {
+        let _serialized = self.state_lock.lock();
+        for state in STATES {
+            let gauge = self.app_state.get_or_create(&AppState { app: name.to_string(), state: state.to_string() });
+            gauge.set(i64::from(state == current));
+        }
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let Ok(s) = self.store.lock() else { return String::new() };
         let mut out = String::new();
-        let mut last = "";
-        for ((name, labels), value) in &s.counters {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-        for ((name, labels), h) in &s.histograms {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} histogram");
-                last = name;
-            }
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {}", h.counts[i]);
-            }
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
-        }
-        let _ = writeln!(out, "# TYPE wsgiproxy_sidecar_app_state gauge");
-        for (app, current) in &s.states {
-            for state in STATES {
-                let _ = writeln!(out, "wsgiproxy_sidecar_app_state{{app=\"{app}\",state=\"{state}\"}} {}", u8::from(state == *current));
-            }
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!("cannot encode the metrics: {e}");
         }
         out
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, line_start: &str) -> Option<f64> {
+        text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn counters_histograms_and_states_keep_their_names() {
+        let m = Metrics::default();
+        m.add_app("blog");
+        m.add_app("shop");
+        m.started("blog");
+        m.stopped("blog", StopReason::Idle);
+        m.failed("blog", FailureReason::Crashed);
+        m.failed("blog", FailureReason::StartTimeout);
+        m.cold_start("blog", Duration::from_millis(300));
+        m.set_state("blog", "starting");
+        m.set_state("blog", "ready");
+        let text = m.render();
+        assert_eq!(value(&text, "wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), Some(1.0), "{text}");
+        assert_eq!(value(&text, "wsgiproxy_sidecar_stops_total{app=\"blog\",reason=\"idle\"}"), Some(1.0));
+        assert_eq!(value(&text, "wsgiproxy_sidecar_idle_stops_total{app=\"blog\"}"), Some(1.0));
+        assert_eq!(value(&text, "wsgiproxy_sidecar_crashes_total{app=\"blog\"}"), Some(1.0));
+        assert_eq!(value(&text, "wsgiproxy_sidecar_failures_total{app=\"blog\",reason=\"start_timeout\"}"), Some(1.0));
+        assert!(text.contains("# TYPE wsgiproxy_sidecar_start_seconds histogram"), "{text}");
+        assert_eq!(value(&text, "wsgiproxy_sidecar_start_seconds_bucket{le=\"0.25\",app=\"blog\"}"), Some(0.0));
+        assert_eq!(value(&text, "wsgiproxy_sidecar_start_seconds_bucket{le=\"0.5\",app=\"blog\"}"), Some(1.0));
+        assert_eq!(value(&text, "wsgiproxy_sidecar_start_seconds_bucket{le=\"+Inf\",app=\"blog\"}"), Some(1.0));
+        assert_eq!(value(&text, "wsgiproxy_sidecar_app_state{app=\"blog\",state=\"ready\"}"), Some(1.0));
+        assert_eq!(value(&text, "wsgiproxy_sidecar_app_state{app=\"blog\",state=\"starting\"}"), Some(0.0));
+        assert_eq!(
+            value(&text, "wsgiproxy_sidecar_spawns_total{app=\"shop\"}"),
+            Some(0.0),
+            "an app's counters show before anything happened"
+        );
+        assert_eq!(value(&text, "wsgiproxy_sidecar_pauses_total{app=\"blog\"}"), None, "only what happened, or was added");
+        assert!(text.ends_with("# EOF\n"));
     }
 }

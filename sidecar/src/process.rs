@@ -15,11 +15,13 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::{oneshot, watch};
 
-use crate::config::AppConfig;
+use crate::config::ProcessConfig;
 
 /// What to run for one start.
 pub struct Launch {
-    pub app: AppConfig,
+    /// The app's name (its output is logged under it).
+    pub app: String,
+    pub config: ProcessConfig,
     pub port: u16,
 }
 
@@ -104,12 +106,15 @@ impl Spawner {
 }
 
 fn spawn_child(launch: Launch) -> std::io::Result<ChildHandle> {
-    let Launch { app, port } = launch;
+    let Launch { app, config, port } = launch;
     let port_text = port.to_string();
-    let argv: Vec<String> = app.command.iter().map(|a| a.replace("__PORT__", &port_text)).collect();
-    let mut command = Command::new(&argv[0]);
-    command.args(&argv[1..]).envs(&app.env).env("PORT", &port_text).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(cwd) = &app.cwd {
+    let argv: Vec<String> = config.command.iter().map(|a| a.replace("__PORT__", &port_text)).collect();
+    let Some((program, args)) = argv.split_first() else {
+        return Err(std::io::Error::other("an empty command"));
+    };
+    let mut command = Command::new(program);
+    command.args(args).envs(&config.env).env("PORT", &port_text).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(cwd) = &config.cwd {
         command.current_dir(cwd);
     }
     let parent = std::process::id() as libc::pid_t;
@@ -139,7 +144,7 @@ fn spawn_child(launch: Launch) -> std::io::Result<ChildHandle> {
     .into_iter()
     .flatten()
     {
-        let name = app.name.clone();
+        let name = app.clone();
         std::thread::spawn(move || drain(stream, &name));
     }
     let (tx, rx) = watch::channel(None);

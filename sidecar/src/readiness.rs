@@ -1,7 +1,8 @@
 //! Whether a starting child is ready: its port knocked on often, and probed for
 //! real (a TCP connect, or an HTTP GET) once it answers; the listener must be the
-//! child's own.
+//! child's own. The probe itself serves container apps too.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,7 +38,7 @@ impl<'a> ReadinessCheck<'a> {
         // as the port answers, else every 50 ms. Whose socket it is, /proc says once.
         let now = Instant::now();
         if now >= self.next_probe || accepts_connections(self.port).await {
-            if probe(self.readiness, self.port).await && ports::listened_by_group(self.port, self.pgid) {
+            if probe(self.readiness, loopback(self.port)).await && ports::listened_by_group(self.port, self.pgid) {
                 return true;
             }
             self.next_probe = Instant::now() + PROBE_EVERY;
@@ -46,21 +47,25 @@ impl<'a> ReadinessCheck<'a> {
     }
 }
 
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
 /// Whether something accepts connections on the port (refused at once when not).
 async fn accepts_connections(port: u16) -> bool {
     let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
     matches!(tokio::time::timeout(Duration::from_millis(50), connect).await, Ok(Ok(_)))
 }
 
-/// One readiness check: a TCP connect, or an HTTP GET answering 2xx/3xx.
-async fn probe(readiness: &Readiness, port: u16) -> bool {
-    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+/// One readiness check at `address`: a TCP connect, or an HTTP GET answering 2xx/3xx.
+pub async fn probe(readiness: &Readiness, address: SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(address);
     let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(500), connect).await else {
         return false;
     };
     let Readiness::Http(path) = readiness else { return true };
     let mut stream = stream;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
     }
@@ -93,14 +98,14 @@ mod tests {
     #[tokio::test]
     async fn an_http_probe_wants_2xx_or_3xx_and_a_tcp_probe_a_listener() {
         let ready = Readiness::Http("/ready".into());
-        assert!(probe(&ready, answering("HTTP/1.1 204 No Content").await).await);
-        assert!(probe(&ready, answering("HTTP/1.1 302 Found").await).await);
-        assert!(!probe(&ready, answering("HTTP/1.1 503 Service Unavailable").await).await);
+        assert!(probe(&ready, loopback(answering("HTTP/1.1 204 No Content").await)).await);
+        assert!(probe(&ready, loopback(answering("HTTP/1.1 302 Found").await)).await);
+        assert!(!probe(&ready, loopback(answering("HTTP/1.1 503 Service Unavailable").await)).await);
         let port = answering("HTTP/1.1 500 Internal Server Error").await;
-        assert!(probe(&Readiness::Tcp, port).await);
+        assert!(probe(&Readiness::Tcp, loopback(port)).await);
         assert!(accepts_connections(port).await);
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         assert!(!accepts_connections(closed).await);
-        assert!(!probe(&Readiness::Tcp, closed).await);
+        assert!(!probe(&Readiness::Tcp, loopback(closed)).await);
     }
 }

@@ -1,11 +1,13 @@
-//! One app's state machine: stopped → starting → ready → stopping → stopped, and
-//! failed (with backoff after repeated failures); what counts as activity, and when
-//! the app is idle.
+//! One app's state machine: stopped → starting → ready → stopping → stopped, or
+//! ready → pausing → paused → starting (a resume) → ready, and failed (with backoff
+//! after repeated failures); what counts as activity, and when the app is idle.
+//! The same for every kind of workload (`workload.rs`).
 //!
 //! Pure: no tokio, no I/O, the time is passed in. `app.rs` holds it under a lock,
 //! runs what it decides (starts, stops, waits) and tells waiters of each change.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +17,8 @@ pub enum Phase {
     Starting,
     Ready,
     Stopping,
+    Pausing,
+    Paused,
     Failed,
 }
 
@@ -25,6 +29,8 @@ impl Phase {
             Phase::Starting => "starting",
             Phase::Ready => "ready",
             Phase::Stopping => "stopping",
+            Phase::Pausing => "pausing",
+            Phase::Paused => "paused",
             Phase::Failed => "failed",
         }
     }
@@ -61,10 +67,13 @@ pub fn reporter_expiry(lease: Duration) -> Duration {
     lease * REPORTER_EXPIRY_LEASES
 }
 
-/// What the state machine needs to know of a running child (the process handle in
-/// the sidecar, a stand-in in tests).
+/// What the state machine needs to know of a running child (a workload's instance
+/// in the sidecar, a stand-in in tests).
 pub trait RunningChild {
     fn has_exited(&self) -> bool;
+    /// Started by the sidecar, which may then stop or pause it (a container someone
+    /// else started is used, never stopped).
+    fn is_ours(&self) -> bool;
 }
 
 /// What an ensure call does next, decided under the app's lock.
@@ -78,23 +87,22 @@ pub enum EnsureStep {
     Start,
     /// A start is under way: wait for it.
     JoinStart,
-    /// Stopping, or exited with its crash being cleaned up: wait for the outcome.
+    /// Stopping or pausing, or exited with its crash being cleaned up: wait for the outcome.
     Wait,
 }
 
-/// A stop under way.
-pub struct Stopping<C> {
+/// A stop (or pause) under way.
+pub struct Stopping<C: ?Sized> {
     pub child: Arc<C>,
     pub generation: u64,
-    pub port: Option<u16>,
 }
 
-pub struct AppState<C> {
+pub struct AppState<C: ?Sized> {
     pub phase: Phase,
-    /// Bumped at every start; stale tasks of an older start change nothing.
+    /// Bumped at every start (and resume); stale tasks of an older one change nothing.
     pub generation: u64,
-    pub port: Option<u16>,
-    pub pid: Option<u32>,
+    /// Where the child answers.
+    pub upstream: Option<SocketAddr>,
     pub child: Option<Arc<C>>,
     pub last_activity: Instant,
     pub lease_until: Instant,
@@ -110,13 +118,12 @@ pub struct AppState<C> {
     pub starts_running: usize,
 }
 
-impl<C> AppState<C> {
+impl<C: ?Sized> AppState<C> {
     pub fn new(now: Instant) -> AppState<C> {
         AppState {
             phase: Phase::Stopped,
             generation: 0,
-            port: None,
-            pid: None,
+            upstream: None,
             child: None,
             last_activity: now,
             lease_until: now,
@@ -149,31 +156,35 @@ impl<C> AppState<C> {
         self.reporters.retain(|_, (_, at)| now.duration_since(*at) < expiry);
     }
 
-    /// True when the app may be stopped for idleness at `now`: ready, no worker
-    /// reporting a request in flight, the last lease run out (plus a grace for a
-    /// report still on its way), and no activity for `idle`.
-    pub fn idle(&self, now: Instant, idle: Duration, expiry: Duration) -> bool {
-        let busy = self.reporters.values().any(|(in_flight, at)| *in_flight > 0 && now.duration_since(*at) < expiry);
-        self.phase == Phase::Ready && !busy && now >= self.lease_until + STOP_GRACE && now.duration_since(self.last_activity) >= idle
-    }
-
-    /// A lease running until `until` (a running one is never shortened); the port it
-    /// points at, when the app has one.
-    pub fn grant(&mut self, until: Instant) -> Option<u16> {
-        let port = self.port?;
+    /// A lease running until `until` (a running one is never shortened); the
+    /// address it points at, when the app has one.
+    pub fn grant(&mut self, until: Instant) -> Option<SocketAddr> {
+        let upstream = self.upstream?;
         if until > self.lease_until {
             self.lease_until = until;
         }
-        Some(port)
+        Some(upstream)
     }
 
-    /// Moves to starting under a new generation, and returns it.
-    pub fn begin_start(&mut self) -> u64 {
+    /// Moves to starting under a new generation, and returns it, with the paused
+    /// child to resume when the app was paused.
+    pub fn begin_start(&mut self) -> (u64, Option<Arc<C>>) {
+        let paused = if self.phase == Phase::Paused { self.child.clone() } else { None };
         self.generation += 1;
         self.failure = None;
         self.starts_running += 1;
         self.phase = Phase::Starting;
-        self.generation
+        (self.generation, paused)
+    }
+
+    /// Takes over a paused child an earlier run of the sidecar left (its idleness
+    /// counted from now).
+    pub fn adopt_paused(&mut self, upstream: SocketAddr, child: Arc<C>, now: Instant) {
+        self.generation += 1;
+        self.upstream = Some(upstream);
+        self.child = Some(child);
+        self.last_activity = now;
+        self.phase = Phase::Paused;
     }
 
     /// A start task ended, whatever its outcome.
@@ -183,11 +194,10 @@ impl<C> AppState<C> {
 
     /// Records the child a start launched, unless the start is stale. True when it
     /// is current.
-    pub fn adopt_child(&mut self, generation: u64, port: u16, pid: u32, child: Arc<C>) -> bool {
+    pub fn adopt_child(&mut self, generation: u64, upstream: SocketAddr, child: Arc<C>) -> bool {
         let current = self.generation == generation;
         if current {
-            self.port = Some(port);
-            self.pid = Some(pid);
+            self.upstream = Some(upstream);
             self.child = Some(child);
         }
         current
@@ -214,8 +224,7 @@ impl<C> AppState<C> {
         self.failed_until = now + backoff(self.consecutive_failures);
         self.failure = Some((generation, reason));
         self.child = None;
-        self.pid = None;
-        self.port = None;
+        self.upstream = None;
         self.phase = Phase::Failed;
         true
     }
@@ -240,15 +249,24 @@ impl<C> AppState<C> {
         true
     }
 
-    /// Moves a ready app to stopping; what to stop, if anything.
-    pub fn begin_stop(&mut self) -> Option<Stopping<C>> {
+    /// Moves a ready app to `to` (stopping or pausing); what to stop or pause, if anything.
+    fn leave_ready(&mut self, to: Phase) -> Option<Stopping<C>> {
         if self.phase != Phase::Ready {
             return None;
         }
         let child = self.child.clone()?;
-        let stopping = Stopping { child, generation: self.generation, port: self.port };
-        self.phase = Phase::Stopping;
-        Some(stopping)
+        self.phase = to;
+        Some(Stopping { child, generation: self.generation })
+    }
+
+    /// Moves a ready app to stopping; what to stop, if anything.
+    pub fn begin_stop(&mut self) -> Option<Stopping<C>> {
+        self.leave_ready(Phase::Stopping)
+    }
+
+    /// Moves a ready app to pausing; what to pause, if anything.
+    pub fn begin_pause(&mut self) -> Option<Stopping<C>> {
+        self.leave_ready(Phase::Pausing)
     }
 
     /// The stop of `generation` is done: stopped, failures forgotten. False when
@@ -258,25 +276,60 @@ impl<C> AppState<C> {
             return false;
         }
         self.child = None;
-        self.pid = None;
-        self.port = None;
+        self.upstream = None;
         self.consecutive_failures = 0;
         self.phase = Phase::Stopped;
         true
     }
 
+    /// The pause of `generation` is done: paused, child and address kept.
+    pub fn paused(&mut self, generation: u64) -> bool {
+        if self.generation != generation || self.phase != Phase::Pausing {
+            return false;
+        }
+        self.consecutive_failures = 0;
+        self.phase = Phase::Paused;
+        true
+    }
+
+    /// The pause of `generation` failed: ready again, idle from `now` on (the next
+    /// try is an idle period away).
+    pub fn pause_failed(&mut self, generation: u64, now: Instant) -> bool {
+        if self.generation != generation || self.phase != Phase::Pausing {
+            return false;
+        }
+        self.last_activity = now;
+        self.phase = Phase::Ready;
+        true
+    }
+
     /// At shutdown: a start in progress is abandoned (its task kills what it
-    /// started); the child and port left, to stop.
-    pub fn abandon(&mut self) -> (Option<Arc<C>>, Option<u16>) {
+    /// started); the child left, to stop.
+    pub fn abandon(&mut self) -> Option<Arc<C>> {
         self.generation += 1;
-        (self.child.take(), self.port.take())
+        self.upstream = None;
+        self.child.take()
     }
 }
 
-impl<C: RunningChild> AppState<C> {
+impl<C: RunningChild + ?Sized> AppState<C> {
     /// True when the child has exited (a crash whose cleanup is under way).
     pub fn exited(&self) -> bool {
         self.child.as_ref().is_some_and(|c| c.has_exited())
+    }
+
+    /// True when the app may be stopped (or paused) for idleness at `now`: ready,
+    /// its child the sidecar's own, no worker reporting a request in flight, the
+    /// last lease run out (plus a grace for a report still on its way), and no
+    /// activity for `idle`.
+    pub fn idle(&self, now: Instant, idle: Duration, expiry: Duration) -> bool {
+        let busy = self.reporters.values().any(|(in_flight, at)| *in_flight > 0 && now.duration_since(*at) < expiry);
+        let ours = self.child.as_ref().is_some_and(|c| c.is_ours());
+        self.phase == Phase::Ready
+            && ours
+            && !busy
+            && now >= self.lease_until + STOP_GRACE
+            && now.duration_since(self.last_activity) >= idle
     }
 
     /// An ensure call at `now`, which counts as activity. `joined`: the start this
@@ -303,9 +356,9 @@ impl<C: RunningChild> AppState<C> {
                     retry_after: (self.failed_until - now).max(Duration::from_secs(1)),
                 })
             }
-            Phase::Stopped | Phase::Failed => EnsureStep::Start,
+            Phase::Stopped | Phase::Failed | Phase::Paused => EnsureStep::Start,
             Phase::Starting => EnsureStep::JoinStart,
-            Phase::Stopping => EnsureStep::Wait,
+            Phase::Stopping | Phase::Pausing => EnsureStep::Wait,
         }
     }
 }
@@ -327,18 +380,34 @@ mod tests {
     const IDLE: Duration = Duration::from_secs(5);
     const EXPIRY: Duration = Duration::from_secs(20);
 
-    /// A stand-in child: exited or not.
-    struct FakeChild(bool);
+    /// A stand-in child: exited or not, the sidecar's or not.
+    struct FakeChild {
+        exited: bool,
+        ours: bool,
+    }
 
     impl RunningChild for FakeChild {
         fn has_exited(&self) -> bool {
-            self.0
+            self.exited
         }
+
+        fn is_ours(&self) -> bool {
+            self.ours
+        }
+    }
+
+    fn running() -> Arc<FakeChild> {
+        Arc::new(FakeChild { exited: false, ours: true })
+    }
+
+    fn address() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 10000))
     }
 
     fn ready_at(t0: Instant) -> AppState<FakeChild> {
         let mut inner = AppState::new(t0);
         inner.phase = Phase::Ready;
+        inner.child = Some(running());
         inner
     }
 
@@ -381,7 +450,7 @@ mod tests {
         let s = |n: u64| t0 + Duration::from_secs(n);
         let mut state = AppState::<FakeChild>::new(t0);
         assert!(matches!(state.on_ensure(None, s(0)), EnsureStep::Start));
-        let first = state.begin_start();
+        let (first, _) = state.begin_start();
         assert!(matches!(state.on_ensure(Some(first), s(0)), EnsureStep::JoinStart));
         assert!(state.fail(first, "exited".into(), s(1)));
         // The first failure is retried at once, but not for whoever waited for it.
@@ -390,7 +459,7 @@ mod tests {
             step => panic!("{step:?}"),
         }
         assert!(matches!(state.on_ensure(None, s(1)), EnsureStep::Start));
-        let second = state.begin_start();
+        let (second, _) = state.begin_start();
         assert!(state.fail(second, "exited again".into(), s(2)));
         // The second one backs off for a second.
         match state.on_ensure(None, s(2)) {
@@ -406,9 +475,9 @@ mod tests {
     fn an_exited_ready_child_is_waited_for_and_a_healthy_one_forgets_failures() {
         let t0 = Instant::now();
         let mut state = AppState::new(t0);
-        let generation = state.begin_start();
+        let (generation, _) = state.begin_start();
         state.consecutive_failures = 3;
-        assert!(state.adopt_child(generation, 10000, 42, Arc::new(FakeChild(true))));
+        assert!(state.adopt_child(generation, address(), Arc::new(FakeChild { exited: true, ours: true })));
         assert!(state.became_ready(generation, t0));
         assert!(matches!(state.on_ensure(None, t0), EnsureStep::Wait), "no lease on a closed port");
         assert!(state.count_crash(generation, t0 + HEALTHY_AFTER + Duration::from_secs(1)));
@@ -419,17 +488,53 @@ mod tests {
     fn a_stop_ends_in_stopped_with_failures_forgotten_and_a_lease_is_never_shortened() {
         let t0 = Instant::now();
         let mut state = AppState::new(t0);
-        let generation = state.begin_start();
-        assert!(state.adopt_child(generation, 10000, 42, Arc::new(FakeChild(false))));
+        let (generation, _) = state.begin_start();
+        assert!(state.adopt_child(generation, address(), running()));
         assert!(state.became_ready(generation, t0));
-        assert_eq!(state.grant(t0 + Duration::from_secs(2)), Some(10000));
-        assert_eq!(state.grant(t0 + Duration::from_secs(1)), Some(10000));
+        assert_eq!(state.grant(t0 + Duration::from_secs(2)), Some(address()));
+        assert_eq!(state.grant(t0 + Duration::from_secs(1)), Some(address()));
         assert_eq!(state.lease_until, t0 + Duration::from_secs(2));
         state.consecutive_failures = 1;
         let stopping = state.begin_stop().unwrap();
-        assert_eq!((stopping.generation, stopping.port), (generation, Some(10000)));
+        assert_eq!(stopping.generation, generation);
         assert!(state.begin_stop().is_none(), "already stopping");
         assert!(state.stopped(generation));
-        assert_eq!((state.phase, state.consecutive_failures, state.port), (Phase::Stopped, 0, None));
+        assert_eq!((state.phase, state.consecutive_failures, state.upstream), (Phase::Stopped, 0, None));
+    }
+
+    #[test]
+    fn a_paused_app_is_resumed_by_the_next_request_on_the_same_address() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut state = ready_at(t0);
+        state.upstream = Some(address());
+        let generation = state.generation;
+        assert!(state.idle(s(10), IDLE, EXPIRY));
+        let pausing = state.begin_pause().unwrap();
+        assert_eq!(state.phase, Phase::Pausing);
+        assert!(matches!(state.on_ensure(None, s(10)), EnsureStep::Wait), "a request during the pause waits for it");
+        assert!(state.paused(pausing.generation));
+        assert!(!state.idle(s(60), IDLE, EXPIRY), "a paused app is not stopped again");
+        assert!(matches!(state.on_ensure(None, s(61)), EnsureStep::Start));
+        let (resume, paused) = state.begin_start();
+        assert!(resume > generation);
+        assert!(paused.is_some(), "the paused child is the one to resume");
+        assert_eq!(state.upstream, Some(address()), "it keeps its address");
+        // A pause that failed leaves the app ready, idle counted afresh.
+        let mut state = ready_at(t0);
+        let pausing = state.begin_pause().unwrap();
+        assert!(state.pause_failed(pausing.generation, s(20)));
+        assert_eq!(state.phase, Phase::Ready);
+        assert!(!state.idle(s(24), IDLE, EXPIRY));
+        assert!(state.idle(s(25), IDLE, EXPIRY));
+    }
+
+    #[test]
+    fn a_child_the_sidecar_did_not_start_is_never_idle() {
+        let t0 = Instant::now();
+        let mut state = ready_at(t0);
+        state.child = Some(Arc::new(FakeChild { exited: false, ours: false }));
+        assert!(!state.idle(t0 + Duration::from_secs(3600), IDLE, EXPIRY));
+        assert!(matches!(state.on_ensure(None, t0), EnsureStep::Grant), "it is used all the same");
     }
 }

@@ -588,9 +588,9 @@ fn metrics_show_starts_waits_and_states() {
     assert!(text.contains("# TYPE wsgiproxy_sidecar_start_seconds histogram"), "{text}");
     assert_eq!(value("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1.0);
     // One start of ~0.3 s: not in the 0.25 s bucket, in the 0.5 s one and above (cumulative).
-    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{app=\"blog\",le=\"0.25\"}"), 0.0);
-    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{app=\"blog\",le=\"0.5\"}"), 1.0);
-    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{app=\"blog\",le=\"+Inf\"}"), 1.0);
+    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{le=\"0.25\",app=\"blog\"}"), 0.0);
+    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{le=\"0.5\",app=\"blog\"}"), 1.0);
+    assert_eq!(value("wsgiproxy_sidecar_start_seconds_bucket{le=\"+Inf\",app=\"blog\"}"), 1.0);
     assert_eq!(value("wsgiproxy_sidecar_start_seconds_count{app=\"blog\"}"), 1.0);
     let took = value("wsgiproxy_sidecar_start_seconds_sum{app=\"blog\"}");
     assert!((0.3..0.5).contains(&took), "{took}");

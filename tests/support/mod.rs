@@ -729,23 +729,40 @@ impl Sidecar {
     /// The same, on a given port (to stand in for a sidecar that restarts).
     pub fn start_on(config: &str, lease_ms: u64, port: u16) -> Sidecar {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sidecar.toml");
-        std::fs::write(&path, config.replace("ECHO", &bin_path("wsgiproxy-echo").to_string_lossy())).unwrap();
         let log = dir.path().join("sidecar.log");
-        let out = std::fs::File::create(&log).unwrap();
+        let child = Self::spawn(config, lease_ms, port, dir.path(), &log, &[]);
+        Self::serving(port, Proc { child, log, _dir: Some(dir) })
+    }
+
+    /// The same, in `dir` (kept by the caller: its configuration, log and state
+    /// directory, which a sidecar started again in it finds), with `extra` options.
+    pub fn start_in(dir: &Path, config: &str, lease_ms: u64, extra: &[&str]) -> Sidecar {
+        let port = free_port();
+        let log = dir.join(format!("sidecar-{port}.log"));
+        let child = Self::spawn(config, lease_ms, port, dir, &log, extra);
+        Self::serving(port, Proc { child, log, _dir: None })
+    }
+
+    fn spawn(config: &str, lease_ms: u64, port: u16, dir: &Path, log: &Path, extra: &[&str]) -> Child {
+        let path = dir.join("sidecar.toml");
+        std::fs::write(&path, config.replace("ECHO", &bin_path("wsgiproxy-echo").to_string_lossy())).unwrap();
+        let out = std::fs::File::create(log).unwrap();
         let first_port = first_app_port();
-        let child = Command::new(bin_path("wsgiproxy-sidecar"))
+        Command::new(bin_path("wsgiproxy-sidecar"))
             .arg("--config")
             .arg(&path)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--lease-ms", &lease_ms.to_string()])
             .args(["--first-port", &first_port.to_string()])
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.join("state"))
+            .args(extra)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .unwrap();
-        let proc = Proc { child, log, _dir: Some(dir) };
+            .unwrap()
+    }
+
+    fn serving(port: u16, proc: Proc) -> Sidecar {
         assert!(wait_for_port(port, Duration::from_secs(10)), "sidecar did not start: {}", proc.log_text());
         Sidecar { port, proc }
     }

@@ -1,0 +1,561 @@
+//! Container apps in real Docker: existing containers the sidecar starts on the
+//! first request, stops (or pauses) when idle, starts again after a crash, takes
+//! over after its own restart, and leaves alone when it did not start them; through
+//! real Envoy and the spawn role where what a client sees matters.
+//!
+//! The image is built here, FROM scratch: the echo binary, a shell (for
+//! healthchecks), the libraries `ldd` lists and the loader, `docker import`ed
+//! (nothing is pulled). Every container and network has a name of its own and is
+//! removed afterwards. The tests that need Docker say SKIPPED and pass when
+//! `docker info` fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use support::*;
+
+/// The sidecar's lease (the filter stops using one 500 ms before its end).
+const LEASE_MS: u64 = 1500;
+
+/// True when a Docker engine answers; says SKIPPED once when not.
+fn docker_available(test: &str) -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    let available = *AVAILABLE.get_or_init(|| {
+        let status = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        status.is_ok_and(|s| s.success())
+    });
+    if !available {
+        eprintln!("SKIPPED {test}: `docker info` fails (no Docker engine to run container apps in)");
+    }
+    available
+}
+
+/// `docker ARGS`, failing the test with what Docker said; its output, trimmed.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn quietly(args: &[&str]) -> bool {
+    Command::new("docker").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A name no other test (or test run) uses.
+fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("wsgiproxy-test-{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Copies an executable into `root` at `dest`, with every library `ldd` lists for
+/// it (at the same path) and the loader.
+fn add_executable(root: &Path, src: &Path, dest: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let place = |from: &Path, to: &str| {
+        let target = root.join(to.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(std::fs::canonicalize(from).unwrap(), &target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    place(src, dest);
+    let ldd = Command::new("ldd").arg(src).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = match line.split_once("=> ") {
+            Some((_, after)) => after.split(' ').next().unwrap_or_default(),
+            None => line.trim().split(' ').next().unwrap_or_default(),
+        };
+        if path.starts_with('/') {
+            place(Path::new(path), path);
+        }
+    }
+}
+
+/// The echo image (built once per test run, and once per echo binary).
+fn echo_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let echo = bin_path("wsgiproxy-echo");
+        // FNV-1a of the binary: a rebuilt echo gets an image of its own.
+        let hash = std::fs::read(&echo).unwrap().iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
+        let image = format!("wsgiproxy-test/echo:{hash:016x}");
+        if quietly(&["image", "inspect", &image]) {
+            return image;
+        }
+        let root = tempfile::tempdir().unwrap();
+        add_executable(root.path(), &echo, "/echo");
+        add_executable(root.path(), Path::new("/bin/sh"), "/bin/sh");
+        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
+        let mut tar = Command::new("tar").arg("-C").arg(root.path()).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
+        let imported = Command::new("docker")
+            .args(["import", "--change", "ENTRYPOINT [\"/echo\"]", "--message", "wsgiproxy echo for tests", "-", &image])
+            .stdin(Stdio::from(tar.stdout.take().unwrap()))
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of the image's files failed");
+        assert!(imported.status.success(), "docker import: {}", String::from_utf8_lossy(&imported.stderr));
+        // Images of earlier echo builds go, once no container uses them.
+        for old in docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "wsgiproxy-test/echo"]).lines() {
+            if old != image {
+                quietly(&["image", "rm", old]);
+            }
+        }
+        image
+    })
+}
+
+/// A Docker network of the test's own, removed afterwards.
+struct Network {
+    name: String,
+}
+
+impl Network {
+    fn create() -> Network {
+        let name = unique("net");
+        docker(&["network", "create", "--label", "wsgiproxy.test=1", &name]);
+        Network { name }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        quietly(&["network", "rm", &self.name]);
+    }
+}
+
+/// A stopped echo container (answering with `"name": "blog"` on 8080), removed afterwards.
+struct Container {
+    name: String,
+}
+
+impl Container {
+    /// `docker create` with `options` (before the image).
+    fn create(options: &[&str]) -> Container {
+        let name = unique("blog");
+        let mut args = vec!["create", "--name", &name, "--label", "wsgiproxy.test=1"];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[echo_image(), "--listen", "0.0.0.0:8080", "--name", "blog"]);
+        docker(&args);
+        Container { name }
+    }
+
+    /// Published on a loopback port Docker picks at each start.
+    fn published() -> Container {
+        Container::create(&["-p", "127.0.0.1::8080"])
+    }
+
+    fn on(network: &Network) -> Container {
+        Container::create(&["--network", &network.name])
+    }
+
+    fn inspect(&self, format: &str) -> String {
+        docker(&["inspect", "-f", format, &self.name])
+    }
+
+    fn status(&self) -> String {
+        self.inspect("{{.State.Status}}")
+    }
+
+    fn started_at(&self) -> String {
+        self.inspect("{{.State.StartedAt}}")
+    }
+
+    /// Its address on `network`, port 8080.
+    fn address_on(&self, network: &Network) -> String {
+        let ip = self.inspect(&format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", network.name));
+        format!("{ip}:8080")
+    }
+
+    /// How many times Docker started it since `since` (Unix seconds).
+    fn starts_since(&self, since: u64) -> usize {
+        let until = (unix_now() + 1).to_string();
+        let filter = format!("container={}", self.name);
+        let args = ["events", "--since", &since.to_string(), "--until", &until, "--filter", &filter, "--filter", "event=start"];
+        docker(&args).lines().count()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        quietly(&["rm", "-f", &self.name]);
+    }
+}
+
+/// The sidecar configuration of app "blog" running `container`, with `extra` lines.
+fn blog(container: &Container, extra: &str) -> String {
+    format!("[apps.blog]\ncontainer = \"{}\"\nport = 8080\n{extra}\n", container.name)
+}
+
+fn blog_on(container: &Container, network: &Network, extra: &str) -> String {
+    blog(container, &format!("network = \"{}\"\n{extra}", network.name))
+}
+
+fn spawn_envoy(sidecar_port: u16) -> Envoy {
+    let plugin = json!({
+        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
+        "report_interval_ms": 200, "ensure_timeout_ms": 30000
+    });
+    Envoy::start("envoy/spawn.yaml", &Overrides::default().cluster("wsgiproxy_sidecar", sidecar_port).plugin(plugin))
+}
+
+fn ensure(sidecar: &Sidecar) -> Response {
+    request(sidecar.port, "POST", "/v1/ensure/blog", &[], b"")
+}
+
+/// A GET to an address that is not on loopback (a container's own); `None` when
+/// nothing accepts the connection.
+fn try_get_at(address: &str, path: &str) -> Option<Response> {
+    let address: SocketAddr = address.parse().unwrap();
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: blog\r\nConnection: close\r\n\r\n").ok()?;
+    Some(read_response(&mut BufReader::new(stream)))
+}
+
+fn get_at(address: &str, path: &str) -> Response {
+    try_get_at(address, path).unwrap_or_else(|| panic!("nothing answers at {address}"))
+}
+
+#[test]
+fn a_burst_of_first_requests_through_envoy_starts_the_container_once() {
+    if !docker_available("a_burst_of_first_requests_through_envoy_starts_the_container_once") {
+        return;
+    }
+    let since = unix_now();
+    let container = Container::published();
+    let sidecar = Sidecar::start(&blog(&container, ""), LEASE_MS);
+    let envoy = spawn_envoy(sidecar.port);
+    assert_eq!(container.status(), "created");
+    let began = Instant::now();
+    let answers = burst(envoy.port, 20, "/hello");
+    eprintln!("20 first requests answered in {:?}", began.elapsed());
+    let failed: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(failed.is_empty(), "{} of 20 first requests failed: {failed:?}\n{}", failed.len(), sidecar.proc.log_text());
+    assert_eq!(container.starts_since(since), 1, "Docker started it more than once");
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1);
+    assert_eq!(container.status(), "running");
+    // Warm: under the worker's lease, straight to the container.
+    let warm = envoy.get("/again", &[]);
+    assert_eq!(warm.status, 200);
+    assert_eq!(warm.header("x-wsgiproxy-cold-start-ms"), None);
+    assert_eq!(warm.received().0["name"], "blog", "the container answered");
+    let status = sidecar.status("blog");
+    assert!(status["upstream"].as_str().unwrap().starts_with("127.0.0.1:"), "the published port: {status}");
+    assert_eq!(status["started_by_sidecar"], true);
+}
+
+#[test]
+fn an_idle_container_is_stopped_but_never_under_a_request_in_flight() {
+    if !docker_available("an_idle_container_is_stopped_but_never_under_a_request_in_flight") {
+        return;
+    }
+    let container = Container::published();
+    let sidecar = Sidecar::start(&blog(&container, "idle_shutdown = 1"), LEASE_MS);
+    let envoy = spawn_envoy(sidecar.port);
+    assert_eq!(envoy.get("/", &[]).status, 200);
+    // A request in flight three times as long as idle_shutdown plus the lease.
+    let port = envoy.port;
+    let began = Instant::now();
+    let slow = std::thread::spawn(move || request(port, "GET", "/__sleep/7000", &[], b""));
+    while !slow.is_finished() {
+        assert_eq!(container.status(), "running", "stopped {:?} into a request in flight", began.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let slow = slow.join().unwrap();
+    assert_eq!(slow.status, 200, "the request in flight was cut: {}", slow.text());
+    assert!(began.elapsed() >= Duration::from_secs(7));
+    let ended = Instant::now();
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_idle_stops_total{app=\"blog\"}"), 0);
+    // Then it stops, idle_shutdown after the request ended (plus the lease its end renewed).
+    wait_until("the idle container stops", Duration::from_secs(20), || container.status() == "exited");
+    eprintln!("stopped {:?} after the last request ended", ended.elapsed());
+    assert!(ended.elapsed() >= Duration::from_secs(1));
+    wait_until("the sidecar says stopped", Duration::from_secs(5), || sidecar.status("blog")["state"] == "stopped");
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_idle_stops_total{app=\"blog\"}"), 1);
+    // The next request starts it again.
+    let again = envoy.get("/", &[]);
+    assert_eq!(again.status, 200);
+    assert!(again.header("x-wsgiproxy-cold-start-ms").is_some());
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 2);
+}
+
+#[test]
+fn a_container_killed_by_hand_is_a_503_then_a_restart_then_a_back_off() {
+    if !docker_available("a_container_killed_by_hand_is_a_503_then_a_restart_then_a_back_off") {
+        return;
+    }
+    let container = Container::published();
+    let sidecar = Sidecar::start(&blog(&container, ""), LEASE_MS);
+    let envoy = spawn_envoy(sidecar.port);
+    assert_eq!(envoy.get("/", &[]).status, 200);
+    docker(&["kill", &container.name]);
+    wait_until("the sidecar sees the crash", Duration::from_secs(10), || sidecar.status("blog")["state"] == "failed");
+    assert!(sidecar.status("blog")["last_failure"].as_str().unwrap().contains("SIGKILL"), "{}", sidecar.status("blog"));
+    // At most the first request after the crash is sent under the old lease (Envoy's
+    // 503: the published port is closed); the next one starts the container again.
+    let mut failures = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = envoy.get("/", &[]);
+        if r.status == 200 {
+            break;
+        }
+        failures.push((r.status, r.header("x-wsgiproxy-error").map(str::to_string)));
+        assert!(Instant::now() < deadline, "no recovery: {failures:?}");
+    }
+    assert!(failures.len() <= 1 && failures.iter().all(|(s, _)| *s == 503), "{failures:?}");
+    assert_eq!(container.status(), "running");
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_crashes_total{app=\"blog\"}"), 1);
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 2);
+    // Killed again at once: a second failure in a row backs off, with the sidecar's
+    // own 503 and a Retry-After, then the container starts again.
+    docker(&["kill", &container.name]);
+    wait_until("the sidecar sees the second crash", Duration::from_secs(10), || sidecar.status("blog")["state"] == "failed");
+    let mut answers = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = envoy.get("/", &[]);
+        if r.status == 200 {
+            break;
+        }
+        answers.push((r.status, r.header("x-wsgiproxy-error").map(str::to_string), r.header("retry-after").map(str::to_string)));
+        assert!(Instant::now() < deadline, "no recovery: {answers:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(answers.iter().any(|(s, e, retry)| *s == 503 && e.as_deref() == Some("app_unavailable") && retry.is_some()), "{answers:?}");
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_crashes_total{app=\"blog\"}"), 2);
+}
+
+#[test]
+fn a_restarted_sidecar_takes_over_the_container_it_started_instead_of_starting_another() {
+    if !docker_available("a_restarted_sidecar_takes_over_the_container_it_started_instead_of_starting_another") {
+        return;
+    }
+    let since = unix_now();
+    let network = Network::create();
+    let container = Container::on(&network);
+    let dir = tempfile::tempdir().unwrap();
+    let config = blog_on(&container, &network, "idle_shutdown = 2");
+    let mut first = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    let r = ensure(&first);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Reached on its own address on the network.
+    let upstream = r.header("x-wsgiproxy-upstream").unwrap().to_string();
+    assert_eq!(upstream, container.address_on(&network));
+    assert_eq!(get_at(&upstream, "/").received().0["name"], "blog");
+    let started_at = container.started_at();
+    first.proc.child.kill().unwrap(); // SIGKILL: nothing is stopped on the way out
+    first.proc.child.wait().unwrap();
+    assert_eq!(container.status(), "running", "a container outlives the sidecar's SIGKILL");
+    let second = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    wait_until("the restarted sidecar takes the container over", Duration::from_secs(10), || second.status("blog")["state"] == "ready");
+    assert_eq!(second.status("blog")["started_by_sidecar"], true);
+    assert!(second.proc.log_text().contains("taking over the container an earlier run started"), "{}", second.proc.log_text());
+    let r = ensure(&second);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-wsgiproxy-upstream"), Some(upstream.as_str()));
+    assert_eq!(r.header("x-wsgiproxy-cold-start-ms"), None, "nothing was started");
+    assert_eq!(container.started_at(), started_at, "started a second time");
+    assert_eq!(second.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 0);
+    // Still the sidecar's: stopped once idle.
+    wait_until("the taken-over container stops once idle", Duration::from_secs(20), || container.status() == "exited");
+    assert_eq!(container.starts_since(since), 1);
+}
+
+#[test]
+fn a_restarted_sidecar_takes_over_a_container_it_paused_still_paused() {
+    if !docker_available("a_restarted_sidecar_takes_over_a_container_it_paused_still_paused") {
+        return;
+    }
+    let network = Network::create();
+    let container = Container::on(&network);
+    let dir = tempfile::tempdir().unwrap();
+    let config = blog_on(&container, &network, "idle_shutdown = 1\non_idle = \"pause\"");
+    let mut first = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    assert_eq!(ensure(&first).status, 200);
+    let started_at = container.started_at();
+    wait_until("the idle container is paused", Duration::from_secs(20), || container.status() == "paused");
+    first.proc.child.kill().unwrap();
+    first.proc.child.wait().unwrap();
+    let mut second = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    wait_until("the restarted sidecar takes the paused container over", Duration::from_secs(10), || {
+        second.status("blog")["state"] == "paused"
+    });
+    assert_eq!(container.status(), "paused", "taken over as it was");
+    let r = ensure(&second);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(container.status(), "running");
+    assert_eq!(container.started_at(), started_at, "thawed, not started again");
+    assert_eq!(second.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 0);
+    second.terminate();
+    assert_eq!(container.status(), "exited", "still the sidecar's: stopped with it");
+}
+
+#[test]
+fn a_container_the_sidecar_did_not_start_is_used_and_left_running() {
+    if !docker_available("a_container_the_sidecar_did_not_start_is_used_and_left_running") {
+        return;
+    }
+    let network = Network::create();
+    let container = Container::on(&network);
+    docker(&["start", &container.name]);
+    let started_at = container.started_at();
+    let mut sidecar = Sidecar::start(&blog_on(&container, &network, "idle_shutdown = 1"), LEASE_MS);
+    let r = ensure(&sidecar);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-wsgiproxy-upstream"), Some(container.address_on(&network).as_str()));
+    assert_eq!(sidecar.status("blog")["started_by_sidecar"], false);
+    // Well past idle_shutdown, the lease and its grace: used, never stopped.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(container.status(), "running");
+    assert_eq!(sidecar.status("blog")["state"], "ready");
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_idle_stops_total{app=\"blog\"}"), 0);
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 0);
+    // Nor when the sidecar stops.
+    sidecar.terminate();
+    assert_eq!(container.status(), "running");
+    assert_eq!(container.started_at(), started_at);
+}
+
+#[test]
+fn an_idle_container_is_paused_and_the_next_request_thaws_it_on_the_same_address() {
+    if !docker_available("an_idle_container_is_paused_and_the_next_request_thaws_it_on_the_same_address") {
+        return;
+    }
+    let network = Network::create();
+    let container = Container::on(&network);
+    let mut sidecar = Sidecar::start(&blog_on(&container, &network, "idle_shutdown = 1\non_idle = \"pause\""), LEASE_MS);
+    let r = ensure(&sidecar);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let upstream = r.header("x-wsgiproxy-upstream").unwrap().to_string();
+    let started_at = container.started_at();
+    wait_until("the idle container is paused", Duration::from_secs(20), || container.status() == "paused");
+    assert_eq!(sidecar.status("blog")["state"], "paused");
+    let began = Instant::now();
+    let r = ensure(&sidecar);
+    eprintln!("thawed in {:?}", began.elapsed());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-wsgiproxy-upstream"), Some(upstream.as_str()), "the same address");
+    assert!(r.header("x-wsgiproxy-cold-start-ms").is_some(), "the request waited for the thaw");
+    assert_eq!(container.status(), "running");
+    assert_eq!(container.started_at(), started_at, "thawed, not started again");
+    assert_eq!(get_at(&upstream, "/").received().0["name"], "blog");
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_pauses_total{app=\"blog\"}"), 1);
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_resumes_total{app=\"blog\"}"), 1);
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1);
+    // Paused again, then the sidecar stops: it stops the paused container.
+    wait_until("the idle container is paused again", Duration::from_secs(20), || container.status() == "paused");
+    sidecar.terminate();
+    assert_eq!(container.status(), "exited");
+}
+
+#[test]
+fn a_healthcheck_decides_readiness_not_the_port() {
+    if !docker_available("a_healthcheck_decides_readiness_not_the_port") {
+        return;
+    }
+    let network = Network::create();
+    let health = ["--health-cmd", "test -e /tmp/healthy", "--health-interval", "200ms", "--health-retries", "1000"];
+    let container = Container::create(&[&["--network", &network.name][..], &health].concat());
+    let never = Container::create(&[&["--network", &network.name][..], &health].concat());
+    let config = format!(
+        "{}\n[apps.never]\ncontainer = \"{}\"\nport = 8080\nnetwork = \"{}\"\nstart_timeout = 3\n",
+        blog_on(&container, &network, ""),
+        never.name,
+        network.name
+    );
+    let sidecar = Sidecar::start(&config, LEASE_MS);
+    let port = sidecar.port;
+    let waiting = std::thread::spawn(move || request(port, "POST", "/v1/ensure/blog", &[], b""));
+    // Its port answers long before it is healthy: the ensure waits on.
+    wait_until("the container serves", Duration::from_secs(20), || {
+        container.status() == "running" && try_get_at(&container.address_on(&network), "/").is_some_and(|r| r.status == 200)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!waiting.is_finished(), "ready before its healthcheck passed");
+    assert_eq!(sidecar.status("blog")["state"], "starting");
+    docker(&["exec", &container.name, "/bin/sh", "-c", ": > /tmp/healthy"]);
+    let r = waiting.join().unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(container.inspect("{{.State.Health.Status}}"), "healthy");
+    // Never healthy: a 503 at start_timeout saying so, and the container it started is killed.
+    let r = request(sidecar.port, "POST", "/v1/ensure/never", &[], b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("did not become ready within 3s and was killed"), "{}", r.text());
+    wait_until("the unhealthy container is gone", Duration::from_secs(10), || never.status() == "exited");
+}
+
+#[test]
+fn an_unknown_container_or_a_configuration_that_does_not_fit_it_is_refused_at_start() {
+    if !docker_available("an_unknown_container_or_a_configuration_that_does_not_fit_it_is_refused_at_start") {
+        return;
+    }
+    let container = Container::create(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let check = |config: &str| {
+        let path = dir.path().join("sidecar.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(bin_path("wsgiproxy-sidecar")).arg("--config").arg(&path).arg("--check").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let missing = unique("missing");
+    let (code, err) = check(&format!("[apps.blog]\ncontainer = \"{missing}\"\nport = 8080\n"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&format!("config error: app \"blog\": field \"container\": Docker has no container \"{missing}\"")), "{err}");
+    let (code, err) = check(&blog(&container, "network = \"elsewhere\""));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("field \"network\": the container") && err.contains("is not attached to the network \"elsewhere\""), "{err}");
+    let (code, err) = check(&blog(&container, ""));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("field \"port\"") && err.contains("does not publish 8080/tcp"), "{err}");
+    let (code, err) = check(&blog(&container, "network = \"bridge\""));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_docker_daemon_that_is_down_is_a_prompt_503_and_a_warning() {
+    // No Docker needed: the socket is one nobody listens on.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("docker.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let config = "[apps.blog]\ncontainer = \"blog\"\nport = 8080\nnetwork = \"apps\"\n";
+    let sidecar = Sidecar::start_in(dir.path(), config, LEASE_MS, &["--docker-socket", socket.to_str().unwrap()]);
+    assert!(sidecar.proc.log_text().contains("cannot be reached"), "a warning at start: {}", sidecar.proc.log_text());
+    let began = Instant::now();
+    let r = ensure(&sidecar);
+    assert!(began.elapsed() < Duration::from_secs(2), "took {:?}", began.elapsed());
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(r.text().contains("the Docker daemon cannot be reached at"), "{}", r.text());
+}
+
+/// The configuration users run: the container on its own address on a Docker network
+/// that Envoy shares (Envoy on the host reaches the bridge address).
+#[test]
+#[ignore = "the spawn filter accepts loopback upstreams only (protocol/src/spawn.rs, parse_grant): \
+            a container on its own address needs the filter to allow it"]
+fn through_envoy_to_the_containers_own_address() {
+    if !docker_available("through_envoy_to_the_containers_own_address") {
+        return;
+    }
+    let network = Network::create();
+    let container = Container::on(&network);
+    let sidecar = Sidecar::start(&blog_on(&container, &network, ""), LEASE_MS);
+    let envoy = spawn_envoy(sidecar.port);
+    let r = envoy.get("/hello", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.received().0["name"], "blog");
+    assert_eq!(sidecar.status("blog")["upstream"], container.address_on(&network));
+}
