@@ -127,6 +127,11 @@ impl Network {
         docker(&["network", "create", "--label", "wsgiproxy.test=1", &name]);
         Network { name }
     }
+
+    /// The network's address range, as Docker chose it.
+    fn subnet(&self) -> String {
+        docker(&["network", "inspect", "-f", "{{(index .IPAM.Config 0).Subnet}}", &self.name])
+    }
 }
 
 impl Drop for Network {
@@ -203,9 +208,14 @@ fn blog_on(container: &Container, network: &Network, extra: &str) -> String {
 }
 
 fn spawn_envoy(sidecar_port: u16) -> Envoy {
+    spawn_envoy_to(sidecar_port, &[])
+}
+
+/// The spawn role allowed to send requests to `networks` besides loopback.
+fn spawn_envoy_to(sidecar_port: u16, networks: &[String]) -> Envoy {
     let plugin = json!({
         "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
-        "report_interval_ms": 200, "ensure_timeout_ms": 30000
+        "report_interval_ms": 200, "ensure_timeout_ms": 30000, "upstream_networks": networks
     });
     Envoy::start("envoy/spawn.yaml", &Overrides::default().cluster("wsgiproxy_sidecar", sidecar_port).plugin(plugin))
 }
@@ -544,8 +554,6 @@ fn a_docker_daemon_that_is_down_is_a_prompt_503_and_a_warning() {
 /// The configuration users run: the container on its own address on a Docker network
 /// that Envoy shares (Envoy on the host reaches the bridge address).
 #[test]
-#[ignore = "the spawn filter accepts loopback upstreams only (protocol/src/spawn.rs, parse_grant): \
-            a container on its own address needs the filter to allow it"]
 fn through_envoy_to_the_containers_own_address() {
     if !docker_available("through_envoy_to_the_containers_own_address") {
         return;
@@ -553,7 +561,10 @@ fn through_envoy_to_the_containers_own_address() {
     let network = Network::create();
     let container = Container::on(&network);
     let sidecar = Sidecar::start(&blog_on(&container, &network, ""), LEASE_MS);
-    let envoy = spawn_envoy(sidecar.port);
+    // Not without the network allowed: the filter takes no address but loopback.
+    let refused = spawn_envoy(sidecar.port).get("/hello", &[]);
+    assert_eq!((refused.status, refused.header("x-wsgiproxy-error")), (503, Some("app_unavailable")), "{}", refused.text());
+    let envoy = spawn_envoy_to(sidecar.port, &[network.subnet()]);
     let r = envoy.get("/hello", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.received().0["name"], "blog");
