@@ -105,6 +105,10 @@ impl Host for WasmHost<'_> {
         attribute(vec!["connection", "tls_version"]).is_some_and(|v| !v.is_empty())
     }
 
+    fn local_address(&mut self) -> Option<Vec<u8>> {
+        attribute(vec!["destination", "address"])
+    }
+
     fn upstream_address(&mut self) -> Option<Vec<u8>> {
         attribute(vec!["upstream", "address"])
     }

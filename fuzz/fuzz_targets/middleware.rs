@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
             downstream: Downstream { tcp_peer: Some("127.0.0.1".parse().expect("ip")), ..Default::default() },
             https: false,
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600),
+            local_address: Some("127.0.0.1:10001".parse().expect("address")),
         };
         if let Decision::Forward(edits) = decide(&config, &req, &mut Memory, &mut MiddlewareOutcome::default()) {
             for (name, value) in &edits.set {

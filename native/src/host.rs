@@ -95,6 +95,10 @@ impl Host for NativeHost<'_> {
         connection_is_tls(self.stream)
     }
 
+    fn local_address(&mut self) -> Option<Vec<u8>> {
+        self.stream.attribute_bytes(Attribute::DestinationAddress)
+    }
+
     fn upstream_address(&mut self) -> Option<Vec<u8>> {
         self.stream.attribute_bytes(Attribute::UpstreamAddress)
     }

@@ -2,6 +2,7 @@
 //! client sent, rewrites the path for the backend's mount, injects the protocol
 //! headers, and signs them when a key is configured.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use crate::codec::{encode_payload, is_json, Family};
@@ -188,6 +189,14 @@ pub fn decide(
     edits.set(PATH, new_target.clone());
     edits.set(AUTHORITY, config.href.authority.as_str());
 
+    if config.bind_endpoint {
+        // Signed in the cluster once the endpoint is chosen (`sign_for_endpoint`); sent
+        // in the form that will be signed.
+        if config.signature_format == SignatureFormat::Rfc9421 {
+            edits.set(AUTHORITY, rfc9421::normalize_authority(&config.href.authority, config.href.scheme == "https"));
+        }
+        return edits.into_decision();
+    }
     if config.signature_format == SignatureFormat::Rfc9421 {
         if let Err(reply) = sign_rfc9421(config, req, &new_target, &mut edits, outcome) {
             return Decision::Reply(reply);
@@ -213,6 +222,56 @@ pub fn decide(
         }
     }
     edits.into_decision()
+}
+
+/// With `bind_endpoint`, in the cluster's upstream filter, once the load balancer has
+/// chosen `endpoint`: signs the request as it stands (what `decide` made of it before
+/// routing) together with `X-WSGIProxy-Endpoint: {endpoint}`, in the configured
+/// format. Each attempt (a retry, a hedged request) is signed anew, with its own nonce.
+pub fn sign_for_endpoint(config: &AppConfig, head: &RequestHead, endpoint: SocketAddr, now: SystemTime, nonce: &Nonce) -> Decision {
+    let Some(ring) = &config.signing else { return Decision::Forward(Edits::default()) };
+    let mut edits = Edits::default();
+    let endpoint = endpoint.to_string();
+    // Every protocol header the request holds is signed, the endpoint with them; any
+    // signature already there (none, as `decide` left it) is replaced.
+    let mut fields: Vec<(String, Vec<u8>)> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| is_signed_header(n) && n != X_WSGIPROXY_ENDPOINT)
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect();
+    fields.push((X_WSGIPROXY_ENDPOINT.to_string(), endpoint.clone().into_bytes()));
+    edits.set(X_WSGIPROXY_ENDPOINT, endpoint);
+    let method = head.get(METHOD).unwrap_or(b"GET");
+    let authority = head.get(AUTHORITY).unwrap_or_default();
+    let target = head.get(PATH).unwrap_or(b"/");
+    if config.signature_format == SignatureFormat::Rfc9421 {
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        let message = rfc9421::Message { method, https: config.href.scheme == "https", authority, target, fields: &fields };
+        let created = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let Some(signed) = rfc9421::sign(ring, &message, &names, created, &hex::encode(nonce)) else {
+            return Decision::Reply(LocalReply::new(400, Reason::Unsignable, "a value sent cannot stand in an RFC 9421 signature base"));
+        };
+        edits.set(rfc9421::SIGNATURE_INPUT, signed.signature_input);
+        edits.set(rfc9421::SIGNATURE, signed.signature);
+        return edits.into_decision();
+    }
+    let date = format_date(now);
+    let parts = SignedParts {
+        method,
+        authority,
+        path: target,
+        date: date.as_bytes(),
+        protocol_headers: fields.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect(),
+    };
+    match sign(ring, nonce, &parts) {
+        Some(signature) => {
+            edits.set(DATE, date);
+            edits.set(X_WSGIPROXY_SIGNATURE, signature);
+            edits.into_decision()
+        }
+        None => Decision::Reply(LocalReply::new(400, Reason::Unsignable, "the request cannot be signed")),
+    }
 }
 
 /// Signs what is sent as RFC 9421 asks (see [`crate::rfc9421`]): `Signature-Input`

@@ -2,6 +2,7 @@
 //! into ready-to-use values (parsed href and CIDRs, keyed MAC state, header names).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -69,6 +70,8 @@ struct RawApp {
     client_address: Option<String>,
     #[serde(default)]
     scheme: Option<String>,
+    #[serde(default)]
+    bind_endpoint: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +121,10 @@ struct RawMiddleware {
     max_skew_seconds: Option<u64>,
     #[serde(default, deserialize_with = "lenient_u64")]
     replay_memory_mb: Option<u64>,
+    #[serde(default)]
+    bind_endpoint: Option<bool>,
+    #[serde(default)]
+    own_addresses: Option<Vec<String>>,
     #[serde(default)]
     prefix: Option<String>,
     #[serde(default)]
@@ -238,6 +245,10 @@ pub struct AppConfig {
     /// The listener's scheme, when the operator declares it: every connection is then
     /// taken to be https (or http) without asking the host about TLS per request.
     pub scheme: Option<DeclaredScheme>,
+    /// Sign in the cluster's upstream filter, binding each signature to the endpoint
+    /// the load balancer chose (`X-WSGIProxy-Endpoint`): before routing the role does
+    /// everything but sign.
+    pub bind_endpoint: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,6 +303,8 @@ pub struct MiddlewareConfig {
     /// The most memory the replay memory may take (bytes); past it, signed
     /// requests are refused with 503.
     pub replay_memory_bytes: u64,
+    /// Signatures must name this receiver as their endpoint (`X-WSGIProxy-Endpoint`).
+    pub bind_endpoint: Option<EndpointBinding>,
     pub forced_prefix: ForcedPrefix,
     pub scheme: Option<String>,
     pub host: Option<String>,
@@ -301,6 +314,15 @@ pub struct MiddlewareConfig {
     pub keys: BTreeMap<String, String>,
     pub allow_pickle: bool,
     pub on_untrusted: OnUntrusted,
+}
+
+/// How a receiver knows a signature was made for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointBinding {
+    /// The addresses senders reach this receiver at; empty: the address each
+    /// connection arrived on (Envoy's `destination.address`). Listed where a NAT or an
+    /// L4 load balancer stands between the hops.
+    pub own_addresses: Vec<SocketAddr>,
 }
 
 impl MiddlewareConfig {
@@ -463,7 +485,12 @@ fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>) -> Result<App
     }
     let (signature_format, algorithm) = signature_format(raw.signature_format.as_deref(), raw.algorithm.as_deref())?;
     let signing = key_ring(raw.secret, algorithm, env)?;
+    let bind_endpoint = raw.bind_endpoint.unwrap_or(false);
+    if bind_endpoint && signing.is_none() {
+        return Err(ConfigError::new("bind_endpoint", "needs a secret: the endpoint is bound by the signature"));
+    }
     Ok(AppConfig {
+        bind_endpoint,
         href,
         script_name,
         keys,
@@ -603,6 +630,23 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
     if !(1..=MAX_REPLAY_MEMORY_MB).contains(&replay_memory_mb) {
         return Err(ConfigError::new("replay_memory_mb", format!("must be between 1 and {MAX_REPLAY_MEMORY_MB}")));
     }
+    let bind_endpoint = match (raw.bind_endpoint.unwrap_or(false), raw.own_addresses) {
+        (false, None) => None,
+        (false, Some(_)) => return Err(ConfigError::new("own_addresses", "goes with \"bind_endpoint\": true")),
+        (true, _) if verify.is_none() => {
+            return Err(ConfigError::new("bind_endpoint", "needs a secret: the endpoint is bound by the signature"))
+        }
+        (true, addresses) => {
+            let mut own_addresses = Vec::new();
+            for (i, entry) in addresses.iter().flatten().enumerate() {
+                let address: SocketAddr = entry
+                    .parse()
+                    .map_err(|_| ConfigError::new(format!("own_addresses[{i}]"), format!("{entry:?} is not an ip:port address")))?;
+                own_addresses.push(SocketAddr::new(address.ip().to_canonical(), address.port()));
+            }
+            Some(EndpointBinding { own_addresses })
+        }
+    };
     let forced_prefix = match (raw.prefix, raw.pop_prefix) {
         (Some(_), Some(_)) => return Err(ConfigError::new("pop_prefix", "cannot be given together with \"prefix\"")),
         (Some(p), None) => ForcedPrefix::Prefix(normalize_prefix(&p).map_err(|e| ConfigError::new("prefix", e))?),
@@ -668,6 +712,7 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
         signature_format,
         max_skew,
         replay_memory_bytes: replay_memory_mb << 20,
+        bind_endpoint,
         forced_prefix,
         scheme,
         host: raw.host,

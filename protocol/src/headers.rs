@@ -11,6 +11,8 @@ pub const X_TRAVERSAL_PATH: &str = "x-traversal-path";
 pub const X_TRAVERSAL_QUERY_STRING: &str = "x-traversal-query-string";
 pub const X_WSGIPROXY_VERSION: &str = "x-wsgiproxy-version";
 pub const X_WSGIPROXY_SIGNATURE: &str = "x-wsgiproxy-signature";
+/// The endpoint a signature was made for (`ip:port`), with `bind_endpoint`.
+pub const X_WSGIPROXY_ENDPOINT: &str = "x-wsgiproxy-endpoint";
 pub const X_WSGIPROXY_PREFIX: &str = "x-wsgiproxy-";
 pub const DATE: &str = "date";
 

@@ -63,6 +63,10 @@ pub trait Host {
     /// Whether the downstream connection is TLS.
     fn connection_is_tls(&mut self) -> bool;
 
+    /// The address the downstream connection arrived on (`destination.address`,
+    /// `ip:port`).
+    fn local_address(&mut self) -> Option<Vec<u8>>;
+
     /// The address the upstream host resolved to (`upstream.address`): known only
     /// to a filter of the cluster, after DNS.
     fn upstream_address(&mut self) -> Option<Vec<u8>>;

@@ -3,11 +3,11 @@
 //! the believed ones into plain headers any framework understands, applies the
 //! forced values of the configuration, and strips everything else.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
 use crate::codec::{decode_value, split_payload, Family};
-use crate::config::{ForcedPrefix, MiddlewareConfig, OnUntrusted};
+use crate::config::{EndpointBinding, ForcedPrefix, MiddlewareConfig, OnUntrusted};
 use crate::headers::*;
 use crate::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix, with_query};
 use crate::reason::Reason;
@@ -30,6 +30,9 @@ pub struct MiddlewareRequest<'a> {
     /// Whether the downstream connection is TLS.
     pub https: bool,
     pub now: SystemTime,
+    /// The address the connection arrived on (`destination.address`): read only for
+    /// `bind_endpoint` without `own_addresses`.
+    pub local_address: Option<SocketAddr>,
 }
 
 /// Where signed requests' nonces are remembered (per Envoy, across workers): see
@@ -136,7 +139,14 @@ pub fn decide(
         }
         if let Some(ring) = &config.verify {
             match verify(config, ring, req, nonces) {
-                Ok(()) => outcome.verified = true,
+                Ok(()) => {
+                    outcome.verified = true;
+                    if let Some(binding) = &config.bind_endpoint {
+                        if let Err(reply) = check_endpoint(binding, head, req.local_address) {
+                            return reply;
+                        }
+                    }
+                }
                 Err(Err(reply)) => return reply,
                 Err(Ok(Rejection::Missing)) => {
                     outcome.unsigned = true;
@@ -297,6 +307,29 @@ fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision> {
         return Err(bad_request(Reason::TooManyPayloads, format!("more than {MAX_PAYLOADS} payload headers")));
     }
     Ok(())
+}
+
+/// `bind_endpoint`: the verified signature must have been made for this receiver, so
+/// that a request captured on its way to one replica is refused by every other.
+fn check_endpoint(binding: &EndpointBinding, head: &RequestHead, local: Option<SocketAddr>) -> Result<(), Decision> {
+    let refuse = |reason, detail: String| Err(Decision::Reply(LocalReply::new(403, reason, detail)));
+    let Some(named) = head.get_str(X_WSGIPROXY_ENDPOINT) else {
+        return refuse(Reason::EndpointMissing, "the signature names no endpoint (the sender signs before choosing one)".into());
+    };
+    let Ok(named) = named.trim().parse::<SocketAddr>() else {
+        return refuse(Reason::WrongEndpoint, format!("the signed endpoint {named:?} is not an ip:port address"));
+    };
+    let named = SocketAddr::new(named.ip().to_canonical(), named.port());
+    let ours = if binding.own_addresses.is_empty() {
+        local.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).into_iter().collect()
+    } else {
+        binding.own_addresses.clone()
+    };
+    if ours.contains(&named) {
+        Ok(())
+    } else {
+        refuse(Reason::WrongEndpoint, format!("the request was signed for {named}, not for this receiver"))
+    }
 }
 
 /// Verifies the signature. `Err(Ok(_))` is a rejection, `Err(Err(_))` a reply to send as is.

@@ -53,6 +53,10 @@ reasons! {
     ReplayStoreUnavailable => "replay_store_unavailable",
     /// Signed at or before the second this Envoy's replay memory began (425).
     SignedBeforeRestart => "signed_before_restart",
+    /// `bind_endpoint`: the signature names no endpoint.
+    EndpointMissing => "endpoint_missing",
+    /// `bind_endpoint`: the signature was made for another endpoint (a replica).
+    WrongEndpoint => "wrong_endpoint",
     // The middleware role: the protocol headers.
     DuplicateHeader => "duplicate_header",
     OversizedHeader => "oversized_header",

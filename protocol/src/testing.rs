@@ -24,6 +24,7 @@ pub struct FakeHost {
     pub dns_san: Option<String>,
     pub tls: bool,
     pub upstream_address: Option<String>,
+    pub local_address: Option<String>,
     /// Attributes by path, as the Wasm host encodes them.
     pub properties: Vec<(Vec<String>, Vec<u8>)>,
     pub now: SystemTime,
@@ -55,6 +56,7 @@ impl Default for FakeHost {
             dns_san: None,
             tls: false,
             upstream_address: None,
+            local_address: None,
             properties: Vec::new(),
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600),
             random: Some([5; 16]),
@@ -189,6 +191,11 @@ impl Host for FakeHost {
     fn connection_is_tls(&mut self) -> bool {
         self.read("connection_is_tls");
         self.tls
+    }
+
+    fn local_address(&mut self) -> Option<Vec<u8>> {
+        self.read("local_address");
+        self.local_address.clone().map(String::into_bytes)
     }
 
     fn upstream_address(&mut self) -> Option<Vec<u8>> {

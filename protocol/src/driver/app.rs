@@ -1,9 +1,10 @@
 //! The `app` role's request and response path.
 
+use std::net::SocketAddr;
 use std::time::UNIX_EPOCH;
 
 use super::{apply_request_edits, downstream, refuse, Flow};
-use crate::app::{decide, AppOutcome, AppRequest};
+use crate::app::{decide, sign_for_endpoint, AppOutcome, AppRequest};
 use crate::config::AppConfig;
 use crate::counters::app::*;
 use crate::host::{HeaderMap, Host, Warning};
@@ -24,8 +25,15 @@ pub struct AppStream {
 }
 
 impl AppStream {
-    /// Strips, rewrites and signs the request for the backend, or refuses it.
+    /// Strips, rewrites and signs the request for the backend, or refuses it. With
+    /// `bind_endpoint`, the role runs twice: before routing it does all but sign, and
+    /// as the cluster's upstream filter, where the endpoint is known, it signs.
     pub fn on_request_headers<H: Host>(&mut self, config: &AppConfig, host: &mut H) -> Flow {
+        if config.bind_endpoint {
+            if let Some(endpoint) = host.upstream_address().and_then(|a| std::str::from_utf8(&a).ok()?.parse::<SocketAddr>().ok()) {
+                return sign_for_the_endpoint(config, host, endpoint);
+            }
+        }
         host.count(REQUESTS, 1);
         let head = host.request_head();
         let signing = config.signing.is_some();
@@ -103,5 +111,23 @@ impl AppStream {
             }
             host.count(REWRITTEN_COOKIES, 1);
         }
+    }
+}
+
+/// Signs one attempt of the request for the endpoint the load balancer chose.
+fn sign_for_the_endpoint<H: Host>(config: &AppConfig, host: &mut H, endpoint: SocketAddr) -> Flow {
+    let Some(nonce) = host.random_nonce() else {
+        return refuse(host, ROLE, &LocalReply::new(503, Reason::NoRandomness, "cannot sign the request: no random source"));
+    };
+    let head = host.request_head();
+    let now = host.now();
+    match sign_for_endpoint(config, &head, endpoint, now, &nonce) {
+        Decision::Forward(edits) => {
+            apply_request_edits(host, &edits, |name| head.contains(name));
+            host.count(SIGNED, 1);
+            host.debug(format_args!("wsgiproxy app: signed for the endpoint {endpoint}"));
+            Flow::Continue
+        }
+        Decision::Reply(reply) => refuse(host, ROLE, &reply),
     }
 }

@@ -25,6 +25,12 @@ pub fn on_request_headers<H: Host>(config: &MiddlewareConfig, host: &mut H) -> F
         https: host.connection_is_tls(),
         // Only when verifying needs the time (a host call in the Wasm filter).
         now: if config.verify.is_some() { host.now() } else { UNIX_EPOCH },
+        local_address: match &config.bind_endpoint {
+            Some(binding) if binding.own_addresses.is_empty() => {
+                host.local_address().and_then(|a| std::str::from_utf8(&a).ok()?.parse().ok())
+            }
+            _ => None,
+        },
     };
     let mut outcome = MiddlewareOutcome::default();
     let decision = decide(config, &request, &mut HostNonces(host), &mut outcome);

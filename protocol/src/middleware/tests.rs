@@ -29,7 +29,7 @@ fn head(pairs: &[(&str, &str)]) -> RequestHead {
 }
 
 fn run_at(c: &MiddlewareConfig, h: &RequestHead, peer: &str, at: SystemTime, mem: &mut Memory) -> Decision {
-    let req = MiddlewareRequest { head: h, downstream: peer_at(peer), https: false, now: at };
+    let req = MiddlewareRequest { head: h, downstream: peer_at(peer), https: false, now: at, local_address: None };
     decide(c, &req, mem, &mut MiddlewareOutcome::default())
 }
 
@@ -134,7 +134,7 @@ fn competing_headers_and_underscore_spellings_are_stripped_for_everyone() {
     }
     for peer in ["10.1.2.3", "192.0.2.1"] {
         let mut outcome = MiddlewareOutcome::default();
-        let req = MiddlewareRequest { head: &h, downstream: peer_at(peer), https: false, now: now() };
+        let req = MiddlewareRequest { head: &h, downstream: peer_at(peer), https: false, now: now(), local_address: None };
         let e = forward(decide(&mw(TRUSTING), &req, &mut Memory(HashSet::new()), &mut outcome));
         for gone in ["forwarded", "x-forwarded-port", "x-real-ip", "x_remote_user", "x_forwarded_host", "x_wsgiproxy_str_9"] {
             assert!(e.remove.iter().any(|r| r == gone), "{peer}: {gone} not removed");
@@ -153,7 +153,7 @@ fn an_unsigned_request_is_counted_even_when_stripped() {
     let c = mw(r#"{"role":"middleware","secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}}"#);
     let mut outcome = MiddlewareOutcome::default();
     let h = sent_by_app();
-    let req = MiddlewareRequest { head: &h, downstream: peer_at("10.1.2.3"), https: false, now: now() };
+    let req = MiddlewareRequest { head: &h, downstream: peer_at("10.1.2.3"), https: false, now: now(), local_address: None };
     forward(decide(&c, &req, &mut Memory(HashSet::new()), &mut outcome));
     assert!(outcome.unsigned && !outcome.trusted);
 }
@@ -314,7 +314,7 @@ fn authorities() {
 
 fn run_with(c: &MiddlewareConfig, h: &RequestHead, downstream: Downstream, https: bool) -> (Decision, MiddlewareOutcome) {
     let mut outcome = MiddlewareOutcome::default();
-    let req = MiddlewareRequest { head: h, downstream, https, now: now() };
+    let req = MiddlewareRequest { head: h, downstream, https, now: now(), local_address: None };
     (decide(c, &req, &mut Memory(HashSet::new()), &mut outcome), outcome)
 }
 
@@ -477,7 +477,7 @@ fn rfc9421_round_trip_and_rejections() {
     // A v1 signature is no signature here, and the reverse.
     let v1_signed = through_app(SIGNED_APP, 7);
     let mut outcome = MiddlewareOutcome::default();
-    let req = MiddlewareRequest { head: &v1_signed, downstream: peer_at("198.51.100.1"), https: false, now: now() };
+    let req = MiddlewareRequest { head: &v1_signed, downstream: peer_at("198.51.100.1"), https: false, now: now(), local_address: None };
     let e = forward(decide(&c, &req, &mut Memory(HashSet::new()), &mut outcome));
     assert!(outcome.unsigned && !outcome.trusted);
     assert_eq!(text(&e, "x-remote-user"), None);
@@ -491,7 +491,7 @@ fn process_memory(began: SystemTime) -> crate::replay::ProcessMemory {
 }
 
 fn run_with_memory(c: &MiddlewareConfig, h: &RequestHead, memory: &crate::replay::ProcessMemory) -> Decision {
-    let req = MiddlewareRequest { head: h, downstream: peer_at("198.51.100.1"), https: false, now: now() };
+    let req = MiddlewareRequest { head: h, downstream: peer_at("198.51.100.1"), https: false, now: now(), local_address: None };
     decide(c, &req, &mut &*memory, &mut MiddlewareOutcome::default())
 }
 
@@ -530,4 +530,71 @@ fn forged_requests_never_reach_the_memory() {
         }
     }
     assert_eq!(memory.fullness().live, 0);
+}
+
+/// The app role with `bind_endpoint`: what it sends before routing (unsigned), then
+/// signed in the cluster for `endpoint`: the request head a receiver gets.
+fn through_app_to(app_json: &str, nonce: u8, endpoint: &str) -> RequestHead {
+    let Config::App(a) = parse(app_json.as_bytes(), &|_| None).unwrap() else { panic!() };
+    let routed = through_app(app_json, nonce);
+    assert!(routed.get(X_WSGIPROXY_SIGNATURE).is_none() && routed.get("signature").is_none(), "signed before routing");
+    let Decision::Forward(e) = app::sign_for_endpoint(&a, &routed, endpoint.parse().unwrap(), now(), &[nonce; 16]) else { panic!() };
+    let mut headers: Vec<(String, Vec<u8>)> = routed.headers.into_iter().filter(|(n, _)| e.value_of(n).is_none()).collect();
+    headers.extend(e.set);
+    RequestHead::new(headers)
+}
+
+fn run_on(c: &MiddlewareConfig, h: &RequestHead, local: &str) -> Decision {
+    let req = MiddlewareRequest {
+        head: h,
+        downstream: peer_at("198.51.100.1"),
+        https: false,
+        now: now(),
+        local_address: Some(local.parse().unwrap()),
+    };
+    decide(c, &req, &mut Memory(HashSet::new()), &mut MiddlewareOutcome::default())
+}
+
+#[test]
+fn a_signature_bound_to_one_endpoint_is_refused_by_every_other() {
+    let bound_app = SIGNED_APP.replacen("{\"role\"", "{\"bind_endpoint\":true,\"role\"", 1);
+    let bound_mw = VERIFYING.replacen("{\"role\"", "{\"bind_endpoint\":true,\"role\"", 1);
+    for (app_json, mw_json) in [(bound_app.clone(), bound_mw.clone()), (rfc9421(&bound_app), rfc9421(&bound_mw))] {
+        let c = mw(&mw_json);
+        let to_a = through_app_to(&app_json, 1, "10.0.0.5:8080");
+        // The replica it was signed for accepts it, the endpoint header does not reach the backend.
+        let e = forward(run_on(&c, &to_a, "10.0.0.5:8080"));
+        assert_eq!(text(&e, "x-remote-user").as_deref(), Some("bob"), "{mw_json}");
+        assert!(e.remove.contains(&X_WSGIPROXY_ENDPOINT.to_string()), "{e:?}");
+        // Another replica refuses it; so does the same address on another port.
+        for other in ["10.0.0.6:8080", "10.0.0.5:8081"] {
+            let r = reply(run_on(&c, &to_a, other));
+            assert_eq!((r.status, r.reason), (403, Reason::WrongEndpoint), "{other}");
+        }
+        // The endpoint is covered: rewriting it breaks the signature.
+        let mut moved = to_a.clone();
+        for (n, v) in moved.headers.iter_mut() {
+            if n == X_WSGIPROXY_ENDPOINT {
+                *v = b"10.0.0.6:8080".to_vec();
+            }
+        }
+        assert_eq!(reply(run_on(&c, &moved, "10.0.0.6:8080")).reason, Reason::SignatureBad);
+        // A signature that names no endpoint (a sender without bind_endpoint) is refused.
+        let plain = if app_json.contains("rfc9421") { rfc9421(SIGNED_APP) } else { SIGNED_APP.to_string() };
+        assert_eq!(reply(run_on(&c, &through_app(&plain, 2), "10.0.0.5:8080")).reason, Reason::EndpointMissing);
+        // Behind a NAT: the addresses the sender reaches this receiver at are listed.
+        let listed = mw(&mw_json.replacen("\"bind_endpoint\":true", "\"bind_endpoint\":true,\"own_addresses\":[\"10.0.0.5:8080\"]", 1));
+        forward(run_on(&listed, &through_app_to(&app_json, 3, "10.0.0.5:8080"), "192.168.9.9:80"));
+        assert_eq!(reply(run_on(&listed, &through_app_to(&app_json, 4, "10.0.0.6:8080"), "10.0.0.6:8080")).reason, Reason::WrongEndpoint);
+    }
+    // Configuration: a binding needs a secret on both sides, and own_addresses a binding.
+    let refused = |json: &str| parse(json.as_bytes(), &|_| None).err().map(|e| e.field);
+    assert_eq!(refused(r#"{"role":"app","href":"http://b/","bind_endpoint":true}"#).as_deref(), Some("bind_endpoint"));
+    assert_eq!(refused(r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"bind_endpoint":true}"#).as_deref(), Some("bind_endpoint"));
+    assert_eq!(
+        refused(r#"{"role":"middleware","trust_ips":["10.0.0.0/8"],"own_addresses":["10.0.0.5:80"]}"#).as_deref(),
+        Some("own_addresses")
+    );
+    let bad_address = VERIFYING.replacen("{\"role\"", "{\"bind_endpoint\":true,\"own_addresses\":[\"10.0.0.5\"],\"role\"", 1);
+    assert_eq!(refused(&bad_address).as_deref(), Some("own_addresses[0]"));
 }
