@@ -70,7 +70,10 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
                 Config::Spawn(_) => crate::spawn::metric_names(),
                 _ => counters::declared(config.role()),
             };
-            let metrics = Metrics::define(handle, &names);
+            let metrics = match &config {
+                Config::Middleware(m) if m.verify.is_some() => Metrics::define(handle, &names).with_replay_gauge(handle),
+                _ => Metrics::define(handle, &names),
+            };
             log(LogLevel::Info, &format!("wsgiproxy: configured as role {:?}", config.role()));
             Some(Box::new(Factory { shared: Arc::new(Shared::new(config, metrics)), spawn }))
         }

@@ -124,7 +124,11 @@ impl Host for NativeHost<'_> {
     }
 
     fn remember_nonce(&mut self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, String> {
-        ProcessNonces.remember(nonce, signed_at, now)
+        let verdict = ProcessNonces.remember(nonce, signed_at, now);
+        if let Some(percent) = crate::replay::percent_full() {
+            self.shared.metrics.set_replay_percent(self.stream, percent);
+        }
+        verdict
     }
 
     fn now(&mut self) -> SystemTime {

@@ -37,6 +37,11 @@ pub fn prepare(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// How full the process's memory is (percent), once it exists.
+pub fn percent_full() -> Option<u64> {
+    MEMORY.get().map(|memory| memory.fullness().percent())
+}
+
 pub struct ProcessNonces;
 
 impl NonceMemory for ProcessNonces {

@@ -140,6 +140,23 @@ impl ConfigHandle {
         (result == 0).then_some(id)
     }
 
+    /// Defines the gauge `name`, like [`ConfigHandle::define_counter`]; its id.
+    pub fn define_gauge(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: as in `define_counter`: the live config pointer of the current
+        // `on_http_filter_config_new`; the name buffer and `id` outlive the call; no labels.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                std::ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == 0).then_some(id)
+    }
+
     /// Adds `by` to a counter from the configuration's own context (the main thread).
     pub fn increment_counter(&self, id: usize, by: u64) {
         // SAFETY: the live config pointer of the current config hook; no labels.
@@ -350,6 +367,12 @@ impl Stream {
     pub fn continue_decoding(&self) {
         // SAFETY: live filter pointer.
         unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
+    }
+
+    /// Sets a gauge defined with [`ConfigHandle::define_gauge`].
+    pub fn set_gauge(&self, id: usize, value: u64) {
+        // SAFETY: live filter pointer, made from the config that defined `id`; no labels.
+        unsafe { envoy_dynamic_module_callback_http_filter_set_gauge(self.0, id, std::ptr::null_mut(), 0, value) };
     }
 
     /// Adds `by` to a counter defined with [`ConfigHandle::define_counter`].

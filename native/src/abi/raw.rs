@@ -227,6 +227,20 @@ extern "C" {
         timeout_milliseconds: u64,
     ) -> u32;
     pub(crate) fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *mut ModuleBuffer,
+        label_names_length: usize,
+        gauge_id: *mut usize,
+    ) -> u32;
+    pub(crate) fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter: *mut c_void,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     /// `reason`: `envoy_dynamic_module_type_http_filter_stream_reset_reason` (0: LocalReset).
     pub(crate) fn envoy_dynamic_module_callback_http_filter_reset_stream(filter: *mut c_void, reason: u32, details: ModuleBuffer);
     pub(crate) fn envoy_dynamic_module_callback_http_filter_config_http_callout(

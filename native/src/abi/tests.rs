@@ -264,6 +264,34 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_http_callout(
     0
 }
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+    _: *mut c_void,
+    name: ModuleBuffer,
+    _: *mut ModuleBuffer,
+    labels: usize,
+    id: *mut usize,
+) -> u32 {
+    assert_eq!(labels, 0);
+    DEFINED.with(|d| {
+        let mut d = d.borrow_mut();
+        d.push(String::from_utf8(bytes(name.ptr, name.length)).unwrap());
+        // SAFETY: `id` is the module's usize for the call.
+        unsafe { *id = 1000 + d.len() };
+    });
+    0
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_set_gauge(
+    filter: *mut c_void,
+    id: usize,
+    _: *mut ModuleBuffer,
+    _: usize,
+    value: u64,
+) -> u32 {
+    fake(filter).counters.push((id, value));
+    0
+}
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_reset_stream(filter: *mut c_void, reason: u32, details: ModuleBuffer) {
     assert_eq!(reason, 0, "a local reset");
     fake(filter).reset = Some(String::from_utf8(bytes(details.ptr, details.length)).unwrap());
