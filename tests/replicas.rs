@@ -26,13 +26,26 @@ fn secret() -> Value {
 /// The sending Envoy (envoy/app.yaml) whose cluster `backend` holds `endpoints`, with
 /// the same filter configuration run again as the cluster's upstream filter.
 fn sender(endpoints: &[(&str, u16)]) -> Envoy {
-    let endpoints: Vec<Yaml> = endpoints
+    sender_with(vec![lb_endpoints(endpoints)], None)
+}
+
+/// One priority group of a cluster's endpoints.
+fn lb_endpoints(endpoints: &[(&str, u16)]) -> Yaml {
+    let list: Vec<Yaml> = endpoints
         .iter()
         .map(|(ip, port)| {
             serde_yaml::from_str(&format!("{{ endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }} }}"))
                 .unwrap()
         })
         .collect();
+    let mut group = serde_yaml::Mapping::new();
+    group.insert("lb_endpoints".into(), Yaml::Sequence(list));
+    Yaml::Mapping(group)
+}
+
+/// As [`sender`], with the cluster's endpoints in priority groups (`groups`, highest
+/// first) and, when given, a retry policy on the route.
+fn sender_with(groups: Vec<Yaml>, retry_policy: Option<&'static str>) -> Envoy {
     let mut overrides = Overrides::default().plugin(json!({
         "role": "app", "href": "http://internal:9000/", "secret": secret(), "bind_endpoint": true,
         "string_keys": [{"key": "REMOTE_USER", "value": "bob"}]
@@ -41,7 +54,11 @@ fn sender(endpoints: &[(&str, u16)]) -> Envoy {
         let filter =
             hcm(doc)["http_filters"].as_sequence().unwrap().iter().find(|f| f["name"].as_str() == Some("wsgiproxy")).unwrap().clone();
         let cluster = &mut doc["static_resources"]["clusters"][0];
-        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = Yaml::Sequence(endpoints.clone());
+        let mut groups = groups.clone();
+        for (priority, group) in groups.iter_mut().enumerate() {
+            group["priority"] = Yaml::from(priority as u64);
+        }
+        cluster["load_assignment"]["endpoints"] = Yaml::Sequence(groups);
         let mut options: Yaml = serde_yaml::from_str(
             r#"{ "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                  "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions,
@@ -56,6 +73,9 @@ fn sender(endpoints: &[(&str, u16)]) -> Envoy {
         .unwrap();
         options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"] = Yaml::Sequence(vec![filter, codec]);
         cluster["typed_extension_protocol_options"] = options;
+        if let Some(policy) = retry_policy {
+            hcm(doc)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"] = serde_yaml::from_str(policy).unwrap();
+        }
     }));
     Envoy::start("envoy/app.yaml", &overrides)
 }
@@ -160,4 +180,47 @@ fn a_request_captured_on_its_way_to_one_replica_is_refused_by_the_other() {
         assert!(replica.stat("wsgiproxy.middleware.verified") > before, "replica {name} verified none of the live requests");
     }
     assert_eq!(edge.stat("wsgiproxy.app.signed"), 8, "signed once per attempt, in the cluster");
+}
+
+/// A server that answers every request 503 and keeps what it was sent.
+fn failing_server(ip: &str) -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            kept.lock().unwrap().extend_from_slice(&head);
+            let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (port, seen)
+}
+
+/// A retry goes to another endpoint: it is signed anew, for that endpoint.
+#[test]
+fn a_retry_is_signed_again_for_the_endpoint_it_goes_to() {
+    let app = Echo::start_with(&["--name", "app"]);
+    let port_b = free_port();
+    let b = replica("127.0.0.3", port_b, app.port, None);
+    let (port_x, at_x) = failing_server("127.0.0.5");
+    // The first attempt goes to the failing endpoint (priority 0), the retry to B.
+    let retry = r#"{ retry_on: "5xx", num_retries: 1,
+                     retry_priority: { name: envoy.retry_priorities.previous_priorities,
+                       typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig,
+                                       update_frequency: 1 } } }"#;
+    let edge = sender_with(vec![lb_endpoints(&[("127.0.0.5", port_x)]), lb_endpoints(&[("127.0.0.3", port_b)])], Some(retry));
+    let r = edge.get("/retried", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.received().header("x-remote-user").as_deref(), Some("bob"), "the retry was accepted by B");
+    let first = String::from_utf8_lossy(&at_x.lock().unwrap()).into_owned();
+    assert!(first.contains(&format!("x-wsgiproxy-endpoint: 127.0.0.5:{port_x}")), "the first attempt was signed for its endpoint: {first}");
+    assert_eq!(edge.stat("wsgiproxy.app.signed"), 2, "one signature per attempt");
+    assert_eq!(b.stat("wsgiproxy.middleware.verified"), 1);
 }
