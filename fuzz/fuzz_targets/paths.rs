@@ -2,7 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use wsgiproxy_protocol::href::Href;
-use wsgiproxy_protocol::middleware::parse_authority;
+use wsgiproxy_protocol::headers::parse_authority;
 use wsgiproxy_protocol::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix};
 
 fuzz_target!(|data: &[u8]| {

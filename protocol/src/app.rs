@@ -132,7 +132,7 @@ pub fn decide(
     // (no user information, path or comma), since it is reflected into redirects.
     let client_host = head.get(AUTHORITY).filter(|h| !h.is_empty());
     if let Some(host) = client_host {
-        if crate::middleware::parse_authority(host).is_none() {
+        if crate::headers::parse_authority(host).is_none() {
             return Decision::Reply(LocalReply::new(400, Reason::BadHost, "the Host header must be host or host:port"));
         }
     }

@@ -426,7 +426,7 @@ fn validate_spawn(raw: RawSpawn) -> Result<SpawnConfig, ConfigError> {
         return Err(ConfigError::new("sidecar_cluster", "must name the Envoy cluster of the sidecar"));
     }
     let sidecar_authority = raw.sidecar_authority.unwrap_or_else(|| "wsgiproxy-sidecar".into());
-    if crate::middleware::parse_authority(sidecar_authority.as_bytes()).is_none() {
+    if crate::headers::parse_authority(sidecar_authority.as_bytes()).is_none() {
         return Err(ConfigError::new("sidecar_authority", "must be host or host:port"));
     }
     let ensure = raw.ensure_timeout_ms.unwrap_or(DEFAULT_ENSURE_TIMEOUT_MS);
@@ -671,13 +671,13 @@ fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>)
         return Err(ConfigError::new("port", "cannot be given together with \"host\""));
     }
     if let Some(host) = &raw.host {
-        match crate::middleware::parse_authority(host.as_bytes()) {
+        match crate::headers::parse_authority(host.as_bytes()) {
             Some((_, Some(_))) => {}
             _ => return Err(ConfigError::new("host", format!("{host:?} must be host:port (use \"domain\" for a host alone)"))),
         }
     }
     if let Some(domain) = &raw.domain {
-        if !matches!(crate::middleware::parse_authority(domain.as_bytes()), Some((_, None))) {
+        if !matches!(crate::headers::parse_authority(domain.as_bytes()), Some((_, None))) {
             return Err(ConfigError::new("domain", format!("{domain:?} must be a host name without a port")));
         }
     }

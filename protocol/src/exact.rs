@@ -14,8 +14,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::headers::parse_authority;
 use crate::headers::AUTHORITY;
-use crate::middleware::parse_authority;
 use crate::reason::Reason;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 

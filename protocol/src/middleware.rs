@@ -64,35 +64,6 @@ fn bad_request(reason: Reason, detail: impl Into<String>) -> Decision {
     Decision::Reply(LocalReply::new(400, reason, detail))
 }
 
-/// Parses `host[:port]`: a registered name or IPv4 address, or a bracketed IPv6
-/// address; no user information, path, comma or white space.
-pub fn parse_authority(value: &[u8]) -> Option<(&str, Option<u16>)> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let end = rest.find(']')?;
-        let inner = &rest[..end];
-        inner.parse::<std::net::Ipv6Addr>().ok()?;
-        let after = &rest[end + 1..];
-        (&text[..end + 2], if after.is_empty() { None } else { Some(after.strip_prefix(':')?) })
-    } else {
-        match text.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (text, None),
-        }
-    };
-    if !host.starts_with('[')
-        && (host.is_empty() || host.len() > 253 || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'))
-    {
-        return None;
-    }
-    let port = match port {
-        None => None,
-        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse::<u16>().ok()?),
-        Some(_) => return None,
-    };
-    Some((host, port))
-}
-
 /// Everything a trusted request's protocol headers said, validated.
 #[derive(Default)]
 struct Believed {
