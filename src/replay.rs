@@ -3,7 +3,7 @@
 //! [`SharedMemory`]; this is its binding to the host's shared data.
 
 use std::cell::Cell;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
@@ -36,9 +36,9 @@ impl SharedData for EnvoySharedData {
 /// Creates the memory's keys (the first VM) or finds them (every later one).
 /// Called from `on_configure`, which Envoy runs on its main thread before any
 /// worker serves, so no request races the creation.
-pub fn prepare(config: &MiddlewareConfig) -> Result<SharedMemory, String> {
+pub fn prepare(config: &MiddlewareConfig, now: SystemTime) -> Result<SharedMemory, String> {
     let layout = SharedLayout::new(config.max_skew.as_secs(), config.replay_memory_bytes);
-    let now = crate::host::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     SharedMemory::prepare(&EnvoySharedData, layout, now, || {
         let mut key = [0u8; 16];
         getrandom::getrandom(&mut key).map_err(|e| format!("no randomness for the fingerprint key: {e}"))?;

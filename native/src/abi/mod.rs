@@ -20,7 +20,8 @@ mod raw;
 mod slot;
 #[cfg(test)]
 mod tests;
+mod traits;
 
 pub use handles::*;
-pub use hooks::*;
 pub use raw::{Attribute, BodyStatus, HeaderMap, HeadersStatus, LogLevel, TrailersStatus};
+pub use traits::{FilterFactory, HttpFilter};

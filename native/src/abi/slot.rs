@@ -22,8 +22,8 @@ use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::handles::{log, CalloutResponse, Stream};
-use super::hooks::HttpFilter;
 use super::raw::LogLevel;
+use super::traits::HttpFilter;
 
 pub(crate) struct FilterSlot {
     filter: UnsafeCell<Box<dyn HttpFilter>>,

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::slot::FilterSlot;
-use super::{handles::*, hooks::*, raw::*};
+use super::{handles::*, hooks::*, raw::*, traits::*};
 use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
 
