@@ -1,18 +1,21 @@
-//! The Wasm filter's side of the drivers' [`Host`]: proxy-wasm host calls. Also the
-//! few host calls the spawn role makes itself.
+//! The Wasm filter's side of the drivers' [`Host`]: proxy-wasm host calls; and of
+//! [`ReportHost`], for the root context's activity reports.
 
 use std::fmt;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
+use wsgiproxy_protocol::driver::spawn::SpawnFlow;
 use wsgiproxy_protocol::driver::Flow;
-use wsgiproxy_protocol::host::{HeaderMap, Host, Warning};
+use wsgiproxy_protocol::host::{CalloutAnswer, HeaderMap, Host, ReportHost, Warning};
 use wsgiproxy_protocol::middleware::NonceMemory;
 use wsgiproxy_protocol::replay::Verdict;
 use wsgiproxy_protocol::request::{LocalReply, RequestHead};
 use wsgiproxy_protocol::signature::Nonce;
 use wsgiproxy_protocol::trust::PEER_RECORD;
 
+use crate::metrics::Metrics;
 use crate::replay::SharedNonces;
 use crate::shared::Shared;
 
@@ -32,6 +35,16 @@ pub fn action(flow: Flow) -> Action {
     match flow {
         Flow::Continue => Action::Continue,
         Flow::Replied => Action::Pause,
+    }
+}
+
+/// What the spawn role's request-headers hook returns: a held request pauses (the
+/// host turns that into "stop all iteration" under flow control: the body and
+/// trailers wait with the headers), and so does one answered here.
+pub fn spawn_action(flow: SpawnFlow) -> Action {
+    match flow {
+        SpawnFlow::Continue => Action::Continue,
+        SpawnFlow::Held | SpawnFlow::Replied => Action::Pause,
     }
 }
 
@@ -84,6 +97,14 @@ impl Host for WasmHost<'_> {
         send_reply(reply);
     }
 
+    fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
+        http_callout(cluster, headers, timeout)
+    }
+
+    fn resume_request(&mut self) {
+        let _ = hostcalls::resume_http_request();
+    }
+
     /// Written by the `peer` network filter; a client cannot set filter state.
     fn tcp_peer(&mut self) -> Option<Vec<u8>> {
         attribute(vec![PEER_RECORD])
@@ -130,6 +151,10 @@ impl Host for WasmHost<'_> {
         log::warn!("{message}");
     }
 
+    fn info(&mut self, message: fmt::Arguments<'_>) {
+        log::info!("{message}");
+    }
+
     /// `log` drops it unformatted unless Envoy's `wasm` log level lets it through
     /// (see [`follow_host_log_level`]).
     fn debug(&mut self, message: fmt::Arguments<'_>) {
@@ -147,6 +172,66 @@ impl Host for WasmHost<'_> {
     fn random_nonce(&mut self) -> Option<Nonce> {
         random_nonce()
     }
+}
+
+/// The root context's view of the host, for the spawn role's activity reports.
+pub struct WasmReportHost<'a> {
+    metrics: &'a Metrics,
+}
+
+impl<'a> WasmReportHost<'a> {
+    pub fn new(metrics: &'a Metrics) -> Self {
+        WasmReportHost { metrics }
+    }
+}
+
+impl ReportHost for WasmReportHost<'_> {
+    fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
+        http_callout(cluster, headers, timeout)
+    }
+
+    fn count(&mut self, name: &str, by: u64) {
+        self.metrics.add(name, by);
+    }
+
+    fn warn(&mut self, message: fmt::Arguments<'_>) {
+        log::warn!("{message}");
+    }
+
+    fn info(&mut self, message: fmt::Arguments<'_>) {
+        log::info!("{message}");
+    }
+
+    fn debug(&mut self, message: fmt::Arguments<'_>) {
+        log::debug!("{message}");
+    }
+
+    fn now(&mut self) -> std::time::SystemTime {
+        now()
+    }
+}
+
+/// The answer to a call, read from the host while its callback runs.
+pub struct WasmCallAnswer {
+    /// The body's size, as the callback gives it.
+    pub body_size: usize,
+}
+
+impl CalloutAnswer for WasmCallAnswer {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name).ok().flatten()
+    }
+
+    /// Its first 1024 bytes at most: all a reader uses.
+    fn body(&self) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, self.body_size.min(1024)).ok().flatten().unwrap_or_default()
+    }
+}
+
+/// Sends a request to `cluster` (no body); the token comes back in the context's
+/// `on_http_call_response`.
+fn http_callout(cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
+    hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout).map(u64::from).map_err(|status| format!("{status:?}"))
 }
 
 /// Logs at debug level only when Envoy's `wasm` log level lets it through, so that

@@ -7,29 +7,28 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 use wsgiproxy_protocol::config::{self, Config};
 use wsgiproxy_protocol::counters;
+use wsgiproxy_protocol::driver::spawn::{on_report_answer, send_report};
 
+use crate::host::{WasmCallAnswer, WasmReportHost};
 use crate::metrics::Metrics;
-
-// Re-exported for the spawn role, which still imports it from here (until its driver is shared too).
-pub use crate::shared::Shared;
+use crate::shared::Shared;
 
 #[derive(Default)]
 pub struct Root {
     shared: Option<Rc<Shared>>,
-    /// The call token of the activity report in flight.
-    report: Option<u32>,
+    /// The call token of the spawn role's activity report in flight.
+    report: Option<u64>,
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, _body: usize, _trailers: usize) {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let Some(shared) = &self.shared else { return };
-        match (self.report.take(), &shared.spawn) {
-            (Some(sent), Some(runtime)) if sent == token => {
-                if let Config::Spawn(config) = &shared.config {
-                    crate::spawn::on_report_answer(config, runtime)
-                }
-            }
-            (other, _) => self.report = other,
+        if self.report != Some(u64::from(token)) {
+            return;
+        }
+        self.report = None;
+        if let Some((config, runtime)) = crate::spawn::parts(shared) {
+            on_report_answer(config, runtime, &mut WasmReportHost::new(&shared.metrics), Some(&WasmCallAnswer { body_size }));
         }
     }
 }
@@ -82,11 +81,8 @@ impl RootContext for Root {
         let Some(shared) = &self.shared else { return };
         crate::middleware::report_replay_fullness(shared);
         shared.metrics.flush();
-        if let (Config::Spawn(config), Some(runtime)) = (&shared.config, &shared.spawn) {
-            let now = crate::host::now();
-            if self.report.is_none() && runtime.report_due(now, config.report_interval) {
-                self.report = crate::spawn::report_activity(config, runtime, &shared.metrics);
-            }
+        if let (Some((config, runtime)), None) = (crate::spawn::parts(shared), self.report) {
+            self.report = send_report(config, runtime, &mut WasmReportHost::new(&shared.metrics));
         }
     }
 

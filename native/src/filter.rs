@@ -9,10 +9,8 @@ use wsgiproxy_protocol::counters;
 
 use crate::abi::{log, CalloutResponse, ConfigHandle, FilterFactory, HttpFilter, LogLevel};
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 use crate::spawn::{SpawnRuntime, Ticker};
-
-// Re-exported for the spawn role, which still imports it from here (until its driver is shared too).
-pub use crate::shared::Shared;
 
 struct Factory {
     shared: Arc<Shared>,
@@ -37,9 +35,9 @@ impl FilterFactory for Factory {
         }
     }
 
-    fn on_callout_done(&self, _config: &ConfigHandle, id: u64, response: Option<CalloutResponse>) {
+    fn on_callout_done(&self, config: &ConfigHandle, id: u64, response: Option<CalloutResponse>) {
         if let (Config::Spawn(spawn), Some((runtime, _))) = (&self.shared.config, &self.spawn) {
-            runtime.report_answered(spawn, id, response);
+            runtime.report_answered(spawn, config, &self.shared, id, response);
         }
     }
 }

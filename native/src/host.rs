@@ -1,17 +1,18 @@
 //! The native module's side of the drivers' [`Host`]: Envoy's dynamic-module ABI
-//! over the binding. Also the few calls the spawn role makes itself.
+//! over the binding; and of [`ReportHost`], for the configuration's activity reports.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use wsgiproxy_protocol::driver::spawn::SpawnFlow;
 use wsgiproxy_protocol::driver::Flow;
-use wsgiproxy_protocol::host::{HeaderMap, Host, Warning};
+use wsgiproxy_protocol::host::{CalloutAnswer, HeaderMap, Host, ReportHost, Warning};
 use wsgiproxy_protocol::middleware::NonceMemory;
 use wsgiproxy_protocol::replay::Verdict;
 use wsgiproxy_protocol::request::{LocalReply, RequestHead};
 use wsgiproxy_protocol::signature::Nonce;
 
-use crate::abi::{self, log, log_enabled, Attribute, HeadersStatus, LogLevel, Stream};
+use crate::abi::{self, log, log_enabled, Attribute, CalloutResponse, ConfigHandle, HeadersStatus, LogLevel, Stream};
 use crate::attributes::{connection_is_tls, property};
 use crate::replay::ProcessNonces;
 use crate::shared::Shared;
@@ -33,6 +34,17 @@ pub fn status(flow: Flow) -> HeadersStatus {
     match flow {
         Flow::Continue => HeadersStatus::Continue,
         Flow::Replied => HeadersStatus::StopIteration,
+    }
+}
+
+/// What the spawn role's request-headers hook returns. A held request stops all
+/// iteration: Envoy holds its body and trailers too (under flow control), so that
+/// nothing reaches the router before the sidecar answers.
+pub fn spawn_status(flow: SpawnFlow) -> HeadersStatus {
+    match flow {
+        SpawnFlow::Continue => HeadersStatus::Continue,
+        SpawnFlow::Held => HeadersStatus::StopAllIterationAndWatermark,
+        SpawnFlow::Replied => HeadersStatus::StopIteration,
     }
 }
 
@@ -71,6 +83,14 @@ impl Host for NativeHost<'_> {
 
     fn send_reply(&mut self, reply: &LocalReply) {
         send_reply(self.stream, reply);
+    }
+
+    fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
+        self.stream.http_callout(cluster, headers, timeout).map_err(str::to_string)
+    }
+
+    fn resume_request(&mut self) {
+        self.stream.continue_decoding();
     }
 
     /// The connection's own peer (the ABI's direct remote address), which the
@@ -119,6 +139,10 @@ impl Host for NativeHost<'_> {
         log(LogLevel::Warn, &message.to_string());
     }
 
+    fn info(&mut self, message: fmt::Arguments<'_>) {
+        log(LogLevel::Info, &message.to_string());
+    }
+
     fn debug(&mut self, message: fmt::Arguments<'_>) {
         debug(|| message.to_string());
     }
@@ -137,6 +161,58 @@ impl Host for NativeHost<'_> {
 
     fn random_nonce(&mut self) -> Option<Nonce> {
         random_nonce()
+    }
+}
+
+/// The configuration's own context (Envoy's main thread), for the spawn role's
+/// activity reports.
+pub struct NativeReportHost<'a> {
+    config: &'a ConfigHandle,
+    shared: &'a Shared,
+}
+
+impl<'a> NativeReportHost<'a> {
+    pub fn new(config: &'a ConfigHandle, shared: &'a Shared) -> Self {
+        NativeReportHost { config, shared }
+    }
+}
+
+impl ReportHost for NativeReportHost<'_> {
+    fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
+        self.config.http_callout(cluster, headers, timeout).map_err(str::to_string)
+    }
+
+    fn count(&mut self, name: &str, by: u64) {
+        for _ in 0..by {
+            self.shared.metrics.inc_config(self.config, name);
+        }
+    }
+
+    fn warn(&mut self, message: fmt::Arguments<'_>) {
+        log(LogLevel::Warn, &message.to_string());
+    }
+
+    fn info(&mut self, message: fmt::Arguments<'_>) {
+        log(LogLevel::Info, &message.to_string());
+    }
+
+    fn debug(&mut self, message: fmt::Arguments<'_>) {
+        debug(|| message.to_string());
+    }
+
+    fn now(&mut self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A callout's answer, as Envoy lent it to the callout-done hook (copied).
+impl CalloutAnswer for CalloutResponse {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        CalloutResponse::header(self, name)
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.body.clone()
     }
 }
 

@@ -49,10 +49,6 @@ impl Metrics {
         }
     }
 
-    pub fn inc(&self, stream: &Stream, name: &str) {
-        self.add(stream, name, 1);
-    }
-
     /// Adds one from the configuration's own context (the main thread).
     pub fn inc_config(&self, config: &ConfigHandle, name: &str) {
         if let Some(id) = self.ids.get(name) {

@@ -1,8 +1,10 @@
 //! What a role's driver ([`crate::driver`]) asks of the loader it runs in: the
 //! request's headers, the connection, Envoy's attributes, header edits, local
-//! replies, counters, logs, the nonce memory, time and randomness. The Wasm filter
-//! and the native module each implement it over their own host calls; the drivers
-//! are written once against it, and tested against `testing::FakeHost`.
+//! replies, callouts, counters, logs, the nonce memory, time and randomness. The
+//! Wasm filter and the native module each implement it over their own host calls;
+//! the drivers are written once against it, and tested against `testing::FakeHost`.
+//! [`ReportHost`] is the smaller set a configuration's own context offers, outside
+//! any request (the spawn role's activity reports go from there).
 //!
 //! Reads are shaped so that each loader can serve them the cheap way: the whole
 //! request head in one read (the Wasm filter's one host call), or one header by
@@ -11,7 +13,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::replay::Verdict;
 use crate::request::{LocalReply, RequestHead};
@@ -45,6 +47,13 @@ pub trait Host {
 
     /// Answers in the request's place; the request goes no further.
     fn send_reply(&mut self, reply: &LocalReply);
+
+    /// Sends a request to `cluster` on the stream's behalf; its answer comes to the
+    /// loader's callout hook with the id returned. `Err` says why the host did not send it.
+    fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String>;
+
+    /// Lets a request held in its request-headers hook go on (its body and trailers with it).
+    fn resume_request(&mut self);
 
     /// The connection's TCP peer, as Envoy writes an address (`ip:port`): never an
     /// X-Forwarded-For entry. `None` when the loader cannot know it.
@@ -84,6 +93,9 @@ pub trait Host {
     /// Logs a warning.
     fn warn(&mut self, message: fmt::Arguments<'_>);
 
+    /// Logs at info level.
+    fn info(&mut self, message: fmt::Arguments<'_>);
+
     /// Logs at debug level, formatting only when the host would print it.
     fn debug(&mut self, message: fmt::Arguments<'_>);
 
@@ -96,6 +108,36 @@ pub trait Host {
 
     /// Fresh random bytes, or `None` when the host has no random source.
     fn random_nonce(&mut self) -> Option<Nonce>;
+}
+
+/// What a configuration's own context offers, outside any request: the Wasm filter's
+/// root context (one per worker VM), the native module's configuration on Envoy's
+/// main thread. The spawn role sends its activity reports from there.
+pub trait ReportHost {
+    /// Sends a request to `cluster`; its answer comes to the configuration's callout
+    /// hook with the id returned. `Err` says why the host did not send it.
+    fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String>;
+
+    /// Adds `by` to the counter `wsgiproxy.{name}`.
+    fn count(&mut self, name: &str, by: u64);
+
+    fn warn(&mut self, message: fmt::Arguments<'_>);
+
+    fn info(&mut self, message: fmt::Arguments<'_>);
+
+    /// Logs at debug level, formatting only when the host would print it.
+    fn debug(&mut self, message: fmt::Arguments<'_>);
+
+    fn now(&mut self) -> SystemTime;
+}
+
+/// The answer to a callout, as the loader reads it when it comes.
+pub trait CalloutAnswer {
+    /// The first value of one of its headers (`:status` included), or `None`.
+    fn header(&self, name: &str) -> Option<Vec<u8>>;
+
+    /// Its body (a reader needs no more than its first 1024 bytes).
+    fn body(&self) -> Vec<u8>;
 }
 
 /// Conditions worth one warning per configuration, not one per request.

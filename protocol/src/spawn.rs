@@ -338,6 +338,11 @@ impl LeaseState {
     }
 }
 
+/// How a lease holder names itself to the sidecar: its random bytes, in hex.
+pub fn reporter_id(random: &[u8]) -> String {
+    hex::encode(random)
+}
+
 /// Whether calls to the sidecar go through, so that a failure is logged once when it
 /// begins (and once when it ends), not at every request.
 #[derive(Debug, Default)]

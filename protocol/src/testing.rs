@@ -1,17 +1,37 @@
-//! A test double of [`Host`]: a request and a response held in memory and edited in
-//! place, with every read, count, log line and reply recorded, so that the drivers
-//! are tested natively and fast. Built for this crate's tests, and for other
-//! crates' with the `testing` feature.
+//! A test double of [`Host`] (and of [`ReportHost`]): a request and a response held
+//! in memory and edited in place, with every read, callout, count, log line and
+//! reply recorded, so that the drivers are tested natively and fast. Also a callout's
+//! answer ([`FakeAnswer`]) and the spawn role's lease holder ([`FakeLease`]). Built
+//! for this crate's tests, and for other crates' with the `testing` feature.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::counters;
-use crate::host::{HeaderMap, Host, Warned, Warning};
+use crate::driver::spawn::LeaseHolder;
+use crate::host::{CalloutAnswer, HeaderMap, Host, ReportHost, Warned, Warning};
 use crate::replay::Verdict;
 use crate::request::{LocalReply, RequestHead};
 use crate::signature::Nonce;
+use crate::spawn::{CallHealth, LeaseState};
+
+/// A callout the driver asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callout {
+    pub cluster: String,
+    /// In the order given (pseudo-headers first).
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl Callout {
+    /// A header's value, or `None`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
 
 pub struct FakeHost {
     /// The request's headers, in order (names lowercase).
@@ -32,13 +52,20 @@ pub struct FakeHost {
     pub random: Option<Nonce>,
     /// The nonces remembered; `Err`: the memory fails with this message.
     pub nonces: Result<HashSet<Nonce>, String>,
+    /// Set: the host refuses every callout, saying this.
+    pub callout_refusal: Option<String>,
 
     /// What the driver asked of the host, in order (`request_head`, `header :authority`, `now`...).
     pub reads: Vec<String>,
     /// Every counter counted, even by 0, with its total.
     pub counts: BTreeMap<String, u64>,
     pub replies: Vec<LocalReply>,
+    /// The callouts sent, in order: the first has id 1.
+    pub callouts: Vec<Callout>,
+    /// How many times a held request was let go on.
+    pub resumed: usize,
     pub warnings: Vec<String>,
+    pub infos: Vec<String>,
     pub debug_lines: Vec<String>,
     warned: Warned,
 }
@@ -61,10 +88,14 @@ impl Default for FakeHost {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600),
             random: Some([5; 16]),
             nonces: Ok(HashSet::new()),
+            callout_refusal: None,
             reads: Vec::new(),
             counts: BTreeMap::new(),
             replies: Vec::new(),
+            callouts: Vec::new(),
+            resumed: 0,
             warnings: Vec::new(),
+            infos: Vec::new(),
             debug_lines: Vec::new(),
             warned: Warned::default(),
         }
@@ -132,6 +163,24 @@ impl FakeHost {
     fn read(&mut self, what: impl Into<String>) {
         self.reads.push(what.into());
     }
+
+    fn callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
+        if let Some(refusal) = &self.callout_refusal {
+            return Err(refusal.clone());
+        }
+        let headers = headers.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        self.callouts.push(Callout { cluster: cluster.to_string(), headers, timeout });
+        Ok(self.callouts.len() as u64)
+    }
+
+    fn add_count(&mut self, name: &str, by: u64) {
+        *self.counts.entry(name.to_string()).or_default() += by;
+    }
+
+    fn clock(&mut self) -> SystemTime {
+        self.read("now");
+        self.now
+    }
 }
 
 impl Host for FakeHost {
@@ -166,6 +215,14 @@ impl Host for FakeHost {
 
     fn send_reply(&mut self, reply: &LocalReply) {
         self.replies.push(reply.clone());
+    }
+
+    fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
+        self.callout(cluster, headers, timeout)
+    }
+
+    fn resume_request(&mut self) {
+        self.resumed += 1;
     }
 
     fn tcp_peer(&mut self) -> Option<Vec<u8>> {
@@ -209,7 +266,7 @@ impl Host for FakeHost {
     }
 
     fn count(&mut self, name: &str, by: u64) {
-        *self.counts.entry(name.to_string()).or_default() += by;
+        self.add_count(name, by);
     }
 
     fn first_time(&mut self, warning: Warning) -> bool {
@@ -218,6 +275,10 @@ impl Host for FakeHost {
 
     fn warn(&mut self, message: fmt::Arguments<'_>) {
         self.warnings.push(message.to_string());
+    }
+
+    fn info(&mut self, message: fmt::Arguments<'_>) {
+        self.infos.push(message.to_string());
     }
 
     fn debug(&mut self, message: fmt::Arguments<'_>) {
@@ -232,12 +293,94 @@ impl Host for FakeHost {
     }
 
     fn now(&mut self) -> SystemTime {
-        self.read("now");
-        self.now
+        self.clock()
     }
 
     fn random_nonce(&mut self) -> Option<Nonce> {
         self.read("random_nonce");
         self.random
+    }
+}
+
+/// The configuration's own context, recorded alike: its callouts, counts and logs
+/// land in the same lists as a stream's.
+impl ReportHost for FakeHost {
+    fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
+        self.callout(cluster, headers, timeout)
+    }
+
+    fn count(&mut self, name: &str, by: u64) {
+        self.add_count(name, by);
+    }
+
+    fn warn(&mut self, message: fmt::Arguments<'_>) {
+        self.warnings.push(message.to_string());
+    }
+
+    fn info(&mut self, message: fmt::Arguments<'_>) {
+        self.infos.push(message.to_string());
+    }
+
+    fn debug(&mut self, message: fmt::Arguments<'_>) {
+        self.debug_lines.push(message.to_string());
+    }
+
+    fn now(&mut self) -> SystemTime {
+        self.clock()
+    }
+}
+
+/// A callout's answer: its headers (`:status` included) and body.
+#[derive(Debug, Clone, Default)]
+pub struct FakeAnswer {
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl FakeAnswer {
+    pub fn new(pairs: &[(&str, &str)]) -> Self {
+        FakeAnswer { headers: owned(pairs), body: Vec::new() }
+    }
+
+    pub fn with_body(self, body: &str) -> Self {
+        FakeAnswer { body: body.as_bytes().to_vec(), ..self }
+    }
+}
+
+impl CalloutAnswer for FakeAnswer {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.body.clone()
+    }
+}
+
+/// The spawn role's lease holder, as the Wasm filter keeps it (one per worker VM).
+pub struct FakeLease {
+    pub lease: RefCell<LeaseState>,
+    pub health: RefCell<CallHealth>,
+    pub reporter: String,
+}
+
+impl FakeLease {
+    /// No lease yet, with reports sent from a timer of period `tick`.
+    pub fn new(tick: Duration) -> Self {
+        FakeLease { lease: RefCell::new(LeaseState::new(tick)), health: RefCell::default(), reporter: "r1".into() }
+    }
+}
+
+impl LeaseHolder for FakeLease {
+    fn with_lease<R>(&self, f: impl FnOnce(&mut LeaseState) -> R) -> R {
+        f(&mut self.lease.borrow_mut())
+    }
+
+    fn with_health<R>(&self, f: impl FnOnce(&mut CallHealth) -> R) -> R {
+        f(&mut self.health.borrow_mut())
+    }
+
+    fn reporter(&self) -> &str {
+        &self.reporter
     }
 }

@@ -1,6 +1,7 @@
 //! Each role's request path, written once against [`Host`]: read what the role
 //! needs, ask the protocol's `decide`, apply its edits or send its reply, count,
-//! and warn once. The loaders implement only [`Host`] and call these from their hooks.
+//! and warn once. The loaders implement only [`Host`] and call these from their hooks
+//! (and, for the `spawn` role, keep its lease and send its reports: [`spawn`]).
 //!
 //! The drivers are generic over the host, so each loader gets its own copy
 //! compiled against its host calls, with no dynamic dispatch per request.
@@ -8,6 +9,7 @@
 pub mod app;
 pub mod exact;
 pub mod middleware;
+pub mod spawn;
 
 use crate::counters;
 use crate::host::{HeaderMap, Host};

@@ -4,6 +4,7 @@
 mod app;
 mod exact;
 mod middleware;
+mod spawn;
 
 use crate::config::{parse, Config};
 use crate::testing::FakeHost;
