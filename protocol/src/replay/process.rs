@@ -2,18 +2,19 @@
 //!
 //! Fingerprints are spread over [`SHARDS`] shards, each behind its own lock, so
 //! workers rarely wait for one another. In a shard, each time bucket holds a few
-//! sorted runs of fingerprints (8 bytes each, binary search) and a small hash set
+//! sorted runs of fingerprints (8 bytes each, see [`search`]) and a small hash set
 //! of the ones added since the last run was made. When the set reaches an eighth of
 //! the runs (at most [`RECENT_MAX`]) it is sorted into a new run, and runs are
-//! merged until each is at least twice the next, so a bucket of `n` holds about
-//! `log2(n / RECENT_MAX)` runs. Once time moves past a bucket its runs are merged
-//! into one. A bucket is dropped whole once expired.
+//! merged until each is at least twice the next, so a bucket of `n` holds at most
+//! about `log2(n / RECENT_MAX)` runs. Once time moves past a bucket its runs are
+//! merged into one. A bucket is dropped whole once expired.
 //!
-//! Memory is what Envoy's RSS shows, so nothing is ever copied whole: a run is
-//! kept in pieces of [`PIECE`] fingerprints (4 KB, one allocator size class, so a
-//! piece a merge frees is the next one's), a merge frees each input piece as it
-//! reads past it, and the hash set never grows past about 37 KB. The peak is the
-//! fingerprints themselves plus a few pieces and one hash set per shard.
+//! Memory is what Envoy's RSS shows (its tcmalloc keeps freed pages), so the peak
+//! counts, and nothing is ever copied whole: a run is kept in pieces of [`PIECE`]
+//! fingerprints (4 KB, one allocator size class, so a piece a merge frees is the
+//! next one's), a merge frees each input piece as it reads past it, and a hash set
+//! never grows past about 37 KB (a closed bucket's past an eighth of its runs). A
+//! hash set as large as the bucket cost 16 to 24 bytes a nonce of Envoy's RSS.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +27,9 @@ use crate::signature::Nonce;
 pub const SHARDS: usize = 64;
 
 /// Bytes one live nonce is allowed when sizing the capacity from the memory
-/// bound: the measured peak is 8.4 to 9.x bytes (tests/replay_memory.rs, at 5,000
-/// and 50,000 a second, buckets of 18 s and 225 s); the rest is headroom.
+/// bound: the allocator's peak is 8.5 to 9.7 bytes (tests/replay_memory.rs, 5,000
+/// to 50,000 a second, buckets of 18 s and 225 s) and Envoy's RSS grew 10.6 bytes
+/// a nonce with 2.4 million in one bucket (tests/replay_capacity.rs).
 pub const BYTES_PER_NONCE: u64 = 12;
 
 /// Fingerprints in a full piece of a run: 4 KB.
@@ -507,7 +509,7 @@ mod tests {
         for (i, &f) in fingerprints.iter().enumerate() {
             assert!(!bucket.contains(f));
             bucket.insert(f, true);
-            assert!(bucket.recent.len() < RECENT_MAX);
+            assert!(bucket.recent.len() < RECENT_MAX && bucket.recent.capacity() <= RECENT_MAX, "the table never doubles past 4,096 slots");
             assert!(bucket.runs.windows(2).all(|w| w[0].len > 2 * w[1].len), "each run at least twice the next");
             assert_eq!(bucket.len(), i as u64 + 1);
         }
