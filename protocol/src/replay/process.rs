@@ -5,9 +5,10 @@
 //! sorted runs of fingerprints (8 bytes each, see [`search`]) and a small hash set
 //! of the ones added since the last run was made. When the set reaches an eighth of
 //! the runs (at most [`RECENT_MAX`]) it is sorted into a new run, and runs are
-//! merged until each is at least twice the next, so a bucket of `n` holds at most
-//! about `log2(n / RECENT_MAX)` runs. Once time moves past a bucket its runs are
-//! merged into one. A bucket is dropped whole once expired.
+//! merged until each is more than [`RATIO`] times the next, so a bucket of `n`
+//! holds at most about `log8(n / RECENT_MAX)` runs (one or two in practice) and
+//! each fingerprint is copied a few times, sequentially. Once time moves past a
+//! bucket its runs are merged into one. A bucket is dropped whole once expired.
 //!
 //! Memory is what Envoy's RSS shows (its tcmalloc keeps freed pages), so the peak
 //! counts, and nothing is ever copied whole: a run is kept in pieces of [`PIECE`]
@@ -43,6 +44,13 @@ const RECENT_MAX: usize = 3584;
 /// The fewest fingerprints sorted into a run at once (a bucket's first ones).
 const RECENT_MIN: usize = 16;
 
+/// How many times larger than the next a run stays. Every run is searched on every
+/// request (a cache miss or two each) while merging copies sequentially: for a
+/// bucket of 50 hash sets' worth, 8 gives 1.6 runs on average and copies each
+/// fingerprint 8 times; 2 gave 2.3 runs and 5 copies, and took half again as long
+/// (tests/replay_memory.rs, one bucket at 50,000 a second).
+const RATIO: usize = 8;
+
 pub struct ProcessMemory {
     key: FingerprintKey,
     /// The memory's first second: signatures dated at or before it are refused.
@@ -67,7 +75,7 @@ struct Shard {
 
 #[derive(Default)]
 struct Bucket {
-    /// Sorted runs, oldest first; each holds at least twice the next.
+    /// Sorted runs, oldest first; each holds more than [`RATIO`] times the next.
     runs: Vec<Run>,
     /// Fingerprints in `runs`.
     sorted: usize,
@@ -94,7 +102,7 @@ impl Bucket {
     }
 
     /// Sorts the hash set into a new run, then merges the newest runs until each
-    /// is at least twice the next.
+    /// is more than [`RATIO`] times the next.
     fn flush(&mut self, keep_table: bool) {
         if self.recent.is_empty() {
             return;
@@ -109,22 +117,25 @@ impl Bucket {
         self.sorted += sorted.len();
         self.runs.push(Run::from_sorted(&sorted));
         while let [.., older, newer] = &self.runs[..] {
-            if older.len > 2 * newer.len {
+            if older.len > RATIO * newer.len {
                 break;
             }
-            let at = self.runs.len() - 2;
-            let merged = merge(self.runs.split_off(at));
-            self.runs.push(merged);
+            self.merge_newest();
+        }
+    }
+
+    fn merge_newest(&mut self) {
+        if let (Some(newer), Some(older)) = (self.runs.pop(), self.runs.pop()) {
+            self.runs.push(merge(older, newer));
         }
     }
 
     /// Time has passed this bucket: from now on it only gets stragglers, so it is
-    /// made one run (a lookup is one binary search) and its hash set is freed.
+    /// made one run (one search a lookup) and its hash set is freed.
     fn freeze(&mut self) {
         self.flush(false);
-        if self.runs.len() > 1 {
-            let merged = merge(std::mem::take(&mut self.runs));
-            self.runs.push(merged);
+        while self.runs.len() > 1 {
+            self.merge_newest();
         }
     }
 }
@@ -240,44 +251,68 @@ struct Drain {
 
 impl Drain {
     fn new(run: Run) -> Self {
-        let mut pieces = run.pieces.into_iter();
-        let piece = pieces.next().unwrap_or_default();
-        Drain { pieces, piece, at: 0 }
+        let mut drain = Drain { pieces: run.pieces.into_iter(), piece: Box::default(), at: 0 };
+        drain.skip(0);
+        drain
     }
 
-    fn peek(&self) -> Option<u64> {
-        self.piece.get(self.at).copied()
+    /// What is left of the current piece: empty once the run is read.
+    fn rest(&self) -> &[u64] {
+        self.piece.get(self.at..).unwrap_or_default()
     }
 
-    fn advance(&mut self) {
-        self.at += 1;
-        if self.at >= self.piece.len() {
+    fn skip(&mut self, n: usize) {
+        self.at += n;
+        while self.at >= self.piece.len() {
             // The old piece is freed here; the merge's next output piece reuses it.
-            self.piece = self.pieces.next().unwrap_or_default();
-            self.at = 0;
+            (self.piece, self.at) = (Box::default(), 0);
+            match self.pieces.next() {
+                Some(piece) => self.piece = piece,
+                None => return,
+            }
         }
     }
 }
 
-/// Merges runs into one, holding at most one unread piece per input and one
+/// Merges two runs into one, holding at most one unread piece of each and one
 /// unwritten piece of output on top of the fingerprints themselves.
-fn merge(runs: Vec<Run>) -> Run {
-    let len = runs.iter().map(|run| run.len).sum();
+fn merge(older: Run, newer: Run) -> Run {
+    let len = older.len + newer.len;
     let mut out = Run::with_capacity(len);
-    let mut drains: Vec<Drain> = runs.into_iter().map(Drain::new).collect();
-    let mut piece = Vec::new();
-    while let Some(drain) = drains.iter_mut().filter(|d| d.peek().is_some()).min_by_key(|d| d.peek()) {
-        if piece.capacity() == 0 {
+    let (mut a, mut b) = (Drain::new(older), Drain::new(newer));
+    let mut piece: Vec<u64> = Vec::new();
+    loop {
+        let (xs, ys) = (a.rest(), b.rest());
+        if xs.is_empty() && ys.is_empty() {
+            break;
+        }
+        if piece.len() == piece.capacity() {
+            if !piece.is_empty() {
+                out.push_piece(std::mem::take(&mut piece).into_boxed_slice());
+            }
             // Exactly what is left, up to a piece: no allocation is shrunk or grown.
             piece.reserve_exact(PIECE.min(len.saturating_sub(out.len)).max(1));
         }
-        if let Some(fingerprint) = drain.peek() {
-            piece.push(fingerprint);
+        let room = piece.capacity() - piece.len();
+        let (mut i, mut j) = (0, 0);
+        if xs.is_empty() || ys.is_empty() {
+            let rest = if xs.is_empty() { ys } else { xs };
+            let n = rest.len().min(room);
+            piece.extend_from_slice(rest.get(..n).unwrap_or_default());
+            (i, j) = if xs.is_empty() { (0, n) } else { (n, 0) };
+        } else {
+            while let (Some(&x), Some(&y), true) = (xs.get(i), ys.get(j), i + j < room) {
+                if x <= y {
+                    piece.push(x);
+                    i += 1;
+                } else {
+                    piece.push(y);
+                    j += 1;
+                }
+            }
         }
-        drain.advance();
-        if piece.len() == piece.capacity() {
-            out.push_piece(std::mem::take(&mut piece).into_boxed_slice());
-        }
+        a.skip(i);
+        b.skip(j);
     }
     out.push_piece(piece.into_boxed_slice());
     out
@@ -510,7 +545,7 @@ mod tests {
             assert!(!bucket.contains(f));
             bucket.insert(f, true);
             assert!(bucket.recent.len() < RECENT_MAX && bucket.recent.capacity() <= RECENT_MAX, "the table never doubles past 4,096 slots");
-            assert!(bucket.runs.windows(2).all(|w| w[0].len > 2 * w[1].len), "each run at least twice the next");
+            assert!(bucket.runs.windows(2).all(|w| w[0].len > RATIO * w[1].len), "each run more than RATIO times the next");
             assert_eq!(bucket.len(), i as u64 + 1);
         }
         assert!(bucket.runs.len() <= 4, "{} runs", bucket.runs.len());
@@ -521,6 +556,29 @@ mod tests {
         assert!(run.pieces.iter().flat_map(|p| p.iter()).is_sorted());
         assert!(fingerprints.iter().all(|&f| bucket.contains(f)));
         assert!((20_000..21_000).all(|i| !bucket.contains(key.fingerprint(&nonce(i)))));
+    }
+
+    #[test]
+    fn merging_keeps_every_fingerprint_in_full_pieces() {
+        let sizes = [0, 1, 2, PIECE - 1, PIECE, PIECE + 1, 3 * PIECE + 7];
+        for (k, &x) in sizes.iter().enumerate() {
+            for &y in &sizes {
+                // Interleaved, and one run wholly above the other.
+                let (older, newer): (Vec<u64>, Vec<u64>) = if k % 2 == 0 {
+                    ((0..x as u64).map(|i| i * 2).collect(), (0..y as u64).map(|i| i * 2 + 1).collect())
+                } else {
+                    ((0..x as u64).map(|i| i + 1_000_000).collect(), (0..y as u64).collect())
+                };
+                let merged = merge(Run::from_sorted(&older), Run::from_sorted(&newer));
+                let all: Vec<u64> = merged.pieces.iter().flat_map(|p| p.iter().copied()).collect();
+                let mut expected = [older, newer].concat();
+                expected.sort_unstable();
+                assert_eq!((all, merged.len), (expected, x + y), "{x} and {y}");
+                assert!(merged.pieces.iter().rev().skip(1).all(|p| p.len() == PIECE), "{x} and {y}");
+                assert!(merged.pieces.iter().all(|p| !p.is_empty()));
+                assert_eq!(merged.firsts, merged.pieces.iter().map(|p| p[0]).collect::<Vec<_>>());
+            }
+        }
     }
 
     #[test]
