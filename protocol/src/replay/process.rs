@@ -29,7 +29,7 @@ pub const SHARDS: usize = 64;
 
 /// Bytes one live nonce is allowed when sizing the capacity from the memory
 /// bound: the allocator's peak is 8.5 to 9.7 bytes (tests/replay_memory.rs, 5,000
-/// to 50,000 a second, buckets of 18 s and 225 s) and Envoy's RSS grew 10.6 bytes
+/// to 50,000 a second, buckets of 18 s and 225 s) and Envoy's RSS grew 10.7 bytes
 /// a nonce with 2.4 million in one bucket (tests/replay_capacity.rs).
 pub const BYTES_PER_NONCE: u64 = 12;
 
