@@ -15,7 +15,7 @@
 //!
 //! Two stores share this:
 //! - [`ProcessMemory`]: the native module's, one per process, in 64 locked shards;
-//!   closed buckets are frozen into sorted arrays (8 bytes a nonce).
+//!   a bucket is a few sorted runs (8 bytes a nonce) and a small hash set.
 //! - [`SharedMemory`]: the Wasm filter's, over Envoy's shared data ([`SharedData`]):
 //!   a fixed set of small keys, one read and one compare-and-swap per request.
 //!
