@@ -288,3 +288,6 @@ fn parse_jwk(algorithm: Algorithm, text: &str) -> Result<AsymmetricKey, KeyError
         Algorithm::HmacSha1 | Algorithm::HmacSha256 => Err("an HMAC key is a secret, not a JWK or PEM".into()),
     }
 }
+
+#[cfg(test)]
+mod tests;
