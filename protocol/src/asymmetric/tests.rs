@@ -569,3 +569,18 @@ fn app_role_to_middleware_role() {
         assert_eq!(through_middleware(&hmac, &through_app(&app_json, 4), &mut memory), Err(Reason::SignatureBad));
     }
 }
+
+#[test]
+fn ecdsa_signatures_verify_with_either_s() {
+    // OpenSSL (so the Python library) does not normalise s to its low half: (r, s)
+    // and (r, n - s) are both valid, and a verifier must take both.
+    let key = rfc_private(Algorithm::EcdsaP256Sha256);
+    let signature = p256::ecdsa::Signature::from_slice(&key.sign(b"message").unwrap()).unwrap();
+    let (r, s) = signature.split_scalars();
+    let other_s = p256::ecdsa::Signature::from_scalars(r, -s).unwrap();
+    assert_ne!(other_s, signature);
+    assert!(signature.normalize_s().is_some() != other_s.normalize_s().is_some(), "one is high, one is low");
+    for form in [signature, other_s] {
+        assert!(key.public_key().verifies(b"message", &form.to_bytes()));
+    }
+}
