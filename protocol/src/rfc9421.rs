@@ -15,10 +15,11 @@
 //! sends, sorted by name. The `middleware` role finds the `wsgiproxy` member of
 //! both fields (other labels are ignored), rebuilds the signature base (§2.5) from
 //! the request as it sees it, and checks the MAC in constant time. Its policy: `alg`
-//! must name the ring's algorithm (see [`alg_suits`]), `keyid` must be in the ring, `created` within the skew
-//! window, `expires` (when present) not past, `nonce` present (it goes to the
-//! replay memory), and the four derived components and every protocol header
-//! present must be covered, so that a header added on the way breaks trust.
+//! must name the ring's algorithm (see [`alg_suits`]), `keyid` must be in the ring,
+//! `created` within the skew window, `expires` (when present) not past, `nonce`
+//! present (it goes to the replay memory), and the four derived components and
+//! every protocol header present must be covered, so that a header added on the
+//! way breaks trust.
 
 use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, Key, ListEntry, Parameters, Parser};
 use sha2::{Digest, Sha256};
