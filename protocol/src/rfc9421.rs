@@ -8,14 +8,18 @@
 //! Signature: wsgiproxy=:{base64 HMAC-SHA256 of the signature base}:
 //! ```
 //!
+//! (or `alg="ed25519"` / `"ecdsa-p256-sha256"` and a signature by the sender's
+//! private key, which receivers check with its public key: [`crate::asymmetric`]).
+//!
 //! covering the four derived components above, then every protocol header it
 //! sends, sorted by name. The `middleware` role finds the `wsgiproxy` member of
 //! both fields (other labels are ignored), rebuilds the signature base (§2.5) from
 //! the request as it sees it, and checks the MAC in constant time. Its policy: `alg`
-//! must be `hmac-sha256`, `keyid` must be in the ring, `created` within the skew
-//! window, `expires` (when present) not past, `nonce` present (it goes to the
-//! replay memory), and the four derived components and every protocol header
-//! present must be covered, so that a header added on the way breaks trust.
+//! must name the ring's algorithm (see [`alg_suits`]), `keyid` must be in the ring,
+//! `created` within the skew window, `expires` (when present) not past, `nonce`
+//! present (it goes to the replay memory), and the four derived components and
+//! every protocol header present must be covered, so that a header added on the
+//! way breaks trust.
 
 use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, Key, ListEntry, Parameters, Parser};
 use sha2::{Digest, Sha256};
@@ -25,7 +29,8 @@ use crate::signature::{Algorithm, KeyRing, Nonce, Rejection, NONCE_LEN};
 
 /// The label of our signature in `Signature-Input` and `Signature`.
 pub const LABEL: &str = "wsgiproxy";
-/// The one algorithm this format uses (RFC 9421 §3.3.3).
+/// The HMAC this format uses (RFC 9421 §3.3.3); the public-key algorithms are
+/// [`Algorithm::Ed25519`] and [`Algorithm::EcdsaP256Sha256`].
 pub const ALGORITHM: &str = "hmac-sha256";
 pub const SIGNATURE_INPUT: &str = "signature-input";
 pub const SIGNATURE: &str = "signature";
@@ -195,10 +200,11 @@ pub struct SignatureFields {
 }
 
 /// Signs `message` with the ring's first key, covering [`REQUIRED_DERIVED`] and
-/// `fields` sorted by name. `None` when the ring is not HMAC-SHA256 or a value
-/// cannot stand in a signature base.
+/// `fields` sorted by name. `None` when RFC 9421 does not define the ring's
+/// algorithm, its first key cannot sign (a public key), or a value cannot stand in
+/// a signature base.
 pub fn sign(ring: &KeyRing, message: &Message<'_>, fields: &[&str], created: u64, nonce: &str) -> Option<SignatureFields> {
-    if ring.algorithm != Algorithm::HmacSha256 {
+    if !ring.algorithm.in_rfc9421() {
         return None;
     }
     let signing_key = ring.signing_key()?;
@@ -212,11 +218,11 @@ pub fn sign(ring: &KeyRing, message: &Message<'_>, fields: &[&str], created: u64
     let mut params = Parameters::new();
     params.insert(key("created")?, BareItem::Integer(i64::try_from(created).ok()?.try_into().ok()?));
     params.insert(key("keyid")?, string_item(&signing_key.id)?);
-    params.insert(key("alg")?, string_item(ALGORITHM)?);
+    params.insert(key("alg")?, string_item(ring.algorithm.name())?);
     params.insert(key("nonce")?, string_item(nonce)?);
     let list = InnerList::with_params(items, params);
     let base = signature_base(message, &list).ok()?;
-    let mac = signing_key.mac_of(base.as_bytes());
+    let mac = signing_key.signature_of(base.as_bytes())?;
 
     let mut input = Dictionary::new();
     input.insert(key(LABEL)?, ListEntry::InnerList(list));
@@ -292,7 +298,7 @@ pub fn verify(
         Some(_) => Some(-1),
         None => None,
     };
-    if ring.algorithm != Algorithm::HmacSha256 || text("alg") != Some(ALGORITHM) {
+    if !alg_suits(ring.algorithm, param("alg")) {
         return Err(Rejection::Bad);
     }
     let key = text("keyid").and_then(|id| ring.key(id)).ok_or(Rejection::Bad)?;
@@ -319,6 +325,21 @@ pub fn verify(
         return Err(Rejection::Bad);
     }
     Ok(Verified { nonce: nonce_key(nonce), created })
+}
+
+/// Whether a signature's `alg` parameter suits a ring of `algorithm`, which alone
+/// decides how the signature is checked (never the request: no algorithm
+/// confusion). RFC 9421 must define the algorithm; `alg` must name it when present
+/// (an HMAC receiver refuses `ed25519`, an Ed25519 receiver `hmac-sha256`); it may
+/// be left out with a public-key algorithm only, whose key says what it is (§3.2),
+/// while HMAC requires it as it always has.
+pub fn alg_suits(algorithm: Algorithm, alg: Option<&BareItem>) -> bool {
+    algorithm.in_rfc9421()
+        && match alg {
+            Some(BareItem::String(named)) => named.as_str() == algorithm.name(),
+            Some(_) => false,
+            None => algorithm.is_asymmetric(),
+        }
 }
 
 /// The replay memory's key for an RFC 9421 nonce (any string): a digest, kept

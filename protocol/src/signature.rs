@@ -11,6 +11,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::asymmetric::{AsymmetricKey, PrivateKey, PublicKey};
 use crate::headers::{is_protocol_header, X_WSGIPROXY_SIGNATURE};
 use crate::reason::Reason;
 
@@ -23,6 +24,10 @@ const CANONICAL_VERSION: &str = "wsgiproxy-signature-v1";
 pub enum Algorithm {
     HmacSha1,
     HmacSha256,
+    /// EdDSA on edwards25519 (RFC 9421 §3.3.6): a public-key algorithm, RFC 9421 only.
+    Ed25519,
+    /// ECDSA on P-256 with SHA-256 (RFC 9421 §3.3.4): a public-key algorithm, RFC 9421 only.
+    EcdsaP256Sha256,
 }
 
 impl Algorithm {
@@ -30,6 +35,8 @@ impl Algorithm {
         match self {
             Algorithm::HmacSha1 => "hmac-sha1",
             Algorithm::HmacSha256 => "hmac-sha256",
+            Algorithm::Ed25519 => "ed25519",
+            Algorithm::EcdsaP256Sha256 => "ecdsa-p256-sha256",
         }
     }
 
@@ -37,16 +44,34 @@ impl Algorithm {
         match name {
             "hmac-sha1" => Some(Algorithm::HmacSha1),
             "hmac-sha256" => Some(Algorithm::HmacSha256),
+            "ed25519" => Some(Algorithm::Ed25519),
+            "ecdsa-p256-sha256" => Some(Algorithm::EcdsaP256Sha256),
             _ => None,
         }
     }
+
+    /// Whether the sender signs with a private key and receivers verify with its
+    /// public key (instead of a secret both sides hold).
+    pub fn is_asymmetric(self) -> bool {
+        matches!(self, Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256)
+    }
+
+    /// Whether RFC 9421 defines it (its name there is [`Algorithm::name`]).
+    pub fn in_rfc9421(self) -> bool {
+        self != Algorithm::HmacSha1
+    }
 }
 
-/// Keyed MAC state, built once per configuration and cloned per request.
+/// Keyed MAC state, built once per configuration and cloned per request; or, for
+/// the public-key algorithms, one half of a key pair.
 #[derive(Clone)]
 enum KeyedMac {
     Sha1(Hmac<Sha1>),
     Sha256(Hmac<Sha256>),
+    /// A private key (the `app` role): signs, and verifies with its public half.
+    Private(PrivateKey),
+    /// A public key (the `middleware` role): verifies only.
+    Public(PublicKey),
 }
 
 impl KeyedMac {
@@ -55,6 +80,9 @@ impl KeyedMac {
         Ok(match algorithm {
             Algorithm::HmacSha1 => KeyedMac::Sha1(Hmac::new_from_slice(secret).map_err(bad)?),
             Algorithm::HmacSha256 => KeyedMac::Sha256(Hmac::new_from_slice(secret).map_err(bad)?),
+            Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256 => {
+                return Err(format!("{} keys are key pairs, not secrets (see KeyRing::asymmetric)", algorithm.name()))
+            }
         })
     }
 
@@ -68,6 +96,9 @@ impl KeyedMac {
                 m.update(message);
                 m.finalize().into_bytes().to_vec()
             }
+            // Empty, which no receiver accepts: see `SigningKey::signature_of`.
+            KeyedMac::Private(key) => key.sign(message).unwrap_or_default(),
+            KeyedMac::Public(_) => Vec::new(),
         }
     }
 
@@ -81,6 +112,8 @@ impl KeyedMac {
                 m.update(message);
                 m.verify_slice(mac).is_ok()
             }
+            KeyedMac::Private(key) => key.public_key().verifies(message, mac),
+            KeyedMac::Public(key) => key.verifies(message, mac),
         }
     }
 }
@@ -98,9 +131,21 @@ impl SigningKey {
         self.mac.mac(message)
     }
 
-    /// Whether `mac` is this key's MAC of `message`, compared in constant time.
+    /// Whether `mac` is this key's MAC of `message`, compared in constant time; for
+    /// a public-key algorithm, whether it is a signature of `message` by this key
+    /// (or by the private key's public half).
     pub fn verifies(&self, message: &[u8], mac: &[u8]) -> bool {
         self.mac.verify(message, mac)
+    }
+
+    /// This key's MAC or signature of `message`; `None` for a public key, which
+    /// cannot sign.
+    pub fn signature_of(&self, message: &[u8]) -> Option<Vec<u8>> {
+        match &self.mac {
+            KeyedMac::Private(key) => key.sign(message),
+            KeyedMac::Public(_) => None,
+            KeyedMac::Sha1(_) | KeyedMac::Sha256(_) => Some(self.mac.mac(message)),
+        }
     }
 }
 
@@ -148,6 +193,39 @@ impl KeyRing {
 
     pub fn key(&self, id: &str) -> Option<&SigningKey> {
         self.keys.iter().find(|k| k.id == id)
+    }
+}
+
+/// The rings of the public-key algorithms.
+impl KeyRing {
+    /// `keys` are `(id, key)` pairs, the signing key first, each of `algorithm`: a
+    /// sender's ring holds private keys, a receiver's public keys (the configuration
+    /// checks which role holds which).
+    pub fn asymmetric(algorithm: Algorithm, keys: Vec<(String, AsymmetricKey)>) -> Result<KeyRing, String> {
+        if !algorithm.is_asymmetric() {
+            return Err(format!("{} is not a public-key algorithm", algorithm.name()));
+        }
+        if keys.is_empty() {
+            return Err("at least one key is needed".into());
+        }
+        let mut ring = Vec::with_capacity(keys.len());
+        for (id, key) in keys {
+            if !is_key_id(&id) {
+                return Err(format!("key id {id:?} must be 1 to 64 letters, digits, '.', '_' or '-'"));
+            }
+            if ring.iter().any(|k: &SigningKey| k.id == id) {
+                return Err(format!("key id {id:?} is given twice"));
+            }
+            if key.algorithm() != algorithm {
+                return Err(format!("key {id:?} is an {} key, not {}", key.algorithm().name(), algorithm.name()));
+            }
+            let mac = match key {
+                AsymmetricKey::Private(private) => KeyedMac::Private(private),
+                AsymmetricKey::Public(public) => KeyedMac::Public(public),
+            };
+            ring.push(SigningKey { id, mac });
+        }
+        Ok(KeyRing { algorithm, keys: ring })
     }
 }
 

@@ -2,7 +2,10 @@
 request's signature with PyPI's http-message-signatures, as a user's backend
 would, and answers with what the library verified (or why it refused).
 
-    rfc9421_backend.py PORT KEY
+    rfc9421_backend.py PORT KEY [ALGORITHM]
+
+KEY is the shared secret (hmac-sha256, the default), or the PEM of the signer's
+public key (ed25519, ecdsa-p256-sha256).
 """
 import json
 import sys
@@ -11,9 +14,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from http_message_signatures import InvalidSignature
 
 KEY = sys.argv[2].encode()
+ALGORITHM = sys.argv[3] if len(sys.argv) > 3 else "hmac-sha256"
+PUBLIC_KEY = KEY
 
 
 def verify(method, url, headers):
+    if ALGORITHM == "ed25519":
+        return verify_ed25519(method, url, headers)
+    if ALGORITHM == "ecdsa-p256-sha256":
+        return verify_ecdsa_p256(method, url, headers)
     # README snippet (keep the two in step: tests/rfc9421_interop.rs checks it)
     from types import SimpleNamespace
     from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
@@ -22,6 +31,26 @@ def verify(method, url, headers):
     result = verifier.verify(SimpleNamespace(method=method, url=url, headers=headers))[0]
     # end of README snippet
     return result
+
+
+def verify_ed25519(method, url, headers):
+    # public-key snippet (keep the two in step: tests/rfc9421_interop.rs checks it)
+    from types import SimpleNamespace
+    from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
+    keys = MappingKeyResolver(public_keys={"k1": PUBLIC_KEY}, private_keys={})
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519, key_resolver=keys)
+    result = verifier.verify(SimpleNamespace(method=method, url=url, headers=headers))[0]
+    # end of public-key snippet
+    return result
+
+
+def verify_ecdsa_p256(method, url, headers):
+    # The same with ECDSA P-256 (a public key of that curve).
+    from types import SimpleNamespace
+    from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
+    keys = MappingKeyResolver(public_keys={"k1": PUBLIC_KEY}, private_keys={})
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ECDSA_P256_SHA256, key_resolver=keys)
+    return verifier.verify(SimpleNamespace(method=method, url=url, headers=headers))[0]
 
 
 class Handler(BaseHTTPRequestHandler):
