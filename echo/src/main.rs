@@ -168,38 +168,36 @@ fn describe(name: &str, parts: &Parts, body: &[u8], trailers: Option<&HeaderMap>
         (None, None, Some(target)) => serde_json::to_writer(&mut out, target.as_str())?,
         _ => serde_json::to_writer(&mut out, &uri.to_string())?,
     }
-    out.extend_from_slice(b",\"headers\":[");
-    for (i, (n, v)) in parts.headers.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'[');
-        serde_json::to_writer(&mut out, n.as_str())?;
-        out.push(b',');
-        write_text(&mut out, v.as_bytes())?;
-        out.push(b']');
-    }
-    out.extend_from_slice(b"],\"body\":");
+    out.extend_from_slice(b",\"headers\":");
+    write_header_list(&mut out, &parts.headers)?;
+    out.extend_from_slice(b",\"body\":");
     write_text(&mut out, body)?;
     out.extend_from_slice(b",\"body_len\":");
     out.extend_from_slice(body.len().to_string().as_bytes());
     // Only a request that had trailers says so (the other descriptions stay as they were).
     if let Some(trailers) = trailers.filter(|t| !t.is_empty()) {
-        out.extend_from_slice(b",\"trailers\":[");
-        for (i, (n, v)) in trailers.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.push(b'[');
-            serde_json::to_writer(&mut out, n.as_str())?;
-            out.push(b',');
-            write_text(&mut out, v.as_bytes())?;
-            out.push(b']');
-        }
-        out.push(b']');
+        out.extend_from_slice(b",\"trailers\":");
+        write_header_list(&mut out, trailers)?;
     }
     out.push(b'}');
     Ok(out)
+}
+
+/// A header map as a JSON list of `[name, value]` pairs, in the map's order.
+fn write_header_list(out: &mut Vec<u8>, headers: &HeaderMap) -> serde_json::Result<()> {
+    out.push(b'[');
+    for (i, (n, v)) in headers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        serde_json::to_writer(&mut *out, n.as_str())?;
+        out.push(b',');
+        write_text(out, v.as_bytes())?;
+        out.push(b']');
+    }
+    out.push(b']');
+    Ok(())
 }
 
 /// The percent-decoded values of `key` in a query string, in order.

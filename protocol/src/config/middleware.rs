@@ -131,11 +131,7 @@ pub(super) const MAX_REPLAY_MEMORY_MB: u64 = 65_536;
 pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>) -> Result<MiddlewareConfig, ConfigError> {
     let mut trust_ips = raw.trust_ips.as_ref().map(|list| Vec::with_capacity(list.len()));
     for (i, entry) in raw.trust_ips.iter().flatten().enumerate() {
-        let net = entry
-            .parse::<IpNet>()
-            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| ConfigError::new(format!("trust_ips[{i}]"), format!("{entry:?} is not an IP address or CIDR range")))?;
-        trust_ips.get_or_insert_with(Vec::new).push(net.trunc());
+        trust_ips.get_or_insert_with(Vec::new).push(network(entry, &format!("trust_ips[{i}]"))?);
     }
     let trust_principals = match raw.trust_principals {
         None => None,

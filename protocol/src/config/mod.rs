@@ -1,6 +1,7 @@
 //! The filter's `configuration` JSON: parsed strictly, validated once, and turned
 //! into ready-to-use values (parsed href and CIDRs, keyed MAC state, header names).
 
+use ipnet::IpNet;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
@@ -146,4 +147,13 @@ fn client_address(value: Option<&str>) -> Result<ClientAddress, ConfigError> {
             )
         }),
     }
+}
+
+/// An IP address or CIDR range (an address alone is a range of one), its host bits cleared.
+fn network(entry: &str, field: &str) -> Result<IpNet, ConfigError> {
+    let net = entry
+        .parse::<IpNet>()
+        .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| ConfigError::new(field, format!("{entry:?} is not an IP address or CIDR range")))?;
+    Ok(net.trunc())
 }

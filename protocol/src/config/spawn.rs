@@ -64,16 +64,13 @@ pub(super) fn validate_spawn(raw: RawSpawn) -> Result<SpawnConfig, ConfigError> 
     }
     let mut upstream_networks = Vec::new();
     for (i, entry) in raw.upstream_networks.iter().flatten().enumerate() {
-        let net = entry
-            .parse::<IpNet>()
-            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| ConfigError::new(format!("upstream_networks[{i}]"), format!("{entry:?} is not an IP address or CIDR range")))?;
+        let net = network(entry, &format!("upstream_networks[{i}]"))?;
         // Everywhere is not a network of containers: it would let a wrong answer send
         // requests anywhere Envoy can reach.
         if net.prefix_len() == 0 {
             return Err(ConfigError::new(format!("upstream_networks[{i}]"), "must name the apps' network, not every address"));
         }
-        upstream_networks.push(net.trunc());
+        upstream_networks.push(net);
     }
     Ok(SpawnConfig {
         app: raw.app,
