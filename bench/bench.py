@@ -840,6 +840,8 @@ def replay_memory(workdir, echo_port, args):
     helper = fill_helper()
     specs = replay_memory_specs(REPLAY_MEMORY_MB)
     bucket = REPLAY_SKEW // 16
+    # The paced sender runs in this process: on the load core, off the Envoy core.
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
     envoys, dates, live, fills, rss = {}, {}, {}, {}, {}
     deadline = float("inf")
     try:
