@@ -918,7 +918,7 @@ def replay_memory(workdir, echo_port, args):
         f"bucket, at most {WASM_PER_KEY} each); in the native module it is an open bucket (hash sets). `full, another "
         f"bucket`: the full Envoy, requests dated in the bucket before, which the fill left empty.",
         "",
-        "| loader | measure | live nonces in its bucket at the end | Envoy RSS MiB | Envoy CPU µs/req, mean | min–max over rounds | p50 ms | p99 ms | non-2xx |",
+        "| loader | measure | live nonces in its bucket at the end | Envoy RSS MiB | Envoy CPU µs/req, mean | min–max over rounds | p50 ms, median | p99 ms, median | non-2xx |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, _ in specs:
@@ -927,7 +927,7 @@ def replay_memory(workdir, echo_port, args):
             cpus = [r["cpu_us"] for r in rs]
             lines.append(f"| {name} | {state} | {live[name, state]:,} | {rss[name, state.split(',')[0]]:.1f} | "
                          f"{statistics.fmean(cpus):.1f} | {min(cpus):.1f}–{max(cpus):.1f} | "
-                         f"{statistics.fmean(r['p50'] for r in rs):.2f} | {statistics.fmean(r['p99'] for r in rs):.2f} | "
+                         f"{statistics.median(r['p50'] for r in rs):.2f} | {statistics.median(r['p99'] for r in rs):.2f} | "
                          f"{sum(r['non2xx'] for r in rs)} |")
     lines += ["", "Fill: " + "; ".join(f"{n}: {f['sent']:,} in {f['seconds']:.0f} s ({f['per_second']:,.0f}/s)" for n, f in fills.items()),
               "", "| loader | ratio | median of the rounds' paired ratios | per-round ratios | ≤ 1.10 |", "|---|---|---:|---|---|"]
