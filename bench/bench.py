@@ -292,11 +292,13 @@ def hey_fixed_rate(port, rate, seconds):
 
 def paced_replay(port, rate, seconds, requests_file):
     """The same measure for pre-signed requests (each sent once): 10 keep-alive
-    connections, each pacing its share of the rate; returns p50, p99, answered."""
+    connections, each pacing its share of the rate; returns p50, p99, answered, and
+    how many of those were not 2xx."""
     import asyncio
 
     raw = raw_requests(requests_file)
     latencies = []
+    refused = []
 
     async def connection(slot, per_conn):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -317,6 +319,8 @@ def paced_replay(port, rate, seconds, requests_file):
             length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
             await reader.readexactly(length)
             latencies.append((time.perf_counter() - began) * 1000)
+            if not head.startswith(b"HTTP/1.1 2"):
+                refused.append(head.split(b"\r\n", 1)[0])
             i += 1
         writer.close()
 
@@ -326,7 +330,7 @@ def paced_replay(port, rate, seconds, requests_file):
     asyncio.run(main())
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-    return pick(0.50), pick(0.99), len(latencies)
+    return pick(0.50), pick(0.99), len(latencies), len(refused)
 
 
 # ------------------------------------------------------------------ signed requests for the middleware
@@ -351,9 +355,10 @@ def raw_requests(path):
     return [line.rstrip("\n").replace("\t", "\r\n").encode() + b"\r\n\r\n" for line in Path(path).open()]
 
 
-def signed_requests(path, count, authority):
-    """Requests the app role would send, each with its own nonce (no replay)."""
-    date = formatdate(usegmt=True)
+def signed_requests(path, count, authority, date=None):
+    """Requests the app role would send, each with its own nonce (no replay), dated
+    now or `date` (an HTTP date)."""
+    date = date or formatdate(usegmt=True)
     lines = []
     protocol = [("x-forwarded-for", "203.0.113.7"), ("x-forwarded-scheme", "http"),
                 ("x-forwarded-server", "www.example.com"), ("x-script-name", "/blog"),
@@ -471,7 +476,8 @@ def run_variant(workdir, spec, echo_port, args):
             signed_requests(arg, int(args.rate * args.latency_seconds * 1.2) + 100, "backend.internal:8080")
         before = sum(cpu_seconds(e.pid) for e in envoys)
         if spec.get("signed_input"):
-            p50, p99, answered = paced_replay(port, args.rate, args.latency_seconds, arg)
+            p50, p99, answered, refused = paced_replay(port, args.rate, args.latency_seconds, arg)
+            result["non2xx"] += refused
         else:
             p50, p99, answered = hey_fixed_rate(port, args.rate, args.latency_seconds)
         used = sum(cpu_seconds(e.pid) for e in envoys) - before
@@ -677,22 +683,31 @@ def callgrind_total(path):
     raise RuntimeError(f"no totals in {path}")
 
 
-def instructions_per_request(workdir, spec, echo_port, count, warm=300):
+def instructions_per_request(workdir, spec, echo_port, count, warm=300, date=None, prepare=None):
     """Instructions Envoy executes per request, counted by callgrind: the same for the
     same binary and inputs whatever else the machine runs, so a small ratio can be
     read that CPU time on a shared machine hides. User space only: the kernel's share
     of each request (sockets, loopback) is not counted. Counting is switched on only
-    while the measured requests are sent, after a warm-up."""
+    while the measured requests are sent, after a warm-up. `prepare(port)` runs
+    first, uncounted (the replay memory's fill); signed requests are dated `date`
+    when given."""
     port = free_port()
     out = Path(workdir) / f"callgrind.{port}"
     callgrind = ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file", f"--callgrind-out-file={out}")
     proc = start_envoy(workdir, variant_config(spec, port, echo_port), port, wrapper=callgrind, timeout=600)
+    if prepare:
+        try:
+            prepare(port)
+        except BaseException:
+            proc.stop()
+            raise
     if spec.get("signed_input"):
-        # Signed after Envoy began, from the next second: its replay memory refuses
-        # signatures dated up to the second it began (restart protection).
-        time.sleep(1.0 - time.time() % 1.0 + 0.01)
+        if date is None:
+            # Signed after Envoy began, from the next second: its replay memory refuses
+            # signatures dated up to the second it began (restart protection).
+            time.sleep(1.0 - time.time() % 1.0 + 0.01)
         signed = Path(workdir) / "signed.txt"
-        signed_requests(signed, warm + count, "backend.internal:8080")
+        signed_requests(signed, warm + count, "backend.internal:8080", date)
         reqs = raw_requests(signed)
     else:
         plain = f"GET {PATH} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in CLIENT_HEADERS.items()) + "\r\n"
@@ -731,6 +746,247 @@ def instructions(workdir, echo_port, sc_port, args):
               f"{ratio(v, 'Lua filter, same headers')} |")
 
 
+# ------------------------------------------------------------------ the replay memory, empty and full
+
+# Nothing expires in an hour's skew; the bound gives the Wasm filter's keys room for
+# the fill in one bucket (see replay_memory_specs).
+REPLAY_SKEW = 3600
+REPLAY_MEMORY_MB = 1024
+# The Wasm filter's layout (protocol/src/replay/shared.rs): a key holds at most 511
+# fingerprints, 4 KB; generations cover the live buckets plus one.
+WASM_PER_KEY = 511
+
+
+def wasm_shards(skew, memory_mb):
+    bucket = max(skew // 16, 1)
+    generations = -(-(2 * skew + bucket) // bucket) + 1 + 1
+    return (memory_mb << 20) // (generations * 4096)
+
+
+def replay_memory_specs(memory_mb):
+    """The verifying middleware in both loaders, with the same JSON: an hour's skew,
+    so that no nonce expires during the run, and a memory bound of `memory_mb`."""
+    config = {"role": "middleware", "secret": {"keys": [{"id": "k1", "env": "WSGIPROXY_KEY"}]}, "algorithm": "hmac-sha256",
+              "keys": {"REMOTE_USER": "x-remote-user"}, "max_skew_seconds": REPLAY_SKEW, "replay_memory_mb": memory_mb}
+    return [
+        ("Wasm middleware, verifying SHA256", {"filters": [wasm_filter("wsgiproxy", WASM, config)], "signed_input": True}),
+        ("native module: middleware, verifying SHA256", {"filters": [native_filter("wsgiproxy", config)], "signed_input": True}),
+    ]
+
+
+def open_bucket_date(skew=REPLAY_SKEW):
+    """A Date for every request of a memory's run, fill and measures alike: the first
+    second of the latest time bucket that is within the skew of now (with a minute to
+    spare). All its nonces then go to one bucket, the one every measured request looks
+    in and writes: in the Wasm filter its keys are the ones a request copies, as full
+    as the fill made them; in the native module it stays open (the hash sets that take
+    a request dated now: a bucket is frozen into sorted arrays only once time has
+    passed it, in about an hour here) and nothing expires. Returns (the date, in
+    seconds since the epoch, and the second time leaves the bucket, after which the
+    native module would freeze it)."""
+    bucket = max(skew // 16, 1)
+    first = (int(time.time()) + skew - 60) // bucket * bucket
+    return first, first + bucket
+
+
+def fill_helper():
+    """Builds tests/replay_fill.rs (release) and returns its test binary."""
+    out = subprocess.run(["cargo", "test", "--release", "--test", "replay_fill", "--no-run", "--message-format=json"],
+                         cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    for line in out.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "replay_fill":
+            return msg["executable"]
+    raise RuntimeError("cargo built no replay_fill test binary")
+
+
+def fill(helper, port, count, date, connections=32):
+    """Sends `count` fresh signed requests dated `date` at full speed (the load core);
+    every one must be accepted. Returns the helper's report."""
+    env = dict(os.environ, WSGIPROXY_FILL_PORT=str(port), WSGIPROXY_FILL_DATE=date, WSGIPROXY_FILL_KEY=KEY,
+               WSGIPROXY_FILL_COUNT=str(count), WSGIPROXY_FILL_CONNECTIONS=str(connections))
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, helper, "--ignored", "--exact", "fill", "--nocapture"],
+                         env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    # The test harness may print its own words before the line on the same line.
+    found = re.search(r"fill: (\{.*\})\s*$", out.stdout, re.M)
+    report = json.loads(found.group(1)) if found else None
+    if out.returncode != 0 or report is None:
+        raise RuntimeError(f"the fill failed:\n{out.stdout[-3000:]}")
+    if report["statuses"] != {"200": count}:
+        raise RuntimeError(f"the fill was not all accepted: {report}")
+    return report
+
+
+def replay_memory(workdir, echo_port, args):
+    """The middleware's Envoy CPU per request with an empty replay memory beside a full
+    one (args.fill live nonces), in both loaders. Four Envoys run side by side, each
+    one worker on the Envoy core: per loader one whose memory stays empty and one
+    filled first at full speed (the empty one is first sent args.fill_empty the same
+    way, so that both have run at full load). Then, round after round, each loader's
+    Envoys are sent the same fresh signed requests at the fixed rate (each Envoy has
+    its own memory, so every nonce is new to each), back to back, the order rotating.
+    Three measures per loader and round:
+
+    - empty: the empty memory, requests dated in the bucket the other was filled in;
+    - full: the full memory, requests dated in its filled bucket;
+    - full, another bucket: the full memory, requests dated in the bucket before it,
+      which holds only what the measures put there. Against `full`, only what the
+      request touches differs, in one process: a control for what tells two Envoy
+      processes apart (allocator, JIT, layout), which pairing by round does not cancel.
+
+    Each ratio is the median over rounds of the two figures of the same round."""
+    helper = fill_helper()
+    specs = replay_memory_specs(REPLAY_MEMORY_MB)
+    bucket = REPLAY_SKEW // 16
+    # The paced sender runs in this process: on the load core, off the Envoy core.
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    envoys, dates, live, fills, rss = {}, {}, {}, {}, {}
+    deadline = float("inf")
+    try:
+        for name, spec in specs:
+            first, leaves = open_bucket_date()
+            # The full bucket's date, and the bucket before it (still ahead of now).
+            dates[name] = {"empty": first, "full": first, "full, another bucket": first - bucket}
+            if "native" in name:
+                # The native module freezes a bucket once time has left it: the
+                # earlier of the two is left first.
+                deadline = min(deadline, leaves - bucket)
+            for state in ("empty", "full"):
+                port = free_port()
+                envoys[name, state] = (start_envoy(workdir, variant_config(spec, port, echo_port), port), port)
+            date = formatdate(first, usegmt=True)
+            proc, port = envoys[name, "empty"]
+            fill(helper, port, args.fill_empty, date)
+            live[name, "empty"] = args.fill_empty
+            proc, port = envoys[name, "full"]
+            print(f"{name}: filling its memory with {args.fill:,} nonces (Date: {date})", file=sys.stderr, flush=True)
+            fills[name] = fill(helper, port, args.fill, date)
+            live[name, "full"] = args.fill
+            live[name, "full, another bucket"] = 0
+            print(f"{name}: filled at {fills[name]['per_second']:,.0f}/s in {fills[name]['seconds']:.0f} s; "
+                  f"Envoy RSS {rss_mib(envoys[name, 'empty'][0].pid):.1f} MiB empty, {rss_mib(proc.pid):.1f} MiB full",
+                  file=sys.stderr, flush=True)
+        states = ["empty", "full", "full, another bucket"]
+        results = {}
+        rounds = 0
+        for rnd in range(args.rounds):
+            if time.time() + 120 > deadline:
+                print(f"stopping after {rnd} rounds: time is about to leave the native module's buckets", file=sys.stderr)
+                break
+            order = states[rnd % 3:] + states[:rnd % 3]
+            for name, _ in specs:
+                for state in order:
+                    proc, port = envoys[name, state.split(",")[0]]
+                    date = formatdate(dates[name][state], usegmt=True)
+                    # The same requests for each memory of the loader: new to each.
+                    stem = f"{rnd}-{dates[name][state]}.txt"
+                    warm, measured = Path(workdir) / f"warm-{stem}", Path(workdir) / f"measured-{stem}"
+                    if not measured.exists():
+                        signed_requests(warm, int(args.rate * args.warmup * 1.2) + 100, "backend.internal:8080", date)
+                        signed_requests(measured, int(args.rate * args.latency_seconds * 1.2) + 100, "backend.internal:8080", date)
+                    *_, answered, refused = paced_replay(port, args.rate, args.warmup, warm)
+                    bad = refused
+                    live[name, state] += answered - refused
+                    before = cpu_seconds(proc.pid)
+                    p50, p99, answered, refused = paced_replay(port, args.rate, args.latency_seconds, measured)
+                    used = cpu_seconds(proc.pid) - before
+                    live[name, state] += answered - refused
+                    r = {"cpu_us": used / max(answered, 1) * 1e6, "p50": p50, "p99": p99, "non2xx": bad + refused}
+                    results.setdefault((name, state), []).append(r)
+                    print(f"round {rnd + 1}: {name} ({state}) {r['cpu_us']:6.1f} us CPU/req  p50 {p50:.2f} ms  "
+                          f"p99 {p99:.2f} ms  non-2xx {r['non2xx']}", file=sys.stderr, flush=True)
+            rounds = rnd + 1
+        for (name, state), (proc, _) in envoys.items():
+            rss[name, state] = rss_mib(proc.pid)
+    finally:
+        for proc, _ in envoys.values():
+            proc.stop()
+    if rounds == 0:
+        raise RuntimeError("no round measured")
+
+    shards = wasm_shards(REPLAY_SKEW, REPLAY_MEMORY_MB)
+    lines = [
+        f"Envoy CPU per request of the verifying middleware (HMAC-SHA256), `max_skew_seconds: {REPLAY_SKEW}`, "
+        f"`replay_memory_mb: {REPLAY_MEMORY_MB}`. Per loader two Envoys (1 worker each, on core {ENVOY_CORE}): one filled "
+        f"first with {args.fill:,} fresh signed requests at full speed (tests/replay_fill.rs, 32 connections, core "
+        f"{LOAD_CORE}), one sent {args.fill_empty:,} the same way. {rounds} rounds, each measure {args.warmup} s of "
+        f"warm-up (discarded) then {args.latency_seconds} s at a fixed {args.rate} req/s of fresh signed requests, the "
+        f"order rotating. The fill and the `empty` and `full` measures are dated in one time bucket; in the Wasm filter "
+        f"the full memory's keys there hold {args.fill / shards:.0f} fingerprints on average when filled ({shards:,} keys a "
+        f"bucket, at most {WASM_PER_KEY} each); in the native module it is an open bucket (hash sets). `full, another "
+        f"bucket`: the full Envoy, requests dated in the bucket before, which the fill left empty.",
+        "",
+        "| loader | measure | live nonces in its bucket at the end | Envoy RSS MiB | Envoy CPU µs/req, mean | min–max over rounds | p50 ms, median | p99 ms, median | non-2xx |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, _ in specs:
+        for state in states:
+            rs = results[name, state]
+            cpus = [r["cpu_us"] for r in rs]
+            lines.append(f"| {name} | {state} | {live[name, state]:,} | {rss[name, state.split(',')[0]]:.1f} | "
+                         f"{statistics.fmean(cpus):.1f} | {min(cpus):.1f}–{max(cpus):.1f} | "
+                         f"{statistics.median(r['p50'] for r in rs):.2f} | {statistics.median(r['p99'] for r in rs):.2f} | "
+                         f"{sum(r['non2xx'] for r in rs)} |")
+    lines += ["", "Fill: " + "; ".join(f"{n}: {f['sent']:,} in {f['seconds']:.0f} s ({f['per_second']:,.0f}/s)" for n, f in fills.items()),
+              "", "| loader | ratio | median of the rounds' paired ratios | about 95% of the median | per-round ratios | ≤ 1.10 |",
+              "|---|---|---:|---:|---|---|"]
+    for name, _ in specs:
+        for top, base in (("full", "empty"), ("full", "full, another bucket"), ("full, another bucket", "empty")):
+            ratios = [t["cpu_us"] / b["cpu_us"] for t, b in zip(results[name, top], results[name, base])]
+            median = statistics.median(ratios)
+            # Order statistics around the median (the 6th and 15th of 20): an interval
+            # holding the true median with about 95% probability.
+            low = max(0, int(len(ratios) / 2 - 0.98 * len(ratios) ** 0.5))
+            ranked = sorted(ratios)
+            interval = f"{ranked[low]:.2f}–{ranked[len(ratios) - 1 - low]:.2f}"
+            verdict = ("met" if median <= 1.10 else "MISSED") if base == "empty" and top == "full" else "—"
+            lines.append(f"| {name} | {top} / {base} | {median:.3f} | {interval} | {', '.join(f'{r:.2f}' for r in ratios)} | {verdict} |")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": {f"{n} ({s})": v for (n, s), v in results.items()},
+                                               "fills": fills, "live": {f"{n} ({s})": v for (n, s), v in live.items()},
+                                               "rss": {f"{n} ({s})": v for (n, s), v in rss.items()}}, indent=1))
+
+
+def replay_memory_instructions(workdir, echo_port, args):
+    """The same comparison in instructions per request under callgrind. Filling under
+    valgrind is slow and the memory lives only as long as its process, so the fill is
+    smaller (args.fill_instructions), into an Envoy already under callgrind with
+    counting off; the memory bound is scaled down with it, so that the Wasm filter's
+    keys are as full as in the CPU-time run (what a request there copies and searches
+    depends on its key's fullness, not on the number of keys)."""
+    helper = fill_helper()
+    memory_mb = max(1, round(REPLAY_MEMORY_MB * args.fill_instructions / args.fill))
+    count = args.instruction_requests
+    results, fills = {}, {}
+    for name, spec in replay_memory_specs(memory_mb):
+        for state, filled in (("empty", 0), ("full", args.fill_instructions)):
+            date = formatdate(open_bucket_date()[0], usegmt=True)
+
+            def prepare(port, name=name, filled=filled, date=date):
+                if filled:
+                    fills[name] = fill(helper, port, filled, date, connections=8)
+                    print(f"{name}: filled {filled:,} under callgrind at {fills[name]['per_second']:,.0f}/s",
+                          file=sys.stderr, flush=True)
+
+            results[name, state] = instructions_per_request(workdir, spec, echo_port, count, date=date, prepare=prepare)
+            print(f"{name} ({state}): {results[name, state]:,.0f} instructions/request", file=sys.stderr, flush=True)
+    shards = wasm_shards(REPLAY_SKEW, memory_mb)
+    print(f"Envoy instructions per request of the verifying middleware (callgrind, user space; {count} requests after 300 "
+          f"of warm-up, one connection), `max_skew_seconds: {REPLAY_SKEW}`, `replay_memory_mb: {memory_mb}`; the full "
+          f"memory filled first with {args.fill_instructions:,} fresh signed requests (8 connections, counting off), all "
+          f"requests dated in one bucket: the Wasm filter's keys there hold {args.fill_instructions / shards:.0f} "
+          f"fingerprints on average ({shards:,} keys a bucket).")
+    print()
+    print("| loader | empty memory | full memory | full / empty | ≤ 1.10 |")
+    print("|---|---:|---:|---:|---|")
+    for name, _ in replay_memory_specs(memory_mb):
+        e, f = results[name, "empty"], results[name, "full"]
+        print(f"| {name} | {e:,.0f} | {f:,.0f} | {f / e:.3f} | {'met' if f / e <= 1.10 else 'MISSED'} |")
+
+
 def paired_ratio(results, name, base, key="cpu_us"):
     """The median, over rounds, of `name`'s figure over `base`'s in the same round.
     On a shared machine the speed of a whole round drifts (by up to 40% here); a ratio
@@ -752,6 +1008,14 @@ def main():
     ap.add_argument("--attribute", action="store_true", help="instead: attribute the app role's CPU to host calls (empty filter with probe ops)")
     ap.add_argument("--instructions", action="store_true", help="instead: Envoy instructions per request under callgrind (deterministic)")
     ap.add_argument("--instruction-requests", type=int, default=2000)
+    ap.add_argument("--replay-memory", action="store_true",
+                    help="instead: the verifying middleware's CPU per request with a full replay memory (--fill live nonces) "
+                         "beside an empty one, both loaders; with --instructions, counted under callgrind (--fill-instructions)")
+    ap.add_argument("--fill", type=int, default=2_500_000, help="--replay-memory: live nonces in the full memory")
+    ap.add_argument("--fill-empty", type=int, default=20_000,
+                    help="--replay-memory: the empty memory's Envoy is sent this many first, at full speed as the fill")
+    ap.add_argument("--fill-instructions", type=int, default=500_000,
+                    help="--replay-memory --instructions: live nonces in the full memory (filled under valgrind)")
     ap.add_argument("--only", help="comma-separated substrings: run only the matching variants (plus the two baselines), skip cold start and memory")
     args = ap.parse_args()
 
@@ -767,6 +1031,12 @@ def main():
     wait_port(sc_port)
     results = {}
     try:
+        if args.replay_memory:
+            if args.instructions:
+                replay_memory_instructions(workdir, echo_port, args)
+            else:
+                replay_memory(workdir, echo_port, args)
+            return
         if args.attribute:
             attribute(workdir, echo_port, args)
             return

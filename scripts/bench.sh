@@ -6,6 +6,10 @@
 #   scripts/bench.sh --instructions  (instructions per request under callgrind: ratios
 #                                     that hold on a noisy machine; about 5 minutes)
 #   scripts/bench.sh --attribute --instructions   (the attribution, counted so)
+#   scripts/bench.sh --replay-memory [--rounds N] [--fill N]
+#                    (the verifying middleware's CPU per request with millions of live
+#                     nonces in its replay memory beside an empty one, both loaders;
+#                     add --instructions to count them under callgrind, --fill-instructions N)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WSGIPROXY_BENCH_TOOLS=1 bash scripts/setup.sh
