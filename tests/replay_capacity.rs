@@ -10,7 +10,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,30 +49,6 @@ fn signed_request(ring: &KeyRing, n: u64, date: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Reads one response on a kept-alive connection: its status (the body is skipped).
-fn read_status(reader: &mut BufReader<TcpStream>) -> u16 {
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    status
-}
-
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap();
@@ -109,6 +85,7 @@ fn millions_of_live_nonces_in_real_envoy() {
                 stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 let mut writer = stream.try_clone().unwrap();
                 let mut reader = BufReader::new(stream);
+                let mut line = String::new();
                 let (mut date, mut dated_at) = (format_date(SystemTime::now()), Instant::now());
                 let mut n = c;
                 while n < total {
@@ -120,7 +97,7 @@ fn millions_of_live_nonces_in_real_envoy() {
                     if n % sample_every == 0 {
                         captured.push((n, request));
                     }
-                    let status = read_status(&mut reader);
+                    let status = read_status(&mut reader, &mut line);
                     *statuses.entry(status).or_default() += 1;
                     if status != 200 {
                         refused.fetch_add(1, Ordering::Relaxed);

@@ -14,13 +14,16 @@
 //! It prints one line, `fill: {json}`, with what it sent and the statuses answered.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use support::read_status;
 use wsgiproxy_protocol::signature::{sign, Algorithm, KeyRing, SignedParts};
 
 const AUTHORITY: &str = "backend.internal:8080";
@@ -52,30 +55,6 @@ fn head_and_tail(date: &str) -> (String, String) {
     }
     head.push_str("x-wsgiproxy-signature: ");
     (head, "\r\n\r\n".into())
-}
-
-/// Reads one response on a kept-alive connection: its status (the body is skipped).
-fn read_status(reader: &mut BufReader<TcpStream>, line: &mut String) -> u16 {
-    line.clear();
-    reader.read_line(line).unwrap();
-    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
-    let mut length = 0usize;
-    loop {
-        line.clear();
-        reader.read_line(line).unwrap();
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).unwrap();
-    status
 }
 
 #[test]

@@ -649,6 +649,31 @@ pub fn chunked_upload(
     read_response(&mut BufReader::new(stream))
 }
 
+/// Reads one response on a kept-alive connection: its status (the body is skipped).
+pub fn read_status(reader: &mut BufReader<TcpStream>, line: &mut String) -> u16 {
+    use std::io::Read;
+    line.clear();
+    reader.read_line(line).unwrap();
+    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut length = 0usize;
+    loop {
+        line.clear();
+        reader.read_line(line).unwrap();
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    status
+}
+
 /// Sends raw bytes and parses the response (Content-Length, chunked, or until close).
 pub fn raw_request(port: u16, raw: &[u8]) -> Response {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
