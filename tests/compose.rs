@@ -370,7 +370,17 @@ fn the_stack_serves_across_containers_and_survives_faults() {
         kinds(&failures),
         back.saturating_sub(started_at)
     );
-    assert_eq!(statuses, [503].into(), "the edge answers 503 while the backend is down");
+    // While the backend is down the edge answers 503. Once it is back, requests signed
+    // in the second its new replay memory began are refused 425 signed_before_restart,
+    // once (restart protection, docs/signatures.md): nothing else.
+    let (early, down): (Vec<&Answer>, Vec<&Answer>) = failures.iter().partition(|a| a.status == 425);
+    let down: std::collections::BTreeSet<u16> = down.iter().map(|a| a.status).collect();
+    assert_eq!(down, [503].into(), "the edge answers 503 while the backend is down: {statuses:?}");
+    assert!(
+        early.iter().all(|a| a.error == "signed_before_restart" && a.at >= starting_at),
+        "425 only for signatures dated before the restarted backend's memory began: {:?}",
+        kinds(&failures)
+    );
     // Prompt: never longer than the edge's connect_timeout (1 s), with room for a loaded machine.
     assert!(slowest < Duration::from_millis(2000), "503s come promptly: the slowest took {slowest:?}");
 
