@@ -41,7 +41,7 @@ pub mod exact {
     pub const ALL: &[&str] = &[REQUESTS, FORWARDED, RESOLVED_CHECKS];
 }
 
-/// Declared here, counted by each loader's own spawn code (not yet a shared driver).
+/// Counted by the spawn driver (`driver/spawn.rs`), declared by both loaders from this list.
 pub mod spawn {
     pub const ALL: &[&str] = &[
         "spawn.requests",
@@ -51,6 +51,7 @@ pub mod spawn {
         "spawn.unavailable",
         "spawn.reports",
         "spawn.connect_failures",
+        "spawn.waiting_pages",
     ];
 }
 

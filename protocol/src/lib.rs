@@ -31,3 +31,4 @@ pub mod spawn;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trust;
+pub mod waiting_page;

@@ -80,6 +80,7 @@ reasons! {
     // The spawn role.
     SidecarUnreachable => "sidecar_unreachable",
     AppUnavailable => "app_unavailable",
+    AppStarting => "app_starting",
 }
 
 impl fmt::Display for Reason {

@@ -117,11 +117,13 @@ pub struct LocalReply {
     pub detail: String,
     /// Extra response headers (for example `www-authenticate` or `retry-after`).
     pub headers: Vec<(String, String)>,
+    /// An HTML page sent as the body instead of `detail` (the spawn role's waiting page).
+    pub page: Option<String>,
 }
 
 impl LocalReply {
     pub fn new(status: u16, reason: Reason, detail: impl Into<String>) -> Self {
-        LocalReply { status, reason, detail: detail.into(), headers: Vec::new() }
+        LocalReply { status, reason, detail: detail.into(), headers: Vec::new(), page: None }
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
@@ -129,13 +131,22 @@ impl LocalReply {
         self
     }
 
-    pub fn body(&self) -> String {
-        format!("{}\n", self.detail)
+    pub fn with_page(mut self, html: String) -> Self {
+        self.page = Some(html);
+        self
     }
 
-    /// The reply's headers: plain text, the reason, then the extra ones.
+    pub fn body(&self) -> String {
+        match &self.page {
+            Some(html) => html.clone(),
+            None => format!("{}\n", self.detail),
+        }
+    }
+
+    /// The reply's headers: its content type, the reason, then the extra ones.
     pub fn response_headers(&self) -> Vec<(&str, &str)> {
-        let mut headers = vec![("content-type", "text/plain; charset=utf-8"), ("x-wsgiproxy-error", self.reason.as_str())];
+        let content_type = if self.page.is_some() { "text/html; charset=utf-8" } else { "text/plain; charset=utf-8" };
+        let mut headers = vec![("content-type", content_type), ("x-wsgiproxy-error", self.reason.as_str())];
         headers.extend(self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         headers
     }

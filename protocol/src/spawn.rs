@@ -43,6 +43,9 @@ pub const SIDECAR_MARK: &str = "x-wsgiproxy-sidecar";
 pub const SIDECAR_REPORTER: &str = "x-wsgiproxy-reporter";
 pub const SIDECAR_STARTED: &str = "x-wsgiproxy-started";
 pub const SIDECAR_IN_FLIGHT: &str = "x-wsgiproxy-in-flight";
+/// How long an ensure call may wait for a start before the sidecar answers that it
+/// is still going on (`202`): sent for a request that would rather have the waiting page.
+pub const SIDECAR_WAIT: &str = "x-wsgiproxy-wait-ms";
 
 /// Beyond the tick, how long before its end a lease stops being used: time for the
 /// report of a request sent just before to reach the sidecar.
@@ -106,6 +109,8 @@ pub fn unreachable_reply(app: &str) -> LocalReply {
 pub enum EnsureAnswer {
     /// The app is up: send the request there.
     Granted(Grant),
+    /// The start goes on past the wait asked for (`SIDECAR_WAIT`).
+    Starting,
     /// The sidecar answered that the app is not available.
     Refused(LocalReply),
     /// Envoy answered for a sidecar it could not reach, or nothing came back.
@@ -125,6 +130,9 @@ pub fn ensure_answer(config: &SpawnConfig, header: &dyn Fn(&str) -> Option<Vec<u
     let Some(status) = status.filter(|_| header(SIDECAR_MARK).is_some()) else {
         return EnsureAnswer::Unreachable(unreachable_reply(app));
     };
+    if status == b"202" {
+        return EnsureAnswer::Starting;
+    }
     let status = String::from_utf8_lossy(&status).into_owned();
     let why = if status == "200" {
         "its answer could not be used".to_string()
@@ -578,6 +586,7 @@ mod tests {
             ensure_timeout: SECOND,
             report_interval: SECOND,
             upstream_networks: Vec::new(),
+            waiting_page: None,
         }
     }
 
@@ -605,6 +614,9 @@ mod tests {
         // A 200 with an unusable grant is a refusal, not a request sent anywhere.
         let bad = [(":status", "200"), (SIDECAR_MARK, "1"), (SIDECAR_UPSTREAM, "10.1.1.1:80"), (SIDECAR_LEASE, "2000")];
         assert!(matches!(ensure_answer(&blog_config(), &answer(&bad), &body), EnsureAnswer::Refused(_)));
+        // Still starting past the wait asked for: only the sidecar's own 202 says so.
+        assert_eq!(ensure_answer(&blog_config(), &answer(&[(":status", "202"), (SIDECAR_MARK, "1")]), &body), EnsureAnswer::Starting);
+        assert!(matches!(ensure_answer(&blog_config(), &answer(&[(":status", "202")]), &body), EnsureAnswer::Unreachable(_)));
     }
 
     #[test]

@@ -1,19 +1,21 @@
 //! The control API the filter calls through Envoy (loopback only).
 //!
-//! - `POST /v1/ensure/{app}`: make sure the app is up; long-polls through a start.
+//! - `POST /v1/ensure/{app}`: make sure the app is up; long-polls through a start
+//!   (or for `x-wsgiproxy-wait-ms` at most, then answers `202`: still starting).
 //! - `POST /v1/activity/{app}`: a worker's activity report; renews its lease.
 //! - `GET /v1/status`, `GET /healthz`, `GET /metrics`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::app::{App, Granted};
+use crate::app::{App, Ensured, Granted};
 use crate::context::Context;
 
 pub struct Api {
@@ -65,6 +67,14 @@ fn number(req: &Request<Incoming>, name: &str) -> u64 {
     req.headers().get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
+/// How long an ensure call may wait for a start (`x-wsgiproxy-wait-ms`, at most
+/// ten minutes), when it would rather hear that the start goes on (a browser's
+/// request, given a waiting page); none: as long as the start takes.
+fn patience(req: &Request<Incoming>) -> Option<Duration> {
+    let ms = req.headers().get("x-wsgiproxy-wait-ms")?.to_str().ok()?.trim().parse::<u64>().ok()?;
+    Some(Duration::from_millis(ms.min(600_000)))
+}
+
 impl Api {
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Reply, Infallible> {
         let path = req.uri().path().to_string();
@@ -72,8 +82,14 @@ impl Api {
         let response = match (req.method(), route.as_slice()) {
             (&Method::POST | &Method::GET, ["v1", "ensure", name]) => match self.apps.get(*name) {
                 None => text(StatusCode::NOT_FOUND, format!("no app named {name:?} is configured")),
-                Some(app) => match app.ensure().await {
-                    Ok(g) => granted(name, &g),
+                Some(app) => match app.ensure(patience(&req)).await {
+                    Ok(Ensured::Ready(g)) => granted(name, &g),
+                    Ok(Ensured::StillStarting) => {
+                        let body = serde_json::json!({ "app": name, "state": "starting" });
+                        let mut r = reply(StatusCode::ACCEPTED, "application/json", body.to_string());
+                        header("retry-after", 1, &mut r);
+                        r
+                    }
                     Err(e) => {
                         let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("app {name:?} is not available: {}", e.reason));
                         header("retry-after", e.retry_after.as_secs().max(1), &mut r);

@@ -25,6 +25,14 @@ pub struct Granted {
     pub waited: Option<Duration>,
 }
 
+/// What an ensure call ends with, when the app can be had.
+#[derive(Debug, Clone)]
+pub enum Ensured {
+    Ready(Granted),
+    /// The start goes on past the caller's patience (it asked not to wait longer).
+    StillStarting,
+}
+
 /// The state machine, with a workload's instance as its child.
 type Inner = AppState<dyn Instance>;
 
@@ -93,10 +101,12 @@ impl App {
         }
     }
 
-    /// Makes sure the app is up, starting it if need be, and waits until it is ready.
-    pub async fn ensure(self: &Arc<App>) -> Result<Granted, Unavailable> {
+    /// Makes sure the app is up, starting it if need be, and waits until it is ready,
+    /// or for `patience` at most (the start goes on without the caller).
+    pub async fn ensure(self: &Arc<App>, patience: Option<Duration>) -> Result<Ensured, Unavailable> {
         let began = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.start_timeout + self.config.stop_timeout + Duration::from_secs(5);
+        let patience = patience.map(|p| tokio::time::Instant::now() + p).filter(|until| *until < deadline);
         let mut waited = false;
         // The start this caller is waiting on: its failure is this caller's answer.
         let mut joined: Option<u64> = None;
@@ -116,7 +126,7 @@ impl App {
                             self.ctx.metrics.ensure_waited(&self.config.name, w);
                         }
                         if let Some(granted) = self.grant(&mut inner, waited) {
-                            return Ok(granted);
+                            return Ok(Ensured::Ready(granted));
                         }
                     }
                     EnsureStep::Start => {
@@ -131,7 +141,10 @@ impl App {
                     EnsureStep::Wait => waited = true,
                 }
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if tokio::time::timeout_at(patience.unwrap_or(deadline), changes.changed()).await.is_err() {
+                if patience.is_some() {
+                    return Ok(Ensured::StillStarting);
+                }
                 return Err(Unavailable { reason: "the app did not become ready in time".into(), retry_after: Duration::from_secs(1) });
             }
         }
@@ -502,7 +515,7 @@ mod tests {
         let ctx = context(dir.path()).await;
         let app = App::new(config(&["sleep", "30"], None), Arc::clone(&ctx));
         ctx.begin_shutdown();
-        let e = app.ensure().await.expect_err("an ensure during shutdown");
+        let e = app.ensure(None).await.expect_err("an ensure during shutdown");
         assert!(e.reason.contains("shutting down"), "{}", e.reason);
         assert_eq!(app.lock().phase, Phase::Stopped);
         assert_eq!(app.lock().generation, 0, "no start was begun");

@@ -209,6 +209,24 @@ fn concurrent_first_requests_start_exactly_one_process() {
 }
 
 #[test]
+fn an_impatient_ensure_hears_the_start_goes_on_and_it_does() {
+    let sidecar = Sidecar::start("[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\", \"--ready-delay-ms\", \"1500\"]\n");
+    let port = sidecar.port;
+    let began = Instant::now();
+    let (status, headers, body) = http(port, "POST", "/v1/ensure/blog", &[("x-wsgiproxy-wait-ms", "300")]);
+    assert_eq!(status, 202, "{body}");
+    assert!(began.elapsed() < Duration::from_millis(1200), "answered after its patience, not the start: {:?}", began.elapsed());
+    assert_eq!((header(&headers, "x-wsgiproxy-sidecar"), header(&headers, "x-wsgiproxy-upstream")), (Some("1"), None));
+    // A patient caller during the same start waits for it and is granted the app.
+    let (status, headers, body) = sidecar.ensure("blog");
+    assert_eq!(status, 200, "{body}");
+    assert!(header(&headers, "x-wsgiproxy-cold-start-ms").is_some(), "it waited for the start the first call began");
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1, "one start");
+    // Ready: an impatient caller is granted at once.
+    assert_eq!(http(port, "POST", "/v1/ensure/blog", &[("x-wsgiproxy-wait-ms", "0")]).0, 200);
+}
+
+#[test]
 fn idle_apps_stop_and_start_again() {
     let sidecar = Sidecar::start("[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\"]\nidle_shutdown = 1\n");
     assert_eq!(sidecar.ensure("blog").0, 200);

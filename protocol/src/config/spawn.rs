@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::*;
+use crate::waiting_page::{self, WaitingPage};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +21,23 @@ pub(super) struct RawSpawn {
     report_interval_ms: Option<u64>,
     #[serde(default)]
     upstream_networks: Option<Vec<String>>,
+    #[serde(default)]
+    waiting_page: Option<RawWaitingPage>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWaitingPage {
+    #[serde(default)]
+    enabled: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    after_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    refresh_seconds: Option<u64>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
 }
 
 #[derive(Debug)]
@@ -36,6 +54,9 @@ pub struct SpawnConfig {
     /// Where besides loopback the sidecar may send requests (a container on its own
     /// address): its answer is refused for any other address.
     pub upstream_networks: Vec<IpNet>,
+    /// What a browser gets while a slow start goes on (`None`: it waits, as API
+    /// clients do).
+    pub waiting_page: Option<WaitingPage>,
 }
 
 pub const DEFAULT_ENSURE_TIMEOUT_MS: u64 = 35_000;
@@ -72,6 +93,11 @@ pub(super) fn validate_spawn(raw: RawSpawn) -> Result<SpawnConfig, ConfigError> 
         }
         upstream_networks.push(net);
     }
+    let waiting_page = match raw.waiting_page {
+        Some(RawWaitingPage { enabled: Some(false), .. }) => None,
+        Some(page) => Some(validate_waiting_page(page, ensure)?),
+        None => Some(validate_waiting_page(RawWaitingPage::default(), ensure)?),
+    };
     Ok(SpawnConfig {
         app: raw.app,
         sidecar_cluster: raw.sidecar_cluster,
@@ -79,5 +105,26 @@ pub(super) fn validate_spawn(raw: RawSpawn) -> Result<SpawnConfig, ConfigError> 
         ensure_timeout: Duration::from_millis(ensure),
         report_interval: Duration::from_millis(report),
         upstream_networks,
+        waiting_page,
     })
+}
+
+fn validate_waiting_page(raw: RawWaitingPage, ensure_timeout_ms: u64) -> Result<WaitingPage, ConfigError> {
+    let after_ms = raw.after_ms.unwrap_or(waiting_page::DEFAULT_AFTER_MS.min(ensure_timeout_ms / 2));
+    if after_ms >= ensure_timeout_ms {
+        return Err(ConfigError::new("waiting_page.after_ms", "must be less than ensure_timeout_ms (the page comes before the wait ends)"));
+    }
+    let refresh_seconds = raw.refresh_seconds.unwrap_or(waiting_page::DEFAULT_REFRESH_SECONDS);
+    if !(1..=60).contains(&refresh_seconds) {
+        return Err(ConfigError::new("waiting_page.refresh_seconds", "must be between 1 and 60"));
+    }
+    let title = raw.title.unwrap_or_else(|| waiting_page::DEFAULT_TITLE.into());
+    if title.trim().is_empty() || title.chars().count() > 200 || title.chars().any(char::is_control) {
+        return Err(ConfigError::new("waiting_page.title", "must be one line of 1 to 200 characters"));
+    }
+    let text = raw.text.unwrap_or_else(|| waiting_page::DEFAULT_TEXT.into());
+    if text.chars().count() > 2000 || text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ConfigError::new("waiting_page.text", "must be at most 2000 characters, with no control characters but newlines"));
+    }
+    Ok(WaitingPage { after_ms, refresh_seconds, title, text })
 }

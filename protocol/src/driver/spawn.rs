@@ -16,11 +16,13 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::SpawnConfig;
 use crate::host::{CalloutAnswer, HeaderMap, Host, ReportHost};
+use crate::reason::Reason;
 use crate::request::LocalReply;
 use crate::spawn::{
     ensure_answer, report_answer, unreachable_reply, CallHealth, EnsureAnswer, LeaseState, ReportAnswer, COLD_START_HEADER,
-    SIDECAR_IN_FLIGHT, SIDECAR_REPORTER, SIDECAR_STARTED, UPSTREAM_HEADER,
+    SIDECAR_IN_FLIGHT, SIDECAR_REPORTER, SIDECAR_STARTED, SIDECAR_WAIT, UPSTREAM_HEADER,
 };
+use crate::waiting_page::wants_page;
 
 /// The role's counters, as [`crate::counters::spawn::ALL`] declares them.
 pub const REQUESTS: &str = "spawn.requests";
@@ -30,6 +32,7 @@ pub const COLD_STARTS: &str = "spawn.cold_starts";
 pub const UNAVAILABLE: &str = "spawn.unavailable";
 pub const REPORTS: &str = "spawn.reports";
 pub const CONNECT_FAILURES: &str = "spawn.connect_failures";
+pub const WAITING_PAGES: &str = "spawn.waiting_pages";
 
 /// How long an activity report may take (the sidecar answers at once).
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,11 +73,14 @@ pub struct SpawnStream {
     cold_start_ms: Option<u64>,
     /// When the sidecar was asked: a lease it grants counts from then.
     asked_at: SystemTime,
+    /// A browser's request, answered with the waiting page if the start outlasts
+    /// the configured wait.
+    wants_page: bool,
 }
 
 impl Default for SpawnStream {
     fn default() -> Self {
-        SpawnStream { waiting_for: None, counted: false, cold_start_ms: None, asked_at: SystemTime::UNIX_EPOCH }
+        SpawnStream { waiting_for: None, counted: false, cold_start_ms: None, asked_at: SystemTime::UNIX_EPOCH, wants_page: false }
     }
 }
 
@@ -94,7 +100,16 @@ impl SpawnStream {
         }
         self.asked_at = now;
         let path = format!("/v1/ensure/{}", config.app);
-        let headers = sidecar_request(config, &path, &[(SIDECAR_REPORTER, lease.reporter())]);
+        let page_after = config.waiting_page.as_ref().filter(|_| {
+            wants_page(host.header(HeaderMap::Request, ":method").as_deref(), host.header(HeaderMap::Request, "accept").as_deref())
+        });
+        let wait_ms = page_after.map(|page| page.after_ms.to_string());
+        let mut extra = vec![(SIDECAR_REPORTER, lease.reporter())];
+        if let Some(wait_ms) = &wait_ms {
+            extra.push((SIDECAR_WAIT, wait_ms.as_str()));
+            self.wants_page = true;
+        }
+        let headers = sidecar_request(config, &path, &extra);
         match host.http_callout(&config.sidecar_cluster, &headers, config.ensure_timeout) {
             Ok(id) => {
                 host.count(ENSURE_CALLS, 1);
@@ -142,6 +157,21 @@ impl SpawnStream {
                 }
                 self.go_on(lease, host, &grant.upstream);
                 host.resume_request();
+            }
+            EnsureAnswer::Starting => {
+                sidecar_answered(host, lease);
+                match config.waiting_page.as_ref().filter(|_| self.wants_page) {
+                    Some(page) => {
+                        host.count(WAITING_PAGES, 1);
+                        host.send_reply(&page.reply(&config.app));
+                    }
+                    // Only asked for a browser's request: a sidecar that answers so
+                    // otherwise is answered as a refusal, not waited for.
+                    None => {
+                        let reply = LocalReply::new(503, Reason::AppStarting, format!("{:?} is starting", config.app));
+                        let _ = unavailable(host, &reply.with_header("retry-after", "1"));
+                    }
+                }
             }
             EnsureAnswer::Refused(reply) => {
                 sidecar_answered(host, lease);

@@ -6,7 +6,7 @@ use crate::counters;
 use crate::driver::spawn::*;
 use crate::host::HeaderMap;
 use crate::reason::Reason;
-use crate::spawn::{Grant, COLD_START_HEADER, SIDECAR_COLD_START, SIDECAR_LEASE, SIDECAR_MARK, SIDECAR_UPSTREAM, UPSTREAM_HEADER};
+use crate::spawn::{Grant, COLD_START_HEADER, SIDECAR_COLD_START, SIDECAR_LEASE, SIDECAR_MARK, SIDECAR_UPSTREAM, SIDECAR_WAIT, UPSTREAM_HEADER};
 use crate::testing::{FakeAnswer, FakeHost, FakeLease};
 
 const TICK: Duration = Duration::from_millis(250);
@@ -306,6 +306,94 @@ fn reports_go_when_due_and_their_answers_renew_or_revoke_the_lease() {
 
 #[test]
 fn the_drivers_counters_are_the_ones_the_loaders_declare() {
-    let counted = [REQUESTS, LEASE_HITS, ENSURE_CALLS, COLD_STARTS, UNAVAILABLE, REPORTS, CONNECT_FAILURES];
+    let counted = [REQUESTS, LEASE_HITS, ENSURE_CALLS, COLD_STARTS, UNAVAILABLE, REPORTS, CONNECT_FAILURES, WAITING_PAGES];
     assert_eq!(counters::spawn::ALL, counted);
+}
+
+const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+fn spawn_with(page: &str) -> SpawnConfig {
+    let json = format!(r#"{{"role":"spawn","app":"blog","sidecar_cluster":"wsgiproxy_sidecar","ensure_timeout_ms":15000{page}}}"#);
+    match config(&json) {
+        Config::Spawn(spawn) => spawn,
+        _ => panic!("not a spawn configuration"),
+    }
+}
+
+/// The wait the stream asked the sidecar for (callout 1), if any.
+fn asked_wait(host: &FakeHost) -> Option<String> {
+    host.callouts.first()?.header(SIDECAR_WAIT).map(str::to_string)
+}
+
+#[test]
+fn a_browser_asks_for_a_short_wait_and_gets_the_page_while_the_app_starts() {
+    let config = spawn_with(r#","waiting_page":{"after_ms":700,"title":"Blog","text":"Warming up"}"#);
+    let mut host = FakeHost::with_request(&[(":method", "GET"), (":path", "/"), ("accept", BROWSER)]);
+    let lease = FakeLease::new(TICK);
+    let mut stream = SpawnStream::default();
+    assert_eq!(stream.on_request_headers(&config, &lease, &mut host), SpawnFlow::Held);
+    assert_eq!(asked_wait(&host).as_deref(), Some("700"));
+
+    let starting = FakeAnswer::new(&[(":status", "202"), (SIDECAR_MARK, "1")]);
+    stream.on_callout_done(&config, &lease, &mut host, 1, Some(&starting));
+    let [reply] = host.replies.as_slice() else { panic!("one reply: {:?}", host.replies) };
+    assert_eq!((reply.status, reply.reason), (503, Reason::AppStarting));
+    assert!(reply.body().contains("<title>Blog</title>") && reply.body().contains("Warming up"), "{}", reply.body());
+    assert!(reply.headers.contains(&("retry-after".into(), "2".into())), "{:?}", reply.headers);
+    assert_eq!((host.count_of(WAITING_PAGES), host.count_of(UNAVAILABLE)), (1, 0));
+    assert_eq!(host.resumed, 0, "the request does not go on");
+    assert_eq!(lease.lease.borrow().in_flight(), 0, "nothing sent to the app");
+    assert_declared(&host, "spawn");
+}
+
+#[test]
+fn api_clients_posts_and_a_disabled_page_wait_for_the_start() {
+    let cases = [
+        (spawn_with(""), vec![(":method", "GET"), ("accept", "application/json")]),
+        (spawn_with(""), vec![(":method", "GET")]),
+        (spawn_with(""), vec![(":method", "POST"), ("accept", BROWSER)]),
+        (spawn_with(r#","waiting_page":{"enabled":false}"#), vec![(":method", "GET"), ("accept", BROWSER)]),
+    ];
+    for (config, request) in cases {
+        let mut host = FakeHost::with_request(&request);
+        let lease = FakeLease::new(TICK);
+        let mut stream = SpawnStream::default();
+        assert_eq!(stream.on_request_headers(&config, &lease, &mut host), SpawnFlow::Held);
+        assert_eq!(asked_wait(&host), None, "{request:?}: a long poll, as before");
+        // A sidecar that answers 202 anyway is not waited for: a plain 503.
+        stream.on_callout_done(&config, &lease, &mut host, 1, Some(&FakeAnswer::new(&[(":status", "202"), (SIDECAR_MARK, "1")])));
+        let [reply] = host.replies.as_slice() else { panic!("one reply") };
+        assert_eq!((reply.status, reply.reason, reply.page.is_some()), (503, Reason::AppStarting, false), "{request:?}");
+        assert_eq!((host.count_of(WAITING_PAGES), host.count_of(UNAVAILABLE)), (0, 1));
+    }
+}
+
+#[test]
+fn a_browser_whose_app_is_ready_in_time_goes_on() {
+    let config = spawn_with("");
+    let mut host = FakeHost::with_request(&[(":method", "GET"), (":path", "/"), ("accept", BROWSER)]);
+    let lease = FakeLease::new(TICK);
+    let mut stream = SpawnStream::default();
+    assert_eq!(stream.on_request_headers(&config, &lease, &mut host), SpawnFlow::Held);
+    assert_eq!(asked_wait(&host).as_deref(), Some("1000"), "the default wait");
+    stream.on_callout_done(&config, &lease, &mut host, 1, Some(&granted(Some("300"))));
+    assert!(host.replies.is_empty() && host.resumed == 1);
+    assert_eq!(upstream_headers(&host), [APP]);
+}
+
+#[test]
+fn waiting_page_settings_are_checked() {
+    let bad = [
+        (r#","waiting_page":{"after_ms":15000}"#, "waiting_page.after_ms"),
+        (r#","waiting_page":{"refresh_seconds":0}"#, "waiting_page.refresh_seconds"),
+        (r#","waiting_page":{"title":""}"#, "waiting_page.title"),
+        (r#","waiting_page":{"title":"a\nb"}"#, "waiting_page.title"),
+        (r#","waiting_page":{"text":"a\u0007"}"#, "waiting_page.text"),
+        (r#","waiting_page":{"color":"red"}"#, "color"),
+    ];
+    for (page, field) in bad {
+        let json = format!(r#"{{"role":"spawn","app":"blog","sidecar_cluster":"s","ensure_timeout_ms":15000{page}}}"#);
+        let error = crate::config::parse(json.as_bytes(), &|_| None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains(field), "{page}: {error}");
+    }
 }
