@@ -295,16 +295,79 @@ fn bursts_reach_a_server_with_a_small_backlog() {
 /// The shipped spawn config of the loader under test (envoy/native-spawn.yaml for the
 /// native module), with the sidecar's cluster and the plugin JSON of [`spawn_envoy`].
 fn shipped_spawn_envoy(sidecar_port: u16, edit: Option<fn(&mut serde_yaml::Value)>) -> Envoy {
+    shipped_spawn_envoy_with(
+        sidecar_port,
+        edit,
+        json!({
+            "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
+            "report_interval_ms": 200, "ensure_timeout_ms": 15000
+        }),
+    )
+}
+
+/// The shipped spawn config of the loader under test, with `plugin` as its configuration.
+fn shipped_spawn_envoy_with(sidecar_port: u16, edit: Option<fn(&mut serde_yaml::Value)>, plugin: serde_json::Value) -> Envoy {
     let file = match Loader::from_env() {
         Loader::Native => "envoy/native-spawn.yaml",
         Loader::Wasm => "envoy/spawn.yaml",
     };
-    let mut overrides = Overrides::default().cluster("wsgiproxy_sidecar", sidecar_port).plugin(json!({
-        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
-        "report_interval_ms": 200, "ensure_timeout_ms": 15000
-    }));
+    let mut overrides = Overrides::default().cluster("wsgiproxy_sidecar", sidecar_port).plugin(plugin);
     overrides.edit = edit;
     Envoy::start(file, &overrides)
+}
+
+/// What Firefox and Safari send for a page.
+const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+/// During one slow start: a browser gets the waiting page once its wait is over, an
+/// API client and a browser's form POST are held and then answered by the app, and
+/// the page's reload, once the app is up, reaches it.
+#[test]
+fn a_browser_gets_the_waiting_page_while_api_clients_wait_for_the_same_start() {
+    let slow = "[apps.blog]\ncommand = [\"ECHO\", \"--port\", \"__PORT__\", \"--name\", \"blog\", \"--ready-delay-ms\", \"2500\"]\n";
+    let sidecar = Sidecar::start(slow, LEASE_MS);
+    let plugin = json!({
+        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar", "report_interval_ms": 200, "ensure_timeout_ms": 15000,
+        "waiting_page": {"after_ms": 400, "title": "Blog <waking up>", "text": "One moment & it is there."}
+    });
+    let envoy = shipped_spawn_envoy_with(sidecar.port, None, plugin);
+    let port = envoy.port;
+    let held = |method: &'static str, accept: &'static str, body: &'static [u8]| {
+        std::thread::spawn(move || {
+            let began = Instant::now();
+            let answer = request(port, method, "/api/items", &[("accept", accept)], body);
+            (answer, began.elapsed())
+        })
+    };
+    let api = held("GET", "application/json", b"");
+    let form = held("POST", BROWSER_ACCEPT, b"comment=hi");
+    std::thread::sleep(Duration::from_millis(150));
+
+    let began = Instant::now();
+    let page = request(port, "GET", "/article", &[("accept", BROWSER_ACCEPT)], b"");
+    let took = began.elapsed();
+    assert_eq!(page.status, 503, "{}", page.text());
+    assert!(took >= Duration::from_millis(350) && took < Duration::from_millis(2000), "the page came after {took:?}");
+    assert_eq!(page.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+    assert_eq!(page.header("retry-after").as_deref(), Some("2"));
+    assert_eq!(page.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(page.header("x-wsgiproxy-error").as_deref(), Some("app_starting"));
+    let html = page.text();
+    assert!(html.contains(r#"<meta http-equiv="refresh" content="2">"#), "{html}");
+    assert!(html.contains("<title>Blog &lt;waking up&gt;</title>") && html.contains("One moment &amp; it is there."), "{html}");
+    assert!(!html.to_ascii_lowercase().contains("<script"), "no JavaScript");
+
+    for (name, client) in [("the API client", api), ("the form", form)] {
+        let (answer, waited) = client.join().unwrap();
+        assert_eq!(answer.status, 200, "{name}: {}", answer.text());
+        assert_eq!(answer.received().0["name"], "blog", "{name}");
+        assert!(waited >= Duration::from_millis(2000), "{name} was answered after {waited:?}, before the app was up");
+    }
+    let reload = request(port, "GET", "/article", &[("accept", BROWSER_ACCEPT)], b"");
+    assert_eq!(reload.status, 200, "the reload reaches the app");
+    assert_eq!(reload.received().0["name"], "blog");
+    assert_eq!(envoy.stat("wsgiproxy.spawn.waiting_pages"), 1);
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1, "one start for all of them");
 }
 
 /// Checks that a request reached the spawned app with its body, and that no copy of the

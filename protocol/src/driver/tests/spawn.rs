@@ -6,7 +6,9 @@ use crate::counters;
 use crate::driver::spawn::*;
 use crate::host::HeaderMap;
 use crate::reason::Reason;
-use crate::spawn::{Grant, COLD_START_HEADER, SIDECAR_COLD_START, SIDECAR_LEASE, SIDECAR_MARK, SIDECAR_UPSTREAM, SIDECAR_WAIT, UPSTREAM_HEADER};
+use crate::spawn::{
+    Grant, COLD_START_HEADER, SIDECAR_COLD_START, SIDECAR_LEASE, SIDECAR_MARK, SIDECAR_UPSTREAM, SIDECAR_WAIT, UPSTREAM_HEADER,
+};
 use crate::testing::{FakeAnswer, FakeHost, FakeLease};
 
 const TICK: Duration = Duration::from_millis(250);
