@@ -213,10 +213,18 @@ fn spawn_envoy(sidecar_port: u16) -> Envoy {
 
 /// The spawn role allowed to send requests to `networks` besides loopback.
 fn spawn_envoy_to(sidecar_port: u16, networks: &[String]) -> Envoy {
-    let plugin = json!({
+    spawn_envoy_with(sidecar_port, json!({ "upstream_networks": networks }))
+}
+
+/// The spawn role for app "blog", with `settings` added to its configuration.
+fn spawn_envoy_with(sidecar_port: u16, settings: serde_json::Value) -> Envoy {
+    let mut plugin = json!({
         "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar",
-        "report_interval_ms": 200, "ensure_timeout_ms": 30000, "upstream_networks": networks
+        "report_interval_ms": 200, "ensure_timeout_ms": 30000
     });
+    if let (Some(plugin), Some(settings)) = (plugin.as_object_mut(), settings.as_object()) {
+        plugin.extend(settings.clone());
+    }
     Envoy::start("envoy/spawn.yaml", &Overrides::default().cluster("wsgiproxy_sidecar", sidecar_port).plugin(plugin))
 }
 
@@ -505,6 +513,41 @@ fn a_healthcheck_decides_readiness_not_the_port() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("did not become ready within 3s and was killed"), "{}", r.text());
     wait_until("the unhealthy container is gone", Duration::from_secs(10), || never.status() == "exited");
+}
+
+/// A slow start, ended by the test: the container's healthcheck passes only once the
+/// test says so. A browser gets the waiting page after its wait; an API request made
+/// during the same start is held until the container is healthy, then answered by it.
+#[test]
+fn a_browser_gets_the_waiting_page_while_an_api_request_waits_for_the_same_start() {
+    if !docker_available("a_browser_gets_the_waiting_page_while_an_api_request_waits_for_the_same_start") {
+        return;
+    }
+    let since = unix_now();
+    let health = ["--health-cmd", "test -e /tmp/healthy", "--health-interval", "200ms", "--health-retries", "1000"];
+    let container = Container::create(&[&["-p", "127.0.0.1::8080"][..], &health].concat());
+    let sidecar = Sidecar::start(&blog(&container, ""), LEASE_MS);
+    let envoy = spawn_envoy_with(sidecar.port, json!({ "waiting_page": { "after_ms": 500, "title": "Blog" } }));
+    let port = envoy.port;
+    let api = std::thread::spawn(move || request(port, "GET", "/api/posts", &[("accept", "application/json")], b""));
+    wait_until("the container runs", Duration::from_secs(20), || container.status() == "running");
+
+    let browser = [("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")];
+    let page = request(port, "GET", "/posts", &browser, b"");
+    assert_eq!((page.status, page.header("x-wsgiproxy-error")), (503, Some("app_starting")), "{}", page.text());
+    assert_eq!(page.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+    assert!(page.header("retry-after").is_some(), "crawlers and load balancers are told when to come back");
+    assert!(page.text().contains("<title>Blog</title>") && page.text().contains("http-equiv=\"refresh\""), "{}", page.text());
+    assert!(!api.is_finished(), "the API request is held, not answered with the page");
+
+    docker(&["exec", &container.name, "/bin/sh", "-c", ": > /tmp/healthy"]);
+    let answered = api.join().unwrap();
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    assert_eq!(answered.received().0["name"], "blog", "the container answered the held request");
+    let reload = request(port, "GET", "/posts", &browser, b"");
+    assert_eq!(reload.status, 200, "the page's reload reaches the container: {}", reload.text());
+    assert_eq!(envoy.stat("wsgiproxy.spawn.waiting_pages"), 1);
+    assert_eq!(container.starts_since(since), 1, "one start for both");
 }
 
 #[test]
