@@ -32,6 +32,10 @@ compose() {
   fi
 }
 
+# The services of profile "on-demand" (blog-container) are created by `up` and
+# started by the sidecar, never by Compose.
+ON_DEMAND_PROFILE=on-demand ON_DEMAND_SERVICE=blog-container
+
 # Copies a dynamically linked executable into the root at `dest`, with every
 # library `ldd` lists for it (at the same path) and the loader.
 add_executable() {
@@ -97,6 +101,8 @@ wait_healthy() {
   while :; do
     local pending=0 id state health
     for id in $(compose ps -q); do
+      # Created by `up`, started by the sidecar on demand: not waited for.
+      [ "$(docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}}' "$id")" = "$ON_DEMAND_SERVICE" ] && continue
       state=$(docker inspect -f '{{.State.Status}}' "$id")
       health=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}' "$id")
       if [ "$state" != running ] || [ "$health" = unhealthy ]; then
@@ -123,6 +129,9 @@ case "${1:-}" in
   up)
     shift
     build_image
+    # Created first (the sidecar checks at its start that its containers exist),
+    # then everything else started: the on-demand container stays stopped.
+    compose --profile "$ON_DEMAND_PROFILE" up --no-start "$ON_DEMAND_SERVICE" || { compose logs --tail 50 >&2; exit 1; }
     if docker compose version >/dev/null 2>&1 && docker compose up --help 2>/dev/null | grep -q -- '--wait'; then
       compose up -d --wait "$@" || { compose logs --tail 50 >&2; exit 1; }
     else
@@ -133,7 +142,7 @@ case "${1:-}" in
     ;;
   down)
     shift
-    compose down --volumes --remove-orphans "$@"
+    compose --profile "$ON_DEMAND_PROFILE" down --volumes --remove-orphans "$@"
     ;;
   "")
     sed -n '2,20p' "$0"

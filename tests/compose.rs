@@ -347,6 +347,30 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     let again = from_client("http://spawn:10002/again", &[]);
     assert!(again.header("x-wsgiproxy-cold-start-ms").is_some(), "started again on demand");
 
+    // The on-demand container: `up` created it and left it stopped; the first request
+    // through the spawn Envoy's port 10005 has the sidecar start it (through the Docker
+    // socket), and reaches it on its own address on the ondemand network; idle, it is
+    // stopped again, and the next request starts it again.
+    let container = format!("{PROJECT}-blog-container");
+    let state = || {
+        let out = Command::new("docker").args(["inspect", "-f", "{{.State.Status}}", &container]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(state(), "created", "compose started the on-demand container");
+    let first = from_client("http://spawn:10005/first", &[]);
+    assert!(first.header("x-wsgiproxy-cold-start-ms").is_some(), "{:?}", first.headers);
+    let got = first.received();
+    assert_eq!(got.0["name"], "blog-container");
+    let upstream = got.header("x-envoy-original-dst-host").unwrap_or_default();
+    assert!(upstream.starts_with("10.213.4."), "reached on its address on the ondemand network: {upstream}");
+    assert_eq!(state(), "running");
+    let warm = from_client("http://spawn:10005/warm", &[]);
+    assert_eq!((warm.status, warm.header("x-wsgiproxy-cold-start-ms")), (200, None));
+    wait_for("the idle container stops", Duration::from_secs(30), || state() == "exited");
+    let again = from_client("http://spawn:10005/again", &[]);
+    assert!(again.header("x-wsgiproxy-cold-start-ms").is_some(), "started again on demand: {:?}", again.headers);
+    assert_eq!(again.received().0["name"], "blog-container");
+
     // Fault 1: the backend Envoy's container stops under load through the edge.
     let load = Load::start("http://edge:10000/load");
     let stopped_at = load.now();
@@ -422,7 +446,7 @@ fn the_stack_serves_across_containers_and_survives_faults() {
 
 /// A config with what the stack may change taken out: addresses, the .wasm's path,
 /// how a cluster finds its endpoints, and the plugin settings that name places
-/// (href, trust_ips, allow_hosts).
+/// (href, trust_ips, allow_hosts, app, upstream_networks).
 fn filter_chains_of(file: &str) -> serde_yaml::Value {
     use serde_yaml::Value as Yaml;
     fn walk(v: &mut Yaml) {
@@ -434,7 +458,7 @@ fn filter_chains_of(file: &str) -> serde_yaml::Value {
                         Some("type") if v.as_str() == Some("STRICT_DNS") => *v = Yaml::from("STATIC"),
                         Some("value") if v.as_str().is_some_and(|s| s.trim_start().starts_with('{')) => {
                             let mut config: Json = serde_json::from_str(v.as_str().unwrap()).unwrap();
-                            for place in ["href", "trust_ips", "allow_hosts"] {
+                            for place in ["href", "trust_ips", "allow_hosts", "app", "upstream_networks"] {
                                 config.as_object_mut().unwrap().remove(place);
                             }
                             *v = Yaml::from(config.to_string());
@@ -460,6 +484,20 @@ fn the_stack_runs_the_shipped_configs_with_its_own_addresses() {
         ("deploy/compose/spawn.yaml", "envoy/spawn.yaml"),
         ("deploy/compose/exact.yaml", "envoy/exact.yaml"),
     ] {
-        assert!(filter_chains_of(stack) == filter_chains_of(shipped), "{stack} differs from {shipped} beyond addresses");
+        let mut stack_doc = filter_chains_of(stack);
+        let shipped_doc = filter_chains_of(shipped);
+        if stack.ends_with("spawn.yaml") {
+            // The stack's spawn Envoy has one listener more, for the on-demand
+            // container: the shipped chain, for another app on its own network.
+            let listeners = stack_doc["static_resources"]["listeners"].as_sequence_mut().unwrap();
+            let extra = listeners.pop().unwrap();
+            assert_eq!(extra["name"].as_str(), Some("on-demand-container"));
+            let mut chains = extra["filter_chains"].clone();
+            let manager = &mut chains[0]["filters"][1]["typed_config"]["stat_prefix"];
+            assert_eq!(manager.as_str(), Some("on_demand_container"));
+            *manager = "ingress".into();
+            assert!(chains == shipped_doc["static_resources"]["listeners"][0]["filter_chains"], "the on-demand container's chain");
+        }
+        assert!(stack_doc == shipped_doc, "{stack} differs from {shipped} beyond addresses");
     }
 }

@@ -231,6 +231,20 @@ pub fn load(path: &Path) -> Result<Vec<AppConfig>, String> {
 }
 
 pub fn parse(text: &str) -> Result<Vec<AppConfig>, String> {
+    parse_with_env(text, &|name| std::env::var(name).ok())
+}
+
+/// A `container` or `network` written `${NAME}` is read from the environment: a
+/// compose stack names its containers and networks after its project.
+fn from_env(app: &str, field: &str, value: String, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let Some(var) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) else { return Ok(value) };
+    if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(error(app, field, format!("{value:?}: `${{NAME}}` takes an environment variable's name")));
+    }
+    env(var).filter(|v| !v.is_empty()).ok_or_else(|| error(app, field, format!("{value:?}: {var} is not set in the sidecar's environment")))
+}
+
+pub fn parse_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<AppConfig>, String> {
     let raw: RawFile = from_toml(text)?;
     if raw.apps.is_empty() {
         return Err("config error: no [apps.NAME] table".into());
@@ -279,16 +293,18 @@ pub fn parse(text: &str) -> Result<Vec<AppConfig>, String> {
                         return Err(error(&name, field, "only for a `command` app (a container has its own)"));
                     }
                 }
+                let container = from_env(&name, "container", container, env)?;
+                let network = app.network.map(|n| from_env(&name, "network", n, env)).transpose()?;
                 if container.is_empty() || !container.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
                     return Err(error(&name, "container", format!("{container:?} is not a container name or id")));
                 }
                 let Some(port) = app.port.filter(|p| *p != 0) else {
                     return Err(error(&name, "port", "required for a container: the port the app listens on inside it (1 to 65535)"));
                 };
-                if app.network.as_deref().is_some_and(str::is_empty) {
+                if network.as_deref().is_some_and(str::is_empty) {
                     return Err(error(&name, "network", "must not be empty"));
                 }
-                WorkloadConfig::Container(ContainerConfig { container, port, network: app.network })
+                WorkloadConfig::Container(ContainerConfig { container, port, network })
             }
         };
         apps.push(AppConfig {
@@ -393,6 +409,28 @@ mod tests {
         for (text, expected) in cases {
             let e = parse(text).unwrap_err();
             assert!(e.contains(expected), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_container_and_its_network_may_come_from_the_environment() {
+        let env = |name: &str| match name {
+            "BLOG" => Some("stack-blog".to_string()),
+            "NET" => Some("stack_apps".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let apps = parse_with_env("[apps.a]\ncontainer = \"${BLOG}\"\nport = 80\nnetwork = \"${NET}\"", &env).unwrap();
+        let WorkloadConfig::Container(c) = &apps[0].workload else { panic!("a container") };
+        assert_eq!((c.container.as_str(), c.network.as_deref()), ("stack-blog", Some("stack_apps")));
+        for (config, message) in [
+            ("container = \"${NOPE}\"", "field \"container\": \"${NOPE}\": NOPE is not set in the sidecar's environment"),
+            ("container = \"${EMPTY}\"", "EMPTY is not set"),
+            ("container = \"${A B}\"", "takes an environment variable's name"),
+            ("container = \"c\"\nnetwork = \"${NOPE}\"", "field \"network\": \"${NOPE}\": NOPE is not set"),
+        ] {
+            let err = parse_with_env(&format!("[apps.a]\nport = 80\n{config}"), &env).unwrap_err();
+            assert!(err.contains(message), "{config}: {err}");
         }
     }
 
