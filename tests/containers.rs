@@ -535,7 +535,7 @@ fn a_browser_gets_the_waiting_page_while_an_api_request_waits_for_the_same_start
     let browser = [("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")];
     let page = request(port, "GET", "/posts", &browser, b"");
     assert_eq!((page.status, page.header("x-wsgiproxy-error")), (503, Some("app_starting")), "{}", page.text());
-    assert_eq!(page.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     assert!(page.header("retry-after").is_some(), "crawlers and load balancers are told when to come back");
     assert!(page.text().contains("<title>Blog</title>") && page.text().contains("http-equiv=\"refresh\""), "{}", page.text());
     assert!(!api.is_finished(), "the API request is held, not answered with the page");

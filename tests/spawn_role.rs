@@ -348,10 +348,10 @@ fn a_browser_gets_the_waiting_page_while_api_clients_wait_for_the_same_start() {
     let took = began.elapsed();
     assert_eq!(page.status, 503, "{}", page.text());
     assert!(took >= Duration::from_millis(350) && took < Duration::from_millis(2000), "the page came after {took:?}");
-    assert_eq!(page.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
-    assert_eq!(page.header("retry-after").as_deref(), Some("2"));
-    assert_eq!(page.header("cache-control").as_deref(), Some("no-store"));
-    assert_eq!(page.header("x-wsgiproxy-error").as_deref(), Some("app_starting"));
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert_eq!(page.header("retry-after"), Some("2"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert_eq!(page.header("x-wsgiproxy-error"), Some("app_starting"));
     let html = page.text();
     assert!(html.contains(r#"<meta http-equiv="refresh" content="2">"#), "{html}");
     assert!(html.contains("<title>Blog &lt;waking up&gt;</title>") && html.contains("One moment &amp; it is there."), "{html}");

@@ -39,8 +39,10 @@ pub fn prefers_html(accept: &[u8]) -> bool {
     for range in accept.split(',') {
         let mut parts = range.split(';');
         let media = parts.next().unwrap_or_default().trim();
-        let q =
-            parts.filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q="))).last().map_or(Some(1000), quality);
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .next_back()
+            .map_or(Some(1000), quality);
         let Some(q) = q else { return false };
         if media.eq_ignore_ascii_case("text/html") || media.eq_ignore_ascii_case("application/xhtml+xml") {
             html = html.max(q);
