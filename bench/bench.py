@@ -1306,8 +1306,10 @@ def main():
         rps, cpu = mean(name, "rps"), mean(name, "cpu_us")
         p50, p99 = mean(name, "p50"), mean(name, "p99")
         lat = lambda v: "—" if v != v else f"{v:.2f}"
+        # --signatures runs no empty Wasm filter.
+        vs_empty = f"{paired_ratio(results, name, empty):.2f}" if empty in results else "—"
         lines.append(f"| {name} | {rps:,.0f} | {paired_ratio(results, name, base, 'rps'):.2f} | "
-                     f"{cpu:.1f} | {paired_ratio(results, name, base):.2f} | {paired_ratio(results, name, empty):.2f} | "
+                     f"{cpu:.1f} | {paired_ratio(results, name, base):.2f} | {vs_empty} | "
                      f"{lat(p50)} | {lat(p99)} | {sum(r['non2xx'] for r in results[name])} |")
     if cold and mem:
         cold_single, cold_burst, child_ms = cold
