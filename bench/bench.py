@@ -1285,6 +1285,10 @@ def main():
         echo.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    if args.json:
+        # Written before any table, so that the measures outlive a failure in printing.
+        Path(args.json).write_text(json.dumps({"results": results, "cold": cold, "memory": mem}, indent=1))
+
     def mean(name, key):
         values = [r[key] for r in results[name]]
         return statistics.fmean(values)
@@ -1330,8 +1334,6 @@ def main():
     for text, ok in targets(results, cold, mem):
         lines.append(f"- [{'met' if ok else 'MISSED'}] {text}")
     print("\n".join(lines))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "cold": cold, "memory": mem}, indent=1))
 
 
 def targets(results, cold, mem):
