@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 
 import yaml
@@ -67,7 +67,9 @@ def wait_port(port, timeout=30.0):
 
 # ------------------------------------------------------------------ Envoy configs
 
-def wasm_filter(name, path, config):
+def wasm_filter(name, path, config, env=None):
+    """`env`: environment variables for the VM beside WSGIPROXY_KEY (the public-key
+    variants' keys: see signature_env)."""
     return {
         "name": name,
         "typed_config": {
@@ -83,7 +85,7 @@ def wasm_filter(name, path, config):
                     "vm_id": "bench",
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": str(path)}},
-                    "environment_variables": {"key_values": {"WSGIPROXY_KEY": KEY}},
+                    "environment_variables": {"key_values": dict({"WSGIPROXY_KEY": KEY}, **(env or {}))},
                 },
             },
         },
@@ -232,7 +234,7 @@ def start_envoy(workdir, config, port, concurrency=1, cpu=ENVOY_CORE, wrapper=()
     path = Path(workdir) / f"envoy-{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     # The native module finds libwsgiproxy.so here and reads its key from Envoy's environment.
-    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR), WSGIPROXY_KEY=KEY)
+    env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR), WSGIPROXY_KEY=KEY, **signature_env())
     proc = Proc([*wrapper, ENVOY, "-c", path, "--concurrency", concurrency, "--disable-hot-restart", "--log-level", "error"],
                 cpu, Path(workdir) / f"envoy-{port}.log", env=env)
     try:
@@ -355,15 +357,22 @@ def raw_requests(path):
     return [line.rstrip("\n").replace("\t", "\r\n").encode() + b"\r\n\r\n" for line in Path(path).open()]
 
 
-def signed_requests(path, count, authority, date=None):
+# The protocol headers the app role sends for the bench's request, sorted by name.
+SIGNED_PROTOCOL = [("x-forwarded-for", "203.0.113.7"), ("x-forwarded-scheme", "http"),
+                   ("x-forwarded-server", "www.example.com"), ("x-script-name", "/blog"),
+                   ("x-traversal-path", "/myapp"), ("x-wsgiproxy-str-0", "REMOTE_USER bob"),
+                   ("x-wsgiproxy-version", "0.1")]
+
+
+def signed_requests(path, count, authority, date=None, signature=None):
     """Requests the app role would send, each with its own nonce (no replay), dated
-    now or `date` (an HTTP date)."""
+    now or `date` (an HTTP date). `signature`: None for the v1 format (HMAC-SHA256),
+    or an algorithm of RFC 9421 (see rfc9421_requests)."""
+    if signature:
+        return rfc9421_requests(path, count, authority, signature, date)
     date = date or formatdate(usegmt=True)
     lines = []
-    protocol = [("x-forwarded-for", "203.0.113.7"), ("x-forwarded-scheme", "http"),
-                ("x-forwarded-server", "www.example.com"), ("x-script-name", "/blog"),
-                ("x-traversal-path", "/myapp"), ("x-wsgiproxy-str-0", "REMOTE_USER bob"),
-                ("x-wsgiproxy-version", "0.1")]
+    protocol = SIGNED_PROTOCOL
     key = KEY.encode()
     target = "/myapp/article/1?x=1"
     base = hmac.new(key, digestmod=hashlib.sha256)
@@ -378,6 +387,191 @@ def signed_requests(path, count, authority, date=None):
         headers.append(f"x-wsgiproxy-signature: k1 {nonce} {mac.hexdigest()}")
         lines.append("\t".join(headers))
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------ RFC 9421 signatures (issue #19)
+
+# The algorithms compared, as the configuration names them, with their label in
+# variant names. Every such variant's name holds "RFC 9421" (see SIGNATURE_GROUP).
+SIGNATURE_ALGORITHMS = [("hmac-sha256", "HMAC-SHA256"), ("ed25519", "Ed25519"), ("ecdsa-p256-sha256", "ECDSA P-256")]
+_signature_keys = {}
+
+
+def signature_keys():
+    """A key pair per public-key algorithm, made for this run with PyPI's cryptography
+    (OpenSSL): {algorithm: (private key object, private PKCS#8 PEM, public SPKI PEM)}.
+    Test keys, not secrets; the same for every Envoy of the run."""
+    if not _signature_keys:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+        for algorithm, key in (("ed25519", ed25519.Ed25519PrivateKey.generate()),
+                               ("ecdsa-p256-sha256", ec.generate_private_key(ec.SECP256R1()))):
+            private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()).decode()
+            public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+            _signature_keys[algorithm] = (key, private, public)
+    return _signature_keys
+
+
+def signature_key_env(algorithm, half):
+    """The environment variable holding `algorithm`'s `half` ("private" or "public")."""
+    return f"WSGIPROXY_BENCH_{algorithm.split('-')[0].upper()}_{half.upper()}"
+
+
+def signature_env():
+    """Every public-key variant's key, by environment variable (PEM text)."""
+    return {signature_key_env(a, half): pem for a, (_, private, public) in signature_keys().items()
+            for half, pem in (("private", private), ("public", public))}
+
+
+def signature_secret(algorithm, half):
+    """A role's `secret`: the HMAC key as the v1 variants have it, or the key pair's
+    private half (the app role) or public half (the middleware)."""
+    if algorithm == "hmac-sha256":
+        return {"keys": [{"id": "k1", "env": "WSGIPROXY_KEY"}]}
+    return {"keys": [{"id": "k1", "env": signature_key_env(algorithm, half)}]}
+
+
+def rfc9421_sign(algorithm, base):
+    """The signature of `base` (bytes) as RFC 9421 puts it in `Signature`: HMAC-SHA256,
+    Ed25519's R||S, or ECDSA's r||s (not DER), each 32 bytes big-endian."""
+    if algorithm == "hmac-sha256":
+        return hmac.new(KEY.encode(), base, hashlib.sha256).digest()
+    key = signature_keys()[algorithm][0]
+    if algorithm == "ed25519":
+        return key.sign(base)
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    r, s = utils.decode_dss_signature(key.sign(base, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def rfc9421_requests(path, count, authority, algorithm, date=None):
+    """What the app role sends with `"signature_format": "rfc9421"` and `algorithm`
+    (docs/signatures.md): the protocol headers and Signature-Input/Signature, covering
+    @method, @authority, @path, @query and every protocol header, with created (now,
+    or `date`'s second), keyid, alg and a fresh nonce each; no Date."""
+    created = int(parsedate_to_datetime(date).timestamp()) if date else int(time.time())
+    target = "/myapp/article/1?x=1"
+    path_part, query = target.split("?", 1)
+    covered = ["@method", "@authority", "@path", "@query"] + [n for n, _ in SIGNED_PROTOCOL]
+    values = ["GET", authority.lower(), path_part, f"?{query}"] + [v for _, v in SIGNED_PROTOCOL]
+    components = "".join(f'"{n}": {v}\n' for n, v in zip(covered, values))
+    inner = "(" + " ".join(f'"{n}"' for n in covered) + ")"
+    head = [f"GET {target} HTTP/1.1", f"Host: {authority}"] + [f"{n}: {v}" for n, v in SIGNED_PROTOCOL]
+    lines = []
+    for _ in range(count):
+        params = f'{inner};created={created};keyid="k1";alg="{algorithm}";nonce="{secrets.token_hex(16)}"'
+        signature = rfc9421_sign(algorithm, f'{components}"@signature-params": {params}'.encode())
+        lines.append("\t".join(head + [f"Signature-Input: wsgiproxy={params}",
+                                       f"Signature: wsgiproxy=:{base64.b64encode(signature).decode()}:"]))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def signature_variants():
+    """The `app` role signing and the `middleware` role verifying RFC 9421 signatures
+    with each algorithm, in both loaders, and no filter given the middleware's input
+    (signed with HMAC-SHA256: the public-key signatures are 44 bytes longer in base64)."""
+    out = [("no filter, the RFC 9421 middleware's input", {"filters": [], "signed_input": True, "signature": "hmac-sha256"})]
+    env = signature_env()
+    for loader in ("", "native module: "):
+        def one(name, config):
+            return [wasm_filter(name, WASM, config, env)] if not loader else [native_filter(name, config)]
+        for algorithm, label in SIGNATURE_ALGORITHMS:
+            app = dict(APP_CONFIG, signature_format="rfc9421", algorithm=algorithm, secret=signature_secret(algorithm, "private"))
+            out.append((f"{loader}app role, RFC 9421 {label}", {"filters": one("wsgiproxy", app)}))
+        for algorithm, label in SIGNATURE_ALGORITHMS:
+            mw = {"role": "middleware", "signature_format": "rfc9421", "algorithm": algorithm,
+                  "secret": signature_secret(algorithm, "public"), "keys": {"REMOTE_USER": "x-remote-user"}}
+            out.append((f"{loader}middleware, verifying RFC 9421 {label}",
+                        {"filters": one("wsgiproxy", mw), "signed_input": True, "signature": algorithm}))
+    return out
+
+
+# What --signatures runs: no filter, no filter given the middleware's input, and the
+# 12 variants of signature_variants; by instructions, also the unsigned app role of
+# each loader (what signing adds to it). The group runs only when asked for
+# (--signatures, or an --only pattern that names "RFC 9421"): a full run and
+# --instructions keep their variants and their duration.
+SIGNATURE_GROUP = ["no filter, the RFC 9421 middleware's input"] + [
+    f"{loader}{role}, {verb}RFC 9421 {label}" for loader in ("", "native module: ")
+    for role, verb in (("app role", ""), ("middleware", "verifying ")) for _, label in SIGNATURE_ALGORITHMS]
+SIGNATURE_VARIANTS = ["no filter"] + SIGNATURE_GROUP
+SIGNATURE_INSTRUCTION_VARIANTS = ["no filter", "no filter, the RFC 9421 middleware's input",
+                                  "app role, unsigned", "native module: app role, unsigned"] + SIGNATURE_GROUP[1:]
+
+
+def selected(names, only):
+    """The variants of `names` that `--only` (comma-separated substrings) selects: the
+    matching ones plus the baselines. The RFC 9421 group only for a pattern naming it."""
+    wanted = [w.strip() for w in only.split(",")]
+    out = []
+    for n in names:
+        if n in SIGNATURE_GROUP:
+            if any(w in n for w in wanted if "9421" in w):
+                out.append(n)
+        elif n.startswith("no filter") or n == "empty Wasm filter" or any(w in n for w in wanted):
+            out.append(n)
+    # The RFC 9421 middleware's baseline whenever one of the group runs.
+    if set(out) & set(SIGNATURE_GROUP) and SIGNATURE_GROUP[0] in names and SIGNATURE_GROUP[0] not in out:
+        out.append(SIGNATURE_GROUP[0])
+    return out
+
+
+def signature_micro():
+    """The native cost of one signature per algorithm, outside Envoy (the protocol
+    crate's examples/sigcost.rs, `--release`, on the load core): not counted under
+    callgrind, so SHA-NI and AVX2 are used as natively. Prints its table."""
+    subprocess.run(["cargo", "build", "--release", "-p", "wsgiproxy-protocol", "--example", "sigcost"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, ROOT / "target/release/examples/sigcost"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def signature_table(measure, results, specs, rate=2000):
+    """The signature comparison: each variant against no filter given the same
+    requests and against HMAC-SHA256 in the same loader and role. `results[name]` is
+    a list of per-round dicts (CPU time; ratios paired by round) or one count
+    (instructions)."""
+    lines = []
+    if measure == "cpu":
+        lines += ["| variant | Envoy CPU µs/req | vs no filter (same requests) | vs RFC 9421 HMAC-SHA256 | "
+                  "µs over HMAC-SHA256 | max req/s | req/s vs HMAC-SHA256 | p50 ms | p99 ms | non-2xx |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    else:
+        lines += ["| variant | instructions/request | vs no filter (same requests) | over RFC 9421 HMAC-SHA256 | "
+                  "vs RFC 9421 HMAC-SHA256 |", "|---|---:|---:|---:|---:|"]
+    for name in results:
+        if name not in SIGNATURE_GROUP[1:]:
+            continue
+        base = "no filter, the RFC 9421 middleware's input" if specs[name].get("signed_input") else "no filter"
+        hmac_name = re.sub(r"RFC 9421 .*$", "RFC 9421 HMAC-SHA256", name)
+        if measure == "cpu":
+            rs = results[name]
+            ratio = lambda other, key="cpu_us": f"{paired_ratio(results, name, other, key):.2f}" if other in results else "—"
+            # The median over rounds of the difference within a round, as for the ratios.
+            over = (f"{statistics.median(r['cpu_us'] - h['cpu_us'] for r, h in zip(rs, results[hmac_name])):+.0f}"
+                    if hmac_name in results else "—")
+            rps = statistics.fmean(r['rps'] for r in rs)
+            # Below the fixed rate's capacity, latency there is queueing, not the filter's.
+            saturated = "¹" if rps < 1.2 * rate else ""
+            lines.append(f"| {name} | {statistics.fmean(r['cpu_us'] for r in rs):.1f} | {ratio(base)} | {ratio(hmac_name)} | "
+                         f"{over} | {rps:,.0f} | {ratio(hmac_name, 'rps')} | "
+                         f"{statistics.fmean(r['p50'] for r in rs):.2f}{saturated} | {statistics.fmean(r['p99'] for r in rs):.2f}{saturated} | "
+                         f"{sum(r['non2xx'] for r in rs)} |")
+        else:
+            v = results[name]
+            vs = lambda other: f"{v / results[other]:.2f}" if other in results else "—"
+            over = f"{v - results[hmac_name]:+,.0f}" if hmac_name in results else "—"
+            lines.append(f"| {name} | {v:,.0f} | {vs(base)} | {over} | {vs(hmac_name)} |")
+    if measure == "cpu" and any("¹" in line for line in lines):
+        lines += ["", f"¹ Max req/s within 1.2× of the fixed {rate} req/s: at that rate the variant is at or near its "
+                  "capacity, and p50/p99 are mostly queueing."]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------ variants
@@ -434,7 +628,7 @@ def variants(echo_port, sidecar_port):
         ("native module: app role, unsigned", {"filters": [native_filter("wsgiproxy", APP_CONFIG)]}),
         ("native module: app role, HMAC-SHA256", {"filters": [native_filter("wsgiproxy", dict(APP_CONFIG, secret=secret, algorithm="hmac-sha256"))]}),
         ("native module: middleware, verifying SHA256", {"filters": [native_filter("wsgiproxy", mw_secret)], "signed_input": True}),
-    ]
+    ] + signature_variants()
 
 
 def variant_config(spec, port, echo_port):
@@ -459,21 +653,27 @@ def run_variant(workdir, spec, echo_port, args):
             envoys.append(start_envoy(workdir, variant_config(spec, port, echo_port), port))
         script = arg = None
         path = PATH
+        signature = spec.get("signature")
+        # How many signed requests a phase at full load may take: --signed-requests, or for
+        # the RFC 9421 variants, whose public-key signatures take Python 40 µs each to
+        # make, 15,000 a second (twice what any variant here reaches; a request sent
+        # twice would be refused as a replay and counted in non-2xx).
+        full_load = lambda seconds: int(args.signed_requests) if not signature else min(int(args.signed_requests), 15_000 * seconds)
         if spec.get("signed_input"):
             script = Path(workdir) / "replay.lua"
             script.write_text(WRK_REPLAY)
             arg = Path(workdir) / "signed.txt"
-            signed_requests(arg, int(args.signed_requests), "backend.internal:8080")
+            signed_requests(arg, full_load(args.warmup), "backend.internal:8080", signature=signature)
         # Warm-up at full load (V8 compiles in tiers), discarded.
         wrk(port, args.warmup, script, arg, path)
         if spec.get("signed_input"):
-            signed_requests(arg, int(args.signed_requests), "backend.internal:8080")
+            signed_requests(arg, full_load(args.seconds), "backend.internal:8080", signature=signature)
         # Maximum throughput.
         result = wrk(port, args.seconds, script, arg, path)
         # CPU per request and latency at a fixed rate below the knee, where every
         # variant does the same work per wake-up (at full load Envoy batches more).
         if spec.get("signed_input"):
-            signed_requests(arg, int(args.rate * args.latency_seconds * 1.2) + 100, "backend.internal:8080")
+            signed_requests(arg, int(args.rate * args.latency_seconds * 1.2) + 100, "backend.internal:8080", signature=signature)
         before = sum(cpu_seconds(e.pid) for e in envoys)
         if spec.get("signed_input"):
             p50, p99, answered, refused = paced_replay(port, args.rate, args.latency_seconds, arg)
@@ -707,7 +907,7 @@ def instructions_per_request(workdir, spec, echo_port, count, warm=300, date=Non
             # signatures dated up to the second it began (restart protection).
             time.sleep(1.0 - time.time() % 1.0 + 0.01)
         signed = Path(workdir) / "signed.txt"
-        signed_requests(signed, warm + count, "backend.internal:8080", date)
+        signed_requests(signed, warm + count, "backend.internal:8080", date, signature=spec.get("signature"))
         reqs = raw_requests(signed)
     else:
         plain = f"GET {PATH} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in CLIENT_HEADERS.items()) + "\r\n"
@@ -729,8 +929,13 @@ def instructions(workdir, echo_port, sc_port, args):
     ratios that hold on a noisy machine, an upper bound of the CPU-time ones."""
     specs = dict(variants(echo_port, sc_port))
     count = args.instruction_requests
+    names = INSTRUCTION_VARIANTS
+    if args.signatures:
+        names = SIGNATURE_INSTRUCTION_VARIANTS
+    elif args.only:
+        names = selected(list(dict.fromkeys(INSTRUCTION_VARIANTS + SIGNATURE_INSTRUCTION_VARIANTS)), args.only)
     results = {}
-    for name in INSTRUCTION_VARIANTS:
+    for name in names:
         results[name] = instructions_per_request(workdir, specs[name], echo_port, count)
         print(f"{name:45s} {results[name]:12,.0f} instructions/request", file=sys.stderr, flush=True)
     print(f"Envoy instructions per request (callgrind, user space; {count} requests after 300 of warm-up, one connection):")
@@ -738,12 +943,19 @@ def instructions(workdir, echo_port, sc_port, args):
     print("| variant | instructions/request | vs no filter (same requests) | vs empty Wasm | vs Lua |")
     print("|---|---:|---:|---:|---:|")
     ratio = lambda v, base: f"{v / results[base]:.2f}" if base in results else "—"
-    for name in INSTRUCTION_VARIANTS:
+    for name in names:
         v = results[name]
         # The middleware variants are sent pre-signed requests: their baseline is no filter given those.
         base = "no filter, the middleware's input" if specs[name].get("signed_input") else "no filter"
+        if specs[name].get("signature"):
+            base = "no filter, the RFC 9421 middleware's input"
         print(f"| {name} | {v:,.0f} | {ratio(v, base)} | {ratio(v, 'empty Wasm filter')} | "
               f"{ratio(v, 'Lua filter, same headers')} |")
+    if any(n in SIGNATURE_GROUP[1:] for n in results):
+        print()
+        print("RFC 9421 signatures, by algorithm (`over`: instructions per request beyond HMAC-SHA256 in the same loader and role):")
+        print()
+        print(signature_table("instructions", results, specs))
 
 
 # ------------------------------------------------------------------ the replay memory, empty and full
@@ -1016,6 +1228,10 @@ def main():
                     help="--replay-memory: the empty memory's Envoy is sent this many first, at full speed as the fill")
     ap.add_argument("--fill-instructions", type=int, default=500_000,
                     help="--replay-memory --instructions: live nonces in the full memory (filled under valgrind)")
+    ap.add_argument("--signatures", action="store_true",
+                    help="only the RFC 9421 signature comparison (issue #19): the app role signing and the middleware "
+                         "verifying with hmac-sha256, ed25519 and ecdsa-p256-sha256 in both loaders, beside no filter; "
+                         "first the native cost of one signature (protocol/examples/sigcost.rs); with --instructions, counted")
     ap.add_argument("--only", help="comma-separated substrings: run only the matching variants (plus the two baselines), skip cold start and memory")
     args = ap.parse_args()
 
@@ -1040,13 +1256,20 @@ def main():
         if args.attribute:
             attribute(workdir, echo_port, args)
             return
+        if args.signatures:
+            print(signature_micro(), flush=True)
+            print(flush=True)
         if args.instructions:
             instructions(workdir, echo_port, sc_port, args)
             return
         specs = variants(echo_port, sc_port)
-        if args.only:
-            wanted = [w.strip() for w in args.only.split(",")]
-            specs = [(n, s) for n, s in specs if n.startswith("no filter") or n == "empty Wasm filter" or any(w in n for w in wanted)]
+        if args.signatures:
+            specs = [(n, s) for n, s in specs if n in SIGNATURE_VARIANTS]
+        elif args.only:
+            names = selected([n for n, _ in specs], args.only)
+            specs = [(n, s) for n, s in specs if n in names]
+        else:
+            specs = [(n, s) for n, s in specs if n not in SIGNATURE_GROUP]
         for rnd in range(args.rounds):
             for name, spec in specs:
                 r = run_variant(workdir, spec, echo_port, args)
@@ -1054,13 +1277,17 @@ def main():
                 print(f"round {rnd + 1}: {name:32s} {r['rps']:9.0f} req/s  {r['cpu_us']:6.1f} us CPU/req"
                       f"  non-2xx {r['non2xx']}", file=sys.stderr, flush=True)
         cold = mem = None
-        if not args.only:
+        if not args.only and not args.signatures:
             cold = cold_starts(workdir, args)
             mem = memory(workdir, echo_port, args)
     finally:
         sidecar.stop()
         echo.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+    if args.json:
+        # Written before any table, so that the measures outlive a failure in printing.
+        Path(args.json).write_text(json.dumps({"results": results, "cold": cold, "memory": mem}, indent=1))
 
     def mean(name, key):
         values = [r[key] for r in results[name]]
@@ -1083,8 +1310,10 @@ def main():
         rps, cpu = mean(name, "rps"), mean(name, "cpu_us")
         p50, p99 = mean(name, "p50"), mean(name, "p99")
         lat = lambda v: "—" if v != v else f"{v:.2f}"
+        # --signatures runs no empty Wasm filter.
+        vs_empty = f"{paired_ratio(results, name, empty):.2f}" if empty in results else "—"
         lines.append(f"| {name} | {rps:,.0f} | {paired_ratio(results, name, base, 'rps'):.2f} | "
-                     f"{cpu:.1f} | {paired_ratio(results, name, base):.2f} | {paired_ratio(results, name, empty):.2f} | "
+                     f"{cpu:.1f} | {paired_ratio(results, name, base):.2f} | {vs_empty} | "
                      f"{lat(p50)} | {lat(p99)} | {sum(r['non2xx'] for r in results[name])} |")
     if cold and mem:
         cold_single, cold_burst, child_ms = cold
@@ -1098,12 +1327,13 @@ def main():
             f"- long run, app role signing: {mem['long_requests']:,} requests, RSS {mem['rss_start']:.1f} MiB after warm-up → "
             f"{mem['rss_end']:.1f} MiB at the end (max {mem['rss_max']:.1f} MiB)",
         ]
+    if any(n in SIGNATURE_GROUP[1:] for n in results):
+        lines += ["", "RFC 9421 signatures, by algorithm (CPU means over rounds; each ratio the median over rounds of the "
+                  "paired per-round ratios):", "", signature_table("cpu", results, dict(specs), args.rate)]
     lines += ["", "Targets (ratios from this run; a target whose variants were left out is not shown):"]
     for text, ok in targets(results, cold, mem):
         lines.append(f"- [{'met' if ok else 'MISSED'}] {text}")
     print("\n".join(lines))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "cold": cold, "memory": mem}, indent=1))
 
 
 def targets(results, cold, mem):

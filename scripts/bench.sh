@@ -10,6 +10,13 @@
 #                    (the verifying middleware's CPU per request with millions of live
 #                     nonces in its replay memory beside an empty one, both loaders;
 #                     add --instructions to count them under callgrind, --fill-instructions N)
+#   scripts/bench.sh --signatures [--rounds N] [--instructions]
+#                    (RFC 9421 signatures, issue #19: the app role signing and the middleware
+#                     verifying with hmac-sha256, ed25519 and ecdsa-p256-sha256, in both loaders,
+#                     beside no filter; first the native cost of one sign and one verify
+#                     (protocol/examples/sigcost.rs). CPU time: about 4 minutes a round;
+#                     --instructions: about 12 minutes. These variants run only when asked for:
+#                     --signatures, or an --only pattern naming "RFC 9421")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WSGIPROXY_BENCH_TOOLS=1 bash scripts/setup.sh
