@@ -57,7 +57,8 @@ fn abi_map(map: HeaderMap) -> abi::HeaderMap {
 
 impl Host for NativeHost<'_> {
     fn request_head(&mut self) -> RequestHead {
-        RequestHead::new(self.stream.headers(abi::HeaderMap::Request))
+        // One buffer for the whole head, filled from Envoy's map in place.
+        self.stream.read_headers(abi::HeaderMap::Request, RequestHead::with_capacity, |head, name, value| head.push(name, value))
     }
 
     /// Read in place by name: no copy of the rest of the map.

@@ -115,7 +115,7 @@ pub fn decide(
 
     let mut edits = Edits::default();
     for name in head.names_where(|n| is_protocol_header(n) || is_underscore_spelling_of(n, is_protocol_header)) {
-        edits.remove(&name);
+        edits.remove(name);
         // Envoy itself puts the peer in X-Forwarded-For at the edge: not a client's forgery.
         if name != X_FORWARDED_FOR {
             outcome.stripped += 1;
@@ -234,12 +234,8 @@ pub fn sign_for_endpoint(config: &AppConfig, head: &RequestHead, endpoint: Socke
     let endpoint = endpoint.to_string();
     // Every protocol header the request holds is signed, the endpoint with them; any
     // signature already there (none, as `decide` left it) is replaced.
-    let mut fields: Vec<(String, Vec<u8>)> = head
-        .headers
-        .iter()
-        .filter(|(n, _)| is_signed_header(n) && n != X_WSGIPROXY_ENDPOINT)
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
+    let mut fields: Vec<(String, Vec<u8>)> =
+        head.iter().filter(|(n, _)| is_signed_header(n) && *n != X_WSGIPROXY_ENDPOINT).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
     fields.push((X_WSGIPROXY_ENDPOINT.to_string(), endpoint.clone().into_bytes()));
     edits.set(X_WSGIPROXY_ENDPOINT, endpoint);
     let method = head.get(METHOD).unwrap_or(b"GET");

@@ -201,11 +201,11 @@ pub fn decide(
     let consumed = |name: &str| is_protocol_header(name) || delivered(name);
     let unwanted = |name: &str| consumed(name) || COMPETING_FORWARDING_HEADERS.contains(&name);
     for name in head.names_where(|n| unwanted(n) || is_underscore_spelling_of(n, unwanted)) {
-        if believed.kept_pickles.contains(&name) {
+        if believed.kept_pickles.iter().any(|k| k == name) {
             continue;
         }
-        edits.remove(&name);
-        if !trusted || !consumed(&name) {
+        edits.remove(name);
+        if !trusted || !consumed(name) {
             outcome.stripped += 1;
         }
     }
@@ -256,11 +256,11 @@ fn signature_reply(rejection: Rejection) -> Decision {
 fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision> {
     let mut seen: Vec<&str> = Vec::new();
     let mut payloads = 0;
-    for (name, value) in &head.headers {
+    for (name, value) in head.iter() {
         if !is_protocol_header(name) {
             continue;
         }
-        if seen.contains(&name.as_str()) {
+        if seen.contains(&name) {
             return Err(bad_request(Reason::DuplicateHeader, format!("the header {name} is given more than once")));
         }
         seen.push(name);
@@ -326,12 +326,11 @@ fn verify(
         path: head.get(PATH).unwrap_or_default(),
         date,
         protocol_headers: head
-            .headers
             .iter()
             .filter(|(n, _)| crate::signature::is_signed_header(n))
-            .map(|(n, v)| match n.as_str() {
-                X_FORWARDED_FOR => (n.as_str(), sender_forwarded_for(v, req.downstream.tcp_peer)),
-                _ => (n.as_str(), v.as_slice()),
+            .map(|(n, v)| match n {
+                X_FORWARDED_FOR => (n, sender_forwarded_for(v, req.downstream.tcp_peer)),
+                _ => (n, v),
             })
             .collect(),
     };
@@ -348,12 +347,13 @@ fn verify_rfc9421(
     nonces: &mut dyn NonceMemory,
 ) -> Result<(), Result<Rejection, Decision>> {
     let head = req.head;
+    let fields = head.to_pairs();
     let message = rfc9421::Message {
         method: head.get(METHOD).unwrap_or_default(),
         https: req.https,
         authority: head.get(AUTHORITY).unwrap_or_default(),
         target: head.get(PATH).unwrap_or_default(),
-        fields: &head.headers,
+        fields: &fields,
     };
     let verified = rfc9421::verify(ring, &message, req.now, config.max_skew, crate::signature::is_signed_header).map_err(Ok)?;
     remember_nonce(nonces, &verified.nonce, verified.created, req.now)
@@ -365,8 +365,9 @@ fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHea
     if config.signature_format != SignatureFormat::Rfc9421 {
         return;
     }
+    let fields = head.to_pairs();
     for name in [rfc9421::SIGNATURE_INPUT, rfc9421::SIGNATURE] {
-        match rfc9421::combined(&head.headers, name).map(|v| rfc9421::without_our_member(&v)) {
+        match rfc9421::combined(&fields, name).map(|v| rfc9421::without_our_member(&v)) {
             Some(rfc9421::Consumed::Rest(rest)) => edits.set(name, rest),
             Some(rfc9421::Consumed::All) => edits.remove(name),
             Some(rfc9421::Consumed::NotOurs) | None => {}
@@ -461,7 +462,7 @@ fn believe(
     }
 
     let mut seen_keys: Vec<String> = Vec::new();
-    for (name, value) in &head.headers {
+    for (name, value) in head.iter() {
         let Some(parsed) = Family::parse_header_name(name) else { continue };
         let (family, _) = parsed.map_err(|e| bad_request(Reason::BadPayloadIndex, e))?;
         let (key, wire) = split_payload(value).map_err(|e| bad_request(Reason::BadPayload, format!("{name}: {e}")))?;
@@ -475,7 +476,7 @@ fn believe(
         };
         if family == Family::Pickle {
             if config.allow_pickle {
-                b.kept_pickles.push(name.clone());
+                b.kept_pickles.push(name.to_string());
             } else {
                 outcome.dropped_keys += 1;
             }

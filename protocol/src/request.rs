@@ -2,20 +2,129 @@
 
 use crate::reason::Reason;
 
-/// A request's headers, read once from the host (names lowercase, values raw bytes).
+/// A request's headers, read once from the host (names lowercase, values raw bytes),
+/// kept in one buffer: the Wasm host's own serialised map, parsed in place, or one
+/// copy of Envoy's headers for the native module. Two allocations for the whole
+/// head, however many headers it has.
 #[derive(Debug, Clone, Default)]
 pub struct RequestHead {
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Names and values, back to back (the Wasm host's form has its count, lengths
+    /// and NUL separators in between, which no span covers).
+    buf: Vec<u8>,
+    /// Each header's name and value as ranges of `buf`, in order. Every name is UTF-8
+    /// (checked, or replaced by its lossy form, when the head is made).
+    spans: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 impl RequestHead {
     pub fn new(headers: Vec<(String, Vec<u8>)>) -> Self {
-        RequestHead { headers }
+        let bytes = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let mut head = RequestHead::with_capacity(headers.len(), bytes);
+        for (name, value) in &headers {
+            head.push(name.as_bytes(), value);
+        }
+        head
+    }
+
+    /// Room for `headers` headers of `bytes` bytes of names and values together.
+    pub fn with_capacity(headers: usize, bytes: usize) -> Self {
+        RequestHead { buf: Vec::with_capacity(bytes), spans: Vec::with_capacity(headers) }
+    }
+
+    /// Appends one header (a name that is not UTF-8 is kept in its lossy form).
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let name: std::borrow::Cow<'_, [u8]> = match std::str::from_utf8(name) {
+            Ok(_) => name.into(),
+            Err(_) => String::from_utf8_lossy(name).into_owned().into_bytes().into(),
+        };
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&name);
+        let middle = self.buf.len();
+        self.buf.extend_from_slice(value);
+        let (Ok(start), Ok(middle), Ok(end)) = (u32::try_from(start), u32::try_from(middle), u32::try_from(self.buf.len())) else {
+            // Past 4 GiB: no host sends such a head; drop what does not fit.
+            self.buf.truncate(start);
+            return;
+        };
+        self.spans.push(Span { name: (start, middle), value: (middle, end) });
+    }
+
+    /// A head from the proxy-wasm host's serialised map (`proxy_get_header_map_pairs`:
+    /// a u32 count, a u32 name length and value length per header, then each name and
+    /// value followed by a NUL), parsed in place. A malformed map gives the headers
+    /// read before the fault.
+    pub fn from_serialized_map(buf: Vec<u8>) -> Self {
+        let word = |at: usize| buf.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(|b| u32::from_le_bytes(b) as usize);
+        let count = word(0).unwrap_or(0);
+        let mut spans = Vec::with_capacity(count.min(buf.len() / 8));
+        let mut at = 4usize.saturating_add(count.saturating_mul(8));
+        let mut lossy = false;
+        for n in 0..count {
+            let (Some(name_len), Some(value_len)) = (word(4 + n * 8), word(8 + n * 8)) else { break };
+            let name_end = at.saturating_add(name_len);
+            let value_start = name_end.saturating_add(1);
+            let value_end = value_start.saturating_add(value_len);
+            // Each value is followed by a NUL.
+            if value_end >= buf.len() {
+                break;
+            }
+            let (Ok(a), Ok(b), Ok(c), Ok(d)) =
+                (u32::try_from(at), u32::try_from(name_end), u32::try_from(value_start), u32::try_from(value_end))
+            else {
+                break;
+            };
+            lossy |= std::str::from_utf8(&buf[at..name_end]).is_err();
+            spans.push(Span { name: (a, b), value: (c, d) });
+            at = value_end.saturating_add(1);
+        }
+        let head = RequestHead { buf, spans };
+        if lossy {
+            // A name that is not UTF-8 (Envoy does not send one): copied, in its lossy form.
+            let mut copy = RequestHead::with_capacity(head.len(), head.buf.len());
+            for span in &head.spans {
+                copy.push(head.bytes(span.name), head.bytes(span.value));
+            }
+            return copy;
+        }
+        head
+    }
+
+    fn bytes(&self, (start, end): (u32, u32)) -> &[u8] {
+        self.buf.get(start as usize..end as usize).unwrap_or_default()
+    }
+
+    fn name(&self, span: &Span) -> &str {
+        std::str::from_utf8(self.bytes(span.name)).unwrap_or_default()
+    }
+
+    /// How many header lines.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Every header, in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.spans.iter().map(|s| (self.name(s), self.bytes(s.value)))
+    }
+
+    /// Every header, copied out (for what wants owned pairs).
+    pub fn to_pairs(&self) -> Vec<(String, Vec<u8>)> {
+        self.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect()
     }
 
     /// The first value of a header.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.spans.iter().find(|s| self.bytes(s.name) == name.as_bytes()).map(|s| self.bytes(s.value))
     }
 
     /// The first value of a header, when it is UTF-8.
@@ -24,18 +133,56 @@ impl RequestHead {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n == name)
+        self.spans.iter().any(|s| self.bytes(s.name) == name.as_bytes())
     }
 
     /// Names present, each once, that satisfy `pred`.
-    pub fn names_where(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for (name, _) in &self.headers {
-            if pred(name) && !names.iter().any(|n| n == name) {
-                names.push(name.clone());
+    pub fn names_where(&self, pred: impl Fn(&str) -> bool) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for (name, _) in self.iter() {
+            if pred(name) && !names.contains(&name) {
+                names.push(name);
             }
         }
         names
+    }
+}
+
+/// A test's way to change a head: its headers as owned pairs, written back when
+/// the guard is dropped.
+#[cfg(test)]
+pub(crate) struct PairsMut<'a> {
+    head: &'a mut RequestHead,
+    pairs: Vec<(String, Vec<u8>)>,
+}
+
+#[cfg(test)]
+impl RequestHead {
+    pub(crate) fn headers_mut(&mut self) -> PairsMut<'_> {
+        let pairs = self.to_pairs();
+        PairsMut { head: self, pairs }
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for PairsMut<'_> {
+    type Target = Vec<(String, Vec<u8>)>;
+    fn deref(&self) -> &Self::Target {
+        &self.pairs
+    }
+}
+
+#[cfg(test)]
+impl std::ops::DerefMut for PairsMut<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.pairs
+    }
+}
+
+#[cfg(test)]
+impl Drop for PairsMut<'_> {
+    fn drop(&mut self) {
+        *self.head = RequestHead::new(std::mem::take(&mut self.pairs));
     }
 }
 
@@ -159,6 +306,36 @@ mod tests {
         e.set("x-b", "2");
         e.set("x-a", "3");
         assert_eq!(e.set, [("x-a".to_string(), b"3".to_vec()), ("x-b".to_string(), b"2".to_vec())]);
+    }
+
+    #[test]
+    fn a_serialized_map_is_read_in_place() {
+        let pairs: [(&str, &[u8]); 3] = [(":path", b"/a?b"), ("x-e", b""), ("x-bin", b"\xff\x00z")];
+        let mut buf = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (n, v) in pairs {
+            buf.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (n, v) in pairs {
+            buf.extend_from_slice(n.as_bytes());
+            buf.push(0);
+            buf.extend_from_slice(v);
+            buf.push(0);
+        }
+        let head = RequestHead::from_serialized_map(buf.clone());
+        assert_eq!(head.iter().collect::<Vec<_>>(), pairs);
+        assert_eq!(head.get("x-bin"), Some(&b"\xff\x00z"[..]));
+        // Cut anywhere: the headers whole before the cut, never a panic.
+        for cut in 0..buf.len() {
+            let head = RequestHead::from_serialized_map(buf[..cut].to_vec());
+            assert!(head.len() <= 3);
+            assert_eq!(head.iter().collect::<Vec<_>>(), pairs[..head.len()]);
+        }
+        assert!(RequestHead::from_serialized_map(Vec::new()).is_empty());
+        // A name that is not UTF-8 is kept in its lossy form.
+        let mut odd = 1u32.to_le_bytes().to_vec();
+        odd.extend_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 0xff, 0, b'v', 0]);
+        assert_eq!(RequestHead::from_serialized_map(odd).iter().collect::<Vec<_>>(), [("\u{fffd}", &b"v"[..])]);
     }
 
     #[test]
