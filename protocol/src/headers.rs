@@ -38,6 +38,38 @@ const FIXED_PROTOCOL_HEADERS: [&str; 7] = [
     X_TRAVERSAL_QUERY_STRING,
 ];
 
+/// Names an edit may hold, kept as they are: an edit of one of these names costs no
+/// allocation ([`static_name`]).
+const KNOWN_NAMES: [&str; 14] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_SERVER,
+    X_FORWARDED_SCHEME,
+    X_SCRIPT_NAME,
+    X_FORWARDED_SCRIPT_NAME,
+    X_TRAVERSAL_PATH,
+    X_TRAVERSAL_QUERY_STRING,
+    X_WSGIPROXY_VERSION,
+    X_WSGIPROXY_SIGNATURE,
+    X_WSGIPROXY_ENDPOINT,
+    DATE,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PREFIX,
+];
+
+/// A header name as an edit keeps it: borrowed when it is one the protocol knows (its
+/// own headers, the payload headers' first few, the competing forwarding headers),
+/// else copied.
+pub fn static_name(name: &str) -> std::borrow::Cow<'static, str> {
+    if let Some(known) = KNOWN_NAMES.iter().chain(COMPETING_FORWARDING_HEADERS.iter()).find(|k| **k == name) {
+        return std::borrow::Cow::Borrowed(known);
+    }
+    if let Some(Ok((family, index))) = crate::codec::Family::parse_header_name(name) {
+        return family.header_name(index);
+    }
+    std::borrow::Cow::Owned(name.to_string())
+}
+
 /// True for every header that belongs to the protocol (names are lowercase, as Envoy gives them).
 pub fn is_protocol_header(name: &str) -> bool {
     name.starts_with(X_WSGIPROXY_PREFIX) || FIXED_PROTOCOL_HEADERS.contains(&name)

@@ -190,8 +190,9 @@ pub fn decide(
         };
     }
 
-    // Build the edits: strip, then deliver.
-    let mut edits = Edits::default();
+    // Build the edits: strip, then deliver (room for a signed request's protocol
+    // headers and what is delivered in their place).
+    let mut edits = Edits::with_capacity(16, 8);
     let delivered = |name: &str| {
         matches!(name, X_FORWARDED_HOST | X_FORWARDED_PROTO | X_FORWARDED_PREFIX | X_FORWARDED_FOR)
             || config.keys.values().any(|h| h == name)
@@ -227,7 +228,7 @@ pub fn decide(
         edits.set(X_FORWARDED_PREFIX, script_name);
     }
     for (header, value) in believed.keys {
-        edits.set(&header, value);
+        edits.set(header, value);
     }
     strip_consumed_rfc9421_signature(config, head, &mut edits);
     edits.into_decision()

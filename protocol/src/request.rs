@@ -1,18 +1,21 @@
 //! What a role sees of a request and what it decides about it.
 
+use std::borrow::Cow;
+
 use crate::reason::Reason;
 
 /// A request's headers, read once from the host (names lowercase, values raw bytes),
-/// kept in one buffer: the Wasm host's own serialised map, parsed in place, or one
-/// copy of Envoy's headers for the native module. Two allocations for the whole
-/// head, however many headers it has.
+/// in three allocations however many headers it has: the names in one string
+/// (checked UTF-8 once, as they are added), the values in one buffer (the Wasm
+/// host's own serialised map, read in place, or one copy of Envoy's headers for the
+/// native module), and their places.
 #[derive(Debug, Clone, Default)]
 pub struct RequestHead {
-    /// Names and values, back to back (the Wasm host's form has its count, lengths
-    /// and NUL separators in between, which no span covers).
-    buf: Vec<u8>,
-    /// Each header's name and value as ranges of `buf`, in order. Every name is UTF-8
-    /// (checked, or replaced by its lossy form, when the head is made).
+    names: String,
+    /// The values (the Wasm host's form has its count, lengths, names and NUL
+    /// separators in between, which no span covers).
+    values: Vec<u8>,
+    /// Each header's name, as a range of `names`, and value, as a range of `values`, in order.
     spans: Vec<Span>,
 }
 
@@ -24,47 +27,58 @@ struct Span {
 
 impl RequestHead {
     pub fn new(headers: Vec<(String, Vec<u8>)>) -> Self {
-        let bytes = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
-        let mut head = RequestHead::with_capacity(headers.len(), bytes);
+        let names = headers.iter().map(|(n, _)| n.len()).sum();
+        let values = headers.iter().map(|(_, v)| v.len()).sum();
+        let mut head = RequestHead::with_capacity(headers.len(), names, values);
         for (name, value) in &headers {
             head.push(name.as_bytes(), value);
         }
         head
     }
 
-    /// Room for `headers` headers of `bytes` bytes of names and values together.
-    pub fn with_capacity(headers: usize, bytes: usize) -> Self {
-        RequestHead { buf: Vec::with_capacity(bytes), spans: Vec::with_capacity(headers) }
+    /// Room for `headers` headers of `names` bytes of names and `values` of values.
+    pub fn with_capacity(headers: usize, names: usize, values: usize) -> Self {
+        RequestHead { names: String::with_capacity(names), values: Vec::with_capacity(values), spans: Vec::with_capacity(headers) }
     }
 
     /// Appends one header (a name that is not UTF-8 is kept in its lossy form).
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        let name: std::borrow::Cow<'_, [u8]> = match std::str::from_utf8(name) {
-            Ok(_) => name.into(),
-            Err(_) => String::from_utf8_lossy(name).into_owned().into_bytes().into(),
-        };
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&name);
-        let middle = self.buf.len();
-        self.buf.extend_from_slice(value);
-        let (Ok(start), Ok(middle), Ok(end)) = (u32::try_from(start), u32::try_from(middle), u32::try_from(self.buf.len())) else {
+        let start = self.values.len();
+        self.values.extend_from_slice(value);
+        let Some(value) = span(start, self.values.len()) else {
             // Past 4 GiB: no host sends such a head; drop what does not fit.
-            self.buf.truncate(start);
+            self.values.truncate(start);
             return;
         };
-        self.spans.push(Span { name: (start, middle), value: (middle, end) });
+        self.push_name(name, value);
+    }
+
+    fn push_name(&mut self, name: &[u8], value: (u32, u32)) {
+        let start = self.names.len();
+        match std::str::from_utf8(name) {
+            Ok(name) => self.names.push_str(name),
+            Err(_) => self.names.push_str(&String::from_utf8_lossy(name)),
+        }
+        match span(start, self.names.len()) {
+            Some(name) => self.spans.push(Span { name, value }),
+            None => self.names.truncate(start),
+        }
     }
 
     /// A head from the proxy-wasm host's serialised map (`proxy_get_header_map_pairs`:
     /// a u32 count, a u32 name length and value length per header, then each name and
-    /// value followed by a NUL), parsed in place. A malformed map gives the headers
-    /// read before the fault.
+    /// value followed by a NUL). The values are read in place; the names are copied
+    /// into one string. A malformed map gives the headers read before the fault.
     pub fn from_serialized_map(buf: Vec<u8>) -> Self {
         let word = |at: usize| buf.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(|b| u32::from_le_bytes(b) as usize);
-        let count = word(0).unwrap_or(0);
-        let mut spans = Vec::with_capacity(count.min(buf.len() / 8));
-        let mut at = 4usize.saturating_add(count.saturating_mul(8));
-        let mut lossy = false;
+        let count = word(0).unwrap_or(0).min(buf.len() / 8);
+        let table_end = 4usize.saturating_add(count.saturating_mul(8));
+        let mut head = RequestHead {
+            names: String::with_capacity(buf.len().saturating_sub(table_end)),
+            values: Vec::new(),
+            spans: Vec::with_capacity(count),
+        };
+        let mut at = table_end;
         for n in 0..count {
             let (Some(name_len), Some(value_len)) = (word(4 + n * 8), word(8 + n * 8)) else { break };
             let name_end = at.saturating_add(name_len);
@@ -74,33 +88,20 @@ impl RequestHead {
             if value_end >= buf.len() {
                 break;
             }
-            let (Ok(a), Ok(b), Ok(c), Ok(d)) =
-                (u32::try_from(at), u32::try_from(name_end), u32::try_from(value_start), u32::try_from(value_end))
-            else {
-                break;
-            };
-            lossy |= std::str::from_utf8(&buf[at..name_end]).is_err();
-            spans.push(Span { name: (a, b), value: (c, d) });
-            at = value_end.saturating_add(1);
+            let Some(value) = span(value_start, value_end) else { break };
+            head.push_name(&buf[at..name_end], value);
+            at = value_end + 1;
         }
-        let head = RequestHead { buf, spans };
-        if lossy {
-            // A name that is not UTF-8 (Envoy does not send one): copied, in its lossy form.
-            let mut copy = RequestHead::with_capacity(head.len(), head.buf.len());
-            for span in &head.spans {
-                copy.push(head.bytes(span.name), head.bytes(span.value));
-            }
-            return copy;
-        }
+        head.values = buf;
         head
     }
 
-    fn bytes(&self, (start, end): (u32, u32)) -> &[u8] {
-        self.buf.get(start as usize..end as usize).unwrap_or_default()
+    fn value(&self, span: &Span) -> &[u8] {
+        self.values.get(span.value.0 as usize..span.value.1 as usize).unwrap_or_default()
     }
 
     fn name(&self, span: &Span) -> &str {
-        std::str::from_utf8(self.bytes(span.name)).unwrap_or_default()
+        self.names.get(span.name.0 as usize..span.name.1 as usize).unwrap_or_default()
     }
 
     /// How many header lines.
@@ -114,7 +115,7 @@ impl RequestHead {
 
     /// Every header, in order, as (name, value).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
-        self.spans.iter().map(|s| (self.name(s), self.bytes(s.value)))
+        self.spans.iter().map(|s| (self.name(s), self.value(s)))
     }
 
     /// Every header, copied out (for what wants owned pairs).
@@ -124,7 +125,7 @@ impl RequestHead {
 
     /// The first value of a header.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.spans.iter().find(|s| self.bytes(s.name) == name.as_bytes()).map(|s| self.bytes(s.value))
+        self.spans.iter().find(|s| self.name(s) == name).map(|s| self.value(s))
     }
 
     /// The first value of a header, when it is UTF-8.
@@ -133,7 +134,7 @@ impl RequestHead {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.spans.iter().any(|s| self.bytes(s.name) == name.as_bytes())
+        self.spans.iter().any(|s| self.name(s) == name)
     }
 
     /// Names present, each once, that satisfy `pred`.
@@ -146,6 +147,11 @@ impl RequestHead {
         }
         names
     }
+}
+
+/// A range of a head's buffer, when it fits in u32s.
+fn span(start: usize, end: usize) -> Option<(u32, u32)> {
+    Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
 }
 
 /// A test's way to change a head: its headers as owned pairs, written back when
@@ -196,27 +202,34 @@ pub fn parse_peer_address(raw: &[u8]) -> Option<std::net::IpAddr> {
     Some(ip.to_canonical())
 }
 
-/// Header changes to apply, removals first.
+/// Header changes to apply, removals first. Names the protocol knows are kept
+/// borrowed (see [`crate::headers::static_name`]): no allocation per name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Edits {
-    pub remove: Vec<String>,
-    pub set: Vec<(String, Vec<u8>)>,
+    pub remove: Vec<Cow<'static, str>>,
+    pub set: Vec<(Cow<'static, str>, Vec<u8>)>,
 }
 
 impl Edits {
+    /// Room for `remove` removals and `set` sets.
+    pub fn with_capacity(remove: usize, set: usize) -> Self {
+        Edits { remove: Vec::with_capacity(remove), set: Vec::with_capacity(set) }
+    }
+
     /// Sets a header (once: a later set of the same name replaces the earlier one).
-    pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+    pub fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Vec<u8>>) {
+        let name = name.into();
         let value = value.into();
-        match self.set.iter_mut().find(|(n, _)| n == name) {
+        match self.set.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) => *v = value,
-            None => self.set.push((name.to_string(), value)),
+            None => self.set.push((name, value)),
         }
     }
 
     /// Removes a header, unless this edit also sets it (a set replaces every value).
     pub fn remove(&mut self, name: &str) {
         if !self.remove.iter().any(|n| n == name) {
-            self.remove.push(name.to_string());
+            self.remove.push(crate::headers::static_name(name));
         }
     }
 
@@ -230,7 +243,7 @@ impl Edits {
     /// The first header this edit would write with a value that cannot stand in a
     /// header (Envoy does not check what filters write).
     pub fn first_unsafe(&self) -> Option<&str> {
-        self.set.iter().find(|(_, v)| !crate::headers::is_safe_value(v)).map(|(n, _)| n.as_str())
+        self.set.iter().find(|(_, v)| !crate::headers::is_safe_value(v)).map(|(n, _)| n.as_ref())
     }
 
     /// Forwards with these edits, unless one of them would write an unsafe value.
@@ -305,7 +318,7 @@ mod tests {
         e.set("x-a", "1");
         e.set("x-b", "2");
         e.set("x-a", "3");
-        assert_eq!(e.set, [("x-a".to_string(), b"3".to_vec()), ("x-b".to_string(), b"2".to_vec())]);
+        assert_eq!(e.set, [("x-a".into(), b"3".to_vec()), ("x-b".into(), b"2".to_vec())]);
     }
 
     #[test]

@@ -216,19 +216,19 @@ impl Stream {
     pub fn headers(&self, map: HeaderMap) -> Vec<(String, Vec<u8>)> {
         self.read_headers(
             map,
-            |count, _| Vec::with_capacity(count),
+            |count, _, _| Vec::with_capacity(count),
             |all, name, value| all.push((header_name(name.to_vec()), value.to_vec())),
         )
     }
 
-    /// Every header of a map, in order, read in place: `make(count, bytes)` is told
-    /// how many headers and how many bytes of names and values there are, then `push`
+    /// Every header of a map, in order, read in place: `make(count, names, values)` is
+    /// told how many headers and how many bytes of names and of values there are, then `push`
     /// is given each (name, value) borrowed from Envoy's map, without a copy here.
     /// `T::default()` when the map is empty or unreadable.
     pub fn read_headers<T: Default>(
         &self,
         map: HeaderMap,
-        make: impl FnOnce(usize, usize) -> T,
+        make: impl FnOnce(usize, usize, usize) -> T,
         mut push: impl FnMut(&mut T, &[u8], &[u8]),
     ) -> T {
         // SAFETY: `self.0` is the live filter pointer of the current hook.
@@ -251,7 +251,7 @@ impl Stream {
         if !unsafe { envoy_dynamic_module_callback_http_get_headers(self.0, map, raw.as_mut_ptr()) } {
             return T::default();
         }
-        let mut out = make(count, raw.iter().map(|h| h.key_length + h.value_length).sum());
+        let mut out = make(count, raw.iter().map(|h| h.key_length).sum(), raw.iter().map(|h| h.value_length).sum());
         for h in raw.iter() {
             push(&mut out, envoy_bytes(h.key_ptr, h.key_length), envoy_bytes(h.value_ptr, h.value_length));
         }

@@ -514,8 +514,8 @@ fn through_app(app_json: &serde_json::Value, nonce: u8) -> RequestHead {
     let decision = app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default());
     let Decision::Forward(e) = decision else { panic!("{decision:?}") };
     let mut headers: Vec<(String, Vec<u8>)> =
-        client.to_pairs().into_iter().filter(|(n, _)| !e.remove.contains(n) && e.value_of(n).is_none()).collect();
-    headers.extend(e.set);
+        client.to_pairs().into_iter().filter(|(n, _)| !e.remove.iter().any(|r| r == n) && e.value_of(n).is_none()).collect();
+    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v)));
     RequestHead::new(headers)
 }
 

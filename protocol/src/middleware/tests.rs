@@ -253,8 +253,8 @@ fn through_app(app_json: &str, nonce: u8) -> RequestHead {
     let req = AppRequest { head: &client, downstream: peer_at("203.0.113.9"), https: true, now: now(), nonce: [nonce; 16] };
     let Decision::Forward(e) = app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()) else { panic!() };
     let mut headers: Vec<(String, Vec<u8>)> =
-        client.to_pairs().into_iter().filter(|(n, _)| !e.remove.contains(n) && e.value_of(n).is_none()).collect();
-    headers.extend(e.set);
+        client.to_pairs().into_iter().filter(|(n, _)| !e.remove.iter().any(|r| r == n) && e.value_of(n).is_none()).collect();
+    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v)));
     RequestHead::new(headers)
 }
 
@@ -443,7 +443,7 @@ fn rfc9421_round_trip_and_rejections() {
     assert_eq!(text(&e, "signature").as_deref(), Some("client=:AAAA:"));
     // Ours alone: consumed.
     let e = forward(run(&c, &through_app(&app_json, 9), "198.51.100.1"));
-    assert!(e.remove.contains(&"signature-input".to_string()) && e.remove.contains(&"signature".to_string()));
+    assert!(e.remove.iter().any(|n| n == "signature-input") && e.remove.iter().any(|n| n == "signature"));
     // Replayed, stale.
     assert_eq!(reply(run_at(&c, &h, "198.51.100.1", now(), &mut mem)).reason, Reason::SignatureReplayed);
     let late = now() + Duration::from_secs(301);
@@ -540,7 +540,7 @@ fn through_app_to(app_json: &str, nonce: u8, endpoint: &str) -> RequestHead {
     assert!(routed.get(X_WSGIPROXY_SIGNATURE).is_none() && routed.get("signature").is_none(), "signed before routing");
     let Decision::Forward(e) = app::sign_for_endpoint(&a, &routed, endpoint.parse().unwrap(), now(), &[nonce; 16]) else { panic!() };
     let mut headers: Vec<(String, Vec<u8>)> = routed.to_pairs().into_iter().filter(|(n, _)| e.value_of(n).is_none()).collect();
-    headers.extend(e.set);
+    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v)));
     RequestHead::new(headers)
 }
 
@@ -565,7 +565,7 @@ fn a_signature_bound_to_one_endpoint_is_refused_by_every_other() {
         // The replica it was signed for accepts it, the endpoint header does not reach the backend.
         let e = forward(run_on(&c, &to_a, "10.0.0.5:8080"));
         assert_eq!(text(&e, "x-remote-user").as_deref(), Some("bob"), "{mw_json}");
-        assert!(e.remove.contains(&X_WSGIPROXY_ENDPOINT.to_string()), "{e:?}");
+        assert!(e.remove.iter().any(|n| n == X_WSGIPROXY_ENDPOINT), "{e:?}");
         // Another replica refuses it; so does the same address on another port.
         for other in ["10.0.0.6:8080", "10.0.0.5:8081"] {
             let r = reply(run_on(&c, &to_a, other));
