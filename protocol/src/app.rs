@@ -73,12 +73,12 @@ pub fn attribute_text(path: &[String], raw: Vec<u8>) -> Vec<u8> {
 }
 
 /// Decides what to do with a request.
-pub fn decide(
-    config: &AppConfig,
-    req: &AppRequest<'_>,
+pub fn decide<'a>(
+    config: &'a AppConfig,
+    req: &AppRequest<'a>,
     property: &mut dyn FnMut(&[String]) -> Option<Vec<u8>>,
     outcome: &mut AppOutcome,
-) -> Decision {
+) -> Decision<'a> {
     let head = req.head;
     // The client address is the one thing the backend cannot check: never send one
     // the client may have written.
@@ -157,7 +157,7 @@ pub fn decide(
         }
     }
     if let Some(host) = client_host {
-        edits.set(X_FORWARDED_SERVER, host.to_vec());
+        edits.set(X_FORWARDED_SERVER, host);
     }
     let scheme = if req.https { "https" } else { "http" };
     edits.set(X_FORWARDED_SCHEME, scheme);
@@ -230,7 +230,7 @@ pub fn decide(
         let date = format_date(req.now);
         let method = head.get(METHOD).unwrap_or(b"GET").to_vec();
         let signed: Vec<(&str, &[u8])> =
-            edits.set.iter().filter(|(name, _)| is_signed_header(name)).map(|(n, v)| (n.as_ref(), v.as_slice())).collect();
+            edits.set.iter().filter(|(name, _)| is_signed_header(name)).map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
         let parts = SignedParts {
             method: &method,
             authority: config.href.authority.as_bytes(),
@@ -251,7 +251,13 @@ pub fn decide(
 /// chosen `endpoint`: signs the request as it stands (what `decide` made of it before
 /// routing) together with `X-WSGIProxy-Endpoint: {endpoint}`, in the configured
 /// format. Each attempt (a retry, a hedged request) is signed anew, with its own nonce.
-pub fn sign_for_endpoint(config: &AppConfig, head: &RequestHead, endpoint: SocketAddr, now: SystemTime, nonce: &Nonce) -> Decision {
+pub fn sign_for_endpoint(
+    config: &AppConfig,
+    head: &RequestHead,
+    endpoint: SocketAddr,
+    now: SystemTime,
+    nonce: &Nonce,
+) -> Decision<'static> {
     let Some(ring) = &config.signing else { return Decision::Forward(Edits::default()) };
     let mut edits = Edits::default();
     let endpoint = endpoint.to_string();
@@ -299,7 +305,7 @@ fn sign_rfc9421(
     config: &AppConfig,
     req: &AppRequest<'_>,
     target: &str,
-    edits: &mut Edits,
+    edits: &mut Edits<'_>,
     outcome: &mut AppOutcome,
 ) -> Result<(), LocalReply> {
     let Some(ring) = &config.signing else { return Ok(()) };
@@ -307,9 +313,9 @@ fn sign_rfc9421(
     // Sent in its normal form (no default port), which any receiver, over TLS or
     // not, reads as the `@authority` that was signed.
     let authority = rfc9421::normalize_authority(&config.href.authority, https);
-    edits.set(AUTHORITY, authority.as_str());
+    edits.set(AUTHORITY, authority.clone());
     let fields: Vec<(String, Vec<u8>)> =
-        edits.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.to_string(), v.clone())).collect();
+        edits.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
     let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
     let message = rfc9421::Message {
         method: req.head.get(METHOD).unwrap_or(b"GET"),
@@ -344,7 +350,7 @@ mod tests {
         RequestHead::new(pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
     }
 
-    fn run(config: &AppConfig, h: &RequestHead) -> Decision {
+    fn run(config: &AppConfig, h: &RequestHead) -> Decision<'static> {
         let req = AppRequest {
             head: h,
             downstream: Downstream { tcp_peer: "203.0.113.7".parse().ok(), ..Default::default() },
@@ -352,7 +358,7 @@ mod tests {
             now: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_485_600),
             nonce: [5; 16],
         };
-        decide(config, &req, &mut |p| (p[0] == "conn").then(|| b"CN=client".to_vec()), &mut AppOutcome::default())
+        decide(config, &req, &mut |p| (p[0] == "conn").then(|| b"CN=client".to_vec()), &mut AppOutcome::default()).into_owned()
     }
 
     fn edits(d: Decision) -> Edits {
@@ -476,7 +482,7 @@ mod tests {
         );
         // What the middleware receives verifies.
         let received: Vec<(String, Vec<u8>)> =
-            e.set.iter().filter(|(n, _)| !n.starts_with(':')).map(|(n, v)| (n.to_string(), v.clone())).collect();
+            e.set.iter().filter(|(n, _)| !n.starts_with(':')).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
         assert_eq!(received.iter().filter(|(n, _)| n == "signature").count(), 1, "the client's signature is replaced");
         let message = rfc9421::Message { method: b"POST", https: false, authority: b"backend", target: b"/app/x", fields: &received };
         let verified =
@@ -496,8 +502,7 @@ mod tests {
         assert_eq!(sig.nonce, [5; 16]);
         let date = e.value_of("date").unwrap();
         assert_eq!(date, b"Tue, 24 Nov 2026 02:00:00 GMT");
-        let signed: Vec<(&str, &[u8])> =
-            e.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.as_ref(), v.as_slice())).collect();
+        let signed: Vec<(&str, &[u8])> = e.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
         let parts = SignedParts { method: b"POST", authority: b"backend:8080", path: b"/app/x", date, protocol_headers: signed };
         assert!(verify_mac(c.signing.as_ref().unwrap(), &sig, &parts).is_ok());
     }

@@ -60,7 +60,7 @@ pub struct MiddlewareOutcome {
     pub peer_unknown: bool,
 }
 
-fn bad_request(reason: Reason, detail: impl Into<String>) -> Decision {
+fn bad_request(reason: Reason, detail: impl Into<String>) -> Decision<'static> {
     Decision::Reply(LocalReply::new(400, reason, detail))
 }
 
@@ -76,12 +76,12 @@ struct Believed {
     kept_pickles: Vec<String>,
 }
 
-pub fn decide(
-    config: &MiddlewareConfig,
-    req: &MiddlewareRequest<'_>,
+pub fn decide<'a>(
+    config: &'a MiddlewareConfig,
+    req: &MiddlewareRequest<'a>,
     nonces: &mut dyn NonceMemory,
     outcome: &mut MiddlewareOutcome,
-) -> Decision {
+) -> Decision<'a> {
     let head = req.head;
     let Some(target) = head.get_str(PATH) else {
         return bad_request(Reason::NoPath, "the request has no path");
@@ -215,7 +215,7 @@ pub fn decide(
         edits.set(PATH, new_target);
     }
     if head.get(AUTHORITY) != Some(host.as_bytes()) && !host.is_empty() {
-        edits.set(AUTHORITY, host.as_str());
+        edits.set(AUTHORITY, host.clone());
     }
     if !host.is_empty() {
         edits.set(X_FORWARDED_HOST, host);
@@ -234,7 +234,7 @@ pub fn decide(
     edits.into_decision()
 }
 
-fn signature_reply(rejection: Rejection) -> Decision {
+fn signature_reply(rejection: Rejection) -> Decision<'static> {
     let detail = match rejection {
         Rejection::Missing => "the request is not signed",
         Rejection::Bad => "the request signature is not valid",
@@ -254,7 +254,7 @@ fn signature_reply(rejection: Rejection) -> Decision {
 }
 
 /// Refuses duplicate, oversized or control-character protocol headers and too many payloads.
-fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision> {
+fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision<'static>> {
     let mut seen: Vec<&str> = Vec::new();
     let mut payloads = 0;
     for (name, value) in head.iter() {
@@ -283,7 +283,7 @@ fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision> {
 
 /// `bind_endpoint`: the verified signature must have been made for this receiver, so
 /// that a request captured on its way to one replica is refused by every other.
-fn check_endpoint(binding: &EndpointBinding, head: &RequestHead, local: Option<SocketAddr>) -> Result<(), Decision> {
+fn check_endpoint(binding: &EndpointBinding, head: &RequestHead, local: Option<SocketAddr>) -> Result<(), Decision<'static>> {
     let refuse = |reason, detail: String| Err(Decision::Reply(LocalReply::new(403, reason, detail)));
     let Some(named) = head.get_str(X_WSGIPROXY_ENDPOINT) else {
         return refuse(Reason::EndpointMissing, "the signature names no endpoint (the sender signs before choosing one)".into());
@@ -310,7 +310,7 @@ fn verify(
     ring: &crate::signature::KeyRing,
     req: &MiddlewareRequest<'_>,
     nonces: &mut dyn NonceMemory,
-) -> Result<(), Result<Rejection, Decision>> {
+) -> Result<(), Result<Rejection, Decision<'static>>> {
     if config.signature_format == SignatureFormat::Rfc9421 {
         return verify_rfc9421(config, ring, req, nonces);
     }
@@ -346,7 +346,7 @@ fn verify_rfc9421(
     ring: &crate::signature::KeyRing,
     req: &MiddlewareRequest<'_>,
     nonces: &mut dyn NonceMemory,
-) -> Result<(), Result<Rejection, Decision>> {
+) -> Result<(), Result<Rejection, Decision<'static>>> {
     let head = req.head;
     let fields = head.to_pairs();
     let message = rfc9421::Message {
@@ -362,7 +362,7 @@ fn verify_rfc9421(
 
 /// RFC 9421: our member of `Signature-Input` and `Signature` is consumed like the
 /// protocol headers; other signatures pass on untouched.
-fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHead, edits: &mut Edits) {
+fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHead, edits: &mut Edits<'_>) {
     if config.signature_format != SignatureFormat::Rfc9421 {
         return;
     }
@@ -377,7 +377,12 @@ fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHea
 }
 
 /// Records a verified signature's nonce; a replay or an unusable memory is refused.
-fn remember_nonce(nonces: &mut dyn NonceMemory, nonce: &Nonce, signed_at: u64, now: SystemTime) -> Result<(), Result<Rejection, Decision>> {
+fn remember_nonce(
+    nonces: &mut dyn NonceMemory,
+    nonce: &Nonce,
+    signed_at: u64,
+    now: SystemTime,
+) -> Result<(), Result<Rejection, Decision<'static>>> {
     let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     match nonces.remember(nonce, signed_at, now_secs) {
         Ok(Verdict::Fresh) => Ok(()),
@@ -412,7 +417,7 @@ fn believe(
     path: &str,
     tcp_peer: Option<IpAddr>,
     outcome: &mut MiddlewareOutcome,
-) -> Result<Believed, Decision> {
+) -> Result<Believed, Decision<'static>> {
     let mut b = Believed::default();
     if let Some(v) = head.get(X_WSGIPROXY_VERSION) {
         if v != PROTOCOL_VERSION.as_bytes() {

@@ -203,23 +203,24 @@ pub fn parse_peer_address(raw: &[u8]) -> Option<std::net::IpAddr> {
 }
 
 /// Header changes to apply, removals first. Names the protocol knows are kept
-/// borrowed (see [`crate::headers::static_name`]): no allocation per name.
+/// borrowed (see [`crate::headers::static_name`]), and so are values taken as they
+/// are from the configuration or the request (`'a`): no allocation for either.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Edits {
+pub struct Edits<'a> {
     pub remove: Vec<Cow<'static, str>>,
-    pub set: Vec<(Cow<'static, str>, Vec<u8>)>,
+    pub set: Vec<(Cow<'static, str>, Cow<'a, [u8]>)>,
 }
 
-impl Edits {
+impl<'a> Edits<'a> {
     /// Room for `remove` removals and `set` sets.
     pub fn with_capacity(remove: usize, set: usize) -> Self {
         Edits { remove: Vec::with_capacity(remove), set: Vec::with_capacity(set) }
     }
 
     /// Sets a header (once: a later set of the same name replaces the earlier one).
-    pub fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Vec<u8>>) {
+    pub fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Value<'a>>) {
         let name = name.into();
-        let value = value.into();
+        let value = value.into().0;
         match self.set.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) => *v = value,
             None => self.set.push((name, value)),
@@ -247,7 +248,7 @@ impl Edits {
     }
 
     /// Forwards with these edits, unless one of them would write an unsafe value.
-    pub fn into_decision(self) -> Decision {
+    pub fn into_decision(self) -> Decision<'a> {
         match self.first_unsafe() {
             Some(name) => Decision::Reply(LocalReply::new(
                 400,
@@ -262,8 +263,53 @@ impl Edits {
         self.remove.is_empty() && self.set.is_empty()
     }
 
+    /// The same edits, owning their values.
+    pub fn into_owned(self) -> Edits<'static> {
+        Edits { remove: self.remove, set: self.set.into_iter().map(|(n, v)| (n, Cow::Owned(v.into_owned()))).collect() }
+    }
+
     pub fn value_of(&self, name: &str) -> Option<&[u8]> {
-        self.set.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.set.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
+    }
+}
+
+/// A header value for [`Edits::set`]: borrowed from `&[u8]` and `&str`, owned from
+/// `Vec<u8>` and `String`.
+pub struct Value<'a>(pub Cow<'a, [u8]>);
+
+impl<'a> From<&'a [u8]> for Value<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Value(Cow::Borrowed(v))
+    }
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Value(Cow::Borrowed(v.as_bytes()))
+    }
+}
+
+impl From<Vec<u8>> for Value<'_> {
+    fn from(v: Vec<u8>) -> Self {
+        Value(Cow::Owned(v))
+    }
+}
+
+impl From<String> for Value<'_> {
+    fn from(v: String) -> Self {
+        Value(Cow::Owned(v.into_bytes()))
+    }
+}
+
+impl<'a> From<Cow<'a, [u8]>> for Value<'a> {
+    fn from(v: Cow<'a, [u8]>) -> Self {
+        Value(v)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Value<'a> {
+    fn from(v: &'a [u8; N]) -> Self {
+        Value(Cow::Borrowed(v))
     }
 }
 
@@ -301,10 +347,20 @@ impl LocalReply {
     }
 }
 
+impl Decision<'_> {
+    /// The same decision, owning its values.
+    pub fn into_owned(self) -> Decision<'static> {
+        match self {
+            Decision::Forward(edits) => Decision::Forward(edits.into_owned()),
+            Decision::Reply(reply) => Decision::Reply(reply),
+        }
+    }
+}
+
 /// What a role decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Forward(Edits),
+pub enum Decision<'a> {
+    Forward(Edits<'a>),
     Reply(LocalReply),
 }
 
@@ -318,7 +374,7 @@ mod tests {
         e.set("x-a", "1");
         e.set("x-b", "2");
         e.set("x-a", "3");
-        assert_eq!(e.set, [("x-a".into(), b"3".to_vec()), ("x-b".into(), b"2".to_vec())]);
+        assert_eq!(e.set, [("x-a".into(), b"3"[..].into()), ("x-b".into(), b"2"[..].into())]);
     }
 
     #[test]

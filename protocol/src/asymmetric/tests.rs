@@ -515,7 +515,7 @@ fn through_app(app_json: &serde_json::Value, nonce: u8) -> RequestHead {
     let Decision::Forward(e) = decision else { panic!("{decision:?}") };
     let mut headers: Vec<(String, Vec<u8>)> =
         client.to_pairs().into_iter().filter(|(n, _)| !e.remove.iter().any(|r| r == n) && e.value_of(n).is_none()).collect();
-    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v)));
+    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())));
     RequestHead::new(headers)
 }
 

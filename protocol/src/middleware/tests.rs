@@ -28,9 +28,9 @@ fn head(pairs: &[(&str, &str)]) -> RequestHead {
     RequestHead::new(pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
 }
 
-fn run_at(c: &MiddlewareConfig, h: &RequestHead, peer: &str, at: SystemTime, mem: &mut Memory) -> Decision {
+fn run_at(c: &MiddlewareConfig, h: &RequestHead, peer: &str, at: SystemTime, mem: &mut Memory) -> Decision<'static> {
     let req = MiddlewareRequest { head: h, downstream: peer_at(peer), https: false, now: at, local_address: None };
-    decide(c, &req, mem, &mut MiddlewareOutcome::default())
+    decide(c, &req, mem, &mut MiddlewareOutcome::default()).into_owned()
 }
 
 /// A connection whose TCP peer (recorded by the network filter) is `peer`.
@@ -38,7 +38,7 @@ fn peer_at(peer: &str) -> Downstream {
     Downstream { tcp_peer: Some(peer.parse().unwrap()), ..Default::default() }
 }
 
-fn run(c: &MiddlewareConfig, h: &RequestHead, peer: &str) -> Decision {
+fn run(c: &MiddlewareConfig, h: &RequestHead, peer: &str) -> Decision<'static> {
     run_at(c, h, peer, now(), &mut Memory(HashSet::new()))
 }
 
@@ -135,7 +135,7 @@ fn competing_headers_and_underscore_spellings_are_stripped_for_everyone() {
     for peer in ["10.1.2.3", "192.0.2.1"] {
         let mut outcome = MiddlewareOutcome::default();
         let req = MiddlewareRequest { head: &h, downstream: peer_at(peer), https: false, now: now(), local_address: None };
-        let e = forward(decide(&mw(TRUSTING), &req, &mut Memory(HashSet::new()), &mut outcome));
+        let e = forward(decide(&mw(TRUSTING), &req, &mut Memory(HashSet::new()), &mut outcome).into_owned());
         for gone in ["forwarded", "x-forwarded-port", "x-real-ip", "x_remote_user", "x_forwarded_host", "x_wsgiproxy_str_9"] {
             assert!(e.remove.iter().any(|r| r == gone), "{peer}: {gone} not removed");
         }
@@ -254,7 +254,7 @@ fn through_app(app_json: &str, nonce: u8) -> RequestHead {
     let Decision::Forward(e) = app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()) else { panic!() };
     let mut headers: Vec<(String, Vec<u8>)> =
         client.to_pairs().into_iter().filter(|(n, _)| !e.remove.iter().any(|r| r == n) && e.value_of(n).is_none()).collect();
-    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v)));
+    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())));
     RequestHead::new(headers)
 }
 
@@ -312,10 +312,10 @@ fn authorities() {
     }
 }
 
-fn run_with(c: &MiddlewareConfig, h: &RequestHead, downstream: Downstream, https: bool) -> (Decision, MiddlewareOutcome) {
+fn run_with(c: &MiddlewareConfig, h: &RequestHead, downstream: Downstream, https: bool) -> (Decision<'static>, MiddlewareOutcome) {
     let mut outcome = MiddlewareOutcome::default();
     let req = MiddlewareRequest { head: h, downstream, https, now: now(), local_address: None };
-    (decide(c, &req, &mut Memory(HashSet::new()), &mut outcome), outcome)
+    (decide(c, &req, &mut Memory(HashSet::new()), &mut outcome).into_owned(), outcome)
 }
 
 fn believed_user(d: Decision) -> Option<String> {
@@ -490,9 +490,9 @@ fn process_memory(began: SystemTime) -> crate::replay::ProcessMemory {
     crate::replay::ProcessMemory::new(crate::replay::FingerprintKey::new([5; 16]), crate::replay::Window::for_skew(300), 1 << 20, began)
 }
 
-fn run_with_memory(c: &MiddlewareConfig, h: &RequestHead, memory: &crate::replay::ProcessMemory) -> Decision {
+fn run_with_memory(c: &MiddlewareConfig, h: &RequestHead, memory: &crate::replay::ProcessMemory) -> Decision<'static> {
     let req = MiddlewareRequest { head: h, downstream: peer_at("198.51.100.1"), https: false, now: now(), local_address: None };
-    decide(c, &req, &mut &*memory, &mut MiddlewareOutcome::default())
+    decide(c, &req, &mut &*memory, &mut MiddlewareOutcome::default()).into_owned()
 }
 
 #[test]
@@ -540,11 +540,11 @@ fn through_app_to(app_json: &str, nonce: u8, endpoint: &str) -> RequestHead {
     assert!(routed.get(X_WSGIPROXY_SIGNATURE).is_none() && routed.get("signature").is_none(), "signed before routing");
     let Decision::Forward(e) = app::sign_for_endpoint(&a, &routed, endpoint.parse().unwrap(), now(), &[nonce; 16]) else { panic!() };
     let mut headers: Vec<(String, Vec<u8>)> = routed.to_pairs().into_iter().filter(|(n, _)| e.value_of(n).is_none()).collect();
-    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v)));
+    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())));
     RequestHead::new(headers)
 }
 
-fn run_on(c: &MiddlewareConfig, h: &RequestHead, local: &str) -> Decision {
+fn run_on(c: &MiddlewareConfig, h: &RequestHead, local: &str) -> Decision<'static> {
     let req = MiddlewareRequest {
         head: h,
         downstream: peer_at("198.51.100.1"),
@@ -552,7 +552,7 @@ fn run_on(c: &MiddlewareConfig, h: &RequestHead, local: &str) -> Decision {
         now: now(),
         local_address: Some(local.parse().unwrap()),
     };
-    decide(c, &req, &mut Memory(HashSet::new()), &mut MiddlewareOutcome::default())
+    decide(c, &req, &mut Memory(HashSet::new()), &mut MiddlewareOutcome::default()).into_owned()
 }
 
 #[test]
