@@ -113,8 +113,9 @@ pub fn decide<'a>(
         return Decision::Reply(LocalReply::new(400, Reason::UnsafePath, "the path holds dot segments, back slashes or encoded slashes"));
     }
 
-    // The role sets up to 16 headers; its removals are the client's forgeries.
-    let mut edits = Edits::with_capacity(4, 16);
+    // The role sets up to 16 headers; its removals, the client's forgeries, are
+    // rare (no room is made for them until one is found).
+    let mut edits = Edits::with_capacity(0, 16);
     for name in head.names_where(|n| is_protocol_header(n) || is_underscore_spelling_of(n, is_protocol_header)) {
         edits.remove(name);
         // Envoy itself puts the peer in X-Forwarded-For at the edge: not a client's forgery.
@@ -163,15 +164,12 @@ pub fn decide<'a>(
     edits.set(X_FORWARDED_SCHEME, scheme);
     if config.rewrite_response {
         if let Some(host) = client_host.and_then(|h| std::str::from_utf8(h).ok()) {
-            outcome.client_view = Some(ClientView {
-                scheme: scheme.to_string(),
-                host: host.to_string(),
-                mount: config.script_name.clone().unwrap_or_default(),
-            });
+            outcome.client_view =
+                Some(ClientView { scheme, host: host.to_string(), mount: config.script_name.clone().unwrap_or_default() });
         }
     }
     if let Some(ip) = client_ip {
-        edits.set(X_FORWARDED_FOR, ip.to_string());
+        edits.set(X_FORWARDED_FOR, crate::request::ip_text(ip));
     }
     if let Some(mount) = &config.script_name {
         edits.set(X_SCRIPT_NAME, mount.as_str());

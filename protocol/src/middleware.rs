@@ -222,7 +222,7 @@ pub fn decide<'a>(
     }
     edits.set(X_FORWARDED_PROTO, scheme);
     if let Some(ip) = client_ip {
-        edits.set(X_FORWARDED_FOR, ip.to_string());
+        edits.set(X_FORWARDED_FOR, crate::request::ip_text(ip));
     }
     if !script_name.is_empty() {
         edits.set(X_FORWARDED_PREFIX, script_name);

@@ -202,6 +202,26 @@ pub fn parse_peer_address(raw: &[u8]) -> Option<std::net::IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// An address as text, as `IpAddr`'s `Display` writes it; an IPv4 address without
+/// the formatting machinery (a tenth of its cost).
+pub fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else { return ip.to_string() };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 /// Header changes to apply, removals first. Names the protocol knows are kept
 /// borrowed (see [`crate::headers::static_name`]), and so are values taken as they
 /// are from the configuration or the request (`'a`): no allocation for either.
@@ -405,6 +425,18 @@ mod tests {
         let mut odd = 1u32.to_le_bytes().to_vec();
         odd.extend_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 0xff, 0, b'v', 0]);
         assert_eq!(RequestHead::from_serialized_map(odd).iter().collect::<Vec<_>>(), [("\u{fffd}", &b"v"[..])]);
+    }
+
+    #[test]
+    fn addresses_as_text() {
+        for ip in ["0.0.0.0", "1.2.3.4", "10.0.0.255", "100.99.9.10", "255.255.255.255", "::1", "2001:db8::7", "::ffff:1.2.3.4"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = std::net::IpAddr::from([n, 255 - n, n / 3, n % 7]);
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]
