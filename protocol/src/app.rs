@@ -226,11 +226,11 @@ pub fn decide<'a>(
     }
     if let Some(ring) = &config.signing {
         let date = format_date(req.now);
-        let method = head.get(METHOD).unwrap_or(b"GET").to_vec();
+        let method = head.get(METHOD).unwrap_or(b"GET");
         let signed: Vec<(&str, &[u8])> =
             edits.set.iter().filter(|(name, _)| is_signed_header(name)).map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
         let parts = SignedParts {
-            method: &method,
+            method,
             authority: config.href.authority.as_bytes(),
             path: new_target.as_bytes(),
             date: date.as_bytes(),

@@ -261,17 +261,22 @@ pub struct SignedParts<'a> {
 pub fn canonical_string(algorithm: Algorithm, key_id: &str, nonce: &Nonce, parts: &SignedParts<'_>) -> Vec<u8> {
     let mut headers: Vec<&(&str, &[u8])> = parts.protocol_headers.iter().filter(|(name, _)| *name != X_WSGIPROXY_SIGNATURE).collect();
     headers.sort();
-    let mut out = Vec::with_capacity(256);
-    for line in [
+    let mut hex = [0u8; NONCE_LEN * 2];
+    let nonce_hex = hex_into(nonce, &mut hex);
+    let lines = [
         CANONICAL_VERSION.as_bytes(),
         algorithm.name().as_bytes(),
         key_id.as_bytes(),
-        hex::encode(nonce).as_bytes(),
+        nonce_hex,
         parts.date,
         parts.method,
         parts.authority,
         parts.path,
-    ] {
+    ];
+    // Its exact size, so that it is made in one allocation.
+    let size = lines.iter().map(|l| l.len() + 1).sum::<usize>() + headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    for line in lines {
         out.extend_from_slice(line);
         out.push(b'\n');
     }
@@ -284,6 +289,42 @@ pub fn canonical_string(algorithm: Algorithm, key_id: &str, nonce: &Nonce, parts
     out
 }
 
+/// `bytes` in lowercase hex, written into `out` (twice its length), which is returned.
+fn hex_into<'o>(bytes: &[u8], out: &'o mut [u8]) -> &'o [u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+    &out[..bytes.len() * 2]
+}
+
+/// Appends `bytes` in lowercase hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
+/// Hex digits (either case) into `out`, which must be half their length.
+fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    if text.len() != out.len() * 2 {
+        return None;
+    }
+    for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *b = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(())
+}
+
 /// True for the headers a signature covers besides method, host, path and Date.
 pub fn is_signed_header(name: &str) -> bool {
     is_protocol_header(name) && name != X_WSGIPROXY_SIGNATURE
@@ -293,7 +334,13 @@ pub fn is_signed_header(name: &str) -> bool {
 pub fn sign(ring: &KeyRing, nonce: &Nonce, parts: &SignedParts<'_>) -> Option<String> {
     let key = ring.signing_key()?;
     let mac = key.mac.mac(&canonical_string(ring.algorithm, &key.id, nonce, parts));
-    Some(format!("{} {} {}", key.id, hex::encode(nonce), hex::encode(mac)))
+    let mut value = String::with_capacity(key.id.len() + 2 + 2 * (nonce.len() + mac.len()));
+    value.push_str(&key.id);
+    value.push(' ');
+    push_hex(&mut value, nonce);
+    value.push(' ');
+    push_hex(&mut value, &mac);
+    Some(value)
 }
 
 /// A parsed signature header.
@@ -315,8 +362,13 @@ impl SignatureHeader {
             return None;
         }
         let mut nonce_bytes = [0u8; NONCE_LEN];
-        hex::decode_to_slice(nonce, &mut nonce_bytes).ok()?;
-        Some(SignatureHeader { key_id: key_id.to_string(), nonce: nonce_bytes, mac: hex::decode(mac).ok()? })
+        unhex_into(nonce.as_bytes(), &mut nonce_bytes)?;
+        if mac.len() % 2 != 0 {
+            return None;
+        }
+        let mut mac_bytes = vec![0u8; mac.len() / 2];
+        unhex_into(mac.as_bytes(), &mut mac_bytes)?;
+        Some(SignatureHeader { key_id: key_id.to_string(), nonce: nonce_bytes, mac: mac_bytes })
     }
 }
 
@@ -452,6 +504,24 @@ mod tests {
         let header = sign(&old, &[1; NONCE_LEN], &p).unwrap();
         let sig = SignatureHeader::parse(header.as_bytes()).unwrap();
         assert_eq!(verify_mac(&ring(Algorithm::HmacSha1), &sig, &p), Ok(()));
+    }
+
+    #[test]
+    fn hex_as_the_hex_crate_writes_and_reads_it() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut out = vec![0u8; 512];
+        assert_eq!(hex_into(&bytes, &mut out), hex::encode(&bytes).as_bytes());
+        let mut text = String::new();
+        push_hex(&mut text, &bytes);
+        assert_eq!(text, hex::encode(&bytes));
+        for t in [hex::encode(&bytes), hex::encode_upper(&bytes), "0g".repeat(256), "zz".into(), String::new()] {
+            let mut back = vec![0u8; t.len() / 2];
+            assert_eq!(unhex_into(t.as_bytes(), &mut back).is_some(), hex::decode(&t).is_ok(), "{t}");
+            if let Ok(decoded) = hex::decode(&t) {
+                assert_eq!(back, decoded);
+            }
+        }
+        assert!(unhex_into(b"abc", &mut [0u8; 1]).is_none());
     }
 
     #[test]
