@@ -205,7 +205,8 @@ pub fn decide<'a>(
     }
 
     // Kept for signing only: unsigned, the target moves into the edit.
-    let signed_target = if config.signing.is_some() { new_target.clone() } else { String::new() };
+    let rfc9421_signing = config.signing.is_some() && config.signature_format == SignatureFormat::Rfc9421;
+    let signed_target = if rfc9421_signing { new_target.clone() } else { String::new() };
     edits.set(PATH, new_target);
     let new_target = signed_target;
     edits.set(AUTHORITY, config.href.authority.as_str());
@@ -232,11 +233,13 @@ pub fn decide<'a>(
         let parts = SignedParts {
             method,
             authority: config.href.authority.as_bytes(),
-            path: new_target.as_bytes(),
+            // The target as it is sent, from the edit that sends it.
+            path: edits.value_of(PATH).unwrap_or_default(),
             date: date.as_bytes(),
             protocol_headers: signed,
         };
-        if let Some(signature) = sign(ring, &req.nonce, &parts) {
+        let signature = sign(ring, &req.nonce, &parts);
+        if let Some(signature) = signature {
             edits.set(DATE, date);
             edits.set(X_WSGIPROXY_SIGNATURE, signature);
             outcome.signed = true;
