@@ -152,7 +152,7 @@ mod tests {
     fn setup() -> (Href, ClientView) {
         (
             Href::parse("http://backend:8080/myapp").unwrap(),
-            ClientView { scheme: "https".into(), host: "www.example.com".into(), mount: "/blog".into() },
+            ClientView { scheme: "https", host: "www.example.com".into(), mount: "/blog".into() },
         )
     }
 
