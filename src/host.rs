@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{Action, BufferType, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType, Status};
 use wsgiproxy_protocol::driver::spawn::SpawnFlow;
 use wsgiproxy_protocol::driver::Flow;
 use wsgiproxy_protocol::host::{CalloutAnswer, HeaderMap, Host, ReportHost, Warning};
@@ -55,15 +55,38 @@ fn map_type(map: HeaderMap) -> MapType {
     }
 }
 
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map_type: MapType, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> Status;
+}
+
+/// A header map as the host serialises it, in the buffer the host filled (allocated
+/// through the SDK's `proxy_on_memory_allocate`, as the SDK's own reader does); empty
+/// on any failure.
+fn serialized_map(map: MapType) -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer and a size to the two locals. The pointer,
+    // when not null, is a buffer of `size` bytes the host allocated in the guest with
+    // `proxy_on_memory_allocate` (a `Vec<u8>` of that capacity, leaked): owning it
+    // as that `Vec` is what the SDK's `get_map_bytes` does too.
+    unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
+    }
+}
+
 fn attribute(path: Vec<&str>) -> Option<Vec<u8>> {
     hostcalls::get_property(path).ok().flatten()
 }
 
 impl Host for WasmHost<'_> {
-    /// One host call for the whole map.
+    /// One host call for the whole map, parsed in place: the host's serialised map is
+    /// the head's buffer (the SDK's reader would copy each name and value out).
     fn request_head(&mut self) -> RequestHead {
-        let headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default().into_iter().collect();
-        RequestHead::new(headers)
+        RequestHead::from_serialized_map(serialized_map(MapType::HttpRequestHeaders))
     }
 
     fn header(&mut self, map: HeaderMap, name: &str) -> Option<Vec<u8>> {

@@ -6,11 +6,11 @@
 //! counter. Ids are defined once per VM and cached.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use wsgiproxy_protocol::counters::NameMap;
 
 /// How often counts reach Envoy's stats.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -18,9 +18,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 #[derive(Default)]
 pub struct Metrics {
     /// name → (Envoy metric id, count not yet sent)
-    counters: RefCell<HashMap<String, (Option<u32>, u64)>>,
+    counters: RefCell<NameMap<(Option<u32>, u64)>>,
     /// name → Envoy metric id
-    gauges: RefCell<HashMap<String, u32>>,
+    gauges: RefCell<NameMap<u32>>,
 }
 
 fn define(name: &str) -> Option<u32> {

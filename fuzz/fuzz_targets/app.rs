@@ -27,9 +27,9 @@ fuzz_target!(|data: &[u8]| {
         nonce: [7; 16],
     };
     if let Decision::Forward(edits) = decide(&config, &req, &mut |_| None, &mut AppOutcome::default()) {
-        for (name, client_value) in &head.headers {
+        for (name, client_value) in head.iter() {
             if is_protocol_header(name) {
-                let kept = !edits.remove.contains(name) && !edits.set.iter().any(|(n, _)| n == name);
+                let kept = !edits.remove.iter().any(|n| n == name) && !edits.set.iter().any(|(n, _)| n == name);
                 assert!(!kept, "client's {name}: {client_value:?} passed");
             }
         }

@@ -1,15 +1,16 @@
 //! Envoy counters, defined once per configuration (Envoy allows it only while the
 //! configuration is made) and shown under the filter's metrics namespace.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use wsgiproxy_protocol::counters::NameMap;
 
 use crate::abi::{ConfigHandle, Stream};
 
 /// Counter name → Envoy's id; the replay memory's gauge, and the value it was last set to.
 #[derive(Default)]
 pub struct Metrics {
-    ids: HashMap<String, usize>,
+    ids: NameMap<usize>,
     replay_gauge: Option<(usize, AtomicU64)>,
 }
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use crate::codec::{encode_payload, is_json, Family};
 use crate::config::{AppConfig, KeySource};
 use crate::headers::*;
-use crate::paths::{has_unsafe_segment, join_query, split_query, strip_segment_prefix, with_query};
+use crate::paths::{has_unsafe_segment, split_query, strip_segment_prefix};
 use crate::reason::Reason;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 use crate::response::ClientView;
@@ -73,12 +73,12 @@ pub fn attribute_text(path: &[String], raw: Vec<u8>) -> Vec<u8> {
 }
 
 /// Decides what to do with a request.
-pub fn decide(
-    config: &AppConfig,
-    req: &AppRequest<'_>,
+pub fn decide<'a>(
+    config: &'a AppConfig,
+    req: &AppRequest<'a>,
     property: &mut dyn FnMut(&[String]) -> Option<Vec<u8>>,
     outcome: &mut AppOutcome,
-) -> Decision {
+) -> Decision<'a> {
     let head = req.head;
     // The client address is the one thing the backend cannot check: never send one
     // the client may have written.
@@ -113,20 +113,41 @@ pub fn decide(
         return Decision::Reply(LocalReply::new(400, Reason::UnsafePath, "the path holds dot segments, back slashes or encoded slashes"));
     }
 
-    let mut edits = Edits::default();
+    // The role sets up to 16 headers; its removals, the client's forgeries, are
+    // rare (no room is made for them until one is found).
+    let mut edits = Edits::with_capacity(0, 16);
     for name in head.names_where(|n| is_protocol_header(n) || is_underscore_spelling_of(n, is_protocol_header)) {
-        edits.remove(&name);
+        edits.remove(name);
         // Envoy itself puts the peer in X-Forwarded-For at the edge: not a client's forgery.
         if name != X_FORWARDED_FOR {
             outcome.stripped += 1;
         }
     }
 
-    let mut new_path = format!("{}{}", config.href.path, rest);
-    if new_path.is_empty() {
-        new_path.push('/');
+    // The href's path, the rest, and the two queries joined (`with_query` of
+    // `join_query`), in one allocation.
+    let query = query.filter(|q| !q.is_empty());
+    let href_query = config.href.query.as_deref().filter(|q| !q.is_empty());
+    let mut new_target =
+        String::with_capacity(config.href.path.len() + rest.len() + 3 + query.map_or(0, str::len) + href_query.map_or(0, str::len));
+    new_target.push_str(&config.href.path);
+    new_target.push_str(rest);
+    if new_target.is_empty() {
+        new_target.push('/');
     }
-    let new_target = with_query(&new_path, join_query(query, config.href.query.as_deref()).as_deref());
+    match (query, href_query) {
+        (Some(a), Some(b)) => {
+            new_target.push('?');
+            new_target.push_str(a);
+            new_target.push('&');
+            new_target.push_str(b);
+        }
+        (Some(q), None) | (None, Some(q)) => {
+            new_target.push('?');
+            new_target.push_str(q);
+        }
+        (None, None) => {}
+    }
 
     // The Host the client asked for, with its port if it gave one: host[:port] only
     // (no user information, path or comma), since it is reflected into redirects.
@@ -137,21 +158,18 @@ pub fn decide(
         }
     }
     if let Some(host) = client_host {
-        edits.set(X_FORWARDED_SERVER, host.to_vec());
+        edits.set(X_FORWARDED_SERVER, host);
     }
     let scheme = if req.https { "https" } else { "http" };
     edits.set(X_FORWARDED_SCHEME, scheme);
     if config.rewrite_response {
         if let Some(host) = client_host.and_then(|h| std::str::from_utf8(h).ok()) {
-            outcome.client_view = Some(ClientView {
-                scheme: scheme.to_string(),
-                host: host.to_string(),
-                mount: config.script_name.clone().unwrap_or_default(),
-            });
+            outcome.client_view =
+                Some(ClientView { scheme, host: host.to_string(), mount: config.script_name.clone().unwrap_or_default() });
         }
     }
     if let Some(ip) = client_ip {
-        edits.set(X_FORWARDED_FOR, ip.to_string());
+        edits.set(X_FORWARDED_FOR, crate::request::ip_text(ip));
     }
     if let Some(mount) = &config.script_name {
         edits.set(X_SCRIPT_NAME, mount.as_str());
@@ -166,10 +184,10 @@ pub fn decide(
 
     let mut counts = [0usize; 4];
     for spec in &config.keys {
-        let value = match &spec.source {
-            KeySource::Value(v) => Some(v.clone()),
-            KeySource::Header(h) => head.get(h).map(<[u8]>::to_vec),
-            KeySource::Property(p) => property(p).map(|raw| attribute_text(p, raw)),
+        let value: Option<std::borrow::Cow<'_, [u8]>> = match &spec.source {
+            KeySource::Value(v) => Some(v.as_slice().into()),
+            KeySource::Header(h) => head.get(h).map(Into::into),
+            KeySource::Property(p) => property(p).map(|raw| attribute_text(p, raw).into()),
         };
         let Some(value) = value else { continue };
         let usable = match spec.family {
@@ -182,11 +200,15 @@ pub fn decide(
             continue;
         }
         let slot = spec.family as usize;
-        edits.set(&spec.family.header_name(counts[slot]), encode_payload(&spec.key, &value));
+        edits.set(spec.family.header_name(counts[slot]), encode_payload(&spec.key, &value));
         counts[slot] += 1;
     }
 
-    edits.set(PATH, new_target.clone());
+    // Kept for signing only: unsigned, the target moves into the edit.
+    let rfc9421_signing = config.signing.is_some() && config.signature_format == SignatureFormat::Rfc9421;
+    let signed_target = if rfc9421_signing { new_target.clone() } else { String::new() };
+    edits.set(PATH, new_target);
+    let new_target = signed_target;
     edits.set(AUTHORITY, config.href.authority.as_str());
 
     if config.bind_endpoint {
@@ -205,17 +227,19 @@ pub fn decide(
     }
     if let Some(ring) = &config.signing {
         let date = format_date(req.now);
-        let method = head.get(METHOD).unwrap_or(b"GET").to_vec();
+        let method = head.get(METHOD).unwrap_or(b"GET");
         let signed: Vec<(&str, &[u8])> =
-            edits.set.iter().filter(|(name, _)| is_signed_header(name)).map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+            edits.set.iter().filter(|(name, _)| is_signed_header(name)).map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
         let parts = SignedParts {
-            method: &method,
+            method,
             authority: config.href.authority.as_bytes(),
-            path: new_target.as_bytes(),
+            // The target as it is sent, from the edit that sends it.
+            path: edits.value_of(PATH).unwrap_or_default(),
             date: date.as_bytes(),
             protocol_headers: signed,
         };
-        if let Some(signature) = sign(ring, &req.nonce, &parts) {
+        let signature = sign(ring, &req.nonce, &parts);
+        if let Some(signature) = signature {
             edits.set(DATE, date);
             edits.set(X_WSGIPROXY_SIGNATURE, signature);
             outcome.signed = true;
@@ -228,18 +252,20 @@ pub fn decide(
 /// chosen `endpoint`: signs the request as it stands (what `decide` made of it before
 /// routing) together with `X-WSGIProxy-Endpoint: {endpoint}`, in the configured
 /// format. Each attempt (a retry, a hedged request) is signed anew, with its own nonce.
-pub fn sign_for_endpoint(config: &AppConfig, head: &RequestHead, endpoint: SocketAddr, now: SystemTime, nonce: &Nonce) -> Decision {
+pub fn sign_for_endpoint(
+    config: &AppConfig,
+    head: &RequestHead,
+    endpoint: SocketAddr,
+    now: SystemTime,
+    nonce: &Nonce,
+) -> Decision<'static> {
     let Some(ring) = &config.signing else { return Decision::Forward(Edits::default()) };
     let mut edits = Edits::default();
     let endpoint = endpoint.to_string();
     // Every protocol header the request holds is signed, the endpoint with them; any
     // signature already there (none, as `decide` left it) is replaced.
-    let mut fields: Vec<(String, Vec<u8>)> = head
-        .headers
-        .iter()
-        .filter(|(n, _)| is_signed_header(n) && n != X_WSGIPROXY_ENDPOINT)
-        .map(|(n, v)| (n.clone(), v.clone()))
-        .collect();
+    let mut fields: Vec<(String, Vec<u8>)> =
+        head.iter().filter(|(n, _)| is_signed_header(n) && *n != X_WSGIPROXY_ENDPOINT).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
     fields.push((X_WSGIPROXY_ENDPOINT.to_string(), endpoint.clone().into_bytes()));
     edits.set(X_WSGIPROXY_ENDPOINT, endpoint);
     let method = head.get(METHOD).unwrap_or(b"GET");
@@ -280,7 +306,7 @@ fn sign_rfc9421(
     config: &AppConfig,
     req: &AppRequest<'_>,
     target: &str,
-    edits: &mut Edits,
+    edits: &mut Edits<'_>,
     outcome: &mut AppOutcome,
 ) -> Result<(), LocalReply> {
     let Some(ring) = &config.signing else { return Ok(()) };
@@ -288,8 +314,9 @@ fn sign_rfc9421(
     // Sent in its normal form (no default port), which any receiver, over TLS or
     // not, reads as the `@authority` that was signed.
     let authority = rfc9421::normalize_authority(&config.href.authority, https);
-    edits.set(AUTHORITY, authority.as_str());
-    let fields: Vec<(String, Vec<u8>)> = edits.set.iter().filter(|(n, _)| is_signed_header(n)).cloned().collect();
+    edits.set(AUTHORITY, authority.clone());
+    let fields: Vec<(String, Vec<u8>)> =
+        edits.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
     let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
     let message = rfc9421::Message {
         method: req.head.get(METHOD).unwrap_or(b"GET"),
@@ -324,7 +351,7 @@ mod tests {
         RequestHead::new(pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect())
     }
 
-    fn run(config: &AppConfig, h: &RequestHead) -> Decision {
+    fn run(config: &AppConfig, h: &RequestHead) -> Decision<'static> {
         let req = AppRequest {
             head: h,
             downstream: Downstream { tcp_peer: "203.0.113.7".parse().ok(), ..Default::default() },
@@ -332,7 +359,7 @@ mod tests {
             now: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_485_600),
             nonce: [5; 16],
         };
-        decide(config, &req, &mut |p| (p[0] == "conn").then(|| b"CN=client".to_vec()), &mut AppOutcome::default())
+        decide(config, &req, &mut |p| (p[0] == "conn").then(|| b"CN=client".to_vec()), &mut AppOutcome::default()).into_owned()
     }
 
     fn edits(d: Decision) -> Edits {
@@ -381,11 +408,11 @@ mod tests {
         assert_eq!(text(&e, "x-wsgiproxy-unicode-0").as_deref(), Some("name b64Sm9zw6k="));
         assert_eq!(text(&e, "x-wsgiproxy-json-0").as_deref(), Some("roles [\"admin\"]"));
         assert_eq!(text(&e, "x-wsgiproxy-json-1"), None);
-        assert!(e.remove.contains(&"x-wsgiproxy-str-5".to_string()));
-        assert!(e.remove.contains(&"x_wsgiproxy_str_0".to_string()), "underscore spellings too");
-        assert!(!e.remove.contains(&"x_custom".to_string()));
-        assert!(e.remove.contains(&"x-script-name".to_string()) || text(&e, "x-script-name").is_some());
-        assert!(!e.remove.contains(&"x-forwarded-for".to_string()), "a set replaces it");
+        assert!(e.remove.iter().any(|n| n == "x-wsgiproxy-str-5"));
+        assert!(e.remove.iter().any(|n| n == "x_wsgiproxy_str_0"), "underscore spellings too");
+        assert!(!e.remove.iter().any(|n| n == "x_custom"));
+        assert!(e.remove.iter().any(|n| n == "x-script-name") || text(&e, "x-script-name").is_some());
+        assert!(!e.remove.iter().any(|n| n == "x-forwarded-for"), "a set replaces it");
     }
 
     #[test]
@@ -455,7 +482,8 @@ mod tests {
             r#"wsgiproxy=("@method" "@authority" "@path" "@query" "x-forwarded-for" "x-forwarded-scheme" "x-forwarded-server" "x-traversal-path" "x-wsgiproxy-str-0" "x-wsgiproxy-version");created=1795485600;keyid="k1";alg="hmac-sha256";nonce="05050505050505050505050505050505""#
         );
         // What the middleware receives verifies.
-        let received: Vec<(String, Vec<u8>)> = e.set.iter().filter(|(n, _)| !n.starts_with(':')).cloned().collect();
+        let received: Vec<(String, Vec<u8>)> =
+            e.set.iter().filter(|(n, _)| !n.starts_with(':')).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
         assert_eq!(received.iter().filter(|(n, _)| n == "signature").count(), 1, "the client's signature is replaced");
         let message = rfc9421::Message { method: b"POST", https: false, authority: b"backend", target: b"/app/x", fields: &received };
         let verified =
@@ -475,8 +503,7 @@ mod tests {
         assert_eq!(sig.nonce, [5; 16]);
         let date = e.value_of("date").unwrap();
         assert_eq!(date, b"Tue, 24 Nov 2026 02:00:00 GMT");
-        let signed: Vec<(&str, &[u8])> =
-            e.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.as_str(), v.as_slice())).collect();
+        let signed: Vec<(&str, &[u8])> = e.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
         let parts = SignedParts { method: b"POST", authority: b"backend:8080", path: b"/app/x", date, protocol_headers: signed };
         assert!(verify_mac(c.signing.as_ref().unwrap(), &sig, &parts).is_ok());
     }

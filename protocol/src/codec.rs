@@ -27,8 +27,55 @@ impl Family {
         }
     }
 
-    pub fn header_name(self, index: usize) -> String {
-        format!("{}{}", self.header_prefix(), index)
+    /// The name of the payload header `index` of this family: the first eight are
+    /// static, the others made.
+    pub fn header_name(self, index: usize) -> std::borrow::Cow<'static, str> {
+        const NAMES: [[&str; 8]; 4] = [
+            [
+                "x-wsgiproxy-str-0",
+                "x-wsgiproxy-str-1",
+                "x-wsgiproxy-str-2",
+                "x-wsgiproxy-str-3",
+                "x-wsgiproxy-str-4",
+                "x-wsgiproxy-str-5",
+                "x-wsgiproxy-str-6",
+                "x-wsgiproxy-str-7",
+            ],
+            [
+                "x-wsgiproxy-unicode-0",
+                "x-wsgiproxy-unicode-1",
+                "x-wsgiproxy-unicode-2",
+                "x-wsgiproxy-unicode-3",
+                "x-wsgiproxy-unicode-4",
+                "x-wsgiproxy-unicode-5",
+                "x-wsgiproxy-unicode-6",
+                "x-wsgiproxy-unicode-7",
+            ],
+            [
+                "x-wsgiproxy-json-0",
+                "x-wsgiproxy-json-1",
+                "x-wsgiproxy-json-2",
+                "x-wsgiproxy-json-3",
+                "x-wsgiproxy-json-4",
+                "x-wsgiproxy-json-5",
+                "x-wsgiproxy-json-6",
+                "x-wsgiproxy-json-7",
+            ],
+            [
+                "x-wsgiproxy-pickle-0",
+                "x-wsgiproxy-pickle-1",
+                "x-wsgiproxy-pickle-2",
+                "x-wsgiproxy-pickle-3",
+                "x-wsgiproxy-pickle-4",
+                "x-wsgiproxy-pickle-5",
+                "x-wsgiproxy-pickle-6",
+                "x-wsgiproxy-pickle-7",
+            ],
+        ];
+        match NAMES[self as usize].get(index) {
+            Some(name) => std::borrow::Cow::Borrowed(name),
+            None => std::borrow::Cow::Owned(format!("{}{}", self.header_prefix(), index)),
+        }
     }
 
     /// The family and index of a payload header name, `None` when it is not one.
@@ -75,22 +122,29 @@ pub fn needs_base64(value: &[u8]) -> bool {
 
 /// Encodes one value for the wire.
 pub fn encode_value(value: &[u8]) -> String {
+    let mut out = String::with_capacity(3 + value.len().div_ceil(3) * 4);
+    encode_value_into(value, &mut out);
+    out
+}
+
+/// [`encode_value`], appended to `out`.
+fn encode_value_into(value: &[u8], out: &mut String) {
     if needs_base64(value) {
-        let mut out = String::with_capacity(3 + value.len().div_ceil(3) * 4);
         out.push_str("b64");
-        STANDARD.encode_string(value, &mut out);
-        out
+        STANDARD.encode_string(value, out);
     } else {
         // needs_base64 returned false, so every byte is printable ASCII.
-        value.iter().map(|&b| b as char).collect()
+        out.extend(value.iter().map(|&b| b as char));
     }
 }
 
-/// The whole payload header value: `{url-quoted key} {encoded value}`.
+/// The whole payload header value: `{url-quoted key} {encoded value}`, made in one
+/// allocation.
 pub fn encode_payload(key: &str, value: &[u8]) -> String {
-    let mut out = utf8_percent_encode(key, QUOTE_SET).to_string();
+    let mut out = String::with_capacity(key.len() + 4 + value.len().div_ceil(3) * 4);
+    out.extend(utf8_percent_encode(key, QUOTE_SET));
     out.push(' ');
-    out.push_str(&encode_value(value));
+    encode_value_into(value, &mut out);
     out
 }
 
@@ -199,6 +253,11 @@ mod tests {
     #[test]
     fn header_names() {
         assert_eq!(Family::Json.header_name(2), "x-wsgiproxy-json-2");
+        for family in Family::ALL {
+            for index in 0..12 {
+                assert_eq!(family.header_name(index), format!("{}{index}", family.header_prefix()));
+            }
+        }
         assert_eq!(Family::parse_header_name("x-wsgiproxy-str-0"), Some(Ok((Family::Str, 0))));
         assert_eq!(Family::parse_header_name("x-wsgiproxy-pickle-12"), Some(Ok((Family::Pickle, 12))));
         assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-01"), Some(Err(_))));

@@ -9,6 +9,33 @@
 
 use crate::reason::Reason;
 
+/// The hasher of the loaders' counter tables: FNV-1a, several times cheaper than the
+/// standard SipHash for a short name. The names are the filter's own (this module's),
+/// never a client's, so flooding one bucket is not a concern.
+#[derive(Debug, Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by counter name, hashed with [`NameHasher`].
+pub type NameMap<V> = std::collections::HashMap<String, V, std::hash::BuildHasherDefault<NameHasher>>;
+
 pub mod app {
     pub const REQUESTS: &str = "app.requests";
     pub const FORWARDED: &str = "app.forwarded";

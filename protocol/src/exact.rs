@@ -143,11 +143,11 @@ pub struct ExactConfig {
     pub allow_hosts: Vec<HostPattern>,
 }
 
-fn refuse(host: &str, why: &str) -> Decision {
+fn refuse(host: &str, why: &str) -> Decision<'static> {
     Decision::Reply(LocalReply::new(403, Reason::DestinationNotAllowed, format!("this proxy does not forward to {host}: {why}")))
 }
 
-pub fn decide(config: &ExactConfig, head: &RequestHead) -> Decision {
+pub fn decide(config: &ExactConfig, head: &RequestHead) -> Decision<'static> {
     let (shown, destination, port) = match requested(head) {
         Ok(requested) => requested,
         Err(reply) => return reply,
@@ -164,7 +164,7 @@ pub fn decide(config: &ExactConfig, head: &RequestHead) -> Decision {
 /// through by a pattern that vouches for where it resolves. A listed name or domain
 /// is trusted as listed; a name allowed only by `*` must resolve to a public
 /// address. (IP literals were judged by address before routing.)
-pub fn decide_resolved(config: &ExactConfig, head: &RequestHead, resolved: IpAddr) -> Decision {
+pub fn decide_resolved(config: &ExactConfig, head: &RequestHead, resolved: IpAddr) -> Decision<'static> {
     let (shown, destination, port) = match requested(head) {
         Ok(requested) => requested,
         Err(reply) => return reply,
@@ -187,7 +187,7 @@ pub fn decide_resolved(config: &ExactConfig, head: &RequestHead, resolved: IpAdd
 
 /// The server the Host names: (the Host as shown in replies, the destination, its
 /// port, 80 when none is given), or a 400 when it names none.
-fn requested(head: &RequestHead) -> Result<(String, Destination, u16), Decision> {
+fn requested(head: &RequestHead) -> Result<(String, Destination, u16), Decision<'static>> {
     let raw = head.get(AUTHORITY).unwrap_or_default();
     let shown = String::from_utf8_lossy(raw).into_owned();
     let Some((host, port)) = parse_authority(raw) else {

@@ -38,6 +38,38 @@ const FIXED_PROTOCOL_HEADERS: [&str; 7] = [
     X_TRAVERSAL_QUERY_STRING,
 ];
 
+/// Names an edit may hold, kept as they are: an edit of one of these names costs no
+/// allocation ([`static_name`]).
+const KNOWN_NAMES: [&str; 14] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_SERVER,
+    X_FORWARDED_SCHEME,
+    X_SCRIPT_NAME,
+    X_FORWARDED_SCRIPT_NAME,
+    X_TRAVERSAL_PATH,
+    X_TRAVERSAL_QUERY_STRING,
+    X_WSGIPROXY_VERSION,
+    X_WSGIPROXY_SIGNATURE,
+    X_WSGIPROXY_ENDPOINT,
+    DATE,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PREFIX,
+];
+
+/// A header name as an edit keeps it: borrowed when it is one the protocol knows (its
+/// own headers, the payload headers' first few, the competing forwarding headers),
+/// else copied.
+pub fn static_name(name: &str) -> std::borrow::Cow<'static, str> {
+    if let Some(known) = KNOWN_NAMES.iter().chain(COMPETING_FORWARDING_HEADERS.iter()).find(|k| **k == name) {
+        return std::borrow::Cow::Borrowed(known);
+    }
+    if let Some(Ok((family, index))) = crate::codec::Family::parse_header_name(name) {
+        return family.header_name(index);
+    }
+    std::borrow::Cow::Owned(name.to_string())
+}
+
 /// True for every header that belongs to the protocol (names are lowercase, as Envoy gives them).
 pub fn is_protocol_header(name: &str) -> bool {
     name.starts_with(X_WSGIPROXY_PREFIX) || FIXED_PROTOCOL_HEADERS.contains(&name)
@@ -73,7 +105,23 @@ pub fn is_underscore_spelling_of(name: &str, pred: impl Fn(&str) -> bool) -> boo
 /// A header value a filter may write: Envoy does not check what filters write, so we do.
 /// Refuses control characters (CR, LF, NUL and the rest, except tab) and DEL.
 pub fn is_safe_value(value: &[u8]) -> bool {
-    value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let byte_ok = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
+    // Eight bytes at a time: a word with no byte below 0x20 and none equal to 0x7f
+    // is safe as it stands; any other word is checked byte by byte (a tab is allowed).
+    let mut words = value.chunks_exact(8);
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let w = u64::from_le_bytes(bytes);
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let del = (w ^ (ONES * 0x7f)).wrapping_sub(ONES) & !(w ^ (ONES * 0x7f)) & HIGHS;
+        if (below_space | del) != 0 && !word.iter().all(byte_ok) {
+            return false;
+        }
+    }
+    words.remainder().iter().all(byte_ok)
 }
 
 /// An HTTP token (RFC 9110) in lowercase: what a configured header name must be.
@@ -138,6 +186,28 @@ pub fn parse_authority(value: &[u8]) -> Option<(&str, Option<u16>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safe_values_word_by_word_as_byte_by_byte() {
+        let reference = |v: &[u8]| v.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+        for len in 0..20 {
+            for at in 0..len.max(1) {
+                for b in 0..=255u8 {
+                    let mut v = vec![b'a'; len];
+                    if len > 0 {
+                        v[at] = b;
+                    }
+                    assert_eq!(is_safe_value(&v), reference(&v), "{v:?}");
+                    // Next to bytes above 0x7f and tabs, which are allowed.
+                    let mut w: Vec<u8> = (0..len).map(|i| [0x80, b'\t', 0xff, b' ', 0x7e][i % 5]).collect();
+                    if len > 0 {
+                        w[at] = b;
+                    }
+                    assert_eq!(is_safe_value(&w), reference(&w), "{w:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn protocol_headers() {

@@ -36,6 +36,20 @@ pub trait Host {
     /// Every value of a header that may repeat, in order, appended to `found` as (name, value).
     fn header_values(&mut self, map: HeaderMap, name: &str, found: &mut Vec<(String, Vec<u8>)>);
 
+    /// The first value of each header of `names`, but every value of the one named
+    /// `repeated`, appended to `found` as (name, value), grouped in the order of `names`.
+    /// By default one read per name; a loader that can scan the map in place does it
+    /// in one.
+    fn headers_named(&mut self, map: HeaderMap, names: &[&str], repeated: &str, found: &mut Vec<(String, Vec<u8>)>) {
+        for name in names {
+            if *name == repeated {
+                self.header_values(map, name, found);
+            } else if let Some(value) = self.header(map, name) {
+                found.push(((*name).to_string(), value));
+            }
+        }
+    }
+
     /// Replaces every value of `name` (adds it when absent).
     fn set_header(&mut self, map: HeaderMap, name: &str, value: &[u8]);
 

@@ -60,7 +60,7 @@ pub struct MiddlewareOutcome {
     pub peer_unknown: bool,
 }
 
-fn bad_request(reason: Reason, detail: impl Into<String>) -> Decision {
+fn bad_request(reason: Reason, detail: impl Into<String>) -> Decision<'static> {
     Decision::Reply(LocalReply::new(400, reason, detail))
 }
 
@@ -76,12 +76,12 @@ struct Believed {
     kept_pickles: Vec<String>,
 }
 
-pub fn decide(
-    config: &MiddlewareConfig,
-    req: &MiddlewareRequest<'_>,
+pub fn decide<'a>(
+    config: &'a MiddlewareConfig,
+    req: &MiddlewareRequest<'a>,
     nonces: &mut dyn NonceMemory,
     outcome: &mut MiddlewareOutcome,
-) -> Decision {
+) -> Decision<'a> {
     let head = req.head;
     let Some(target) = head.get_str(PATH) else {
         return bad_request(Reason::NoPath, "the request has no path");
@@ -190,8 +190,9 @@ pub fn decide(
         };
     }
 
-    // Build the edits: strip, then deliver.
-    let mut edits = Edits::default();
+    // Build the edits: strip, then deliver (room for a signed request's protocol
+    // headers and what is delivered in their place).
+    let mut edits = Edits::with_capacity(16, 8);
     let delivered = |name: &str| {
         matches!(name, X_FORWARDED_HOST | X_FORWARDED_PROTO | X_FORWARDED_PREFIX | X_FORWARDED_FOR)
             || config.keys.values().any(|h| h == name)
@@ -201,11 +202,11 @@ pub fn decide(
     let consumed = |name: &str| is_protocol_header(name) || delivered(name);
     let unwanted = |name: &str| consumed(name) || COMPETING_FORWARDING_HEADERS.contains(&name);
     for name in head.names_where(|n| unwanted(n) || is_underscore_spelling_of(n, unwanted)) {
-        if believed.kept_pickles.contains(&name) {
+        if believed.kept_pickles.iter().any(|k| k == name) {
             continue;
         }
-        edits.remove(&name);
-        if !trusted || !consumed(&name) {
+        edits.remove(name);
+        if !trusted || !consumed(name) {
             outcome.stripped += 1;
         }
     }
@@ -214,26 +215,26 @@ pub fn decide(
         edits.set(PATH, new_target);
     }
     if head.get(AUTHORITY) != Some(host.as_bytes()) && !host.is_empty() {
-        edits.set(AUTHORITY, host.as_str());
+        edits.set(AUTHORITY, host.clone());
     }
     if !host.is_empty() {
         edits.set(X_FORWARDED_HOST, host);
     }
     edits.set(X_FORWARDED_PROTO, scheme);
     if let Some(ip) = client_ip {
-        edits.set(X_FORWARDED_FOR, ip.to_string());
+        edits.set(X_FORWARDED_FOR, crate::request::ip_text(ip));
     }
     if !script_name.is_empty() {
         edits.set(X_FORWARDED_PREFIX, script_name);
     }
     for (header, value) in believed.keys {
-        edits.set(&header, value);
+        edits.set(header, value);
     }
     strip_consumed_rfc9421_signature(config, head, &mut edits);
     edits.into_decision()
 }
 
-fn signature_reply(rejection: Rejection) -> Decision {
+fn signature_reply(rejection: Rejection) -> Decision<'static> {
     let detail = match rejection {
         Rejection::Missing => "the request is not signed",
         Rejection::Bad => "the request signature is not valid",
@@ -253,14 +254,14 @@ fn signature_reply(rejection: Rejection) -> Decision {
 }
 
 /// Refuses duplicate, oversized or control-character protocol headers and too many payloads.
-fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision> {
+fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision<'static>> {
     let mut seen: Vec<&str> = Vec::new();
     let mut payloads = 0;
-    for (name, value) in &head.headers {
+    for (name, value) in head.iter() {
         if !is_protocol_header(name) {
             continue;
         }
-        if seen.contains(&name.as_str()) {
+        if seen.contains(&name) {
             return Err(bad_request(Reason::DuplicateHeader, format!("the header {name} is given more than once")));
         }
         seen.push(name);
@@ -282,7 +283,7 @@ fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision> {
 
 /// `bind_endpoint`: the verified signature must have been made for this receiver, so
 /// that a request captured on its way to one replica is refused by every other.
-fn check_endpoint(binding: &EndpointBinding, head: &RequestHead, local: Option<SocketAddr>) -> Result<(), Decision> {
+fn check_endpoint(binding: &EndpointBinding, head: &RequestHead, local: Option<SocketAddr>) -> Result<(), Decision<'static>> {
     let refuse = |reason, detail: String| Err(Decision::Reply(LocalReply::new(403, reason, detail)));
     let Some(named) = head.get_str(X_WSGIPROXY_ENDPOINT) else {
         return refuse(Reason::EndpointMissing, "the signature names no endpoint (the sender signs before choosing one)".into());
@@ -309,7 +310,7 @@ fn verify(
     ring: &crate::signature::KeyRing,
     req: &MiddlewareRequest<'_>,
     nonces: &mut dyn NonceMemory,
-) -> Result<(), Result<Rejection, Decision>> {
+) -> Result<(), Result<Rejection, Decision<'static>>> {
     if config.signature_format == SignatureFormat::Rfc9421 {
         return verify_rfc9421(config, ring, req, nonces);
     }
@@ -326,12 +327,11 @@ fn verify(
         path: head.get(PATH).unwrap_or_default(),
         date,
         protocol_headers: head
-            .headers
             .iter()
             .filter(|(n, _)| crate::signature::is_signed_header(n))
-            .map(|(n, v)| match n.as_str() {
-                X_FORWARDED_FOR => (n.as_str(), sender_forwarded_for(v, req.downstream.tcp_peer)),
-                _ => (n.as_str(), v.as_slice()),
+            .map(|(n, v)| match n {
+                X_FORWARDED_FOR => (n, sender_forwarded_for(v, req.downstream.tcp_peer)),
+                _ => (n, v),
             })
             .collect(),
     };
@@ -346,14 +346,15 @@ fn verify_rfc9421(
     ring: &crate::signature::KeyRing,
     req: &MiddlewareRequest<'_>,
     nonces: &mut dyn NonceMemory,
-) -> Result<(), Result<Rejection, Decision>> {
+) -> Result<(), Result<Rejection, Decision<'static>>> {
     let head = req.head;
+    let fields = head.to_pairs();
     let message = rfc9421::Message {
         method: head.get(METHOD).unwrap_or_default(),
         https: req.https,
         authority: head.get(AUTHORITY).unwrap_or_default(),
         target: head.get(PATH).unwrap_or_default(),
-        fields: &head.headers,
+        fields: &fields,
     };
     let verified = rfc9421::verify(ring, &message, req.now, config.max_skew, crate::signature::is_signed_header).map_err(Ok)?;
     remember_nonce(nonces, &verified.nonce, verified.created, req.now)
@@ -361,12 +362,13 @@ fn verify_rfc9421(
 
 /// RFC 9421: our member of `Signature-Input` and `Signature` is consumed like the
 /// protocol headers; other signatures pass on untouched.
-fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHead, edits: &mut Edits) {
+fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHead, edits: &mut Edits<'_>) {
     if config.signature_format != SignatureFormat::Rfc9421 {
         return;
     }
+    let fields = head.to_pairs();
     for name in [rfc9421::SIGNATURE_INPUT, rfc9421::SIGNATURE] {
-        match rfc9421::combined(&head.headers, name).map(|v| rfc9421::without_our_member(&v)) {
+        match rfc9421::combined(&fields, name).map(|v| rfc9421::without_our_member(&v)) {
             Some(rfc9421::Consumed::Rest(rest)) => edits.set(name, rest),
             Some(rfc9421::Consumed::All) => edits.remove(name),
             Some(rfc9421::Consumed::NotOurs) | None => {}
@@ -375,7 +377,12 @@ fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHea
 }
 
 /// Records a verified signature's nonce; a replay or an unusable memory is refused.
-fn remember_nonce(nonces: &mut dyn NonceMemory, nonce: &Nonce, signed_at: u64, now: SystemTime) -> Result<(), Result<Rejection, Decision>> {
+fn remember_nonce(
+    nonces: &mut dyn NonceMemory,
+    nonce: &Nonce,
+    signed_at: u64,
+    now: SystemTime,
+) -> Result<(), Result<Rejection, Decision<'static>>> {
     let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     match nonces.remember(nonce, signed_at, now_secs) {
         Ok(Verdict::Fresh) => Ok(()),
@@ -410,7 +417,7 @@ fn believe(
     path: &str,
     tcp_peer: Option<IpAddr>,
     outcome: &mut MiddlewareOutcome,
-) -> Result<Believed, Decision> {
+) -> Result<Believed, Decision<'static>> {
     let mut b = Believed::default();
     if let Some(v) = head.get(X_WSGIPROXY_VERSION) {
         if v != PROTOCOL_VERSION.as_bytes() {
@@ -461,7 +468,7 @@ fn believe(
     }
 
     let mut seen_keys: Vec<String> = Vec::new();
-    for (name, value) in &head.headers {
+    for (name, value) in head.iter() {
         let Some(parsed) = Family::parse_header_name(name) else { continue };
         let (family, _) = parsed.map_err(|e| bad_request(Reason::BadPayloadIndex, e))?;
         let (key, wire) = split_payload(value).map_err(|e| bad_request(Reason::BadPayload, format!("{name}: {e}")))?;
@@ -475,7 +482,7 @@ fn believe(
         };
         if family == Family::Pickle {
             if config.allow_pickle {
-                b.kept_pickles.push(name.clone());
+                b.kept_pickles.push(name.to_string());
             } else {
                 outcome.dropped_keys += 1;
             }

@@ -66,14 +66,16 @@ pub fn normalize_prefix(value: &str) -> Result<String, PathError> {
 /// (`.`, `..`, their percent-encoded forms) or a back slash or encoded slash:
 /// after a prefix is removed, such a path could escape its mount point.
 pub fn has_unsafe_segment(path: &str) -> bool {
-    if path.contains('\\') {
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
         return true;
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
+    // `%2f` or `%5c`, in either case (`| 0x20` lowercases an ASCII letter and maps
+    // no other byte to `f` or `c`).
+    if bytes.windows(3).any(|w| w[0] == b'%' && ((w[1] == b'2' && (w[2] | 0x20) == b'f') || (w[1] == b'5' && (w[2] | 0x20) == b'c'))) {
         return true;
     }
-    lower.split('/').any(|segment| matches!(segment, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+    path.split('/').any(|segment| [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."].iter().any(|dot| segment.eq_ignore_ascii_case(dot)))
 }
 
 #[cfg(test)]
@@ -113,6 +115,27 @@ mod tests {
         assert!(normalize_prefix("/a?b").is_err());
         assert!(normalize_prefix("/a\\b").is_err());
         assert!(normalize_prefix("/a b").is_err());
+    }
+
+    #[test]
+    fn unsafe_segments_as_the_lowercasing_reading_found_them() {
+        // What the function did before it stopped allocating: lowercase, then look.
+        let reference = |path: &str| {
+            let lower = path.to_ascii_lowercase();
+            path.contains('\\')
+                || lower.contains("%2f")
+                || lower.contains("%5c")
+                || lower.split('/').any(|segment| matches!(segment, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+        };
+        let alphabet = ['/', '.', '%', '2', '5', 'e', 'E', 'f', 'F', 'c', 'C', '\\', 'a', 'é'];
+        let mut paths = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> = paths.iter().flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}"))).collect();
+            for path in &longer {
+                assert_eq!(has_unsafe_segment(path), reference(path), "{path:?}");
+            }
+            paths = longer;
+        }
     }
 
     #[test]

@@ -1,21 +1,131 @@
 //! What a role sees of a request and what it decides about it.
 
+use std::borrow::Cow;
+
 use crate::reason::Reason;
 
-/// A request's headers, read once from the host (names lowercase, values raw bytes).
+/// A request's headers, read once from the host (names lowercase, values raw bytes),
+/// in three allocations however many headers it has: the names in one string
+/// (checked UTF-8 once, as they are added), the values in one buffer (the Wasm
+/// host's own serialised map, read in place, or one copy of Envoy's headers for the
+/// native module), and their places.
 #[derive(Debug, Clone, Default)]
 pub struct RequestHead {
-    pub headers: Vec<(String, Vec<u8>)>,
+    names: String,
+    /// The values (the Wasm host's form has its count, lengths, names and NUL
+    /// separators in between, which no span covers).
+    values: Vec<u8>,
+    /// Each header's name, as a range of `names`, and value, as a range of `values`, in order.
+    spans: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 impl RequestHead {
     pub fn new(headers: Vec<(String, Vec<u8>)>) -> Self {
-        RequestHead { headers }
+        let names = headers.iter().map(|(n, _)| n.len()).sum();
+        let values = headers.iter().map(|(_, v)| v.len()).sum();
+        let mut head = RequestHead::with_capacity(headers.len(), names, values);
+        for (name, value) in &headers {
+            head.push(name.as_bytes(), value);
+        }
+        head
+    }
+
+    /// Room for `headers` headers of `names` bytes of names and `values` of values.
+    pub fn with_capacity(headers: usize, names: usize, values: usize) -> Self {
+        RequestHead { names: String::with_capacity(names), values: Vec::with_capacity(values), spans: Vec::with_capacity(headers) }
+    }
+
+    /// Appends one header (a name that is not UTF-8 is kept in its lossy form).
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.values.len();
+        self.values.extend_from_slice(value);
+        let Some(value) = span(start, self.values.len()) else {
+            // Past 4 GiB: no host sends such a head; drop what does not fit.
+            self.values.truncate(start);
+            return;
+        };
+        self.push_name(name, value);
+    }
+
+    fn push_name(&mut self, name: &[u8], value: (u32, u32)) {
+        let start = self.names.len();
+        match std::str::from_utf8(name) {
+            Ok(name) => self.names.push_str(name),
+            Err(_) => self.names.push_str(&String::from_utf8_lossy(name)),
+        }
+        match span(start, self.names.len()) {
+            Some(name) => self.spans.push(Span { name, value }),
+            None => self.names.truncate(start),
+        }
+    }
+
+    /// A head from the proxy-wasm host's serialised map (`proxy_get_header_map_pairs`:
+    /// a u32 count, a u32 name length and value length per header, then each name and
+    /// value followed by a NUL). The values are read in place; the names are copied
+    /// into one string. A malformed map gives the headers read before the fault.
+    pub fn from_serialized_map(buf: Vec<u8>) -> Self {
+        let word = |at: usize| buf.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(|b| u32::from_le_bytes(b) as usize);
+        let count = word(0).unwrap_or(0).min(buf.len() / 8);
+        let table_end = 4usize.saturating_add(count.saturating_mul(8));
+        let mut head = RequestHead {
+            names: String::with_capacity(buf.len().saturating_sub(table_end)),
+            values: Vec::new(),
+            spans: Vec::with_capacity(count),
+        };
+        let mut at = table_end;
+        for n in 0..count {
+            let (Some(name_len), Some(value_len)) = (word(4 + n * 8), word(8 + n * 8)) else { break };
+            let name_end = at.saturating_add(name_len);
+            let value_start = name_end.saturating_add(1);
+            let value_end = value_start.saturating_add(value_len);
+            // Each value is followed by a NUL.
+            if value_end >= buf.len() {
+                break;
+            }
+            let Some(value) = span(value_start, value_end) else { break };
+            head.push_name(&buf[at..name_end], value);
+            at = value_end + 1;
+        }
+        head.values = buf;
+        head
+    }
+
+    fn value(&self, span: &Span) -> &[u8] {
+        self.values.get(span.value.0 as usize..span.value.1 as usize).unwrap_or_default()
+    }
+
+    fn name(&self, span: &Span) -> &str {
+        self.names.get(span.name.0 as usize..span.name.1 as usize).unwrap_or_default()
+    }
+
+    /// How many header lines.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Every header, in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.spans.iter().map(|s| (self.name(s), self.value(s)))
+    }
+
+    /// Every header, copied out (for what wants owned pairs).
+    pub fn to_pairs(&self) -> Vec<(String, Vec<u8>)> {
+        self.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect()
     }
 
     /// The first value of a header.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.spans.iter().find(|s| self.name(s) == name).map(|s| self.value(s))
     }
 
     /// The first value of a header, when it is UTF-8.
@@ -24,18 +134,61 @@ impl RequestHead {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n == name)
+        self.spans.iter().any(|s| self.name(s) == name)
     }
 
     /// Names present, each once, that satisfy `pred`.
-    pub fn names_where(&self, pred: impl Fn(&str) -> bool) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for (name, _) in &self.headers {
-            if pred(name) && !names.iter().any(|n| n == name) {
-                names.push(name.clone());
+    pub fn names_where(&self, pred: impl Fn(&str) -> bool) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for (name, _) in self.iter() {
+            if pred(name) && !names.contains(&name) {
+                names.push(name);
             }
         }
         names
+    }
+}
+
+/// A range of a head's buffer, when it fits in u32s.
+fn span(start: usize, end: usize) -> Option<(u32, u32)> {
+    Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
+}
+
+/// A test's way to change a head: its headers as owned pairs, written back when
+/// the guard is dropped.
+#[cfg(test)]
+pub(crate) struct PairsMut<'a> {
+    head: &'a mut RequestHead,
+    pairs: Vec<(String, Vec<u8>)>,
+}
+
+#[cfg(test)]
+impl RequestHead {
+    pub(crate) fn headers_mut(&mut self) -> PairsMut<'_> {
+        let pairs = self.to_pairs();
+        PairsMut { head: self, pairs }
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for PairsMut<'_> {
+    type Target = Vec<(String, Vec<u8>)>;
+    fn deref(&self) -> &Self::Target {
+        &self.pairs
+    }
+}
+
+#[cfg(test)]
+impl std::ops::DerefMut for PairsMut<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.pairs
+    }
+}
+
+#[cfg(test)]
+impl Drop for PairsMut<'_> {
+    fn drop(&mut self) {
+        *self.head = RequestHead::new(std::mem::take(&mut self.pairs));
     }
 }
 
@@ -49,27 +202,55 @@ pub fn parse_peer_address(raw: &[u8]) -> Option<std::net::IpAddr> {
     Some(ip.to_canonical())
 }
 
-/// Header changes to apply, removals first.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Edits {
-    pub remove: Vec<String>,
-    pub set: Vec<(String, Vec<u8>)>,
+/// An address as text, as `IpAddr`'s `Display` writes it; an IPv4 address without
+/// the formatting machinery (a tenth of its cost).
+pub fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else { return ip.to_string() };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
-impl Edits {
+/// Header changes to apply, removals first. Names the protocol knows are kept
+/// borrowed (see [`crate::headers::static_name`]), and so are values taken as they
+/// are from the configuration or the request (`'a`): no allocation for either.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Edits<'a> {
+    pub remove: Vec<Cow<'static, str>>,
+    pub set: Vec<(Cow<'static, str>, Cow<'a, [u8]>)>,
+}
+
+impl<'a> Edits<'a> {
+    /// Room for `remove` removals and `set` sets.
+    pub fn with_capacity(remove: usize, set: usize) -> Self {
+        Edits { remove: Vec::with_capacity(remove), set: Vec::with_capacity(set) }
+    }
+
     /// Sets a header (once: a later set of the same name replaces the earlier one).
-    pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        let value = value.into();
-        match self.set.iter_mut().find(|(n, _)| n == name) {
+    pub fn set(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Value<'a>>) {
+        let name = name.into();
+        let value = value.into().0;
+        match self.set.iter_mut().find(|(n, _)| *n == name) {
             Some((_, v)) => *v = value,
-            None => self.set.push((name.to_string(), value)),
+            None => self.set.push((name, value)),
         }
     }
 
     /// Removes a header, unless this edit also sets it (a set replaces every value).
     pub fn remove(&mut self, name: &str) {
         if !self.remove.iter().any(|n| n == name) {
-            self.remove.push(name.to_string());
+            self.remove.push(crate::headers::static_name(name));
         }
     }
 
@@ -83,11 +264,11 @@ impl Edits {
     /// The first header this edit would write with a value that cannot stand in a
     /// header (Envoy does not check what filters write).
     pub fn first_unsafe(&self) -> Option<&str> {
-        self.set.iter().find(|(_, v)| !crate::headers::is_safe_value(v)).map(|(n, _)| n.as_str())
+        self.set.iter().find(|(_, v)| !crate::headers::is_safe_value(v)).map(|(n, _)| n.as_ref())
     }
 
     /// Forwards with these edits, unless one of them would write an unsafe value.
-    pub fn into_decision(self) -> Decision {
+    pub fn into_decision(self) -> Decision<'a> {
         match self.first_unsafe() {
             Some(name) => Decision::Reply(LocalReply::new(
                 400,
@@ -102,8 +283,53 @@ impl Edits {
         self.remove.is_empty() && self.set.is_empty()
     }
 
+    /// The same edits, owning their values.
+    pub fn into_owned(self) -> Edits<'static> {
+        Edits { remove: self.remove, set: self.set.into_iter().map(|(n, v)| (n, Cow::Owned(v.into_owned()))).collect() }
+    }
+
     pub fn value_of(&self, name: &str) -> Option<&[u8]> {
-        self.set.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.set.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
+    }
+}
+
+/// A header value for [`Edits::set`]: borrowed from `&[u8]` and `&str`, owned from
+/// `Vec<u8>` and `String`.
+pub struct Value<'a>(pub Cow<'a, [u8]>);
+
+impl<'a> From<&'a [u8]> for Value<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Value(Cow::Borrowed(v))
+    }
+}
+
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Value(Cow::Borrowed(v.as_bytes()))
+    }
+}
+
+impl From<Vec<u8>> for Value<'_> {
+    fn from(v: Vec<u8>) -> Self {
+        Value(Cow::Owned(v))
+    }
+}
+
+impl From<String> for Value<'_> {
+    fn from(v: String) -> Self {
+        Value(Cow::Owned(v.into_bytes()))
+    }
+}
+
+impl<'a> From<Cow<'a, [u8]>> for Value<'a> {
+    fn from(v: Cow<'a, [u8]>) -> Self {
+        Value(v)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Value<'a> {
+    fn from(v: &'a [u8; N]) -> Self {
+        Value(Cow::Borrowed(v))
     }
 }
 
@@ -152,10 +378,20 @@ impl LocalReply {
     }
 }
 
+impl Decision<'_> {
+    /// The same decision, owning its values.
+    pub fn into_owned(self) -> Decision<'static> {
+        match self {
+            Decision::Forward(edits) => Decision::Forward(edits.into_owned()),
+            Decision::Reply(reply) => Decision::Reply(reply),
+        }
+    }
+}
+
 /// What a role decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Forward(Edits),
+pub enum Decision<'a> {
+    Forward(Edits<'a>),
     Reply(LocalReply),
 }
 
@@ -169,7 +405,49 @@ mod tests {
         e.set("x-a", "1");
         e.set("x-b", "2");
         e.set("x-a", "3");
-        assert_eq!(e.set, [("x-a".to_string(), b"3".to_vec()), ("x-b".to_string(), b"2".to_vec())]);
+        assert_eq!(e.set, [("x-a".into(), b"3"[..].into()), ("x-b".into(), b"2"[..].into())]);
+    }
+
+    #[test]
+    fn a_serialized_map_is_read_in_place() {
+        let pairs: [(&str, &[u8]); 3] = [(":path", b"/a?b"), ("x-e", b""), ("x-bin", b"\xff\x00z")];
+        let mut buf = (pairs.len() as u32).to_le_bytes().to_vec();
+        for (n, v) in pairs {
+            buf.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (n, v) in pairs {
+            buf.extend_from_slice(n.as_bytes());
+            buf.push(0);
+            buf.extend_from_slice(v);
+            buf.push(0);
+        }
+        let head = RequestHead::from_serialized_map(buf.clone());
+        assert_eq!(head.iter().collect::<Vec<_>>(), pairs);
+        assert_eq!(head.get("x-bin"), Some(&b"\xff\x00z"[..]));
+        // Cut anywhere: the headers whole before the cut, never a panic.
+        for cut in 0..buf.len() {
+            let head = RequestHead::from_serialized_map(buf[..cut].to_vec());
+            assert!(head.len() <= 3);
+            assert_eq!(head.iter().collect::<Vec<_>>(), pairs[..head.len()]);
+        }
+        assert!(RequestHead::from_serialized_map(Vec::new()).is_empty());
+        // A name that is not UTF-8 is kept in its lossy form.
+        let mut odd = 1u32.to_le_bytes().to_vec();
+        odd.extend_from_slice(&[1, 0, 0, 0, 1, 0, 0, 0, 0xff, 0, b'v', 0]);
+        assert_eq!(RequestHead::from_serialized_map(odd).iter().collect::<Vec<_>>(), [("\u{fffd}", &b"v"[..])]);
+    }
+
+    #[test]
+    fn addresses_as_text() {
+        for ip in ["0.0.0.0", "1.2.3.4", "10.0.0.255", "100.99.9.10", "255.255.255.255", "::1", "2001:db8::7", "::ffff:1.2.3.4"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+        for n in 0..=255u8 {
+            let ip = std::net::IpAddr::from([n, 255 - n, n / 3, n % 7]);
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::paths::strip_segment_prefix;
 /// What the client asked for, kept from the request for its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientView {
-    pub scheme: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     pub host: String,
     /// The mount point, normalised ("" for the root).
     pub mount: String,
@@ -151,7 +152,7 @@ mod tests {
     fn setup() -> (Href, ClientView) {
         (
             Href::parse("http://backend:8080/myapp").unwrap(),
-            ClientView { scheme: "https".into(), host: "www.example.com".into(), mount: "/blog".into() },
+            ClientView { scheme: "https", host: "www.example.com".into(), mount: "/blog".into() },
         )
     }
 

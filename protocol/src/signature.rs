@@ -259,29 +259,85 @@ pub struct SignedParts<'a> {
 /// {name}:{value}         one line per protocol header, sorted by name, then value
 /// ```
 pub fn canonical_string(algorithm: Algorithm, key_id: &str, nonce: &Nonce, parts: &SignedParts<'_>) -> Vec<u8> {
-    let mut headers: Vec<&(&str, &[u8])> = parts.protocol_headers.iter().filter(|(name, _)| *name != X_WSGIPROXY_SIGNATURE).collect();
+    // Sorted on the stack when they are few (a request signs about ten).
+    let mut few: [&(&str, &[u8]); 24] = [&("", b""); 24];
+    let mut many = Vec::new();
+    let mut count = 0;
+    for header in parts.protocol_headers.iter().filter(|(name, _)| *name != X_WSGIPROXY_SIGNATURE) {
+        if count < few.len() {
+            few[count] = header;
+        } else {
+            if many.is_empty() {
+                many.extend_from_slice(&few);
+            }
+            many.push(header);
+        }
+        count += 1;
+    }
+    let headers: &mut [&(&str, &[u8])] = if many.is_empty() { &mut few[..count] } else { &mut many };
     headers.sort();
-    let mut out = Vec::with_capacity(256);
-    for line in [
+    let mut hex = [0u8; NONCE_LEN * 2];
+    let nonce_hex = hex_into(nonce, &mut hex);
+    let lines = [
         CANONICAL_VERSION.as_bytes(),
         algorithm.name().as_bytes(),
         key_id.as_bytes(),
-        hex::encode(nonce).as_bytes(),
+        nonce_hex,
         parts.date,
         parts.method,
         parts.authority,
         parts.path,
-    ] {
+    ];
+    // Its exact size, so that it is made in one allocation.
+    let size = lines.iter().map(|l| l.len() + 1).sum::<usize>() + headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    for line in lines {
         out.extend_from_slice(line);
         out.push(b'\n');
     }
-    for (name, value) in headers {
+    for (name, value) in headers.iter() {
         out.extend_from_slice(name.as_bytes());
         out.push(b':');
         out.extend_from_slice(value);
         out.push(b'\n');
     }
     out
+}
+
+/// `bytes` in lowercase hex, written into `out` (twice its length), which is returned.
+fn hex_into<'o>(bytes: &[u8], out: &'o mut [u8]) -> &'o [u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+    &out[..bytes.len() * 2]
+}
+
+/// Appends `bytes` in lowercase hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+}
+
+/// Hex digits (either case) into `out`, which must be half their length.
+fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    if text.len() != out.len() * 2 {
+        return None;
+    }
+    for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *b = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(())
 }
 
 /// True for the headers a signature covers besides method, host, path and Date.
@@ -293,7 +349,13 @@ pub fn is_signed_header(name: &str) -> bool {
 pub fn sign(ring: &KeyRing, nonce: &Nonce, parts: &SignedParts<'_>) -> Option<String> {
     let key = ring.signing_key()?;
     let mac = key.mac.mac(&canonical_string(ring.algorithm, &key.id, nonce, parts));
-    Some(format!("{} {} {}", key.id, hex::encode(nonce), hex::encode(mac)))
+    let mut value = String::with_capacity(key.id.len() + 2 + 2 * (nonce.len() + mac.len()));
+    value.push_str(&key.id);
+    value.push(' ');
+    push_hex(&mut value, nonce);
+    value.push(' ');
+    push_hex(&mut value, &mac);
+    Some(value)
 }
 
 /// A parsed signature header.
@@ -315,8 +377,13 @@ impl SignatureHeader {
             return None;
         }
         let mut nonce_bytes = [0u8; NONCE_LEN];
-        hex::decode_to_slice(nonce, &mut nonce_bytes).ok()?;
-        Some(SignatureHeader { key_id: key_id.to_string(), nonce: nonce_bytes, mac: hex::decode(mac).ok()? })
+        unhex_into(nonce.as_bytes(), &mut nonce_bytes)?;
+        if mac.len() % 2 != 0 {
+            return None;
+        }
+        let mut mac_bytes = vec![0u8; mac.len() / 2];
+        unhex_into(mac.as_bytes(), &mut mac_bytes)?;
+        Some(SignatureHeader { key_id: key_id.to_string(), nonce: nonce_bytes, mac: mac_bytes })
     }
 }
 
@@ -362,7 +429,48 @@ pub fn verify_mac(ring: &KeyRing, signature: &SignatureHeader, parts: &SignedPar
 
 /// The IMF-fixdate form of a time, as the `Date` header carries it.
 pub fn format_date(time: SystemTime) -> String {
-    httpdate::fmt_http_date(time)
+    // Written directly (`Sun, 06 Nov 1994 08:49:37 GMT`): httpdate's `Display` goes
+    // through the formatting machinery. Times before 1970 or after 9999 (which no
+    // clock gives) are left to httpdate.
+    let Ok(since) = time.duration_since(std::time::UNIX_EPOCH) else { return httpdate::fmt_http_date(time) };
+    let secs = since.as_secs();
+    let days = secs / 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    if year > 9999 {
+        return httpdate::fmt_http_date(time);
+    }
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let digits = |out: &mut String, n: u64, width: u32| {
+        for place in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10u64.pow(place) % 10) as u8));
+        }
+    };
+    let mut out = String::with_capacity(29);
+    out.push_str(WEEKDAYS[(days % 7) as usize]);
+    out.push_str(", ");
+    digits(&mut out, day, 2);
+    out.push(' ');
+    out.push_str(MONTHS[(month - 1) as usize]);
+    out.push(' ');
+    digits(&mut out, year, 4);
+    out.push(' ');
+    digits(&mut out, secs % 86_400 / 3600, 2);
+    out.push(':');
+    digits(&mut out, secs % 3600 / 60, 2);
+    out.push(':');
+    digits(&mut out, secs % 60, 2);
+    out.push_str(" GMT");
+    out
 }
 
 /// Parses a Date and checks it lies within `max_skew` of `now`.
@@ -452,6 +560,58 @@ mod tests {
         let header = sign(&old, &[1; NONCE_LEN], &p).unwrap();
         let sig = SignatureHeader::parse(header.as_bytes()).unwrap();
         assert_eq!(verify_mac(&ring(Algorithm::HmacSha1), &sig, &p), Ok(()));
+    }
+
+    #[test]
+    fn canonical_strings_of_many_headers_are_sorted_the_same() {
+        let names: Vec<String> = (0..40).map(|i| format!("x-wsgiproxy-str-{}", (i * 7) % 40)).collect();
+        for n in [0, 1, 10, 24, 25, 40] {
+            let headers: Vec<(&str, &[u8])> = names[..n].iter().map(|name| (name.as_str(), &b"v"[..])).collect();
+            let p = parts(headers.clone());
+            let text = canonical_string(Algorithm::HmacSha256, "k", &[0; 16], &p);
+            let mut sorted = headers.clone();
+            sorted.sort();
+            let tail: Vec<u8> = sorted.iter().flat_map(|(name, v)| [name.as_bytes(), b":", v, b"\n"].concat()).collect();
+            assert!(text.ends_with(&tail), "{n}");
+            assert_eq!(text.len(), canonical_string(Algorithm::HmacSha256, "k", &[0; 16], &parts(Vec::new())).len() + tail.len());
+        }
+    }
+
+    #[test]
+    fn dates_as_httpdate_writes_them() {
+        let mut t = 0u64;
+        while t < 253_402_300_800 {
+            let time = SystemTime::UNIX_EPOCH + Duration::from_secs(t);
+            assert_eq!(format_date(time), httpdate::fmt_http_date(time), "{t}");
+            t = t * 3 / 2 + 86_399 + t % 7;
+        }
+        for t in [0, 951_782_400, 951_868_799, 1_795_485_600, 4_107_542_400, 253_402_300_799] {
+            let time = SystemTime::UNIX_EPOCH + Duration::from_secs(t);
+            assert_eq!(format_date(time), httpdate::fmt_http_date(time), "{t}");
+        }
+        // Every day of four years around a century's leap rule.
+        for day in 0..(4 * 366) {
+            let time = SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800 - 2 * 365 * 86_400 + day * 86_400 + 45_296);
+            assert_eq!(format_date(time), httpdate::fmt_http_date(time));
+        }
+    }
+
+    #[test]
+    fn hex_as_the_hex_crate_writes_and_reads_it() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut out = vec![0u8; 512];
+        assert_eq!(hex_into(&bytes, &mut out), hex::encode(&bytes).as_bytes());
+        let mut text = String::new();
+        push_hex(&mut text, &bytes);
+        assert_eq!(text, hex::encode(&bytes));
+        for t in [hex::encode(&bytes), hex::encode_upper(&bytes), "0g".repeat(256), "zz".into(), String::new()] {
+            let mut back = vec![0u8; t.len() / 2];
+            assert_eq!(unhex_into(t.as_bytes(), &mut back).is_some(), hex::decode(&t).is_ok(), "{t}");
+            if let Ok(decoded) = hex::decode(&t) {
+                assert_eq!(back, decoded);
+            }
+        }
+        assert!(unhex_into(b"abc", &mut [0u8; 1]).is_none());
     }
 
     #[test]

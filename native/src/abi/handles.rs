@@ -95,6 +95,17 @@ pub(crate) fn header_name(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// Envoy's (pointer, length) pair as a slice, borrowed for the current hook.
+fn envoy_bytes<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
+    if ptr.is_null() || length == 0 {
+        return &[];
+    }
+    // SAFETY: Envoy hands out (pointer, length) pairs of live memory it owns, valid
+    // until the current hook returns or a header setter is called; the caller
+    // (`Stream::read_headers`) uses them within its call, before either can happen.
+    unsafe { std::slice::from_raw_parts(ptr, length) }
+}
+
 pub(crate) fn copy_envoy_bytes(ptr: *const u8, length: usize) -> Vec<u8> {
     if ptr.is_null() || length == 0 {
         return Vec::new();
@@ -200,23 +211,51 @@ impl ConfigHandle {
 pub struct Stream(pub(crate) *mut c_void);
 
 impl Stream {
-    /// Every header of a map, in order, as (lowercase name, value bytes).
+    /// Every header of a map, in order, as (lowercase name, value bytes), copied.
+    #[cfg(test)]
     pub fn headers(&self, map: HeaderMap) -> Vec<(String, Vec<u8>)> {
+        self.read_headers(
+            map,
+            |count, _, _| Vec::with_capacity(count),
+            |all, name, value| all.push((header_name(name.to_vec()), value.to_vec())),
+        )
+    }
+
+    /// Every header of a map, in order, read in place: `make(count, names, values)` is
+    /// told how many headers and how many bytes of names and of values there are, then `push`
+    /// is given each (name, value) borrowed from Envoy's map, without a copy here.
+    /// `T::default()` when the map is empty or unreadable.
+    pub fn read_headers<T: Default>(
+        &self,
+        map: HeaderMap,
+        make: impl FnOnce(usize, usize, usize) -> T,
+        mut push: impl FnMut(&mut T, &[u8], &[u8]),
+    ) -> T {
         // SAFETY: `self.0` is the live filter pointer of the current hook.
         let count = unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, map) };
         if count == 0 {
-            return Vec::new();
+            return T::default();
         }
         let empty = EnvoyHttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
-        let mut raw = vec![empty; count];
+        // Envoy's default limit is 100 headers: on the stack up to 32, else on the heap.
+        let mut on_stack = [empty; 32];
+        let mut on_heap = Vec::new();
+        let raw: &mut [EnvoyHttpHeader] = if count <= on_stack.len() {
+            &mut on_stack[..count]
+        } else {
+            on_heap.resize(count, empty);
+            &mut on_heap
+        };
         // SAFETY: `raw` has room for the `count` headers Envoy just reported, and
         // nothing changes the map between the two calls (same thread, same hook).
         if !unsafe { envoy_dynamic_module_callback_http_get_headers(self.0, map, raw.as_mut_ptr()) } {
-            return Vec::new();
+            return T::default();
         }
-        raw.iter()
-            .map(|h| (header_name(copy_envoy_bytes(h.key_ptr, h.key_length)), copy_envoy_bytes(h.value_ptr, h.value_length)))
-            .collect()
+        let mut out = make(count, raw.iter().map(|h| h.key_length).sum(), raw.iter().map(|h| h.value_length).sum());
+        for h in raw.iter() {
+            push(&mut out, envoy_bytes(h.key_ptr, h.key_length), envoy_bytes(h.value_ptr, h.value_length));
+        }
+        out
     }
 
     /// Every value of one header, in order: cheaper than [`Stream::headers`] when a

@@ -347,6 +347,16 @@ fn the_abi_version_is_envoy_1_40s() {
 }
 
 #[test]
+fn a_map_of_more_headers_than_the_stack_holds_is_read_whole() {
+    let request: Vec<(Vec<u8>, Vec<u8>)> = (0..40).map(|i| (format!("x-{i}").into_bytes(), vec![b'v'; i])).collect();
+    let mut f = FakeStream { request: request.clone(), ..FakeStream::default() };
+    let s = stream_of(&mut f);
+    let got = s.headers(HeaderMap::Request);
+    assert_eq!(got.len(), 40);
+    assert!(got.iter().zip(&request).all(|((n, v), (rn, rv))| n.as_bytes() == rn.as_slice() && v == rv));
+}
+
+#[test]
 fn headers_are_copied_out_and_edited_in_place() {
     let mut f = FakeStream {
         request: vec![(b"x-a".to_vec(), b"1".to_vec()), (b"x-bin".to_vec(), vec![0xff, 0x00, b'z']), (b"x-empty".to_vec(), vec![])],
@@ -356,6 +366,8 @@ fn headers_are_copied_out_and_edited_in_place() {
     let got = s.headers(HeaderMap::Request);
     assert_eq!(got, [("x-a".into(), b"1".to_vec()), ("x-bin".into(), vec![0xff, 0, b'z']), ("x-empty".into(), vec![])]);
     assert!(s.headers(HeaderMap::Response).is_empty());
+    let sizes = s.read_headers(HeaderMap::Request, |count, names, values| (count, names, values), |_, _, _| {});
+    assert_eq!(sizes, (3, 3 + 5 + 7, 1 + 3));
     s.set_header(HeaderMap::Request, "x-a", b"2");
     s.set_header(HeaderMap::Request, "x-set-empty", b"");
     s.add_header(HeaderMap::Request, "x-a", b"3");

@@ -514,8 +514,8 @@ fn through_app(app_json: &serde_json::Value, nonce: u8) -> RequestHead {
     let decision = app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default());
     let Decision::Forward(e) = decision else { panic!("{decision:?}") };
     let mut headers: Vec<(String, Vec<u8>)> =
-        client.headers.into_iter().filter(|(n, _)| !e.remove.contains(n) && e.value_of(n).is_none()).collect();
-    headers.extend(e.set);
+        client.to_pairs().into_iter().filter(|(n, _)| !e.remove.iter().any(|r| r == n) && e.value_of(n).is_none()).collect();
+    headers.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())));
     RequestHead::new(headers)
 }
 
@@ -546,7 +546,7 @@ fn app_role_to_middleware_role() {
         assert_eq!(through_middleware(&m, &h, &mut memory), Ok("bob".into()));
         assert_eq!(through_middleware(&m, &h, &mut memory), Err(Reason::SignatureReplayed));
         let mut tampered = through_app(&app_json, 2);
-        for (n, v) in tampered.headers.iter_mut() {
+        for (n, v) in tampered.headers_mut().iter_mut() {
             if n == "x-wsgiproxy-str-0" {
                 *v = b"REMOTE_USER root".to_vec();
             }

@@ -89,13 +89,7 @@ impl AppStream {
     pub fn on_response_headers<H: Host>(&self, config: &AppConfig, host: &mut H) {
         let Some(view) = &self.client_view else { return };
         let mut headers = Vec::new();
-        for name in headers_to_read(&config.href) {
-            if *name == SET_COOKIE {
-                host.header_values(HeaderMap::Response, name, &mut headers);
-            } else if let Some(value) = host.header(HeaderMap::Response, name) {
-                headers.push(((*name).to_string(), value));
-            }
-        }
+        host.headers_named(HeaderMap::Response, headers_to_read(&config.href), SET_COOKIE, &mut headers);
         if headers.is_empty() {
             return;
         }

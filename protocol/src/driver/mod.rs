@@ -42,7 +42,7 @@ fn downstream<H: Host>(host: &mut H, needs: Needs) -> Downstream {
 /// Applies header edits to the request: removals, then sets (a set replaces every
 /// value of a name). A header the request does not have (`present` says) is added,
 /// which spares Envoy the search-and-remove of a replace.
-fn apply_request_edits<H: Host>(host: &mut H, edits: &Edits, present: impl Fn(&str) -> bool) {
+fn apply_request_edits<H: Host>(host: &mut H, edits: &Edits<'_>, present: impl Fn(&str) -> bool) {
     for name in &edits.remove {
         host.remove_header(HeaderMap::Request, name);
     }
