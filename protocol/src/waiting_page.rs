@@ -78,11 +78,14 @@ impl WaitingPage {
              <title>{title}</title></head>\n<body style=\"font-family:sans-serif;margin:4em auto;max-width:36em\">\
              <h1>{title}</h1><p>{text}</p></body></html>\n"
         );
-        LocalReply::new(503, Reason::AppStarting, format!("{app:?} is starting"))
-            .with_header("retry-after", &refresh)
-            .with_header("cache-control", "no-store")
-            .with_page(page)
+        starting_reply(app, &refresh).with_header("cache-control", "no-store").with_page(page)
     }
+}
+
+/// The `503 app_starting` answer for a request that is not held while `app` starts:
+/// come back after `retry_after` seconds. The waiting page adds its body to it.
+pub fn starting_reply(app: &str, retry_after: &str) -> LocalReply {
+    LocalReply::new(503, Reason::AppStarting, format!("{app:?} is starting")).with_header("retry-after", retry_after)
 }
 
 /// Text as HTML: the five characters that could end an element or an attribute.

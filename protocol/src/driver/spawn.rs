@@ -16,13 +16,12 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::SpawnConfig;
 use crate::host::{CalloutAnswer, HeaderMap, Host, ReportHost};
-use crate::reason::Reason;
 use crate::request::LocalReply;
 use crate::spawn::{
     ensure_answer, report_answer, unreachable_reply, CallHealth, EnsureAnswer, LeaseState, ReportAnswer, COLD_START_HEADER,
     SIDECAR_IN_FLIGHT, SIDECAR_REPORTER, SIDECAR_STARTED, SIDECAR_WAIT, UPSTREAM_HEADER,
 };
-use crate::waiting_page::wants_page;
+use crate::waiting_page::{starting_reply, wants_page};
 
 /// The role's counters, as [`crate::counters::spawn::ALL`] declares them.
 pub const REQUESTS: &str = "spawn.requests";
@@ -104,10 +103,10 @@ impl SpawnStream {
             wants_page(host.header(HeaderMap::Request, ":method").as_deref(), host.header(HeaderMap::Request, "accept").as_deref())
         });
         let wait_ms = page_after.map(|page| page.after_ms.to_string());
+        self.wants_page = wait_ms.is_some();
         let mut extra = vec![(SIDECAR_REPORTER, lease.reporter())];
         if let Some(wait_ms) = &wait_ms {
             extra.push((SIDECAR_WAIT, wait_ms.as_str()));
-            self.wants_page = true;
         }
         let headers = sidecar_request(config, &path, &extra);
         match host.http_callout(&config.sidecar_cluster, &headers, config.ensure_timeout) {
@@ -168,8 +167,7 @@ impl SpawnStream {
                     // Only asked for a browser's request: a sidecar that answers so
                     // otherwise is answered as a refusal, not waited for.
                     None => {
-                        let reply = LocalReply::new(503, Reason::AppStarting, format!("{:?} is starting", config.app));
-                        let _ = unavailable(host, &reply.with_header("retry-after", "1"));
+                        let _ = unavailable(host, &starting_reply(&config.app, "1"));
                     }
                 }
             }
