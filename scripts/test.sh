@@ -38,6 +38,11 @@ done
 rm -rf "$validate_dir"
 bash scripts/compose.sh config -q
 
+echo "== the protocol's unit tests as the Wasm filter builds it (HMAC on RustCrypto's code)"
+# The workspace run below builds the protocol with the native module's ring-hmac
+# feature; this one, the package alone, with the default backend.
+cargo test -p wsgiproxy-protocol --lib
+
 echo "== the native module's binding under a sanitizer"
 # Its tests run the binding against stand-in Envoy callbacks: under AddressSanitizer
 # with a nightly toolchain, else under valgrind.

@@ -17,6 +17,7 @@ pub mod counters;
 pub mod driver;
 pub mod exact;
 pub mod headers;
+pub mod hmac_key;
 pub mod host;
 pub mod href;
 pub mod middleware;

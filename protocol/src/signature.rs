@@ -6,13 +6,11 @@
 //! checks the MAC in constant time, the Date against a skew window, and the nonce
 //! against the nonces it has seen inside that window.
 
-use hmac::{Hmac, Mac};
-use sha1::Sha1;
-use sha2::Sha256;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::asymmetric::{AsymmetricKey, PrivateKey, PublicKey};
 use crate::headers::{is_protocol_header, X_WSGIPROXY_SIGNATURE};
+use crate::hmac_key::{HmacHash, HmacKey};
 use crate::reason::Reason;
 
 pub const NONCE_LEN: usize = 16;
@@ -62,12 +60,11 @@ impl Algorithm {
     }
 }
 
-/// Keyed MAC state, built once per configuration and cloned per request; or, for
-/// the public-key algorithms, one half of a key pair.
+/// Keyed MAC state, built once per configuration; or, for the public-key
+/// algorithms, one half of a key pair.
 #[derive(Clone)]
 enum KeyedMac {
-    Sha1(Hmac<Sha1>),
-    Sha256(Hmac<Sha256>),
+    Hmac(HmacKey),
     /// A private key (the `app` role): signs, and verifies with its public half.
     Private(PrivateKey),
     /// A public key (the `middleware` role): verifies only.
@@ -76,26 +73,19 @@ enum KeyedMac {
 
 impl KeyedMac {
     fn new(algorithm: Algorithm, secret: &[u8]) -> Result<Self, String> {
-        let bad = |_| "the key cannot be used as an HMAC key".to_string();
-        Ok(match algorithm {
-            Algorithm::HmacSha1 => KeyedMac::Sha1(Hmac::new_from_slice(secret).map_err(bad)?),
-            Algorithm::HmacSha256 => KeyedMac::Sha256(Hmac::new_from_slice(secret).map_err(bad)?),
+        let hash = match algorithm {
+            Algorithm::HmacSha1 => HmacHash::Sha1,
+            Algorithm::HmacSha256 => HmacHash::Sha256,
             Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256 => {
                 return Err(format!("{} keys are key pairs, not secrets (see KeyRing::asymmetric)", algorithm.name()))
             }
-        })
+        };
+        Ok(KeyedMac::Hmac(HmacKey::new(hash, secret)?))
     }
 
     fn mac(&self, message: &[u8]) -> Vec<u8> {
-        match self.clone() {
-            KeyedMac::Sha1(mut m) => {
-                m.update(message);
-                m.finalize().into_bytes().to_vec()
-            }
-            KeyedMac::Sha256(mut m) => {
-                m.update(message);
-                m.finalize().into_bytes().to_vec()
-            }
+        match self {
+            KeyedMac::Hmac(key) => key.mac(message),
             // Empty, which no receiver accepts: see `SigningKey::signature_of`.
             KeyedMac::Private(key) => key.sign(message).unwrap_or_default(),
             KeyedMac::Public(_) => Vec::new(),
@@ -103,15 +93,8 @@ impl KeyedMac {
     }
 
     fn verify(&self, message: &[u8], mac: &[u8]) -> bool {
-        match self.clone() {
-            KeyedMac::Sha1(mut m) => {
-                m.update(message);
-                m.verify_slice(mac).is_ok()
-            }
-            KeyedMac::Sha256(mut m) => {
-                m.update(message);
-                m.verify_slice(mac).is_ok()
-            }
+        match self {
+            KeyedMac::Hmac(key) => key.verify(message, mac),
             KeyedMac::Private(key) => key.public_key().verifies(message, mac),
             KeyedMac::Public(key) => key.verifies(message, mac),
         }
@@ -144,7 +127,7 @@ impl SigningKey {
         match &self.mac {
             KeyedMac::Private(key) => key.sign(message),
             KeyedMac::Public(_) => None,
-            KeyedMac::Sha1(_) | KeyedMac::Sha256(_) => Some(self.mac.mac(message)),
+            KeyedMac::Hmac(_) => Some(self.mac.mac(message)),
         }
     }
 }
