@@ -310,10 +310,13 @@ impl<'a> Edits<'a> {
     }
 
     /// Removes a header, unless this edit also sets it (a set replaces every value).
-    pub fn remove(&mut self, name: &str) {
-        if !self.remove.iter().any(|n| n == name) {
+    /// True when the name was not already removed.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let new = !self.remove.iter().any(|n| n == name);
+        if new {
             self.remove.push(crate::headers::static_name(name));
         }
+        new
     }
 
     /// Drops removals made redundant by a later set of the same header.
@@ -380,6 +383,15 @@ impl From<Vec<u8>> for Value<'_> {
 impl From<String> for Value<'_> {
     fn from(v: String) -> Self {
         Value(Cow::Owned(v.into_bytes()))
+    }
+}
+
+impl<'a> From<Cow<'a, str>> for Value<'a> {
+    fn from(v: Cow<'a, str>) -> Self {
+        match v {
+            Cow::Borrowed(v) => Value(Cow::Borrowed(v.as_bytes())),
+            Cow::Owned(v) => Value(Cow::Owned(v.into_bytes())),
+        }
     }
 }
 
