@@ -27,6 +27,16 @@ impl Family {
         }
     }
 
+    /// [`Family::header_prefix`] after the protocol's `x-wsgiproxy-`.
+    fn name_after_prefix(self) -> &'static str {
+        match self {
+            Family::Str => "str-",
+            Family::Unicode => "unicode-",
+            Family::Json => "json-",
+            Family::Pickle => "pickle-",
+        }
+    }
+
     /// The name of the payload header `index` of this family: the first eight are
     /// static, the others made.
     pub fn header_name(self, index: usize) -> std::borrow::Cow<'static, str> {
@@ -81,11 +91,11 @@ impl Family {
     /// The family and index of a payload header name, `None` when it is not one.
     /// An index that is not plain decimal (sign, leading zero, too long) is an error.
     pub fn parse_header_name(name: &str) -> Option<Result<(Family, usize), String>> {
-        Family::ALL.iter().find_map(|&family| {
-            name.strip_prefix(family.header_prefix()).map(|index| {
-                parse_index(index).map(|i| (family, i)).ok_or_else(|| format!("{name}: payload index is not a plain decimal number"))
-            })
-        })
+        // Most names are no protocol header at all: one test of the common prefix
+        // turns them away before the families are tried.
+        let after = name.strip_prefix(crate::headers::X_WSGIPROXY_PREFIX)?;
+        let (family, index) = Family::ALL.iter().find_map(|&family| Some((family, after.strip_prefix(family.name_after_prefix())?)))?;
+        Some(parse_index(index).map(|i| (family, i)).ok_or_else(|| format!("{name}: payload index is not a plain decimal number")))
     }
 }
 
@@ -265,5 +275,8 @@ mod tests {
         assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-"), Some(Err(_))));
         assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-1000"), Some(Err(_))));
         assert_eq!(Family::parse_header_name("x-wsgiproxy-version"), None);
+        for family in Family::ALL {
+            assert_eq!(format!("{}{}", crate::headers::X_WSGIPROXY_PREFIX, family.name_after_prefix()), family.header_prefix());
+        }
     }
 }
