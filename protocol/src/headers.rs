@@ -120,18 +120,30 @@ pub fn is_safe_value(value: &[u8]) -> bool {
     let byte_ok = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
     // Eight bytes at a time: a word with no byte below 0x20 and none equal to 0x7f
     // is safe as it stands; any other word is checked byte by byte (a tab is allowed).
+    let plain = |w: u64| {
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let del = (w ^ (ONES * 0x7f)).wrapping_sub(ONES) & !(w ^ (ONES * 0x7f)) & HIGHS;
+        (below_space | del) == 0
+    };
     let mut words = value.chunks_exact(8);
     for word in &mut words {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(word);
-        let w = u64::from_le_bytes(bytes);
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-        let del = (w ^ (ONES * 0x7f)).wrapping_sub(ONES) & !(w ^ (ONES * 0x7f)) & HIGHS;
-        if (below_space | del) != 0 && !word.iter().all(byte_ok) {
+        if !plain(u64::from_le_bytes(bytes)) && !word.iter().all(byte_ok) {
             return false;
         }
     }
-    words.remainder().iter().all(byte_ok)
+    // The last few bytes as one word too: from 4 to 7, their first four and last
+    // four (overlapping); from 1 to 3, the first, middle and last, padded with spaces.
+    let rest = words.remainder();
+    let last = match (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+        (Some(first), Some(last)) => u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32,
+        _ => match (rest.first(), rest.get(rest.len() / 2), rest.last()) {
+            (Some(&a), Some(&b), Some(&c)) => u64::from_le_bytes([a, b, c, b' ', b' ', b' ', b' ', b' ']),
+            _ => return true,
+        },
+    };
+    plain(last) || rest.iter().all(byte_ok)
 }
 
 /// An HTTP token (RFC 9110) in lowercase: what a configured header name must be.
