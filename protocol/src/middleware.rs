@@ -462,7 +462,8 @@ fn believe<'a>(
     if let Some(v) = head.get(X_TRAVERSAL_PATH) {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
         // WSGIProxy 0.2.2 sent it without its leading slash.
-        let with_slash = if text.starts_with('/') || text.is_empty() { text.to_string() } else { format!("/{text}") };
+        let with_slash: Cow<'_, str> =
+            if text.starts_with('/') || text.is_empty() { Cow::Borrowed(text) } else { Cow::Owned(format!("/{text}")) };
         let traversal =
             normalize_prefix(&with_slash).map_err(|e| bad_request(Reason::BadTraversalPath, format!("X-Traversal-Path {e}")))?;
         let rest = strip_segment_prefix(path, &traversal).ok_or_else(|| {
