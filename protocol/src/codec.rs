@@ -185,6 +185,10 @@ pub fn split_payload(raw: &[u8]) -> Result<(String, &[u8]), DecodeError> {
         None => (raw, &raw[raw.len()..]),
     };
     let key = std::str::from_utf8(key).map_err(|_| DecodeError::BadKey)?;
+    // Printable ASCII with no percent sign (most keys) decodes to itself.
+    if !key.is_empty() && key.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%') {
+        return Ok((key.to_string(), value));
+    }
     let key = percent_decode_str(key).decode_utf8().map_err(|_| DecodeError::BadKey)?;
     if key.is_empty() || key.chars().any(char::is_control) {
         return Err(DecodeError::BadKey);
@@ -218,6 +222,21 @@ pub fn is_json(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_keys_split_as_decoded_ones() {
+        // The reading by percent-decoding every key, which the plain-key shortcut skips.
+        fn decoded(raw: &[u8]) -> Option<(String, &[u8])> {
+            let at = raw.iter().position(|&b| b == b' ').unwrap_or(raw.len());
+            let key = percent_decode_str(std::str::from_utf8(&raw[..at]).ok()?).decode_utf8().ok()?;
+            (!key.is_empty() && !key.chars().any(char::is_control)).then(|| (key.into_owned(), raw.get(at + 1..).unwrap_or_default()))
+        }
+        for key in ["REMOTE_USER", "a", "~!*()'", "a%20b", "%41", "%", "%zz", "\x7f", "\x1f", " ", "", "caf\u{e9}", "a\tb", "%c2%85"] {
+            for raw in [key.to_string(), format!("{key} v"), format!("{key} ")] {
+                assert_eq!(split_payload(raw.as_bytes()).ok(), decoded(raw.as_bytes()), "{raw:?}");
+            }
+        }
+    }
 
     #[test]
     fn plain_values_travel_as_is() {

@@ -259,9 +259,34 @@ impl Drop for PairsMut<'_> {
 /// as a dual-stack listener reports IPv4 peers) becomes the IPv4 address, so that
 /// `trust_ips` and `X-Forwarded-For` see what the peer really is.
 pub fn parse_peer_address(raw: &[u8]) -> Option<std::net::IpAddr> {
+    if let Some(v4) = plain_ipv4_with_port(raw) {
+        return Some(std::net::IpAddr::V4(v4));
+    }
     let text = std::str::from_utf8(raw).ok()?;
     let ip = text.parse::<std::net::SocketAddr>().map(|s| s.ip()).or_else(|_| text.parse::<std::net::IpAddr>()).ok()?;
     Some(ip.to_canonical())
+}
+
+/// `a.b.c.d:port` in its plain form (how Envoy writes an IPv4 peer), read without
+/// std's general parser (a fifth of its cost); anything else is left to that parser.
+fn plain_ipv4_with_port(raw: &[u8]) -> Option<std::net::Ipv4Addr> {
+    // Plain decimal: digits only, no leading zero, at most `max_len` of them.
+    let number = |digits: &[u8], max_len: usize| {
+        let plain = !digits.is_empty()
+            && digits.len() <= max_len
+            && digits.iter().all(u8::is_ascii_digit)
+            && (digits.len() == 1 || digits.first() != Some(&b'0'));
+        plain.then(|| digits.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+    };
+    let colon = raw.iter().position(|b| *b == b':')?;
+    let (address, port) = (raw.get(..colon)?, raw.get(colon + 1..)?);
+    u16::try_from(number(port, 5)?).ok()?;
+    let mut parts = address.split(|b| *b == b'.');
+    let mut octets = [0u8; 4];
+    for octet in &mut octets {
+        *octet = u8::try_from(number(parts.next()?, 3)?).ok()?;
+    }
+    parts.next().is_none().then_some(std::net::Ipv4Addr::from(octets))
 }
 
 /// An address as text, as `IpAddr`'s `Display` writes it; an IPv4 address without
@@ -544,6 +569,53 @@ mod tests {
             let ip = std::net::IpAddr::from([n, 255 - n, n / 3, n % 7]);
             assert_eq!(ip_text(ip), ip.to_string());
         }
+    }
+
+    #[test]
+    fn plain_ipv4_peers_read_as_std_reads_them() {
+        let std_reading = |raw: &str| raw.parse::<std::net::SocketAddr>().ok().map(|s| s.ip());
+        let mut cases: Vec<String> = [
+            "127.0.0.1:54321",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "1.2.3.4:65536",
+            "1.2.3.4:080",
+            "1.2.3.4:00",
+            "1.2.3.4:",
+            "1.2.3.4",
+            "01.2.3.4:80",
+            "1.2.3.256:80",
+            "1.2.3:80",
+            "1.2.3.4.5:80",
+            "1..3.4:80",
+            "1.2.3.4:8a",
+            "a.b.c.d:80",
+            "1.2.3.4:+80",
+            "[::1]:80",
+            "::1",
+            "1.2.3.4:123456",
+            "1000.2.3.4:80",
+            ":80",
+            "",
+            "1.2.3.04:1",
+        ]
+        .map(String::from)
+        .to_vec();
+        for n in [0u32, 1, 9, 10, 99, 100, 199, 249, 250, 255, 256, 999, 65535, 65536, 99999] {
+            cases.push(format!("10.{}.0.1:{n}", n % 300));
+        }
+        for raw in cases {
+            let fast = plain_ipv4_with_port(raw.as_bytes()).map(std::net::IpAddr::V4);
+            if fast.is_some() {
+                assert_eq!(fast, std_reading(&raw), "{raw}");
+            }
+            assert_eq!(
+                parse_peer_address(raw.as_bytes()),
+                std_reading(&raw).or_else(|| raw.parse().ok()).map(|ip: std::net::IpAddr| ip.to_canonical()),
+                "{raw}"
+            );
+        }
+        assert!(plain_ipv4_with_port(b"127.0.0.1:54321").is_some(), "Envoy's form takes the short way");
     }
 
     #[test]
