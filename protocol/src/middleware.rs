@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use crate::codec::{decode_value, split_payload, Family};
 use crate::config::{EndpointBinding, ForcedPrefix, MiddlewareConfig, OnUntrusted};
 use crate::headers::*;
-use crate::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix, with_query};
+use crate::paths::{has_unsafe_segment, normalized_prefix, split_query, strip_segment_prefix, with_query};
 use crate::reason::Reason;
 use crate::replay::Verdict;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
@@ -72,7 +72,7 @@ struct Believed<'a> {
     client_ip: Option<IpAddr>,
     host: Option<&'a str>,
     scheme: Option<&'static str>,
-    script_name: String,
+    script_name: Cow<'a, str>,
     path: Option<&'a str>,
     keys: Vec<(String, Vec<u8>)>,
     kept_pickles: Vec<String>,
@@ -162,11 +162,11 @@ pub fn decide<'a>(
     // Forced values of the configuration apply to every request.
     match &config.forced_prefix {
         ForcedPrefix::None => {}
-        ForcedPrefix::Prefix(p) => script_name = p.clone(),
+        ForcedPrefix::Prefix(p) => script_name = Cow::Borrowed(p),
         ForcedPrefix::Pop(p) => match strip_segment_prefix(&new_path, p) {
             Some(rest) => {
                 new_path = Cow::Owned(if rest.is_empty() { "/".into() } else { rest.to_string() });
-                script_name.push_str(p);
+                script_name.to_mut().push_str(p);
             }
             None => {
                 return bad_request(
@@ -457,7 +457,8 @@ fn believe<'a>(
     };
     if let Some(v) = script {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
-        b.script_name = normalize_prefix(text).map_err(|e| bad_request(Reason::BadScriptName, format!("X-Script-Name {e}")))?;
+        b.script_name =
+            Cow::Borrowed(normalized_prefix(text).map_err(|e| bad_request(Reason::BadScriptName, format!("X-Script-Name {e}")))?);
     }
     if let Some(v) = head.get(X_TRAVERSAL_PATH) {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
@@ -465,7 +466,7 @@ fn believe<'a>(
         let with_slash: Cow<'_, str> =
             if text.starts_with('/') || text.is_empty() { Cow::Borrowed(text) } else { Cow::Owned(format!("/{text}")) };
         let traversal =
-            normalize_prefix(&with_slash).map_err(|e| bad_request(Reason::BadTraversalPath, format!("X-Traversal-Path {e}")))?;
+            normalized_prefix(&with_slash).map_err(|e| bad_request(Reason::BadTraversalPath, format!("X-Traversal-Path {e}")))?;
         let rest = strip_segment_prefix(path, &traversal).ok_or_else(|| {
             bad_request(
                 Reason::OutsideTraversalPath,
@@ -483,8 +484,9 @@ fn believe<'a>(
         if seen_keys.contains(&key) {
             return Err(bad_request(Reason::DuplicateKey, format!("{name}: the key {key} is given more than once")));
         }
-        seen_keys.push(key.clone());
-        let Some(target) = config.keys.get(&key) else {
+        let target = config.keys.get(&key);
+        seen_keys.push(key);
+        let Some(target) = target else {
             outcome.dropped_keys += 1;
             continue;
         };
@@ -498,6 +500,7 @@ fn believe<'a>(
         }
         let decoded = decode_value(family, wire).map_err(|e| bad_request(Reason::UndecodablePayload, format!("{name}: {e}")))?;
         if !is_safe_value(&decoded) {
+            let key = seen_keys.last().map(String::as_str).unwrap_or_default();
             return Err(bad_request(
                 Reason::UndeliverableValue,
                 format!("{name}: the value of {key} holds control characters and cannot be delivered as a header"),

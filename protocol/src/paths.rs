@@ -49,8 +49,13 @@ pub type PathError = &'static str;
 /// empty), carry no query, fragment, back slash, control character, percent-encoding
 /// or dot segment, and no empty segment; a trailing `/` is dropped. `/` becomes empty.
 pub fn normalize_prefix(value: &str) -> Result<String, PathError> {
+    normalized_prefix(value).map(str::to_string)
+}
+
+/// [`normalize_prefix`], borrowed from `value` (the normal form is a prefix of it).
+pub fn normalized_prefix(value: &str) -> Result<&str, PathError> {
     if value.is_empty() {
-        return Ok(String::new());
+        return Ok(value);
     }
     if !value.starts_with('/') {
         return Err("must start with /");
@@ -63,7 +68,7 @@ pub fn normalize_prefix(value: &str) -> Result<String, PathError> {
     if trimmed.as_bytes().split(|b| *b == b'/').skip(1).any(|s| s.is_empty() || s == b"." || s == b"..") {
         return Err("must not contain empty or dot segments");
     }
-    Ok(trimmed.to_string())
+    Ok(trimmed)
 }
 
 /// True when `path` holds a segment a backend could resolve upwards or sideways
