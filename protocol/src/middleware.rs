@@ -467,7 +467,7 @@ fn believe<'a>(
             if text.starts_with('/') || text.is_empty() { Cow::Borrowed(text) } else { Cow::Owned(format!("/{text}")) };
         let traversal =
             normalized_prefix(&with_slash).map_err(|e| bad_request(Reason::BadTraversalPath, format!("X-Traversal-Path {e}")))?;
-        let rest = strip_segment_prefix(path, &traversal).ok_or_else(|| {
+        let rest = strip_segment_prefix(path, traversal).ok_or_else(|| {
             bad_request(
                 Reason::OutsideTraversalPath,
                 format!("the header X-Traversal-Path gives {traversal} but the path {path} does not start with it"),
