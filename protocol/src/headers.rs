@@ -109,7 +109,8 @@ pub const COMPETING_FORWARDING_HEADERS: [&str; 11] = [
 /// `x-script-name`; the shipped Envoy configs drop such names, and the filter
 /// strips them too wherever Envoy lets them through (Istio's default).
 pub fn is_underscore_spelling_of(name: &str, pred: impl Fn(&str) -> bool) -> bool {
-    name.contains('_') && pred(&name.replace('_', "-"))
+    // A byte loop: a char search's setup costs more than a header name's few bytes.
+    name.bytes().any(|b| b == b'_') && pred(&name.replace('_', "-"))
 }
 
 /// A header value a filter may write: Envoy does not check what filters write, so we do.
