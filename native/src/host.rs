@@ -9,7 +9,7 @@ use wsgiproxy_protocol::driver::Flow;
 use wsgiproxy_protocol::host::{CalloutAnswer, HeaderMap, Host, ReportHost, Warning};
 use wsgiproxy_protocol::middleware::NonceMemory;
 use wsgiproxy_protocol::replay::Verdict;
-use wsgiproxy_protocol::request::{LocalReply, RequestHead};
+use wsgiproxy_protocol::request::{LocalReply, RawHead, RequestHead};
 use wsgiproxy_protocol::signature::Nonce;
 
 use crate::abi::{self, log, log_enabled, Attribute, CalloutResponse, ConfigHandle, HeadersStatus, LogLevel, Stream};
@@ -58,7 +58,7 @@ fn abi_map(map: HeaderMap) -> abi::HeaderMap {
 impl Host for NativeHost<'_> {
     fn request_head(&mut self) -> RequestHead {
         // One buffer for the whole head, filled from Envoy's map in place.
-        self.stream.read_headers(abi::HeaderMap::Request, RequestHead::with_capacity, |head, name, value| head.push(name, value))
+        self.stream.read_headers(abi::HeaderMap::Request, RawHead::with_capacity, |head, name, value| head.push(name, value)).finish()
     }
 
     /// Read in place by name: no copy of the rest of the map.

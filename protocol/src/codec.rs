@@ -27,6 +27,16 @@ impl Family {
         }
     }
 
+    /// [`Family::header_prefix`] after the protocol's `x-wsgiproxy-`.
+    fn name_after_prefix(self) -> &'static str {
+        match self {
+            Family::Str => "str-",
+            Family::Unicode => "unicode-",
+            Family::Json => "json-",
+            Family::Pickle => "pickle-",
+        }
+    }
+
     /// The name of the payload header `index` of this family: the first eight are
     /// static, the others made.
     pub fn header_name(self, index: usize) -> std::borrow::Cow<'static, str> {
@@ -81,11 +91,11 @@ impl Family {
     /// The family and index of a payload header name, `None` when it is not one.
     /// An index that is not plain decimal (sign, leading zero, too long) is an error.
     pub fn parse_header_name(name: &str) -> Option<Result<(Family, usize), String>> {
-        Family::ALL.iter().find_map(|&family| {
-            name.strip_prefix(family.header_prefix()).map(|index| {
-                parse_index(index).map(|i| (family, i)).ok_or_else(|| format!("{name}: payload index is not a plain decimal number"))
-            })
-        })
+        // Most names are no protocol header at all: one test of the common prefix
+        // turns them away before the families are tried.
+        let after = name.strip_prefix(crate::headers::X_WSGIPROXY_PREFIX)?;
+        let (family, index) = Family::ALL.iter().find_map(|&family| Some((family, after.strip_prefix(family.name_after_prefix())?)))?;
+        Some(parse_index(index).map(|i| (family, i)).ok_or_else(|| format!("{name}: payload index is not a plain decimal number")))
     }
 }
 
@@ -175,6 +185,10 @@ pub fn split_payload(raw: &[u8]) -> Result<(String, &[u8]), DecodeError> {
         None => (raw, &raw[raw.len()..]),
     };
     let key = std::str::from_utf8(key).map_err(|_| DecodeError::BadKey)?;
+    // Printable ASCII with no percent sign (most keys) decodes to itself.
+    if !key.is_empty() && key.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'%') {
+        return Ok((key.to_string(), value));
+    }
     let key = percent_decode_str(key).decode_utf8().map_err(|_| DecodeError::BadKey)?;
     if key.is_empty() || key.chars().any(char::is_control) {
         return Err(DecodeError::BadKey);
@@ -208,6 +222,21 @@ pub fn is_json(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_keys_split_as_decoded_ones() {
+        // The reading by percent-decoding every key, which the plain-key shortcut skips.
+        fn decoded(raw: &[u8]) -> Option<(String, &[u8])> {
+            let at = raw.iter().position(|&b| b == b' ').unwrap_or(raw.len());
+            let key = percent_decode_str(std::str::from_utf8(&raw[..at]).ok()?).decode_utf8().ok()?;
+            (!key.is_empty() && !key.chars().any(char::is_control)).then(|| (key.into_owned(), raw.get(at + 1..).unwrap_or_default()))
+        }
+        for key in ["REMOTE_USER", "a", "~!*()'", "a%20b", "%41", "%", "%zz", "\x7f", "\x1f", " ", "", "caf\u{e9}", "a\tb", "%c2%85"] {
+            for raw in [key.to_string(), format!("{key} v"), format!("{key} ")] {
+                assert_eq!(split_payload(raw.as_bytes()).ok(), decoded(raw.as_bytes()), "{raw:?}");
+            }
+        }
+    }
 
     #[test]
     fn plain_values_travel_as_is() {
@@ -265,5 +294,8 @@ mod tests {
         assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-"), Some(Err(_))));
         assert!(matches!(Family::parse_header_name("x-wsgiproxy-str-1000"), Some(Err(_))));
         assert_eq!(Family::parse_header_name("x-wsgiproxy-version"), None);
+        for family in Family::ALL {
+            assert_eq!(format!("{}{}", crate::headers::X_WSGIPROXY_PREFIX, family.name_after_prefix()), family.header_prefix());
+        }
     }
 }

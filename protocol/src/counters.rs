@@ -9,9 +9,10 @@
 
 use crate::reason::Reason;
 
-/// The hasher of the loaders' counter tables: FNV-1a, several times cheaper than the
-/// standard SipHash for a short name. The names are the filter's own (this module's),
-/// never a client's, so flooding one bucket is not a concern.
+/// The hasher of the loaders' counter tables: a multiply per eight bytes (FNV-1a's
+/// form, a word at a time), several times cheaper than the standard SipHash for a
+/// short name. The names are the filter's own (this module's), never a client's, so
+/// flooding one bucket is not a concern.
 #[derive(Debug, Clone, Copy)]
 pub struct NameHasher(u64);
 
@@ -21,10 +22,27 @@ impl Default for NameHasher {
     }
 }
 
+impl NameHasher {
+    fn mix(&mut self, word: u64) {
+        // The rotation brings the product's well-mixed high bits down to the low
+        // ones, from which the table takes a bucket.
+        self.0 = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+}
+
 impl std::hash::Hasher for NameHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            // The length marks the last word apart from a shorter one's zero padding.
+            let last = rest.iter().enumerate().fold(rest.len() as u64, |w, (i, b)| w | u64::from(*b) << (8 * i + 8));
+            self.mix(last);
         }
     }
 
@@ -134,6 +152,18 @@ mod tests {
             let unique: std::collections::HashSet<&String> = names.iter().collect();
             assert_eq!(unique.len(), names.len(), "{role}: a name twice");
         }
+    }
+
+    #[test]
+    fn every_counter_name_hashes_apart() {
+        use std::hash::BuildHasher;
+        let hasher = std::hash::BuildHasherDefault::<NameHasher>::default();
+        let mut names: Vec<String> = ["app", "middleware", "exact", "spawn", "peer"].iter().flat_map(|role| declared(role)).collect();
+        names.extend(["", "a", "a\0", "abcdefgh", "abcdefgh\0", "abcdefghi"].map(String::from));
+        let hashes: std::collections::HashSet<u64> = names.iter().map(|n| hasher.hash_one(n)).collect();
+        assert_eq!(hashes.len(), names.len());
+        let map: NameMap<usize> = names.iter().cloned().zip(0..).collect();
+        assert!(names.iter().enumerate().all(|(i, n)| map.get(n) == Some(&i)));
     }
 
     #[test]

@@ -38,36 +38,46 @@ const FIXED_PROTOCOL_HEADERS: [&str; 7] = [
     X_TRAVERSAL_QUERY_STRING,
 ];
 
-/// Names an edit may hold, kept as they are: an edit of one of these names costs no
-/// allocation ([`static_name`]).
-const KNOWN_NAMES: [&str; 14] = [
-    X_FORWARDED_FOR,
-    X_FORWARDED_SERVER,
-    X_FORWARDED_SCHEME,
-    X_SCRIPT_NAME,
-    X_FORWARDED_SCRIPT_NAME,
-    X_TRAVERSAL_PATH,
-    X_TRAVERSAL_QUERY_STRING,
-    X_WSGIPROXY_VERSION,
-    X_WSGIPROXY_SIGNATURE,
-    X_WSGIPROXY_ENDPOINT,
-    DATE,
-    X_FORWARDED_HOST,
-    X_FORWARDED_PROTO,
-    X_FORWARDED_PREFIX,
-];
-
 /// A header name as an edit keeps it: borrowed when it is one the protocol knows (its
 /// own headers, the payload headers' first few, the competing forwarding headers),
 /// else copied.
 pub fn static_name(name: &str) -> std::borrow::Cow<'static, str> {
-    if let Some(known) = KNOWN_NAMES.iter().chain(COMPETING_FORWARDING_HEADERS.iter()).find(|k| **k == name) {
-        return std::borrow::Cow::Borrowed(known);
-    }
-    if let Some(Ok((family, index))) = crate::codec::Family::parse_header_name(name) {
-        return family.header_name(index);
-    }
-    std::borrow::Cow::Owned(name.to_string())
+    // A match, which compiles to a switch on the length before any bytes are
+    // compared; the test `known_names_are_static` holds it to its list.
+    let known = match name {
+        X_FORWARDED_FOR => X_FORWARDED_FOR,
+        X_FORWARDED_SERVER => X_FORWARDED_SERVER,
+        X_FORWARDED_SCHEME => X_FORWARDED_SCHEME,
+        X_SCRIPT_NAME => X_SCRIPT_NAME,
+        X_FORWARDED_SCRIPT_NAME => X_FORWARDED_SCRIPT_NAME,
+        X_TRAVERSAL_PATH => X_TRAVERSAL_PATH,
+        X_TRAVERSAL_QUERY_STRING => X_TRAVERSAL_QUERY_STRING,
+        X_WSGIPROXY_VERSION => X_WSGIPROXY_VERSION,
+        X_WSGIPROXY_SIGNATURE => X_WSGIPROXY_SIGNATURE,
+        X_WSGIPROXY_ENDPOINT => X_WSGIPROXY_ENDPOINT,
+        DATE => DATE,
+        X_FORWARDED_HOST => X_FORWARDED_HOST,
+        X_FORWARDED_PROTO => X_FORWARDED_PROTO,
+        X_FORWARDED_PREFIX => X_FORWARDED_PREFIX,
+        "forwarded" => "forwarded",
+        "x-forwarded-port" => "x-forwarded-port",
+        "x-forwarded-ssl" => "x-forwarded-ssl",
+        "x-forwarded-protocol" => "x-forwarded-protocol",
+        "x-url-scheme" => "x-url-scheme",
+        "front-end-https" => "front-end-https",
+        "x-real-ip" => "x-real-ip",
+        "x-client-ip" => "x-client-ip",
+        "true-client-ip" => "true-client-ip",
+        "x-cluster-client-ip" => "x-cluster-client-ip",
+        "x-envoy-external-address" => "x-envoy-external-address",
+        _ => {
+            return match crate::codec::Family::parse_header_name(name) {
+                Some(Ok((family, index))) => family.header_name(index),
+                _ => std::borrow::Cow::Owned(name.to_string()),
+            }
+        }
+    };
+    std::borrow::Cow::Borrowed(known)
 }
 
 /// True for every header that belongs to the protocol (names are lowercase, as Envoy gives them).
@@ -99,7 +109,8 @@ pub const COMPETING_FORWARDING_HEADERS: [&str; 11] = [
 /// `x-script-name`; the shipped Envoy configs drop such names, and the filter
 /// strips them too wherever Envoy lets them through (Istio's default).
 pub fn is_underscore_spelling_of(name: &str, pred: impl Fn(&str) -> bool) -> bool {
-    name.contains('_') && pred(&name.replace('_', "-"))
+    // A byte loop: a char search's setup costs more than a header name's few bytes.
+    name.bytes().any(|b| b == b'_') && pred(&name.replace('_', "-"))
 }
 
 /// A header value a filter may write: Envoy does not check what filters write, so we do.
@@ -110,18 +121,30 @@ pub fn is_safe_value(value: &[u8]) -> bool {
     let byte_ok = |b: &u8| *b == b'\t' || (*b >= 0x20 && *b != 0x7f);
     // Eight bytes at a time: a word with no byte below 0x20 and none equal to 0x7f
     // is safe as it stands; any other word is checked byte by byte (a tab is allowed).
+    let plain = |w: u64| {
+        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        let del = (w ^ (ONES * 0x7f)).wrapping_sub(ONES) & !(w ^ (ONES * 0x7f)) & HIGHS;
+        (below_space | del) == 0
+    };
     let mut words = value.chunks_exact(8);
     for word in &mut words {
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(word);
-        let w = u64::from_le_bytes(bytes);
-        let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-        let del = (w ^ (ONES * 0x7f)).wrapping_sub(ONES) & !(w ^ (ONES * 0x7f)) & HIGHS;
-        if (below_space | del) != 0 && !word.iter().all(byte_ok) {
+        if !plain(u64::from_le_bytes(bytes)) && !word.iter().all(byte_ok) {
             return false;
         }
     }
-    words.remainder().iter().all(byte_ok)
+    // The last few bytes as one word too: from 4 to 7, their first four and last
+    // four (overlapping); from 1 to 3, the first, middle and last, padded with spaces.
+    let rest = words.remainder();
+    let last = match (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+        (Some(first), Some(last)) => u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32,
+        _ => match (rest.first(), rest.get(rest.len() / 2), rest.last()) {
+            (Some(&a), Some(&b), Some(&c)) => u64::from_le_bytes([a, b, c, b' ', b' ', b' ', b' ', b' ']),
+            _ => return true,
+        },
+    };
+    plain(last) || rest.iter().all(byte_ok)
 }
 
 /// An HTTP token (RFC 9110) in lowercase: what a configured header name must be.
@@ -165,8 +188,9 @@ pub fn parse_authority(value: &[u8]) -> Option<(&str, Option<u16>)> {
         let after = &rest[end + 1..];
         (&text[..end + 2], if after.is_empty() { None } else { Some(after.strip_prefix(':')?) })
     } else {
-        match text.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
+        // The first colon, found byte by byte (a char search costs more on so short a value).
+        match text.bytes().position(|b| b == b':') {
+            Some(colon) => (text.get(..colon)?, Some(text.get(colon + 1..)?)),
             None => (text, None),
         }
     };
@@ -207,6 +231,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The protocol's own names [`static_name`] keeps borrowed, besides the competing forwarding headers.
+    const KNOWN_NAMES: [&str; 14] = [
+        X_FORWARDED_FOR,
+        X_FORWARDED_SERVER,
+        X_FORWARDED_SCHEME,
+        X_SCRIPT_NAME,
+        X_FORWARDED_SCRIPT_NAME,
+        X_TRAVERSAL_PATH,
+        X_TRAVERSAL_QUERY_STRING,
+        X_WSGIPROXY_VERSION,
+        X_WSGIPROXY_SIGNATURE,
+        X_WSGIPROXY_ENDPOINT,
+        DATE,
+        X_FORWARDED_HOST,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_PREFIX,
+    ];
+
+    #[test]
+    fn known_names_are_static() {
+        for name in KNOWN_NAMES.iter().chain(COMPETING_FORWARDING_HEADERS.iter()) {
+            assert!(matches!(static_name(name), std::borrow::Cow::Borrowed(n) if n == *name), "{name}");
+        }
+        assert!(matches!(static_name("x-wsgiproxy-str-3"), std::borrow::Cow::Borrowed("x-wsgiproxy-str-3")));
+        assert!(matches!(static_name("x-wsgiproxy-str-30"), std::borrow::Cow::Owned(n) if n == "x-wsgiproxy-str-30"));
+        assert!(matches!(static_name("x-other"), std::borrow::Cow::Owned(n) if n == "x-other"));
     }
 
     #[test]

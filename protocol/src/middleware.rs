@@ -3,13 +3,14 @@
 //! the believed ones into plain headers any framework understands, applies the
 //! forced values of the configuration, and strips everything else.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
 use crate::codec::{decode_value, split_payload, Family};
 use crate::config::{EndpointBinding, ForcedPrefix, MiddlewareConfig, OnUntrusted};
 use crate::headers::*;
-use crate::paths::{has_unsafe_segment, normalize_prefix, split_query, strip_segment_prefix, with_query};
+use crate::paths::{has_unsafe_segment, normalized_prefix, split_query, strip_segment_prefix, with_query};
 use crate::reason::Reason;
 use crate::replay::Verdict;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
@@ -64,14 +65,15 @@ fn bad_request(reason: Reason, detail: impl Into<String>) -> Decision<'static> {
     Decision::Reply(LocalReply::new(400, reason, detail))
 }
 
-/// Everything a trusted request's protocol headers said, validated.
+/// Everything a trusted request's protocol headers said, validated (borrowed from
+/// the request where it can be delivered as it came).
 #[derive(Default)]
-struct Believed {
+struct Believed<'a> {
     client_ip: Option<IpAddr>,
-    host: Option<String>,
-    scheme: Option<String>,
-    script_name: String,
-    path: Option<String>,
+    host: Option<&'a str>,
+    scheme: Option<&'static str>,
+    script_name: Cow<'a, str>,
+    path: Option<&'a str>,
     keys: Vec<(String, Vec<u8>)>,
     kept_pickles: Vec<String>,
 }
@@ -147,23 +149,24 @@ pub fn decide<'a>(
     };
 
     // Values from the connection where the protocol said nothing (or was not believed).
-    let mut host = match believed.host {
+    // Borrowed from the request or the configuration unless they are made here.
+    let mut host: Cow<'a, str> = Cow::Borrowed(match believed.host {
         Some(h) => h,
-        None => head.get_str(AUTHORITY).unwrap_or_default().to_string(),
-    };
-    let mut scheme = believed.scheme.unwrap_or_else(|| if req.https { "https".into() } else { "http".into() });
+        None => head.get_str(AUTHORITY).unwrap_or_default(),
+    });
+    let mut scheme: &'a str = believed.scheme.unwrap_or(if req.https { "https" } else { "http" });
     let client_ip = believed.client_ip.or_else(|| config.client_address.pick(downstream));
     let mut script_name = believed.script_name;
-    let mut new_path = believed.path.unwrap_or_else(|| path.to_string());
+    let mut new_path: Cow<'a, str> = Cow::Borrowed(believed.path.unwrap_or(path));
 
     // Forced values of the configuration apply to every request.
     match &config.forced_prefix {
         ForcedPrefix::None => {}
-        ForcedPrefix::Prefix(p) => script_name = p.clone(),
+        ForcedPrefix::Prefix(p) => script_name = Cow::Borrowed(p),
         ForcedPrefix::Pop(p) => match strip_segment_prefix(&new_path, p) {
             Some(rest) => {
-                new_path = if rest.is_empty() { "/".into() } else { rest.to_string() };
-                script_name.push_str(p);
+                new_path = Cow::Owned(if rest.is_empty() { "/".into() } else { rest.to_string() });
+                script_name.to_mut().push_str(p);
             }
             None => {
                 return bad_request(
@@ -177,17 +180,17 @@ pub fn decide<'a>(
         return bad_request(Reason::UnsafePath, "the path holds dot segments, back slashes or encoded slashes");
     }
     if let Some(s) = &config.scheme {
-        scheme = s.clone();
+        scheme = s;
     }
     if let Some(h) = &config.host {
-        host = h.clone();
+        host = Cow::Borrowed(h);
     } else if config.domain.is_some() || config.port.is_some() {
-        let (current_host, current_port) = parse_authority(host.as_bytes()).unwrap_or((host.as_str(), None));
+        let (current_host, current_port) = parse_authority(host.as_bytes()).unwrap_or((&host, None));
         let name = config.domain.as_deref().unwrap_or(current_host);
-        host = match config.port.or(current_port) {
+        host = Cow::Owned(match config.port.or(current_port) {
             Some(port) => format!("{name}:{port}"),
             None => name.to_string(),
-        };
+        });
     }
 
     // Build the edits: strip, then deliver (room for a signed request's protocol
@@ -201,18 +204,20 @@ pub fn decide<'a>(
     // that could describe the client, host or scheme is stripped.
     let consumed = |name: &str| is_protocol_header(name) || delivered(name);
     let unwanted = |name: &str| consumed(name) || COMPETING_FORWARDING_HEADERS.contains(&name);
-    for name in head.names_where(|n| unwanted(n) || is_underscore_spelling_of(n, unwanted)) {
-        if believed.kept_pickles.iter().any(|k| k == name) {
+    for (name, _) in head.iter() {
+        let name_consumed = consumed(name);
+        let wanted = !name_consumed && !COMPETING_FORWARDING_HEADERS.contains(&name) && !is_underscore_spelling_of(name, unwanted);
+        if wanted || believed.kept_pickles.iter().any(|k| k == name) {
             continue;
         }
-        edits.remove(name);
-        if !trusted || !consumed(name) {
+        // Each name once: a repeated header is removed (and counted) at its first line.
+        if edits.remove(name) && (!trusted || !name_consumed) {
             outcome.stripped += 1;
         }
     }
-    let new_target = with_query(&new_path, query);
-    if new_target != target {
-        edits.set(PATH, new_target);
+    // The query is kept as it came, so the target changes exactly when the path does.
+    if new_path != path {
+        edits.set(PATH, with_query(&new_path, query));
     }
     if head.get(AUTHORITY) != Some(host.as_bytes()) && !host.is_empty() {
         edits.set(AUTHORITY, host.clone());
@@ -255,7 +260,7 @@ fn signature_reply(rejection: Rejection) -> Decision<'static> {
 
 /// Refuses duplicate, oversized or control-character protocol headers and too many payloads.
 fn check_protocol_headers(head: &RequestHead) -> Result<(), Decision<'static>> {
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: Vec<&str> = Vec::with_capacity(head.len());
     let mut payloads = 0;
     for (name, value) in head.iter() {
         if !is_protocol_header(name) {
@@ -321,20 +326,17 @@ fn verify(
     let signature = SignatureHeader::parse(raw).ok_or(Ok(Rejection::Bad))?;
     let date = head.get(DATE).ok_or(Ok(Rejection::Stale))?;
     let date_secs = check_date(date, req.now, config.max_skew).map_err(Ok)?;
-    let parts = SignedParts {
+    let mut parts = SignedParts {
         method: head.get(METHOD).unwrap_or_default(),
         authority: head.get(AUTHORITY).unwrap_or_default(),
         path: head.get(PATH).unwrap_or_default(),
         date,
-        protocol_headers: head
-            .iter()
-            .filter(|(n, _)| crate::signature::is_signed_header(n))
-            .map(|(n, v)| match n {
-                X_FORWARDED_FOR => (n, sender_forwarded_for(v, req.downstream.tcp_peer)),
-                _ => (n, v),
-            })
-            .collect(),
+        protocol_headers: Vec::with_capacity(head.len()),
     };
+    parts.protocol_headers.extend(head.iter().filter(|(n, _)| crate::signature::is_signed_header(n)).map(|(n, v)| match n {
+        X_FORWARDED_FOR => (n, sender_forwarded_for(v, req.downstream.tcp_peer)),
+        _ => (n, v),
+    }));
     verify_mac(ring, &signature, &parts).map_err(Ok)?;
     remember_nonce(nonces, &signature.nonce, date_secs, req.now)
 }
@@ -370,7 +372,9 @@ fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHea
     for name in [rfc9421::SIGNATURE_INPUT, rfc9421::SIGNATURE] {
         match rfc9421::combined(&fields, name).map(|v| rfc9421::without_our_member(&v)) {
             Some(rfc9421::Consumed::Rest(rest)) => edits.set(name, rest),
-            Some(rfc9421::Consumed::All) => edits.remove(name),
+            Some(rfc9421::Consumed::All) => {
+                edits.remove(name);
+            }
             Some(rfc9421::Consumed::NotOurs) | None => {}
         }
     }
@@ -411,13 +415,13 @@ pub fn sender_forwarded_for(value: &[u8], tcp_peer: Option<IpAddr>) -> &[u8] {
 }
 
 /// Validates and decodes a trusted request's protocol headers.
-fn believe(
+fn believe<'a>(
     config: &MiddlewareConfig,
-    head: &RequestHead,
-    path: &str,
+    head: &'a RequestHead,
+    path: &'a str,
     tcp_peer: Option<IpAddr>,
     outcome: &mut MiddlewareOutcome,
-) -> Result<Believed, Decision<'static>> {
+) -> Result<Believed<'a>, Decision<'static>> {
     let mut b = Believed::default();
     if let Some(v) = head.get(X_WSGIPROXY_VERSION) {
         if v != PROTOCOL_VERSION.as_bytes() {
@@ -432,14 +436,17 @@ fn believe(
         if parse_authority(v).is_none() {
             return Err(bad_request(Reason::BadForwardedServer, "X-Forwarded-Server must be host or host:port"));
         }
-        b.host = std::str::from_utf8(v).ok().map(str::to_string);
+        b.host = std::str::from_utf8(v).ok();
     }
     if let Some(v) = head.get(X_FORWARDED_SCHEME) {
-        let s = String::from_utf8_lossy(v).to_ascii_lowercase();
-        if s != "http" && s != "https" {
+        // In any case; delivered in lowercase.
+        b.scheme = Some(if v.eq_ignore_ascii_case(b"http") {
+            "http"
+        } else if v.eq_ignore_ascii_case(b"https") {
+            "https"
+        } else {
             return Err(bad_request(Reason::BadForwardedScheme, "X-Forwarded-Scheme must be http or https"));
-        }
-        b.scheme = Some(s);
+        });
     }
     let script = match (head.get(X_SCRIPT_NAME), head.get(X_FORWARDED_SCRIPT_NAME)) {
         (Some(a), Some(c)) if a != c => {
@@ -450,21 +457,23 @@ fn believe(
     };
     if let Some(v) = script {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
-        b.script_name = normalize_prefix(text).map_err(|e| bad_request(Reason::BadScriptName, format!("X-Script-Name {e}")))?;
+        b.script_name =
+            Cow::Borrowed(normalized_prefix(text).map_err(|e| bad_request(Reason::BadScriptName, format!("X-Script-Name {e}")))?);
     }
     if let Some(v) = head.get(X_TRAVERSAL_PATH) {
         let text = std::str::from_utf8(v).unwrap_or("\u{fffd}");
         // WSGIProxy 0.2.2 sent it without its leading slash.
-        let with_slash = if text.starts_with('/') || text.is_empty() { text.to_string() } else { format!("/{text}") };
+        let with_slash: Cow<'_, str> =
+            if text.starts_with('/') || text.is_empty() { Cow::Borrowed(text) } else { Cow::Owned(format!("/{text}")) };
         let traversal =
-            normalize_prefix(&with_slash).map_err(|e| bad_request(Reason::BadTraversalPath, format!("X-Traversal-Path {e}")))?;
-        let rest = strip_segment_prefix(path, &traversal).ok_or_else(|| {
+            normalized_prefix(&with_slash).map_err(|e| bad_request(Reason::BadTraversalPath, format!("X-Traversal-Path {e}")))?;
+        let rest = strip_segment_prefix(path, traversal).ok_or_else(|| {
             bad_request(
                 Reason::OutsideTraversalPath,
                 format!("the header X-Traversal-Path gives {traversal} but the path {path} does not start with it"),
             )
         })?;
-        b.path = Some(if rest.is_empty() { "/".to_string() } else { rest.to_string() });
+        b.path = Some(if rest.is_empty() { "/" } else { rest });
     }
 
     let mut seen_keys: Vec<String> = Vec::new();
@@ -475,8 +484,9 @@ fn believe(
         if seen_keys.contains(&key) {
             return Err(bad_request(Reason::DuplicateKey, format!("{name}: the key {key} is given more than once")));
         }
-        seen_keys.push(key.clone());
-        let Some(target) = config.keys.get(&key) else {
+        let target = config.keys.get(&key);
+        seen_keys.push(key);
+        let Some(target) = target else {
             outcome.dropped_keys += 1;
             continue;
         };
@@ -490,6 +500,7 @@ fn believe(
         }
         let decoded = decode_value(family, wire).map_err(|e| bad_request(Reason::UndecodablePayload, format!("{name}: {e}")))?;
         if !is_safe_value(&decoded) {
+            let key = seen_keys.last().map(String::as_str).unwrap_or_default();
             return Err(bad_request(
                 Reason::UndeliverableValue,
                 format!("{name}: the value of {key} holds control characters and cannot be delivered as a header"),

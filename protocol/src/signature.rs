@@ -308,19 +308,33 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 
 /// Hex digits (either case) into `out`, which must be half their length.
 fn unhex_into(text: &[u8], out: &mut [u8]) -> Option<()> {
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+    // Each byte's value as a hex digit, or 0xff: one load per digit, no branches.
+    const DIGIT: [u8; 256] = {
+        let mut table = [0xff; 256];
+        let mut c = 0;
+        while c < 10 {
+            table[b'0' as usize + c] = c as u8;
+            c += 1;
+        }
+        let mut c = 0;
+        while c < 6 {
+            table[b'a' as usize + c] = 10 + c as u8;
+            table[b'A' as usize + c] = 10 + c as u8;
+            c += 1;
+        }
+        table
     };
     if text.len() != out.len() * 2 {
         return None;
     }
+    let mut bad = 0u8;
     for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *b = (digit(pair[0])? << 4) | digit(pair[1])?;
+        let (high, low) = (DIGIT[usize::from(pair[0])], DIGIT[usize::from(pair[1])]);
+        bad |= high | low;
+        *b = (high << 4) | (low & 0xf);
     }
-    Some(())
+    // A digit's value is below 16; a byte that is none sets the high bits.
+    (bad < 16).then_some(())
 }
 
 /// True for the headers a signature covers besides method, host, path and Date.
@@ -351,21 +365,24 @@ pub struct SignatureHeader {
 
 impl SignatureHeader {
     pub fn parse(value: &[u8]) -> Option<SignatureHeader> {
-        let text = std::str::from_utf8(value).ok()?;
-        let mut fields = text.split(' ');
-        let key_id = fields.next()?;
-        let nonce = fields.next()?;
-        let mac = fields.next()?;
-        if fields.next().is_some() || !is_key_id(key_id) || nonce.len() != NONCE_LEN * 2 || mac.len() > 128 {
+        // Three fields between single spaces, read as bytes: a key id and hex digits
+        // are ASCII, so a value that is not UTF-8 fails their checks.
+        let split = |field: &[u8]| field.iter().position(|b| *b == b' ');
+        let first = split(value)?;
+        let (key_id, rest) = (value.get(..first)?, value.get(first + 1..)?);
+        let second = split(rest)?;
+        let (nonce, mac) = (rest.get(..second)?, rest.get(second + 1..)?);
+        let key_id = std::str::from_utf8(key_id).ok()?;
+        if split(mac).is_some() || !is_key_id(key_id) || nonce.len() != NONCE_LEN * 2 || mac.len() > 128 {
             return None;
         }
         let mut nonce_bytes = [0u8; NONCE_LEN];
-        unhex_into(nonce.as_bytes(), &mut nonce_bytes)?;
+        unhex_into(nonce, &mut nonce_bytes)?;
         if mac.len() % 2 != 0 {
             return None;
         }
         let mut mac_bytes = vec![0u8; mac.len() / 2];
-        unhex_into(mac.as_bytes(), &mut mac_bytes)?;
+        unhex_into(mac, &mut mac_bytes)?;
         Some(SignatureHeader { key_id: key_id.to_string(), nonce: nonce_bytes, mac: mac_bytes })
     }
 }
@@ -595,6 +612,50 @@ mod tests {
             }
         }
         assert!(unhex_into(b"abc", &mut [0u8; 1]).is_none());
+    }
+
+    #[test]
+    fn every_pair_of_bytes_unhexes_as_the_hex_crate_reads_it() {
+        for high in 0..=255u8 {
+            for low in 0..=255u8 {
+                let mut out = [0u8; 1];
+                let read = unhex_into(&[high, low], &mut out).map(|()| out.to_vec());
+                assert_eq!(read, hex::decode([high, low]).ok(), "{high:#x} {low:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn signature_headers_parse_as_split_on_spaces() {
+        // The reading by `str::split`, which the byte-wise parse replaced.
+        fn by_split(value: &[u8]) -> Option<SignatureHeader> {
+            let text = std::str::from_utf8(value).ok()?;
+            let mut fields = text.split(' ');
+            let (key_id, nonce, mac) = (fields.next()?, fields.next()?, fields.next()?);
+            if fields.next().is_some() || !is_key_id(key_id) || nonce.len() != NONCE_LEN * 2 || mac.len() > 128 || mac.len() % 2 != 0 {
+                return None;
+            }
+            Some(SignatureHeader { key_id: key_id.into(), nonce: hex::decode(nonce).ok()?.try_into().ok()?, mac: hex::decode(mac).ok()? })
+        }
+        let good = "k1 00112233445566778899aabbccddeeff 0a0b".as_bytes();
+        let mut values: Vec<Vec<u8>> = vec![Vec::new(), b" ".to_vec(), b"  ".to_vec(), b"   ".to_vec(), good.to_vec()];
+        for at in 0..=good.len() {
+            for b in [b' ', b'\xff', b'\xc3', b'A', b'F', b'g', b'0', b'/', b'\n'] {
+                let mut changed = good.to_vec();
+                changed[at.min(good.len() - 1)] = b;
+                values.push(changed);
+                let mut inserted = good.to_vec();
+                inserted.insert(at, b);
+                values.push(inserted);
+            }
+            values.push(good[..at].to_vec());
+        }
+        values.push(format!("k1 {} {}", "ab".repeat(16), "cd".repeat(64)).into_bytes());
+        values.push(format!("k1 {} {}", "ab".repeat(16), "cd".repeat(65)).into_bytes());
+        values.push(format!("{} {} 00", "k".repeat(65), "ab".repeat(16)).into_bytes());
+        for value in values {
+            assert_eq!(SignatureHeader::parse(&value), by_split(&value), "{:?}", String::from_utf8_lossy(&value));
+        }
     }
 
     #[test]
