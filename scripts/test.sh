@@ -38,9 +38,9 @@ done
 rm -rf "$validate_dir"
 bash scripts/compose.sh config -q
 
-echo "== the protocol's unit tests as the Wasm filter builds it (HMAC on RustCrypto's code)"
-# The workspace run below builds the protocol with the native module's ring-hmac
-# feature; this one, the package alone, with the default backend.
+echo "== the protocol's unit tests as the Wasm filter builds it (HMAC and P-256 on RustCrypto's code)"
+# The workspace run below builds the protocol with the native module's ring
+# feature; this one, the package alone, with the default backends.
 cargo test -p wsgiproxy-protocol --lib
 
 echo "== the native module's binding under a sanitizer"

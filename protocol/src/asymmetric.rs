@@ -18,11 +18,14 @@
 use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
 use base64::{alphabet, Engine as _};
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _};
-use p256::ecdsa::signature::{Signer as _, Verifier as _};
+use p256::ecdsa::signature::Signer as _;
 use serde::Deserialize;
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::signature::Algorithm;
+
+mod p256_public_key;
+pub use p256_public_key::P256PublicKey;
 
 /// A private key: signs (the `app` role).
 #[derive(Clone)]
@@ -35,7 +38,7 @@ pub enum PrivateKey {
 #[derive(Clone, PartialEq, Eq)]
 pub enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
-    EcdsaP256(p256::ecdsa::VerifyingKey),
+    EcdsaP256(P256PublicKey),
 }
 
 /// A key as read from the configuration: which half it is decides which role may hold it.
@@ -69,7 +72,7 @@ impl PrivateKey {
     pub fn public_key(&self) -> PublicKey {
         match self {
             PrivateKey::Ed25519(key) => PublicKey::Ed25519(key.verifying_key()),
-            PrivateKey::EcdsaP256(key) => PublicKey::EcdsaP256(*key.verifying_key()),
+            PrivateKey::EcdsaP256(key) => PublicKey::EcdsaP256(P256PublicKey::new(*key.verifying_key())),
         }
     }
 }
@@ -85,15 +88,14 @@ impl PublicKey {
     /// Whether `signature` is this key's signature of `message`. Any length or
     /// encoding other than the algorithm's 64 bytes is simply not a signature.
     /// Ed25519 is checked strictly (canonical `S`, no small-order keys or `R`), so
-    /// a signature has one encoding only.
+    /// a signature has one encoding only. ECDSA takes `s` and `n - s` alike (OpenSSL
+    /// signs either), through `p256` or, with feature `ring`, ring (`P256PublicKey`).
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         match self {
             PublicKey::Ed25519(key) => {
                 ed25519_dalek::Signature::from_slice(signature).is_ok_and(|signature| key.verify_strict(message, &signature).is_ok())
             }
-            PublicKey::EcdsaP256(key) => {
-                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|signature| key.verify(message, &signature).is_ok())
-            }
+            PublicKey::EcdsaP256(key) => key.verifies(message, signature),
         }
     }
 }
@@ -168,7 +170,7 @@ fn parse_pem(algorithm: Algorithm, pem: &str) -> Result<AsymmetricKey, KeyError>
             .map_err(|_| unreadable("an SPKI public key"))
             .and_then(ed25519_public_key),
         ("-----BEGIN PUBLIC KEY-----", Algorithm::EcdsaP256Sha256) => p256::ecdsa::VerifyingKey::from_public_key_pem(pem)
-            .map(|k| AsymmetricKey::Public(PublicKey::EcdsaP256(k)))
+            .map(|k| AsymmetricKey::Public(PublicKey::EcdsaP256(P256PublicKey::new(k))))
             .map_err(|_| unreadable("an SPKI public key")),
         ("-----BEGIN ENCRYPTED PRIVATE KEY-----", _) => {
             Err("is an encrypted private key: give it decrypted (openssl pkey -in KEY), from an environment variable".into())
@@ -270,7 +272,7 @@ fn parse_jwk(algorithm: Algorithm, text: &str) -> Result<AsymmetricKey, KeyError
             let public = p256::ecdsa::VerifyingKey::from_encoded_point(&point)
                 .map_err(|_| "is a JWK whose \"x\" and \"y\" are not a point of P-256".to_string())?;
             match &jwk.d {
-                None => Ok(AsymmetricKey::Public(PublicKey::EcdsaP256(public))),
+                None => Ok(AsymmetricKey::Public(PublicKey::EcdsaP256(P256PublicKey::new(public)))),
                 Some(d) => {
                     let d = secret(d)?;
                     if d.len() != 32 {

@@ -5,7 +5,7 @@
 //! - RustCrypto's `hmac` and `sha2`/`sha1` (the default): portable Rust, which the
 //!   Wasm filter needs. On x86_64 it uses SHA-NI where the CPU has it and portable
 //!   code otherwise.
-//! - ring's (feature `ring-hmac`, which the native module enables): BoringSSL's SHA
+//! - ring's (feature `ring`, which the native module enables): BoringSSL's SHA
 //!   assembly, with SHA-NI, AVX2 and SSSE3 paths. On CPUs without SHA-NI (Intel server
 //!   CPUs before Ice Lake) it costs about 0.6× the instructions of the portable code
 //!   (BENCHMARKS.md, issue #20); with SHA-NI the two are alike.
@@ -19,7 +19,7 @@ pub enum HmacHash {
 
 pub use backend::HmacKey;
 
-#[cfg(not(feature = "ring-hmac"))]
+#[cfg(not(feature = "ring"))]
 mod backend {
     use super::HmacHash;
     use hmac::{Hmac, Mac};
@@ -71,7 +71,7 @@ mod backend {
     }
 }
 
-#[cfg(feature = "ring-hmac")]
+#[cfg(feature = "ring")]
 mod backend {
     use super::HmacHash;
     use ring::hmac;

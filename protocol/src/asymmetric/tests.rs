@@ -393,7 +393,7 @@ impl PrivateKey {
     fn public_key_bytes(&self) -> Vec<u8> {
         match self.public_key() {
             PublicKey::Ed25519(k) => k.to_bytes().to_vec(),
-            PublicKey::EcdsaP256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+            PublicKey::EcdsaP256(k) => k.verifying_key().to_encoded_point(false).as_bytes().to_vec(),
         }
     }
 }
