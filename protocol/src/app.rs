@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use crate::codec::{encode_payload, is_json, Family};
 use crate::config::{AppConfig, KeySource};
 use crate::headers::*;
-use crate::paths::{has_unsafe_segment, split_query, strip_segment_prefix};
+use crate::paths::{has_unsafe_segment, split_query, strip_segment_prefix, target_joining_queries};
 use crate::reason::Reason;
 use crate::request::{Decision, Edits, LocalReply, RequestHead};
 use crate::response::ClientView;
@@ -124,30 +124,7 @@ pub fn decide<'a>(
         }
     }
 
-    // The href's path, the rest, and the two queries joined (`with_query` of
-    // `join_query`), in one allocation.
-    let query = query.filter(|q| !q.is_empty());
-    let href_query = config.href.query.as_deref().filter(|q| !q.is_empty());
-    let mut new_target =
-        String::with_capacity(config.href.path.len() + rest.len() + 3 + query.map_or(0, str::len) + href_query.map_or(0, str::len));
-    new_target.push_str(&config.href.path);
-    new_target.push_str(rest);
-    if new_target.is_empty() {
-        new_target.push('/');
-    }
-    match (query, href_query) {
-        (Some(a), Some(b)) => {
-            new_target.push('?');
-            new_target.push_str(a);
-            new_target.push('&');
-            new_target.push_str(b);
-        }
-        (Some(q), None) | (None, Some(q)) => {
-            new_target.push('?');
-            new_target.push_str(q);
-        }
-        (None, None) => {}
-    }
+    let new_target = target_joining_queries(&config.href.path, rest, query, config.href.query.as_deref());
 
     // The Host the client asked for, with its port if it gave one: host[:port] only
     // (no user information, path or comma), since it is reflected into redirects.

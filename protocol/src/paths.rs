@@ -9,14 +9,24 @@ pub fn split_query(target: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Joins two query strings with `&`, as WSGIProxyApp did; empty parts are dropped.
-pub fn join_query(first: Option<&str>, second: Option<&str>) -> Option<String> {
-    match (first.filter(|q| !q.is_empty()), second.filter(|q| !q.is_empty())) {
-        (Some(a), Some(b)) => Some(format!("{a}&{b}")),
-        (Some(a), None) => Some(a.to_string()),
-        (None, Some(b)) => Some(b.to_string()),
-        (None, None) => None,
+/// The target `{mount}{rest}?{first}&{second}` in one allocation: the path `/` when
+/// both parts are empty, the two queries joined with `&` as WSGIProxyApp did, empty
+/// ones dropped (and the `?` with them).
+pub fn target_joining_queries(mount: &str, rest: &str, first: Option<&str>, second: Option<&str>) -> String {
+    let (first, second) = (first.filter(|q| !q.is_empty()), second.filter(|q| !q.is_empty()));
+    let mut target = String::with_capacity(mount.len() + rest.len() + 3 + first.map_or(0, str::len) + second.map_or(0, str::len));
+    target.push_str(mount);
+    target.push_str(rest);
+    if target.is_empty() {
+        target.push('/');
     }
+    let mut separator = '?';
+    for query in [first, second].into_iter().flatten() {
+        target.push(separator);
+        target.push_str(query);
+        separator = '&';
+    }
+    target
 }
 
 /// Builds a request target from a path and an optional query.
@@ -100,9 +110,11 @@ mod tests {
     fn query_handling() {
         assert_eq!(split_query("/a?b=1?c"), ("/a", Some("b=1?c")));
         assert_eq!(split_query("/a"), ("/a", None));
-        assert_eq!(join_query(Some("a=1"), Some("b=2")).as_deref(), Some("a=1&b=2"));
-        assert_eq!(join_query(Some(""), Some("b=2")).as_deref(), Some("b=2"));
-        assert_eq!(join_query(None, None), None);
+        assert_eq!(target_joining_queries("/m", "/r", Some("a=1"), Some("b=2")), "/m/r?a=1&b=2");
+        assert_eq!(target_joining_queries("/m", "", Some(""), Some("b=2")), "/m?b=2");
+        assert_eq!(target_joining_queries("/m", "", Some("a=1"), Some("")), "/m?a=1");
+        assert_eq!(target_joining_queries("/m", "", None, None), "/m");
+        assert_eq!(target_joining_queries("", "", None, Some("b=2")), "/?b=2");
         assert_eq!(with_query("/p", Some("x")), "/p?x");
     }
 

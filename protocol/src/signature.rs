@@ -287,23 +287,23 @@ pub fn canonical_string(algorithm: Algorithm, key_id: &str, nonce: &Nonce, parts
     out
 }
 
+/// One byte's two lowercase hex digits.
+fn hex_pair(b: u8) -> [u8; 2] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 0xf)]]
+}
+
 /// `bytes` in lowercase hex, written into `out` (twice its length), which is returned.
 fn hex_into<'o>(bytes: &[u8], out: &'o mut [u8]) -> &'o [u8] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0xf)];
+        pair.copy_from_slice(&hex_pair(*b));
     }
     &out[..bytes.len() * 2]
 }
 
 /// Appends `bytes` in lowercase hex.
 fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
+    out.extend(bytes.iter().flat_map(|b| hex_pair(*b)).map(char::from));
 }
 
 /// Hex digits (either case) into `out`, which must be half their length.
@@ -378,9 +378,7 @@ impl SignatureHeader {
         }
         let mut nonce_bytes = [0u8; NONCE_LEN];
         unhex_into(nonce, &mut nonce_bytes)?;
-        if mac.len() % 2 != 0 {
-            return None;
-        }
+        // An odd length is refused by `unhex_into` (its output is half the digits).
         let mut mac_bytes = vec![0u8; mac.len() / 2];
         unhex_into(mac, &mut mac_bytes)?;
         Some(SignatureHeader { key_id: key_id.to_string(), nonce: nonce_bytes, mac: mac_bytes })
