@@ -111,6 +111,15 @@ fn mount_point_in_and_out() {
         assert!(r.text().contains("/blog"), "{}", r.text());
     }
     assert_eq!(envoy.stat("wsgiproxy.app.rejected.outside_mount"), 3);
+
+    // `..;` leaves the mount on Tomcat, Jetty and Spring, which read it as `..`;
+    // Envoy's normalisation decodes `%2e` but keeps the segment.
+    for escaping in ["/blog/%2e%2e;/admin", "/blog/.%2e;/admin", "/blog/%2e%2e;x/admin", "/blog/a/%2e;/%2e%2e;/admin"] {
+        let r = envoy.get(escaping, &[]);
+        assert_eq!(r.status, 400, "{escaping}: {}", r.text());
+        assert_eq!(r.header("x-wsgiproxy-error"), Some("unsafe_path"), "{escaping}");
+    }
+    assert_eq!(envoy.stat("wsgiproxy.app.rejected.unsafe_path"), 4);
 }
 
 #[test]

@@ -161,6 +161,12 @@ fn trusted_but_malformed_is_refused_whole() {
         ("dot segment after the prefix", vec![], "/app/../admin", 400),
         ("encoded slash", vec![], "/app%2Fadmin", 400),
         ("back slash", vec![], "/app/..\\admin", 400),
+        // `..;` is `..` to Tomcat, Jetty and Spring; Envoy's normalisation decodes the dots.
+        ("encoded dot segment with a path parameter", vec![], "/app/%2e%2e;/admin", 400),
+        ("half-encoded dot segment with a path parameter", vec![], "/app/.%2e;/admin", 400),
+        ("dot segment with a path parameter", vec![], "/app/..;jsessionid=1/admin", 400),
+        ("dot segment with a path parameter in X-Script-Name", vec![("X-Script-Name", "/a/..;/b")], "/app/x", 400),
+        ("dot segment with a path parameter in X-Traversal-Path", vec![("X-Traversal-Path", "/app/..;")], "/app/x", 400),
     ];
     for (what, headers, path, status) in cases {
         let r = request(mw.port, "GET", path, &headers, b"");

@@ -75,7 +75,7 @@ pub fn normalized_prefix(value: &str) -> Result<&str, PathError> {
     }
     let trimmed = value.trim_end_matches('/');
     // Split as bytes: the value is ASCII by now, and a byte split costs less than a char one.
-    if trimmed.as_bytes().split(|b| *b == b'/').skip(1).any(|s| s.is_empty() || s == b"." || s == b"..") {
+    if trimmed.as_bytes().split(|b| *b == b'/').skip(1).any(|s| s.is_empty() || is_dot_segment(s)) {
         return Err("must not contain empty or dot segments");
     }
     Ok(trimmed)
@@ -99,7 +99,23 @@ pub fn has_unsafe_segment(path: &str) -> bool {
     if bytes.windows(3).any(|w| w[0] == b'%' && ((w[1] == b'2' && (w[2] | 0x20) == b'f') || (w[1] == b'5' && (w[2] | 0x20) == b'c'))) {
         return true;
     }
-    path.split('/').any(|segment| [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."].iter().any(|dot| segment.eq_ignore_ascii_case(dot)))
+    bytes.split(|b| *b == b'/').any(is_dot_segment)
+}
+
+/// True when `segment` is `.` or `..`, plain or percent-encoded, once its path
+/// parameters are cut off: Tomcat, Jetty and Spring read `..;x` as `..`, so a
+/// segment is judged up to its first `;` (or `%3b`, which a backend that decodes
+/// before it splits reads as one).
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let end = segment
+        .iter()
+        .enumerate()
+        .position(|(i, b)| {
+            *b == b';' || (*b == b'%' && segment.get(i + 1) == Some(&b'3') && segment.get(i + 2).map(|c| c | 0x20) == Some(b'b'))
+        })
+        .unwrap_or(segment.len());
+    let name = &segment[..end];
+    [&b"."[..], b"..", b"%2e", b"%2e%2e", b".%2e", b"%2e."].iter().any(|dot| name.eq_ignore_ascii_case(dot))
 }
 
 #[cfg(test)]
@@ -136,6 +152,8 @@ mod tests {
         assert_eq!(normalize_prefix("/a/b").as_deref(), Ok("/a/b"));
         assert!(normalize_prefix("blog").is_err());
         assert!(normalize_prefix("/a/../b").is_err());
+        assert!(normalize_prefix("/a/..;/b").is_err());
+        assert!(normalize_prefix("/a/.;x").is_err());
         assert!(normalize_prefix("/a//b").is_err());
         assert!(normalize_prefix("/a%2Fb").is_err());
         assert!(normalize_prefix("/a?b").is_err());
@@ -151,9 +169,13 @@ mod tests {
             path.contains('\\')
                 || lower.contains("%2f")
                 || lower.contains("%5c")
-                || lower.split('/').any(|segment| matches!(segment, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."))
+                || lower.split('/').any(|segment| {
+                    let name = segment.split(';').next().unwrap_or_default();
+                    let name = name.split("%3b").next().unwrap_or_default();
+                    matches!(name, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.")
+                })
         };
-        let alphabet = ['/', '.', '%', '2', '5', 'e', 'E', 'f', 'F', 'c', 'C', '\\', 'a', 'é'];
+        let alphabet = ['/', '.', '%', '2', '5', 'e', 'E', 'f', 'F', 'c', 'C', '\\', 'a', 'é', ';', '3', 'b'];
         let mut paths = vec![String::new()];
         for _ in 0..5 {
             let longer: Vec<String> = paths.iter().flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}"))).collect();
@@ -172,6 +194,13 @@ mod tests {
         assert!(has_unsafe_segment("/a%2Fb"));
         assert!(has_unsafe_segment("/a\\b"));
         assert!(!has_unsafe_segment("/a/..b/c.d"));
+        // Path parameters: `..;` is `..` to Tomcat, Jetty and Spring.
+        assert!(has_unsafe_segment("/..;/admin"));
+        assert!(has_unsafe_segment("/a/.;x/b"));
+        assert!(has_unsafe_segment("/a/%2e%2e;jsessionid=1/b"));
+        assert!(has_unsafe_segment("/a/..%3Bx/b"));
+        assert!(!has_unsafe_segment("/a/..x;y/b"));
+        assert!(!has_unsafe_segment("/a/b;..;/c"));
         assert!(!has_unsafe_segment("/"));
     }
 }
