@@ -157,6 +157,17 @@ impl Host for WasmHost<'_> {
         attribute(vec!["upstream", "address"])
     }
 
+    /// The stream's filter state (`wasm.{mark}`), which an upstream filter of the
+    /// same stream reads too.
+    fn mark_stream(&mut self, mark: &str) {
+        // A mark that cannot be written is a mark not found: the upstream pass refuses.
+        let _ = hostcalls::set_property(vec![mark], Some(b"1"));
+    }
+
+    fn stream_marked(&mut self, mark: &str) -> bool {
+        attribute(vec![mark]).is_some()
+    }
+
     fn property(&mut self, path: &[String]) -> Option<Vec<u8>> {
         attribute(path.iter().map(String::as_str).collect())
     }

@@ -26,7 +26,7 @@ fn secret() -> Value {
 /// The sending Envoy (envoy/app.yaml) whose cluster `backend` holds `endpoints`, with
 /// the same filter configuration run again as the cluster's upstream filter.
 fn sender(endpoints: &[(&str, u16)]) -> Envoy {
-    sender_with(vec![lb_endpoints(endpoints)], None)
+    sender_with(vec![lb_endpoints(endpoints)], None, None)
 }
 
 /// One priority group of a cluster's endpoints.
@@ -45,7 +45,8 @@ fn lb_endpoints(endpoints: &[(&str, u16)]) -> Yaml {
 
 /// As [`sender`], with the cluster's endpoints in priority groups (`groups`, highest
 /// first) and, when given, a retry policy on the route.
-fn sender_with(groups: Vec<Yaml>, retry_policy: Option<&'static str>) -> Envoy {
+/// `more`: a last edit of the configuration.
+fn sender_with(groups: Vec<Yaml>, retry_policy: Option<&'static str>, more: Option<YamlEdit>) -> Envoy {
     let mut overrides = Overrides::default().plugin(json!({
         "role": "app", "href": "http://internal:9000/", "secret": secret(), "bind_endpoint": true,
         "string_keys": [{"key": "REMOTE_USER", "value": "bob"}]
@@ -75,6 +76,9 @@ fn sender_with(groups: Vec<Yaml>, retry_policy: Option<&'static str>) -> Envoy {
         cluster["typed_extension_protocol_options"] = options;
         if let Some(policy) = retry_policy {
             hcm(doc)["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"] = serde_yaml::from_str(policy).unwrap();
+        }
+        if let Some(more) = &more {
+            more(doc);
         }
     }));
     Envoy::start("envoy/app.yaml", &overrides)
@@ -215,7 +219,7 @@ fn a_retry_is_signed_again_for_the_endpoint_it_goes_to() {
                      retry_priority: { name: envoy.retry_priorities.previous_priorities,
                        typed_config: { "@type": type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig,
                                        update_frequency: 1 } } }"#;
-    let edge = sender_with(vec![lb_endpoints(&[("127.0.0.5", port_x)]), lb_endpoints(&[("127.0.0.3", port_b)])], Some(retry));
+    let edge = sender_with(vec![lb_endpoints(&[("127.0.0.5", port_x)]), lb_endpoints(&[("127.0.0.3", port_b)])], Some(retry), None);
     let r = edge.get("/retried", &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.received().header("x-remote-user").as_deref(), Some("bob"), "the retry was accepted by B");
@@ -223,4 +227,67 @@ fn a_retry_is_signed_again_for_the_endpoint_it_goes_to() {
     assert!(first.contains(&format!("x-wsgiproxy-endpoint: 127.0.0.5:{port_x}")), "the first attempt was signed for its endpoint: {first}");
     assert_eq!(edge.stat("wsgiproxy.app.signed"), 2, "one signature per attempt");
     assert_eq!(b.stat("wsgiproxy.middleware.verified"), 1);
+}
+
+/// The cluster's upstream filter signs only what the pre-routing pass prepared. Two
+/// ways a client's request reaches the signing cluster without that pass, as users
+/// configure them: a second listener (no `app` filter) routing to the same cluster,
+/// and a route of the sender's own listener that disables the pre-routing filter (the
+/// upstream instance named apart, so it still runs). Before, the forged protocol
+/// headers were signed and the replica delivered `x-remote-user: admin`.
+#[test]
+fn a_request_that_skipped_the_pre_routing_pass_is_never_signed() {
+    let app = Echo::start_with(&["--name", "app"]);
+    let port_b = free_port();
+    let b = replica("127.0.0.3", port_b, app.port, None);
+    let bypass_port = free_port();
+    let bypasses: YamlEdit = Arc::new(move |doc: &mut Yaml| {
+        let options = &mut doc["static_resources"]["clusters"][0]["typed_extension_protocol_options"];
+        options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][0]["name"] = Yaml::from("wsgiproxy-sign");
+        // A route of the sender's listener on which the pre-routing filter is off.
+        let skip: Yaml = serde_yaml::from_str(
+            r#"{ match: { prefix: "/skip" }, route: { cluster: backend },
+                 typed_per_filter_config: { wsgiproxy: { "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true } } }"#,
+        )
+        .unwrap();
+        hcm(doc)["route_config"]["virtual_hosts"][0]["routes"].as_sequence_mut().unwrap().insert(0, skip);
+        // A second listener to the same cluster, with no app filter at all.
+        let mut second = doc["static_resources"]["listeners"][0].clone();
+        second["name"] = Yaml::from("bypass");
+        second["address"]["socket_address"]["port_value"] = Yaml::from(bypass_port);
+        let chain = &mut second["filter_chains"][0]["filters"];
+        chain.as_sequence_mut().unwrap().retain(|f| f["name"].as_str() == Some("envoy.filters.network.http_connection_manager"));
+        let http = &mut chain[0]["typed_config"];
+        http["stat_prefix"] = Yaml::from("bypass");
+        // Envoy's defaults: the client's X-Forwarded-For goes on as it came.
+        let http_map = http.as_mapping_mut().unwrap();
+        http_map.remove("use_remote_address");
+        http_map.remove("xff_num_trusted_hops");
+        http["http_filters"].as_sequence_mut().unwrap().retain(|f| f["name"].as_str() != Some("wsgiproxy"));
+        http["route_config"]["virtual_hosts"][0]["routes"]
+            .as_sequence_mut()
+            .unwrap()
+            .retain(|r| r["match"]["prefix"].as_str() == Some("/"));
+        doc["static_resources"]["listeners"].as_sequence_mut().unwrap().push(second);
+    });
+    let edge = sender_with(vec![lb_endpoints(&[("127.0.0.3", port_b)])], None, Some(bypasses));
+
+    // Through the pre-routing pass: prepared, then signed in the cluster, accepted.
+    let ok = edge.get("/orders", &[]);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.received().header("x-remote-user").as_deref(), Some("bob"));
+
+    let forged = [("X-WSGIProxy-Str-0", "REMOTE_USER admin"), ("X-Script-Name", "/evil"), ("X-Forwarded-For", "6.6.6.6")];
+    let verified = b.stat("wsgiproxy.middleware.verified");
+    // (The sender's own listener appends the peer to X-Forwarded-For: not forged there.)
+    for (how, port, path, headers) in [
+        ("a second listener", bypass_port, "/orders", &forged[..]),
+        ("a route without the pre-routing pass", edge.port, "/skip/orders", &forged[..2]),
+    ] {
+        let r = request(port, "GET", path, headers, b"");
+        assert_eq!((r.status, r.header("x-wsgiproxy-error")), (500, Some("unprepared")), "{how}: {}", r.text());
+    }
+    assert_eq!(b.stat("wsgiproxy.middleware.verified"), verified, "the replica verified no forged request");
+    assert_eq!(edge.stat("wsgiproxy.app.rejected.unprepared"), 2);
+    assert_eq!(edge.stat("wsgiproxy.app.signed"), 1, "only the prepared request was signed");
 }

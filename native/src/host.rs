@@ -145,6 +145,16 @@ impl Host for NativeHost<'_> {
         self.stream.attribute_bytes(Attribute::UpstreamAddress)
     }
 
+    /// The stream's filter state, which an upstream filter of the same stream reads too.
+    fn mark_stream(&mut self, mark: &str) {
+        // A mark that cannot be written is a mark not found: the upstream pass refuses.
+        let _ = self.stream.set_filter_state(mark, b"1");
+    }
+
+    fn stream_marked(&mut self, mark: &str) -> bool {
+        self.stream.filter_state(mark).is_some()
+    }
+
     fn property(&mut self, path: &[String]) -> Option<Vec<u8>> {
         property(self.stream, path)
     }

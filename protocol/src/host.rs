@@ -94,6 +94,13 @@ pub trait Host {
     /// to a filter of the cluster, after DNS.
     fn upstream_address(&mut self) -> Option<Vec<u8>>;
 
+    /// Leaves `mark` on this stream for a later filter of it (Envoy's filter state,
+    /// which no client can write, and which a cluster's upstream filters see).
+    fn mark_stream(&mut self, mark: &str);
+
+    /// Whether an earlier filter of this stream left `mark` ([`Host::mark_stream`]).
+    fn stream_marked(&mut self, mark: &str) -> bool;
+
     /// An Envoy attribute by its path (`["request", "protocol"]`), encoded as the
     /// proxy-wasm host gives it: numbers as 8 little-endian bytes, booleans as one byte.
     fn property(&mut self, path: &[String]) -> Option<Vec<u8>>;
@@ -166,6 +173,8 @@ pub enum Warning {
     /// The replay memory is past [`crate::replay::WARN_PERCENT`] (logged again after it
     /// falls below and rises again: see [`Warned::rearm`]).
     ReplayMemoryFilling = 8,
+    /// The `app` role's upstream filter got a request its pre-routing pass never saw.
+    Unprepared = 16,
 }
 
 /// The warnings already logged for a configuration. Atomic, so that the native

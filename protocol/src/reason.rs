@@ -44,6 +44,10 @@ reasons! {
     NoRandomness => "no_randomness",
     /// A value sent cannot stand in an RFC 9421 signature base.
     Unsignable => "unsignable",
+    /// `bind_endpoint`: the cluster's upstream filter got a request the role's
+    /// pre-routing pass did not prepare (a listener or route without it), so its
+    /// protocol headers may be a client's: it is not signed.
+    Unprepared => "unprepared",
     // The middleware role: trust and signatures.
     UntrustedPeer => "untrusted_peer",
     SignatureMissing => "signature_missing",

@@ -47,6 +47,8 @@ pub struct FakeHost {
     pub local_address: Option<String>,
     /// Attributes by path, as the Wasm host encodes them.
     pub properties: Vec<(Vec<String>, Vec<u8>)>,
+    /// The marks earlier filters of the stream left ([`Host::mark_stream`]).
+    pub marks: Vec<String>,
     pub now: SystemTime,
     /// What the random source gives; `None`: it has none.
     pub random: Option<Nonce>,
@@ -85,6 +87,7 @@ impl Default for FakeHost {
             upstream_address: None,
             local_address: None,
             properties: Vec::new(),
+            marks: Vec::new(),
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600),
             random: Some([5; 16]),
             nonces: Ok(HashSet::new()),
@@ -258,6 +261,15 @@ impl Host for FakeHost {
     fn upstream_address(&mut self) -> Option<Vec<u8>> {
         self.read("upstream_address");
         self.upstream_address.clone().map(String::into_bytes)
+    }
+
+    fn mark_stream(&mut self, mark: &str) {
+        self.marks.push(mark.to_string());
+    }
+
+    fn stream_marked(&mut self, mark: &str) -> bool {
+        self.read(format!("mark {mark}"));
+        self.marks.iter().any(|m| m == mark)
     }
 
     fn property(&mut self, path: &[String]) -> Option<Vec<u8>> {

@@ -371,6 +371,26 @@ impl Stream {
         found.then(|| copy_envoy_bytes(out.ptr, out.length))
     }
 
+    /// Sets the stream's filter state `key` to `value` (bytes); false when Envoy
+    /// could not.
+    pub fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {
+        // SAFETY: live filter pointer; both buffers borrow data alive for the call
+        // (Envoy copies them).
+        unsafe {
+            envoy_dynamic_module_callback_http_set_filter_state_bytes(self.0, ModuleBuffer::of(key.as_bytes()), ModuleBuffer::of(value))
+        }
+    }
+
+    /// The stream's filter state `key`, when it holds bytes.
+    pub fn filter_state(&self, key: &str) -> Option<Vec<u8>> {
+        let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+        // SAFETY: live filter pointer; `key` alive for the call; `out` outlives it
+        // and its bytes are copied at once.
+        let found =
+            unsafe { envoy_dynamic_module_callback_http_get_filter_state_bytes(self.0, ModuleBuffer::of(key.as_bytes()), &mut out) };
+        found.then(|| copy_envoy_bytes(out.ptr, out.length))
+    }
+
     /// Sends a request to `cluster`; the answer comes to [`HttpFilter::on_callout_done`].
     /// `Err` says why Envoy did not send it.
     pub fn http_callout(&self, cluster: &str, headers: &[(&str, &str)], timeout: std::time::Duration) -> Result<u64, &'static str> {

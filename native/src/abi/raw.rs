@@ -192,6 +192,16 @@ extern "C" {
         id: Attribute,
         result: *mut bool,
     ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter: *mut c_void,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+        filter: *mut c_void,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
     pub(crate) fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(
         filter: *mut c_void,
         result: *mut EnvoyBuffer,

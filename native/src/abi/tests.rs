@@ -19,6 +19,7 @@ struct FakeStream {
     reply: Option<Reply>,
     source_address: Option<Vec<u8>>,
     direct_address: Option<Vec<u8>>,
+    filter_state: Vec<(Vec<u8>, Vec<u8>)>,
     counters: Vec<(usize, u64)>,
     /// Calls back into the module filter at this address from inside the callbacks, as
     /// Envoy does: a local reply runs the response hook (then destroys the filter when
@@ -186,6 +187,33 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_int(_: *mu
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_bool(_: *mut c_void, _: Attribute, _: *mut bool) -> bool {
     false
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+    filter: *mut c_void,
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+) -> bool {
+    let (key, value) = (bytes(key.ptr, key.length), bytes(value.ptr, value.length));
+    let state = &mut fake(filter).filter_state;
+    state.retain(|(k, _)| *k != key);
+    state.push((key, value));
+    true
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+    filter: *mut c_void,
+    key: ModuleBuffer,
+    out: *mut EnvoyBuffer,
+) -> bool {
+    let key = bytes(key.ptr, key.length);
+    match fake(filter).filter_state.iter().find(|(k, _)| *k == key) {
+        Some((_, value)) => {
+            lend(out, value);
+            true
+        }
+        None => false,
+    }
 }
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(filter: *mut c_void, out: *mut EnvoyBuffer) -> bool {
@@ -409,6 +437,9 @@ fn replies_attributes_and_the_peer() {
     let mut f = FakeStream { direct_address: Some(b"[::1]:5555".to_vec()), ..FakeStream::default() };
     let s = stream_of(&mut f);
     assert_eq!(s.direct_remote_address().as_deref(), Some(&b"[::1]:5555"[..]));
+    assert_eq!(s.filter_state("wsgiproxy_app_prepared"), None);
+    assert!(s.set_filter_state("wsgiproxy_app_prepared", b"1"));
+    assert_eq!(s.filter_state("wsgiproxy_app_prepared").as_deref(), Some(&b"1"[..]));
     assert_eq!(s.attribute_bytes(Attribute::SourceAddress), None);
     assert_eq!(s.attribute_bytes(Attribute::RequestProtocol).as_deref(), Some(&b"HTTP/1.1"[..]));
     assert_eq!(s.attribute_int(Attribute::SourcePort), Some(40_000));

@@ -14,6 +14,11 @@ use crate::response::{headers_to_read, rewrite_headers, ClientView};
 use crate::trust::PEER_UNKNOWN_DETAIL;
 
 const ROLE: &str = "app";
+/// Left by the pre-routing pass of a `bind_endpoint` sender on each request it
+/// prepared (client's protocol headers stripped, the sender's written), for the
+/// cluster's upstream pass: it signs only such a request. Envoy's filter state, so
+/// no client can set it.
+pub const PREPARED_MARK: &str = "wsgiproxy_app_prepared";
 /// The one response header rewriting reads that may repeat.
 const SET_COOKIE: &str = "set-cookie";
 
@@ -27,10 +32,14 @@ pub struct AppStream {
 impl AppStream {
     /// Strips, rewrites and signs the request for the backend, or refuses it. With
     /// `bind_endpoint`, the role runs twice: before routing it does all but sign, and
-    /// as the cluster's upstream filter, where the endpoint is known, it signs.
+    /// as the cluster's upstream filter, where the endpoint is known, it signs what
+    /// the first pass prepared, and nothing else.
     pub fn on_request_headers<H: Host>(&mut self, config: &AppConfig, host: &mut H) -> Flow {
         if config.bind_endpoint {
             if let Some(endpoint) = host.upstream_address().and_then(|a| std::str::from_utf8(&a).ok()?.parse::<SocketAddr>().ok()) {
+                if !host.stream_marked(PREPARED_MARK) {
+                    return refuse_unprepared(host);
+                }
                 return sign_for_the_endpoint(config, host, endpoint);
             }
         }
@@ -60,6 +69,9 @@ impl AppStream {
         match decide(config, &request, &mut |path| host.property(path), &mut outcome) {
             Decision::Forward(edits) => {
                 apply_request_edits(host, &edits, |name| head.contains(name));
+                if config.bind_endpoint {
+                    host.mark_stream(PREPARED_MARK);
+                }
                 host.count(FORWARDED, 1);
                 host.count(STRIPPED_HEADERS, outcome.stripped as u64);
                 host.count(INVALID_KEYS, outcome.invalid_keys as u64);
@@ -106,6 +118,24 @@ impl AppStream {
             host.count(REWRITTEN_COOKIES, 1);
         }
     }
+}
+
+/// The upstream pass of a `bind_endpoint` sender, on a request the pre-routing pass
+/// never saw: whatever protocol headers it holds came from the client, and signing
+/// them would vouch for a forgery. Refused, counted, and said once.
+fn refuse_unprepared<H: Host>(host: &mut H) -> Flow {
+    if host.first_time(Warning::Unprepared) {
+        host.warn(format_args!(
+            "wsgiproxy app: the cluster's upstream filter (bind_endpoint) got a request the app role did not prepare before routing \
+             (a listener or route that reaches this cluster without the pre-routing app filter): refused with 500 unprepared, never signed"
+        ));
+    }
+    let reply = LocalReply::new(
+        500,
+        Reason::Unprepared,
+        "this request did not pass the app role before routing; its protocol headers are not signed",
+    );
+    refuse(host, ROLE, &reply)
 }
 
 /// Signs one attempt of the request for the endpoint the load balancer chose.

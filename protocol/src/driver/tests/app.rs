@@ -169,3 +169,44 @@ fn the_response_is_left_alone_when_not_asked() {
     assert!(host.reads.is_empty(), "nothing read");
     assert_eq!(host.values(HeaderMap::Response, "location"), ["http://backend:8080/myapp/login"]);
 }
+
+const BOUND: &str = r#"{"role":"app","href":"http://backend:8080/app","bind_endpoint":true,
+                        "secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}}"#;
+
+#[test]
+fn the_upstream_pass_signs_only_what_the_pre_routing_pass_prepared() {
+    let c = app(BOUND);
+    // Before routing: stripped, not signed, and marked for the upstream pass.
+    let mut host = blog_request();
+    host.request.push(("x-forwarded-for".into(), b"6.6.6.6".to_vec()));
+    assert_eq!(AppStream::default().on_request_headers(&c, &mut host), Flow::Continue);
+    assert_eq!(host.marks, ["wsgiproxy_app_prepared"]);
+    assert_eq!(host.request_value("x-wsgiproxy-signature"), None);
+
+    // The cluster's upstream filter on that stream signs it.
+    host.upstream_address = Some("10.0.0.5:8080".into());
+    assert_eq!(AppStream::default().on_request_headers(&c, &mut host), Flow::Continue);
+    assert!(host.request_value("x-wsgiproxy-signature").is_some());
+    assert_eq!(host.request_value("x-forwarded-for").as_deref(), Some("203.0.113.7"));
+    assert_eq!(host.count_of("app.signed"), 1);
+
+    // A request that reached the cluster some other way (a listener or route without
+    // the pre-routing pass): its headers are the client's, and are never signed.
+    for _ in 0..2 {
+        let mut forged = FakeHost::with_request(&[
+            (":method", "GET"),
+            (":path", "/x"),
+            (":authority", "backend:8080"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-wsgiproxy-str-0", "REMOTE_USER admin"),
+        ]);
+        forged.upstream_address = Some("10.0.0.5:8080".into());
+        assert_eq!(AppStream::default().on_request_headers(&c, &mut forged), Flow::Replied);
+        let reply = &forged.replies[0];
+        assert_eq!((reply.status, reply.reason), (500, Reason::Unprepared));
+        assert_eq!(forged.request_value("x-wsgiproxy-signature"), None);
+        assert_eq!(forged.count_of("app.signed"), 0);
+        assert_eq!(forged.count_of("app.rejected.unprepared"), 1);
+        assert_eq!(forged.warnings.len(), 1, "{:?}", forged.warnings);
+    }
+}
