@@ -542,6 +542,31 @@ fn a_start_the_sidecar_never_learnt_the_time_of_does_not_make_a_container_its_ow
     assert_eq!(state["containers"], serde_json::json!([]), "the record that proves nothing is dropped");
 }
 
+/// The app now names another container: the one an earlier run started for it is
+/// not taken over as the app's (its requests would go to the old container), but
+/// stopped, as the sidecar's own that nothing configures any more.
+#[test]
+fn a_restarted_sidecar_does_not_take_over_a_container_its_app_no_longer_names() {
+    if !docker_available("a_restarted_sidecar_does_not_take_over_a_container_its_app_no_longer_names") {
+        return;
+    }
+    let network = Network::create();
+    let old = Container::on(&network);
+    let new = Container::on(&network);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Sidecar::start_in(dir.path(), &blog_on(&old, &network, ""), LEASE_MS, &[]);
+    assert_eq!(ensure(&first).status, 200);
+    first.proc.child.kill().unwrap();
+    first.proc.child.wait().unwrap();
+    let second = Sidecar::start_in(dir.path(), &blog_on(&new, &network, ""), LEASE_MS, &[]);
+    wait_until("the container of the old configuration is stopped", Duration::from_secs(20), || old.status() == "exited");
+    assert_eq!(second.status("blog")["state"], "stopped", "{}", second.proc.log_text());
+    assert!(second.proc.log_text().contains("no longer the one configured"), "{}", second.proc.log_text());
+    let r = ensure(&second);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-wsgiproxy-upstream"), Some(new.address_on(&network).as_str()));
+}
+
 #[test]
 fn an_idle_container_is_paused_and_the_next_request_thaws_it_on_the_same_address() {
     if !docker_available("an_idle_container_is_paused_and_the_next_request_thaws_it_on_the_same_address") {
