@@ -470,7 +470,8 @@ fn a_hex_name_no_container_has_any_more_never_reaches_the_container_whose_id_beg
     let mut sidecar = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
     // The container of that name goes (removed by hand, or recreated by compose).
     drop(named);
-    let refused = format!("Docker has no container named \"{hex_name}\": it answered for the container {}", &other.inspect("{{.Id}}")[..12]);
+    let refused =
+        format!("Docker has no container named \"{hex_name}\": it answered for the container {}", &other.inspect("{{.Id}}")[..12]);
     let r = ensure(&sidecar);
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains(&refused), "{}", r.text());
@@ -488,7 +489,8 @@ fn a_hex_name_no_container_has_any_more_never_reaches_the_container_whose_id_beg
     assert_eq!(other.started_at(), started_at);
     assert_eq!(other.starts_since(since), 1, "only its owner's start");
     // Checked at start too: no container has the name.
-    let out = Command::new(bin_path("wsgiproxy-sidecar")).arg("--config").arg(dir.path().join("sidecar.toml")).arg("--check").output().unwrap();
+    let out =
+        Command::new(bin_path("wsgiproxy-sidecar")).arg("--config").arg(dir.path().join("sidecar.toml")).arg("--check").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains(&format!("config error: app \"blog\": field \"container\": {refused}")), "{err}");

@@ -8,7 +8,8 @@
 //!   since Envoy workers may still hold leases pointing at them.
 //! - Containers it started (`ContainerRecord`) are *not* stopped: the next run takes
 //!   over those still running as it left them (same id, same start time), and never
-//!   touches a container someone else started or restarted.
+//!   touches a container someone else started or restarted, nor one whose start
+//!   time it never learnt (that start cannot be told from someone else's).
 //! - The directory is locked (`flock`) for the sidecar's life: a second sidecar on the
 //!   same directory refuses to start instead of stopping the first one's children.
 
@@ -255,7 +256,8 @@ mod tests {
     #[test]
     fn a_container_is_ours_only_as_we_started_it() {
         let at = "2026-05-01T12:00:00.123456789Z";
-        let started = ContainerRecord { app: "blog".into(), id: "abc".into(), started_at: Some(at.into()), requested_unix_ms: 1_777_636_800_000 };
+        let started =
+            ContainerRecord { app: "blog".into(), id: "abc".into(), started_at: Some(at.into()), requested_unix_ms: 1_777_636_800_000 };
         assert!(started.proves("blog", "abc", at));
         assert!(!started.is_unproven());
         assert!(!started.proves("blog", "abc", "2026-05-01T12:05:00Z"), "restarted by someone else since");
@@ -271,7 +273,15 @@ mod tests {
         // someone else's (its own may never have reached Docker, or was stopped since).
         let asked = ContainerRecord { app: "blog".into(), id: "abc".into(), started_at: None, requested_unix_ms: 1_777_636_800_000 };
         assert!(asked.is_unproven());
-        for later in ["2026-05-01T12:00:00.5Z", "2026-05-01T12:00:00Z", "2026-05-01T13:00:00Z", "2026-05-01T11:59:00Z", "0001-01-01T00:00:00Z", "", "garbage"] {
+        for later in [
+            "2026-05-01T12:00:00.5Z",
+            "2026-05-01T12:00:00Z",
+            "2026-05-01T13:00:00Z",
+            "2026-05-01T11:59:00Z",
+            "0001-01-01T00:00:00Z",
+            "",
+            "garbage",
+        ] {
             assert!(!asked.proves("blog", "abc", later), "{later}");
         }
     }

@@ -395,7 +395,9 @@ impl Workload for ContainerWorkload {
             ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::EMPTY => {
                 let requested_unix_ms = unix_ms(SystemTime::now());
                 // Recorded before the call: if the sidecar dies before the answer,
-                // its next run still knows it asked.
+                // its next run knows it asked, and says so when it finds the
+                // container running (it cannot prove that start its own: it leaves
+                // the container alone).
                 self.ctx.remember_container(ContainerRecord { app: self.app.clone(), id: id.clone(), started_at: None, requested_unix_ms });
                 self.ctx.metrics.started(&self.app);
                 if let Err(e) = docker.start(&id, deadline).await {
@@ -667,8 +669,14 @@ mod tests {
         assert!(check_identity(id, &other).is_ok(), "its full id");
         // No container is named "cca7ab7fa8": Docker answered for the one whose id begins so.
         let e = check_identity("cca7ab7fa8", &other).unwrap_err();
-        assert!(e.starts_with("Docker has no container named \"cca7ab7fa8\": it answered for the container cca7ab7fa8e8 (named \"shop\")"), "{e}");
-        assert!(check_identity("cca7ab7fa8e858b2f45af58b417aa445c6077f9fa328c244e46c5d2b4e3fcdb", &other).is_err(), "a prefix, however long");
+        assert!(
+            e.starts_with("Docker has no container named \"cca7ab7fa8\": it answered for the container cca7ab7fa8e8 (named \"shop\")"),
+            "{e}"
+        );
+        assert!(
+            check_identity("cca7ab7fa8e858b2f45af58b417aa445c6077f9fa328c244e46c5d2b4e3fcdb", &other).is_err(),
+            "a prefix, however long"
+        );
         assert!(check_identity("Shop", &other).is_err());
         assert!(check_identity("sho", &other).is_err());
         assert!(check_identity("", &inspect(serde_json::json!({}))).is_err());
