@@ -148,7 +148,12 @@ struct Container {
 impl Container {
     /// `docker create` with `options` (before the image).
     fn create(options: &[&str]) -> Container {
-        let name = unique("blog");
+        Container::create_named(&unique("blog"), options)
+    }
+
+    /// The same, named `name`.
+    fn create_named(name: &str, options: &[&str]) -> Container {
+        let name = name.to_string();
         let mut args = vec!["create", "--name", &name, "--label", "wsgiproxy.test=1"];
         args.extend_from_slice(options);
         args.extend_from_slice(&[echo_image(), "--listen", "0.0.0.0:8080", "--name", "blog"]);
@@ -445,6 +450,123 @@ fn a_container_the_sidecar_did_not_start_is_used_and_left_running() {
     sidecar.terminate();
     assert_eq!(container.status(), "running");
     assert_eq!(container.started_at(), started_at);
+}
+
+/// Docker looks a container up by full id, then by name, then by id prefix: once no
+/// container has the configured name, a name that looks like hex resolves to
+/// whichever container's id begins with it. That one is never started, used or stopped.
+#[test]
+fn a_hex_name_no_container_has_any_more_never_reaches_the_container_whose_id_begins_so() {
+    if !docker_available("a_hex_name_no_container_has_any_more_never_reaches_the_container_whose_id_begins_so") {
+        return;
+    }
+    let since = unix_now();
+    let network = Network::create();
+    let other = Container::on(&network);
+    let hex_name = other.inspect("{{.Id}}")[..10].to_string();
+    let named = Container::create_named(&hex_name, &["--network", &network.name]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[apps.blog]\ncontainer = \"{hex_name}\"\nport = 8080\nnetwork = \"{}\"\nidle_shutdown = 1\n", network.name);
+    let mut sidecar = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    // The container of that name goes (removed by hand, or recreated by compose).
+    drop(named);
+    let refused =
+        format!("Docker has no container named \"{hex_name}\": it answered for the container {}", &other.inspect("{{.Id}}")[..12]);
+    let r = ensure(&sidecar);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains(&refused), "{}", r.text());
+    assert_eq!(other.status(), "created", "the other container was started");
+    // Started by its owner: still not used (its address is not this app's), nor stopped.
+    docker(&["start", &other.name]);
+    let started_at = other.started_at();
+    std::thread::sleep(Duration::from_millis(1200)); // past the first back-off
+    let r = ensure(&sidecar);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains(&refused), "{}", r.text());
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 0);
+    sidecar.terminate();
+    assert_eq!(other.status(), "running", "the other container was stopped");
+    assert_eq!(other.started_at(), started_at);
+    assert_eq!(other.starts_since(since), 1, "only its owner's start");
+    // Checked at start too: no container has the name.
+    let out =
+        Command::new(bin_path("wsgiproxy-sidecar")).arg("--config").arg(dir.path().join("sidecar.toml")).arg("--check").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("config error: app \"blog\": field \"container\": {refused}")), "{err}");
+}
+
+/// A record of a start whose time the sidecar never learnt (it died between
+/// `docker start` and the inspect after it) proves nothing: the container runs
+/// now may have been stopped and started again by someone else since.
+#[test]
+fn a_start_the_sidecar_never_learnt_the_time_of_does_not_make_a_container_its_own() {
+    if !docker_available("a_start_the_sidecar_never_learnt_the_time_of_does_not_make_a_container_its_own") {
+        return;
+    }
+    let network = Network::create();
+    let container = Container::on(&network);
+    let dir = tempfile::tempdir().unwrap();
+    let config = blog_on(&container, &network, "idle_shutdown = 1");
+    let mut first = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    assert_eq!(ensure(&first).status, 200);
+    first.proc.child.kill().unwrap();
+    first.proc.child.wait().unwrap();
+    // The state file as it stands when the sidecar dies before the inspect answers.
+    let path = dir.path().join("state").join("children.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let records = state["containers"].as_array_mut().unwrap();
+    assert_eq!(records.len(), 1, "{state}");
+    records[0]["started_at"] = serde_json::Value::Null;
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    // Since: stopped, and started again by someone else.
+    docker(&["stop", "-t", "1", &container.name]);
+    docker(&["start", &container.name]);
+    let started_at = container.started_at();
+    let mut second = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
+    wait_until("the restarted sidecar looks at the container", Duration::from_secs(10), || {
+        let log = second.proc.log_text();
+        log.contains("cannot prove it started it") || log.contains("taking over")
+    });
+    let r = ensure(&second);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(second.status("blog")["started_by_sidecar"], false, "{}", second.proc.log_text());
+    // Well past idle_shutdown, the lease and its grace: used, never stopped.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(container.status(), "running");
+    assert_eq!(second.metric("wsgiproxy_sidecar_idle_stops_total{app=\"blog\"}"), 0);
+    assert!(!second.proc.log_text().contains("taking over"), "{}", second.proc.log_text());
+    assert_eq!(second.metric("wsgiproxy_sidecar_unproven_starts_total{app=\"blog\"}"), 1);
+    second.terminate();
+    assert_eq!(container.status(), "running", "stopped as the sidecar's own");
+    assert_eq!(container.started_at(), started_at);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(state["containers"], serde_json::json!([]), "the record that proves nothing is dropped");
+}
+
+/// The app now names another container: the one an earlier run started for it is
+/// not taken over as the app's (its requests would go to the old container), but
+/// stopped, as the sidecar's own that nothing configures any more.
+#[test]
+fn a_restarted_sidecar_does_not_take_over_a_container_its_app_no_longer_names() {
+    if !docker_available("a_restarted_sidecar_does_not_take_over_a_container_its_app_no_longer_names") {
+        return;
+    }
+    let network = Network::create();
+    let old = Container::on(&network);
+    let new = Container::on(&network);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Sidecar::start_in(dir.path(), &blog_on(&old, &network, ""), LEASE_MS, &[]);
+    assert_eq!(ensure(&first).status, 200);
+    first.proc.child.kill().unwrap();
+    first.proc.child.wait().unwrap();
+    let second = Sidecar::start_in(dir.path(), &blog_on(&new, &network, ""), LEASE_MS, &[]);
+    wait_until("the container of the old configuration is stopped", Duration::from_secs(20), || old.status() == "exited");
+    assert_eq!(second.status("blog")["state"], "stopped", "{}", second.proc.log_text());
+    assert!(second.proc.log_text().contains("no longer the one configured"), "{}", second.proc.log_text());
+    let r = ensure(&second);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-wsgiproxy-upstream"), Some(new.address_on(&network).as_str()));
 }
 
 #[test]

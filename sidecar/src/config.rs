@@ -82,7 +82,7 @@ pub struct ProcessConfig {
 /// An existing Docker container the sidecar starts.
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
-    /// Its name or id.
+    /// Its name, or full id (checked against Docker's answer: see `check_identity`).
     pub container: String,
     /// The port the app listens on inside the container.
     pub port: u16,

@@ -8,7 +8,8 @@
 //!   since Envoy workers may still hold leases pointing at them.
 //! - Containers it started (`ContainerRecord`) are *not* stopped: the next run takes
 //!   over those still running as it left them (same id, same start time), and never
-//!   touches a container someone else started or restarted.
+//!   touches a container someone else started or restarted, nor one whose start
+//!   time it never learnt (that start cannot be told from someone else's).
 //! - The directory is locked (`flock`) for the sidecar's life: a second sidecar on the
 //!   same directory refuses to start instead of stopping the first one's children.
 
@@ -55,22 +56,22 @@ pub struct ContainerRecord {
     pub requested_unix_ms: u64,
 }
 
-/// How far Docker's clock and ours may disagree (same host) when a start is matched
-/// by its time.
-const CLOCK_SLACK_MS: u64 = 1000;
-
 impl ContainerRecord {
     /// True when the container `id` of `app`, started at `started_at` (Docker's
-    /// RFC 3339 time), is the one this record says the sidecar started: same start
-    /// time, or — when the sidecar died before it learnt it — started after it asked.
-    pub fn started(&self, app: &str, id: &str, started_at: &str) -> bool {
-        if self.app != app || self.id != id || started_at.is_empty() {
-            return false;
-        }
-        match &self.started_at {
-            Some(recorded) => recorded == started_at,
-            None => humantime::parse_rfc3339(started_at).is_ok_and(|t| unix_ms(t).saturating_add(CLOCK_SLACK_MS) >= self.requested_unix_ms),
-        }
+    /// RFC 3339 time), is the very start this record holds: same id, same start time.
+    ///
+    /// A record without a start time proves nothing: the sidecar asked Docker to
+    /// start the container and never learnt when it did (it died, or Docker did not
+    /// answer, in between). Whether that request took effect, and whether the
+    /// container was not stopped and started again by someone else since, cannot be
+    /// told from the container, so it matches no start at all.
+    pub fn proves(&self, app: &str, id: &str, started_at: &str) -> bool {
+        !started_at.is_empty() && self.app == app && self.id == id && self.started_at.as_deref() == Some(started_at)
+    }
+
+    /// Only says that a start was asked for (see [`ContainerRecord::proves`]).
+    pub fn is_unproven(&self) -> bool {
+        self.started_at.is_none()
     }
 }
 
@@ -255,18 +256,47 @@ mod tests {
     #[test]
     fn a_container_is_ours_only_as_we_started_it() {
         let at = "2026-05-01T12:00:00.123456789Z";
-        let requested = unix_ms(humantime::parse_rfc3339(at).unwrap());
-        let started = ContainerRecord { app: "blog".into(), id: "abc".into(), started_at: Some(at.into()), requested_unix_ms: requested };
-        assert!(started.started("blog", "abc", at));
-        assert!(!started.started("blog", "abc", "2026-05-01T12:05:00Z"), "restarted by someone else since");
-        assert!(!started.started("shop", "abc", at));
-        assert!(!started.started("blog", "abd", at));
-        // The sidecar died between asking and hearing back: a start after the request is ours.
-        let asked = ContainerRecord { started_at: None, ..started };
-        assert!(asked.started("blog", "abc", "2026-05-01T12:00:00.5Z"));
-        assert!(asked.started("blog", "abc", "2026-05-01T12:00:00Z"), "within the clock slack");
-        assert!(!asked.started("blog", "abc", "2026-05-01T11:59:00Z"), "it ran before we asked: someone else's");
-        assert!(!asked.started("blog", "abc", "0001-01-01T00:00:00Z"));
-        assert!(!asked.started("blog", "abc", "garbage"));
+        let started =
+            ContainerRecord { app: "blog".into(), id: "abc".into(), started_at: Some(at.into()), requested_unix_ms: 1_777_636_800_000 };
+        assert!(started.proves("blog", "abc", at));
+        assert!(!started.is_unproven());
+        assert!(!started.proves("blog", "abc", "2026-05-01T12:05:00Z"), "restarted by someone else since");
+        assert!(!started.proves("blog", "abc", "2026-05-01T12:00:00.123456788Z"));
+        assert!(!started.proves("shop", "abc", at));
+        assert!(!started.proves("blog", "abd", at));
+        assert!(!started.proves("blog", "abc", ""));
+    }
+
+    #[test]
+    fn a_start_whose_time_was_never_learnt_proves_no_start() {
+        // The sidecar asked, then died before Docker's answer: any start since may be
+        // someone else's (its own may never have reached Docker, or was stopped since).
+        let asked = ContainerRecord { app: "blog".into(), id: "abc".into(), started_at: None, requested_unix_ms: 1_777_636_800_000 };
+        assert!(asked.is_unproven());
+        for later in [
+            "2026-05-01T12:00:00.5Z",
+            "2026-05-01T12:00:00Z",
+            "2026-05-01T13:00:00Z",
+            "2026-05-01T11:59:00Z",
+            "0001-01-01T00:00:00Z",
+            "",
+            "garbage",
+        ] {
+            assert!(!asked.proves("blog", "abc", later), "{later}");
+        }
+    }
+
+    #[test]
+    fn a_state_file_of_an_earlier_version_still_reads_its_unproven_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::open(dir.path()).unwrap();
+        let written = format!(
+            r#"{{"boot_id":"{}","lease_ms":2000,"children":[],"ports":[],"containers":[{{"app":"blog","id":"abc","started_at":null,"requested_unix_ms":5}}]}}"#,
+            boot_id()
+        );
+        std::fs::write(dir.path().join("children.json"), written).unwrap();
+        let state = file.read().unwrap();
+        assert_eq!(state.containers.len(), 1);
+        assert!(state.containers[0].is_unproven());
     }
 }

@@ -4,7 +4,8 @@
 //! Per app: starts (`spawns_total`), stops by reason, idle stops, crashes, failures
 //! by reason, pauses and resumes; the cold-start time (`start_seconds`: from the
 //! start to ready) and how long ensure calls waited, as histograms; and the app's
-//! state (1 for the current one).
+//! state (1 for the current one); and the containers found running whose start the
+//! sidecar cannot prove its own, left alone (`unproven_starts_total`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -95,6 +96,7 @@ pub struct Metrics {
     failures: Family<AppReason, Counter>,
     pauses: Family<AppLabel, Counter>,
     resumes: Family<AppLabel, Counter>,
+    unproven_starts: Family<AppLabel, Counter>,
     start_seconds: Family<AppLabel, Histogram, fn() -> Histogram>,
     ensure_wait_seconds: Family<AppLabel, Histogram, fn() -> Histogram>,
     app_state: Family<AppState, Gauge>,
@@ -112,6 +114,7 @@ impl Default for Metrics {
         let failures = Family::<AppReason, Counter>::default();
         let pauses = Family::<AppLabel, Counter>::default();
         let resumes = Family::<AppLabel, Counter>::default();
+        let unproven_starts = Family::<AppLabel, Counter>::default();
         let start_seconds = Family::<AppLabel, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         let ensure_wait_seconds = Family::<AppLabel, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         let app_state = Family::<AppState, Gauge>::default();
@@ -123,6 +126,11 @@ impl Default for Metrics {
         registry.register("wsgiproxy_sidecar_failures", "Moves of an app to failed, by reason", failures.clone());
         registry.register("wsgiproxy_sidecar_pauses", "Pauses of an idle container", pauses.clone());
         registry.register("wsgiproxy_sidecar_resumes", "Resumes of a paused container", resumes.clone());
+        registry.register(
+            "wsgiproxy_sidecar_unproven_starts",
+            "Containers found running after a start whose time the sidecar never learnt: not taken as its own, never stopped",
+            unproven_starts.clone(),
+        );
         registry.register("wsgiproxy_sidecar_start_seconds", "Cold-start time: from the start of an app to ready", start_seconds.clone());
         registry.register(
             "wsgiproxy_sidecar_ensure_wait_seconds",
@@ -139,6 +147,7 @@ impl Default for Metrics {
             failures,
             pauses,
             resumes,
+            unproven_starts,
             start_seconds,
             ensure_wait_seconds,
             app_state,
@@ -187,6 +196,12 @@ impl Metrics {
 
     pub fn resumed(&self, name: &str) {
         self.resumes.get_or_create(&app(name)).inc();
+    }
+
+    /// A container found running that a start of the sidecar may or may not have
+    /// started (it never learnt the start's time): left alone.
+    pub fn unproven_start(&self, name: &str) {
+        self.unproven_starts.get_or_create(&app(name)).inc();
     }
 
     /// A start that became ready after `took`.

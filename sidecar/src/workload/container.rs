@@ -7,7 +7,15 @@
 //! Ownership: the sidecar stops or pauses only containers it started itself,
 //! recorded in the state directory with the start time Docker gave them, so that
 //! its next run takes over those still running (never starting a second copy), and
-//! a container someone else started or restarted is used but never stopped.
+//! a container someone else started or restarted is used but never stopped. A
+//! start whose time it never learnt (it died, or Docker did not answer, between
+//! `docker start` and the inspect after it) proves nothing: the container is
+//! left alone, as someone else's.
+//!
+//! Identity: the configured name is looked up once per start and the answer checked
+//! to be the container of that name (Docker answers for a container whose id
+//! *begins* with the name when none has it); from then on the container is
+//! addressed by its id.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -52,6 +60,23 @@ fn status(info: &ContainerInspectResponse) -> ContainerStateStatusEnum {
 
 fn started_at(info: &ContainerInspectResponse) -> String {
     info.state.as_ref().and_then(|s| s.started_at.clone()).unwrap_or_default()
+}
+
+/// Checks that an inspect of the configured `container` answered for the container
+/// of that name, or of that full id. Docker looks a reference up as a full id, then
+/// a name, then a unique id *prefix*: when no container has the name (removed, or
+/// never created), a name that looks like hex resolves to another container.
+pub fn check_identity(container: &str, info: &ContainerInspectResponse) -> Result<(), String> {
+    let id = info.id.as_deref().unwrap_or_default();
+    let name = info.name.as_deref().unwrap_or_default();
+    if name.strip_prefix('/') == Some(container) || (!id.is_empty() && id == container) {
+        return Ok(());
+    }
+    let short: String = id.chars().take(12).collect();
+    Err(format!(
+        "Docker has no container named {container:?}: it answered for the container {short} (named {:?}) whose id begins with it; nothing was done to that one. Configure a container's name, or its full id",
+        name.trim_start_matches('/')
+    ))
 }
 
 fn is_up(status: ContainerStateStatusEnum) -> bool {
@@ -176,7 +201,10 @@ pub async fn check_apps(docker: &Docker, apps: &[AppConfig]) -> Result<(), Strin
     for app in apps {
         let WorkloadConfig::Container(config) = &app.workload else { continue };
         match docker.inspect(&config.container, deadline).await {
-            Ok(info) => check(config, &info).map_err(|(field, message)| config::error(&app.name, field, message))?,
+            Ok(info) => {
+                check_identity(&config.container, &info).map_err(|message| config::error(&app.name, "container", message))?;
+                check(config, &info).map_err(|(field, message)| config::error(&app.name, field, message))?;
+            }
             Err(e @ DockerError::NoSuchContainer { .. }) => return Err(config::error(&app.name, "container", e)),
             Err(e) => tracing::warn!(app = %app.name, "cannot check its container: {e}; its requests get a 503 until Docker answers"),
         }
@@ -191,11 +219,10 @@ pub async fn stop_orphans(ctx: &Context, container_apps: &[String]) {
     let Some(docker) = ctx.docker.as_ref() else { return };
     for record in ctx.all_containers_started().into_iter().filter(|r| !container_apps.contains(&r.app)) {
         match docker.inspect(&record.id, Instant::now() + CALL_LIMIT).await {
-            Ok(info) if is_up(status(&info)) && record.started(&record.app, &record.id, &started_at(&info)) => {
+            Ok(info) if is_up(status(&info)) && record.is_unproven() => leave_unproven(ctx, &record),
+            Ok(info) if is_up(status(&info)) && record.proves(&record.app, &record.id, &started_at(&info)) => {
                 tracing::warn!(app = %record.app, "stopping the container {} an earlier run started for an app no longer configured", record.id);
-                let _ = docker.unpause(&record.id, Instant::now() + CALL_LIMIT).await;
-                if let Err(e) = docker.stop(&record.id, Duration::from_secs(10)).await {
-                    tracing::warn!(app = %record.app, "cannot stop it: {e}");
+                if !stop_recorded(docker, &record).await {
                     continue;
                 }
             }
@@ -207,6 +234,32 @@ pub async fn stop_orphans(ctx: &Context, container_apps: &[String]) {
         }
         ctx.forget_container(&record.id);
     }
+}
+
+/// Stops a container the sidecar proved it started (thawing it first); false when
+/// Docker would not.
+async fn stop_recorded(docker: &Docker, record: &ContainerRecord) -> bool {
+    let _ = docker.unpause(&record.id, Instant::now() + CALL_LIMIT).await;
+    match docker.stop(&record.id, Duration::from_secs(10)).await {
+        Ok(()) | Err(DockerError::NoSuchContainer { .. }) => true,
+        Err(e) => {
+            tracing::warn!(app = %record.app, "cannot stop the container {}: {e}", record.id);
+            false
+        }
+    }
+}
+
+/// A running container that a record without a start time names: the sidecar asked
+/// Docker to start it and never learnt when it started, so it cannot tell its own
+/// start from someone else's since. Left alone, never stopped; the record goes.
+fn leave_unproven(ctx: &Context, record: &ContainerRecord) {
+    tracing::warn!(
+        app = %record.app,
+        "the container {} runs, but the sidecar cannot prove it started it (it asked Docker to start it and never learnt the start's time: it died, or Docker did not answer, in between): it is used if configured, and never stopped or paused by the sidecar",
+        record.id
+    );
+    ctx.metrics.unproven_start(&record.app);
+    ctx.forget_container(&record.id);
 }
 
 impl ContainerWorkload {
@@ -222,7 +275,21 @@ impl ContainerWorkload {
     fn started_by_us(&self, info: &ContainerInspectResponse) -> bool {
         let id = info.id.as_deref().unwrap_or_default();
         let at = started_at(info);
-        self.ctx.containers_started(&self.app).iter().any(|r| r.started(&self.app, id, &at))
+        self.ctx.containers_started(&self.app).iter().any(|r| r.proves(&self.app, id, &at))
+    }
+
+    /// Drops what the sidecar recorded of starts of this container whose time it
+    /// never learnt (a start of this run whose inspect failed, or of an earlier run):
+    /// they prove nothing; counted when the container runs.
+    fn drop_unproven(&self, info: &ContainerInspectResponse) {
+        let id = info.id.as_deref().unwrap_or_default();
+        for record in self.ctx.containers_started(&self.app).into_iter().filter(|r| r.id == id && r.is_unproven()) {
+            if is_up(status(info)) {
+                leave_unproven(&self.ctx, &record);
+            } else {
+                self.ctx.forget_container(&record.id);
+            }
+        }
     }
 
     fn instance(&self, info: &ContainerInspectResponse, ours: bool) -> Result<Arc<dyn Instance>, String> {
@@ -265,7 +332,22 @@ impl ContainerWorkload {
                 }
             };
             let status = status(&info);
-            if adopted.is_none() && is_up(status) && record.started(&self.app, &record.id, &started_at(&info)) {
+            if is_up(status) && record.is_unproven() {
+                leave_unproven(&self.ctx, &record);
+                continue;
+            }
+            let ours = is_up(status) && record.proves(&self.app, &record.id, &started_at(&info));
+            if ours {
+                if let Err(e) = check_identity(&self.config.container, &info) {
+                    // The app now names another container: this one is an orphan.
+                    tracing::warn!(app = %self.app, "stopping the container {} an earlier run started for this app, no longer the one configured: {e}", record.id);
+                    if stop_recorded(docker, &record).await {
+                        self.ctx.forget_container(&record.id);
+                    }
+                    continue;
+                }
+            }
+            if adopted.is_none() && ours {
                 match self.instance(&info, true) {
                     Ok(instance) => {
                         tracing::info!(app = %self.app, container = %self.config.container, "taking over the container an earlier run started ({status})");
@@ -288,7 +370,11 @@ impl Workload for ContainerWorkload {
         let docker = self.docker()?;
         let name = &self.config.container;
         let info = docker.inspect(name, deadline).await.map_err(|e| e.to_string())?;
+        // Never start, use or stop another container than the one named so.
+        check_identity(name, &info)?;
+        // From here on, addressed by its id.
         let id = info.id.clone().unwrap_or_default();
+        self.drop_unproven(&info);
         match status(&info) {
             ContainerStateStatusEnum::RUNNING if self.started_by_us(&info) => {
                 tracing::info!(app = %self.app, container = %name, "the container the sidecar started still runs: using it");
@@ -309,7 +395,9 @@ impl Workload for ContainerWorkload {
             ContainerStateStatusEnum::CREATED | ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::EMPTY => {
                 let requested_unix_ms = unix_ms(SystemTime::now());
                 // Recorded before the call: if the sidecar dies before the answer,
-                // its next run still knows it asked.
+                // its next run knows it asked, and says so when it finds the
+                // container running (it cannot prove that start its own: it leaves
+                // the container alone).
                 self.ctx.remember_container(ContainerRecord { app: self.app.clone(), id: id.clone(), started_at: None, requested_unix_ms });
                 self.ctx.metrics.started(&self.app);
                 if let Err(e) = docker.start(&id, deadline).await {
@@ -571,6 +659,27 @@ mod tests {
         assert!(message.contains("does not publish 8080/tcp"), "{message}");
         let host = inspect(serde_json::json!({ "HostConfig": { "NetworkMode": "host" } }));
         assert!(check(&config(None), &host).is_ok());
+    }
+
+    #[test]
+    fn an_inspect_by_name_answered_for_another_container_is_refused() {
+        let id = "cca7ab7fa8e858b2f45af58b417aa445c6077f9fa328c244e46c5d2b4e3fcdbd";
+        let other = inspect(serde_json::json!({ "Id": id, "Name": "/shop" }));
+        assert!(check_identity("shop", &other).is_ok());
+        assert!(check_identity(id, &other).is_ok(), "its full id");
+        // No container is named "cca7ab7fa8": Docker answered for the one whose id begins so.
+        let e = check_identity("cca7ab7fa8", &other).unwrap_err();
+        assert!(
+            e.starts_with("Docker has no container named \"cca7ab7fa8\": it answered for the container cca7ab7fa8e8 (named \"shop\")"),
+            "{e}"
+        );
+        assert!(
+            check_identity("cca7ab7fa8e858b2f45af58b417aa445c6077f9fa328c244e46c5d2b4e3fcdb", &other).is_err(),
+            "a prefix, however long"
+        );
+        assert!(check_identity("Shop", &other).is_err());
+        assert!(check_identity("sho", &other).is_err());
+        assert!(check_identity("", &inspect(serde_json::json!({}))).is_err());
     }
 
     #[test]
