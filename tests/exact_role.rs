@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::net::Ipv4Addr;
+
 use serde_json::json;
 use support::*;
 
@@ -112,4 +114,47 @@ fn an_unreachable_destination_is_a_502_naming_it() {
 fn allow_hosts_is_required() {
     let log = Envoy::start_refused("envoy/exact.yaml", &Overrides::default().plugin(json!({"role": "exact", "allow_hosts": []})));
     assert!(log.contains("field `allow_hosts`: must list"), "{log}");
+}
+
+/// The DNS answers of the names in [`several_addresses`]: 1.2.3.4 (public, and
+/// refusing: nothing listens there) then 10.9.9.9 (private, where a service listens).
+fn mixed_and_private_names() -> FakeDns {
+    let (public, private) = (Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(10, 9, 9, 9));
+    FakeDns::start_with(&[("mixed.test", &[public, private]), ("private.test", &[private]), ("listed.test", &[public, private])])
+}
+
+/// A name answering a public address that refuses connections, then a private one.
+/// Envoy gives the forward-proxy host every address and falls back to the next when a
+/// connection fails: the check must judge the address connected to, not the first
+/// answer. All in a network namespace of the test's own, so nothing leaves the machine.
+#[test]
+fn a_name_with_several_addresses_never_reaches_a_private_one() {
+    in_own_network_namespace(&["1.2.3.4/32", "10.9.9.9/32"], || {
+        let private = Recorder::start("10.9.9.9", "the private service");
+        let port = private.port();
+        let dns = mixed_and_private_names();
+        let listed = format!("listed.test:{port}");
+        let o = Overrides { dns: Some(dns.port), ..Overrides::default() }
+            .plugin(json!({"role": "exact", "allow_hosts": ["*:*", listed]}));
+        let envoy = Envoy::start("envoy/exact.yaml", &o);
+        let mixed = format!("mixed.test:{port}");
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let r = envoy.get("/", &[("Host", &mixed)]);
+            assert!(r.status == 403 || r.status == 502, "{mixed} was answered {}: {}", r.status, r.text());
+            if r.status == 403 {
+                assert!(r.text().contains("resolves to 10.9.9.9"), "{}", r.text());
+            }
+            statuses.push(r.status);
+        }
+        assert!(statuses.contains(&403), "the private address was never judged: {statuses:?}");
+        // The same name with the private address alone: the documented 403.
+        let r = envoy.get("/", &[("Host", &format!("private.test:{port}"))]);
+        assert_eq!(r.status, 403, "{}", r.text());
+        eprintln!("{mixed}: {statuses:?}; the private service accepted {} connections", private.accepted());
+        assert_eq!(private.received(), 0, "the private service received bytes ({} connections)", private.accepted());
+        // A name listed by name is trusted as listed, wherever it resolves: it gets there.
+        let r = (0..4).map(|_| envoy.get("/", &[("Host", &listed)])).find(|r| r.status == 200).expect("the listed name never got through");
+        assert_eq!(r.text(), "reached the private service\n");
+    });
 }
