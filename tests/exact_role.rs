@@ -5,6 +5,7 @@
 mod support;
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use serde_json::json;
 use support::*;
@@ -156,5 +157,37 @@ fn a_name_with_several_addresses_never_reaches_a_private_one() {
         // A name listed by name is trusted as listed, wherever it resolves: it gets there.
         let r = (0..4).map(|_| envoy.get("/", &[("Host", &listed)])).find(|r| r.status == 200).expect("the listed name never got through");
         assert_eq!(r.text(), "reached the private service\n");
+    });
+}
+
+/// What a refused destination gets. Refused before routing (a private address as the
+/// Host): nothing, not even a connection. Refused once DNS has answered: Envoy has
+/// already asked its pool for a connection (it does before the cluster's filters
+/// run), so a TCP handshake may happen, but no byte is sent on it, and the pool's
+/// idle timeout closes it.
+#[test]
+fn a_refused_destination_gets_no_byte() {
+    in_own_network_namespace(&["10.9.9.9/32"], || {
+        let private = Recorder::start("10.9.9.9", "the private service");
+        let port = private.port();
+        let dns = mixed_and_private_names();
+        let mut o = Overrides { dns: Some(dns.port), ..Overrides::default() }.plugin(json!({"role": "exact", "allow_hosts": ["*:*"]}));
+        o.edit = Some(|doc| {
+            let cluster = &mut doc["static_resources"]["clusters"][0];
+            assert_eq!(cluster["name"].as_str(), Some("exact_destination"));
+            let options = &mut cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+            options["common_http_protocol_options"]["idle_timeout"] = "1s".into();
+        });
+        let envoy = Envoy::start("envoy/exact.yaml", &o);
+        let literal = format!("10.9.9.9:{port}");
+        let r = envoy.get("/", &[("Host", &literal)]);
+        assert_eq!(r.status, 403, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(private.accepted(), 0, "{literal} was refused before routing, yet connected to");
+        let r = envoy.get("/", &[("Host", &format!("private.test:{port}"))]);
+        assert_eq!(r.status, 403, "{}", r.text());
+        wait_until("Envoy closes the connections it opened", Duration::from_secs(10), || private.closed() == private.accepted());
+        eprintln!("private.test: the private service accepted {} connections, all closed", private.accepted());
+        assert_eq!(private.received(), 0, "the private service received bytes");
     });
 }

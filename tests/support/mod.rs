@@ -935,6 +935,7 @@ pub struct Recorder {
     pub address: std::net::SocketAddr,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Recorder {
@@ -945,12 +946,13 @@ impl Recorder {
         let address = listener.local_addr().unwrap();
         let accepted = std::sync::Arc::new(AtomicUsize::new(0));
         let received = std::sync::Arc::new(AtomicUsize::new(0));
-        let (accepts, bytes) = (accepted.clone(), received.clone());
+        let closed = std::sync::Arc::new(AtomicUsize::new(0));
+        let (accepts, bytes, closes) = (accepted.clone(), received.clone(), closed.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 accepts.fetch_add(1, Ordering::SeqCst);
-                let bytes = bytes.clone();
+                let (bytes, closes) = (bytes.clone(), closes.clone());
                 std::thread::spawn(move || {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -966,10 +968,11 @@ impl Recorder {
                             let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
                         }
                     }
+                    closes.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
-        Recorder { address, accepted, received }
+        Recorder { address, accepted, received, closed }
     }
 
     pub fn port(&self) -> u16 {
@@ -982,6 +985,10 @@ impl Recorder {
     /// Bytes received so far, on every connection.
     pub fn received(&self) -> usize {
         self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Connections the other side has closed so far.
+    pub fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
