@@ -135,8 +135,7 @@ fn a_name_with_several_addresses_never_reaches_a_private_one() {
         let port = private.port();
         let dns = mixed_and_private_names();
         let listed = format!("listed.test:{port}");
-        let o = Overrides { dns: Some(dns.port), ..Overrides::default() }
-            .plugin(json!({"role": "exact", "allow_hosts": ["*:*", listed]}));
+        let o = Overrides { dns: Some(dns.port), ..Overrides::default() }.plugin(json!({"role": "exact", "allow_hosts": ["*:*", listed]}));
         let envoy = Envoy::start("envoy/exact.yaml", &o);
         let mixed = format!("mixed.test:{port}");
         let mut statuses = Vec::new();
@@ -176,7 +175,9 @@ fn a_refused_destination_gets_no_byte() {
             let cluster = &mut doc["static_resources"]["clusters"][0];
             assert_eq!(cluster["name"].as_str(), Some("exact_destination"));
             let options = &mut cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
-            options["common_http_protocol_options"]["idle_timeout"] = "1s".into();
+            let idle = &mut options["common_http_protocol_options"]["idle_timeout"];
+            assert_eq!(idle.as_str(), Some("60s"), "the shipped cluster closes idle connections");
+            *idle = "1s".into();
         });
         let envoy = Envoy::start("envoy/exact.yaml", &o);
         let literal = format!("10.9.9.9:{port}");

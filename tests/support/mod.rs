@@ -354,9 +354,10 @@ pub fn render(file: &str, port: u16, admin_port: u16, o: &Overrides) -> String {
         // Every DNS cache, and every forward-proxy cluster (whose per-destination
         // clusters resolve with its settings).
         walk_mut(&mut doc, &mut |m| {
-            let is_forward_proxy_cluster =
-                m.get(key("cluster_type")).and_then(|t| t.get("name")).and_then(Yaml::as_str) == Some("envoy.clusters.dynamic_forward_proxy");
-            let resolves = if is_forward_proxy_cluster { Some(&mut *m) } else { m.get_mut(key("dns_cache_config")).and_then(Yaml::as_mapping_mut) };
+            let is_forward_proxy_cluster = m.get(key("cluster_type")).and_then(|t| t.get("name")).and_then(Yaml::as_str)
+                == Some("envoy.clusters.dynamic_forward_proxy");
+            let resolves =
+                if is_forward_proxy_cluster { Some(&mut *m) } else { m.get_mut(key("dns_cache_config")).and_then(Yaml::as_mapping_mut) };
             if let Some(cache) = resolves {
                 let resolver: Yaml = serde_yaml::from_str(&format!(
                     "name: envoy.network.dns_resolver.cares
