@@ -185,6 +185,17 @@ pub fn decide_resolved(config: &ExactConfig, head: &RequestHead, resolved: IpAdd
     }
 }
 
+/// The upstream check when Envoy names the upstream by something other than an IP
+/// address (a pipe, an internal listener): the filter cannot tell where the request
+/// goes, so it refuses (fail closed).
+pub fn refuse_unjudged(head: &RequestHead, upstream: &[u8]) -> Decision<'static> {
+    let (shown, _, _) = match requested(head) {
+        Ok(requested) => requested,
+        Err(reply) => return reply,
+    };
+    refuse(&shown, &format!("its upstream {:?} is not an IP address this filter can judge", String::from_utf8_lossy(upstream)))
+}
+
 /// The server the Host names: (the Host as shown in replies, the destination, its
 /// port, 80 when none is given), or a 400 when it names none.
 fn requested(head: &RequestHead) -> Result<(String, Destination, u16), Decision<'static>> {
@@ -308,6 +319,12 @@ mod tests {
         assert!(!check("api.internal:9090", "10.1.2.3"), "but only on its port (and then * wants a public address)");
         assert!(check("10.1.2.3", "10.1.2.3"));
         assert!(!check("10.1.2.3", "10.9.9.9"), "an address resolves to itself");
+    }
+
+    #[test]
+    fn an_upstream_that_is_no_address_is_refused() {
+        let head = RequestHead::new(vec![(":authority".into(), b"example.com".to_vec())]);
+        assert!(matches!(refuse_unjudged(&head, b"envoy://internal"), Decision::Reply(reply) if reply.status == 403));
     }
 
     #[test]

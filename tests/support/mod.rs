@@ -351,8 +351,14 @@ pub fn render(file: &str, port: u16, admin_port: u16, o: &Overrides) -> String {
         assert!(first.is_some(), "{file} has no Wasm plugin configuration to replace");
     }
     if let Some(dns_port) = o.dns {
+        // Every DNS cache, and every forward-proxy cluster (whose per-destination
+        // clusters resolve with its settings).
         walk_mut(&mut doc, &mut |m| {
-            if let Some(Yaml::Mapping(cache)) = m.get_mut(key("dns_cache_config")) {
+            let is_forward_proxy_cluster = m.get(key("cluster_type")).and_then(|t| t.get("name")).and_then(Yaml::as_str)
+                == Some("envoy.clusters.dynamic_forward_proxy");
+            let resolves =
+                if is_forward_proxy_cluster { Some(&mut *m) } else { m.get_mut(key("dns_cache_config")).and_then(Yaml::as_mapping_mut) };
+            if let Some(cache) = resolves {
                 let resolver: Yaml = serde_yaml::from_str(&format!(
                     "name: envoy.network.dns_resolver.cares
 typed_config:
@@ -827,7 +833,8 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 /// A DNS server on loopback that answers every A question with 127.0.0.1 (and
 /// every other question with no answer): names that resolve to loopback, for
-/// testing what a proxy does with them, without touching /etc/hosts.
+/// testing what a proxy does with them, without touching /etc/hosts. Names given to
+/// [`FakeDns::start_with`] get their own A records instead, in the order given.
 pub struct FakeDns {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -835,7 +842,15 @@ pub struct FakeDns {
 
 impl FakeDns {
     pub fn start() -> FakeDns {
+        Self::start_with(&[])
+    }
+
+    /// Answers each `(name, addresses)` with those A records (a name as asked, without
+    /// the final dot, any case), every other name with 127.0.0.1.
+    pub fn start_with(records: &[(&str, &[std::net::Ipv4Addr])]) -> FakeDns {
         use std::sync::atomic::{AtomicBool, Ordering};
+        let records: BTreeMap<String, Vec<std::net::Ipv4Addr>> =
+            records.iter().map(|(name, addresses)| (name.to_ascii_lowercase(), addresses.to_vec())).collect();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         let port = socket.local_addr().unwrap().port();
@@ -845,7 +860,7 @@ impl FakeDns {
             let mut buf = [0u8; 512];
             while !stopped.load(Ordering::Relaxed) {
                 let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
-                if let Some(answer) = dns_answer(&buf[..len]) {
+                if let Some(answer) = dns_answer(&buf[..len], &records) {
                     let _ = socket.send_to(&answer, from);
                 }
             }
@@ -860,21 +875,122 @@ impl Drop for FakeDns {
     }
 }
 
-/// The reply to one DNS query: the question echoed, and an A record for 127.0.0.1
-/// when the question is for A.
-fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+/// The reply to one DNS query: the question echoed, and, when the question is for A,
+/// the name's A records from `records`, or 127.0.0.1.
+fn dns_answer(query: &[u8], records: &BTreeMap<String, Vec<std::net::Ipv4Addr>>) -> Option<Vec<u8>> {
     let mut end = 12;
+    let mut labels = Vec::new();
     while *query.get(end)? != 0 {
-        end += 1 + *query.get(end)? as usize;
+        let len = *query.get(end)? as usize;
+        labels.push(String::from_utf8_lossy(query.get(end + 1..end + 1 + len)?).to_ascii_lowercase());
+        end += 1 + len;
     }
     let question = query.get(12..end + 5)?;
     let is_a = query.get(end + 1..end + 3)? == [0, 1];
-    let mut reply = vec![query[0], query[1], 0x81, 0x80, 0, 1, 0, u8::from(is_a), 0, 0, 0, 0];
+    let loopback = [std::net::Ipv4Addr::LOCALHOST];
+    let addresses: &[std::net::Ipv4Addr] = if is_a { records.get(&labels.join(".")).map_or(&loopback, Vec::as_slice) } else { &[] };
+    let count = u8::try_from(addresses.len()).unwrap();
+    let mut reply = vec![query[0], query[1], 0x81, 0x80, 0, 1, 0, count, 0, 0, 0, 0];
     reply.extend_from_slice(question);
-    if is_a {
-        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 127, 0, 0, 1]);
+    for address in addresses {
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        reply.extend_from_slice(&address.octets());
     }
     Some(reply)
+}
+
+/// Runs `body` in a network namespace of its own (a thread that unshared its
+/// network namespace: the processes and threads it starts are in it too), with `lo`
+/// up and `addresses` (e.g. "10.9.9.9/32") added to it: every address the test uses
+/// is on that namespace's loopback, so nothing leaves the machine. Needs root
+/// (CAP_SYS_ADMIN); fails loudly when the namespace cannot be made.
+pub fn in_own_network_namespace<T: Send + 'static>(addresses: &[&str], body: impl FnOnce() -> T + Send + 'static) -> T {
+    let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    let thread = std::thread::spawn(move || {
+        // SAFETY: unshare(2) with CLONE_NEWNET changes only this thread's network
+        // namespace; it takes no pointers.
+        let status = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            status,
+            0,
+            "THIS TEST NEEDS A NETWORK NAMESPACE OF ITS OWN and could not make one (unshare(CLONE_NEWNET): {}); \
+             run it as root (CI does)",
+            std::io::Error::last_os_error()
+        );
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap_or_else(|e| panic!("cannot run `ip` (iproute2): {e}"));
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["link", "set", "lo", "up"]);
+        for address in &addresses {
+            ip(&["address", "add", address, "dev", "lo"]);
+        }
+        body()
+    });
+    thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// A TCP server that records what reaches it: connections accepted and bytes
+/// received. It answers each request head it reads with a 200 saying `name`.
+pub struct Recorder {
+    pub address: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Recorder {
+    pub fn start(ip: &str, name: &'static str) -> Recorder {
+        use std::io::Read;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let received = std::sync::Arc::new(AtomicUsize::new(0));
+        let closed = std::sync::Arc::new(AtomicUsize::new(0));
+        let (accepts, bytes, closes) = (accepted.clone(), received.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                accepts.fetch_add(1, Ordering::SeqCst);
+                let (bytes, closes) = (bytes.clone(), closes.clone());
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        bytes.fetch_add(n, Ordering::SeqCst);
+                        head.extend_from_slice(&buf[..n]);
+                        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            head.clear();
+                            let body = format!("reached {name}\n");
+                            let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes());
+                        }
+                    }
+                    closes.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Recorder { address, accepted, received, closed }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Bytes received so far, on every connection.
+    pub fn received(&self) -> usize {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Connections the other side has closed so far.
+    pub fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Opens a connection to Envoy from a given loopback source address (127.0.0.2,

@@ -3,7 +3,7 @@
 
 use super::{apply_request_edits, refuse, Flow};
 use crate::counters::exact::*;
-use crate::exact::{decide, decide_resolved, ExactConfig};
+use crate::exact::{decide, decide_resolved, refuse_unjudged, ExactConfig};
 use crate::headers::AUTHORITY;
 use crate::host::{HeaderMap, Host};
 use crate::request::{parse_peer_address, Decision, RequestHead};
@@ -15,13 +15,18 @@ pub fn on_request_headers<H: Host>(config: &ExactConfig, host: &mut H) -> Flow {
     // The role judges the Host alone: one header read, not the whole map.
     let authority = host.header(HeaderMap::Request, AUTHORITY);
     let head = RequestHead::new(authority.map(|value| (AUTHORITY.to_string(), value)).into_iter().collect());
-    // As an upstream filter of the forward-proxy cluster, the address DNS gave is
-    // known: check it. Before routing it is not, and the Host is checked by name.
-    let resolved = host.upstream_address().and_then(|address| parse_peer_address(&address));
-    let decision = match resolved {
-        Some(resolved) => {
+    // As an upstream filter of the forward-proxy cluster, the address the request goes
+    // to is known: check it (and refuse what is not an IP address). Before routing
+    // there is none, and the Host is checked by name.
+    let upstream = host.upstream_address().filter(|address| !address.is_empty());
+    let resolved = upstream.is_some();
+    let decision = match upstream {
+        Some(address) => {
             host.count(RESOLVED_CHECKS, 1);
-            decide_resolved(config, &head, resolved)
+            match parse_peer_address(&address) {
+                Some(ip) => decide_resolved(config, &head, ip),
+                None => refuse_unjudged(&head, &address),
+            }
         }
         None => {
             host.count(REQUESTS, 1);
@@ -32,7 +37,7 @@ pub fn on_request_headers<H: Host>(config: &ExactConfig, host: &mut H) -> Flow {
         Decision::Forward(edits) => {
             // `head` holds the Host only: every set replaces, whatever else the request has.
             apply_request_edits(host, &edits, |_| true);
-            if resolved.is_none() {
+            if !resolved {
                 host.count(FORWARDED, 1);
             }
             Flow::Continue
