@@ -193,6 +193,9 @@ pub fn refuse_unjudged(head: &RequestHead, upstream: &[u8]) -> Decision<'static>
         Ok(requested) => requested,
         Err(reply) => return reply,
     };
+    if upstream.is_empty() {
+        return refuse(&shown, "Envoy does not say which address it goes to");
+    }
     refuse(&shown, &format!("its upstream {:?} is not an IP address this filter can judge", String::from_utf8_lossy(upstream)))
 }
 

@@ -9,6 +9,10 @@ use crate::host::{HeaderMap, Host};
 use crate::request::{parse_peer_address, Decision, RequestHead};
 
 const ROLE: &str = "exact";
+/// Left by the pre-routing pass on a request it let through: the cluster's upstream
+/// pass, which sees it, knows it runs after routing, where an upstream it cannot
+/// judge is refused rather than judged by name again.
+pub const JUDGED_MARK: &str = "wsgiproxy_exact_judged";
 
 /// Lets the request go to the server its Host names when `allow_hosts` allows it.
 pub fn on_request_headers<H: Host>(config: &ExactConfig, host: &mut H) -> Flow {
@@ -28,6 +32,12 @@ pub fn on_request_headers<H: Host>(config: &ExactConfig, host: &mut H) -> Flow {
                 None => refuse_unjudged(&head, &address),
             }
         }
+        // After routing (the pre-routing pass marked it) with no upstream address:
+        // where it goes cannot be told, so it does not go.
+        None if host.stream_marked(JUDGED_MARK) => {
+            host.count(RESOLVED_CHECKS, 1);
+            refuse_unjudged(&head, b"")
+        }
         None => {
             host.count(REQUESTS, 1);
             decide(config, &head)
@@ -38,6 +48,7 @@ pub fn on_request_headers<H: Host>(config: &ExactConfig, host: &mut H) -> Flow {
             // `head` holds the Host only: every set replaces, whatever else the request has.
             apply_request_edits(host, &edits, |_| true);
             if !resolved {
+                host.mark_stream(JUDGED_MARK);
                 host.count(FORWARDED, 1);
             }
             Flow::Continue

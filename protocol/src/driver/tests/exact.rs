@@ -17,7 +17,8 @@ fn exact() -> ExactConfig {
 fn before_routing_the_host_is_checked_by_name() {
     let mut host = FakeHost::with_request(&[(":authority", "example.com:8443"), (":path", "/a"), ("x-big", "unread")]);
     assert_eq!(on_request_headers(&exact(), &mut host), Flow::Continue);
-    assert_eq!(host.reads, ["header :authority", "upstream_address"], "one header read, not the whole map");
+    assert_eq!(host.reads, ["header :authority", "upstream_address", "mark wsgiproxy_exact_judged"], "one header read, not the whole map");
+    assert_eq!(host.marks, ["wsgiproxy_exact_judged"], "marked for the upstream pass");
     assert_eq!(host.count_of("exact.requests"), 1);
     assert_eq!(host.count_of("exact.forwarded"), 1);
     assert_eq!(host.request.len(), 3, "sent exactly as received");
@@ -56,4 +57,16 @@ fn upstream_the_resolved_address_is_checked() {
     for host in [&public, &rebound, &listed] {
         assert_declared(host, "exact");
     }
+}
+
+#[test]
+fn upstream_without_an_address_nothing_goes() {
+    // The pre-routing pass let it through; the upstream pass is told no address.
+    let mut unknown = FakeHost::with_request(&[(":authority", "example.com:443")]);
+    assert_eq!(on_request_headers(&exact(), &mut unknown), Flow::Continue);
+    assert_eq!(on_request_headers(&exact(), &mut unknown), Flow::Replied);
+    assert_eq!((unknown.replies[0].status, unknown.replies[0].reason), (403, Reason::DestinationNotAllowed));
+    assert_eq!(unknown.count_of("exact.resolved_checks"), 1);
+    assert_eq!(unknown.count_of("exact.requests"), 1, "the first pass only");
+    assert_declared(&unknown, "exact");
 }
