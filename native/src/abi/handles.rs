@@ -362,15 +362,6 @@ impl Stream {
         unsafe { envoy_dynamic_module_callback_http_filter_get_attribute_bool(self.0, id, &mut out) }.then_some(out)
     }
 
-    /// The connection's own peer, `ip:port`: the TCP peer, which the connection
-    /// manager never rewrites from X-Forwarded-For (unlike `source.address`).
-    pub fn direct_remote_address(&self) -> Option<Vec<u8>> {
-        let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
-        // SAFETY: live filter pointer; `out` outlives the call; copied at once.
-        let found = unsafe { envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(self.0, &mut out) };
-        found.then(|| copy_envoy_bytes(out.ptr, out.length))
-    }
-
     /// Sends a request to `cluster`; the answer comes to [`HttpFilter::on_callout_done`].
     /// `Err` says why Envoy did not send it.
     pub fn http_callout(&self, cluster: &str, headers: &[(&str, &str)], timeout: std::time::Duration) -> Result<u64, &'static str> {

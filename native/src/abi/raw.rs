@@ -192,10 +192,6 @@ extern "C" {
         id: Attribute,
         result: *mut bool,
     ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(
-        filter: *mut c_void,
-        result: *mut EnvoyBuffer,
-    ) -> bool;
     pub(crate) fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: *mut c_void,
         name: ModuleBuffer,

@@ -18,7 +18,8 @@ struct FakeStream {
     response: Vec<(Vec<u8>, Vec<u8>)>,
     reply: Option<Reply>,
     source_address: Option<Vec<u8>>,
-    direct_address: Option<Vec<u8>>,
+    /// The `peer` network filter's record in the connection's filter state.
+    peer_record: Option<Vec<u8>>,
     counters: Vec<(usize, u64)>,
     /// Calls back into the module filter at this address from inside the callbacks, as
     /// Envoy does: a local reply runs the response hook (then destroys the filter when
@@ -188,13 +189,17 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_get_attribute_bool(_: *m
     false
 }
 #[no_mangle]
-extern "C" fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(filter: *mut c_void, out: *mut EnvoyBuffer) -> bool {
-    match &fake(filter).direct_address {
-        Some(a) => {
+extern "C" fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+    filter: *mut c_void,
+    key: ModuleBuffer,
+    out: *mut EnvoyBuffer,
+) -> bool {
+    match &fake(filter).peer_record {
+        Some(a) if bytes(key.ptr, key.length) == wsgiproxy_protocol::trust::PEER_RECORD.as_bytes() => {
             lend(out, a);
             true
         }
-        None => false,
+        _ => false,
     }
 }
 #[no_mangle]
@@ -406,9 +411,10 @@ fn one_header_is_read_by_name_with_every_value() {
 
 #[test]
 fn replies_attributes_and_the_peer() {
-    let mut f = FakeStream { direct_address: Some(b"[::1]:5555".to_vec()), ..FakeStream::default() };
+    let mut f = FakeStream { peer_record: Some(b"[::1]:5555".to_vec()), ..FakeStream::default() };
     let s = stream_of(&mut f);
-    assert_eq!(s.direct_remote_address().as_deref(), Some(&b"[::1]:5555"[..]));
+    assert_eq!(s.connection_record("wsgiproxy_peer").as_deref(), Some(&b"[::1]:5555"[..]));
+    assert_eq!(s.connection_record("other"), None);
     assert_eq!(s.attribute_bytes(Attribute::SourceAddress), None);
     assert_eq!(s.attribute_bytes(Attribute::RequestProtocol).as_deref(), Some(&b"HTTP/1.1"[..]));
     assert_eq!(s.attribute_int(Attribute::SourcePort), Some(40_000));
@@ -446,7 +452,7 @@ fn a_request_through_every_hook() {
             (b":method".to_vec(), b"GET".to_vec()),
             (b"x-script-name".to_vec(), b"/evil".to_vec()),
         ],
-        direct_address: Some(b"10.1.2.3:4444".to_vec()),
+        peer_record: Some(b"10.1.2.3:4444".to_vec()),
         ..FakeStream::default()
     };
     let config = r#"{"role": "app", "href": "http://backend:8080/app", "script_name": "/blog",
@@ -462,7 +468,7 @@ fn a_request_through_every_hook() {
 
     let mut outside = FakeStream {
         request: vec![(b":path".to_vec(), b"/other".to_vec())],
-        direct_address: Some(b"10.1.2.3:4444".to_vec()),
+        peer_record: Some(b"10.1.2.3:4444".to_vec()),
         ..FakeStream::default()
     };
     assert_eq!(through_hooks(config, &mut outside), HeadersStatus::StopIteration);
