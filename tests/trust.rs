@@ -459,8 +459,39 @@ fn principals_on_a_plaintext_listener_never_match_and_say_so() {
     assert_eq!(log.matches("trust_principals is configured but this connection has no TLS").count(), 1, "{log}");
 }
 
+/// The native module refuses a role in the wrong kind of filter when Envoy loads it:
+/// Envoy does not start, and its log says why.
+fn native_refuses_a_role_in_the_wrong_kind_of_filter() {
+    let echo = Echo::start();
+    let peer_as_http_filter = Overrides::default().cluster("app", echo.port).plugin(json!({"role": "peer"}));
+    let log = Envoy::start_refused("envoy/middleware.yaml", &peer_as_http_filter);
+    assert!(log.contains("the role \"peer\" is a network filter"), "{log}");
+    fn middleware_as_network_filter(doc: &mut Yaml) {
+        let filter = &mut doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+        filter["typed_config"]["filter_config"]["value"] =
+            Yaml::from(r#"{"role": "middleware", "trust_ips": ["127.0.0.2/32"], "keys": {"REMOTE_USER": "x-remote-user"}}"#);
+    }
+    let mut doc: Yaml = serde_yaml::from_str(&render("envoy/middleware.yaml", free_port(), free_port(), &Overrides::default())).unwrap();
+    middleware_as_network_filter(&mut doc);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "init_only", "--disable-hot-restart", "-c"])
+        .arg(&config)
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "Envoy accepted the middleware role as a network filter:\n{log}");
+    assert!(log.contains("as a network filter the module takes only"), "{log}");
+}
+
 #[test]
 fn a_role_in_the_wrong_kind_of_filter_fails_closed() {
+    if Loader::from_env() == Loader::Native {
+        return native_refuses_a_role_in_the_wrong_kind_of_filter();
+    }
     // The peer role in the HTTP filter's place: no request reaches the backend unjudged.
     let echo = Echo::start();
     let envoy = Envoy::start(

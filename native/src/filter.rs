@@ -49,8 +49,9 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
         crate::replay::prepare(&config)?;
         let spawn = match &config {
             Config::Peer => {
-                return Err("the role \"peer\" is the Wasm filter's network filter; the native module reads the TCP peer \
-                            itself and needs no peer filter"
+                return Err("the role \"peer\" is a network filter: load it with \
+                            envoy.extensions.filters.network.dynamic_modules.v3.DynamicModuleNetworkFilter before the HTTP \
+                            connection manager"
                     .to_string())
             }
             // Reports need a timer: a module thread wakes the configuration.

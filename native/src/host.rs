@@ -11,6 +11,7 @@ use wsgiproxy_protocol::middleware::NonceMemory;
 use wsgiproxy_protocol::replay::Verdict;
 use wsgiproxy_protocol::request::{LocalReply, RawHead, RequestHead};
 use wsgiproxy_protocol::signature::Nonce;
+use wsgiproxy_protocol::trust::PEER_RECORD;
 
 use crate::abi::{self, log, log_enabled, Attribute, CalloutResponse, ConfigHandle, HeadersStatus, LogLevel, Stream};
 use crate::attributes::{connection_is_tls, property};
@@ -115,10 +116,12 @@ impl Host for NativeHost<'_> {
         self.stream.continue_decoding();
     }
 
-    /// The connection's own peer (the ABI's direct remote address), which the
-    /// connection manager never rewrites: no network filter needs to record it.
+    /// The `peer` network filter's record of the connection's remote address (after
+    /// the listener filters: a PROXY header's source). Not the ABI's direct remote
+    /// address, the socket's peer, which behind a PROXY-protocol balancer is the
+    /// balancer. No record: `None`, and nothing is trusted by address.
     fn tcp_peer(&mut self) -> Option<Vec<u8>> {
-        self.stream.direct_remote_address()
+        self.stream.filter_state(PEER_RECORD)
     }
 
     fn envoy_client(&mut self) -> Option<Vec<u8>> {

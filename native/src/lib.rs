@@ -15,6 +15,7 @@ mod filter;
 mod host;
 mod metrics;
 mod middleware;
+mod peer;
 mod replay;
 mod shared;
 mod spawn;

@@ -100,7 +100,7 @@ pub mod spawn {
     ];
 }
 
-/// The Wasm filter's `peer` network filter (the native module needs none).
+/// The `peer` network filter (the Wasm filter's and the native module's).
 pub mod peer {
     pub const CONNECTIONS: &str = "peer.connections";
     pub const UNRECORDED: &str = "peer.unrecorded";

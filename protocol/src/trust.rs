@@ -13,9 +13,22 @@
 use std::net::IpAddr;
 
 /// The name under which the `peer` network filter records the TCP peer in the
-/// connection's filter state (Envoy stores it as `wasm.wsgiproxy_peer`). Only a
-/// filter the operator installed can write it; a client cannot.
+/// connection's filter state (the Wasm filter's is stored as `wasm.wsgiproxy_peer`,
+/// the native module's as `wsgiproxy_peer`). Only a filter the operator installed
+/// can write it; a client cannot.
 pub const PEER_RECORD: &str = "wsgiproxy_peer";
+
+/// What the `peer` network filter records for a connection whose remote address (as
+/// the listener filters left it: a PROXY header's source, for one) is `address`
+/// (`ip:port`, `[ip6]:port` or a bare IP, as Envoy writes it) and `port`: the
+/// canonical `ip:port`, which the HTTP roles parse back. `None` when it is not an IP
+/// address (an internal listener's `envoy://…`, a Unix socket's path): then nothing
+/// is recorded, and nothing is trusted by address.
+pub fn peer_record(address: &[u8], port: Option<u16>) -> Option<String> {
+    let ip = crate::request::parse_peer_address(address)?;
+    let port = port.or_else(|| std::str::from_utf8(address).ok()?.parse::<std::net::SocketAddr>().ok().map(|s| s.port())).unwrap_or(0);
+    Some(std::net::SocketAddr::new(ip, port).to_string())
+}
 
 /// The detail given (with [`crate::reason::Reason::PeerUnknown`]) when a role needs
 /// the TCP peer and no network filter recorded it.
@@ -225,5 +238,19 @@ mod tests {
         assert_eq!(ClientAddress::Envoy.pick(&d), "203.0.113.7".parse().ok());
         assert_eq!(ClientAddress::parse("peer"), Some(ClientAddress::Peer));
         assert_eq!(ClientAddress::parse("xff"), None);
+    }
+
+    #[test]
+    fn peer_records_hold_ip_peers_only() {
+        assert_eq!(peer_record(b"203.0.113.9", Some(5555)).as_deref(), Some("203.0.113.9:5555"));
+        assert_eq!(peer_record(b"2001:db8::9", Some(5555)).as_deref(), Some("[2001:db8::9]:5555"));
+        assert_eq!(peer_record(b"127.0.0.3:4444", None).as_deref(), Some("127.0.0.3:4444"));
+        assert_eq!(peer_record(b"[::ffff:10.0.0.1]:80", None).as_deref(), Some("10.0.0.1:80"));
+        for not_ip in [&b"envoy://internal_client_address/"[..], b"/tmp/envoy.sock", b"", b"@abstract"] {
+            assert_eq!(peer_record(not_ip, None), None, "{:?}", String::from_utf8_lossy(not_ip));
+        }
+        // What is recorded reads back as the same peer.
+        let record = peer_record(b"2001:db8::9", Some(1)).unwrap();
+        assert_eq!(crate::request::parse_peer_address(record.as_bytes()), "2001:db8::9".parse().ok());
     }
 }

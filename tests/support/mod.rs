@@ -77,25 +77,26 @@ pub fn native_module_dir() -> PathBuf {
 const WASM_HTTP_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const WASM_NETWORK_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
 
-/// Turns every Wasm HTTP filter into the native module with the same configuration,
-/// and drops Wasm network filters (the module reads the TCP peer itself).
+/// Turns every Wasm filter into the native module with the same configuration: an
+/// HTTP filter into a `DynamicModuleFilter`, a network filter (the `peer` role) into a
+/// `DynamicModuleNetworkFilter`.
 pub fn use_native_module(doc: &mut Yaml) {
     let type_of =
         |m: &serde_yaml::Mapping| m.get(key("typed_config")).and_then(|t| t.get("@type")).and_then(Yaml::as_str).map(str::to_string);
     walk_mut(doc, &mut |m| {
-        if let Some(Yaml::Sequence(filters)) = m.get_mut(key("filters")) {
-            filters.retain(|f| f.as_mapping().and_then(type_of).as_deref() != Some(WASM_NETWORK_FILTER));
-        }
-        if type_of(m).as_deref() != Some(WASM_HTTP_FILTER) {
-            return;
-        }
+        let native_type = match type_of(m).as_deref() {
+            Some(WASM_HTTP_FILTER) => "http.dynamic_modules.v3.DynamicModuleFilter",
+            Some(WASM_NETWORK_FILTER) => "network.dynamic_modules.v3.DynamicModuleNetworkFilter",
+            _ => return,
+        };
+        let name = m[key("typed_config")]["config"]["name"].as_str().unwrap_or("wsgiproxy").to_string();
         let config = m[key("typed_config")]["config"]["configuration"]["value"].clone();
-        let native: Yaml = serde_yaml::from_str(
-            "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-dynamic_module_config: { name: wsgiproxy, do_not_close: true }
-filter_name: wsgiproxy
-filter_config: { \"@type\": type.googleapis.com/google.protobuf.StringValue }",
-        )
+        let native: Yaml = serde_yaml::from_str(&format!(
+            "\"@type\": type.googleapis.com/envoy.extensions.filters.{native_type}
+dynamic_module_config: {{ name: wsgiproxy, do_not_close: true }}
+filter_name: {name}
+filter_config: {{ \"@type\": type.googleapis.com/google.protobuf.StringValue }}"
+        ))
         .unwrap();
         m.insert(key("typed_config"), native);
         m[key("typed_config")]["filter_config"]["value"] = config;

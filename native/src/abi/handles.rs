@@ -362,15 +362,6 @@ impl Stream {
         unsafe { envoy_dynamic_module_callback_http_filter_get_attribute_bool(self.0, id, &mut out) }.then_some(out)
     }
 
-    /// The connection's own peer, `ip:port`: the TCP peer, which the connection
-    /// manager never rewrites from X-Forwarded-For (unlike `source.address`).
-    pub fn direct_remote_address(&self) -> Option<Vec<u8>> {
-        let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
-        // SAFETY: live filter pointer; `out` outlives the call; copied at once.
-        let found = unsafe { envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(self.0, &mut out) };
-        found.then(|| copy_envoy_bytes(out.ptr, out.length))
-    }
-
     /// Sets the stream's filter state `key` to `value` (bytes); false when Envoy
     /// could not.
     pub fn set_filter_state(&self, key: &str, value: &[u8]) -> bool {

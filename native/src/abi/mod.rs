@@ -16,6 +16,7 @@ pub const ABI_VERSION: &CStr = c"v0.2.0";
 
 mod handles;
 mod hooks;
+mod network;
 mod raw;
 mod slot;
 #[cfg(test)]
@@ -23,5 +24,6 @@ mod tests;
 mod traits;
 
 pub use handles::*;
+pub use network::{Connection, ConnectionFilterFactory, NetworkConfigHandle};
 pub use raw::{Attribute, BodyStatus, HeaderMap, HeadersStatus, LogLevel, TrailersStatus};
 pub use traits::{FilterFactory, HttpFilter};

@@ -202,10 +202,6 @@ extern "C" {
         key: ModuleBuffer,
         result: *mut EnvoyBuffer,
     ) -> bool;
-    pub(crate) fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(
-        filter: *mut c_void,
-        result: *mut EnvoyBuffer,
-    ) -> bool;
     pub(crate) fn envoy_dynamic_module_callback_http_filter_config_define_counter(
         config: *mut c_void,
         name: ModuleBuffer,

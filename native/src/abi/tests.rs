@@ -18,7 +18,6 @@ struct FakeStream {
     response: Vec<(Vec<u8>, Vec<u8>)>,
     reply: Option<Reply>,
     source_address: Option<Vec<u8>>,
-    direct_address: Option<Vec<u8>>,
     filter_state: Vec<(Vec<u8>, Vec<u8>)>,
     counters: Vec<(usize, u64)>,
     /// Calls back into the module filter at this address from inside the callbacks, as
@@ -208,21 +207,11 @@ extern "C" fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
 ) -> bool {
     let key = bytes(key.ptr, key.length);
     match fake(filter).filter_state.iter().find(|(k, _)| *k == key) {
-        Some((_, value)) => {
-            lend(out, value);
-            true
-        }
-        None => false,
-    }
-}
-#[no_mangle]
-extern "C" fn envoy_dynamic_module_callback_http_get_downstream_direct_remote_address(filter: *mut c_void, out: *mut EnvoyBuffer) -> bool {
-    match &fake(filter).direct_address {
-        Some(a) => {
+        Some((_, a)) => {
             lend(out, a);
             true
         }
-        None => false,
+        _ => false,
     }
 }
 #[no_mangle]
@@ -434,10 +423,10 @@ fn one_header_is_read_by_name_with_every_value() {
 
 #[test]
 fn replies_attributes_and_the_peer() {
-    let mut f = FakeStream { direct_address: Some(b"[::1]:5555".to_vec()), ..FakeStream::default() };
+    let mut f = FakeStream { filter_state: vec![(b"wsgiproxy_peer".to_vec(), b"[::1]:5555".to_vec())], ..FakeStream::default() };
     let s = stream_of(&mut f);
-    assert_eq!(s.direct_remote_address().as_deref(), Some(&b"[::1]:5555"[..]));
-    assert_eq!(s.filter_state("wsgiproxy_app_prepared"), None);
+    assert_eq!(s.filter_state("wsgiproxy_peer").as_deref(), Some(&b"[::1]:5555"[..]));
+    assert_eq!(s.filter_state("other"), None);
     assert!(s.set_filter_state("wsgiproxy_app_prepared", b"1"));
     assert_eq!(s.filter_state("wsgiproxy_app_prepared").as_deref(), Some(&b"1"[..]));
     assert_eq!(s.attribute_bytes(Attribute::SourceAddress), None);
@@ -477,7 +466,7 @@ fn a_request_through_every_hook() {
             (b":method".to_vec(), b"GET".to_vec()),
             (b"x-script-name".to_vec(), b"/evil".to_vec()),
         ],
-        direct_address: Some(b"10.1.2.3:4444".to_vec()),
+        filter_state: vec![(b"wsgiproxy_peer".to_vec(), b"10.1.2.3:4444".to_vec())],
         ..FakeStream::default()
     };
     let config = r#"{"role": "app", "href": "http://backend:8080/app", "script_name": "/blog",
@@ -493,7 +482,7 @@ fn a_request_through_every_hook() {
 
     let mut outside = FakeStream {
         request: vec![(b":path".to_vec(), b"/other".to_vec())],
-        direct_address: Some(b"10.1.2.3:4444".to_vec()),
+        filter_state: vec![(b"wsgiproxy_peer".to_vec(), b"10.1.2.3:4444".to_vec())],
         ..FakeStream::default()
     };
     assert_eq!(through_hooks(config, &mut outside), HeadersStatus::StopIteration);
