@@ -158,15 +158,37 @@ def peer_filter():
     }
 
 
-def needs_peer(filters):
-    """Whether an HTTP filter is an app or middleware role that reads the peer record
-    (all but `client_address: envoy` without `trust_ips`)."""
+def native_peer_filter():
+    """The `peer` role in the native module, as a network filter (what the shipped
+    native configs run)."""
+    return {
+        "name": "wsgiproxy-peer",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.dynamic_modules.v3.DynamicModuleNetworkFilter",
+            "dynamic_module_config": {"name": "wsgiproxy", "do_not_close": True},
+            "filter_name": "wsgiproxy-peer",
+            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps({"role": "peer"})},
+        },
+    }
+
+
+def plugin_config(f):
+    """A Wasm filter's or the native module's configuration JSON, parsed ({} for others)."""
+    typed = f.get("typed_config", {})
+    value = typed.get("config", {}).get("configuration", {}).get("value") or typed.get("filter_config", {}).get("value")
+    return json.loads(value) if value else {}
+
+
+def peer_filters(filters):
+    """The `peer` network filter that an app or middleware role reading the peer record
+    needs (all but `client_address: envoy` without `trust_ips`), in the loader the
+    role runs in; none otherwise."""
     for f in filters:
-        value = f.get("typed_config", {}).get("config", {}).get("configuration", {}).get("value")
-        config = json.loads(value) if value else {}
+        config = plugin_config(f)
         if config.get("role") in ("app", "middleware") and (config.get("client_address") != "envoy" or "trust_ips" in config):
-            return True
-    return False
+            native = "filter_config" in f.get("typed_config", {})
+            return [native_peer_filter() if native else peer_filter()]
+    return []
 
 
 def envoy_config(port, admin, upstream, filters=(), clusters=None):
@@ -190,7 +212,7 @@ def envoy_config(port, admin, upstream, filters=(), clusters=None):
             "listeners": [{
                 "name": "ingress",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": ([peer_filter()] if needs_peer(filters) else [])
+                "filter_chains": [{"filters": peer_filters(filters)
                                    + [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
             }],
             "clusters": cluster_list,
