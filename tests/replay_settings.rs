@@ -232,9 +232,8 @@ fn an_lds_push_keeps_one_replay_memory() {
 #[test]
 fn two_listeners_with_different_settings_share_one_memory() {
     let second_port = free_port();
-    let mut overrides = Overrides::default()
-        .cluster("app", free_port())
-        .plugin(config(json!({"replay_memory_mb": 64, "max_skew_seconds": 300})));
+    let mut overrides =
+        Overrides::default().cluster("app", free_port()).plugin(config(json!({"replay_memory_mb": 64, "max_skew_seconds": 300})));
     overrides.edit = Some(answer_directly);
     let other = config(json!({"replay_memory_mb": 16, "max_skew_seconds": 900})).to_string();
     overrides.edit_with = Some(std::sync::Arc::new(move |doc: &mut Yaml| {
@@ -301,7 +300,8 @@ fn a_signature_dated_ahead_is_bounded_and_refused_after_a_restart() {
 /// 130,000, and every one is accepted.
 #[test]
 fn one_busy_time_bucket_takes_the_whole_bound() {
-    let mut overrides = Overrides::default().cluster("app", free_port()).plugin(config(json!({"max_skew_seconds": 3600, "replay_memory_mb": 1})));
+    let mut overrides =
+        Overrides::default().cluster("app", free_port()).plugin(config(json!({"max_skew_seconds": 3600, "replay_memory_mb": 1})));
     overrides.edit = Some(answer_directly);
     let envoy = Envoy::start("envoy/middleware.yaml", &overrides);
     let date = now_date();

@@ -361,7 +361,8 @@ fn verify_rfc9421(
         target: head.get(PATH).unwrap_or_default(),
         fields: &fields,
     };
-    let verified = rfc9421::verify(ring, &message, req.now, config.max_skew, config.max_future, crate::signature::is_signed_header).map_err(Ok)?;
+    let verified =
+        rfc9421::verify(ring, &message, req.now, config.max_skew, config.max_future, crate::signature::is_signed_header).map_err(Ok)?;
     remember_nonce(nonces, &verified.nonce, verified.created, req.now)
 }
 

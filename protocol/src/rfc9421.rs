@@ -549,7 +549,10 @@ mod tests {
         assert!(verify(&rotated, &app_message(&all), now(), Duration::from_secs(300), Duration::from_secs(2), protocol).is_ok());
         let sha1 = KeyRing::new(Algorithm::HmacSha1, &[("k1".into(), b"0123456789abcdef".to_vec())]).unwrap();
         assert!(sign(&sha1, &app_message(&f), &names, NOW, "n").is_none());
-        assert_eq!(verify(&sha1, &app_message(&all), now(), Duration::from_secs(300), Duration::from_secs(2), protocol), Err(Rejection::Bad));
+        assert_eq!(
+            verify(&sha1, &app_message(&all), now(), Duration::from_secs(300), Duration::from_secs(2), protocol),
+            Err(Rejection::Bad)
+        );
     }
 
     #[test]
@@ -607,7 +610,9 @@ mod tests {
     fn parameters_policy() {
         let r = ring("k1", b"0123456789abcdef");
         let f = fields(&[("x-wsgiproxy-version", "0.1")]);
-        let check = |member: &str| verify(&r, &app_message(&hand_signed(&r, &f, member)), now(), Duration::from_secs(300), Duration::from_secs(2), protocol);
+        let check = |member: &str| {
+            verify(&r, &app_message(&hand_signed(&r, &f, member)), now(), Duration::from_secs(300), Duration::from_secs(2), protocol)
+        };
         let all = r#"("@method" "@authority" "@path" "@query" "x-wsgiproxy-version")"#;
         let ok = format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
         assert!(check(&ok).is_ok(), "other labels are ignored");
@@ -631,7 +636,10 @@ mod tests {
         let twice = format!(
             r#"("@method" "@method" "@authority" "@path" "@query" "x-wsgiproxy-version");created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#
         );
-        assert_eq!(verify(&r, &app_message(&fields(&[])), now(), Duration::from_secs(300), Duration::from_secs(2), protocol).err(), Some(Rejection::Missing));
+        assert_eq!(
+            verify(&r, &app_message(&fields(&[])), now(), Duration::from_secs(300), Duration::from_secs(2), protocol).err(),
+            Some(Rejection::Missing)
+        );
         assert!(signature_base(&app_message(&f), &input_member(&format!("sig-b25={twice}"))).is_err());
     }
 
