@@ -3,13 +3,14 @@
 //! [`SharedMemory`]; this is its binding to the host's shared data.
 
 use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 use wsgiproxy_protocol::config::MiddlewareConfig;
 use wsgiproxy_protocol::middleware::NonceMemory;
-use wsgiproxy_protocol::replay::{SetError, SharedData, SharedLayout, SharedMemory, Verdict};
+use wsgiproxy_protocol::replay::{Largest, SetError, SharedData, SharedMemory, SharedSettings, Verdict};
 use wsgiproxy_protocol::signature::Nonce;
 
 struct EnvoySharedData;
@@ -33,17 +34,37 @@ impl SharedData for EnvoySharedData {
     }
 }
 
-/// Creates the memory's keys (the first VM) or finds them (every later one).
-/// Called from `on_configure`, which Envoy runs on its main thread before any
-/// worker serves, so no request races the creation.
-pub fn prepare(config: &MiddlewareConfig, now: SystemTime) -> Result<SharedMemory, String> {
-    let layout = SharedLayout::new(config.max_skew.as_secs(), config.replay_memory_bytes);
+/// The largest skew and future tolerance of this VM's configurations (a VM is one
+/// thread's instance of the module: its statics are its own).
+static LARGEST: OnceLock<Arc<Largest>> = OnceLock::new();
+
+/// Creates the memory's keys (the first VM) or finds them (every later one, of any
+/// configuration: one memory per Envoy). Called from `on_configure`, which Envoy
+/// runs on its main thread before any worker serves, so no request races the
+/// creation. The second value, when set, says the memory was sized by another
+/// configuration's `replay_memory_mb`.
+pub fn prepare(config: &MiddlewareConfig, now: SystemTime) -> Result<(SharedMemory, Option<String>), String> {
+    let settings = SharedSettings {
+        skew_secs: config.max_skew.as_secs(),
+        future_secs: config.max_future.as_secs(),
+        memory_bytes: config.replay_memory_bytes,
+    };
     let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-    SharedMemory::prepare(&EnvoySharedData, layout, now, || {
+    let largest = LARGEST.get_or_init(Arc::default).clone();
+    let memory = SharedMemory::prepare(&EnvoySharedData, settings, largest, now, || {
         let mut key = [0u8; 16];
         getrandom::getrandom(&mut key).map_err(|e| format!("no randomness for the fingerprint key: {e}"))?;
         Ok(key)
-    })
+    })?;
+    let resized = (memory.keys() != settings.keys()).then(|| {
+        format!(
+            "wsgiproxy middleware: replay_memory_mb {} differs from this Envoy's replay memory ({} MB, from the configuration \
+             that began it); it takes effect when Envoy restarts",
+            config.replay_memory_bytes >> 20,
+            (memory.keys() * wsgiproxy_protocol::replay::VALUE_MAX_BYTES) >> 20
+        )
+    });
+    Ok((memory, resized))
 }
 
 /// One request's use of the memory; `fullest` keeps the fullest key percentage

@@ -40,7 +40,12 @@ impl RootContext for Root {
         let env = |name: &str| std::env::var(name).ok();
         let parsed = config::parse(&raw, &env).map_err(|e| e.to_string()).and_then(|config| match &config {
             Config::Middleware(m) if m.verify.is_some() => match crate::replay::prepare(m, crate::host::now()) {
-                Ok(memory) => Ok((config, Some(memory))),
+                Ok((memory, resized)) => {
+                    if let Some(warning) = resized {
+                        log::warn!("{warning}");
+                    }
+                    Ok((config, Some(memory)))
+                }
                 Err(e) => Err(format!("the replay memory could not be prepared: {e}")),
             },
             _ => Ok((config, None)),

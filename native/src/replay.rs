@@ -30,10 +30,11 @@ pub fn prepare(config: &Config) -> Result<(), String> {
     }
     let mut key = [0u8; 16];
     getrandom::getrandom(&mut key).map_err(|e| format!("the replay memory has no randomness for its key: {e}"))?;
-    let skew = config.max_skew.as_secs();
-    let memory =
-        MEMORY.get_or_init(|| ProcessMemory::new(FingerprintKey::new(key), Window::for_skew(skew), config.replay_memory_bytes, now_secs()));
-    memory.adopt(skew, config.replay_memory_bytes);
+    let (skew, future) = (config.max_skew.as_secs(), config.max_future.as_secs());
+    let memory = MEMORY.get_or_init(|| {
+        ProcessMemory::new(FingerprintKey::new(key), Window::for_skew(skew), future, config.replay_memory_bytes, now_secs())
+    });
+    memory.adopt(skew, future, config.replay_memory_bytes);
     Ok(())
 }
 
@@ -79,7 +80,8 @@ mod tests {
         let nonce: Nonce = *b"native-replay-01";
         assert!(ProcessNonces.remember(&nonce, now_secs() + 1, now_secs()).is_err(), "not prepared yet");
         assert_eq!(prepare(&config), Ok(()));
-        let signed = now_secs() + 1;
+        // Past the default future tolerance (2 s).
+        let signed = now_secs() + 3;
         assert_eq!(ProcessNonces.remember(&nonce, signed, signed), Ok(Verdict::Fresh));
         assert_eq!(ProcessNonces.remember(&nonce, signed, signed + 10), Ok(Verdict::Replayed));
         assert_eq!(ProcessNonces.remember(&nonce, signed - 2, signed), Ok(Verdict::SignedBeforeMemory));

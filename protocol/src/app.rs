@@ -463,8 +463,14 @@ mod tests {
             e.set.iter().filter(|(n, _)| !n.starts_with(':')).map(|(n, v)| (n.to_string(), v.to_vec())).collect();
         assert_eq!(received.iter().filter(|(n, _)| n == "signature").count(), 1, "the client's signature is replaced");
         let message = rfc9421::Message { method: b"POST", https: false, authority: b"backend", target: b"/app/x", fields: &received };
-        let verified =
-            rfc9421::verify(c.signing.as_ref().unwrap(), &message, run_time(), std::time::Duration::from_secs(5), is_signed_header);
+        let verified = rfc9421::verify(
+            c.signing.as_ref().unwrap(),
+            &message,
+            run_time(),
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(2),
+            is_signed_header,
+        );
         assert!(verified.is_ok(), "{verified:?}");
     }
 

@@ -244,6 +244,9 @@ fn signature_reply(rejection: Rejection) -> Decision<'static> {
         Rejection::Missing => "the request is not signed",
         Rejection::Bad => "the request signature is not valid",
         Rejection::Stale => "the request Date is missing or outside the accepted window",
+        Rejection::DatedAhead => {
+            "the request is dated further ahead of this proxy's clock than max_future_seconds allows: check the sender's clock"
+        }
         Rejection::Replayed => "the request was already received (replayed nonce)",
         Rejection::BeforeReplayMemory => {
             "the request was signed before this proxy's replay memory began (a restart): send it again, newly signed"
@@ -325,7 +328,7 @@ fn verify(
     };
     let signature = SignatureHeader::parse(raw).ok_or(Ok(Rejection::Bad))?;
     let date = head.get(DATE).ok_or(Ok(Rejection::Stale))?;
-    let date_secs = check_date(date, req.now, config.max_skew).map_err(Ok)?;
+    let date_secs = check_date(date, req.now, config.max_skew, config.max_future).map_err(Ok)?;
     let mut parts = SignedParts {
         method: head.get(METHOD).unwrap_or_default(),
         authority: head.get(AUTHORITY).unwrap_or_default(),
@@ -358,7 +361,8 @@ fn verify_rfc9421(
         target: head.get(PATH).unwrap_or_default(),
         fields: &fields,
     };
-    let verified = rfc9421::verify(ring, &message, req.now, config.max_skew, crate::signature::is_signed_header).map_err(Ok)?;
+    let verified =
+        rfc9421::verify(ring, &message, req.now, config.max_skew, config.max_future, crate::signature::is_signed_header).map_err(Ok)?;
     remember_nonce(nonces, &verified.nonce, verified.created, req.now)
 }
 

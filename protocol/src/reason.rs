@@ -53,6 +53,8 @@ reasons! {
     SignatureMissing => "signature_missing",
     SignatureBad => "signature_bad",
     SignatureStale => "signature_stale",
+    /// Dated further ahead of this proxy's clock than `max_future_seconds`.
+    SignatureDatedAhead => "signature_dated_ahead",
     SignatureReplayed => "signature_replayed",
     ReplayStoreUnavailable => "replay_store_unavailable",
     /// Signed at or before the second this Envoy's replay memory began (425).

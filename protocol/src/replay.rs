@@ -35,7 +35,7 @@ use siphasher::sip::SipHasher13;
 use crate::signature::Nonce;
 
 pub use process::ProcessMemory;
-pub use shared::{FakeSharedData, SetError, SharedData, SharedLayout, SharedMemory};
+pub use shared::{FakeSharedData, Largest, SetError, SharedData, SharedMemory, SharedSettings, VALUE_MAX_BYTES};
 
 /// Fullness at or past which the loaders warn (and keep warning in their gauge).
 pub const WARN_PERCENT: u64 = 80;

@@ -285,6 +285,7 @@ pub fn verify(
     message: &Message<'_>,
     now: SystemTime,
     max_skew: Duration,
+    max_future: Duration,
     is_protocol_header: impl Fn(&str) -> bool,
 ) -> Result<Verified, Rejection> {
     let (list, mac) = find_signature(message.fields)?;
@@ -308,6 +309,9 @@ pub fn verify(
     let created = integer("created").and_then(|c| u64::try_from(c).ok()).ok_or(Rejection::Stale)?;
     if now_secs.abs_diff(created) > max_skew.as_secs() {
         return Err(Rejection::Stale);
+    }
+    if created > now_secs.saturating_add(max_future.as_secs()) {
+        return Err(Rejection::DatedAhead);
     }
     if let Some(expires) = integer("expires") {
         if u64::try_from(expires).map_or(true, |e| e < now_secs) {
@@ -533,7 +537,7 @@ mod tests {
         assert_eq!(s.signature, format!("wsgiproxy=:{}:", B64.encode(expected)));
 
         let all = signed(&r, &f, NOW);
-        let v = verify(&r, &app_message(&all), now(), Duration::from_secs(300), protocol).unwrap();
+        let v = verify(&r, &app_message(&all), now(), Duration::from_secs(300), Duration::from_secs(2), protocol).unwrap();
         assert_eq!(v.nonce, nonce_key("00112233445566778899aabbccddeeff"));
         assert_eq!(v.created, NOW);
         // Any key of the ring verifies; SHA-1 rings neither sign nor verify this format.
@@ -542,10 +546,13 @@ mod tests {
             &[("k2".into(), b"another-key-0123456".to_vec()), ("k1".into(), b"0123456789abcdef".to_vec())],
         )
         .unwrap();
-        assert!(verify(&rotated, &app_message(&all), now(), Duration::from_secs(300), protocol).is_ok());
+        assert!(verify(&rotated, &app_message(&all), now(), Duration::from_secs(300), Duration::from_secs(2), protocol).is_ok());
         let sha1 = KeyRing::new(Algorithm::HmacSha1, &[("k1".into(), b"0123456789abcdef".to_vec())]).unwrap();
         assert!(sign(&sha1, &app_message(&f), &names, NOW, "n").is_none());
-        assert_eq!(verify(&sha1, &app_message(&all), now(), Duration::from_secs(300), protocol), Err(Rejection::Bad));
+        assert_eq!(
+            verify(&sha1, &app_message(&all), now(), Duration::from_secs(300), Duration::from_secs(2), protocol),
+            Err(Rejection::Bad)
+        );
     }
 
     #[test]
@@ -554,7 +561,7 @@ mod tests {
         let skew = Duration::from_secs(300);
         let f = fields(&[("x-wsgiproxy-version", "0.1"), ("x-forwarded-for", "10.0.0.1")]);
         let all = signed(&r, &f, NOW);
-        let check = |f: &[(String, Vec<u8>)]| verify(&r, &app_message(f), now(), skew, protocol);
+        let check = |f: &[(String, Vec<u8>)]| verify(&r, &app_message(f), now(), skew, Duration::from_secs(2), protocol);
         assert!(check(&all).is_ok());
 
         // Tampered component, added protocol header, unsigned request.
@@ -567,12 +574,16 @@ mod tests {
         assert!(check(&unrelated).is_ok(), "headers outside the protocol need no coverage");
         assert_eq!(check(&f), Err(Rejection::Missing));
         let moved = Message { target: b"/app/x?y=2", ..app_message(&all) };
-        assert_eq!(verify(&r, &moved, now(), skew, protocol), Err(Rejection::Bad));
+        assert_eq!(verify(&r, &moved, now(), skew, Duration::from_secs(2), protocol), Err(Rejection::Bad));
 
         // Stale either way; in the window at its edges.
         assert_eq!(check(&signed(&r, &f, NOW - 301)), Err(Rejection::Stale));
         assert_eq!(check(&signed(&r, &f, NOW + 301)), Err(Rejection::Stale));
         assert!(check(&signed(&r, &f, NOW - 300)).is_ok());
+        // Ahead of the receiver's clock: at most max_future (2 s here).
+        assert!(check(&signed(&r, &f, NOW + 2)).is_ok());
+        assert_eq!(check(&signed(&r, &f, NOW + 3)), Err(Rejection::DatedAhead));
+        assert_eq!(check(&signed(&r, &f, NOW + 60)), Err(Rejection::DatedAhead));
 
         // Another key, another label only.
         let other = ring("k1", b"fedcba9876543210");
@@ -599,7 +610,9 @@ mod tests {
     fn parameters_policy() {
         let r = ring("k1", b"0123456789abcdef");
         let f = fields(&[("x-wsgiproxy-version", "0.1")]);
-        let check = |member: &str| verify(&r, &app_message(&hand_signed(&r, &f, member)), now(), Duration::from_secs(300), protocol);
+        let check = |member: &str| {
+            verify(&r, &app_message(&hand_signed(&r, &f, member)), now(), Duration::from_secs(300), Duration::from_secs(2), protocol)
+        };
         let all = r#"("@method" "@authority" "@path" "@query" "x-wsgiproxy-version")"#;
         let ok = format!(r#"{all};created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#);
         assert!(check(&ok).is_ok(), "other labels are ignored");
@@ -623,7 +636,10 @@ mod tests {
         let twice = format!(
             r#"("@method" "@method" "@authority" "@path" "@query" "x-wsgiproxy-version");created={NOW};keyid="k1";alg="hmac-sha256";nonce="n1""#
         );
-        assert_eq!(verify(&r, &app_message(&fields(&[])), now(), Duration::from_secs(300), protocol).err(), Some(Rejection::Missing));
+        assert_eq!(
+            verify(&r, &app_message(&fields(&[])), now(), Duration::from_secs(300), Duration::from_secs(2), protocol).err(),
+            Some(Rejection::Missing)
+        );
         assert!(signature_base(&app_message(&f), &input_member(&format!("sig-b25={twice}"))).is_err());
     }
 
@@ -659,7 +675,7 @@ mod tests {
                     ("signature".to_string(), sig.to_vec()),
                     ("x-bin".to_string(), b"\x00\xff".to_vec()),
                 ];
-                assert!(verify(&r, &app_message(&f), now(), Duration::from_secs(300), protocol).is_err());
+                assert!(verify(&r, &app_message(&f), now(), Duration::from_secs(300), Duration::from_secs(2), protocol).is_err());
                 let _ = without_our_member(input);
             }
         }

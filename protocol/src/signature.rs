@@ -394,6 +394,8 @@ pub enum Rejection {
     Bad,
     /// No Date, an unparseable one, or one outside the skew window.
     Stale,
+    /// Dated further ahead of the receiver's clock than `max_future_seconds`.
+    DatedAhead,
     /// A nonce already seen inside the window.
     Replayed,
     /// Signed at or before the second the replay memory began (restart protection,
@@ -408,6 +410,7 @@ impl Rejection {
             Rejection::Missing => Reason::SignatureMissing,
             Rejection::Bad => Reason::SignatureBad,
             Rejection::Stale => Reason::SignatureStale,
+            Rejection::DatedAhead => Reason::SignatureDatedAhead,
             Rejection::Replayed => Reason::SignatureReplayed,
             Rejection::BeforeReplayMemory => Reason::SignedBeforeRestart,
         }
@@ -471,17 +474,18 @@ pub fn format_date(time: SystemTime) -> String {
     out
 }
 
-/// Parses a Date and checks it lies within `max_skew` of `now`.
-/// Returns the Date as seconds since the epoch.
-pub fn check_date(date: &[u8], now: SystemTime, max_skew: Duration) -> Result<u64, Rejection> {
+/// Parses a Date and checks it lies within `max_skew` before `now` and at most
+/// `max_future` after it. Returns the Date as seconds since the epoch.
+pub fn check_date(date: &[u8], now: SystemTime, max_skew: Duration, max_future: Duration) -> Result<u64, Rejection> {
     let text = std::str::from_utf8(date).map_err(|_| Rejection::Stale)?;
     let when = httpdate::parse_http_date(text).map_err(|_| Rejection::Stale)?;
-    let skew = match now.duration_since(when) {
-        Ok(behind) => behind,
-        Err(ahead) => ahead.duration(),
-    };
-    if skew > max_skew {
-        return Err(Rejection::Stale);
+    match now.duration_since(when) {
+        Ok(behind) if behind > max_skew => return Err(Rejection::Stale),
+        Ok(_) => {}
+        Err(ahead) if ahead.duration() > max_future => {
+            return Err(if ahead.duration() > max_skew { Rejection::Stale } else { Rejection::DatedAhead })
+        }
+        Err(_) => {}
     }
     when.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).map_err(|_| Rejection::Stale)
 }
@@ -681,11 +685,17 @@ mod tests {
     fn dates() {
         let now = UNIX_EPOCH + Duration::from_secs(1_795_485_600);
         let date = format_date(now);
-        assert_eq!(check_date(date.as_bytes(), now, Duration::from_secs(300)), Ok(1_795_485_600));
+        let (skew, future) = (Duration::from_secs(300), Duration::from_secs(2));
+        assert_eq!(check_date(date.as_bytes(), now, skew, future), Ok(1_795_485_600));
         let later = now + Duration::from_secs(301);
-        assert_eq!(check_date(date.as_bytes(), later, Duration::from_secs(300)), Err(Rejection::Stale));
-        let earlier = now - Duration::from_secs(301);
-        assert_eq!(check_date(date.as_bytes(), earlier, Duration::from_secs(300)), Err(Rejection::Stale));
-        assert_eq!(check_date(b"yesterday", now, Duration::from_secs(300)), Err(Rejection::Stale));
+        assert_eq!(check_date(date.as_bytes(), later, skew, future), Err(Rejection::Stale));
+        // Ahead of the receiver's clock: up to `max_future`, then refused as dated
+        // ahead (past the skew, as stale).
+        let earlier = |secs| now - Duration::from_secs(secs);
+        assert_eq!(check_date(date.as_bytes(), earlier(2), skew, future), Ok(1_795_485_600));
+        assert_eq!(check_date(date.as_bytes(), earlier(2) - Duration::from_millis(1), skew, future), Err(Rejection::DatedAhead));
+        assert_eq!(check_date(date.as_bytes(), earlier(60), skew, future), Err(Rejection::DatedAhead));
+        assert_eq!(check_date(date.as_bytes(), earlier(301), skew, future), Err(Rejection::Stale));
+        assert_eq!(check_date(b"yesterday", now, skew, future), Err(Rejection::Stale));
     }
 }

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 
-use wsgiproxy_protocol::replay::{FakeSharedData, FingerprintKey, ProcessMemory, SharedLayout, SharedMemory, Verdict, Window};
+use wsgiproxy_protocol::replay::{FakeSharedData, FingerprintKey, ProcessMemory, SharedMemory, SharedSettings, Verdict, Window};
 use wsgiproxy_protocol::signature::Nonce;
 
 /// Counts the bytes the process has allocated and not freed, and their high-water
@@ -262,7 +262,7 @@ fn native_memory_holds(run: Run) {
     let window = run.window;
     let live = LiveCount::new(window, run.seconds);
     let before = reset_peak();
-    let memory = ProcessMemory::new(FingerprintKey::new([42; 16]), window, 1 << 30, START);
+    let memory = ProcessMemory::new(FingerprintKey::new([42; 16]), window, 0, 1 << 30, START);
     let remember = |n: &Nonce, signed: u64, now: u64| memory.remember(n, signed, now).unwrap_or_else(|e| panic!("refused: {e}"));
     let (mut at_rest, mut at_peak) = (Worst::default(), Worst::default());
     let began = std::time::Instant::now();
@@ -295,16 +295,16 @@ fn native_memory_holds(run: Run) {
 
 fn shared_memory_holds(run: Run, memory_mb: u64) {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let layout = SharedLayout::new(SKEW, memory_mb << 20);
-    let window = layout.window();
+    let window = run.window;
+    let settings = SharedSettings { skew_secs: window.skew_secs, future_secs: 0, memory_bytes: memory_mb << 20 };
     let live = LiveCount::new(window, run.seconds);
     let data = FakeSharedData::default();
-    let memory = SharedMemory::prepare(&data, layout, START, || Ok([42; 16])).unwrap();
+    let memory = SharedMemory::prepare(&data, settings, Default::default(), START, || Ok([42; 16])).unwrap();
     let remember =
         |n: &Nonce, signed: u64, now: u64| memory.remember(&data, n, signed, now).map(|r| r.0).unwrap_or_else(|e| panic!("refused: {e}"));
     let fixed_allowance = 32u64 << 20;
     let mut worst = (0i64, 0, 0, 0);
-    let warm = START + SKEW + 2 * window.bucket_secs;
+    let warm = START + run.measured_from;
     let (sent, replays) = drive(&run, &live, &remember, &mut |now| {
         // Summing every key is slow: every few seconds.
         if now < warm || now % 7 != 0 {
@@ -318,13 +318,13 @@ fn shared_memory_holds(run: Run, memory_mb: u64) {
         }
     });
     println!(
-        "wasm design: {sent} requests over {} s at {}/s on {} threads, {replays} replays refused; {} keys of {} shards; \
+        "wasm design, skew {} s: {sent} requests over {} s at {}/s on {} threads, {replays} replays refused; {} keys; \
          worst: {} bytes stored for {} live nonces ({:.2} bytes each) at second {}",
+        window.skew_secs,
         run.seconds,
         run.rate,
         run.threads,
-        data.key_count(),
-        memory.layout().shards(),
+        memory.keys(),
         worst.1,
         worst.2,
         worst.1 as f64 / worst.2.max(1) as f64,
@@ -360,6 +360,14 @@ fn native_memory_in_one_bucket_at_50_000_a_second() {
 #[test]
 fn shared_memory_at_a_tenth_of_the_rate() {
     shared_memory_holds(Run::at(5_000, 2), 64);
+}
+
+/// Issue #32: the old layout gave each 225 s bucket a 37th of the keys, and refused
+/// fresh requests past it (1 MB: 3,577 nonces a bucket). Every key now takes every
+/// second's nonces: 64 MB hold a whole bucket at 12,000 a second.
+#[test]
+fn shared_memory_in_one_bucket() {
+    shared_memory_holds(Run::one_bucket(12_000, 2), 64);
 }
 
 #[test]

@@ -449,8 +449,9 @@ impl Envoy {
             assert!(Instant::now() < deadline, "envoy did not start:\n{}", proc.log_text());
             std::thread::sleep(Duration::from_millis(25));
         }
-        if std::fs::read_to_string(&config).unwrap_or_default().contains("secret") {
-            wait_past_this_second();
+        let text = std::fs::read_to_string(&config).unwrap_or_default();
+        if text.contains("secret") {
+            wait_until_signatures_are_trusted(&text);
         }
         Envoy { port, admin_port, proc, loader: o.chosen_loader() }
     }
@@ -529,6 +530,20 @@ impl Envoy {
 pub fn wait_past_this_second() {
     let into_second = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
     std::thread::sleep(Duration::from_nanos(1_000_000_000 - u64::from(into_second)) + Duration::from_millis(5));
+}
+
+/// Sleeps until a signature dated now is past what a freshly started replay memory
+/// refuses (425): its first second (at or before now) plus `max_future_seconds` (the
+/// configuration's, else the default of 2).
+pub fn wait_until_signatures_are_trusted(config: &str) {
+    let future: u64 = config
+        .split("max_future_seconds")
+        .nth(1)
+        .and_then(|rest| rest.trim_start_matches(|c: char| !c.is_ascii_digit()).split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .unwrap_or(2);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let trusted = Duration::from_secs(now.as_secs() + future + 1);
+    std::thread::sleep(trusted - now + Duration::from_millis(5));
 }
 
 /// Whether Envoy's admin `/ready` answers LIVE; false on any error (Envoy may be

@@ -305,7 +305,7 @@ fn hand_signed(params: &str, sign: &dyn Fn(&[u8]) -> Vec<u8>) -> Vec<(String, Ve
 }
 
 fn check(ring: &KeyRing, f: &[(String, Vec<u8>)]) -> Result<rfc9421::Verified, Rejection> {
-    rfc9421::verify(ring, &app_message(f), now(), Duration::from_secs(300), is_signed_header)
+    rfc9421::verify(ring, &app_message(f), now(), Duration::from_secs(300), Duration::from_secs(2), is_signed_header)
 }
 
 #[test]

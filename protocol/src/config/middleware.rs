@@ -33,6 +33,8 @@ pub(super) struct RawMiddleware {
     #[serde(default, deserialize_with = "lenient_u64")]
     max_skew_seconds: Option<u64>,
     #[serde(default, deserialize_with = "lenient_u64")]
+    max_future_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
     replay_memory_mb: Option<u64>,
     #[serde(default)]
     bind_endpoint: Option<bool>,
@@ -85,6 +87,10 @@ pub struct MiddlewareConfig {
     /// Which signatures are verified: `X-WSGIProxy-Signature` or RFC 9421.
     pub signature_format: SignatureFormat,
     pub max_skew: Duration,
+    /// How far ahead of this proxy's clock a signature may be dated. Small, and of its
+    /// own: the replay memory refuses, after a restart, whatever could have been
+    /// accepted before it (signatures dated up to this far past its first second).
+    pub max_future: Duration,
     /// The most memory the replay memory may take (bytes); past it, signed
     /// requests are refused with 503.
     pub replay_memory_bytes: u64,
@@ -119,6 +125,14 @@ impl MiddlewareConfig {
 }
 
 pub const DEFAULT_MAX_SKEW_SECONDS: u64 = 300;
+/// How far ahead of the receiver's clock a signature may be dated, by default: a
+/// Date is whole seconds, so a sender's clock a fraction of a second ahead already
+/// dates it a second ahead; 2 leaves room for that and a little drift. A freshly
+/// started replay memory refuses signatures dated up to this far past its first
+/// second (425), so a larger value lengthens that refusal after every start.
+pub const DEFAULT_MAX_FUTURE_SECONDS: u64 = 2;
+/// The most `max_future_seconds` may be.
+pub const MAX_FUTURE_SECONDS: u64 = 60;
 
 /// At the default skew, room for 50,000 signed requests a second sustained in both
 /// loaders: the Wasm filter's keys about half full at that rate (its 256 MB held
@@ -156,6 +170,13 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
     let max_skew = Duration::from_secs(raw.max_skew_seconds.unwrap_or(DEFAULT_MAX_SKEW_SECONDS));
     if max_skew.is_zero() || max_skew > Duration::from_secs(3600) {
         return Err(ConfigError::new("max_skew_seconds", "must be between 1 and 3600"));
+    }
+    let max_future = Duration::from_secs(raw.max_future_seconds.unwrap_or(DEFAULT_MAX_FUTURE_SECONDS.min(max_skew.as_secs())));
+    if max_future > max_skew.min(Duration::from_secs(MAX_FUTURE_SECONDS)) {
+        return Err(ConfigError::new(
+            "max_future_seconds",
+            format!("must be between 0 and {MAX_FUTURE_SECONDS}, and not more than max_skew_seconds"),
+        ));
     }
     let replay_memory_mb = raw.replay_memory_mb.unwrap_or(DEFAULT_REPLAY_MEMORY_MB);
     if !(1..=MAX_REPLAY_MEMORY_MB).contains(&replay_memory_mb) {
@@ -242,6 +263,7 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
         verify,
         signature_format,
         max_skew,
+        max_future,
         replay_memory_bytes: replay_memory_mb << 20,
         bind_endpoint,
         forced_prefix,

@@ -105,6 +105,22 @@ fn replay_memory_bound() {
 }
 
 #[test]
+fn future_tolerance() {
+    let mw = |extra: &str| parse(format!(r#"{{"role":"middleware","trust_ips":[]{extra}}}"#).as_bytes(), &no_env);
+    let Ok(Config::Middleware(m)) = mw("") else { panic!() };
+    assert_eq!(m.max_future, Duration::from_secs(DEFAULT_MAX_FUTURE_SECONDS));
+    let Ok(Config::Middleware(m)) = mw(r#","max_future_seconds":0"#) else { panic!() };
+    assert_eq!(m.max_future, Duration::ZERO);
+    // The default never exceeds a smaller skew.
+    let Ok(Config::Middleware(m)) = mw(r#","max_skew_seconds":1"#) else { panic!() };
+    assert_eq!(m.max_future, Duration::from_secs(1));
+    for bad in [r#","max_future_seconds":61"#, r#","max_skew_seconds":10,"max_future_seconds":11"#, r#","max_future_seconds":-1"#] {
+        let Err(e) = mw(bad) else { panic!("{bad}") };
+        assert_eq!(e.field, "max_future_seconds", "{bad}");
+    }
+}
+
+#[test]
 fn signature_formats() {
     let secret = r#""secret":{"keys":[{"id":"k1","value":"0123456789abcdef"}]}"#;
     let app = |extra: &str| parse(format!(r#"{{"role":"app","href":"http://x/",{secret}{extra}}}"#).as_bytes(), &no_env);

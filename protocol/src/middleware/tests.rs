@@ -487,7 +487,7 @@ fn rfc9421_round_trip_and_rejections() {
 
 fn process_memory(began: SystemTime) -> crate::replay::ProcessMemory {
     let began = began.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
-    crate::replay::ProcessMemory::new(crate::replay::FingerprintKey::new([5; 16]), crate::replay::Window::for_skew(300), 1 << 20, began)
+    crate::replay::ProcessMemory::new(crate::replay::FingerprintKey::new([5; 16]), crate::replay::Window::for_skew(300), 0, 1 << 20, began)
 }
 
 fn run_with_memory(c: &MiddlewareConfig, h: &RequestHead, memory: &crate::replay::ProcessMemory) -> Decision<'static> {

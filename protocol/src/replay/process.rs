@@ -53,8 +53,12 @@ const RATIO: usize = 8;
 
 pub struct ProcessMemory {
     key: FingerprintKey,
-    /// The memory's first second: signatures dated at or before it are refused.
+    /// The memory's first second: signatures dated at or before it, plus the
+    /// future tolerance, are refused.
     began: u64,
+    /// The largest `max_future_seconds` any configuration asked for: what a
+    /// predecessor may have accepted dated ahead of its clock.
+    future_secs: AtomicU64,
     bucket_secs: u64,
     /// The largest skew any configuration asked for (see [`ProcessMemory::adopt`]).
     skew_secs: AtomicU64,
@@ -328,10 +332,11 @@ impl crate::middleware::NonceMemory for &ProcessMemory {
 impl ProcessMemory {
     /// A memory that begins at `now` (seconds since the epoch) and holds at most
     /// `memory_bytes / BYTES_PER_NONCE` nonces.
-    pub fn new(key: FingerprintKey, window: Window, memory_bytes: u64, now: u64) -> Self {
+    pub fn new(key: FingerprintKey, window: Window, future_secs: u64, memory_bytes: u64, now: u64) -> Self {
         ProcessMemory {
             key,
             began: now,
+            future_secs: AtomicU64::new(future_secs),
             bucket_secs: window.bucket_secs,
             skew_secs: AtomicU64::new(window.skew_secs),
             capacity: AtomicU64::new(memory_bytes / BYTES_PER_NONCE),
@@ -343,9 +348,11 @@ impl ProcessMemory {
     /// Serves one more configuration (a listener, an xDS update) with this process's
     /// one memory: nonces are kept for the largest skew ever asked (a smaller one
     /// from a later configuration must not forget what an earlier one still
-    /// accepts), and the memory bound is the newest configuration's.
-    pub fn adopt(&self, skew_secs: u64, memory_bytes: u64) {
+    /// accepts), signatures dated ahead are refused after a start for the largest
+    /// future tolerance ever asked, and the memory bound is the newest configuration's.
+    pub fn adopt(&self, skew_secs: u64, future_secs: u64, memory_bytes: u64) {
         self.skew_secs.fetch_max(skew_secs, Ordering::Relaxed);
+        self.future_secs.fetch_max(future_secs, Ordering::Relaxed);
         self.capacity.store(memory_bytes / BYTES_PER_NONCE, Ordering::Relaxed);
     }
 
@@ -355,6 +362,13 @@ impl ProcessMemory {
 
     pub fn began(&self) -> u64 {
         self.began
+    }
+
+    /// The last second a signature may be dated and still be refused as possibly
+    /// accepted before this memory began: its first second plus the future tolerance
+    /// (a predecessor accepted signatures dated up to that far ahead of its clock).
+    pub fn trusted_after(&self) -> u64 {
+        self.began.saturating_add(self.future_secs.load(Ordering::Relaxed))
     }
 
     pub fn fullness(&self) -> Fullness {
@@ -384,7 +398,7 @@ impl ProcessMemory {
     }
 
     fn try_remember(&self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, Unavailable> {
-        if signed_at <= self.began {
+        if signed_at <= self.trusted_after() {
             return Ok(Verdict::SignedBeforeMemory);
         }
         let window = self.window();
@@ -437,7 +451,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn memory(mb: u64) -> ProcessMemory {
-        ProcessMemory::new(FingerprintKey::new([9; 16]), Window::for_skew(300), mb << 20, NOW)
+        ProcessMemory::new(FingerprintKey::new([9; 16]), Window::for_skew(300), 0, mb << 20, NOW)
     }
 
     fn nonce(i: u64) -> Nonce {
@@ -478,6 +492,19 @@ mod tests {
     }
 
     #[test]
+    fn refuses_what_a_predecessor_may_have_accepted_dated_ahead() {
+        let m = ProcessMemory::new(FingerprintKey::new([9; 16]), Window::for_skew(300), 2, 1 << 20, NOW);
+        // A predecessor accepted signatures dated up to 2 s ahead of its clock.
+        assert_eq!(m.remember(&nonce(1), NOW + 2, NOW + 1), Ok(Verdict::SignedBeforeMemory));
+        assert_eq!(m.remember(&nonce(1), NOW + 3, NOW + 3), Ok(Verdict::Fresh));
+        // A later configuration with a larger tolerance widens it, never narrows it.
+        m.adopt(300, 5, 1 << 20);
+        m.adopt(300, 1, 1 << 20);
+        assert_eq!(m.trusted_after(), NOW + 5);
+        assert_eq!(m.remember(&nonce(2), NOW + 5, NOW + 5), Ok(Verdict::SignedBeforeMemory));
+    }
+
+    #[test]
     fn late_arrivals_in_a_frozen_bucket() {
         let m = memory(1);
         let signed = NOW + 36;
@@ -495,7 +522,7 @@ mod tests {
 
     #[test]
     fn past_the_bound_it_fails_closed() {
-        let m = ProcessMemory::new(FingerprintKey::new([9; 16]), Window::for_skew(300), 100 * BYTES_PER_NONCE, NOW);
+        let m = ProcessMemory::new(FingerprintKey::new([9; 16]), Window::for_skew(300), 0, 100 * BYTES_PER_NONCE, NOW);
         for i in 0..100 {
             assert_eq!(m.remember(&nonce(i), NOW + 1, NOW + 1), Ok(Verdict::Fresh));
         }
@@ -584,10 +611,10 @@ mod tests {
     #[test]
     fn a_later_configuration_never_shortens_the_window() {
         let m = memory(1);
-        m.adopt(60, 2 << 20);
+        m.adopt(60, 0, 2 << 20);
         assert_eq!(m.window().skew_secs, 300);
         assert_eq!(m.fullness().capacity, (2 << 20) / BYTES_PER_NONCE);
-        m.adopt(900, 1 << 20);
+        m.adopt(900, 0, 1 << 20);
         assert_eq!(m.window().skew_secs, 900);
         assert_eq!(m.remember(&nonce(1), NOW + 1, NOW + 1), Ok(Verdict::Fresh));
         assert_eq!(m.remember(&nonce(1), NOW + 1, NOW + 800), Ok(Verdict::Replayed));
