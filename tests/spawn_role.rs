@@ -635,6 +635,10 @@ fn a_request_that_skipped_the_spawn_pass_never_chooses_its_upstream() {
     // Through the spawn role: where the sidecar said, whatever the client asked.
     let ok = envoy.get("/page", &[("X-Envoy-Original-Dst-Host", &spoof)]);
     assert_eq!(ok.received().0["name"], "blog");
+    assert_eq!(ok.received().header("x-envoy-original-dst-host"), None, "no header names the destination");
+    // On the lease too.
+    let warm = envoy.get("/page", &[("X-Envoy-Original-Dst-Host", &spoof)]);
+    assert_eq!(warm.received().0["name"], "blog");
 
     let answers: Vec<_> = [("a second listener", bypass_port, "/page"), ("a route without the spawn filter", envoy.port, "/skip/page")]
         .into_iter()

@@ -203,7 +203,11 @@ extern "C" fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
     true
 }
 #[no_mangle]
-extern "C" fn envoy_dynamic_module_callback_http_set_filter_state_typed(filter: *mut c_void, key: ModuleBuffer, value: ModuleBuffer) -> bool {
+extern "C" fn envoy_dynamic_module_callback_http_set_filter_state_typed(
+    filter: *mut c_void,
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+) -> bool {
     let (key, value) = (bytes(key.ptr, key.length), bytes(value.ptr, value.length));
     let state = &mut fake(filter).typed_filter_state;
     state.retain(|(k, _)| *k != key);
