@@ -58,6 +58,33 @@ fn map_type(map: HeaderMap) -> MapType {
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map_type: MapType, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> Status;
+    // The status as a number: the SDK's own wrapper panics on one it does not know.
+    fn proxy_call_foreign_function(
+        function_name: *const u8,
+        function_name_size: usize,
+        arguments: *const u8,
+        arguments_size: usize,
+        results: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
+}
+
+/// Envoy's `set_envoy_filter_state` foreign function: true when Envoy set the object.
+fn set_envoy_filter_state(key: &str, value: &str) -> bool {
+    const NAME: &str = "set_envoy_filter_state";
+    let arguments = wsgiproxy_protocol::host::set_envoy_filter_state_arguments(key, value);
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the name and arguments are alive for the call; the host writes a pointer
+    // and a size to the two locals, a buffer it allocated in the guest (as for
+    // `serialized_map`) when not null, owned and dropped here.
+    unsafe {
+        let status = proxy_call_foreign_function(NAME.as_ptr(), NAME.len(), arguments.as_ptr(), arguments.len(), &mut data, &mut size);
+        if !data.is_null() {
+            drop(Vec::from_raw_parts(data, size, size));
+        }
+        status == Status::Ok as u32
+    }
 }
 
 /// A header map as the host serialises it, in the buffer the host filled (allocated
@@ -162,6 +189,15 @@ impl Host for WasmHost<'_> {
     fn mark_stream(&mut self, mark: &str) {
         // A mark that cannot be written is a mark not found: the upstream pass refuses.
         let _ = hostcalls::set_property(vec![mark], Some(b"1"));
+    }
+
+    fn set_envoy_filter_state(&mut self, key: &str, value: &str) -> bool {
+        set_envoy_filter_state(key, value)
+    }
+
+    /// Filter state `wasm.{key}` (what `%FILTER_STATE(wasm.{key}:PLAIN)%` reads).
+    fn set_stream_state(&mut self, key: &str, value: &str) -> bool {
+        hostcalls::set_property(vec![key], Some(value.as_bytes())).is_ok()
     }
 
     fn stream_marked(&mut self, mark: &str) -> bool {

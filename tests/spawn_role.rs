@@ -559,3 +559,96 @@ fn the_spawn_listener_removed_while_a_report_is_in_flight() {
     let log = stop_and_count_warnings(&mut envoy).0;
     assert!(!log.contains("panic") && !log.contains("[critical]"), "{log}");
 }
+
+/// A service Envoy can reach that nobody meant to expose: counts the connections it
+/// accepts, and answers each `200 private`.
+fn private_service() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            counted.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && std::io::Read::read(&mut stream, &mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 7\r\nconnection: close\r\n\r\nprivate";
+                let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
+            });
+        }
+    });
+    (port, connections)
+}
+
+/// The on-demand cluster goes only where the spawn role sent the request. Two ways a
+/// client's request reaches that cluster without the role, as users configure them: a
+/// second listener (no spawn filter) routing to it, and a route of the spawn listener
+/// that disables the spawn filter. Before, the cluster obeyed the client's
+/// `x-envoy-original-dst-host` there: an open proxy to anything Envoy can reach.
+#[test]
+fn a_request_that_skipped_the_spawn_pass_never_chooses_its_upstream() {
+    use std::sync::atomic::Ordering;
+    let app = Echo::start_with(&["--name", "blog"]);
+    let sidecar = fake_sidecar(format!("x-wsgiproxy-upstream: 127.0.0.1:{}\r\nx-wsgiproxy-lease-ms: 60000\r\n", app.port));
+    let (private, connections) = private_service();
+    let bypass_port = free_port();
+    let bypasses: YamlEdit = std::sync::Arc::new(move |doc: &mut serde_yaml::Value| {
+        // A route of the spawn listener on which the spawn filter is off.
+        let skip: serde_yaml::Value = serde_yaml::from_str(
+            r#"{ match: { prefix: "/skip" }, route: { cluster: spawned },
+                 typed_per_filter_config: { wsgiproxy-spawn: { "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true } } }"#,
+        )
+        .unwrap();
+        hcm(doc)["route_config"]["virtual_hosts"][0]["routes"].as_sequence_mut().unwrap().insert(0, skip);
+        // A second listener to the same cluster, with only the router.
+        let mut second = doc["static_resources"]["listeners"][0].clone();
+        second["name"] = serde_yaml::Value::from("bypass");
+        second["address"]["socket_address"]["port_value"] = serde_yaml::Value::from(bypass_port);
+        let chain = &mut second["filter_chains"][0]["filters"];
+        chain.as_sequence_mut().unwrap().retain(|f| f["name"].as_str() == Some("envoy.filters.network.http_connection_manager"));
+        let http = &mut chain[0]["typed_config"];
+        http["stat_prefix"] = serde_yaml::Value::from("bypass");
+        http["http_filters"].as_sequence_mut().unwrap().retain(|f| f["name"].as_str() == Some("envoy.filters.http.router"));
+        http["route_config"]["virtual_hosts"][0]["routes"]
+            .as_sequence_mut()
+            .unwrap()
+            .retain(|r| r["match"]["prefix"].as_str() == Some("/"));
+        doc["static_resources"]["listeners"].as_sequence_mut().unwrap().push(second);
+    });
+    let file = match Loader::from_env() {
+        Loader::Native => "envoy/native-spawn.yaml",
+        Loader::Wasm => "envoy/spawn.yaml",
+    };
+    let mut overrides = Overrides::default().cluster("wsgiproxy_sidecar", sidecar).plugin(json!({
+        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar", "report_interval_ms": 200
+    }));
+    overrides.edit_with = Some(bypasses);
+    let envoy = Envoy::start(file, &overrides);
+    let spoof = format!("127.0.0.1:{private}");
+
+    // Through the spawn role: where the sidecar said, whatever the client asked.
+    let ok = envoy.get("/page", &[("X-Envoy-Original-Dst-Host", &spoof)]);
+    assert_eq!(ok.received().0["name"], "blog");
+    assert_eq!(ok.received().header("x-envoy-original-dst-host"), None, "no header names the destination");
+    // On the lease too.
+    let warm = envoy.get("/page", &[("X-Envoy-Original-Dst-Host", &spoof)]);
+    assert_eq!(warm.received().0["name"], "blog");
+
+    let answers: Vec<_> = [("a second listener", bypass_port, "/page"), ("a route without the spawn filter", envoy.port, "/skip/page")]
+        .into_iter()
+        .map(|(how, port, path)| (how, request(port, "GET", path, &[("X-Envoy-Original-Dst-Host", &spoof)], b"")))
+        .collect();
+    let reached: Vec<_> = answers.iter().filter(|(_, r)| r.text() == "private").map(|(how, _)| *how).collect();
+    assert!(reached.is_empty(), "the client chose the upstream through {reached:?}");
+    for (how, r) in &answers {
+        // Envoy's own answer: no host to send it to.
+        assert_eq!(r.status, 503, "{how}: {}", r.text());
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "Envoy connected where a client said");
+}

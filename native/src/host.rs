@@ -154,6 +154,14 @@ impl Host for NativeHost<'_> {
         let _ = self.stream.set_filter_state(mark, b"1");
     }
 
+    fn set_envoy_filter_state(&mut self, key: &str, value: &str) -> bool {
+        self.stream.set_filter_state_typed(key, value)
+    }
+
+    fn set_stream_state(&mut self, key: &str, value: &str) -> bool {
+        self.stream.set_filter_state(key, value.as_bytes())
+    }
+
     fn stream_marked(&mut self, mark: &str) -> bool {
         self.stream.filter_state(mark).is_some()
     }

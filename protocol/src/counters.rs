@@ -97,6 +97,7 @@ pub mod spawn {
         "spawn.reports",
         "spawn.connect_failures",
         "spawn.waiting_pages",
+        "spawn.upstream_unset",
     ];
 }
 

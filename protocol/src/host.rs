@@ -101,6 +101,16 @@ pub trait Host {
     /// Whether an earlier filter of this stream left `mark` ([`Host::mark_stream`]).
     fn stream_marked(&mut self, mark: &str) -> bool;
 
+    /// Sets the stream's filter-state object `key`, of the type Envoy registers under
+    /// that name, made from `value` (as Envoy's `set_filter_state` filter does). False
+    /// when Envoy has no such type, refuses `value`, or cannot be asked.
+    fn set_envoy_filter_state(&mut self, key: &str, value: &str) -> bool;
+
+    /// Leaves `value` in the stream's filter state under the role's own `key` (Wasm:
+    /// `wasm.{key}`), for Envoy's filters after this one to read (no client can write
+    /// it). False when Envoy could not.
+    fn set_stream_state(&mut self, key: &str, value: &str) -> bool;
+
     /// An Envoy attribute by its path (`["request", "protocol"]`), encoded as the
     /// proxy-wasm host gives it: numbers as 8 little-endian bytes, booleans as one byte.
     fn property(&mut self, path: &[String]) -> Option<Vec<u8>>;
@@ -175,6 +185,8 @@ pub enum Warning {
     ReplayMemoryFilling = 8,
     /// The `app` role's upstream filter got a request its pre-routing pass never saw.
     Unprepared = 16,
+    /// The `spawn` role could not tell Envoy where to send a request.
+    UpstreamUnset = 32,
 }
 
 /// The warnings already logged for a configuration. Atomic, so that the native
@@ -196,9 +208,39 @@ impl Warned {
     }
 }
 
+/// The argument of the Wasm host's `set_envoy_filter_state` foreign function: the
+/// protobuf `envoy.source.extensions.common.wasm.SetEnvoyFilterStateArguments`
+/// (`path` = 1, `value` = 2; `span` = 3 left at its default, the filter chain: the
+/// stream's own filter state, where a cluster's load balancer looks).
+pub fn set_envoy_filter_state_arguments(key: &str, value: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + value.len() + 8);
+    for (tag, field) in [(0x0a, key), (0x12, value)] {
+        out.push(tag);
+        let mut len = field.len();
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(field.as_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_filter_state_arguments_are_the_protobuf_envoy_parses() {
+        let encoded = set_envoy_filter_state_arguments("k", "127.0.0.1:8000");
+        assert_eq!(encoded, b"\x0a\x01k\x12\x0e127.0.0.1:8000");
+        // A length past one varint byte.
+        let long = "a".repeat(300);
+        let encoded = set_envoy_filter_state_arguments(&long, "");
+        assert_eq!(&encoded[..3], b"\x0a\xac\x02");
+        assert_eq!(&encoded[303..], b"\x12\x00");
+    }
 
     #[test]
     fn each_warning_is_first_once() {

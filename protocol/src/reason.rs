@@ -87,6 +87,9 @@ reasons! {
     SidecarUnreachable => "sidecar_unreachable",
     AppUnavailable => "app_unavailable",
     AppStarting => "app_starting",
+    /// Envoy did not take the destination the role chose (its filter state): the
+    /// request is answered rather than left to a cluster that might obey a client.
+    UpstreamUnset => "upstream_unset",
 }
 
 impl fmt::Display for Reason {

@@ -29,9 +29,23 @@ use crate::config::SpawnConfig;
 use crate::reason::Reason;
 use crate::request::LocalReply;
 
-/// The request header the sidecar's answer is delivered in (Envoy's default name), read by the
-/// `ORIGINAL_DST` cluster (`use_http_header`). Any client-sent copy is removed first.
+/// The request header an `ORIGINAL_DST` cluster with `use_http_header` obeys, whoever
+/// wrote it. The role never writes it (it sets [`ORIGINAL_DST_STATE`]) and removes any
+/// copy a client sent, so that neither such a cluster nor the app sees a client's choice.
 pub const UPSTREAM_HEADER: &str = "x-envoy-original-dst-host";
+/// Envoy's filter-state object (an `IP:PORT` address) that an `ORIGINAL_DST` cluster's
+/// load balancer reads before its metadata key, its header and the connection's
+/// restored destination: where the role sends the request. Only a filter can set it;
+/// a request that never met the role has none, and a cluster that reads nothing else
+/// (no `use_http_header`, no listener restoring the original destination) has no host
+/// for it: Envoy answers 503 and connects nowhere.
+pub const ORIGINAL_DST_STATE: &str = "envoy.network.transport_socket.original_dst_address";
+/// The role's own record of where it sends the request (the Wasm filter's
+/// `wasm.wsgiproxy_spawn_upstream`), which Envoy's `set_filter_state` filter after it
+/// copies into [`ORIGINAL_DST_STATE`] where the role could not set that itself: the
+/// Wasm filter in Envoy before 1.40 (1.36.2's `set_envoy_filter_state` answers
+/// `NotFound` in a callout's answer, where a cold start's request goes on).
+pub const UPSTREAM_RECORD: &str = "wsgiproxy_spawn_upstream";
 /// Response header telling the client how long its request waited for a cold start.
 pub const COLD_START_HEADER: &str = "x-wsgiproxy-cold-start-ms";
 /// Sidecar API headers.

@@ -49,6 +49,14 @@ pub struct FakeHost {
     pub properties: Vec<(Vec<String>, Vec<u8>)>,
     /// The marks earlier filters of the stream left ([`Host::mark_stream`]).
     pub marks: Vec<String>,
+    /// The filter-state objects set ([`Host::set_envoy_filter_state`]), in order.
+    pub filter_state: Vec<(String, String)>,
+    /// Whether Envoy takes them.
+    pub filter_state_refused: bool,
+    /// The values left with [`Host::set_stream_state`], in order.
+    pub stream_state: Vec<(String, String)>,
+    /// Whether Envoy takes those.
+    pub stream_state_refused: bool,
     pub now: SystemTime,
     /// What the random source gives; `None`: it has none.
     pub random: Option<Nonce>,
@@ -88,6 +96,10 @@ impl Default for FakeHost {
             local_address: None,
             properties: Vec::new(),
             marks: Vec::new(),
+            filter_state: Vec::new(),
+            filter_state_refused: false,
+            stream_state: Vec::new(),
+            stream_state_refused: false,
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600),
             random: Some([5; 16]),
             nonces: Ok(HashSet::new()),
@@ -265,6 +277,22 @@ impl Host for FakeHost {
 
     fn mark_stream(&mut self, mark: &str) {
         self.marks.push(mark.to_string());
+    }
+
+    fn set_envoy_filter_state(&mut self, key: &str, value: &str) -> bool {
+        if self.filter_state_refused {
+            return false;
+        }
+        self.filter_state.push((key.to_string(), value.to_string()));
+        true
+    }
+
+    fn set_stream_state(&mut self, key: &str, value: &str) -> bool {
+        if self.stream_state_refused {
+            return false;
+        }
+        self.stream_state.push((key.to_string(), value.to_string()));
+        true
     }
 
     fn stream_marked(&mut self, mark: &str) -> bool {

@@ -372,6 +372,20 @@ impl Stream {
         }
     }
 
+    /// Sets the stream's filter-state object `key`, of the type Envoy registers under
+    /// that name, made from `value`; false when Envoy has no such type or refused it.
+    pub fn set_filter_state_typed(&self, key: &str, value: &str) -> bool {
+        // SAFETY: live filter pointer; both buffers borrow data alive for the call
+        // (Envoy copies them).
+        unsafe {
+            envoy_dynamic_module_callback_http_set_filter_state_typed(
+                self.0,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            )
+        }
+    }
+
     /// The stream's filter state `key`, when it holds bytes.
     pub fn filter_state(&self, key: &str) -> Option<Vec<u8>> {
         let mut out = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };

@@ -197,6 +197,11 @@ extern "C" {
         key: ModuleBuffer,
         value: ModuleBuffer,
     ) -> bool;
+    pub(crate) fn envoy_dynamic_module_callback_http_set_filter_state_typed(
+        filter: *mut c_void,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
     pub(crate) fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
         filter: *mut c_void,
         key: ModuleBuffer,

@@ -19,6 +19,8 @@ struct FakeStream {
     reply: Option<Reply>,
     source_address: Option<Vec<u8>>,
     filter_state: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The typed objects set, by key: Envoy's factories are not here, so any value goes.
+    typed_filter_state: Vec<(Vec<u8>, Vec<u8>)>,
     counters: Vec<(usize, u64)>,
     /// Calls back into the module filter at this address from inside the callbacks, as
     /// Envoy does: a local reply runs the response hook (then destroys the filter when
@@ -195,6 +197,18 @@ extern "C" fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
 ) -> bool {
     let (key, value) = (bytes(key.ptr, key.length), bytes(value.ptr, value.length));
     let state = &mut fake(filter).filter_state;
+    state.retain(|(k, _)| *k != key);
+    state.push((key, value));
+    true
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_set_filter_state_typed(
+    filter: *mut c_void,
+    key: ModuleBuffer,
+    value: ModuleBuffer,
+) -> bool {
+    let (key, value) = (bytes(key.ptr, key.length), bytes(value.ptr, value.length));
+    let state = &mut fake(filter).typed_filter_state;
     state.retain(|(k, _)| *k != key);
     state.push((key, value));
     true
@@ -586,7 +600,9 @@ fn a_callout_and_its_answer() {
     envoy_dynamic_module_on_http_filter_http_callout_done(envoy_side, filter, 8, 1, std::ptr::null(), 0, std::ptr::null(), 0);
     assert!(f.get().reply.is_none());
     answer_callout(envoy_side, filter, Some(&GRANTED));
-    assert!(f.get().request.contains(&(b"x-envoy-original-dst-host".to_vec(), b"127.0.0.1:4321".to_vec())), "{:?}", f.get().request);
+    let destination = (b"envoy.network.transport_socket.original_dst_address".to_vec(), b"127.0.0.1:4321".to_vec());
+    assert_eq!(f.get().typed_filter_state, vec![destination], "the destination is the filter state Envoy's cluster reads");
+    assert!(!f.get().request.iter().any(|(k, _)| k == b"x-envoy-original-dst-host"), "and no header: {:?}", f.get().request);
     assert!(f.get().counters.contains(&(usize::MAX, 0)), "the request went on");
     assert_eq!(envoy_dynamic_module_on_http_filter_request_body(envoy_side, filter, true), BodyStatus::Continue);
     // A failed callout (a configuration with no lease yet): a 503 saying the sidecar did not answer.

@@ -1,9 +1,12 @@
 //! The `spawn` role's request path and activity reports.
 //!
-//! A request with a live lease goes straight on to the app, with the role's own
-//! upstream header (any copy the client sent is removed first); otherwise the whole
+//! A request with a live lease goes straight on to the app; otherwise the whole
 //! request is held while the sidecar's `/v1/ensure/{app}` answers (a long poll over a
 //! cold start), and only the answer to that callout lets it go on or answers 503.
+//! Where it goes is Envoy's filter state [`ORIGINAL_DST_STATE`], never a header: a
+//! request that reaches the on-demand cluster without this role (a second listener, a
+//! route that disables the filter) has no destination, and a client's
+//! `x-envoy-original-dst-host` is removed and never written back.
 //!
 //! The loader keeps the lease, the activity counts and the sidecar's health
 //! ([`LeaseHolder`]): the Wasm filter one per worker VM, the native module one per
@@ -15,11 +18,12 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::config::SpawnConfig;
-use crate::host::{CalloutAnswer, HeaderMap, Host, ReportHost};
+use crate::host::{CalloutAnswer, HeaderMap, Host, ReportHost, Warning};
+use crate::reason::Reason;
 use crate::request::LocalReply;
 use crate::spawn::{
     ensure_answer, report_answer, unreachable_reply, CallHealth, EnsureAnswer, LeaseState, ReportAnswer, COLD_START_HEADER,
-    SIDECAR_IN_FLIGHT, SIDECAR_REPORTER, SIDECAR_STARTED, SIDECAR_WAIT, UPSTREAM_HEADER,
+    ORIGINAL_DST_STATE, SIDECAR_IN_FLIGHT, SIDECAR_REPORTER, SIDECAR_STARTED, SIDECAR_WAIT, UPSTREAM_HEADER, UPSTREAM_RECORD,
 };
 use crate::waiting_page::{starting_reply, wants_page};
 
@@ -32,6 +36,7 @@ pub const UNAVAILABLE: &str = "spawn.unavailable";
 pub const REPORTS: &str = "spawn.reports";
 pub const CONNECT_FAILURES: &str = "spawn.connect_failures";
 pub const WAITING_PAGES: &str = "spawn.waiting_pages";
+pub const UPSTREAM_UNSET: &str = "spawn.upstream_unset";
 
 /// How long an activity report may take (the sidecar answers at once).
 pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,16 +91,15 @@ impl Default for SpawnStream {
 impl SpawnStream {
     /// Sends the request on under a live lease, or asks the sidecar and holds it.
     pub fn on_request_headers<H: Host, L: LeaseHolder>(&mut self, config: &SpawnConfig, lease: &L, host: &mut H) -> SpawnFlow {
-        // Envoy's ORIGINAL_DST cluster obeys UPSTREAM_HEADER: whatever happens next, no
-        // copy the client sent survives. Every request that goes on has the role's own,
-        // set by `go_on`; every other one is answered here.
+        // An ORIGINAL_DST cluster configured to read UPSTREAM_HEADER would obey a
+        // client's: none survives, whatever happens next. The destination is the
+        // filter state `go_on` sets.
         host.remove_header(HeaderMap::Request, UPSTREAM_HEADER);
         host.count(REQUESTS, 1);
         let now = host.now();
         if let Some(upstream) = lease.with_lease(|lease| lease.usable(now).map(str::to_string)) {
             host.count(LEASE_HITS, 1);
-            self.go_on(lease, host, &upstream);
-            return SpawnFlow::Continue;
+            return self.go_on(lease, host, &upstream);
         }
         self.asked_at = now;
         let path = format!("/v1/ensure/{}", config.app);
@@ -154,8 +158,9 @@ impl SpawnStream {
                     host.count(COLD_STARTS, 1);
                     self.cold_start_ms = Some(ms);
                 }
-                self.go_on(lease, host, &grant.upstream);
-                host.resume_request();
+                if self.go_on(lease, host, &grant.upstream) == SpawnFlow::Continue {
+                    host.resume_request();
+                }
             }
             EnsureAnswer::Starting => {
                 sidecar_answered(host, lease);
@@ -203,11 +208,21 @@ impl SpawnStream {
         }
     }
 
-    /// Sends the request to `upstream`, and counts it in flight.
-    fn go_on<H: Host, L: LeaseHolder>(&mut self, lease: &L, host: &mut H, upstream: &str) {
-        host.set_header(HeaderMap::Request, UPSTREAM_HEADER, upstream.as_bytes());
+    /// Sends the request to `upstream`, and counts it in flight; or answers it, when
+    /// Envoy took the destination neither way (never left for the cluster to choose).
+    fn go_on<H: Host, L: LeaseHolder>(&mut self, lease: &L, host: &mut H, upstream: &str) -> SpawnFlow {
+        // Both, always: the object the cluster reads, where Envoy lets the role set it
+        // (the native module; the Wasm filter from 1.40), and the role's own record,
+        // which Envoy's `set_filter_state` filter after this one copies into it (the
+        // Wasm filter before 1.40, in a callout's answer).
+        let direct = host.set_envoy_filter_state(ORIGINAL_DST_STATE, upstream);
+        let recorded = host.set_stream_state(UPSTREAM_RECORD, upstream);
+        if !direct && !recorded {
+            return upstream_unset(host, upstream);
+        }
         lease.with_lease(LeaseState::request_started);
         self.counted = true;
+        SpawnFlow::Continue
     }
 }
 
@@ -266,6 +281,19 @@ fn unavailable<H: Host>(host: &mut H, reply: &LocalReply) -> SpawnFlow {
     host.count(UNAVAILABLE, 1);
     host.debug(format_args!("wsgiproxy spawn: {} {}: {}", reply.status, reply.reason, reply.detail));
     host.send_reply(reply);
+    SpawnFlow::Replied
+}
+
+/// Envoy took the destination neither way. Refused, counted, and said once.
+fn upstream_unset<H: Host>(host: &mut H, upstream: &str) -> SpawnFlow {
+    if host.first_time(Warning::UpstreamUnset) {
+        host.warn(format_args!(
+            "wsgiproxy spawn: Envoy did not take the destination {upstream:?}, as filter state {ORIGINAL_DST_STATE:?} or \
+             {UPSTREAM_RECORD:?}: requests are answered 500 upstream_unset, never sent on (logged once)"
+        ));
+    }
+    host.count(UPSTREAM_UNSET, 1);
+    host.send_reply(&LocalReply::new(500, Reason::UpstreamUnset, "the proxy could not set where this request goes"));
     SpawnFlow::Replied
 }
 

@@ -7,7 +7,8 @@ use crate::driver::spawn::*;
 use crate::host::HeaderMap;
 use crate::reason::Reason;
 use crate::spawn::{
-    Grant, COLD_START_HEADER, SIDECAR_COLD_START, SIDECAR_LEASE, SIDECAR_MARK, SIDECAR_UPSTREAM, SIDECAR_WAIT, UPSTREAM_HEADER,
+    Grant, COLD_START_HEADER, ORIGINAL_DST_STATE, SIDECAR_COLD_START, SIDECAR_LEASE, SIDECAR_MARK, SIDECAR_UPSTREAM, SIDECAR_WAIT,
+    UPSTREAM_HEADER, UPSTREAM_RECORD,
 };
 use crate::testing::{FakeAnswer, FakeHost, FakeLease};
 
@@ -55,13 +56,21 @@ fn upstream_headers(host: &FakeHost) -> Vec<String> {
     host.values(HeaderMap::Request, UPSTREAM_HEADER)
 }
 
+/// Where the role sent the request: the object the cluster reads, and its own record
+/// of it (both only ever `APP` here); and that no header names it.
+fn sent_to_the_app(host: &FakeHost) {
+    assert!(upstream_headers(host).is_empty(), "no header names the upstream: {:?}", upstream_headers(host));
+    assert_eq!(host.filter_state, [(ORIGINAL_DST_STATE.to_string(), APP.to_string())]);
+    assert_eq!(host.stream_state, [(UPSTREAM_RECORD.to_string(), APP.to_string())]);
+}
+
 #[test]
 fn a_lease_hit_goes_on_with_the_roles_own_upstream() {
     let mut host = spoofed();
     let lease = leased(&host);
     let mut stream = SpawnStream::default();
     assert_eq!(stream.on_request_headers(&spawn(), &lease, &mut host), SpawnFlow::Continue);
-    assert_eq!(upstream_headers(&host), [APP], "the client's copies are gone");
+    sent_to_the_app(&host);
     assert!(host.callouts.is_empty(), "no sidecar call under a lease");
     assert!(!stream.holds_request());
     assert_eq!((host.count_of(REQUESTS), host.count_of(LEASE_HITS), host.count_of(ENSURE_CALLS)), (1, 1, 0));
@@ -75,6 +84,45 @@ fn a_lease_hit_goes_on_with_the_roles_own_upstream() {
     assert_declared(&host, "spawn");
 }
 
+/// The Wasm filter before Envoy 1.40 in a callout's answer: the object cannot be set
+/// directly; the role's record is left for Envoy's `set_filter_state` filter.
+#[test]
+fn a_destination_envoy_takes_only_as_the_roles_record_goes_on() {
+    let mut host = spoofed();
+    host.filter_state_refused = true;
+    let lease = FakeLease::new(TICK);
+    let mut stream = held(&mut host, &lease);
+    stream.on_callout_done(&spawn(), &lease, &mut host, 1, Some(&granted(None)));
+    assert_eq!((host.resumed, host.replies.len()), (1, 0));
+    assert_eq!(host.stream_state, [(UPSTREAM_RECORD.to_string(), APP.to_string())]);
+    assert!(upstream_headers(&host).is_empty());
+    assert_eq!(lease.lease.borrow().in_flight(), 1);
+}
+
+/// Envoy took the destination neither way: the request is answered, never left to a
+/// cluster that might read something a client chose; counted, and said once.
+#[test]
+fn a_destination_envoy_does_not_take_is_a_500_never_sent_on() {
+    let lease = FakeLease::new(TICK);
+    let mut host = spoofed();
+    (host.filter_state_refused, host.stream_state_refused) = (true, true);
+    let mut stream = held(&mut host, &lease);
+    stream.on_callout_done(&spawn(), &lease, &mut host, 1, Some(&granted(None)));
+    assert_eq!(host.resumed, 0, "not sent on");
+    let [reply] = host.replies.as_slice() else { panic!("one reply: {:?}", host.replies) };
+    assert_eq!((reply.status, reply.reason), (500, Reason::UpstreamUnset));
+    assert_eq!(lease.lease.borrow().in_flight(), 0, "never in flight");
+    // And under the lease that answer granted.
+    host.next_request(&[(":path", "/again"), (UPSTREAM_HEADER, SPOOF)]);
+    let mut warm = SpawnStream::default();
+    assert_eq!(warm.on_request_headers(&spawn(), &lease, &mut host), SpawnFlow::Replied);
+    assert!(upstream_headers(&host).is_empty(), "the client's copy is gone");
+    assert_eq!(host.count_of(UPSTREAM_UNSET), 2);
+    assert_eq!(host.warnings.len(), 1, "said once: {:?}", host.warnings);
+    assert_eq!(lease.lease.borrow().in_flight(), 0);
+    assert_declared(&host, "spawn");
+}
+
 #[test]
 fn a_cold_start_asks_the_sidecar_and_holds_the_request() {
     let mut host = spoofed();
@@ -82,6 +130,7 @@ fn a_cold_start_asks_the_sidecar_and_holds_the_request() {
     let stream = held(&mut host, &lease);
     assert!(stream.holds_request(), "body and trailers wait too");
     assert!(upstream_headers(&host).is_empty(), "the client's copies are gone while it waits");
+    assert!(host.filter_state.is_empty() && host.stream_state.is_empty(), "no destination before the sidecar answers");
     let [call] = host.callouts.as_slice() else { panic!("one callout: {:?}", host.callouts) };
     assert_eq!(call.cluster, "wsgiproxy_sidecar");
     assert_eq!(call.timeout, Duration::from_secs(15));
@@ -101,7 +150,7 @@ fn a_grant_lets_the_request_go_on_and_says_how_long_it_waited() {
     stream.on_callout_done(&spawn(), &lease, &mut host, 1, Some(&granted(Some("315"))));
     assert_eq!(host.resumed, 1);
     assert!(!stream.holds_request());
-    assert_eq!(upstream_headers(&host), [APP]);
+    sent_to_the_app(&host);
     assert_eq!(host.count_of(COLD_STARTS), 1);
     assert_eq!(lease.lease.borrow().in_flight(), 1);
     assert_eq!(lease.lease.borrow().usable(host.now + Duration::from_millis(1000)), Some(APP), "the next request has a lease");
@@ -308,7 +357,7 @@ fn reports_go_when_due_and_their_answers_renew_or_revoke_the_lease() {
 
 #[test]
 fn the_drivers_counters_are_the_ones_the_loaders_declare() {
-    let counted = [REQUESTS, LEASE_HITS, ENSURE_CALLS, COLD_STARTS, UNAVAILABLE, REPORTS, CONNECT_FAILURES, WAITING_PAGES];
+    let counted = [REQUESTS, LEASE_HITS, ENSURE_CALLS, COLD_STARTS, UNAVAILABLE, REPORTS, CONNECT_FAILURES, WAITING_PAGES, UPSTREAM_UNSET];
     assert_eq!(counters::spawn::ALL, counted);
 }
 
@@ -380,7 +429,7 @@ fn a_browser_whose_app_is_ready_in_time_goes_on() {
     assert_eq!(asked_wait(&host).as_deref(), Some("1000"), "the default wait");
     stream.on_callout_done(&config, &lease, &mut host, 1, Some(&granted(Some("300"))));
     assert!(host.replies.is_empty() && host.resumed == 1);
-    assert_eq!(upstream_headers(&host), [APP]);
+    sent_to_the_app(&host);
 }
 
 #[test]
