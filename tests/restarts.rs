@@ -169,7 +169,8 @@ fn receiver_started(app_port: u16, port: u16) -> Envoy {
 /// Restarts under load: `replicas` receivers behind the shipped sender, each in turn
 /// stopped for `down` and started again cold (a rolling restart when there are two),
 /// with `clients` sending meanwhile. Every answer the clients got.
-fn restarts_under_load(replicas: usize, retries: bool) -> (Vec<Answer>, Envoy) {
+/// Also what the restarted receivers refused as signed before their start (425).
+fn restarts_under_load(replicas: usize, retries: bool) -> (Vec<Answer>, Envoy, u64) {
     let app = Echo::start_with(&["--name", "app"]);
     let ports: Vec<u16> = (0..replicas).map(|_| free_port()).collect();
     let mut receivers: Vec<Option<Envoy>> = ports.iter().map(|&p| Some(receiver(app.port, p))).collect();
@@ -185,6 +186,7 @@ fn restarts_under_load(replicas: usize, retries: bool) -> (Vec<Answer>, Envoy) {
         std::thread::sleep(Duration::from_secs(4));
     }
     let answers = load.stop_after(Duration::from_millis(500));
+    let refused: u64 = receivers.iter().flatten().map(|r| r.stat("wsgiproxy.middleware.rejected.signed_before_restart")).sum();
     eprintln!(
         "{replicas} replica(s), retries {retries}: {} requests in {:.1?}: {:?}; slowest {:?}",
         answers.len(),
@@ -192,7 +194,8 @@ fn restarts_under_load(replicas: usize, retries: bool) -> (Vec<Answer>, Envoy) {
         tally(&answers),
         answers.iter().map(|a| a.took).max().unwrap_or_default()
     );
-    (answers, edge)
+    eprintln!("the receivers refused {refused} as signed before their start; the sender's retries: {:?}", edge.stats("cluster.backend.upstream_rq_retry"));
+    (answers, edge, refused)
 }
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
@@ -205,25 +208,27 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn a_receiver_restarted_under_load_is_invisible_to_the_shipped_senders_clients() {
-    let (answers, edge) = restarts_under_load(1, true);
+    let (answers, edge, refused) = restarts_under_load(1, true);
     let kinds = tally(&answers);
     assert_eq!(kinds.keys().collect::<Vec<_>>(), ["200"], "clients got only 200s: {kinds:?}");
+    assert!(refused > 0, "the restarted receiver refused requests signed before its start (retried, unseen by clients)");
     assert!(edge.stats("retry").iter().any(|(k, v)| k.ends_with("upstream_rq_retry") && *v > 0), "the sender retried");
     assert_eq!(edge.stats("retry_overflow").values().sum::<u64>(), 0, "no retry failed on the circuit breaker");
 }
 
 #[test]
 fn a_rolling_restart_of_two_receivers_is_invisible_to_the_shipped_senders_clients() {
-    let (answers, _edge) = restarts_under_load(2, true);
+    let (answers, _edge, refused) = restarts_under_load(2, true);
     let kinds = tally(&answers);
     assert_eq!(kinds.keys().collect::<Vec<_>>(), ["200"], "clients got only 200s: {kinds:?}");
+    assert!(refused > 0, "the restarted receivers refused requests signed before their start (retried elsewhere)");
 }
 
 /// The same restart without the shipped retry policy: the restarted receiver's 425s
 /// (and the down time's 503s) reach the clients.
 #[test]
 fn without_the_retry_policy_a_restart_answers_clients_425() {
-    let (answers, _edge) = restarts_under_load(1, false);
+    let (answers, _edge, _) = restarts_under_load(1, false);
     let kinds = tally(&answers);
     assert!(kinds.get("425 signed_before_restart").is_some_and(|n| *n > 0), "{kinds:?}");
 }
