@@ -401,8 +401,16 @@ fn the_stack_serves_across_containers_and_survives_faults() {
         failures.len(),
         kinds(&failures)
     );
-    assert!(!failures.iter().any(|a| a.status == 425 || !a.error.is_empty()), "no protocol refusal reaches clients: {:?}", kinds(&failures));
-    assert!(failures.iter().all(|a| a.status == 503 && a.took >= Duration::from_secs(3)), "only a request that outlasted the retries fails: {:?}", kinds(&failures));
+    assert!(
+        !failures.iter().any(|a| a.status == 425 || !a.error.is_empty()),
+        "no protocol refusal reaches clients: {:?}",
+        kinds(&failures)
+    );
+    assert!(
+        failures.iter().all(|a| a.status == 503 && a.took >= Duration::from_secs(3)),
+        "only a request that outlasted the retries fails: {:?}",
+        kinds(&failures)
+    );
 
     // Fault 2: the sidecar's container is killed under load through the spawn Envoy.
     let load = Load::start("http://spawn:10002/load");

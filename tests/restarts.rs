@@ -54,8 +54,10 @@ fn sender(ports: &[u16], retries: bool) -> Envoy {
             let endpoints: Vec<Yaml> = ports
                 .iter()
                 .map(|p| {
-                    serde_yaml::from_str(&format!("{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}"))
-                        .unwrap()
+                    serde_yaml::from_str(&format!(
+                        "{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}"
+                    ))
+                    .unwrap()
                 })
                 .collect();
             let cluster = &mut doc["static_resources"]["clusters"][0];
@@ -194,7 +196,10 @@ fn restarts_under_load(replicas: usize, retries: bool) -> (Vec<Answer>, Envoy, u
         tally(&answers),
         answers.iter().map(|a| a.took).max().unwrap_or_default()
     );
-    eprintln!("the receivers refused {refused} as signed before their start; the sender's retries: {:?}", edge.stats("cluster.backend.upstream_rq_retry"));
+    eprintln!(
+        "the receivers refused {refused} as signed before their start; the sender's retries: {:?}",
+        edge.stats("cluster.backend.upstream_rq_retry")
+    );
     (answers, edge, refused)
 }
 
@@ -240,16 +245,19 @@ fn signed_request(port: u16, nonce: u8) -> Vec<u8> {
     let ring = KeyRing::new(Algorithm::HmacSha256, &[("k1".into(), KEY.1.as_bytes().to_vec())]).unwrap();
     let date = format_date(SystemTime::now());
     let endpoint = format!("127.0.0.1:{port}");
-    let headers: Vec<(&str, &[u8])> = vec![
-        ("x-wsgiproxy-endpoint", endpoint.as_bytes()),
-        ("x-wsgiproxy-str-0", b"REMOTE_USER bob"),
-        ("x-wsgiproxy-version", b"0.1"),
-    ];
+    let headers: Vec<(&str, &[u8])> =
+        vec![("x-wsgiproxy-endpoint", endpoint.as_bytes()), ("x-wsgiproxy-str-0", b"REMOTE_USER bob"), ("x-wsgiproxy-version", b"0.1")];
     let authority = format!("127.0.0.1:{port}");
-    let parts =
-        SignedParts { method: b"GET", authority: authority.as_bytes(), path: b"/transfer?amount=100", date: date.as_bytes(), protocol_headers: headers.clone() };
+    let parts = SignedParts {
+        method: b"GET",
+        authority: authority.as_bytes(),
+        path: b"/transfer?amount=100",
+        date: date.as_bytes(),
+        protocol_headers: headers.clone(),
+    };
     let signature = sign(&ring, &[nonce; 16], &parts).unwrap();
-    let mut raw = format!("GET /transfer?amount=100 HTTP/1.1\r\nHost: {authority}\r\nDate: {date}\r\nX-WSGIProxy-Signature: {signature}\r\n");
+    let mut raw =
+        format!("GET /transfer?amount=100 HTTP/1.1\r\nHost: {authority}\r\nDate: {date}\r\nX-WSGIProxy-Signature: {signature}\r\n");
     for (name, value) in headers {
         raw.push_str(&format!("{name}: {}\r\n", String::from_utf8_lossy(value)));
     }
