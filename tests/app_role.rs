@@ -197,6 +197,8 @@ fn bad_configurations_are_refused_at_load() {
         edit: Some(|doc| {
             let filter = &mut hcm(doc)["http_filters"][0];
             filter["typed_config"]["config"]["configuration"]["value"] = serde_yaml::Value::String("role: app".into());
+            // (The role before routing only: not the cluster's copy, which signs.)
+            doc["static_resources"]["clusters"][0].as_mapping_mut().unwrap().remove("typed_extension_protocol_options");
         }),
         ..Overrides::default()
     };

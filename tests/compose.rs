@@ -92,11 +92,16 @@ fn from_client(url: &str, headers: &[&str]) -> Response {
 }
 
 /// The headers of a request to the backend (`GET /signed`, Host backend:10001) that
-/// claims user `mallory`, signed with the stack's key as the edge would sign it.
+/// claims user `mallory`, signed with the stack's key as the edge would sign it: for
+/// the backend's address on the edge network (it binds signatures to its endpoint).
 fn signed_claim(nonce: u8) -> Vec<String> {
     let ring = KeyRing::new(Algorithm::HmacSha256, &[("k1".into(), KEY.as_bytes().to_vec())]).unwrap();
     let date = format_date(std::time::SystemTime::now());
-    let headers: Vec<(&str, &[u8])> = vec![("x-wsgiproxy-version", b"0.1"), ("x-wsgiproxy-str-0", b"REMOTE_USER mallory")];
+    let headers: Vec<(&str, &[u8])> = vec![
+        ("x-wsgiproxy-endpoint", b"10.213.2.20:10001"),
+        ("x-wsgiproxy-version", b"0.1"),
+        ("x-wsgiproxy-str-0", b"REMOTE_USER mallory"),
+    ];
     let parts = SignedParts {
         method: b"GET",
         authority: b"backend:10001",
@@ -377,42 +382,41 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     assert!(again.header("x-wsgiproxy-cold-start-ms").is_some(), "started again on demand: {:?}", again.headers);
     assert_eq!(again.received().0["name"], "blog-container");
 
-    // Fault 1: the backend Envoy's container stops under load through the edge.
+    // Fault 1: the backend Envoy's container restarts under load through the edge.
+    // The edge retries (connect failures while the backend is down, 425
+    // signed_before_restart for about 3 s after it starts), signing each attempt anew:
+    // requests wait, and clients see no refusal. A request that outlasts the edge's
+    // retries (10, about 7 s) while the backend is down gets the edge's 503.
     let load = Load::start("http://edge:10000/load");
     let stopped_at = load.now();
     compose_ok(&["stop", "--timeout", "1", "backend"]);
-    load.wait_for("the edge answers 503", Duration::from_secs(30), |answers| answers.last().is_some_and(|a| a.status == 503));
-    std::thread::sleep(Duration::from_secs(2));
     let starting_at = load.now();
     compose_ok(&["start", "backend"]);
     let started_at = load.now();
-    load.wait_for_recovery(started_at, Duration::from_secs(30));
+    load.wait_for("the backend serves again", Duration::from_secs(30), |answers| {
+        answers.iter().filter(|a| a.at >= started_at).count() >= 20
+    });
+    std::thread::sleep(Duration::from_secs(4));
     let answers = load.stop();
     eprintln!("backend stopped at {stopped_at:.1?}, started at {starting_at:.1?}-{started_at:.1?}: {}", timeline(&answers));
-    let (failures, back) = outage(&answers, stopped_at);
-    let statuses: std::collections::BTreeSet<u16> = failures.iter().map(|a| a.status).collect();
-    let slowest = failures.iter().map(|a| a.took).max().unwrap_or_default();
-    let back = back.unwrap();
+    let failures: Vec<Answer> = answers.iter().filter(|a| a.at >= stopped_at && a.status != 200).cloned().collect();
+    let slowest = answers.iter().filter(|a| a.at >= stopped_at).map(|a| a.took).max().unwrap_or_default();
     eprintln!(
-        "backend stopped: {} requests, {} failed ({:?}), slowest failure {slowest:?}; first 200 {:?} after `start` returned",
+        "backend restarted: {} requests, {} failed ({:?}), slowest answer {slowest:?}",
         answers.len(),
         failures.len(),
-        kinds(&failures),
-        back.saturating_sub(started_at)
-    );
-    // While the backend is down the edge answers 503. Once it is back, requests signed
-    // in the second its new replay memory began are refused 425 signed_before_restart,
-    // once (restart protection, docs/signatures.md): nothing else.
-    let (early, down): (Vec<&Answer>, Vec<&Answer>) = failures.iter().partition(|a| a.status == 425);
-    let down: std::collections::BTreeSet<u16> = down.iter().map(|a| a.status).collect();
-    assert_eq!(down, [503].into(), "the edge answers 503 while the backend is down: {statuses:?}");
-    assert!(
-        early.iter().all(|a| a.error == "signed_before_restart" && a.at >= starting_at),
-        "425 only for signatures dated before the restarted backend's memory began: {:?}",
         kinds(&failures)
     );
-    // Prompt: never longer than the edge's connect_timeout (1 s), with room for a loaded machine.
-    assert!(slowest < Duration::from_millis(2000), "503s come promptly: the slowest took {slowest:?}");
+    assert!(
+        !failures.iter().any(|a| a.status == 425 || !a.error.is_empty()),
+        "no protocol refusal reaches clients: {:?}",
+        kinds(&failures)
+    );
+    assert!(
+        failures.iter().all(|a| a.status == 503 && a.took >= Duration::from_secs(3)),
+        "only a request that outlasted the retries fails: {:?}",
+        kinds(&failures)
+    );
 
     // Fault 2: the sidecar's container is killed under load through the spawn Envoy.
     let load = Load::start("http://spawn:10002/load");

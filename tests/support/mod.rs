@@ -213,6 +213,19 @@ pub struct Overrides {
     pub loader: Option<Loader>,
     /// More arguments to Envoy.
     pub args: Vec<String>,
+    /// The listener's port, when a test chooses it (a restart on the same address);
+    /// else a free one.
+    pub listen_port: Option<u16>,
+    /// Hot restart enabled (the harness otherwise passes `--disable-hot-restart`):
+    /// `--base-id` and `--restart-epoch`.
+    pub hot_restart: Option<HotRestart>,
+}
+
+/// Envoy's hot restart: processes of one `base_id` hand over to the next epoch.
+#[derive(Clone, Copy, Debug)]
+pub struct HotRestart {
+    pub base_id: u32,
+    pub epoch: u32,
 }
 
 impl Overrides {
@@ -350,6 +363,13 @@ pub fn render(file: &str, port: u16, admin_port: u16, o: &Overrides) -> String {
             }
         });
         assert!(first.is_some(), "{file} has no Wasm plugin configuration to replace");
+        // A shipped sender signs in its cluster's upstream filter (`bind_endpoint`); a
+        // test that configures the app role without it runs the role before routing
+        // only, as such a sender is configured.
+        let bound = config["role"] == "app" && config["bind_endpoint"] == true;
+        if !bound {
+            drop_unbound_app_upstream_filters(&mut doc);
+        }
     }
     if let Some(dns_port) = o.dns {
         // Every DNS cache, and every forward-proxy cluster (whose per-destination
@@ -393,10 +413,26 @@ typed_config:
     serde_yaml::to_string(&doc).unwrap()
 }
 
+/// Removes each cluster's upstream filters when they run the app role (see [`render`]).
+fn drop_unbound_app_upstream_filters(doc: &mut Yaml) {
+    let Some(clusters) = doc["static_resources"]["clusters"].as_sequence_mut() else { return };
+    for cluster in clusters {
+        let Some(options) = cluster.get_mut("typed_extension_protocol_options").and_then(Yaml::as_mapping_mut) else { continue };
+        let runs_the_app_role = |filters: &Yaml| {
+            filters.as_sequence().into_iter().flatten().any(|f| {
+                let typed = &f["typed_config"];
+                let value = typed["config"]["configuration"]["value"].as_str().or(typed["filter_config"]["value"].as_str());
+                value.and_then(|v| serde_json::from_str::<Json>(v).ok()).is_some_and(|c| c["role"] == "app")
+            })
+        };
+        options.retain(|_, o| !runs_the_app_role(&o["http_filters"]));
+    }
+}
+
 impl Envoy {
     fn spawn(file: &str, o: &Overrides) -> (u16, u16, Proc, PathBuf) {
         let _ = wasm_path();
-        let port = free_port();
+        let port = o.listen_port.unwrap_or_else(free_port);
         let admin_port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("envoy.yaml");
@@ -407,11 +443,15 @@ impl Envoy {
             .arg("-c")
             .arg(&config)
             .args(["--concurrency", &o.concurrency.unwrap_or(1).to_string()])
-            .args(["--disable-hot-restart", "--log-level", "warn", "--component-log-level", "wasm:debug"])
+            .args(["--log-level", "warn", "--component-log-level", "wasm:debug"])
             .arg("--log-path")
             .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        match o.hot_restart {
+            None => cmd.arg("--disable-hot-restart"),
+            Some(h) => cmd.args(["--base-id", &h.base_id.to_string(), "--restart-epoch", &h.epoch.to_string()]),
+        };
         cmd.args(&o.args);
         for (k, v) in &o.env {
             cmd.env(k, v);
@@ -429,6 +469,20 @@ impl Envoy {
     /// workers serve, and a connection queued on a socket Envoy then replaces (one per
     /// worker with reuse_port) is reset.
     pub fn start(file: &str, o: &Overrides) -> Envoy {
+        let (envoy, config) = Self::start_with_config(file, o);
+        if config.contains("secret") {
+            wait_until_signatures_are_trusted(&config);
+        }
+        envoy
+    }
+
+    /// As [`Envoy::start`], without waiting until a signature dated now is past what
+    /// a freshly started replay memory refuses: for a sender's retries to wait out.
+    pub fn start_serving(file: &str, o: &Overrides) -> Envoy {
+        Self::start_with_config(file, o).0
+    }
+
+    fn start_with_config(file: &str, o: &Overrides) -> (Envoy, String) {
         let (mut port, mut admin_port, mut proc, config) = Self::spawn(file, o);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut tries = 1;
@@ -450,10 +504,7 @@ impl Envoy {
             std::thread::sleep(Duration::from_millis(25));
         }
         let text = std::fs::read_to_string(&config).unwrap_or_default();
-        if text.contains("secret") {
-            wait_until_signatures_are_trusted(&text);
-        }
-        Envoy { port, admin_port, proc, loader: o.chosen_loader() }
+        (Envoy { port, admin_port, proc, loader: o.chosen_loader() }, text)
     }
 
     /// Starts Envoy with a config it must refuse; returns its log.
