@@ -37,7 +37,7 @@ use siphasher::sip::SipHasher13;
 use crate::signature::Nonce;
 
 #[cfg(not(target_family = "wasm"))]
-pub use mapped::{Found, MappedMemory};
+pub use mapped::{default_memory_path, Found, MappedMemory};
 pub use process::ProcessMemory;
 pub use shared::{FakeSharedData, Largest, SetError, SharedData, SharedMemory, SharedSettings, VALUE_MAX_BYTES};
 

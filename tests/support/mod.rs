@@ -213,6 +213,11 @@ pub struct Overrides {
     pub loader: Option<Loader>,
     /// More arguments to Envoy.
     pub args: Vec<String>,
+    /// Hot restart enabled, as `(--restart-epoch, --base-id)`, instead of `--disable-hot-restart`.
+    pub hot_restart: Option<(u32, u32)>,
+    /// Signatures are trusted as soon as Envoy serves (its replay memory survived a
+    /// restart): the start does not wait out a new memory's first seconds.
+    pub memory_survives: bool,
 }
 
 impl Overrides {
@@ -395,9 +400,11 @@ typed_config:
 
 impl Envoy {
     fn spawn(file: &str, o: &Overrides) -> (u16, u16, Proc, PathBuf) {
+        Self::spawn_on(file, o, free_port(), free_port())
+    }
+
+    fn spawn_on(file: &str, o: &Overrides, port: u16, admin_port: u16) -> (u16, u16, Proc, PathBuf) {
         let _ = wasm_path();
-        let port = free_port();
-        let admin_port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, render(file, port, admin_port, o)).unwrap();
@@ -407,12 +414,20 @@ impl Envoy {
             .arg("-c")
             .arg(&config)
             .args(["--concurrency", &o.concurrency.unwrap_or(1).to_string()])
-            .args(["--disable-hot-restart", "--log-level", "warn", "--component-log-level", "wasm:debug"])
+            .args(["--log-level", "warn", "--component-log-level", "wasm:debug"])
             .arg("--log-path")
             .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        match o.hot_restart {
+            Some((epoch, base_id)) => cmd.args(["--restart-epoch", &epoch.to_string(), "--base-id", &base_id.to_string()]),
+            None => cmd.arg("--disable-hot-restart"),
+        };
         cmd.args(&o.args);
+        // The native module's default replay memory file, in this Envoy's own
+        // directory (not the machine's /dev/shm, which every test would share); a
+        // test that shares one between Envoys sets it again below.
+        cmd.env("WSGIPROXY_REPLAY_MEMORY_DIR", dir.path());
         for (k, v) in &o.env {
             cmd.env(k, v);
         }
@@ -429,7 +444,25 @@ impl Envoy {
     /// workers serve, and a connection queued on a socket Envoy then replaces (one per
     /// worker with reuse_port) is reset.
     pub fn start(file: &str, o: &Overrides) -> Envoy {
-        let (mut port, mut admin_port, mut proc, config) = Self::spawn(file, o);
+        let (port, admin_port, proc, config) = Self::spawn(file, o);
+        Self::started(file, o, port, admin_port, proc, config)
+    }
+
+    /// Starts the next epoch of this hot-restartable Envoy (same ports, same base id),
+    /// and waits until the child serves; this one drains.
+    pub fn hot_restart(&self, file: &str, o: &Overrides) -> Envoy {
+        let (port, admin_port, proc, config) = Self::spawn_on(file, o, self.port, self.admin_port);
+        Self::started(file, o, port, admin_port, proc, config)
+    }
+
+    /// Starts Envoy again on the ports of one that exited.
+    pub fn start_on(file: &str, o: &Overrides, port: u16, admin_port: u16) -> Envoy {
+        let (port, admin_port, proc, config) = Self::spawn_on(file, o, port, admin_port);
+        Self::started(file, o, port, admin_port, proc, config)
+    }
+
+    fn started(file: &str, o: &Overrides, port: u16, admin_port: u16, proc: Proc, config: PathBuf) -> Envoy {
+        let (mut port, mut admin_port, mut proc) = (port, admin_port, proc);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut tries = 1;
         loop {
@@ -443,14 +476,20 @@ impl Envoy {
                 }
                 panic!("envoy exited ({status}) at start:\n{}", proc.log_text());
             }
-            if envoy_says_it_serves(admin_port) {
+            // A hot-restart child: its parent's admin answers until the child takes it over.
+            let this_epoch = || match o.hot_restart {
+                Some((epoch, _)) => admin_probe(admin_port, "/stats?filter=server.hot_restart_epoch")
+                    .is_some_and(|(_, body)| body.lines().any(|l| l.trim() == format!("server.hot_restart_epoch: {epoch}"))),
+                None => true,
+            };
+            if envoy_says_it_serves(admin_port) && this_epoch() {
                 break;
             }
             assert!(Instant::now() < deadline, "envoy did not start:\n{}", proc.log_text());
             std::thread::sleep(Duration::from_millis(25));
         }
         let text = std::fs::read_to_string(&config).unwrap_or_default();
-        if text.contains("secret") {
+        if text.contains("secret") && !o.memory_survives {
             wait_until_signatures_are_trusted(&text);
         }
         Envoy { port, admin_port, proc, loader: o.chosen_loader() }
@@ -517,6 +556,12 @@ impl Envoy {
         let _ = request(self.admin_port, "POST", "/quitquitquit", &[], b"");
         let _ = self.proc.child.wait();
         self.proc.log_text()
+    }
+
+    /// Kills Envoy at once (SIGKILL: no cleanup of any kind).
+    pub fn kill(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
     }
 
     pub fn admin(&self, path: &str) -> Response {

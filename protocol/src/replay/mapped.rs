@@ -506,6 +506,13 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The default memory file of this user: `<dir>/wsgiproxy-replay-<uid>`, in `dir`
+/// or else /dev/shm (a tmpfs: the memory outlives the process, not the machine).
+pub fn default_memory_path(dir: Option<&str>) -> PathBuf {
+    let uid = unsafe { libc::geteuid() };
+    Path::new(dir.unwrap_or("/dev/shm")).join(format!("wsgiproxy-replay-{uid}"))
+}
+
 /// This boot's id (Linux's random boot id), or zeros where there is none.
 fn boot_id() -> [u8; 16] {
     let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
