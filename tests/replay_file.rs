@@ -75,18 +75,24 @@ fn once(port: u16, raw: &[u8]) -> (u16, Option<String>) {
     Connection::open(port).send(raw)
 }
 
-const ACCEPTED: (u16, Option<String>) = (200, None);
+const ACCEPTED: Answer = (200, None);
 
-fn replayed() -> (u16, Option<String>) {
+fn replayed() -> Answer {
     (403, Some("signature_replayed".to_string()))
 }
+
+/// A status and the `X-WSGIProxy-Error` it came with, and how many times each was seen.
+type Answer = (u16, Option<String>);
+type Tally = BTreeMap<Answer, u64>;
+/// A damage done to a memory file, and a word its log line must say.
+type Damage = (&'static str, fn(&Path));
 
 /// Fresh signed requests on new connections, as fast as one thread sends them,
 /// until stopped: every status seen (0 for a connection refused or reset), and a
 /// few accepted requests to replay later.
 struct Load {
     stop: Arc<AtomicBool>,
-    statuses: Arc<Mutex<BTreeMap<(u16, Option<String>), u64>>>,
+    statuses: Arc<Mutex<Tally>>,
     accepted: Arc<Mutex<Vec<Vec<u8>>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -113,7 +119,7 @@ impl Load {
         Load { stop, statuses, accepted, thread: Some(thread) }
     }
 
-    fn stop(&mut self) -> BTreeMap<(u16, Option<String>), u64> {
+    fn stop(&mut self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
@@ -122,7 +128,7 @@ impl Load {
     }
 
     /// Only 200s and connections refused: no protocol refusal of a fresh request.
-    fn assert_only_accepted_or_down(statuses: &BTreeMap<(u16, Option<String>), u64>) {
+    fn assert_only_accepted_or_down(statuses: &Tally) {
         assert!(statuses.get(&ACCEPTED).copied().unwrap_or(0) > 20, "{statuses:?}");
         assert!(statuses.keys().all(|k| *k == ACCEPTED || k.0 == 0), "a fresh request refused: {statuses:?}");
     }
@@ -214,7 +220,7 @@ fn a_damaged_or_foreign_file_falls_back_to_the_new_memory_rule() {
     let echo = Echo::start();
     let dir = tempfile::tempdir().unwrap();
     let o = overrides(&echo, dir.path());
-    let damages: [(&str, fn(&Path)); 3] = [
+    let damages: [Damage; 3] = [
         ("checksum", |p| {
             let mut data = std::fs::read(p).unwrap();
             data[33] ^= 0x40; // the memory's first second
@@ -259,7 +265,8 @@ fn two_envoys_with_two_workers_share_one_file() {
     for round in 0..30 {
         let raw = signed_request();
         // Two connections to each Envoy (both workers), released together.
-        let conns: Vec<TcpStream> = [a.port, a.port, b.port, b.port].iter().map(|p| TcpStream::connect(("127.0.0.1", *p)).unwrap()).collect();
+        let conns: Vec<TcpStream> =
+            [a.port, a.port, b.port, b.port].iter().map(|p| TcpStream::connect(("127.0.0.1", *p)).unwrap()).collect();
         let barrier = Arc::new(std::sync::Barrier::new(conns.len()));
         let answers: Vec<u16> = conns
             .into_iter()

@@ -195,7 +195,10 @@ impl MappedMemory {
         }
         let stripes = read_u64(header, H_STRIPES);
         let stripe_bytes = u32::from_le_bytes(header[H_STRIPE_BYTES..H_STRIPE_BYTES + 4].try_into().map_err(|_| "header")?);
-        if stripe_bytes as usize != STRIPE_BYTES || read_u64(header, H_FILE_LEN) != len || HEADER_BYTES as u64 + stripes * STRIPE_BYTES as u64 != len {
+        if stripe_bytes as usize != STRIPE_BYTES
+            || read_u64(header, H_FILE_LEN) != len
+            || HEADER_BYTES as u64 + stripes * STRIPE_BYTES as u64 != len
+        {
             return Err("its geometry does not match its size".into());
         }
         if header[H_BOOT..H_BOOT + 16] != boot {
@@ -232,7 +235,11 @@ impl MappedMemory {
             // (SIGBUS) at its first write to a page it cannot have.
             let reserved = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
             if reserved != 0 {
-                return Err(format!("{}: cannot reserve {len} bytes: {}", temporary.display(), std::io::Error::from_raw_os_error(reserved)));
+                return Err(format!(
+                    "{}: cannot reserve {len} bytes: {}",
+                    temporary.display(),
+                    std::io::Error::from_raw_os_error(reserved)
+                ));
             }
             let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| format!("mmap: {e}"))?;
             let path_bytes = path.as_os_str().as_encoded_bytes();

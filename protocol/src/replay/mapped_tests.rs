@@ -272,7 +272,8 @@ fn forked(path: &Path, children: usize, body: fn(&MappedMemory) -> u64) -> Vec<u
 fn processes_racing_on_the_same_nonces_accept_each_once() {
     let (_dir, path) = fresh_file();
     let (m, _) = open(&path, 4, NOW);
-    let fresh = forked(&path, 4, |m| (0..20_000).filter(|&i| m.remember(&nonce(i), NOW + 10, NOW + 10) == Ok(Verdict::Fresh)).count() as u64);
+    let fresh =
+        forked(&path, 4, |m| (0..20_000).filter(|&i| m.remember(&nonce(i), NOW + 10, NOW + 10) == Ok(Verdict::Fresh)).count() as u64);
     assert_eq!(fresh.iter().sum::<u64>(), 20_000, "{fresh:?}");
     assert_eq!(m.fullness().live, 20_000);
     assert!((0..20_000).all(|i| m.remember(&nonce(i), NOW + 10, NOW + 11) == Ok(Verdict::Replayed)));
@@ -316,7 +317,8 @@ fn a_process_killed_holding_a_lock_wedges_no_one() {
 fn processes_opening_together_agree_on_one_file() {
     let (_dir, path) = fresh_file();
     // Each child opens (the first makes it), then inserts the same nonces.
-    let fresh = forked(&path, 4, |m| (0..5_000).filter(|&i| m.remember(&nonce(i), NOW + 10, NOW + 10) == Ok(Verdict::Fresh)).count() as u64);
+    let fresh =
+        forked(&path, 4, |m| (0..5_000).filter(|&i| m.remember(&nonce(i), NOW + 10, NOW + 10) == Ok(Verdict::Fresh)).count() as u64);
     assert_eq!(fresh.iter().sum::<u64>(), 5_000, "{fresh:?}");
     let (_, found) = open(&path, 4, NOW + 1);
     assert_eq!(found, Found::Kept);
