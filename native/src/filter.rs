@@ -46,7 +46,7 @@ impl FilterFactory for Factory {
 pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Option<Box<dyn FilterFactory>> {
     let env = |name: &str| std::env::var(name).ok();
     let parsed = config::parse(raw, &env).map_err(|e| e.to_string()).and_then(|config| {
-        crate::replay::prepare(&config)?;
+        let replay = crate::replay::prepare(&config)?;
         let spawn = match &config {
             Config::Peer => {
                 return Err("the role \"peer\" is a network filter: load it with \
@@ -61,10 +61,10 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
             }
             _ => None,
         };
-        Ok((config, spawn))
+        Ok((config, spawn, replay))
     });
     match parsed {
-        Ok((config, spawn)) => {
+        Ok((config, spawn, replay)) => {
             let names = match &config {
                 Config::Spawn(_) => crate::spawn::metric_names(),
                 _ => counters::declared(config.role()),
@@ -73,8 +73,12 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
                 Config::Middleware(m) if m.verify.is_some() => Metrics::define(handle, &names).with_replay_gauge(handle),
                 _ => Metrics::define(handle, &names),
             };
+            if replay.as_ref().is_some_and(|r| r.untrusted) {
+                metrics.inc_config(handle, counters::middleware::REPLAY_MEMORY_UNTRUSTED);
+            }
             log(LogLevel::Info, &format!("wsgiproxy: configured as role {:?}", config.role()));
-            Some(Box::new(Factory { shared: Arc::new(Shared::new(config, metrics)), spawn }))
+            let shared = Shared::new(config, metrics, replay.map(|r| r.memory));
+            Some(Box::new(Factory { shared: Arc::new(shared), spawn }))
         }
         Err(e) => {
             log(LogLevel::Error, &format!("wsgiproxy: {e}"));

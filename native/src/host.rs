@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 use wsgiproxy_protocol::driver::spawn::SpawnFlow;
 use wsgiproxy_protocol::driver::Flow;
 use wsgiproxy_protocol::host::{CalloutAnswer, HeaderMap, Host, ReportHost, Warning};
-use wsgiproxy_protocol::middleware::NonceMemory;
 use wsgiproxy_protocol::replay::Verdict;
 use wsgiproxy_protocol::request::{LocalReply, RawHead, RequestHead};
 use wsgiproxy_protocol::signature::Nonce;
@@ -15,7 +14,6 @@ use wsgiproxy_protocol::trust::PEER_RECORD;
 
 use crate::abi::{self, log, log_enabled, Attribute, CalloutResponse, ConfigHandle, HeadersStatus, LogLevel, Stream};
 use crate::attributes::{connection_is_tls, property};
-use crate::replay::ProcessNonces;
 use crate::shared::Shared;
 
 /// One hook's view of Envoy, for a driver.
@@ -191,10 +189,9 @@ impl Host for NativeHost<'_> {
     }
 
     fn remember_nonce(&mut self, nonce: &Nonce, signed_at: u64, now: u64) -> Result<Verdict, String> {
-        let verdict = ProcessNonces.remember(nonce, signed_at, now);
-        if let Some(percent) = crate::replay::percent_full() {
-            self.shared.metrics.set_replay_percent(self.stream, percent);
-        }
+        let memory = self.shared.replay.ok_or("the replay memory is not prepared")?;
+        let verdict = memory.remember(nonce, signed_at, now);
+        self.shared.metrics.set_replay_percent(self.stream, memory.fullness().percent());
         verdict
     }
 

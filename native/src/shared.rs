@@ -5,17 +5,20 @@ use wsgiproxy_protocol::config::Config;
 use wsgiproxy_protocol::host::{Warned, Warning};
 
 use crate::metrics::Metrics;
+use crate::replay::Memory;
 
 pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
+    /// The replay memory (a middleware that verifies signatures).
+    pub replay: Option<&'static Memory>,
     /// Warnings already logged for this configuration (each once, not per request).
     warned: Warned,
 }
 
 impl Shared {
-    pub fn new(config: Config, metrics: Metrics) -> Self {
-        Shared { config, metrics, warned: Warned::default() }
+    pub fn new(config: Config, metrics: Metrics, replay: Option<&'static Memory>) -> Self {
+        Shared { config, metrics, replay, warned: Warned::default() }
     }
 
     /// True the first time a warning is asked for.

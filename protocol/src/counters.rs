@@ -74,7 +74,11 @@ pub mod middleware {
     pub const DROPPED_KEYS: &str = "middleware.dropped_keys";
     pub const SIGNATURE_MISSING: &str = "middleware.signature_missing";
     pub const PEER_UNKNOWN: &str = "middleware.peer_unknown";
-    pub const ALL: &[&str] = &[REQUESTS, TRUSTED, UNTRUSTED, VERIFIED, STRIPPED_HEADERS, DROPPED_KEYS, SIGNATURE_MISSING, PEER_UNKNOWN];
+    /// The native module found a replay memory file it could not trust (foreign,
+    /// damaged, another boot's) or could map none: a new memory began (425 rule).
+    pub const REPLAY_MEMORY_UNTRUSTED: &str = "middleware.replay_memory_untrusted";
+    pub const ALL: &[&str] =
+        &[REQUESTS, TRUSTED, UNTRUSTED, VERIFIED, STRIPPED_HEADERS, DROPPED_KEYS, SIGNATURE_MISSING, PEER_UNKNOWN, REPLAY_MEMORY_UNTRUSTED];
 }
 
 pub mod exact {

@@ -25,6 +25,8 @@
 //! request in flight across a restart is refused once (425); its sender signs a
 //! new one.
 
+#[cfg(not(target_family = "wasm"))]
+mod mapped;
 mod process;
 mod shared;
 
@@ -34,6 +36,8 @@ use siphasher::sip::SipHasher13;
 
 use crate::signature::Nonce;
 
+#[cfg(not(target_family = "wasm"))]
+pub use mapped::{default_memory_path, Found, MappedMemory};
 pub use process::ProcessMemory;
 pub use shared::{FakeSharedData, Largest, SetError, SharedData, SharedMemory, SharedSettings, VALUE_MAX_BYTES};
 

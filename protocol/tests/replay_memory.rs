@@ -19,7 +19,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 
-use wsgiproxy_protocol::replay::{FakeSharedData, FingerprintKey, ProcessMemory, SharedMemory, SharedSettings, Verdict, Window};
+use wsgiproxy_protocol::replay::{
+    FakeSharedData, FingerprintKey, MappedMemory, ProcessMemory, SharedMemory, SharedSettings, Verdict, Window,
+};
 use wsgiproxy_protocol::signature::Nonce;
 
 /// Counts the bytes the process has allocated and not freed, and their high-water
@@ -333,6 +335,90 @@ fn shared_memory_holds(run: Run, memory_mb: u64) {
     assert!(replays > 0);
     assert!(worst.2 > 0, "measured");
     assert!(worst.0 <= fixed_allowance as i64, "{} bytes over 16 a nonce", worst.0);
+}
+
+/// The native module's memory file (issue #27): a fixed size, the bound itself, so
+/// what is measured is how full the run gets it (16 bytes of the bound a nonce at
+/// 100%) and that it refuses no fresh request and every replay.
+fn mapped_memory_holds(run: Run, memory_mb: u64) {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let window = run.window;
+    let live = LiveCount::new(window, run.seconds);
+    let dir = tempfile::tempdir().unwrap();
+    let (memory, _) = MappedMemory::open(&dir.path().join("replay"), memory_mb << 20, START, [42; 16]).unwrap();
+    memory.adopt(window.skew_secs, 0);
+    let remember = |n: &Nonce, signed: u64, now: u64| memory.remember(n, signed, now).unwrap_or_else(|e| panic!("refused: {e}"));
+    let mut worst = (0u64, 0u64, 0u64);
+    let began = std::time::Instant::now();
+    let (sent, replays) = drive(&run, &live, &remember, &mut |now| {
+        if now < START + run.measured_from {
+            return;
+        }
+        let f = memory.fullness();
+        if f.live > worst.0 {
+            worst = (f.live, live.live(now), now - START);
+        }
+    });
+    let capacity = memory.fullness().capacity;
+    println!(
+        "mapped, skew {} s: {sent} requests over {} s at {}/s on {} threads in {:.1?}, {replays} replays refused; {} MB hold {capacity}; \
+         at most {} counted ({}% full; {} could still be replayed) at second {}",
+        window.skew_secs,
+        run.seconds,
+        run.rate,
+        run.threads,
+        began.elapsed(),
+        memory_mb,
+        worst.0,
+        worst.0 * 100 / capacity,
+        worst.1,
+        worst.2
+    );
+    assert!(replays > 0);
+    assert_eq!(capacity * 16, memory_mb << 20, "16 bytes of the bound a nonce");
+    assert!(worst.0 >= worst.1, "counts every live nonce");
+    assert!(worst.0 < capacity * 3 / 5, "{} counted of {capacity}", worst.0);
+}
+
+#[test]
+fn mapped_memory_at_a_tenth_of_the_rate() {
+    mapped_memory_holds(Run::at(5_000, 2), 64);
+}
+
+/// At the default bound (512 MB).
+#[test]
+#[ignore = "full rate: run optimised, see the module's doc"]
+fn mapped_memory_at_50_000_a_second() {
+    mapped_memory_holds(Run::at(50_000, 4), 512);
+}
+
+/// Instructions one `remember` costs, for callgrind (`--toggle-collect=*count_remembers*`):
+/// `REPLAY_STORE=process|mapped`, 200,000 fresh requests into a memory holding
+/// 500,000 live nonces, 90% of them dated now.
+#[test]
+#[ignore = "for callgrind: see scripts/bench.sh's notes in BENCHMARKS.md"]
+fn instructions_per_remember() {
+    let store = std::env::var("REPLAY_STORE").unwrap_or_else(|_| "mapped".into());
+    let window = Window::for_skew(SKEW);
+    let process = ProcessMemory::new(FingerprintKey::new([42; 16]), window, 0, 512 << 20, START - 1000);
+    let dir = tempfile::tempdir().unwrap();
+    let (mapped, _) = MappedMemory::open(&dir.path().join("replay"), 512 << 20, START - 1000, [42; 16]).unwrap();
+    mapped.adopt(SKEW, 0);
+    let remember = |n: &Nonce, signed: u64, now: u64| match store.as_str() {
+        "process" => process.remember(n, signed, now).unwrap(),
+        _ => mapped.remember(n, signed, now).unwrap(),
+    };
+    let now = START + 200;
+    for i in 0..500_000 {
+        assert_eq!(remember(&nonce(0, i), signed_at(now - 100 + i / 5_000, i, SKEW), now - 100 + i / 5_000), Verdict::Fresh);
+    }
+    let fresh = count_remembers(&remember, now);
+    assert_eq!(fresh, 200_000);
+}
+
+#[inline(never)]
+fn count_remembers(remember: &dyn Fn(&Nonce, u64, u64) -> Verdict, now: u64) -> u64 {
+    (0..200_000).filter(|&i| remember(&nonce(1, i), signed_at(now, i, SKEW), now) == Verdict::Fresh).count() as u64
 }
 
 #[test]

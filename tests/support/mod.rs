@@ -219,6 +219,9 @@ pub struct Overrides {
     /// Hot restart enabled (the harness otherwise passes `--disable-hot-restart`):
     /// `--base-id` and `--restart-epoch`.
     pub hot_restart: Option<HotRestart>,
+    /// Signatures are trusted as soon as Envoy serves (its replay memory survived a
+    /// restart): the start does not wait out a new memory's first seconds.
+    pub memory_survives: bool,
 }
 
 /// Envoy's hot restart: processes of one `base_id` hand over to the next epoch.
@@ -431,9 +434,11 @@ fn drop_unbound_app_upstream_filters(doc: &mut Yaml) {
 
 impl Envoy {
     fn spawn(file: &str, o: &Overrides) -> (u16, u16, Proc, PathBuf) {
+        Self::spawn_on(file, o, o.listen_port.unwrap_or_else(free_port), free_port())
+    }
+
+    fn spawn_on(file: &str, o: &Overrides, port: u16, admin_port: u16) -> (u16, u16, Proc, PathBuf) {
         let _ = wasm_path();
-        let port = o.listen_port.unwrap_or_else(free_port);
-        let admin_port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, render(file, port, admin_port, o)).unwrap();
@@ -453,6 +458,10 @@ impl Envoy {
             Some(h) => cmd.args(["--base-id", &h.base_id.to_string(), "--restart-epoch", &h.epoch.to_string()]),
         };
         cmd.args(&o.args);
+        // The native module's default replay memory file, in this Envoy's own
+        // directory (not the machine's /dev/shm, which every test would share); a
+        // test that shares one between Envoys sets it again below.
+        cmd.env("WSGIPROXY_REPLAY_MEMORY_DIR", dir.path());
         for (k, v) in &o.env {
             cmd.env(k, v);
         }
@@ -469,21 +478,34 @@ impl Envoy {
     /// workers serve, and a connection queued on a socket Envoy then replaces (one per
     /// worker with reuse_port) is reset.
     pub fn start(file: &str, o: &Overrides) -> Envoy {
-        let (envoy, config) = Self::start_with_config(file, o);
-        if config.contains("secret") {
-            wait_until_signatures_are_trusted(&config);
-        }
-        envoy
+        let (port, admin_port, proc, config) = Self::spawn(file, o);
+        Self::started(file, o, port, admin_port, proc, config, !o.memory_survives)
     }
 
     /// As [`Envoy::start`], without waiting until a signature dated now is past what
     /// a freshly started replay memory refuses: for a sender's retries to wait out.
     pub fn start_serving(file: &str, o: &Overrides) -> Envoy {
-        Self::start_with_config(file, o).0
+        let (port, admin_port, proc, config) = Self::spawn(file, o);
+        Self::started(file, o, port, admin_port, proc, config, false)
     }
 
-    fn start_with_config(file: &str, o: &Overrides) -> (Envoy, String) {
-        let (mut port, mut admin_port, mut proc, config) = Self::spawn(file, o);
+    /// Starts the next epoch of this hot-restartable Envoy (same ports, same base id),
+    /// and waits until the child serves; this one drains.
+    pub fn hot_restart(&self, file: &str, o: &Overrides) -> Envoy {
+        let (port, admin_port, proc, config) = Self::spawn_on(file, o, self.port, self.admin_port);
+        Self::started(file, o, port, admin_port, proc, config, !o.memory_survives)
+    }
+
+    /// Starts Envoy again on the ports of one that exited.
+    pub fn start_on(file: &str, o: &Overrides, port: u16, admin_port: u16) -> Envoy {
+        let (port, admin_port, proc, config) = Self::spawn_on(file, o, port, admin_port);
+        Self::started(file, o, port, admin_port, proc, config, !o.memory_survives)
+    }
+
+    /// Waits until Envoy serves; then, when `wait_for_signatures`, until a signature
+    /// dated now is past what a new replay memory refuses.
+    fn started(file: &str, o: &Overrides, port: u16, admin_port: u16, proc: Proc, config: PathBuf, wait_for_signatures: bool) -> Envoy {
+        let (mut port, mut admin_port, mut proc) = (port, admin_port, proc);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut tries = 1;
         loop {
@@ -497,14 +519,23 @@ impl Envoy {
                 }
                 panic!("envoy exited ({status}) at start:\n{}", proc.log_text());
             }
-            if envoy_says_it_serves(admin_port) {
+            // A hot-restart child: its parent's admin answers until the child takes it over.
+            let this_epoch = || match o.hot_restart {
+                Some(h) => admin_probe(admin_port, "/stats?filter=server.hot_restart_epoch")
+                    .is_some_and(|(_, body)| body.lines().any(|l| l.trim() == format!("server.hot_restart_epoch: {}", h.epoch))),
+                None => true,
+            };
+            if envoy_says_it_serves(admin_port) && this_epoch() {
                 break;
             }
             assert!(Instant::now() < deadline, "envoy did not start:\n{}", proc.log_text());
             std::thread::sleep(Duration::from_millis(25));
         }
         let text = std::fs::read_to_string(&config).unwrap_or_default();
-        (Envoy { port, admin_port, proc, loader: o.chosen_loader() }, text)
+        if text.contains("secret") && wait_for_signatures {
+            wait_until_signatures_are_trusted(&text);
+        }
+        Envoy { port, admin_port, proc, loader: o.chosen_loader() }
     }
 
     /// Starts Envoy with a config it must refuse; returns its log.
@@ -568,6 +599,12 @@ impl Envoy {
         let _ = request(self.admin_port, "POST", "/quitquitquit", &[], b"");
         let _ = self.proc.child.wait();
         self.proc.log_text()
+    }
+
+    /// Kills Envoy at once (SIGKILL: no cleanup of any kind).
+    pub fn kill(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
     }
 
     pub fn admin(&self, path: &str) -> Response {

@@ -37,6 +37,8 @@ pub(super) struct RawMiddleware {
     #[serde(default, deserialize_with = "lenient_u64")]
     replay_memory_mb: Option<u64>,
     #[serde(default)]
+    replay_memory_path: Option<String>,
+    #[serde(default)]
     bind_endpoint: Option<bool>,
     #[serde(default)]
     own_addresses: Option<Vec<String>>,
@@ -94,6 +96,9 @@ pub struct MiddlewareConfig {
     /// The most memory the replay memory may take (bytes); past it, signed
     /// requests are refused with 503.
     pub replay_memory_bytes: u64,
+    /// The native module's memory file (`replay_memory_path`); `None`: the default,
+    /// `/dev/shm/wsgiproxy-replay-<uid>`. Every process given one path shares one memory.
+    pub replay_memory_path: Option<String>,
     /// Signatures must name this receiver as their endpoint (`X-WSGIProxy-Endpoint`).
     pub bind_endpoint: Option<EndpointBinding>,
     pub forced_prefix: ForcedPrefix,
@@ -131,6 +136,8 @@ pub const DEFAULT_MAX_SKEW_SECONDS: u64 = 300;
 /// started replay memory refuses signatures dated up to this far past its first
 /// second (425), so a larger value lengthens that refusal after every start.
 pub const DEFAULT_MAX_FUTURE_SECONDS: u64 = 2;
+/// The longest `replay_memory_path` (the memory file's header records it).
+pub const REPLAY_MEMORY_PATH_MAX_BYTES: usize = 256;
 /// The most `max_future_seconds` may be.
 pub const MAX_FUTURE_SECONDS: u64 = 60;
 
@@ -182,6 +189,15 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
     if !(1..=MAX_REPLAY_MEMORY_MB).contains(&replay_memory_mb) {
         return Err(ConfigError::new("replay_memory_mb", format!("must be between 1 and {MAX_REPLAY_MEMORY_MB}")));
     }
+    let replay_memory_path = match raw.replay_memory_path {
+        Some(path) if !path.starts_with('/') || path.ends_with('/') || path.len() > REPLAY_MEMORY_PATH_MAX_BYTES || path.contains('\0') => {
+            return Err(ConfigError::new(
+                "replay_memory_path",
+                format!("must be an absolute path to a file (not a directory), at most {REPLAY_MEMORY_PATH_MAX_BYTES} bytes"),
+            ))
+        }
+        path => path,
+    };
     let bind_endpoint = match (raw.bind_endpoint.unwrap_or(false), raw.own_addresses) {
         (false, None) => None,
         (false, Some(_)) => return Err(ConfigError::new("own_addresses", "goes with \"bind_endpoint\": true")),
@@ -265,6 +281,7 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
         max_skew,
         max_future,
         replay_memory_bytes: replay_memory_mb << 20,
+        replay_memory_path,
         bind_endpoint,
         forced_prefix,
         scheme,

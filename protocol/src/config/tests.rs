@@ -102,6 +102,21 @@ fn replay_memory_bound() {
         let Err(e) = mw(&format!(r#","replay_memory_mb":{bad}"#)) else { panic!("{bad}") };
         assert_eq!(e.field, "replay_memory_mb", "{bad}");
     }
+    let Ok(Config::Middleware(m)) = mw("") else { panic!() };
+    assert_eq!(m.replay_memory_path, None);
+    let Ok(Config::Middleware(m)) = mw(r#","replay_memory_path":"/dev/shm/mine""#) else { panic!() };
+    assert_eq!(m.replay_memory_path.as_deref(), Some("/dev/shm/mine"));
+    let long = format!(r#","replay_memory_path":"/{}""#, "x".repeat(256));
+    for bad in [
+        r#","replay_memory_path":"relative""#,
+        r#","replay_memory_path":"/dev/shm/""#,
+        r#","replay_memory_path":"""#,
+        &long,
+        r#","replay_memory_path":7"#,
+    ] {
+        let Err(e) = mw(bad) else { panic!("{bad}") };
+        assert_eq!(e.field, "replay_memory_path", "{bad}");
+    }
 }
 
 #[test]
