@@ -284,8 +284,8 @@ fn prometheus_api(prometheus: &str, path: &str, params: &[(&str, &str)]) -> Json
         cmd.args(["--data-urlencode", &format!("{name}={value}")]);
     }
     let out = cmd.arg(format!("http://{prometheus}{path}")).output().unwrap();
-    let answer: Json = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{path} {params:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let answer: Json =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{path} {params:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
     assert_eq!(answer["status"], "success", "{path} {params:?}: {answer}");
     answer["data"].clone()
 }
@@ -390,8 +390,22 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     let statuses = compose_ok(&args);
     assert_eq!(statuses.split_whitespace().filter(|s| *s == "403").count(), 15, "forged signatures refused: {statuses}");
     // A spawn that fails: an app whose command does not exist.
-    let failed = compose(&["exec", "-T", "sidecar", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "--max-time", "20",
-        "http://127.0.0.1:9090/v1/ensure/unstartable"]);
+    let failed = compose(&[
+        "exec",
+        "-T",
+        "sidecar",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "--max-time",
+        "20",
+        "http://127.0.0.1:9090/v1/ensure/unstartable",
+    ]);
     assert_eq!(String::from_utf8_lossy(&failed.stdout), "503", "the unstartable app");
 
     // The exact proxy: the request as sent, to the allowed destination only.
@@ -458,11 +472,18 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     eprintln!("monitoring: alerts firing after {:?}: {now:#?}", began.elapsed());
     assert!(now.iter().any(|a| a.starts_with("WSGIProxyAppStartFailed ") && a.contains(r#""app":"unstartable""#)), "{now:#?}");
     assert!(now.iter().any(|a| a.starts_with("WSGIProxySignaturesBad ") && a.contains(r#""instance":"10.213.5.20:9102""#)), "{now:#?}");
-    for quiet in ["WSGIProxyEnvoyDown", "WSGIProxyReplayStoreUnavailable", "WSGIProxyDockerUnreachable", "WSGIProxyConfigRejected", "WSGIProxyWasmVmFailing"] {
+    for quiet in [
+        "WSGIProxyEnvoyDown",
+        "WSGIProxyReplayStoreUnavailable",
+        "WSGIProxyDockerUnreachable",
+        "WSGIProxyConfigRejected",
+        "WSGIProxyWasmVmFailing",
+    ] {
         assert!(!now.iter().any(|a| a.starts_with(&format!("{quiet} "))), "{quiet} fired: {now:#?}");
     }
     // Every query of the dashboard returns data from the live Prometheus.
-    let dashboard: Json = serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/grafana/wsgiproxy.json")).unwrap()).unwrap();
+    let dashboard: Json =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/grafana/wsgiproxy.json")).unwrap()).unwrap();
     let exprs: Vec<String> = dashboard["panels"]
         .as_array()
         .unwrap()
@@ -559,8 +580,9 @@ fn screenshot(prometheus: &str, path: &str) {
     ];
     let mut url = format!("http://{prometheus}/graph?");
     for (i, expr) in graphs.iter().enumerate() {
-        let encoded: String = expr.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
-        url.push_str(&format!("g{i}.expr={encoded}&g{i}.tab=0&g{i}.range_input=5m&"));
+        let encoded: String =
+            expr.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+        url.push_str(&format!("g{i}.expr={encoded}&g{i}.tab=0&g{i}.range_input=1m&"));
     }
     let out = Command::new("chromium")
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1500", "--virtual-time-budget=8000"])

@@ -198,7 +198,10 @@ impl Docker {
             // A non-zero exit code comes as this error: the container is not running.
             Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) => Ok(()),
             Some(Err(e)) => Err(self.error("wait for", container, e)),
-            None => Err(self.counted(DockerError::Unreachable { socket: self.socket_name(), detail: "the wait ended without an answer".into() })),
+            None => {
+                Err(self
+                    .counted(DockerError::Unreachable { socket: self.socket_name(), detail: "the wait ended without an answer".into() }))
+            }
         }
     }
 }
