@@ -9,6 +9,7 @@
 #                                     exec client curl -s http://edge:10000/hello
 #
 # The image is FROM scratch: Envoy from the PyPI wheel (./.venv, scripts/setup.sh),
+# Prometheus from Debian's package (its web UI too) with the alert rules,
 # the filter (.wasm), the echo app and the sidecar built here, curl, sleep,
 # timeout and stdbuf (health checks, the client), the shared libraries `ldd` lists for each of
 # them, and the stack's configs (deploy/compose/). It is assembled in a folder and
@@ -48,7 +49,7 @@ add_executable() {
 }
 
 build_image() {
-  if [ ! -x .venv/envoy ]; then
+  if [ ! -x .venv/envoy ] || ! command -v prometheus >/dev/null 2>&1; then
     bash scripts/setup.sh
   fi
   local cargo_profile=()
@@ -67,6 +68,18 @@ build_image() {
   add_executable "$root" "$(readlink -f .venv/envoy)" /usr/local/bin/envoy
   add_executable "$root" "$bins/wsgiproxy-echo" /usr/local/bin/wsgiproxy-echo
   add_executable "$root" "$bins/wsgiproxy-sidecar" /usr/local/bin/wsgiproxy-sidecar
+  # Prometheus from Debian's package, with its web UI's assets (the package links most
+  # of them from /usr/share/javascript: copied as files, without the 200 MB of
+  # time-zone data the one page it uses needs a single file of).
+  add_executable "$root" "$(command -v prometheus)" /usr/bin/prometheus
+  local web=/usr/share/prometheus/web
+  mkdir -p "$root$web/static/moment-timezone"
+  cp -rL "$web/templates" "$root$web/"
+  for asset in "$web"/static/*; do
+    [ "$(basename "$asset")" = moment-timezone ] || cp -rL "$asset" "$root$web/static/"
+  done
+  cp -L "$web/static/moment-timezone/moment-timezone-with-data.min.js" "$root$web/static/moment-timezone/"
+  install -D -m 0644 deploy/prometheus/alerts.yml "$root/etc/wsgiproxy/prometheus/alerts.yml"
   add_executable "$root" "$(command -v curl)" /usr/bin/curl
   add_executable "$root" "$(command -v sleep)" /usr/bin/sleep
   add_executable "$root" "$(command -v timeout)" /usr/bin/timeout
@@ -74,7 +87,7 @@ build_image() {
   add_executable "$root" "$(command -v stdbuf)" /usr/bin/stdbuf
   add_executable "$root" /usr/libexec/coreutils/libstdbuf.so /usr/libexec/coreutils/libstdbuf.so
   install -D -m 0644 "$TARGET_DIR/wasm32-wasip1/release/wsgiproxy_filter.wasm" "$root/etc/envoy/wsgiproxy_filter.wasm"
-  for config in deploy/compose/*.yaml deploy/compose/*.toml; do
+  for config in deploy/compose/*.yaml deploy/compose/*.yml deploy/compose/*.toml; do
     install -D -m 0644 "$config" "$root/etc/wsgiproxy/$(basename "$config")"
   done
   printf 'root:x:0:0:root:/:/nonexistent\nnobody:x:65534:65534:nobody:/:/nonexistent\n' >"$root/etc/passwd"

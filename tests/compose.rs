@@ -273,6 +273,45 @@ fn outage(answers: &[Answer], from: Duration) -> (Vec<Answer>, Option<Duration>)
     (failures, None)
 }
 
+/// The stack's Prometheus on the host's loopback (the port Docker published).
+fn prometheus() -> String {
+    let port = compose_ok(&["port", "prometheus", "9090"]);
+    let address = port.lines().next().unwrap_or_default().trim().to_string();
+    assert!(address.starts_with("127.0.0.1:"), "prometheus' published port: {port:?}");
+    address
+}
+
+/// A GET of Prometheus' HTTP API (`params` URL-encoded); its `data`.
+fn prometheus_api(prometheus: &str, path: &str, params: &[(&str, &str)]) -> Json {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-G"]);
+    for (name, value) in params {
+        cmd.args(["--data-urlencode", &format!("{name}={value}")]);
+    }
+    let out = cmd.arg(format!("http://{prometheus}{path}")).output().unwrap();
+    let answer: Json =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{path} {params:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(answer["status"], "success", "{path} {params:?}: {answer}");
+    answer["data"].clone()
+}
+
+/// The series an instant query returns.
+fn query(prometheus: &str, expr: &str) -> Vec<Json> {
+    prometheus_api(prometheus, "/api/v1/query", &[("query", expr)])["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// The alerts firing now, as Prometheus' own API lists them: `name {labels}`.
+fn firing(prometheus: &str) -> Vec<String> {
+    let alerts = prometheus_api(prometheus, "/api/v1/alerts", &[]);
+    alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| format!("{} {}", a["labels"]["alertname"].as_str().unwrap_or_default(), a["labels"]))
+        .collect()
+}
+
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !ok() {
@@ -284,6 +323,16 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 #[test]
 fn the_stack_serves_across_containers_and_survives_faults() {
     let stack = Stack::up();
+    // Prometheus has scraped the counters the monitoring checks below watch, at 0,
+    // before anything happens (an alert on a rise needs a sample before it).
+    let prom = prometheus();
+    for baseline in [
+        r#"wsgiproxy_middleware_rejected_signature_bad{service="backend"} == 0"#,
+        r#"wsgiproxy_middleware_stripped_headers{service="backend"} == 0"#,
+        r#"wsgiproxy_sidecar_failures_total{app="unstartable",reason="start_error"} == 0"#,
+    ] {
+        wait_for(&format!("prometheus has {baseline}"), Duration::from_secs(60), || !query(&prom, baseline).is_empty());
+    }
     let client_ip = container_ip("client");
     assert!(client_ip.starts_with("10.213.1."), "the client is on the client network only: {client_ip}");
 
@@ -329,6 +378,40 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     args.push("http://10.213.2.20:10001/signed");
     let got: Json = serde_json::from_str(&compose_ok(&args)).unwrap();
     assert!(got["headers"].to_string().contains(r#"["x-remote-user","mallory"]"#), "not believed from the edge's address: {got}");
+
+    // For the monitoring: the same signed request replayed 7 times, and a flood of 15
+    // forged signatures (the claim changed after signing), from the edge's address.
+    let url = "http://10.213.2.20:10001/signed";
+    let mut args: Vec<&str> = vec!["exec", "-T", "edge", "curl", "-s", "--max-time", "20", "-w", "%{http_code} "];
+    claim.iter().for_each(|h| args.extend(["-H", h.as_str()]));
+    (0..7).for_each(|_| args.extend(["-o", "/dev/null", url]));
+    let replays = compose_ok(&args);
+    assert_eq!(replays.split_whitespace().filter(|s| *s == "403").count(), 7, "replays refused: {replays}");
+    let forged: Vec<String> = signed_claim(3).into_iter().map(|h| h.replace("REMOTE_USER mallory", "REMOTE_USER root")).collect();
+    let mut args: Vec<&str> = vec!["exec", "-T", "edge", "curl", "-s", "-o", "/dev/null", "--max-time", "20", "-w", "%{http_code} "];
+    forged.iter().for_each(|h| args.extend(["-H", h.as_str()]));
+    let flood = format!("{url}?[1-15]");
+    args.push(&flood);
+    let statuses = compose_ok(&args);
+    assert_eq!(statuses.split_whitespace().filter(|s| *s == "403").count(), 15, "forged signatures refused: {statuses}");
+    // A spawn that fails: an app whose command does not exist.
+    let failed = compose(&[
+        "exec",
+        "-T",
+        "sidecar",
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "--max-time",
+        "20",
+        "http://127.0.0.1:9090/v1/ensure/unstartable",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&failed.stdout), "503", "the unstartable app");
 
     // The exact proxy: the request as sent, to the allowed destination only.
     let r = from_client("http://exact:10003/e?q=1", &["Host: echo:8080", "X-Probe: 1"]);
@@ -381,6 +464,44 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     let again = from_client("http://spawn:10005/again", &[]);
     assert!(again.header("x-wsgiproxy-cold-start-ms").is_some(), "started again on demand: {:?}", again.headers);
     assert_eq!(again.received().0["name"], "blog-container");
+
+    // The monitoring: Prometheus' own API shows the alerts of what happened above active
+    // (the stack's Prometheus evaluates every 2 s; none of these alerts waits a `for:`).
+    let expected = ["WSGIProxySignaturesBad", "WSGIProxySignaturesReplayed", "WSGIProxyForgedHeaders", "WSGIProxyAppStartFailed"];
+    let began = Instant::now();
+    wait_for("the alerts fire", Duration::from_secs(60), || {
+        let now = firing(&prom);
+        expected.iter().all(|name| now.iter().any(|a| a.starts_with(&format!("{name} "))))
+    });
+    let now = firing(&prom);
+    eprintln!("monitoring: alerts firing after {:?}: {now:#?}", began.elapsed());
+    assert!(now.iter().any(|a| a.starts_with("WSGIProxyAppStartFailed ") && a.contains(r#""app":"unstartable""#)), "{now:#?}");
+    assert!(now.iter().any(|a| a.starts_with("WSGIProxySignaturesBad ") && a.contains(r#""instance":"10.213.5.20:9102""#)), "{now:#?}");
+    for quiet in [
+        "WSGIProxyEnvoyDown",
+        "WSGIProxyReplayStoreUnavailable",
+        "WSGIProxyDockerUnreachable",
+        "WSGIProxyConfigRejected",
+        "WSGIProxyWasmVmFailing",
+    ] {
+        assert!(!now.iter().any(|a| a.starts_with(&format!("{quiet} "))), "{quiet} fired: {now:#?}");
+    }
+    // Every query of the dashboard returns data from the live Prometheus.
+    let dashboard: Json =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("deploy/grafana/wsgiproxy.json")).unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    for expr in &exprs {
+        wait_for(&format!("the dashboard's query has data: {expr}"), Duration::from_secs(30), || !query(&prom, expr).is_empty());
+    }
+    if let Ok(path) = std::env::var("WSGIPROXY_MONITORING_SCREENSHOT") {
+        screenshot(&prom, &path);
+    }
 
     // Fault 1: the backend Envoy's container restarts under load through the edge.
     // The edge retries (connect failures while the backend is down, 425
@@ -454,6 +575,29 @@ fn the_stack_serves_across_containers_and_survives_faults() {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
+/// Prometheus' graph page with the key queries, taken by headless Chromium (Debian's
+/// `chromium`) into `path` (a PNG): docs/img/prometheus.png is one.
+fn screenshot(prometheus: &str, path: &str) {
+    let graphs = [
+        r#"sum by (role, reason) (rate(label_replace(label_replace({__name__=~"(envoy_dynamicmodulescustom_)?wsgiproxy_[a-z]+_rejected_.+"}, "role", "$2", "__name__", "(envoy_dynamicmodulescustom_)?wsgiproxy_([a-z]+)_rejected_(.+)"), "reason", "$3", "__name__", "(envoy_dynamicmodulescustom_)?wsgiproxy_([a-z]+)_rejected_(.+)")[5m:])) > 0"#,
+        r#"ALERTS{alertstate="firing"}"#,
+    ];
+    let mut url = format!("http://{prometheus}/graph?");
+    for (i, expr) in graphs.iter().enumerate() {
+        let encoded: String =
+            expr.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+        url.push_str(&format!("g{i}.expr={encoded}&g{i}.tab=0&g{i}.range_input=1m&"));
+    }
+    let out = Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1500", "--virtual-time-budget=8000"])
+        .arg(format!("--screenshot={path}"))
+        .arg(&url)
+        .output()
+        .expect("chromium (Debian's package) for the screenshot");
+    assert!(out.status.success() && std::path::Path::new(path).exists(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("monitoring: screenshot of {url} in {path}");
+}
+
 /// A config with what the stack may change taken out: addresses, the .wasm's path,
 /// how a cluster finds its endpoints, and the plugin settings that name places
 /// (href, trust_ips, allow_hosts, app, upstream_networks).
@@ -496,6 +640,14 @@ fn the_stack_runs_the_shipped_configs_with_its_own_addresses() {
     ] {
         let mut stack_doc = filter_chains_of(stack);
         let shipped_doc = filter_chains_of(shipped);
+        // The stack's Envoys have a `metrics` listener more, for its Prometheus, and the
+        // admin cluster it reaches: nothing of the roles' chains.
+        for (list, name) in [("listeners", "metrics"), ("clusters", "envoy_admin")] {
+            let items = stack_doc["static_resources"][list].as_sequence_mut().unwrap();
+            let before = items.len();
+            items.retain(|item| item["name"].as_str() != Some(name));
+            assert_eq!(items.len(), before - 1, "{stack}: its {list} named {name}");
+        }
         if stack.ends_with("spawn.yaml") {
             // The stack's spawn Envoy has one listener more, for the on-demand
             // container: the shipped chain, for another app on its own network.

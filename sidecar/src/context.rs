@@ -66,10 +66,12 @@ impl Context {
                 }
             }
         }
+        let metrics = Metrics::default();
+        let docker = docker.map(|d| d.counting_errors(metrics.docker_errors()));
         let ctx = Context {
             spawner,
             docker,
-            metrics: Metrics::default(),
+            metrics,
             lease,
             state_file,
             book: Mutex::new(Book { children: Vec::new(), ports, containers }),

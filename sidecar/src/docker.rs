@@ -47,15 +47,43 @@ impl std::fmt::Display for DockerError {
     }
 }
 
+impl DockerError {
+    /// The kind of failure, as `wsgiproxy_sidecar_docker_errors_total{kind}` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DockerError::Unreachable { .. } => "unreachable",
+            DockerError::TimedOut { .. } => "timed_out",
+            DockerError::NoSuchContainer { .. } => "no_such_container",
+            DockerError::Refused { .. } => "refused",
+        }
+    }
+}
+
 pub struct Docker {
     socket: PathBuf,
     /// Connected, with the API version negotiated.
     client: Mutex<Option<bollard::Docker>>,
+    /// Counts each failed call by kind (the daemon unreachable shows here first).
+    errors: Option<crate::metrics::DockerErrors>,
 }
 
 impl Docker {
     pub fn new(socket: PathBuf) -> Docker {
-        Docker { socket, client: Mutex::new(None) }
+        Docker { socket, client: Mutex::new(None), errors: None }
+    }
+
+    /// Counts each failed call in `errors`.
+    pub fn counting_errors(mut self, errors: crate::metrics::DockerErrors) -> Docker {
+        self.errors = Some(errors);
+        self
+    }
+
+    /// Counts `e` (by its kind), and gives it back.
+    fn counted(&self, e: DockerError) -> DockerError {
+        if let Some(errors) = &self.errors {
+            errors.count(e.kind());
+        }
+        e
     }
 
     fn socket_name(&self) -> String {
@@ -78,7 +106,7 @@ impl Docker {
         // bollard's own timeout bounds a call until the daemon's answer begins (a
         // wait's answer begins at once); every call here has its own, tighter one.
         let client = bollard::Docker::connect_with_unix(&path, 120, bollard::API_DEFAULT_VERSION)
-            .map_err(|e| DockerError::Unreachable { socket: path.clone(), detail: e.to_string() })?;
+            .map_err(|e| self.counted(DockerError::Unreachable { socket: path.clone(), detail: e.to_string() }))?;
         let client = self.timed("negotiate the API version with", "", deadline, client.negotiate_version()).await?;
         if let Ok(mut g) = self.client.lock() {
             *g = Some(client.clone());
@@ -97,15 +125,16 @@ impl Docker {
         let limit = left(deadline).min(CALL_TIMEOUT);
         match tokio::time::timeout(limit, future).await {
             Err(_) | Ok(Err(BollardError::RequestTimeoutError)) => {
-                Err(DockerError::TimedOut { socket: self.socket_name(), call, after: limit })
+                Err(self.counted(DockerError::TimedOut { socket: self.socket_name(), call, after: limit }))
             }
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.error(call, container, e)),
         }
     }
 
+    /// Maps (and counts) a failed call's error.
     fn error(&self, call: &'static str, container: &str, e: BollardError) -> DockerError {
-        match e {
+        let e = match e {
             BollardError::DockerResponseServerError { status_code: 404, .. } if !container.is_empty() => {
                 DockerError::NoSuchContainer { container: container.to_string() }
             }
@@ -113,7 +142,8 @@ impl Docker {
                 DockerError::Refused { call, container: container.to_string(), detail: message.trim().to_string() }
             }
             other => DockerError::Unreachable { socket: self.socket_name(), detail: other.to_string() },
-        }
+        };
+        self.counted(e)
     }
 
     pub async fn inspect(&self, container: &str, deadline: Instant) -> Result<ContainerInspectResponse, DockerError> {
@@ -135,7 +165,7 @@ impl Docker {
         let stop = client.stop_container(container, Some(options));
         // Past CALL_TIMEOUT: the daemon answers once the container is gone.
         match tokio::time::timeout(left(deadline), stop).await {
-            Err(_) => Err(DockerError::TimedOut { socket: self.socket_name(), call: "stop", after: grace + CALL_TIMEOUT }),
+            Err(_) => Err(self.counted(DockerError::TimedOut { socket: self.socket_name(), call: "stop", after: grace + CALL_TIMEOUT })),
             Ok(result) => result.map_err(|e| self.error("stop", container, e)),
         }
     }
@@ -168,7 +198,10 @@ impl Docker {
             // A non-zero exit code comes as this error: the container is not running.
             Some(Ok(_)) | Some(Err(BollardError::DockerContainerWaitError { .. })) => Ok(()),
             Some(Err(e)) => Err(self.error("wait for", container, e)),
-            None => Err(DockerError::Unreachable { socket: self.socket_name(), detail: "the wait ended without an answer".into() }),
+            None => {
+                Err(self
+                    .counted(DockerError::Unreachable { socket: self.socket_name(), detail: "the wait ended without an answer".into() }))
+            }
         }
     }
 }
@@ -193,6 +226,19 @@ mod tests {
         let e = Docker::new(path).start("blog", Instant::now() + Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(e, DockerError::Unreachable { .. }), "{e:?}");
         assert!(began.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn failed_calls_are_counted_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = crate::metrics::Metrics::default();
+        let missing = Docker::new(dir.path().join("docker.sock")).counting_errors(metrics.docker_errors());
+        for _ in 0..2 {
+            let e = missing.start("blog", Instant::now() + Duration::from_secs(5)).await.unwrap_err();
+            assert_eq!(e.kind(), "unreachable");
+        }
+        let text = metrics.render();
+        assert!(text.contains("wsgiproxy_sidecar_docker_errors_total{kind=\"unreachable\"} 2\n"), "{text}");
     }
 
     #[tokio::test]

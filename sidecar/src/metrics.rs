@@ -35,6 +35,26 @@ struct AppReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorKind {
+    kind: String,
+}
+
+/// The failed Docker calls, by kind (`wsgiproxy_sidecar_docker_errors_total{kind}`:
+/// unreachable, timed_out, no_such_container, refused): a handle the Docker client keeps.
+#[derive(Clone, Debug, Default)]
+pub struct DockerErrors(Family<ErrorKind, Counter>);
+
+impl DockerErrors {
+    /// Every kind, so that each shows at 0 before it happens (an alert on a rise needs a
+    /// sample before it).
+    const KINDS: [&'static str; 4] = ["unreachable", "timed_out", "no_such_container", "refused"];
+
+    pub fn count(&self, kind: &str) {
+        self.0.get_or_create(&ErrorKind { kind: kind.to_string() }).inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AppState {
     app: String,
     state: String,
@@ -73,6 +93,9 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    const ALL: [FailureReason; 4] =
+        [FailureReason::StartError, FailureReason::ExitedBeforeReady, FailureReason::StartTimeout, FailureReason::Crashed];
+
     fn name(self) -> &'static str {
         match self {
             FailureReason::StartError => "start_error",
@@ -100,6 +123,7 @@ pub struct Metrics {
     start_seconds: Family<AppLabel, Histogram, fn() -> Histogram>,
     ensure_wait_seconds: Family<AppLabel, Histogram, fn() -> Histogram>,
     app_state: Family<AppState, Gauge>,
+    docker_errors: DockerErrors,
     /// Serializes state changes, so that an app never shows two states at once.
     state_lock: Mutex<()>,
 }
@@ -118,6 +142,10 @@ impl Default for Metrics {
         let start_seconds = Family::<AppLabel, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         let ensure_wait_seconds = Family::<AppLabel, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         let app_state = Family::<AppState, Gauge>::default();
+        let docker_errors = DockerErrors::default();
+        for kind in DockerErrors::KINDS {
+            let _created = docker_errors.0.get_or_create(&ErrorKind { kind: kind.to_string() });
+        }
         // Counters get their `_total` suffix from the encoder.
         registry.register("wsgiproxy_sidecar_spawns", "Starts of an app (a process spawned, a container started)", spawns.clone());
         registry.register("wsgiproxy_sidecar_stops", "Stops of an app, by reason", stops.clone());
@@ -138,6 +166,11 @@ impl Default for Metrics {
             ensure_wait_seconds.clone(),
         );
         registry.register("wsgiproxy_sidecar_app_state", "1 for the state each app is in, 0 for the others", app_state.clone());
+        registry.register(
+            "wsgiproxy_sidecar_docker_errors",
+            "Failed calls to the Docker API, by kind (unreachable, timed_out, no_such_container, refused)",
+            docker_errors.0.clone(),
+        );
         Metrics {
             registry,
             spawns,
@@ -151,6 +184,7 @@ impl Default for Metrics {
             start_seconds,
             ensure_wait_seconds,
             app_state,
+            docker_errors,
             state_lock: Mutex::new(()),
         }
     }
@@ -165,10 +199,14 @@ fn reason(name: &str, reason: &str) -> AppReason {
 }
 
 impl Metrics {
-    /// Shows an app's counters at 0 before anything happened to it.
+    /// Shows an app's counters at 0 before anything happened to it (its failures by
+    /// every reason too: an alert on their rise needs a sample before the first).
     pub fn add_app(&self, name: &str) {
         for family in [&self.spawns, &self.idle_stops, &self.crashes] {
             let _created = family.get_or_create(&app(name));
+        }
+        for why in FailureReason::ALL {
+            let _created = self.failures.get_or_create(&reason(name, why.name()));
         }
     }
 
@@ -212,6 +250,11 @@ impl Metrics {
     /// An ensure call that waited `took` for a start.
     pub fn ensure_waited(&self, name: &str, took: Duration) {
         self.ensure_wait_seconds.get_or_create(&app(name)).observe(took.as_secs_f64());
+    }
+
+    /// The handle the Docker client counts its failed calls with.
+    pub fn docker_errors(&self) -> DockerErrors {
+        self.docker_errors.clone()
     }
 
     pub fn set_state(&self, name: &str, current: &str) {
@@ -273,6 +316,8 @@ mod tests {
             Some(0.0),
             "an app's counters show before anything happened"
         );
+        assert_eq!(value(&text, "wsgiproxy_sidecar_failures_total{app=\"shop\",reason=\"start_error\"}"), Some(0.0));
+        assert_eq!(value(&text, "wsgiproxy_sidecar_docker_errors_total{kind=\"unreachable\"}"), Some(0.0));
         assert_eq!(value(&text, "wsgiproxy_sidecar_pauses_total{app=\"blog\"}"), None, "only what happened, or was added");
         assert!(text.ends_with("# EOF\n"));
     }
