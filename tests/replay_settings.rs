@@ -62,26 +62,18 @@ fn now_date() -> String {
     format_date(SystemTime::now())
 }
 
-/// A kept-alive connection.
-struct Connection {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
-}
+/// A kept-alive connection: (status, `x-wsgiproxy-error`) of each answer.
+struct Connection(KeptAlive);
 
 impl Connection {
     fn open(port: u16) -> Connection {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        Connection { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+        Connection(KeptAlive::open(port))
     }
 
-    /// The status and `x-wsgiproxy-error` of one request.
     fn send(&mut self, raw: &[u8]) -> (u16, Option<String>) {
-        self.writer.write_all(raw).unwrap();
-        let r = read_response(&mut self.reader);
+        let r = self.0.send(raw);
         assert_ne!(r.header("connection"), Some("close"), "the connection must stay open");
-        let error = r.header("x-wsgiproxy-error").map(str::to_string);
-        (r.status, error)
+        (r.status, r.header("x-wsgiproxy-error").map(str::to_string))
     }
 }
 
@@ -128,7 +120,10 @@ impl LdsEnvoy {
         cmd.current_dir(repo_root())
             .arg("-c")
             .arg(&bootstrap)
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--log-path"])
+            // Envoy drains the old filter chain's connections gradually over the drain
+            // time, closing a growing share of them: a day keeps the kept-alive
+            // connection on the old chain open for the test's few seconds.
+            .args(["--concurrency", "1", "--disable-hot-restart", "--drain-time-s", "86400", "--log-level", "warn", "--log-path"])
             .arg(&log)
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -265,18 +265,15 @@ fn signed_request(port: u16, nonce: u8) -> Vec<u8> {
     raw.into_bytes()
 }
 
-/// A kept-alive connection: requests one after another, each answer read whole.
-struct Connection(BufReader<TcpStream>);
+/// A kept-alive connection: (status, `x-wsgiproxy-error`, the user delivered) of each answer.
+struct Connection(KeptAlive);
 
 impl Connection {
     fn open(port: u16) -> Connection {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Connection(BufReader::new(stream))
+        Connection(KeptAlive::open(port))
     }
     fn send(&mut self, raw: &[u8]) -> (u16, Option<String>, Option<String>) {
-        self.0.get_mut().write_all(raw).unwrap();
-        let r = read_response(&mut self.0);
+        let r = self.0.send(raw);
         let user = if r.status == 200 { r.received().header("x-remote-user") } else { None };
         (r.status, r.header("x-wsgiproxy-error").map(str::to_string), user)
     }

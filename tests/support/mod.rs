@@ -793,6 +793,25 @@ pub fn raw_request(port: u16, raw: &[u8]) -> Response {
     read_response(&mut reader)
 }
 
+/// A kept-alive HTTP/1.1 connection to 127.0.0.1: requests one after another on one
+/// socket (to reach the filter chain, or the process, it was opened on), each answer
+/// read whole.
+pub struct KeptAlive(BufReader<TcpStream>);
+
+impl KeptAlive {
+    pub fn open(port: u16) -> KeptAlive {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        KeptAlive(BufReader::new(stream))
+    }
+
+    /// Sends raw request bytes; the answer.
+    pub fn send(&mut self, raw: &[u8]) -> Response {
+        self.0.get_mut().write_all(raw).unwrap();
+        read_response(&mut self.0)
+    }
+}
+
 pub fn read_response(reader: &mut impl BufRead) -> Response {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
