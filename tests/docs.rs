@@ -336,13 +336,17 @@ fn every_config_key_is_in_its_role_table_and_only_those() {
         let row = role_table(role).into_iter().find(|r| r.keys.iter().any(|k| k == row_key)).unwrap();
         let spans = code_spans(&row.meaning).join(" ");
         for key in accepted_keys(role, &path) {
-            assert!(spans.contains(&format!("\"{key}\"")) || code_spans(&row.meaning).contains(&key), "docs/roles/{role}.md: `{row_key}`'s row does not name `{key}`");
+            assert!(
+                spans.contains(&format!("\"{key}\"")) || code_spans(&row.meaning).contains(&key),
+                "docs/roles/{role}.md: `{row_key}`'s row does not name `{key}`"
+            );
         }
     }
     // The secret's keys, in docs/signatures.md.
     let signatures = read("docs/signatures.md");
     for role in ["app", "middleware"] {
-        let config = json!({"role": role, "href": "http://x/", "secret": {"keys": [{"id": "k", "value": "0123456789abcdef", "zz_not_a_key": 1}]}});
+        let config =
+            json!({"role": role, "href": "http://x/", "secret": {"keys": [{"id": "k", "value": "0123456789abcdef", "zz_not_a_key": 1}]}});
         assert!(parse(&config).is_err());
     }
     for key in ["\"keys\"", "\"id\"", "\"env\"", "\"value\""] {
@@ -370,7 +374,8 @@ fn role_tables_state_the_code_s_defaults_and_bounds() {
             let spans = code_spans(&row.default);
             if spans.len() == 1 && row.default == format!("`{}`", spans[0]) && !spans[0].contains('<') {
                 let value = serde_json::from_str::<Value>(&spans[0]).unwrap_or_else(|_| Value::String(spans[0].clone()));
-                let loaded = with(value.clone()).unwrap_or_else(|e| panic!("docs/roles/{role}.md: `{key}`'s default {value} is refused: {e}"));
+                let loaded =
+                    with(value.clone()).unwrap_or_else(|e| panic!("docs/roles/{role}.md: `{key}`'s default {value} is refused: {e}"));
                 assert_eq!(format!("{loaded:?}"), as_loaded, "docs/roles/{role}.md: `{key}`'s default is not {value}");
                 checked.push(format!("{role}.{key} = {value}"));
             }
@@ -380,14 +385,17 @@ fn role_tables_state_the_code_s_defaults_and_bounds() {
             match stated_bounds(&row.meaning) {
                 Some((lo, hi)) => {
                     for ok in [lo, hi] {
-                        with(json!(ok)).unwrap_or_else(|e| panic!("docs/roles/{role}.md: `{key}` {ok} is within {lo}–{hi} and refused: {e}"));
+                        with(json!(ok))
+                            .unwrap_or_else(|e| panic!("docs/roles/{role}.md: `{key}` {ok} is within {lo}–{hi} and refused: {e}"));
                     }
                     let mut outside = vec![hi + 1];
                     if lo > 0 {
                         outside.push(lo - 1);
                     }
                     for bad in outside {
-                        let e = with(json!(bad)).err().unwrap_or_else(|| panic!("docs/roles/{role}.md: `{key}` {bad} is outside {lo}–{hi} and loads"));
+                        let e = with(json!(bad))
+                            .err()
+                            .unwrap_or_else(|| panic!("docs/roles/{role}.md: `{key}` {bad} is outside {lo}–{hi} and loads"));
                         assert_eq!(e.field, *key, "{e}");
                     }
                     checked.push(format!("{role}.{key} in {lo}–{hi}"));
@@ -595,7 +603,8 @@ fn blocks() -> Vec<Block> {
                 let at = format!("{file}:{}", i + 1);
                 let previous = lines[..i].iter().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim());
                 let mark = previous.filter(|l| l.starts_with("<!-- test:")).map(|l| mark(l, &at));
-                let end = (i + 1..lines.len()).find(|j| lines[*j].trim_start().starts_with("```")).unwrap_or_else(|| panic!("{at}: unclosed"));
+                let end =
+                    (i + 1..lines.len()).find(|j| lines[*j].trim_start().starts_with("```")).unwrap_or_else(|| panic!("{at}: unclosed"));
                 out.push(Block { at, lang: lang.trim().to_string(), text: lines[i + 1..end].join("\n"), mark });
                 i = end + 1;
             } else {
@@ -639,7 +648,9 @@ fn every_fenced_block_is_marked() {
     );
     for block in blocks() {
         match (&block.mark, block.lang.as_str()) {
-            (Some(Mark::Filter { .. } | Mark::Refused { .. }), "json") | (Some(Mark::Sidecar), "toml") | (Some(Mark::EnvoyConfig), "yaml") => {}
+            (Some(Mark::Filter { .. } | Mark::Refused { .. }), "json")
+            | (Some(Mark::Sidecar), "toml")
+            | (Some(Mark::EnvoyConfig), "yaml") => {}
             (Some(Mark::Fragment), _) => {}
             (mark, lang) => panic!("{}: a ```{lang} block marked {mark:?}", block.at),
         }
