@@ -19,7 +19,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -224,8 +224,7 @@ fn every_sidecar_metric_is_in_docs_metrics_md_and_its_readme() {
     }
     assert_eq!(listed, registered, "docs/metrics.md's sidecar table and sidecar/src/metrics.rs differ");
     let readme = read("sidecar/README.md");
-    for (name, row) in registered.iter().zip(&rows) {
-        let _ = row;
+    for name in &registered {
         assert!(readme.contains(&format!("`{name}")), "sidecar/README.md does not describe {name}");
     }
     // And every sidecar metric any doc names exists.
@@ -234,11 +233,8 @@ fn every_sidecar_metric_is_in_docs_metrics_md_and_its_readme() {
             if let Some(i) = span.find("wsgiproxy_sidecar_") {
                 let name: String = span[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                 let base = ["_total", "_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(&name);
-                let base = if name.ends_with('_') { base.trim_end_matches('_') } else { base };
-                assert!(
-                    registered.contains(base) || name == "wsgiproxy_sidecar_" || base.ends_with("_seconds") && registered.contains(base),
-                    "{file}: `{span}` names no sidecar metric"
-                );
+                // `wsgiproxy_sidecar_*` names them all.
+                assert!(registered.contains(base) || name == "wsgiproxy_sidecar_", "{file}: `{span}` names no sidecar metric");
             }
         }
     }
@@ -780,8 +776,7 @@ fn every_sidecar_example_passes_check() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.toml");
         std::fs::write(&path, &text).unwrap();
-        // A container app is checked against Docker too; with no Docker here, a
-        // configuration that parsed fails only on reaching it.
+        // A container app is checked against Docker too: with none here, a warning.
         let out = Command::new(&sidecar)
             .arg("--config")
             .arg(&path)
@@ -791,8 +786,7 @@ fn every_sidecar_example_passes_check() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let container_check_only = text.contains("container =") && stderr.to_lowercase().contains("docker");
-        assert!(out.status.success() || container_check_only, "{at}: the sidecar refuses it:\n{stderr}");
+        assert!(out.status.success(), "{at}: the sidecar refuses it:\n{stderr}");
     }
 }
 
@@ -812,5 +806,4 @@ fn marker_words_are_read_as_written() {
     assert_eq!(words(r#"filter env A="x y\nz" env B=1"#), ["filter", "env", "A=x y\nz", "env", "B=1"]);
     assert_eq!(stated_bounds("how far (1–3600)."), Some((1, 3600)));
     assert_eq!(embedded_configs("value: '{\"role\": \"peer\"}'"), ["{\"role\": \"peer\"}"]);
-    let _: BTreeMap<(), ()> = BTreeMap::new();
 }
