@@ -167,6 +167,24 @@ fn every_counter_gauge_and_reason_is_in_docs_metrics_md_and_only_those() {
     }
 }
 
+/// Each reason is in the page of every role the Reasons table says answers it (with
+/// its status there), and the table's roles are those that can.
+#[test]
+fn every_reason_is_in_its_roles_pages() {
+    let doc = read("docs/metrics.md");
+    let mut missing = Vec::new();
+    for row in table(&doc, "## Reasons", "| reason") {
+        let reason = code_spans(&row[0]).remove(0);
+        for role in code_spans(&row[1]) {
+            assert!(ROLES.contains(&role.as_str()), "docs/metrics.md: {reason}: no role {role}");
+            if !read(&format!("docs/roles/{role}.md")).contains(&format!("`{reason}`")) {
+                missing.push(format!("docs/roles/{role}.md: `{reason}`"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "role pages that do not list a refusal of theirs:\n{}", missing.join("\n"));
+}
+
 /// Every counter-like name any doc mentions exists: `wsgiproxy.{role}.{name}`,
 /// `{role}.{name}` and `{role}.rejected.{reason}`.
 #[test]
