@@ -773,13 +773,24 @@ fn every_filter_configuration_example_loads_in_envoy() {
             started += 1;
         }
     }
-    // The peer role's examples are the shipped network filters' own configuration.
+    // Configurations inside fragments and the text: the peer role's are the shipped
+    // network filters' own; the others load in their role's shipped configuration.
+    let mut embedded = BTreeSet::new();
     for file in doc_files() {
-        for config in embedded_configs(&read(&file)) {
-            if support::is_peer_role(&config) {
-                assert!(read("envoy/app.yaml").contains(&format!("'{config}'")), "{file}: {config} is not what envoy/app.yaml runs");
-            }
+        embedded.extend(embedded_configs(&read(&file)));
+    }
+    for block in blocks().into_iter().filter(|b| b.mark == Some(Mark::Fragment)) {
+        embedded.extend(embedded_configs(&block.text));
+    }
+    for config in embedded {
+        if support::is_peer_role(&config) {
+            assert!(read("envoy/app.yaml").contains(&format!("'{config}'")), "{config} is not what envoy/app.yaml runs");
+            continue;
         }
+        let config: Value = serde_json::from_str(&config).unwrap();
+        let role = config["role"].as_str().unwrap().to_string();
+        drop(Envoy::start_serving(&format!("envoy/{role}.yaml"), &overrides(&config, &[])));
+        started += 1;
     }
     assert!(started >= 3, "{started}");
 }
