@@ -74,7 +74,9 @@ pub(super) fn key_material(
             let material = env(&var).filter(|v| !v.is_empty()).ok_or_else(|| {
                 ConfigError::new(
                     format!("{field}.env"),
-                    format!("environment variable {var:?} is not set in the Wasm VM (vm_config.environment_variables)"),
+                    format!(
+                        "environment variable {var:?} is not set (the Wasm filter reads vm_config.environment_variables, the native module Envoy's own environment)"
+                    ),
                 )
             })?;
             Ok((k.id, material, format!("{field}.env")))
