@@ -6,7 +6,7 @@ use wsgiproxy_protocol::signature::{check_date, verify_mac, Algorithm, KeyRing, 
 
 fuzz_target!(|data: &[u8]| {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_485_600);
-    let _ = check_date(data, now, Duration::from_secs(300));
+    let _ = check_date(data, now, Duration::from_secs(300), Duration::from_secs(2));
     if let Some(sig) = SignatureHeader::parse(data) {
         let ring = KeyRing::new(Algorithm::HmacSha256, &[("k1".into(), b"0123456789abcdef".to_vec())]).expect("ring");
         let parts = SignedParts { method: b"GET", authority: b"h", path: b"/", date: data, protocol_headers: vec![("x-wsgiproxy-version", data)] };
