@@ -372,9 +372,15 @@ fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHea
     if config.signature_format != SignatureFormat::Rfc9421 {
         return;
     }
-    let fields = head.to_pairs();
     for name in [rfc9421::SIGNATURE_INPUT, rfc9421::SIGNATURE] {
-        match rfc9421::combined(&fields, name).map(|v| rfc9421::without_our_member(&v)) {
+        // One line (as sent by our app role) is read in place; several are combined first.
+        let mut lines = head.iter().filter(|(n, _)| *n == name);
+        let consumed = match (lines.next(), lines.next()) {
+            (None, _) => None,
+            (Some((_, value)), None) => Some(rfc9421::without_our_member(value)),
+            _ => rfc9421::combined(&head.to_pairs(), name).map(|v| rfc9421::without_our_member(&v)),
+        };
+        match consumed {
             Some(rfc9421::Consumed::Rest(rest)) => edits.set(name, rest),
             Some(rfc9421::Consumed::All) => {
                 edits.remove(name);
