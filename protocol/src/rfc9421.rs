@@ -533,6 +533,9 @@ pub struct Verified {
     pub nonce: Nonce,
     /// `created` (seconds since the epoch): the replay memory's time bucket.
     pub created: u64,
+    /// Whether `Signature-Input` and `Signature` were one line each holding our
+    /// member alone (as our app role sends them): both go whole once consumed.
+    pub alone: bool,
 }
 
 /// Checks our signature on `message`. `is_protocol_header` names the headers that
@@ -545,7 +548,7 @@ pub fn verify(
     max_future: Duration,
     is_protocol_header: impl Fn(&str) -> bool,
 ) -> Result<Verified, Rejection> {
-    let (member, mac) = find_member(message.fields)?;
+    let (member, mac, alone) = find_member(message.fields)?;
     let alg = match &member.alg {
         Some(Param::Text(named)) => Some(Some(named.as_str())),
         Some(_) => Some(None),
@@ -581,13 +584,13 @@ pub fn verify(
     if !key.verifies(base.as_bytes(), &mac) {
         return Err(Rejection::Bad);
     }
-    Ok(Verified { nonce: nonce_key(nonce), created })
+    Ok(Verified { nonce: nonce_key(nonce), created, alone })
 }
 
 /// Our members of `Signature-Input` and `Signature`: by the fast path when each
 /// field is one line holding our member alone in canonical form, else by the full
 /// RFC 8941 parser ([`find_signature`]).
-fn find_member(fields: &[(String, Vec<u8>)]) -> Result<(Member, Vec<u8>), Rejection> {
+fn find_member(fields: &[(String, Vec<u8>)]) -> Result<(Member, Vec<u8>, bool), Rejection> {
     let only = |name: &str| {
         let mut lines = fields.iter().filter(|(n, _)| n == name);
         match (lines.next(), lines.next()) {
@@ -597,12 +600,12 @@ fn find_member(fields: &[(String, Vec<u8>)]) -> Result<(Member, Vec<u8>), Reject
     };
     if let (Some(input), Some(signature)) = (only(SIGNATURE_INPUT), only(SIGNATURE)) {
         if let (Some(member), Some(mac)) = (Member::parse_canonical(input), canonical_signature(signature)) {
-            return Ok((member, mac));
+            return Ok((member, mac, true));
         }
     }
     let (list, mac) = find_signature(fields)?;
     let member = Member::from_inner_list(&list).ok_or(Rejection::Bad)?;
-    Ok((member, mac))
+    Ok((member, mac, false))
 }
 
 /// `wsgiproxy=:{base64}:` alone, canonical base64 (padded, no stray bits): the signature.
