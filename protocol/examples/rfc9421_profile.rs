@@ -41,14 +41,14 @@ fn main() {
     let fields: Vec<(String, Vec<u8>)> = PROTOCOL.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
     let names: Vec<&str> = PROTOCOL.iter().map(|(n, _)| *n).collect();
     let message =
-        Message { method: b"GET", https: false, authority: b"backend.internal:8080", target: b"/myapp/article/1?x=1", fields: &fields };
+        Message { method: b"GET", https: false, authority: b"backend.internal:8080", target: b"/myapp/article/1?x=1", fields: fields.as_slice() };
     let now = SystemTime::now();
     let created = now.duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
     let signed = sign_once(&ring, &message, &names, created);
     let mut received = fields.clone();
     received.push(("signature-input".to_string(), signed.signature_input.into_bytes()));
     received.push(("signature".to_string(), signed.signature.into_bytes()));
-    let received_message = Message { fields: &received, ..message };
+    let received_message = Message { fields: received.as_slice(), ..message };
     for _ in 0..rounds {
         black_box(sign_once(&ring, black_box(&message), &names, created));
         black_box(verify_once(&ring, black_box(&received_message), now));

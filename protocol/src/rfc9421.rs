@@ -61,7 +61,7 @@ impl SignatureFormat {
 }
 
 /// The request as a signature sees it.
-pub struct Message<'a> {
+pub struct Message<'a, F: FieldLines + ?Sized = [(String, Vec<u8>)]> {
     pub method: &'a [u8],
     /// Whether the target URI's scheme is https (for `@scheme`, `@target-uri`, and
     /// the default port `@authority` leaves out).
@@ -71,7 +71,37 @@ pub struct Message<'a> {
     /// `:path`, with its query.
     pub target: &'a [u8],
     /// Header fields, names lowercase, each field line once, in order.
-    pub fields: &'a [(String, Vec<u8>)],
+    pub fields: &'a F,
+}
+
+/// The header field lines of a message, in order, names lowercase: owned pairs or
+/// the request head itself (read in place, no copy).
+pub trait FieldLines {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_;
+}
+
+impl FieldLines for [(String, Vec<u8>)] {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+}
+
+impl FieldLines for Vec<(String, Vec<u8>)> {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.as_slice().lines()
+    }
+}
+
+impl FieldLines for [(&str, &[u8])] {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.iter().copied()
+    }
+}
+
+impl FieldLines for crate::request::RequestHead {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.iter()
+    }
 }
 
 /// Why a signature base cannot be built.
@@ -110,14 +140,14 @@ fn printable(value: &[u8]) -> Result<&str, BaseError> {
 }
 
 /// The value of one covered component (RFC 9421 §2.1, §2.2).
-pub fn component_value(message: &Message<'_>, name: &str) -> Result<String, BaseError> {
+pub fn component_value<F: FieldLines + ?Sized>(message: &Message<'_, F>, name: &str) -> Result<String, BaseError> {
     let mut out = String::new();
     push_component_value(&mut out, message, name)?;
     Ok(out)
 }
 
 /// Appends the value of one covered component to `out` (no intermediate String).
-fn push_component_value(out: &mut String, message: &Message<'_>, name: &str) -> Result<(), BaseError> {
+fn push_component_value<F: FieldLines + ?Sized>(out: &mut String, message: &Message<'_, F>, name: &str) -> Result<(), BaseError> {
     let scheme = if message.https { "https" } else { "http" };
     let target = || -> Result<(&str, Option<&str>), BaseError> {
         let target = printable(message.target)?;
@@ -162,7 +192,7 @@ fn push_component_value(out: &mut String, message: &Message<'_>, name: &str) -> 
         field => {
             // Every field line, trimmed, joined with ", " in order (§2.1).
             let mut any = false;
-            for (_, value) in message.fields.iter().filter(|(n, _)| n == field) {
+            for (_, value) in message.fields.lines().filter(|(n, _)| *n == field) {
                 if any {
                     out.push_str(", ");
                 }
@@ -179,7 +209,7 @@ fn push_component_value(out: &mut String, message: &Message<'_>, name: &str) -> 
 
 /// The signature base (§2.5): one `"{component}": {value}` line per covered
 /// component, then `"@signature-params": {params}` with no newline after it.
-pub fn signature_base(message: &Message<'_>, params: &InnerList) -> Result<String, BaseError> {
+pub fn signature_base<F: FieldLines + ?Sized>(message: &Message<'_, F>, params: &InnerList) -> Result<String, BaseError> {
     let member = Member::from_inner_list(params).ok_or("the signature parameters cannot be serialised")?;
     let mut base = String::with_capacity(512);
     member.write_base(message, &mut base)?;
@@ -350,7 +380,7 @@ impl Member {
     }
 
     /// The signature base (§2.5) into `out`.
-    fn write_base(&self, message: &Message<'_>, out: &mut String) -> Result<(), BaseError> {
+    fn write_base<F: FieldLines + ?Sized>(&self, message: &Message<'_, F>, out: &mut String) -> Result<(), BaseError> {
         if let Some(e) = self.bad_component {
             return Err(e);
         }
@@ -437,7 +467,13 @@ pub struct SignatureFields {
 /// `fields` sorted by name. `None` when RFC 9421 does not define the ring's
 /// algorithm, its first key cannot sign (a public key), or a value cannot stand in
 /// a signature base.
-pub fn sign(ring: &KeyRing, message: &Message<'_>, fields: &[&str], created: u64, nonce: &str) -> Option<SignatureFields> {
+pub fn sign<F: FieldLines + ?Sized>(
+    ring: &KeyRing,
+    message: &Message<'_, F>,
+    fields: &[&str],
+    created: u64,
+    nonce: &str,
+) -> Option<SignatureFields> {
     if !ring.algorithm.in_rfc9421() {
         return None;
     }
@@ -540,9 +576,9 @@ pub struct Verified {
 
 /// Checks our signature on `message`. `is_protocol_header` names the headers that
 /// must be covered whenever present.
-pub fn verify(
+pub fn verify<F: FieldLines + ?Sized>(
     ring: &KeyRing,
-    message: &Message<'_>,
+    message: &Message<'_, F>,
     now: SystemTime,
     max_skew: Duration,
     max_future: Duration,
@@ -575,7 +611,7 @@ pub fn verify(
     }
 
     let covered = |name: &str| member.components().any(|c| c == name);
-    let uncovered_field = message.fields.iter().any(|(n, _)| is_protocol_header(n) && !covered(n));
+    let uncovered_field = message.fields.lines().any(|(n, _)| is_protocol_header(n) && !covered(n));
     if uncovered_field || REQUIRED_DERIVED.iter().any(|d| !covered(d)) {
         return Err(Rejection::Bad);
     }
@@ -590,11 +626,11 @@ pub fn verify(
 /// Our members of `Signature-Input` and `Signature`: by the fast path when each
 /// field is one line holding our member alone in canonical form, else by the full
 /// RFC 8941 parser ([`find_signature`]).
-fn find_member(fields: &[(String, Vec<u8>)]) -> Result<(Member, Vec<u8>, bool), Rejection> {
+fn find_member<F: FieldLines + ?Sized>(fields: &F) -> Result<(Member, Vec<u8>, bool), Rejection> {
     let only = |name: &str| {
-        let mut lines = fields.iter().filter(|(n, _)| n == name);
+        let mut lines = fields.lines().filter(|(n, _)| *n == name);
         match (lines.next(), lines.next()) {
-            (Some((_, value)), None) => Some(value.as_slice()),
+            (Some((_, value)), None) => Some(value),
             _ => None,
         }
     };
@@ -603,7 +639,8 @@ fn find_member(fields: &[(String, Vec<u8>)]) -> Result<(Member, Vec<u8>, bool), 
             return Ok((member, mac, true));
         }
     }
-    let (list, mac) = find_signature(fields)?;
+    let owned: Vec<(String, Vec<u8>)> = fields.lines().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+    let (list, mac) = find_signature(&owned)?;
     let member = Member::from_inner_list(&list).ok_or(Rejection::Bad)?;
     Ok((member, mac, false))
 }
