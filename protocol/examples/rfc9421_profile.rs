@@ -40,8 +40,13 @@ fn main() {
     let ring = KeyRing::new(Algorithm::HmacSha256, &[("k1".to_string(), b"benchmark-shared-key-0123456789".to_vec())]).expect("a ring");
     let fields: Vec<(String, Vec<u8>)> = PROTOCOL.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
     let names: Vec<&str> = PROTOCOL.iter().map(|(n, _)| *n).collect();
-    let message =
-        Message { method: b"GET", https: false, authority: b"backend.internal:8080", target: b"/myapp/article/1?x=1", fields: fields.as_slice() };
+    let message = Message {
+        method: b"GET",
+        https: false,
+        authority: b"backend.internal:8080",
+        target: b"/myapp/article/1?x=1",
+        fields: fields.as_slice(),
+    };
     let now = SystemTime::now();
     let created = now.duration_since(UNIX_EPOCH).expect("after 1970").as_secs();
     let signed = sign_once(&ring, &message, &names, created);
