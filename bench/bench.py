@@ -882,7 +882,7 @@ INSTRUCTION_VARIANTS = [
 ]
 
 
-def send_sequentially(port, requests):
+def send_sequentially(port, requests, report=True):
     """Sends raw requests one after another on one keep-alive connection, reading each
     answer; returns how many were answered 2xx."""
     ok = 0
@@ -895,8 +895,13 @@ def send_sequentially(port, requests):
             while (line := stream.readline()) not in (b"\r\n", b""):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            stream.read(length)
-            ok += status.split(b" ")[1].startswith(b"2")
+            body = stream.read(length)
+            if status.split(b" ")[1].startswith(b"2"):
+                ok += 1
+            elif report and ok == 0 and not getattr(send_sequentially, "reported", False):
+                # The first refusal, so that a failed run says why.
+                send_sequentially.reported = True
+                print(f"first non-2xx answer: {status.decode(errors='replace').strip()} {body[:300]!r}", file=sys.stderr, flush=True)
     return ok
 
 
@@ -927,9 +932,14 @@ def instructions_per_request(workdir, spec, echo_port, count, warm=300, date=Non
             raise
     if spec.get("signed_input"):
         if date is None:
-            # Signed after Envoy began, from the next second: its replay memory refuses
-            # signatures dated up to the second it began (restart protection).
-            time.sleep(1.0 - time.time() % 1.0 + 0.01)
+            # The replay memory refuses signatures dated up to max_future_seconds (2 by
+            # default) after it began (restart protection), and may begin with the
+            # first signed request: one is sent first, its answer ignored, and the
+            # measured ones are signed once that window has passed.
+            wake = Path(workdir) / "wake.txt"
+            signed_requests(wake, 1, "backend.internal:8080", None, signature=spec.get("signature"))
+            send_sequentially(port, raw_requests(wake), report=False)
+            time.sleep(1.0 - time.time() % 1.0 + 2 + 0.01)
         signed = Path(workdir) / "signed.txt"
         signed_requests(signed, warm + count, "backend.internal:8080", date, signature=spec.get("signature"))
         reqs = raw_requests(signed)

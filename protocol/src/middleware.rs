@@ -106,13 +106,16 @@ pub fn decide<'a>(
     };
     let peer_trusted = ip_trusted && principal_trusted;
     let mut trusted = peer_trusted;
+    // RFC 9421: whether the verified signature's fields held our member alone.
+    let mut signature_alone = false;
     if peer_trusted {
         if let Err(reply) = check_protocol_headers(head) {
             return reply;
         }
         if let Some(ring) = &config.verify {
             match verify(config, ring, req, nonces) {
-                Ok(()) => {
+                Ok(alone) => {
+                    signature_alone = alone;
                     outcome.verified = true;
                     if let Some(binding) = &config.bind_endpoint {
                         if let Err(reply) = check_endpoint(binding, head, req.local_address) {
@@ -235,7 +238,7 @@ pub fn decide<'a>(
     for (header, value) in believed.keys {
         edits.set(header, value);
     }
-    strip_consumed_rfc9421_signature(config, head, &mut edits);
+    strip_consumed_rfc9421_signature(config, head, signature_alone, &mut edits);
     edits.into_decision()
 }
 
@@ -312,13 +315,14 @@ fn check_endpoint(binding: &EndpointBinding, head: &RequestHead, local: Option<S
     }
 }
 
-/// Verifies the signature. `Err(Ok(_))` is a rejection, `Err(Err(_))` a reply to send as is.
+/// Verifies the signature; `Ok(true)` when RFC 9421's fields held our member alone.
+/// `Err(Ok(_))` is a rejection, `Err(Err(_))` a reply to send as is.
 fn verify(
     config: &MiddlewareConfig,
     ring: &crate::signature::KeyRing,
     req: &MiddlewareRequest<'_>,
     nonces: &mut dyn NonceMemory,
-) -> Result<(), Result<Rejection, Decision<'static>>> {
+) -> Result<bool, Result<Rejection, Decision<'static>>> {
     if config.signature_format == SignatureFormat::Rfc9421 {
         return verify_rfc9421(config, ring, req, nonces);
     }
@@ -341,7 +345,7 @@ fn verify(
         _ => (n, v),
     }));
     verify_mac(ring, &signature, &parts).map_err(Ok)?;
-    remember_nonce(nonces, &signature.nonce, date_secs, req.now)
+    remember_nonce(nonces, &signature.nonce, date_secs, req.now).map(|()| false)
 }
 
 /// Verifies an RFC 9421 signature (see [`crate::rfc9421`]) with the same keys,
@@ -351,30 +355,42 @@ fn verify_rfc9421(
     ring: &crate::signature::KeyRing,
     req: &MiddlewareRequest<'_>,
     nonces: &mut dyn NonceMemory,
-) -> Result<(), Result<Rejection, Decision<'static>>> {
+) -> Result<bool, Result<Rejection, Decision<'static>>> {
     let head = req.head;
-    let fields = head.to_pairs();
     let message = rfc9421::Message {
         method: head.get(METHOD).unwrap_or_default(),
         https: req.https,
         authority: head.get(AUTHORITY).unwrap_or_default(),
         target: head.get(PATH).unwrap_or_default(),
-        fields: &fields,
+        // The head read in place: no copy of every header.
+        fields: head,
     };
     let verified =
         rfc9421::verify(ring, &message, req.now, config.max_skew, config.max_future, crate::signature::is_signed_header).map_err(Ok)?;
-    remember_nonce(nonces, &verified.nonce, verified.created, req.now)
+    remember_nonce(nonces, &verified.nonce, verified.created, req.now).map(|()| verified.alone)
 }
 
 /// RFC 9421: our member of `Signature-Input` and `Signature` is consumed like the
 /// protocol headers; other signatures pass on untouched.
-fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHead, edits: &mut Edits<'_>) {
+fn strip_consumed_rfc9421_signature(config: &MiddlewareConfig, head: &RequestHead, alone: bool, edits: &mut Edits<'_>) {
     if config.signature_format != SignatureFormat::Rfc9421 {
         return;
     }
-    let fields = head.to_pairs();
+    // Verification already read both fields as our member alone: no second reading.
+    if alone {
+        edits.remove(rfc9421::SIGNATURE_INPUT);
+        edits.remove(rfc9421::SIGNATURE);
+        return;
+    }
     for name in [rfc9421::SIGNATURE_INPUT, rfc9421::SIGNATURE] {
-        match rfc9421::combined(&fields, name).map(|v| rfc9421::without_our_member(&v)) {
+        // One line (as sent by our app role) is read in place; several are combined first.
+        let mut lines = head.iter().filter(|(n, _)| *n == name);
+        let consumed = match (lines.next(), lines.next()) {
+            (None, _) => None,
+            (Some((_, value)), None) => Some(rfc9421::without_our_member(value)),
+            _ => rfc9421::combined(&head.to_pairs(), name).map(|v| rfc9421::without_our_member(&v)),
+        };
+        match consumed {
             Some(rfc9421::Consumed::Rest(rest)) => edits.set(name, rest),
             Some(rfc9421::Consumed::All) => {
                 edits.remove(name);

@@ -21,7 +21,8 @@
 //! every protocol header present must be covered, so that a header added on the
 //! way breaks trust.
 
-use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, Key, ListEntry, Parameters, Parser};
+use base64::Engine as _;
+use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, ListEntry, Parser};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,7 +61,7 @@ impl SignatureFormat {
 }
 
 /// The request as a signature sees it.
-pub struct Message<'a> {
+pub struct Message<'a, F: FieldLines + ?Sized = [(String, Vec<u8>)]> {
     pub method: &'a [u8],
     /// Whether the target URI's scheme is https (for `@scheme`, `@target-uri`, and
     /// the default port `@authority` leaves out).
@@ -70,7 +71,37 @@ pub struct Message<'a> {
     /// `:path`, with its query.
     pub target: &'a [u8],
     /// Header fields, names lowercase, each field line once, in order.
-    pub fields: &'a [(String, Vec<u8>)],
+    pub fields: &'a F,
+}
+
+/// The header field lines of a message, in order, names lowercase: owned pairs or
+/// the request head itself (read in place, no copy).
+pub trait FieldLines {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_;
+}
+
+impl FieldLines for [(String, Vec<u8>)] {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+    }
+}
+
+impl FieldLines for Vec<(String, Vec<u8>)> {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.as_slice().lines()
+    }
+}
+
+impl FieldLines for [(&str, &[u8])] {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.iter().copied()
+    }
+}
+
+impl FieldLines for crate::request::RequestHead {
+    fn lines(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.iter()
+    }
 }
 
 /// Why a signature base cannot be built.
@@ -109,61 +140,297 @@ fn printable(value: &[u8]) -> Result<&str, BaseError> {
 }
 
 /// The value of one covered component (RFC 9421 §2.1, §2.2).
-pub fn component_value(message: &Message<'_>, name: &str) -> Result<String, BaseError> {
-    let target = printable(message.target)?;
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
+pub fn component_value<F: FieldLines + ?Sized>(message: &Message<'_, F>, name: &str) -> Result<String, BaseError> {
+    let mut out = String::new();
+    push_component_value(&mut out, message, name)?;
+    Ok(out)
+}
+
+/// Appends the value of one covered component to `out` (no intermediate String).
+fn push_component_value<F: FieldLines + ?Sized>(out: &mut String, message: &Message<'_, F>, name: &str) -> Result<(), BaseError> {
     let scheme = if message.https { "https" } else { "http" };
-    Ok(match name {
-        "@method" => printable(message.method)?.to_string(),
-        "@authority" => normalize_authority(printable(message.authority)?, message.https),
-        "@scheme" => scheme.to_string(),
-        "@target-uri" => format!("{scheme}://{}{target}", printable(message.authority)?),
-        "@request-target" => target.to_string(),
-        "@path" => if path.is_empty() { "/" } else { path }.to_string(),
+    let target = || -> Result<(&str, Option<&str>), BaseError> {
+        let target = printable(message.target)?;
+        Ok(match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        })
+    };
+    match name {
+        "@method" => out.push_str(printable(message.method)?),
+        "@authority" => {
+            let authority = printable(message.authority)?;
+            // Already normal (what the app role sends): no copy to lowercase.
+            if authority.bytes().any(|b| b.is_ascii_uppercase() || b == b':' || b == b'[') {
+                out.push_str(&normalize_authority(authority, message.https));
+            } else {
+                out.push_str(authority);
+            }
+        }
+        "@scheme" => out.push_str(scheme),
+        "@target-uri" => {
+            let authority = printable(message.authority)?;
+            let target = printable(message.target)?;
+            out.push_str(scheme);
+            out.push_str("://");
+            out.push_str(authority);
+            out.push_str(target);
+        }
+        "@request-target" => out.push_str(printable(message.target)?),
+        "@path" => {
+            let (path, _) = target()?;
+            out.push_str(if path.is_empty() { "/" } else { path });
+        }
         // An absent query is `?` alone (§2.2.7).
-        "@query" => format!("?{}", query.unwrap_or("")),
+        "@query" => {
+            let (_, query) = target()?;
+            out.push('?');
+            out.push_str(query.unwrap_or(""));
+        }
         derived if derived.starts_with('@') => return Err("an unsupported derived component"),
         pseudo if pseudo.starts_with(':') => return Err("a pseudo-header is not a field"),
         field => {
             // Every field line, trimmed, joined with ", " in order (§2.1).
-            let mut lines = message.fields.iter().filter(|(n, _)| n == field).peekable();
-            if lines.peek().is_none() {
+            let mut any = false;
+            for (_, value) in message.fields.lines().filter(|(n, _)| *n == field) {
+                if any {
+                    out.push_str(", ");
+                }
+                any = true;
+                out.push_str(printable(value)?.trim_matches([' ', '\t']));
+            }
+            if !any {
                 return Err("a covered header field is absent");
             }
-            let mut joined = String::new();
-            for (i, (_, value)) in lines.enumerate() {
-                if i > 0 {
-                    joined.push_str(", ");
-                }
-                joined.push_str(printable(value)?.trim_matches([' ', '\t']));
-            }
-            joined
         }
-    })
+    }
+    Ok(())
 }
 
 /// The signature base (§2.5): one `"{component}": {value}` line per covered
 /// component, then `"@signature-params": {params}` with no newline after it.
-pub fn signature_base(message: &Message<'_>, params: &InnerList) -> Result<String, BaseError> {
+pub fn signature_base<F: FieldLines + ?Sized>(message: &Message<'_, F>, params: &InnerList) -> Result<String, BaseError> {
+    let member = Member::from_inner_list(params).ok_or("the signature parameters cannot be serialised")?;
     let mut base = String::with_capacity(512);
-    let mut seen: Vec<&str> = Vec::with_capacity(params.items.len());
-    for item in &params.items {
-        let name = component_name(item)?;
-        if seen.contains(&name) {
-            return Err("a component is covered twice");
-        }
-        seen.push(name);
-        base.push_str(&item.serialize());
-        base.push_str(": ");
-        base.push_str(&component_value(message, name)?);
-        base.push('\n');
-    }
-    base.push_str("\"@signature-params\": ");
-    base.push_str(&inner_list_text(params).ok_or("the signature parameters cannot be serialised")?);
+    member.write_base(message, &mut base)?;
     Ok(base)
+}
+
+/// A parameter of our `Signature-Input` member, as the policy reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Param {
+    Text(String),
+    Integer(i64),
+    /// Any other bare item (a token, a boolean, a byte sequence ...).
+    Other,
+}
+
+/// Our `Signature-Input` member: its canonical serialisation (what
+/// `@signature-params` carries), its components and the parameters the policy reads.
+#[derive(Debug, Clone, Default)]
+struct Member {
+    /// The inner list with its parameters, serialised (RFC 8941 §4.1.1.1).
+    text: String,
+    /// The component names, concatenated; `ends` marks where each one ends.
+    names: String,
+    ends: Vec<usize>,
+    /// Why a component cannot be covered (parameters, capitals, not a string).
+    bad_component: Option<BaseError>,
+    created: Option<Param>,
+    expires: Option<Param>,
+    keyid: Option<Param>,
+    alg: Option<Param>,
+    nonce: Option<Param>,
+}
+
+impl Member {
+    fn components(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let name = &self.names[start..end];
+            start = end;
+            name
+        })
+    }
+
+    fn set_param(&mut self, key: &str, value: Param) {
+        let slot = match key {
+            "created" => &mut self.created,
+            "expires" => &mut self.expires,
+            "keyid" => &mut self.keyid,
+            "alg" => &mut self.alg,
+            "nonce" => &mut self.nonce,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+
+    fn text_param(param: &Option<Param>) -> Option<&str> {
+        match param {
+            Some(Param::Text(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn integer_param(param: &Option<Param>) -> Option<i64> {
+        match param {
+            Some(Param::Integer(i)) => Some(*i),
+            Some(_) => Some(-1),
+            None => None,
+        }
+    }
+
+    /// From a member the full RFC 8941 parser read.
+    fn from_inner_list(list: &InnerList) -> Option<Member> {
+        let mut member = Member { text: inner_list_text(list)?, ..Member::default() };
+        for item in &list.items {
+            match component_name(item) {
+                Ok(name) => {
+                    member.names.push_str(name);
+                    member.ends.push(member.names.len());
+                }
+                Err(e) => {
+                    member.bad_component.get_or_insert(e);
+                }
+            }
+        }
+        for (key, value) in &list.params {
+            let param = match value {
+                BareItem::String(s) => Param::Text(s.as_str().to_string()),
+                BareItem::Integer(i) => Param::Integer(i64::from(*i)),
+                _ => Param::Other,
+            };
+            member.set_param(key.as_str(), param);
+        }
+        Some(member)
+    }
+
+    /// The fast path: a field that is exactly our member, alone, in canonical form
+    /// (as this project's `app` role sends it), read without the general parser.
+    /// `None` for anything else, which the full parser then reads: canonical form
+    /// means the text is its own serialisation, so both paths agree.
+    fn parse_canonical(value: &[u8]) -> Option<Member> {
+        let text = std::str::from_utf8(value).ok()?.strip_prefix(LABEL)?.strip_prefix('=')?;
+        let mut member =
+            Member { text: text.to_string(), names: String::with_capacity(text.len()), ends: Vec::with_capacity(16), ..Member::default() };
+        let bytes = text.as_bytes();
+        if bytes.first() != Some(&b'(') {
+            return None;
+        }
+        let mut i = 1;
+        // Components: `"name"` separated by one space, up to `)`.
+        if bytes.get(i) == Some(&b')') {
+            i += 1;
+        } else {
+            loop {
+                let (len, name) = canonical_string(&text[i..])?;
+                if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    member.bad_component.get_or_insert("a component with parameters or capitals");
+                } else {
+                    member.names.push_str(name);
+                    member.ends.push(member.names.len());
+                }
+                i += len;
+                match bytes.get(i)? {
+                    b' ' => i += 1,
+                    b')' => {
+                        i += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        // Parameters: `;key=value`, each key once, values strings or integers.
+        let mut seen: [Option<&str>; 8] = [None; 8];
+        let mut count = 0;
+        while i < bytes.len() {
+            if bytes[i] != b';' {
+                return None;
+            }
+            i += 1;
+            let key_len = text[i..].bytes().take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(b)).count();
+            let key = &text[i..i + key_len];
+            if !key.starts_with(|c: char| c.is_ascii_lowercase() || c == '*') || bytes.get(i + key_len) != Some(&b'=') {
+                return None;
+            }
+            if count == seen.len() || seen[..count].contains(&Some(key)) {
+                return None;
+            }
+            seen[count] = Some(key);
+            count += 1;
+            i += key_len + 1;
+            let param = if bytes.get(i) == Some(&b'"') {
+                let (len, s) = canonical_string(&text[i..])?;
+                i += len;
+                Param::Text(s.to_string())
+            } else {
+                let digits = text[i..].bytes().take_while(u8::is_ascii_digit).count();
+                let number = &text[i..i + digits];
+                // No sign, no leading zero, at most 15 digits (RFC 8941 §3.3.1).
+                if digits == 0 || digits > 15 || (digits > 1 && number.starts_with('0')) {
+                    return None;
+                }
+                i += digits;
+                Param::Integer(number.parse().ok()?)
+            };
+            member.set_param(key, param);
+        }
+        Some(member)
+    }
+
+    /// The signature base (§2.5) into `out`.
+    fn write_base<F: FieldLines + ?Sized>(&self, message: &Message<'_, F>, out: &mut String) -> Result<(), BaseError> {
+        if let Some(e) = self.bad_component {
+            return Err(e);
+        }
+        for (i, name) in self.components().enumerate() {
+            if self.components().take(i).any(|seen| seen == name) {
+                return Err("a component is covered twice");
+            }
+            push_sf_string(out, name).ok_or("a component identifier that is not a string")?;
+            out.push_str(": ");
+            push_component_value(out, message, name)?;
+            out.push('\n');
+        }
+        out.push_str("\"@signature-params\": ");
+        out.push_str(&self.text);
+        Ok(())
+    }
+}
+
+/// A string item in canonical form at the start of `text` (no escapes: `"` and `\`
+/// inside make it non-canonical for this path): its length with the quotes, and its content.
+fn canonical_string(text: &str) -> Option<(usize, &str)> {
+    let rest = text.strip_prefix('"')?;
+    let len = rest.bytes().take_while(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\').count();
+    if rest.as_bytes().get(len) != Some(&b'"') {
+        return None;
+    }
+    Some((len + 2, &rest[..len]))
+}
+
+/// Appends `value` as an RFC 8941 string (§4.1.6); `None` when it holds a
+/// character a string cannot.
+fn push_sf_string(out: &mut String, value: &str) -> Option<()> {
+    out.push('"');
+    // Nothing to escape (header names, hex nonces): copied whole.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push_str(value);
+        out.push('"');
+        return Some(());
+    }
+    for c in value.chars() {
+        if !(' '..='~').contains(&c) {
+            return None;
+        }
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    Some(())
 }
 
 /// A covered component's name: a lowercase string without parameters (`;sf`,
@@ -184,10 +451,7 @@ fn inner_list_text(list: &InnerList) -> Option<String> {
     ser.finish()
 }
 
-fn key(name: &str) -> Option<Key> {
-    Key::from_string(name.to_string()).ok()
-}
-
+#[cfg(test)]
 fn string_item(value: &str) -> Option<BareItem> {
     sfv::String::from_string(value.to_string()).ok().map(BareItem::String)
 }
@@ -203,7 +467,13 @@ pub struct SignatureFields {
 /// `fields` sorted by name. `None` when RFC 9421 does not define the ring's
 /// algorithm, its first key cannot sign (a public key), or a value cannot stand in
 /// a signature base.
-pub fn sign(ring: &KeyRing, message: &Message<'_>, fields: &[&str], created: u64, nonce: &str) -> Option<SignatureFields> {
+pub fn sign<F: FieldLines + ?Sized>(
+    ring: &KeyRing,
+    message: &Message<'_, F>,
+    fields: &[&str],
+    created: u64,
+    nonce: &str,
+) -> Option<SignatureFields> {
     if !ring.algorithm.in_rfc9421() {
         return None;
     }
@@ -211,24 +481,47 @@ pub fn sign(ring: &KeyRing, message: &Message<'_>, fields: &[&str], created: u64
     let mut sorted: Vec<&str> = fields.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    let mut items = Vec::with_capacity(REQUIRED_DERIVED.len() + sorted.len());
-    for name in REQUIRED_DERIVED.iter().copied().chain(sorted) {
-        items.push(Item::new(string_item(name)?));
+    // RFC 8941 integers have at most 15 digits.
+    if created > 999_999_999_999_999 {
+        return None;
     }
-    let mut params = Parameters::new();
-    params.insert(key("created")?, BareItem::Integer(i64::try_from(created).ok()?.try_into().ok()?));
-    params.insert(key("keyid")?, string_item(&signing_key.id)?);
-    params.insert(key("alg")?, string_item(ring.algorithm.name())?);
-    params.insert(key("nonce")?, string_item(nonce)?);
-    let list = InnerList::with_params(items, params);
-    let base = signature_base(message, &list).ok()?;
+    // The member, serialised as RFC 8941 would, straight into `Signature-Input`.
+    let mut input = String::with_capacity(256);
+    input.push_str(LABEL);
+    input.push_str("=(");
+    for (i, name) in REQUIRED_DERIVED.iter().copied().chain(sorted.iter().copied()).enumerate() {
+        if i > 0 {
+            input.push(' ');
+        }
+        push_sf_string(&mut input, name)?;
+    }
+    input.push_str(");created=");
+    input.push_str(&created.to_string());
+    input.push_str(";keyid=");
+    push_sf_string(&mut input, &signing_key.id)?;
+    input.push_str(";alg=");
+    push_sf_string(&mut input, ring.algorithm.name())?;
+    input.push_str(";nonce=");
+    push_sf_string(&mut input, nonce)?;
+    let params = &input[LABEL.len() + 1..];
+
+    let mut base = String::with_capacity(512);
+    for name in REQUIRED_DERIVED.iter().copied().chain(sorted.iter().copied()) {
+        push_sf_string(&mut base, name)?;
+        base.push_str(": ");
+        push_component_value(&mut base, message, name).ok()?;
+        base.push('\n');
+    }
+    base.push_str("\"@signature-params\": ");
+    base.push_str(params);
     let mac = signing_key.signature_of(base.as_bytes())?;
 
-    let mut input = Dictionary::new();
-    input.insert(key(LABEL)?, ListEntry::InnerList(list));
-    let mut signature = Dictionary::new();
-    signature.insert(key(LABEL)?, ListEntry::Item(Item::new(BareItem::ByteSequence(mac))));
-    Some(SignatureFields { signature_input: input.serialize()?, signature: signature.serialize()? })
+    let mut signature = String::with_capacity(LABEL.len() + 3 + mac.len().div_ceil(3) * 4);
+    signature.push_str(LABEL);
+    signature.push_str("=:");
+    base64::engine::general_purpose::STANDARD.encode_string(&mac, &mut signature);
+    signature.push(':');
+    Some(SignatureFields { signature_input: input, signature })
 }
 
 /// A structured field's lines combined as RFC 8941 §4.2 parses them; `None` when absent.
@@ -276,59 +569,97 @@ pub struct Verified {
     pub nonce: Nonce,
     /// `created` (seconds since the epoch): the replay memory's time bucket.
     pub created: u64,
+    /// Whether `Signature-Input` and `Signature` were one line each holding our
+    /// member alone (as our app role sends them): both go whole once consumed.
+    pub alone: bool,
 }
 
 /// Checks our signature on `message`. `is_protocol_header` names the headers that
 /// must be covered whenever present.
-pub fn verify(
+pub fn verify<F: FieldLines + ?Sized>(
     ring: &KeyRing,
-    message: &Message<'_>,
+    message: &Message<'_, F>,
     now: SystemTime,
     max_skew: Duration,
     max_future: Duration,
     is_protocol_header: impl Fn(&str) -> bool,
 ) -> Result<Verified, Rejection> {
-    let (list, mac) = find_signature(message.fields)?;
-    let param = |name: &str| list.params.get(name);
-    let text = |name: &str| match param(name) {
-        Some(BareItem::String(s)) => Some(s.as_str()),
-        _ => None,
-    };
-    let integer = |name: &str| match param(name) {
-        Some(BareItem::Integer(i)) => Some(i64::from(*i)),
-        Some(_) => Some(-1),
+    let (member, mac, alone) = find_member(message.fields)?;
+    let alg = match &member.alg {
+        Some(Param::Text(named)) => Some(Some(named.as_str())),
+        Some(_) => Some(None),
         None => None,
     };
-    if !alg_suits(ring.algorithm, param("alg")) {
+    if !alg_named_suits(ring.algorithm, alg) {
         return Err(Rejection::Bad);
     }
-    let key = text("keyid").and_then(|id| ring.key(id)).ok_or(Rejection::Bad)?;
-    let nonce = text("nonce").filter(|n| !n.is_empty()).ok_or(Rejection::Bad)?;
+    let key = Member::text_param(&member.keyid).and_then(|id| ring.key(id)).ok_or(Rejection::Bad)?;
+    let nonce = Member::text_param(&member.nonce).filter(|n| !n.is_empty()).ok_or(Rejection::Bad)?;
 
     let now_secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-    let created = integer("created").and_then(|c| u64::try_from(c).ok()).ok_or(Rejection::Stale)?;
+    let created = Member::integer_param(&member.created).and_then(|c| u64::try_from(c).ok()).ok_or(Rejection::Stale)?;
     if now_secs.abs_diff(created) > max_skew.as_secs() {
         return Err(Rejection::Stale);
     }
     if created > now_secs.saturating_add(max_future.as_secs()) {
         return Err(Rejection::DatedAhead);
     }
-    if let Some(expires) = integer("expires") {
+    if let Some(expires) = Member::integer_param(&member.expires) {
         if u64::try_from(expires).map_or(true, |e| e < now_secs) {
             return Err(Rejection::Stale);
         }
     }
 
-    let covered: Vec<&str> = list.items.iter().filter_map(|i| component_name(i).ok()).collect();
-    let uncovered_field = message.fields.iter().any(|(n, _)| is_protocol_header(n) && !covered.contains(&n.as_str()));
-    if uncovered_field || REQUIRED_DERIVED.iter().any(|d| !covered.contains(d)) {
+    let covered = |name: &str| member.components().any(|c| c == name);
+    let uncovered_field = message.fields.lines().any(|(n, _)| is_protocol_header(n) && !covered(n));
+    if uncovered_field || REQUIRED_DERIVED.iter().any(|d| !covered(d)) {
         return Err(Rejection::Bad);
     }
-    let base = signature_base(message, &list).map_err(|_| Rejection::Bad)?;
+    let mut base = String::with_capacity(512);
+    member.write_base(message, &mut base).map_err(|_| Rejection::Bad)?;
     if !key.verifies(base.as_bytes(), &mac) {
         return Err(Rejection::Bad);
     }
-    Ok(Verified { nonce: nonce_key(nonce), created })
+    Ok(Verified { nonce: nonce_key(nonce), created, alone })
+}
+
+/// Our members of `Signature-Input` and `Signature`: by the fast path when each
+/// field is one line holding our member alone in canonical form, else by the full
+/// RFC 8941 parser ([`find_signature`]).
+fn find_member<F: FieldLines + ?Sized>(fields: &F) -> Result<(Member, Vec<u8>, bool), Rejection> {
+    let only = |name: &str| {
+        let mut lines = fields.lines().filter(|(n, _)| *n == name);
+        match (lines.next(), lines.next()) {
+            (Some((_, value)), None) => Some(value),
+            _ => None,
+        }
+    };
+    if let (Some(input), Some(signature)) = (only(SIGNATURE_INPUT), only(SIGNATURE)) {
+        if let (Some(member), Some(mac)) = (Member::parse_canonical(input), canonical_signature(signature)) {
+            return Ok((member, mac, true));
+        }
+    }
+    let owned: Vec<(String, Vec<u8>)> = fields.lines().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+    let (list, mac) = find_signature(&owned)?;
+    let member = Member::from_inner_list(&list).ok_or(Rejection::Bad)?;
+    Ok((member, mac, false))
+}
+
+/// `wsgiproxy=:{base64}:` alone, canonical base64 (padded, no stray bits): the signature.
+fn canonical_signature(value: &[u8]) -> Option<Vec<u8>> {
+    let encoded = value.strip_prefix(LABEL.as_bytes())?.strip_prefix(b"=:")?.strip_suffix(b":")?;
+    base64::engine::general_purpose::STANDARD.decode(encoded).ok()
+}
+
+/// [`alg_suits`] on the `alg` parameter's text: `None` when absent, `Some(None)`
+/// when it is not a string.
+fn alg_named_suits(algorithm: Algorithm, alg: Option<Option<&str>>) -> bool {
+    algorithm.in_rfc9421()
+        && match alg {
+            Some(Some(named)) => named == algorithm.name(),
+            Some(None) => false,
+            None => algorithm.is_asymmetric(),
+        }
 }
 
 /// Whether a signature's `alg` parameter suits a ring of `algorithm`, which alone
@@ -338,12 +669,11 @@ pub fn verify(
 /// be left out with a public-key algorithm only, whose key says what it is (§3.2),
 /// while HMAC requires it as it always has.
 pub fn alg_suits(algorithm: Algorithm, alg: Option<&BareItem>) -> bool {
-    algorithm.in_rfc9421()
-        && match alg {
-            Some(BareItem::String(named)) => named.as_str() == algorithm.name(),
-            Some(_) => false,
-            None => algorithm.is_asymmetric(),
-        }
+    let named = alg.map(|item| match item {
+        BareItem::String(named) => Some(named.as_str()),
+        _ => None,
+    });
+    alg_named_suits(algorithm, named)
 }
 
 /// The replay memory's key for an RFC 9421 nonce (any string): a digest, kept
@@ -367,6 +697,10 @@ pub enum Consumed {
 }
 
 pub fn without_our_member(value: &[u8]) -> Consumed {
+    // What this project's app role sends: our member alone, read without the full parser.
+    if Member::parse_canonical(value).is_some() || canonical_signature(value).is_some() {
+        return Consumed::All;
+    }
     let Ok(mut dictionary) = Parser::new(value).parse::<Dictionary>() else {
         return Consumed::NotOurs;
     };
@@ -382,7 +716,6 @@ pub fn without_our_member(value: &[u8]) -> Consumed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::Engine as _;
 
     const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -649,6 +982,69 @@ mod tests {
         assert_eq!(without_our_member(b"wsgiproxy=:AAAA:"), Consumed::All);
         assert_eq!(without_our_member(b"other=:AAAA:"), Consumed::NotOurs);
         assert_eq!(without_our_member(b"not a dictionary ("), Consumed::NotOurs);
+    }
+
+    impl PartialEq for Member {
+        fn eq(&self, other: &Member) -> bool {
+            (&self.text, &self.names, &self.ends, self.bad_component, &self.created, &self.expires, &self.keyid, &self.alg, &self.nonce)
+                == (
+                    &other.text,
+                    &other.names,
+                    &other.ends,
+                    other.bad_component,
+                    &other.created,
+                    &other.expires,
+                    &other.keyid,
+                    &other.alg,
+                    &other.nonce,
+                )
+        }
+    }
+
+    /// The fast path reads exactly what the full parser reads, or leaves it to it.
+    #[test]
+    fn fast_path_agrees_with_the_full_parser() {
+        let canonical = [
+            r#"wsgiproxy=("@method" "@authority" "@path" "@query" "x-forwarded-for");created=1795485600;keyid="k1";alg="hmac-sha256";nonce="00ff""#,
+            r#"wsgiproxy=();created=0"#,
+            r#"wsgiproxy=("")"#,
+            r#"wsgiproxy=("@METHOD" "x");created=5;expires=6;tag="t";keyid="a b""#,
+            r#"wsgiproxy=("@method");*x.y-z_1=2;alg="ed25519""#,
+        ];
+        let full = |value: &str| match Parser::new(value).parse::<Dictionary>().ok().and_then(|d| d.get(LABEL).cloned()) {
+            Some(ListEntry::InnerList(list)) => Member::from_inner_list(&list),
+            _ => None,
+        };
+        for value in canonical {
+            let fast = Member::parse_canonical(value.as_bytes());
+            assert!(fast.is_some(), "{value}");
+            assert_eq!(fast, full(value), "{value}");
+            assert_eq!(without_our_member(value.as_bytes()), Consumed::All);
+        }
+        // Not canonical or not ours alone: the full parser's business.
+        let others = [
+            r#"wsgiproxy=("@method");created=01"#,
+            r#"wsgiproxy=("@method" );created=1"#,
+            r#"wsgiproxy=( "@method");created=1"#,
+            r#"wsgiproxy=("@method");created=1;created=2"#,
+            r#"wsgiproxy=("@method");created=-1"#,
+            r#"wsgiproxy=("@method");created=1234567890123456"#,
+            r#"wsgiproxy=("@method");keyid="a"b""#,
+            r#"wsgiproxy=("@method");flag"#,
+            r#"wsgiproxy=("@method");created=1.5"#,
+            r#"wsgiproxy=("@method";sf);created=1"#,
+            r#"wsgiproxy=("@method");Created=1"#,
+            r#"wsgiproxy=("@method"), other=("@path")"#,
+            r#"other=("@method")"#,
+            r#"wsgiproxy=("@method") "#,
+        ];
+        for value in others {
+            assert_eq!(Member::parse_canonical(value.as_bytes()), None, "{value}");
+        }
+        assert_eq!(canonical_signature(b"wsgiproxy=:AAAA:"), Some(vec![0, 0, 0]));
+        for value in [&b"wsgiproxy=:AAA:"[..], b"wsgiproxy=:AAB=:", b"wsgiproxy=:AAAA:, x=1", b"wsgiproxy=:AAAA"] {
+            assert_eq!(canonical_signature(value), None);
+        }
     }
 
     #[test]
