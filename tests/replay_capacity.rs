@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 use support::*;
-use wsgiproxy_protocol::signature::{format_date, sign, Algorithm, KeyRing, SignedParts};
+use wsgiproxy_protocol::signature::{format_date, Algorithm, KeyRing};
 
 const KEY: &str = "capacity-shared-key-0123456789";
 const AUTHORITY: &str = "internal:9000";
@@ -34,19 +34,7 @@ fn signed_request(ring: &KeyRing, n: u64, date: &str) -> Vec<u8> {
     let mut nonce = [0u8; 16];
     nonce[..8].copy_from_slice(&n.to_be_bytes());
     nonce[8..].copy_from_slice(&0x5eed_u64.to_be_bytes());
-    let path = format!("/r/{n}");
-    let parts = SignedParts {
-        method: b"GET",
-        authority: AUTHORITY.as_bytes(),
-        path: path.as_bytes(),
-        date: date.as_bytes(),
-        protocol_headers: vec![("x-wsgiproxy-version", b"0.1")],
-    };
-    let signature = sign(ring, &nonce, &parts).unwrap();
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {AUTHORITY}\r\nDate: {date}\r\nx-wsgiproxy-version: 0.1\r\nx-wsgiproxy-signature: {signature}\r\n\r\n"
-    )
-    .into_bytes()
+    signed_v1_get(ring, &nonce, AUTHORITY, &format!("/r/{n}"), date)
 }
 
 fn rss_bytes(pid: u32) -> u64 {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use support::*;
-use wsgiproxy_protocol::signature::{format_date, sign, Algorithm, KeyRing, SignedParts};
+use wsgiproxy_protocol::signature::{format_date, Algorithm, KeyRing};
 
 const KEY: &str = "first-shared-key-0123456789";
 const FILE: &str = "envoy/middleware.yaml";
@@ -38,20 +38,8 @@ fn signed_request() -> Vec<u8> {
     let n = COUNT.fetch_add(1, Ordering::Relaxed) ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
     nonce[8..].copy_from_slice(&n.to_be_bytes());
     let date = format_date(SystemTime::now());
-    let path = "/transfer?amount=100";
     let ring = KeyRing::new(Algorithm::HmacSha1, &[("k1".into(), KEY.as_bytes().to_vec())]).unwrap();
-    let parts = SignedParts {
-        method: b"GET",
-        authority: b"internal:9000",
-        path: path.as_bytes(),
-        date: date.as_bytes(),
-        protocol_headers: vec![("x-wsgiproxy-version", b"0.1")],
-    };
-    let signature = sign(&ring, &nonce, &parts).unwrap();
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: internal:9000\r\nDate: {date}\r\nX-WSGIProxy-Version: 0.1\r\nX-WSGIProxy-Signature: {signature}\r\n\r\n"
-    )
-    .into_bytes()
+    signed_v1_get(&ring, &nonce, "internal:9000", "/transfer?amount=100", &date)
 }
 
 /// A kept-alive connection: (status, `x-wsgiproxy-error`) of each answer.

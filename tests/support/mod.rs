@@ -793,6 +793,23 @@ pub fn raw_request(port: u16, raw: &[u8]) -> Response {
     read_response(&mut reader)
 }
 
+/// A v1-signed `GET {path}` to `authority`, dated `date`, whose only protocol header
+/// is X-WSGIProxy-Version: 0.1, as raw HTTP/1.1 bytes.
+pub fn signed_v1_get(ring: &wsgiproxy_protocol::signature::KeyRing, nonce: &[u8; 16], authority: &str, path: &str, date: &str) -> Vec<u8> {
+    let parts = wsgiproxy_protocol::signature::SignedParts {
+        method: b"GET",
+        authority: authority.as_bytes(),
+        path: path.as_bytes(),
+        date: date.as_bytes(),
+        protocol_headers: vec![("x-wsgiproxy-version", b"0.1")],
+    };
+    let signature = wsgiproxy_protocol::signature::sign(ring, nonce, &parts).unwrap();
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nDate: {date}\r\nX-WSGIProxy-Version: 0.1\r\nX-WSGIProxy-Signature: {signature}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// A kept-alive HTTP/1.1 connection to 127.0.0.1: requests one after another on one
 /// socket (to reach the filter chain, or the process, it was opened on), each answer
 /// read whole.
