@@ -42,22 +42,8 @@ fn signed_request() -> Vec<u8> {
     signed_v1_get(&ring, &nonce, "internal:9000", "/transfer?amount=100", &date)
 }
 
-/// A kept-alive connection: (status, `x-wsgiproxy-error`) of each answer.
-struct Connection(KeptAlive);
-
-impl Connection {
-    fn open(port: u16) -> Connection {
-        Connection(KeptAlive::open(port))
-    }
-
-    fn send(&mut self, raw: &[u8]) -> (u16, Option<String>) {
-        let r = self.0.send(raw);
-        (r.status, r.header("x-wsgiproxy-error").map(str::to_string))
-    }
-}
-
 fn once(port: u16, raw: &[u8]) -> (u16, Option<String>) {
-    Connection::open(port).send(raw)
+    KeptAlive::open(port).verdict(raw)
 }
 
 const ACCEPTED: Answer = (200, None);
@@ -131,8 +117,8 @@ fn a_hot_restart_pair_accepts_no_replay() {
     let mut o = overrides(&echo, dir.path());
     o.hot_restart = Some(HotRestart { base_id, epoch: 0 });
     let parent = Envoy::start(FILE, &o);
-    let mut kept = Connection::open(parent.port);
-    assert_eq!(kept.send(&signed_request()), ACCEPTED);
+    let mut kept = KeptAlive::open(parent.port);
+    assert_eq!(kept.verdict(&signed_request()), ACCEPTED);
     let mut load = Load::start(parent.port);
     std::thread::sleep(Duration::from_millis(300));
 
@@ -141,12 +127,12 @@ fn a_hot_restart_pair_accepts_no_replay() {
     let child = parent.hot_restart(FILE, &o);
     // Accepted by the parent on its kept-alive connection, replayed to the child.
     let first = signed_request();
-    assert_eq!(kept.send(&first), ACCEPTED);
+    assert_eq!(kept.verdict(&first), ACCEPTED);
     assert_eq!(once(child.port, &first), replayed());
     // Accepted by the child, replayed to the parent.
     let second = signed_request();
     assert_eq!(once(child.port, &second), ACCEPTED);
-    assert_eq!(kept.send(&second), replayed());
+    assert_eq!(kept.verdict(&second), replayed());
     std::thread::sleep(Duration::from_millis(300));
     let statuses = load.stop();
     Load::assert_only_accepted_or_down(&statuses);

@@ -827,6 +827,12 @@ impl KeptAlive {
         self.0.get_mut().write_all(raw).unwrap();
         read_response(&mut self.0)
     }
+
+    /// Sends raw request bytes; the answer's status and `x-wsgiproxy-error`.
+    pub fn verdict(&mut self, raw: &[u8]) -> (u16, Option<String>) {
+        let r = self.send(raw);
+        (r.status, r.header("x-wsgiproxy-error").map(str::to_string))
+    }
 }
 
 pub fn read_response(reader: &mut impl BufRead) -> Response {

@@ -12,8 +12,9 @@ use super::ABI_VERSION;
 
 // -------------------------------------------------------------- event hooks
 
-/// Runs a hook's body, turning a panic into `fallback` (and a log line).
-fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
+/// Runs a hook's body, turning a panic into `fallback` and one critical log line
+/// (a panic must not unwind into Envoy). Shared by the HTTP and network hooks.
+pub(super) fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(value) => value,
         Err(_) => {

@@ -11,10 +11,10 @@
 //! HTTP roles read the network filter's record instead.
 
 use std::ffi::c_void;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::handles::{copy_envoy_bytes, log};
-use super::raw::{EnvoyBuffer, LogLevel, ModuleBuffer};
+use super::handles::copy_envoy_bytes;
+use super::hooks::guarded;
+use super::raw::{EnvoyBuffer, ModuleBuffer};
 
 extern "C" {
     fn envoy_dynamic_module_callback_network_filter_get_remote_address(
@@ -87,16 +87,6 @@ pub trait ConnectionFilterFactory: Send + Sync {
 }
 
 // -------------------------------------------------------------- event hooks
-
-fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(value) => value,
-        Err(_) => {
-            let _ = catch_unwind(|| log(LogLevel::Critical, &format!("wsgiproxy: panic caught in {hook}")));
-            fallback
-        }
-    }
-}
 
 /// The factory behind a config (or filter) pointer Envoy hands back.
 ///
