@@ -26,12 +26,23 @@ use crate::signature::Algorithm;
 
 mod p256_public_key;
 pub use p256_public_key::P256PublicKey;
+mod p384_key;
+pub use p384_key::P384PublicKey;
+mod rsa_key;
+#[cfg(feature = "ring")]
+pub use rsa_key::RsaPrivateKey;
+pub use rsa_key::{RsaPublicKey, RsaScheme, MAX_RSA_BITS, MIN_RSA_BITS};
 
 /// A private key: signs (the `app` role).
 #[derive(Clone)]
 pub enum PrivateKey {
     Ed25519(ed25519_dalek::SigningKey),
     EcdsaP256(p256::ecdsa::SigningKey),
+    /// ECDSA P-384 with SHA-384 (RFC 9421 §3.3.5), signing deterministically (RFC 6979).
+    EcdsaP384(p384::ecdsa::SigningKey),
+    /// RSA (`rsa-pss-sha512` or `rsa-v1_5-sha256`): ring's, in the native module only.
+    #[cfg(feature = "ring")]
+    Rsa(RsaScheme, RsaPrivateKey),
 }
 
 /// A public key: verifies only (the `middleware` role).
@@ -39,6 +50,8 @@ pub enum PrivateKey {
 pub enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     EcdsaP256(P256PublicKey),
+    EcdsaP384(P384PublicKey),
+    Rsa(RsaScheme, RsaPublicKey),
 }
 
 /// A key as read from the configuration: which half it is decides which role may hold it.
@@ -53,6 +66,9 @@ impl PrivateKey {
         match self {
             PrivateKey::Ed25519(_) => Algorithm::Ed25519,
             PrivateKey::EcdsaP256(_) => Algorithm::EcdsaP256Sha256,
+            PrivateKey::EcdsaP384(_) => Algorithm::EcdsaP384Sha384,
+            #[cfg(feature = "ring")]
+            PrivateKey::Rsa(scheme, _) => rsa_algorithm(*scheme),
         }
     }
 
@@ -66,6 +82,14 @@ impl PrivateKey {
                 let signature: p256::ecdsa::Signature = key.try_sign(message).ok()?;
                 Some(signature.to_bytes().to_vec())
             }
+            // 96 bytes, r || s (§3.3.5).
+            PrivateKey::EcdsaP384(key) => {
+                let signature: p384::ecdsa::Signature = key.try_sign(message).ok()?;
+                Some(signature.to_bytes().to_vec())
+            }
+            // The modulus's length (§3.3.1, §3.3.2).
+            #[cfg(feature = "ring")]
+            PrivateKey::Rsa(scheme, key) => key.sign(*scheme, message),
         }
     }
 
@@ -73,6 +97,9 @@ impl PrivateKey {
         match self {
             PrivateKey::Ed25519(key) => PublicKey::Ed25519(key.verifying_key()),
             PrivateKey::EcdsaP256(key) => PublicKey::EcdsaP256(P256PublicKey::new(*key.verifying_key())),
+            PrivateKey::EcdsaP384(key) => PublicKey::EcdsaP384(P384PublicKey::new(*key.verifying_key())),
+            #[cfg(feature = "ring")]
+            PrivateKey::Rsa(scheme, key) => PublicKey::Rsa(*scheme, key.public_key().clone()),
         }
     }
 }
@@ -82,6 +109,8 @@ impl PublicKey {
         match self {
             PublicKey::Ed25519(_) => Algorithm::Ed25519,
             PublicKey::EcdsaP256(_) => Algorithm::EcdsaP256Sha256,
+            PublicKey::EcdsaP384(_) => Algorithm::EcdsaP384Sha384,
+            PublicKey::Rsa(scheme, _) => rsa_algorithm(*scheme),
         }
     }
 
@@ -96,6 +125,8 @@ impl PublicKey {
                 ed25519_dalek::Signature::from_slice(signature).is_ok_and(|signature| key.verify_strict(message, &signature).is_ok())
             }
             PublicKey::EcdsaP256(key) => key.verifies(message, signature),
+            PublicKey::EcdsaP384(key) => key.verifies(message, signature),
+            PublicKey::Rsa(scheme, key) => key.verifies(*scheme, message, signature),
         }
     }
 }
@@ -124,6 +155,25 @@ impl std::fmt::Debug for PublicKey {
 /// Why a key's text is not a usable key (never quoting it).
 pub type KeyError = String;
 
+/// The algorithm an RSA scheme signs.
+fn rsa_algorithm(scheme: RsaScheme) -> Algorithm {
+    match scheme {
+        RsaScheme::PssSha512 => Algorithm::RsaPssSha512,
+        RsaScheme::Pkcs1v15Sha256 => Algorithm::RsaV15Sha256,
+    }
+}
+
+/// The RSA scheme of an RSA algorithm.
+fn rsa_scheme(algorithm: Algorithm) -> Option<RsaScheme> {
+    match algorithm {
+        Algorithm::RsaPssSha512 => Some(RsaScheme::PssSha512),
+        Algorithm::RsaV15Sha256 => Some(RsaScheme::Pkcs1v15Sha256),
+        _ => None,
+    }
+}
+
+const ENCRYPTED_PEM: &str = "is an encrypted private key: give it decrypted (openssl pkey -in KEY), from an environment variable";
+
 /// Reads a key of `algorithm` (Ed25519 or ECDSA P-256) from PEM or JWK text.
 /// A PEM whose line breaks were written as `\n` (as some environment files do)
 /// is read as if they were line breaks.
@@ -148,12 +198,20 @@ pub fn parse_key(algorithm: Algorithm, text: &str) -> Result<AsymmetricKey, KeyE
 fn key_kind(algorithm: Algorithm) -> &'static str {
     match algorithm {
         Algorithm::EcdsaP256Sha256 => "ECDSA P-256",
+        Algorithm::EcdsaP384Sha384 => "ECDSA P-384",
+        Algorithm::RsaPssSha512 | Algorithm::RsaV15Sha256 => "RSA",
         _ => "Ed25519",
     }
 }
 
 fn parse_pem(algorithm: Algorithm, pem: &str) -> Result<AsymmetricKey, KeyError> {
     let label = pem.lines().next().unwrap_or_default().trim();
+    if algorithm == Algorithm::EcdsaP384Sha384 {
+        return p384_key::parse_pem(label, pem);
+    }
+    if let Some(scheme) = rsa_scheme(algorithm) {
+        return rsa_key::parse_pem(scheme, label, pem);
+    }
     let kind = key_kind(algorithm);
     let unreadable = |what: &str| format!("is not {what} of an {kind} key (the PEM is not shown: it may be a secret)");
     match (label, algorithm) {
@@ -172,9 +230,7 @@ fn parse_pem(algorithm: Algorithm, pem: &str) -> Result<AsymmetricKey, KeyError>
         ("-----BEGIN PUBLIC KEY-----", Algorithm::EcdsaP256Sha256) => p256::ecdsa::VerifyingKey::from_public_key_pem(pem)
             .map(|k| AsymmetricKey::Public(PublicKey::EcdsaP256(P256PublicKey::new(k))))
             .map_err(|_| unreadable("an SPKI public key")),
-        ("-----BEGIN ENCRYPTED PRIVATE KEY-----", _) => {
-            Err("is an encrypted private key: give it decrypted (openssl pkey -in KEY), from an environment variable".into())
-        }
+        ("-----BEGIN ENCRYPTED PRIVATE KEY-----", _) => Err(ENCRYPTED_PEM.into()),
         _ => Err(format!(
             "is a PEM of another kind: give an {kind} key as \"-----BEGIN PRIVATE KEY-----\" (PKCS#8{}) or \"-----BEGIN PUBLIC KEY-----\" (SPKI)",
             if algorithm == Algorithm::EcdsaP256Sha256 { "; or SEC1, \"-----BEGIN EC PRIVATE KEY-----\"" } else { "" }
@@ -205,14 +261,41 @@ struct Jwk {
     y: Option<String>,
     #[serde(default)]
     d: Option<String>,
+    /// RSA (RFC 7518 §6.3): the public modulus and exponent, and the private key's
+    /// primes and CRT members.
+    #[serde(default)]
+    n: Option<String>,
+    #[serde(default)]
+    e: Option<String>,
+    #[serde(default)]
+    p: Option<String>,
+    #[serde(default)]
+    q: Option<String>,
+    #[serde(default)]
+    dp: Option<String>,
+    #[serde(default)]
+    dq: Option<String>,
+    #[serde(default)]
+    qi: Option<String>,
 }
 
 impl Drop for Jwk {
     fn drop(&mut self) {
-        if let Some(d) = &mut self.d {
-            d.zeroize();
+        for secret in [&mut self.d, &mut self.p, &mut self.q, &mut self.dp, &mut self.dq, &mut self.qi].into_iter().flatten() {
+            secret.zeroize();
         }
     }
+}
+
+/// A public member of a JWK, base64url-decoded.
+fn jwk_member(name: &str, value: &Option<String>) -> Result<Vec<u8>, KeyError> {
+    let value = value.as_deref().ok_or_else(|| format!("is a JWK without {name:?}"))?;
+    BASE64URL.decode(value).map_err(|_| format!("is a JWK whose {name:?} is not base64url"))
+}
+
+/// A private member of a JWK, base64url-decoded into memory wiped once used.
+fn jwk_secret(name: &str, value: &str) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    BASE64URL.decode(value.as_bytes()).map(Zeroizing::new).map_err(|_| format!("is a JWK whose {name:?} is not base64url"))
 }
 
 /// base64url as JWKs write it (RFC 7515 §2: no padding), padding tolerated.
@@ -228,9 +311,7 @@ fn parse_jwk(algorithm: Algorithm, text: &str) -> Result<AsymmetricKey, KeyError
         let value = value.as_deref().ok_or_else(|| format!("is a JWK without {name:?}"))?;
         BASE64URL.decode(value).map_err(|_| format!("is a JWK whose {name:?} is not base64url"))
     };
-    let secret = |d: &String| -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        BASE64URL.decode(d.as_bytes()).map(Zeroizing::new).map_err(|_| "is a JWK whose \"d\" is not base64url".to_string())
-    };
+    let secret = |d: &String| -> Result<Zeroizing<Vec<u8>>, KeyError> { jwk_secret("d", d) };
     match algorithm {
         Algorithm::Ed25519 => {
             if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
@@ -287,9 +368,14 @@ fn parse_jwk(algorithm: Algorithm, text: &str) -> Result<AsymmetricKey, KeyError
                 }
             }
         }
+        Algorithm::EcdsaP384Sha384 => p384_key::parse_jwk(&jwk),
+        Algorithm::RsaPssSha512 => rsa_key::parse_jwk(RsaScheme::PssSha512, &jwk),
+        Algorithm::RsaV15Sha256 => rsa_key::parse_jwk(RsaScheme::Pkcs1v15Sha256, &jwk),
         Algorithm::HmacSha1 | Algorithm::HmacSha256 => Err("an HMAC key is a secret, not a JWK or PEM".into()),
     }
 }
 
+#[cfg(test)]
+mod algorithm_tests;
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,12 @@ pub enum Algorithm {
     Ed25519,
     /// ECDSA on P-256 with SHA-256 (RFC 9421 §3.3.4): a public-key algorithm, RFC 9421 only.
     EcdsaP256Sha256,
+    /// ECDSA on P-384 with SHA-384 (RFC 9421 §3.3.5): a public-key algorithm, RFC 9421 only.
+    EcdsaP384Sha384,
+    /// RSASSA-PSS with SHA-512 (RFC 9421 §3.3.1): a public-key algorithm, RFC 9421 only.
+    RsaPssSha512,
+    /// RSASSA-PKCS1-v1_5 with SHA-256 (RFC 9421 §3.3.2): a public-key algorithm, RFC 9421 only.
+    RsaV15Sha256,
 }
 
 impl Algorithm {
@@ -35,6 +41,9 @@ impl Algorithm {
             Algorithm::HmacSha256 => "hmac-sha256",
             Algorithm::Ed25519 => "ed25519",
             Algorithm::EcdsaP256Sha256 => "ecdsa-p256-sha256",
+            Algorithm::EcdsaP384Sha384 => "ecdsa-p384-sha384",
+            Algorithm::RsaPssSha512 => "rsa-pss-sha512",
+            Algorithm::RsaV15Sha256 => "rsa-v1_5-sha256",
         }
     }
 
@@ -44,6 +53,9 @@ impl Algorithm {
             "hmac-sha256" => Some(Algorithm::HmacSha256),
             "ed25519" => Some(Algorithm::Ed25519),
             "ecdsa-p256-sha256" => Some(Algorithm::EcdsaP256Sha256),
+            "ecdsa-p384-sha384" => Some(Algorithm::EcdsaP384Sha384),
+            "rsa-pss-sha512" => Some(Algorithm::RsaPssSha512),
+            "rsa-v1_5-sha256" => Some(Algorithm::RsaV15Sha256),
             _ => None,
         }
     }
@@ -51,7 +63,7 @@ impl Algorithm {
     /// Whether the sender signs with a private key and receivers verify with its
     /// public key (instead of a secret both sides hold).
     pub fn is_asymmetric(self) -> bool {
-        matches!(self, Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256)
+        !matches!(self, Algorithm::HmacSha1 | Algorithm::HmacSha256)
     }
 
     /// Whether RFC 9421 defines it (its name there is [`Algorithm::name`]).
@@ -76,7 +88,11 @@ impl KeyedMac {
         let hash = match algorithm {
             Algorithm::HmacSha1 => HmacHash::Sha1,
             Algorithm::HmacSha256 => HmacHash::Sha256,
-            Algorithm::Ed25519 | Algorithm::EcdsaP256Sha256 => {
+            Algorithm::Ed25519
+            | Algorithm::EcdsaP256Sha256
+            | Algorithm::EcdsaP384Sha384
+            | Algorithm::RsaPssSha512
+            | Algorithm::RsaV15Sha256 => {
                 return Err(format!("{} keys are key pairs, not secrets (see KeyRing::asymmetric)", algorithm.name()))
             }
         };

@@ -146,6 +146,7 @@ fn jwk_of(key: &PrivateKey, with_private: bool) -> String {
             let point = k.verifying_key().to_encoded_point(false);
             json!({"kty": "EC", "crv": "P-256", "kid": "k1", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()), "d": b64(&k.to_bytes())})
         }
+        other => unreachable!("{other:?}: see algorithm_tests.rs"),
     };
     if !with_private {
         jwk.as_object_mut().unwrap().remove("d");
@@ -159,6 +160,7 @@ fn pems_of(key: &PrivateKey) -> (String, String) {
     match key {
         PrivateKey::Ed25519(k) => (k.to_pkcs8_pem(LF).unwrap().to_string(), k.verifying_key().to_public_key_pem(LF).unwrap()),
         PrivateKey::EcdsaP256(k) => (k.to_pkcs8_pem(LF).unwrap().to_string(), k.verifying_key().to_public_key_pem(LF).unwrap()),
+        other => unreachable!("{other:?}: see algorithm_tests.rs"),
     }
 }
 
@@ -394,6 +396,7 @@ impl PrivateKey {
         match self.public_key() {
             PublicKey::Ed25519(k) => k.to_bytes().to_vec(),
             PublicKey::EcdsaP256(k) => k.verifying_key().to_encoded_point(false).as_bytes().to_vec(),
+            other => unreachable!("{other:?}: see algorithm_tests.rs"),
         }
     }
 }

@@ -32,6 +32,10 @@ pub(super) enum KeyUse {
     Verify,
 }
 
+/// Every `algorithm` the configuration takes.
+const ALGORITHM_NAMES: &str =
+    "\"hmac-sha1\", \"hmac-sha256\", \"ed25519\", \"ecdsa-p256-sha256\", \"ecdsa-p384-sha384\", \"rsa-pss-sha512\" or \"rsa-v1_5-sha256\"";
+
 pub(super) fn key_ring(
     secret: Option<RawSecret>,
     algorithm: Option<&str>,
@@ -40,9 +44,8 @@ pub(super) fn key_ring(
 ) -> Result<Option<KeyRing>, ConfigError> {
     let algorithm = match algorithm {
         None => Algorithm::HmacSha1,
-        Some(name) => Algorithm::from_name(name).ok_or_else(|| {
-            ConfigError::new("algorithm", format!("{name:?} is not \"hmac-sha1\", \"hmac-sha256\", \"ed25519\" or \"ecdsa-p256-sha256\""))
-        })?,
+        Some(name) => Algorithm::from_name(name)
+            .ok_or_else(|| ConfigError::new("algorithm", format!("{name:?} is not one of {}", ALGORITHM_NAMES)))?,
     };
     let Some(secret) = secret else {
         return Ok(None);
@@ -143,7 +146,7 @@ pub(super) fn signature_format<'a>(
         (SignatureFormat::Rfc9421, Some(name)) if name != Algorithm::HmacSha256.name() => Err(ConfigError::new(
             "algorithm",
             format!(
-                "{name:?} cannot sign RFC 9421 signatures (signature_format \"rfc9421\"): use \"hmac-sha256\", \"ed25519\" or \"ecdsa-p256-sha256\""
+                "{name:?} cannot sign RFC 9421 signatures (signature_format \"rfc9421\"): use \"hmac-sha256\" or a public-key algorithm: \"ed25519\", \"ecdsa-p256-sha256\", \"ecdsa-p384-sha384\", \"rsa-pss-sha512\" or \"rsa-v1_5-sha256\""
             ),
         )),
         _ => Ok((format, algorithm)),
