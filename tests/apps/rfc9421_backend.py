@@ -5,7 +5,8 @@ would, and answers with what the library verified (or why it refused).
     rfc9421_backend.py PORT KEY [ALGORITHM]
 
 KEY is the shared secret (hmac-sha256, the default), or the PEM of the signer's
-public key (ed25519, ecdsa-p256-sha256).
+public key (ed25519, ecdsa-p256-sha256, ecdsa-p384-sha384, rsa-pss-sha512,
+rsa-v1_5-sha256).
 """
 import json
 import sys
@@ -23,6 +24,8 @@ def verify(method, url, headers):
         return verify_ed25519(method, url, headers)
     if ALGORITHM == "ecdsa-p256-sha256":
         return verify_ecdsa_p256(method, url, headers)
+    if ALGORITHM in OTHER_ALGORITHMS:
+        return verify_with(OTHER_ALGORITHMS[ALGORITHM], method, url, headers)
     # README snippet (keep the two in step: tests/rfc9421_interop.rs checks it)
     from types import SimpleNamespace
     from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
@@ -51,6 +54,27 @@ def verify_ecdsa_p256(method, url, headers):
     keys = MappingKeyResolver(public_keys={"k1": PUBLIC_KEY}, private_keys={})
     verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ECDSA_P256_SHA256, key_resolver=keys)
     return verifier.verify(SimpleNamespace(method=method, url=url, headers=headers))[0]
+
+
+def verify_with(algorithm, method, url, headers):
+    # The same with any other algorithm of the library (a public key of its kind).
+    from types import SimpleNamespace
+    from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver
+    keys = MappingKeyResolver(public_keys={"k1": PUBLIC_KEY}, private_keys={})
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithm, key_resolver=keys)
+    return verifier.verify(SimpleNamespace(method=method, url=url, headers=headers))[0]
+
+
+def _other_algorithms():
+    from http_message_signatures import algorithms
+    return {
+        "ecdsa-p384-sha384": algorithms.ECDSA_P384_SHA384,
+        "rsa-pss-sha512": algorithms.RSA_PSS_SHA512,
+        "rsa-v1_5-sha256": algorithms.RSA_V1_5_SHA256,
+    }
+
+
+OTHER_ALGORITHMS = _other_algorithms()
 
 
 class Handler(BaseHTTPRequestHandler):

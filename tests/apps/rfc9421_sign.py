@@ -5,8 +5,9 @@ Reads a JSON list on stdin, each entry
     {"key_id", "key", "method", "url", "headers": [[name, value], ...],
      "covered": [component, ...], "created": seconds, "nonce", "label"}
 and optionally
-    "algorithm": "hmac-sha256" (the default; "key" is the secret), "ed25519" or
-                 "ecdsa-p256-sha256" ("key" is the private key's PEM);
+    "algorithm": "hmac-sha256" (the default; "key" is the secret), "ed25519",
+                 "ecdsa-p256-sha256", "ecdsa-p384-sha384", "rsa-pss-sha512" or
+                 "rsa-v1_5-sha256" ("key" is the private key's PEM);
     "include_alg": false, to leave the alg parameter out;
     "claimed_alg": an alg parameter other than the algorithm that signs (a valid
                    signature under a false name);
@@ -23,6 +24,9 @@ ALGORITHMS = {
     "hmac-sha256": algorithms.HMAC_SHA256,
     "ed25519": algorithms.ED25519,
     "ecdsa-p256-sha256": algorithms.ECDSA_P256_SHA256,
+    "ecdsa-p384-sha384": algorithms.ECDSA_P384_SHA384,
+    "rsa-pss-sha512": algorithms.RSA_PSS_SHA512,
+    "rsa-v1_5-sha256": algorithms.RSA_V1_5_SHA256,
 }
 
 
