@@ -365,8 +365,16 @@ fn verify_rfc9421(
         // The head read in place: no copy of every header.
         fields: head,
     };
-    let verified =
-        rfc9421::verify(ring, &message, req.now, config.max_skew, config.max_future, crate::signature::is_signed_header).map_err(Ok)?;
+    let verified = rfc9421::verify_requiring(
+        ring,
+        &message,
+        req.now,
+        config.max_skew,
+        config.max_future,
+        crate::signature::is_signed_header,
+        &config.required_components,
+    )
+    .map_err(Ok)?;
     remember_nonce(nonces, &verified.nonce, verified.created, req.now).map(|()| verified.alone)
 }
 

@@ -574,6 +574,30 @@ pub struct Verified {
     pub alone: bool,
 }
 
+/// The derived components a receiver may require (`required_components`): those a
+/// signature base can carry ([`component_value`]).
+pub const DERIVED_COMPONENTS: [&str; 7] = ["@method", "@authority", "@scheme", "@target-uri", "@request-target", "@path", "@query"];
+
+/// Whether `name` can be a required component: a derived component of
+/// [`DERIVED_COMPONENTS`], or a header field name in lowercase (no parameters).
+pub fn check_required_component(name: &str) -> Result<(), String> {
+    if name.starts_with('@') {
+        if DERIVED_COMPONENTS.contains(&name) {
+            return Ok(());
+        }
+        return Err(format!(
+            "{name:?} is not a derived component a request's signature can cover: one of {}",
+            DERIVED_COMPONENTS.join(", ")
+        ));
+    }
+    if crate::headers::is_lowercase_token(name) {
+        return Ok(());
+    }
+    Err(format!(
+        "{name:?} is not a component: a header field name in lowercase (\"x-forwarded-for\"), or a derived component (\"@target-uri\")"
+    ))
+}
+
 /// Checks our signature on `message`. `is_protocol_header` names the headers that
 /// must be covered whenever present.
 pub fn verify<F: FieldLines + ?Sized>(
@@ -584,7 +608,25 @@ pub fn verify<F: FieldLines + ?Sized>(
     max_future: Duration,
     is_protocol_header: impl Fn(&str) -> bool,
 ) -> Result<Verified, Rejection> {
+    verify_requiring(ring, message, now, max_skew, max_future, is_protocol_header, &[])
+}
+
+/// [`verify`], and every component of `required` must be covered too (the
+/// receiver's `required_components`), present or not: a signature covering fewer is
+/// refused before its key is even looked at, whatever it verifies.
+pub fn verify_requiring<F: FieldLines + ?Sized>(
+    ring: &KeyRing,
+    message: &Message<'_, F>,
+    now: SystemTime,
+    max_skew: Duration,
+    max_future: Duration,
+    is_protocol_header: impl Fn(&str) -> bool,
+    required: &[String],
+) -> Result<Verified, Rejection> {
     let (member, mac, alone) = find_member(message.fields)?;
+    if required.iter().any(|name| !member.components().any(|c| c == name)) {
+        return Err(Rejection::Bad);
+    }
     let alg = match &member.alg {
         Some(Param::Text(named)) => Some(Some(named.as_str())),
         Some(_) => Some(None),
@@ -712,6 +754,9 @@ pub fn without_our_member(value: &[u8]) -> Consumed {
         None => Consumed::All,
     }
 }
+
+#[cfg(test)]
+mod required_tests;
 
 #[cfg(test)]
 mod tests {

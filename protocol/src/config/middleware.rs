@@ -30,6 +30,8 @@ pub(super) struct RawMiddleware {
     algorithm: Option<String>,
     #[serde(default)]
     signature_format: Option<String>,
+    #[serde(default)]
+    required_components: Option<Vec<String>>,
     #[serde(default, deserialize_with = "lenient_u64")]
     max_skew_seconds: Option<u64>,
     #[serde(default, deserialize_with = "lenient_u64")]
@@ -88,6 +90,10 @@ pub struct MiddlewareConfig {
     pub verify: Option<KeyRing>,
     /// Which signatures are verified: `X-WSGIProxy-Signature` or RFC 9421.
     pub signature_format: SignatureFormat,
+    /// Components every RFC 9421 signature must cover, besides `@method`,
+    /// `@authority`, `@path`, `@query` and the protocol headers present (always
+    /// required): a signature covering fewer is refused, whatever it verifies.
+    pub required_components: Vec<String>,
     pub max_skew: Duration,
     /// How far ahead of this proxy's clock a signature may be dated. Small, and of its
     /// own: the replay memory refuses, after a restart, whatever could have been
@@ -168,6 +174,7 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
     };
     let (signature_format, algorithm) = signature_format(raw.signature_format.as_deref(), raw.algorithm.as_deref())?;
     let verify = key_ring(raw.secret, algorithm, KeyUse::Verify, env)?;
+    let required_components = required_components(raw.required_components, signature_format, verify.is_some())?;
     if raw.trust_ips.is_none() && trust_principals.is_none() && verify.is_none() {
         return Err(ConfigError::new(
             "trust_ips",
@@ -278,6 +285,7 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
         client_address: client_address(raw.client_address.as_deref())?,
         verify,
         signature_format,
+        required_components,
         max_skew,
         max_future,
         replay_memory_bytes: replay_memory_mb << 20,
@@ -292,4 +300,30 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
         allow_pickle: raw.allow_pickle,
         on_untrusted,
     })
+}
+
+/// `required_components`: RFC 9421 signatures only (v1 covers a fixed set: method,
+/// host, path with query, Date and every protocol header present), at least one,
+/// each a component a request's signature can cover.
+fn required_components(raw: Option<Vec<String>>, format: SignatureFormat, verifies: bool) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(Vec::new());
+    };
+    if !verifies || format != SignatureFormat::Rfc9421 {
+        return Err(ConfigError::new(
+            "required_components",
+            "goes with RFC 9421 signatures (\"signature_format\": \"rfc9421\" and a \"secret\"): v1 signatures cover a fixed set, method, host, path with query, Date and every protocol header present",
+        ));
+    }
+    if list.is_empty() {
+        return Err(ConfigError::new("required_components", "must list at least one component (or be left out)"));
+    }
+    let mut required: Vec<String> = Vec::with_capacity(list.len());
+    for (i, name) in list.into_iter().enumerate() {
+        crate::rfc9421::check_required_component(&name).map_err(|e| ConfigError::new(format!("required_components[{i}]"), e))?;
+        if !required.contains(&name) {
+            required.push(name);
+        }
+    }
+    Ok(required)
 }
