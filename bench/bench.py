@@ -415,7 +415,11 @@ def signed_requests(path, count, authority, date=None, signature=None):
 
 # The algorithms compared, as the configuration names them, with their label in
 # variant names. Every such variant's name holds "RFC 9421" (see SIGNATURE_GROUP).
-SIGNATURE_ALGORITHMS = [("hmac-sha256", "HMAC-SHA256"), ("ed25519", "Ed25519"), ("ecdsa-p256-sha256", "ECDSA P-256")]
+SIGNATURE_ALGORITHMS = [("hmac-sha256", "HMAC-SHA256"), ("ed25519", "Ed25519"), ("ecdsa-p256-sha256", "ECDSA P-256"),
+                        ("ecdsa-p384-sha384", "ECDSA P-384"), ("rsa-pss-sha512", "RSA-PSS-SHA512"),
+                        ("rsa-v1_5-sha256", "RSA-v1.5-SHA256")]
+# The Wasm filter does not sign with RSA (docs/signatures.md): no Wasm app-role variant of these.
+WASM_CANNOT_SIGN = {"rsa-pss-sha512", "rsa-v1_5-sha256"}
 _signature_keys = {}
 
 
@@ -425,10 +429,13 @@ def signature_keys():
     Test keys, not secrets; the same for every Envoy of the run."""
     if not _signature_keys:
         from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
         for algorithm, key in (("ed25519", ed25519.Ed25519PrivateKey.generate()),
-                               ("ecdsa-p256-sha256", ec.generate_private_key(ec.SECP256R1()))):
+                               ("ecdsa-p256-sha256", ec.generate_private_key(ec.SECP256R1())),
+                               ("ecdsa-p384-sha384", ec.generate_private_key(ec.SECP384R1())),
+                               ("rsa-pss-sha512", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+                               ("rsa-v1_5-sha256", rsa.generate_private_key(public_exponent=65537, key_size=2048))):
             private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption()).decode()
             public = key.public_key().public_bytes(serialization.Encoding.PEM,
@@ -439,7 +446,7 @@ def signature_keys():
 
 def signature_key_env(algorithm, half):
     """The environment variable holding `algorithm`'s `half` ("private" or "public")."""
-    return f"WSGIPROXY_BENCH_{algorithm.split('-')[0].upper()}_{half.upper()}"
+    return f"WSGIPROXY_BENCH_{re.sub('[^A-Z0-9]', '_', algorithm.upper())}_{half.upper()}"
 
 
 def signature_env():
@@ -458,17 +465,23 @@ def signature_secret(algorithm, half):
 
 def rfc9421_sign(algorithm, base):
     """The signature of `base` (bytes) as RFC 9421 puts it in `Signature`: HMAC-SHA256,
-    Ed25519's R||S, or ECDSA's r||s (not DER), each 32 bytes big-endian."""
+    Ed25519's R||S, ECDSA's r||s (not DER; 32 or 48 bytes each, big-endian), or RSA's
+    (PSS with SHA-512 and a 64-byte salt, or PKCS#1 v1.5 with SHA-256)."""
     if algorithm == "hmac-sha256":
         return hmac.new(KEY.encode(), base, hashlib.sha256).digest()
     key = signature_keys()[algorithm][0]
     if algorithm == "ed25519":
         return key.sign(base)
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, utils
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
 
-    r, s = utils.decode_dss_signature(key.sign(base, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    if algorithm == "rsa-pss-sha512":
+        return key.sign(base, padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=64), hashes.SHA512())
+    if algorithm == "rsa-v1_5-sha256":
+        return key.sign(base, padding.PKCS1v15(), hashes.SHA256())
+    size, digest = (48, hashes.SHA384()) if algorithm == "ecdsa-p384-sha384" else (32, hashes.SHA256())
+    r, s = utils.decode_dss_signature(key.sign(base, ec.ECDSA(digest)))
+    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
 
 
 def rfc9421_requests(path, count, authority, algorithm, date=None):
@@ -503,6 +516,8 @@ def signature_variants():
         def one(name, config):
             return [wasm_filter(name, WASM, config, env)] if not loader else [native_filter(name, config)]
         for algorithm, label in SIGNATURE_ALGORITHMS:
+            if not loader and algorithm in WASM_CANNOT_SIGN:
+                continue
             app = dict(APP_CONFIG, signature_format="rfc9421", algorithm=algorithm, secret=signature_secret(algorithm, "private"))
             out.append((f"{loader}app role, RFC 9421 {label}", {"filters": one("wsgiproxy", app)}))
         for algorithm, label in SIGNATURE_ALGORITHMS:
@@ -520,7 +535,8 @@ def signature_variants():
 # --instructions keep their variants and their duration.
 SIGNATURE_GROUP = ["no filter, the RFC 9421 middleware's input"] + [
     f"{loader}{role}, {verb}RFC 9421 {label}" for loader in ("", "native module: ")
-    for role, verb in (("app role", ""), ("middleware", "verifying ")) for _, label in SIGNATURE_ALGORITHMS]
+    for role, verb in (("app role", ""), ("middleware", "verifying ")) for algorithm, label in SIGNATURE_ALGORITHMS
+    if loader or role != "app role" or algorithm not in WASM_CANNOT_SIGN]
 SIGNATURE_VARIANTS = ["no filter"] + SIGNATURE_GROUP
 SIGNATURE_INSTRUCTION_VARIANTS = ["no filter", "no filter, the RFC 9421 middleware's input",
                                   "app role, unsigned", "native module: app role, unsigned"] + SIGNATURE_GROUP[1:]
@@ -681,7 +697,7 @@ def run_variant(workdir, spec, echo_port, args):
         # 15,000 a second (the fastest, the native middleware verifying Ed25519, reaches
         # about 11,000). A request sent twice is refused as a replay and counted in
         # non-2xx: the native RFC 9421 HMAC middleware reaches 20,000 a second.
-        public_key = signature in ("ed25519", "ecdsa-p256-sha256")
+        public_key = signature not in (None, "hmac-sha256")
         full_load = lambda seconds: min(int(args.signed_requests), 15_000 * seconds) if public_key else int(args.signed_requests)
         if spec.get("signed_input"):
             script = Path(workdir) / "replay.lua"
