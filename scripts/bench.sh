@@ -12,7 +12,8 @@
 #                     add --instructions to count them under callgrind, --fill-instructions N)
 #   scripts/bench.sh --signatures [--rounds N] [--instructions]
 #                    (RFC 9421 signatures, issue #19: the app role signing and the middleware
-#                     verifying with hmac-sha256, ed25519 and ecdsa-p256-sha256, in both loaders,
+#                     verifying with hmac-sha256, ed25519, ecdsa-p256-sha256, ecdsa-p384-sha384,
+#                     rsa-pss-sha512 and rsa-v1_5-sha256 (RSA signing: native only), in both loaders,
 #                     beside no filter; first the native cost of one sign and one verify
 #                     (protocol/examples/sigcost.rs). CPU time: about 4 minutes a round;
 #                     --instructions: about 12 minutes. These variants run only when asked for:

@@ -58,18 +58,80 @@ const PROTOCOL: [(&str, &str); 7] = [
     ("x-wsgiproxy-version", "0.1"),
 ];
 
-/// (sender's ring, receiver's ring) of one algorithm.
-fn rings(algorithm: Algorithm) -> (KeyRing, KeyRing) {
+// RFC 9421 Appendix B.1.2, "test-key-rsa-pss" (2048 bits): its public key, and its
+// private key's PKCS#1 form (the PKCS#8 is under id-RSASSA-PSS, for rsa-pss-sha512 only).
+const RSA_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAr4tmm3r20Wd/PbqvP1s2
++QEtvpuRaV8Yq40gjUR8y2Rjxa6dpG2GXHbPfvMs8ct+Lh1GH45x28Rw3Ry53mm+
+oAXjyQ86OnDkZ5N8lYbggD4O3w6M6pAvLkhk95AndTrifbIFPNU8PPMO7OyrFAHq
+gDsznjPFmTOtCEcN2Z1FpWgchwuYLPL+Wokqltd11nqqzi+bJ9cvSKADYdUAAN5W
+Utzdpiy6LbTgSxP7ociU4Tn0g5I6aDZJ7A8Lzo0KSyZYoA485mqcO0GVAdVw9lq4
+aOT9v6d+nb4bnNkQVklLQ3fVAvJm+xdDOp9LCNCN48V2pnDOkFV6+U9nV5oyc6XI
+2wIDAQAB
+-----END PUBLIC KEY-----
+";
+const RSA_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIIEvgIBADALBgkqhkiG9w0BAQoEggSqMIIEpgIBAAKCAQEAr4tmm3r20Wd/Pbqv
+P1s2+QEtvpuRaV8Yq40gjUR8y2Rjxa6dpG2GXHbPfvMs8ct+Lh1GH45x28Rw3Ry5
+3mm+oAXjyQ86OnDkZ5N8lYbggD4O3w6M6pAvLkhk95AndTrifbIFPNU8PPMO7Oyr
+FAHqgDsznjPFmTOtCEcN2Z1FpWgchwuYLPL+Wokqltd11nqqzi+bJ9cvSKADYdUA
+AN5WUtzdpiy6LbTgSxP7ociU4Tn0g5I6aDZJ7A8Lzo0KSyZYoA485mqcO0GVAdVw
+9lq4aOT9v6d+nb4bnNkQVklLQ3fVAvJm+xdDOp9LCNCN48V2pnDOkFV6+U9nV5oy
+c6XI2wIDAQABAoIBAQCUB8ip+kJiiZVKF8AqfB/aUP0jTAqOQewK1kKJ/iQCXBCq
+pbo360gvdt05H5VZ/RDVkEgO2k73VSsbulqezKs8RFs2tEmU+JgTI9MeQJPWcP6X
+aKy6LIYs0E2cWgp8GADgoBs8llBq0UhX0KffglIeek3n7Z6Gt4YFge2TAcW2WbN4
+XfK7lupFyo6HHyWRiYHMMARQXLJeOSdTn5aMBP0PO4bQyk5ORxTUSeOciPJUFktQ
+HkvGbym7KryEfwH8Tks0L7WhzyP60PL3xS9FNOJi9m+zztwYIXGDQuKM2GDsITeD
+2mI2oHoPMyAD0wdI7BwSVW18p1h+jgfc4dlexKYRAoGBAOVfuiEiOchGghV5vn5N
+RDNscAFnpHj1QgMr6/UG05RTgmcLfVsI1I4bSkbrIuVKviGGf7atlkROALOG/xRx
+DLadgBEeNyHL5lz6ihQaFJLVQ0u3U4SB67J0YtVO3R6lXcIjBDHuY8SjYJ7Ci6Z6
+vuDcoaEujnlrtUhaMxvSfcUJAoGBAMPsCHXte1uWNAqYad2WdLjPDlKtQJK1diCm
+rqmB2g8QE99hDOHItjDBEdpyFBKOIP+NpVtM2KLhRajjcL9Ph8jrID6XUqikQuVi
+4J9FV2m42jXMuioTT13idAILanYg8D3idvy/3isDVkON0X3UAVKrgMEne0hJpkPL
+FYqgetvDAoGBAKLQ6JZMbSe0pPIJkSamQhsehgL5Rs51iX4m1z7+sYFAJfhvN3Q/
+OGIHDRp6HjMUcxHpHw7U+S1TETxePwKLnLKj6hw8jnX2/nZRgWHzgVcY+sPsReRx
+NJVf+Cfh6yOtznfX00p+JWOXdSY8glSSHJwRAMog+hFGW1AYdt7w80XBAoGBAImR
+NUugqapgaEA8TrFxkJmngXYaAqpA0iYRA7kv3S4QavPBUGtFJHBNULzitydkNtVZ
+3w6hgce0h9YThTo/nKc+OZDZbgfN9s7cQ75x0PQCAO4fx2P91Q+mDzDUVTeG30mE
+t2m3S0dGe47JiJxifV9P3wNBNrZGSIF3mrORBVNDAoGBAI0QKn2Iv7Sgo4T/XjND
+dl2kZTXqGAk8dOhpUiw/HdM3OGWbhHj2NdCzBliOmPyQtAr770GITWvbAI+IRYyF
+S7Fnk6ZVVVHsxjtaHy1uJGFlaZzKR4AGNaUTOJMs6NadzCmGPAxNQQOCqoUjn4XR
+rOjr9w349JooGXhOxbu8nOxX
+-----END PRIVATE KEY-----
+";
+
+/// The RSA private key as PKCS#1 PEM (`-----BEGIN RSA PRIVATE KEY-----`).
+fn rsa_private_pkcs1() -> String {
+    use rsa::pkcs8::der::Decode as _;
+    let (_, der) = rsa::pkcs8::der::pem::decode_vec(RSA_PRIVATE.as_bytes()).unwrap();
+    let info = rsa::pkcs8::PrivateKeyInfo::from_der(&der).unwrap();
+    rsa::pkcs8::der::pem::encode_string("RSA PRIVATE KEY", rsa::pkcs8::LineEnding::LF, info.private_key).unwrap()
+}
+
+/// (sender's ring, receiver's ring) of one algorithm; no sender where this build
+/// cannot sign (RSA without feature `ring`, as in the Wasm filter).
+fn rings(algorithm: Algorithm) -> (Option<KeyRing>, KeyRing) {
     let asymmetric = |text: &str| {
-        let key = parse_key(algorithm, text).expect("a test key");
-        KeyRing::asymmetric(algorithm, vec![("k1".to_string(), key)]).expect("a ring")
+        let key = parse_key(algorithm, text).ok()?;
+        KeyRing::asymmetric(algorithm, vec![("k1".to_string(), key)]).ok()
     };
+    let pair = |private: &str, public: &str| (asymmetric(private), asymmetric(public).expect("a public key"));
     match algorithm {
-        Algorithm::Ed25519 => (asymmetric(ED25519_PRIVATE), asymmetric(ED25519_PUBLIC)),
-        Algorithm::EcdsaP256Sha256 => (asymmetric(P256_PRIVATE), asymmetric(P256_PUBLIC)),
+        Algorithm::Ed25519 => pair(ED25519_PRIVATE, ED25519_PUBLIC),
+        Algorithm::EcdsaP256Sha256 => pair(P256_PRIVATE, P256_PUBLIC),
+        Algorithm::EcdsaP384Sha384 => {
+            // A key from fixed bytes (RFC 9421 has no P-384 test key).
+            use p384::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
+            let key = p384::ecdsa::SigningKey::from_slice(&[7u8; 48]).unwrap();
+            let private = key.to_pkcs8_pem(p384::pkcs8::LineEnding::LF).unwrap();
+            let public = key.verifying_key().to_public_key_pem(p384::pkcs8::LineEnding::LF).unwrap();
+            pair(&private, &public)
+        }
+        Algorithm::RsaPssSha512 => pair(RSA_PRIVATE, RSA_PUBLIC),
+        Algorithm::RsaV15Sha256 => pair(&rsa_private_pkcs1(), RSA_PUBLIC),
         _ => {
             let ring = KeyRing::new(algorithm, &[("k1".to_string(), HMAC_KEY.to_vec())]).expect("a ring");
-            (ring.clone(), ring)
+            (Some(ring.clone()), ring)
         }
     }
 }
@@ -148,8 +210,18 @@ fn main() {
     println!();
     println!("| algorithm | base bytes | sign (raw) ns | verify (raw) ns | `rfc9421::sign` ns | `rfc9421::verify` ns |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for algorithm in [Algorithm::HmacSha256, Algorithm::Ed25519, Algorithm::EcdsaP256Sha256] {
-        let (sender, receiver) = rings(algorithm);
+    for algorithm in [
+        Algorithm::HmacSha256,
+        Algorithm::Ed25519,
+        Algorithm::EcdsaP256Sha256,
+        Algorithm::EcdsaP384Sha384,
+        Algorithm::RsaPssSha512,
+        Algorithm::RsaV15Sha256,
+    ] {
+        let (Some(sender), receiver) = rings(algorithm) else {
+            println!("| {} | | (no signer in this build: RSA signs with `--features ring` only) | | | |", algorithm.name());
+            continue;
+        };
         let signed = rfc9421::sign(&sender, &message, &names, created, nonce).expect("signed");
         let mut received = fields.clone();
         received.push(("signature-input".to_string(), signed.signature_input.clone().into_bytes()));

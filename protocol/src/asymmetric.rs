@@ -1,6 +1,9 @@
 //! Public-key signatures for RFC 9421: Ed25519 (`ed25519`, RFC 8032) and ECDSA on
 //! P-256 with SHA-256 (`ecdsa-p256-sha256`, RFC 9421 §3.3.4, deterministic nonces
-//! as RFC 6979 gives them, so signing needs no randomness in the Wasm sandbox).
+//! as RFC 6979 gives them, so signing needs no randomness in the Wasm sandbox); ECDSA
+//! on P-384 with SHA-384 (`ecdsa-p384-sha384`, §3.3.5, `p384_key.rs`) and RSA
+//! (`rsa-pss-sha512`, §3.3.1, and `rsa-v1_5-sha256`, §3.3.2, `rsa_key.rs`: keys in
+//! SPKI, PKCS#1 or PKCS#8 PEM or a JWK; RSA signs in the native module only).
 //!
 //! The `app` role holds a private key and signs; the `middleware` role holds
 //! public keys only and verifies, so a receiver (or anyone reading its

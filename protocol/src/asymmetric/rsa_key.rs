@@ -11,8 +11,6 @@
 //! - Signing is ring's `RsaKeyPair` (feature `ring`: the native module). Without it
 //!   an RSA private key is refused when the configuration is read (see `super::rsa`).
 
-use sha2::Digest as _;
-
 use super::KeyError;
 
 /// Which of RFC 9421's two RSA algorithms a key signs or verifies.
@@ -96,6 +94,7 @@ impl RsaPublicKey {
 /// RustCrypto's verification (the Wasm filter's; the tests hold ring's to it).
 #[cfg(any(not(feature = "ring"), test))]
 pub(super) fn rsa_verifies(key: &rsa::RsaPublicKey, scheme: RsaScheme, message: &[u8], signature: &[u8]) -> bool {
+    use sha2::Digest as _;
     match scheme {
         // Pss::new: the salt is the digest's length, 64 bytes, as §3.3.1 asks.
         RsaScheme::PssSha512 => key.verify(rsa::Pss::new::<sha2::Sha512>(), &sha2::Sha512::digest(message), signature).is_ok(),
