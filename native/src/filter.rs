@@ -7,8 +7,8 @@ use std::sync::Arc;
 use wsgiproxy_protocol::config::{self, Config};
 use wsgiproxy_protocol::counters;
 
-use crate::key_files::{KeyFileWatch, SystemFiles};
 use crate::abi::{log, CalloutResponse, ConfigHandle, FilterFactory, HttpFilter, LogLevel};
+use crate::key_files::{KeyFileWatch, SystemFiles};
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::spawn::{SpawnRuntime, Ticker};

@@ -127,3 +127,40 @@ impl KeyFileWatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_stamp_changes_with_a_symlink_swap_and_an_in_place_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        std::fs::create_dir(at("..v1")).unwrap();
+        std::fs::write(at("..v1/key"), "first-key-0123456789").unwrap();
+        std::os::unix::fs::symlink("..v1", at("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/key", at("key")).unwrap();
+        let path = at("key").to_str().unwrap().to_string();
+        let (first, content) = SystemFiles.read(&path, 1024).unwrap();
+        assert_eq!(&content[..], b"first-key-0123456789");
+        assert_eq!(SystemFiles.stamp(&path).unwrap(), first);
+
+        // The kubelet's swap: a new directory, `..data` renamed onto it.
+        std::fs::create_dir(at("..v2")).unwrap();
+        std::fs::write(at("..v2/key"), "other-key-0123456789").unwrap();
+        std::os::unix::fs::symlink("..v2", at("..data_tmp")).unwrap();
+        std::fs::rename(at("..data_tmp"), at("..data")).unwrap();
+        let swapped = SystemFiles.stamp(&path).unwrap();
+        assert_ne!(swapped, first, "same size, maybe the same times: the inode differs");
+        assert_eq!(&SystemFiles.read(&path, 1024).unwrap().1[..], b"other-key-0123456789");
+
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(at("..v2/key"), "third-key-0123456789").unwrap();
+        assert_ne!(SystemFiles.stamp(&path).unwrap(), swapped);
+
+        assert!(SystemFiles.read(&path, 10).is_err(), "larger than the limit");
+        assert!(SystemFiles.read(dir.path().to_str().unwrap(), 1024).is_err(), "a directory");
+        assert_eq!(SystemFiles.stamp(&at("none").to_string_lossy()).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
+}

@@ -114,8 +114,9 @@ impl KeySource {
         files: &dyn KeyFiles,
     ) -> Result<KeySource, (String, String)> {
         let file_field = format!("{field}.file");
-        let (stamp, content) =
-            files.read(&path, MAX_KEY_FILE_BYTES).map_err(|e| (file_field.clone(), format!("{path:?} cannot be read: {}", io_reason(&e))))?;
+        let (stamp, content) = files
+            .read(&path, MAX_KEY_FILE_BYTES)
+            .map_err(|e| (file_field.clone(), format!("{path:?} cannot be read: {}", io_reason(&e))))?;
         let material = material_of(&content, id.as_deref(), algorithm).map_err(|e| (file_field.clone(), format!("{path:?} {e}")))?;
         let digest = Sha256::digest(&content[..]).into();
         Ok(KeySource { field: file_field, material, file: Some(WatchedFile { path, id, stamp: Some(stamp), digest, failure: None }) })
@@ -143,7 +144,15 @@ impl std::fmt::Debug for Keys {
         let watched: Vec<String> = self
             .watch
             .as_ref()
-            .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner).sources.iter().filter_map(|s| s.file.as_ref()).map(|f| f.path.clone()).collect())
+            .map(|w| {
+                w.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .sources
+                    .iter()
+                    .filter_map(|s| s.file.as_ref())
+                    .map(|f| f.path.clone())
+                    .collect()
+            })
             .unwrap_or_default();
         f.debug_struct("Keys").field("ring", &*self.ring()).field("files", &watched).field("check_every", &self.check_every).finish()
     }
@@ -352,12 +361,18 @@ fn key_set(content: &[u8], algorithm: Algorithm) -> Result<Material, String> {
             Algorithm::HmacSha1 | Algorithm::HmacSha256 => {
                 let text = |name: &str| jwk.get(name).and_then(serde_json::Value::as_str);
                 if text("kty") != Some("oct") {
-                    return Err(format!("is a key set whose key {kid:?} is not an HMAC secret (\"kty\": \"oct\") for {}", algorithm.name()));
+                    return Err(format!(
+                        "is a key set whose key {kid:?} is not an HMAC secret (\"kty\": \"oct\") for {}",
+                        algorithm.name()
+                    ));
                 }
                 // JOSE names no HMAC-SHA1: such a key says no "alg".
                 let expected = (algorithm == Algorithm::HmacSha256).then_some("HS256");
                 if text("alg").is_some_and(|alg| Some(alg) != expected) {
-                    return Err(format!("is a key set whose key {kid:?} is for another algorithm (\"alg\" is not {})", expected.unwrap_or("absent")));
+                    return Err(format!(
+                        "is a key set whose key {kid:?} is for another algorithm (\"alg\" is not {})",
+                        expected.unwrap_or("absent")
+                    ));
                 }
                 let k = text("k").ok_or_else(|| format!("is a key set whose key {kid:?} has no \"k\""))?;
                 let engine = base64::engine::general_purpose::GeneralPurpose::new(

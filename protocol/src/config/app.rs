@@ -5,9 +5,9 @@ use serde::Deserialize;
 use crate::codec::Family;
 use crate::headers::is_lowercase_token;
 use crate::href::Href;
+use crate::key_files::Keys;
 use crate::paths::normalize_prefix;
 use crate::rfc9421::SignatureFormat;
-use crate::key_files::Keys;
 use crate::trust::{ClientAddress, Needs};
 
 use super::*;
@@ -114,7 +114,11 @@ impl AppConfig {
     }
 }
 
-pub(super) fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>, files: Option<&dyn KeyFiles>) -> Result<AppConfig, ConfigError> {
+pub(super) fn validate_app(
+    raw: RawApp,
+    env: &dyn Fn(&str) -> Option<String>,
+    files: Option<&dyn KeyFiles>,
+) -> Result<AppConfig, ConfigError> {
     let href = Href::parse(&raw.href).map_err(|e| ConfigError::new("href", e))?;
     let script_name = match raw.script_name {
         None => None,

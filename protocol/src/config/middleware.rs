@@ -8,9 +8,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::headers::{is_lowercase_token, is_reserved_name};
+use crate::key_files::Keys;
 use crate::paths::normalize_prefix;
 use crate::rfc9421::SignatureFormat;
-use crate::key_files::Keys;
 use crate::trust::{ClientAddress, Needs, Principal};
 
 use super::*;

@@ -133,7 +133,8 @@ fn ring_of(algorithm: Algorithm, key_use: KeyUse, entries: &[(&str, &Material)])
     if algorithm.is_asymmetric() {
         return asymmetric_key_ring(algorithm, key_use, entries);
     }
-    let keys: Vec<(String, Vec<u8>)> = entries.iter().flat_map(|(_, keys)| keys.iter().map(|(id, key)| (id.clone(), key.to_vec()))).collect();
+    let keys: Vec<(String, Vec<u8>)> =
+        entries.iter().flat_map(|(_, keys)| keys.iter().map(|(id, key)| (id.clone(), key.to_vec()))).collect();
     let ring = KeyRing::new(algorithm, &keys).map_err(|e| ConfigError::new("secret.keys", e));
     // The copies hold secrets.
     for (_, mut key) in keys {

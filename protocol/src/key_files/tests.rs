@@ -90,7 +90,11 @@ const OLD: &str = "the-old-shared-key-0123456789";
 const NEW: &str = "the-new-shared-key-0123456789";
 
 fn config(value: serde_json::Value, files: &FakeFiles) -> Result<Config, ConfigError> {
-    parse_with_files(value.to_string().as_bytes(), &|name| (name == "K_ENV").then(|| "an-environment-key-0123456789".to_string()), Some(files))
+    parse_with_files(
+        value.to_string().as_bytes(),
+        &|name| (name == "K_ENV").then(|| "an-environment-key-0123456789".to_string()),
+        Some(files),
+    )
 }
 
 fn middleware(secret: serde_json::Value, files: &FakeFiles) -> Keys {
@@ -179,13 +183,12 @@ fn a_kubernetes_style_symlink_swap_is_followed_once_the_interval_is_past() {
     assert!(keys.poll(&files, secs(10) + Duration::from_millis(499)).is_empty(), "checked at most every 500 ms");
     assert!(holds(&keys, "k1", OLD));
     let events = keys.poll(&files, secs(10) + Duration::from_millis(500));
-    assert_eq!(
-        events,
-        vec![KeyFileEvent::Reloaded { field: "secret.keys[0].file".into(), path: "/secret/key".into(), recovered: false }]
-    );
+    assert_eq!(events, vec![KeyFileEvent::Reloaded { field: "secret.keys[0].file".into(), path: "/secret/key".into(), recovered: false }]);
     assert!(holds(&keys, "k1", NEW) && !holds(&keys, "k1", OLD));
     // A request that began before the swap finishes with the ring it had.
-    assert!(held.key("k1").is_some_and(|k| k.mac_of(b"m") == KeyRing::new(keys.algorithm, &[("k1".into(), OLD.into())]).unwrap().key("k1").unwrap().mac_of(b"m")));
+    assert!(held.key("k1").is_some_and(
+        |k| k.mac_of(b"m") == KeyRing::new(keys.algorithm, &[("k1".into(), OLD.into())]).unwrap().key("k1").unwrap().mac_of(b"m")
+    ));
 }
 
 #[test]
@@ -257,7 +260,10 @@ fn an_unreadable_file_keeps_the_last_good_keys() {
     let keys = middleware(json!({"keys": [{"id": "k1", "file": "/k"}]}), &files);
     *files.unreadable.borrow_mut() = true;
     let events = keys.poll(&files, secs(1));
-    assert!(matches!(&events[..], [KeyFileEvent::Failed { reason, first: true, .. }] if reason.contains("permission denied")), "{events:?}");
+    assert!(
+        matches!(&events[..], [KeyFileEvent::Failed { reason, first: true, .. }] if reason.contains("permission denied")),
+        "{events:?}"
+    );
     assert!(holds(&keys, "k1", OLD));
     *files.unreadable.borrow_mut() = false;
     assert!(matches!(&keys.poll(&files, secs(2))[..], [KeyFileEvent::Recovered { .. }]));
@@ -329,7 +335,10 @@ fn keys_that_do_not_make_a_ring_together_keep_the_last_good_ring() {
     // The set now also names k1, which the other file holds: an id twice.
     files.write_in_place("/set", json!({"keys": [{"kty": "oct", "kid": "k1", "k": b64(NEW)}]}).to_string().as_bytes());
     let events = keys.poll(&files, secs(1));
-    assert!(matches!(&events[..], [KeyFileEvent::Failed { field, reason, first: true, .. }] if field == "secret.keys[1].file" && reason.contains("twice")), "{events:?}");
+    assert!(
+        matches!(&events[..], [KeyFileEvent::Failed { field, reason, first: true, .. }] if field == "secret.keys[1].file" && reason.contains("twice")),
+        "{events:?}"
+    );
     assert!(keys.poll(&files, secs(2)).is_empty(), "reported once");
     assert!(holds(&keys, "k1", OLD) && holds(&keys, "k2", NEW));
     // The set names another id: taken, a recovery.
@@ -353,9 +362,7 @@ fn public_keys_come_from_a_file_as_pem_or_jwks_and_a_private_one_is_refused() {
     let files = FakeFiles::default();
     files.create("/pub.pem", public_pem.as_bytes());
     files.create("/set.json", json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "jwk1", "x": x}]}).to_string().as_bytes());
-    let body = |secret: serde_json::Value| {
-        json!({"role": "middleware", "trust_ips": ["0.0.0.0/0"], "signature_format": "rfc9421", "algorithm": "ed25519", "secret": secret})
-    };
+    let body = |secret: serde_json::Value| json!({"role": "middleware", "trust_ips": ["0.0.0.0/0"], "signature_format": "rfc9421", "algorithm": "ed25519", "secret": secret});
     let keys = match parse_with_files(
         body(json!({"keys": [{"id": "pem1", "file": "/pub.pem"}, {"file": "/set.json"}]})).to_string().as_bytes(),
         &|_| None,
@@ -370,14 +377,20 @@ fn public_keys_come_from_a_file_as_pem_or_jwks_and_a_private_one_is_refused() {
     assert!(keys.ring().key("jwk1").is_some_and(|k| k.verifies(b"message", &signature)));
 
     // A private key where the receiver reads public keys: refused at start...
-    files.create("/private.pem", b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n");
+    files.create(
+        "/private.pem",
+        b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n",
+    );
     let e = parse_with_files(body(json!({"keys": [{"id": "p", "file": "/private.pem"}]})).to_string().as_bytes(), &|_| None, Some(&files))
         .err()
         .unwrap();
     assert_eq!(e.field, "secret.keys[0].file");
     assert!(e.message.contains("is a private key"), "{e}");
     // ...and at a reload, where the public key stays.
-    files.write_in_place("/pub.pem", b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n");
+    files.write_in_place(
+        "/pub.pem",
+        b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ+DYvh6SEqVTm50DFtMDoQikTmiCqirVv9mWG9qfSnF\n-----END PRIVATE KEY-----\n",
+    );
     let events = keys.poll(&files, secs(1));
     assert!(matches!(&events[..], [KeyFileEvent::Failed { reason, .. }] if reason.contains("is a private key")), "{events:?}");
     assert!(keys.ring().key("pem1").is_some_and(|k| k.verifies(b"message", &signature)));
