@@ -2,10 +2,11 @@
 //! from files (`secret.keys[i].file`), re-read when a file changes, as a mounted
 //! Kubernetes Secret is rotated in place.
 //!
-//! The ring in use is an `Arc` behind a lock taken for reading only as long as a
-//! clone of the `Arc` takes: a request holds the ring it started with, and a reload
-//! swaps in a whole new ring (all keys at once, never a half-read file). The native
-//! module shares one configuration across its worker threads, hence the lock.
+//! When some keys come from files, the ring in use is an `Arc` behind a lock taken
+//! for reading only as long as a clone of the `Arc` takes: a request holds the ring it
+//! started with, and a reload swaps in a whole new ring (all keys at once, never a
+//! half-read file). The native module shares one configuration across its worker
+//! threads, hence the lock. Keys that never change are read with neither.
 //!
 //! Files are never read on the request path. The loader calls [`Keys::poll`] from a
 //! thread of its own, every `secret.file_check_ms`: each file is `stat`ed (through
@@ -125,11 +126,34 @@ impl KeySource {
 
 /// A role's keys: the ring in use and, when some come from files, what re-reads them.
 pub struct Keys {
-    current: RwLock<Arc<KeyRing>>,
+    current: Current,
     watch: Option<Mutex<Watch>>,
     /// The ring's algorithm, the same in every ring it swaps in.
     pub algorithm: Algorithm,
     check_every: Duration,
+}
+
+/// Keys that never change are read as they are: no lock, no shared count to bump
+/// on every request; keys from files behind a lock, held as long as an `Arc` clone.
+enum Current {
+    Fixed(KeyRing),
+    Live(RwLock<Arc<KeyRing>>),
+}
+
+/// The ring a request uses.
+pub enum Ring<'a> {
+    Fixed(&'a KeyRing),
+    Live(Arc<KeyRing>),
+}
+
+impl std::ops::Deref for Ring<'_> {
+    type Target = KeyRing;
+    fn deref(&self) -> &KeyRing {
+        match self {
+            Ring::Fixed(ring) => ring,
+            Ring::Live(ring) => ring,
+        }
+    }
 }
 
 struct Watch {
@@ -161,7 +185,7 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Keys that never change.
     pub fn fixed(ring: KeyRing) -> Keys {
-        Keys { algorithm: ring.algorithm, current: RwLock::new(Arc::new(ring)), watch: None, check_every: DEFAULT_FILE_CHECK }
+        Keys { algorithm: ring.algorithm, current: Current::Fixed(ring), watch: None, check_every: DEFAULT_FILE_CHECK }
     }
 
     /// The ring of `sources`, re-read from their files (if any) every `check_every`.
@@ -175,13 +199,19 @@ impl Keys {
             let entries: Vec<(&str, &Material)> = sources.iter().map(|s| (s.field.as_str(), &s.material)).collect();
             build(&entries)?
         };
-        let watch = sources.iter().any(|s| s.file.is_some()).then(|| Mutex::new(Watch { sources, build, algorithm, last_check: None }));
-        Ok(Keys { current: RwLock::new(Arc::new(ring)), watch, algorithm, check_every })
+        if !sources.iter().any(|s| s.file.is_some()) {
+            return Ok(Keys::fixed(ring));
+        }
+        let watch = Some(Mutex::new(Watch { sources, build, algorithm, last_check: None }));
+        Ok(Keys { current: Current::Live(RwLock::new(Arc::new(ring))), watch, algorithm, check_every })
     }
 
     /// The ring in use: a request keeps the one it got, whatever a reload swaps in.
-    pub fn ring(&self) -> Arc<KeyRing> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    pub fn ring(&self) -> Ring<'_> {
+        match &self.current {
+            Current::Fixed(ring) => Ring::Fixed(ring),
+            Current::Live(ring) => Ring::Live(ring.read().unwrap_or_else(PoisonError::into_inner).clone()),
+        }
     }
 
     /// Whether some keys come from files, which a loader then polls.
@@ -206,8 +236,8 @@ impl Keys {
         }
         watch.last_check = Some(now);
         let mut events = Vec::new();
-        if let Some(ring) = watch.check(files, &mut events) {
-            *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+        if let (Some(ring), Current::Live(current)) = (watch.check(files, &mut events), &self.current) {
+            *current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
         }
         events
     }
