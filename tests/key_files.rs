@@ -142,7 +142,10 @@ fn a_key_set_file_rotated_by_symlink_swap_is_followed_under_load() {
     let memory = tempfile::tempdir().unwrap();
     let mut volume = SecretVolume::new(dir.path(), "keys.json", &key_set(&[("k1", OLD)]));
     let secret = json!({"keys": [{"file": volume.path()}], "file_check_ms": 200});
-    let envoy = Envoy::start(FILE, &overrides(&echo, secret, memory.path(), Loader::Native));
+    // Two workers share the configuration, and the ring a reload swaps in.
+    let mut o = overrides(&echo, secret, memory.path(), Loader::Native);
+    o.concurrency = Some(2);
+    let envoy = Envoy::start(FILE, &o);
     assert_eq!(status(envoy.port, &signed("k1", OLD)), 200, "the key read at start verifies");
     assert_ne!(status(envoy.port, &signed("k2", NEW)), 200);
 
