@@ -2,8 +2,9 @@
 //! file at start, follows it as Kubernetes rotates a mounted Secret (a `..data`
 //! symlink swapped atomically) under load with no failed request, keeps the last
 //! good keys when the file turns invalid or goes (counted, logged once), and refuses
-//! a configuration whose file is missing, naming the field. The Wasm filter cannot
-//! read files: it refuses a file key, naming the field.
+//! a configuration whose file is missing, naming the field; the `app` role signs
+//! with the key its file holds now. The Wasm filter cannot read files: it refuses a
+//! file key, naming the field.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -224,4 +225,20 @@ fn the_wasm_filter_refuses_a_key_file() {
     let secret = json!({"keys": [{"id": "k1", "file": path.to_str().unwrap()}]});
     let log = Envoy::start_refused(FILE, &overrides(&echo, secret, memory.path(), Loader::Wasm));
     assert!(log.contains("field `secret.keys[0].file`: keys cannot come from a file in the Wasm filter"), "{log}");
+}
+
+/// The `app` role signs with the first key of its file and follows it: after the
+/// swap the backend sees signatures by the new key.
+#[test]
+fn the_app_role_signs_with_the_key_its_file_holds_now() {
+    let echo = Echo::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut volume = SecretVolume::new(dir.path(), "keys.json", &key_set(&[("k1", OLD)]));
+    let config = json!({"role": "app", "href": "http://backend/", "secret": {"keys": [{"file": volume.path()}], "file_check_ms": 100}});
+    let envoy = Envoy::start("envoy/app.yaml", &Overrides::default().cluster("backend", echo.port).plugin(config).loader(Loader::Native));
+    let key_id = || envoy.get("/x", &[]).received().header("x-wsgiproxy-signature").unwrap().split(' ').next().unwrap().to_string();
+    assert_eq!(key_id(), "k1");
+    volume.update(&key_set(&[("k2", NEW), ("k1", OLD)]));
+    time_until("the app signs with the new key", || key_id() == "k2");
+    assert_eq!(envoy.stat("wsgiproxy.app.key_file_reloads"), 1);
 }
