@@ -382,7 +382,7 @@ fn key_set(content: &[u8], algorithm: Algorithm) -> Result<Material, String> {
         return Err("is a key set of no key".into());
     }
     let mut material = Vec::with_capacity(set.keys.len());
-    for (n, jwk) in set.keys.into_iter().enumerate() {
+    for (n, mut jwk) in set.keys.into_iter().enumerate() {
         let Some(serde_json::Value::String(kid)) = jwk.get("kid") else {
             return Err(format!("is a key set whose key {n} has no \"kid\" (a string: the key id)"));
         };
@@ -413,6 +413,12 @@ fn key_set(content: &[u8], algorithm: Algorithm) -> Result<Material, String> {
             }
             _ => Zeroizing::new(serde_json::to_vec(&jwk).map_err(|_| format!("is a key set whose key {kid:?} cannot be read"))?),
         };
+        // The parsed secret members are wiped as the text they came from is.
+        for name in ["k", "d", "p", "q", "dp", "dq", "qi"] {
+            if let Some(serde_json::Value::String(mut secret)) = jwk.remove(name) {
+                zeroize::Zeroize::zeroize(&mut secret);
+            }
+        }
         material.push((kid, key));
     }
     Ok(material)
