@@ -200,7 +200,7 @@ impl Keys {
             build(&entries)?
         };
         if !sources.iter().any(|s| s.file.is_some()) {
-            return Ok(Keys::fixed(ring));
+            return Ok(Keys { check_every, ..Keys::fixed(ring) });
         }
         let watch = Some(Mutex::new(Watch { sources, build, algorithm, last_check: None }));
         Ok(Keys { current: Current::Live(RwLock::new(Arc::new(ring))), watch, algorithm, check_every })
