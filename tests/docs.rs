@@ -366,6 +366,16 @@ fn every_config_key_is_in_its_role_table_and_only_those() {
     for key in ["\"keys\"", "\"id\"", "\"env\"", "\"value\""] {
         assert!(signatures.contains(key), "docs/signatures.md does not show {key}");
     }
+    // Every key `secret` and its entries accept, in docs/keys.md's table or examples.
+    // (serde's list of them is not shown under `secret`, where a value may be a key.)
+    let keys_doc = read("docs/keys.md");
+    for key in ["\"keys\"", "\"id\"", "\"env\"", "\"value\"", "\"file\"", "secret.file_check_ms"] {
+        assert!(keys_doc.contains(key), "docs/keys.md does not show {key}");
+    }
+    let with_check = json!({"role": "middleware", "secret": {"keys": [{"id": "k", "value": "0123456789abcdef"}], "file_check_ms": 1000}});
+    parse(&with_check).unwrap_or_else(|e| panic!("secret.file_check_ms is refused: {e}"));
+    let with_file = json!({"role": "middleware", "secret": {"keys": [{"id": "k", "file": "/k"}]}});
+    assert_eq!(parse(&with_file).err().map(|e| e.field), Some("secret.keys[0].file".to_string()), "without file access");
 }
 
 #[test]

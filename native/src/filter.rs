@@ -8,6 +8,7 @@ use wsgiproxy_protocol::config::{self, Config};
 use wsgiproxy_protocol::counters;
 
 use crate::abi::{log, CalloutResponse, ConfigHandle, FilterFactory, HttpFilter, LogLevel};
+use crate::key_files::{KeyFileWatch, SystemFiles};
 use crate::metrics::Metrics;
 use crate::shared::Shared;
 use crate::spawn::{SpawnRuntime, Ticker};
@@ -16,6 +17,8 @@ struct Factory {
     shared: Arc<Shared>,
     /// The spawn role's lease, and the thread that wakes it for activity reports.
     spawn: Option<(Arc<SpawnRuntime>, Ticker)>,
+    /// The thread that polls the key files (`secret.keys[i].file`), if any.
+    key_files: Option<KeyFileWatch>,
 }
 
 impl FilterFactory for Factory {
@@ -29,7 +32,13 @@ impl FilterFactory for Factory {
         }
     }
 
-    fn on_scheduled(&self, config: &ConfigHandle, _event: u64) {
+    fn on_scheduled(&self, config: &ConfigHandle, event: u64) {
+        if event == crate::key_files::EVENT {
+            if let Some(watch) = &self.key_files {
+                watch.report(config, &self.shared);
+            }
+            return;
+        }
         if let (Config::Spawn(spawn), Some((runtime, _))) = (&self.shared.config, &self.spawn) {
             runtime.tick(spawn, config, &self.shared);
         }
@@ -45,7 +54,7 @@ impl FilterFactory for Factory {
 /// Parses the configuration Envoy passed (`filter_config`); `None` refuses it.
 pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Option<Box<dyn FilterFactory>> {
     let env = |name: &str| std::env::var(name).ok();
-    let parsed = config::parse(raw, &env).map_err(|e| e.to_string()).and_then(|config| {
+    let parsed = config::parse_with_files(raw, &env, Some(&SystemFiles)).map_err(|e| e.to_string()).and_then(|config| {
         let replay = crate::replay::prepare(&config)?;
         let spawn = match &config {
             Config::Peer => {
@@ -77,8 +86,19 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
                 metrics.inc_config(handle, counters::middleware::REPLAY_MEMORY_UNTRUSTED);
             }
             log(LogLevel::Info, &format!("wsgiproxy: configured as role {:?}", config.role()));
-            let shared = Shared::new(config, metrics, replay.map(|r| r.memory));
-            Some(Box::new(Factory { shared: Arc::new(shared), spawn }))
+            let shared = Arc::new(Shared::new(config, metrics, replay.map(|r| r.memory)));
+            // Keys from files: a module thread polls them.
+            let key_files = match crate::key_files::watched(&shared.config) {
+                None => None,
+                Some(_) => match handle.scheduler().and_then(|s| KeyFileWatch::start(&shared, s)) {
+                    Some(watch) => Some(watch),
+                    None => {
+                        log(LogLevel::Error, "wsgiproxy: the key file poll thread could not start");
+                        return None;
+                    }
+                },
+            };
+            Some(Box::new(Factory { shared, spawn, key_files }))
         }
         Err(e) => {
             log(LogLevel::Error, &format!("wsgiproxy: {e}"));

@@ -128,6 +128,11 @@ pub struct Ticker {
 
 impl Ticker {
     pub fn start(scheduler: Scheduler, every: Duration) -> Option<Ticker> {
+        Ticker::every(every, move || scheduler.commit(0))
+    }
+
+    /// A module thread that calls `tick` every `every`, until dropped.
+    pub fn every(every: Duration, mut tick: impl FnMut() + Send + 'static) -> Option<Ticker> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::Builder::new()
@@ -144,7 +149,7 @@ impl Ticker {
                 if stopped.load(Ordering::Acquire) {
                     return;
                 }
-                scheduler.commit(0);
+                tick();
             })
             .ok()?;
         Some(Ticker { stop, thread: Some(thread) })

@@ -202,7 +202,8 @@ pub fn decide<'a>(
         }
         return edits.into_decision();
     }
-    if let Some(ring) = &config.signing {
+    if let Some(keys) = &config.signing {
+        let ring = &*keys.ring();
         let date = format_date(req.now);
         let method = head.get(METHOD).unwrap_or(b"GET");
         let signed: Vec<(&str, &[u8])> =
@@ -236,7 +237,8 @@ pub fn sign_for_endpoint(
     now: SystemTime,
     nonce: &Nonce,
 ) -> Decision<'static> {
-    let Some(ring) = &config.signing else { return Decision::Forward(Edits::default()) };
+    let Some(keys) = &config.signing else { return Decision::Forward(Edits::default()) };
+    let ring = &*keys.ring();
     let mut edits = Edits::default();
     let endpoint = endpoint.to_string();
     // Every protocol header the request holds is signed, the endpoint with them; any
@@ -286,7 +288,8 @@ fn sign_rfc9421(
     edits: &mut Edits<'_>,
     outcome: &mut AppOutcome,
 ) -> Result<(), LocalReply> {
-    let Some(ring) = &config.signing else { return Ok(()) };
+    let Some(keys) = &config.signing else { return Ok(()) };
+    let ring = &*keys.ring();
     let https = config.href.scheme == "https";
     // Sent in its normal form (no default port), which any receiver, over TLS or
     // not, reads as the `@authority` that was signed.
@@ -467,7 +470,7 @@ mod tests {
         assert_eq!(received.iter().filter(|(n, _)| n == "signature").count(), 1, "the client's signature is replaced");
         let message = rfc9421::Message { method: b"POST", https: false, authority: b"backend", target: b"/app/x", fields: &received };
         let verified = rfc9421::verify(
-            c.signing.as_ref().unwrap(),
+            &c.signing.as_ref().unwrap().ring(),
             &message,
             run_time(),
             std::time::Duration::from_secs(5),
@@ -491,6 +494,6 @@ mod tests {
         assert_eq!(date, b"Tue, 24 Nov 2026 02:00:00 GMT");
         let signed: Vec<(&str, &[u8])> = e.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
         let parts = SignedParts { method: b"POST", authority: b"backend:8080", path: b"/app/x", date, protocol_headers: signed };
-        assert!(verify_mac(c.signing.as_ref().unwrap(), &sig, &parts).is_ok());
+        assert!(verify_mac(&c.signing.as_ref().unwrap().ring(), &sig, &parts).is_ok());
     }
 }

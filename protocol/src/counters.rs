@@ -62,7 +62,21 @@ pub mod app {
     pub const INVALID_KEYS: &str = "app.invalid_keys";
     pub const REWRITTEN_LOCATIONS: &str = "app.rewritten_locations";
     pub const REWRITTEN_COOKIES: &str = "app.rewritten_cookies";
-    pub const ALL: &[&str] = &[REQUESTS, FORWARDED, SIGNED, STRIPPED_HEADERS, INVALID_KEYS, REWRITTEN_LOCATIONS, REWRITTEN_COOKIES];
+    /// A key file changed and its keys are in use (native module: `secret.keys[i].file`).
+    pub const KEY_FILE_RELOADS: &str = "app.key_file_reloads";
+    /// A key file turned unreadable or invalid: the last good keys stay.
+    pub const KEY_FILE_ERRORS: &str = "app.key_file_errors";
+    pub const ALL: &[&str] = &[
+        REQUESTS,
+        FORWARDED,
+        SIGNED,
+        STRIPPED_HEADERS,
+        INVALID_KEYS,
+        REWRITTEN_LOCATIONS,
+        REWRITTEN_COOKIES,
+        KEY_FILE_RELOADS,
+        KEY_FILE_ERRORS,
+    ];
 }
 
 pub mod middleware {
@@ -77,8 +91,23 @@ pub mod middleware {
     /// The native module found a replay memory file it could not trust (foreign,
     /// damaged, another boot's) or could map none: a new memory began (425 rule).
     pub const REPLAY_MEMORY_UNTRUSTED: &str = "middleware.replay_memory_untrusted";
-    pub const ALL: &[&str] =
-        &[REQUESTS, TRUSTED, UNTRUSTED, VERIFIED, STRIPPED_HEADERS, DROPPED_KEYS, SIGNATURE_MISSING, PEER_UNKNOWN, REPLAY_MEMORY_UNTRUSTED];
+    /// A key file changed and its keys are in use (native module: `secret.keys[i].file`).
+    pub const KEY_FILE_RELOADS: &str = "middleware.key_file_reloads";
+    /// A key file turned unreadable or invalid: the last good keys stay.
+    pub const KEY_FILE_ERRORS: &str = "middleware.key_file_errors";
+    pub const ALL: &[&str] = &[
+        REQUESTS,
+        TRUSTED,
+        UNTRUSTED,
+        VERIFIED,
+        STRIPPED_HEADERS,
+        DROPPED_KEYS,
+        SIGNATURE_MISSING,
+        PEER_UNKNOWN,
+        REPLAY_MEMORY_UNTRUSTED,
+        KEY_FILE_RELOADS,
+        KEY_FILE_ERRORS,
+    ];
 }
 
 pub mod exact {

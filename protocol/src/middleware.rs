@@ -112,8 +112,8 @@ pub fn decide<'a>(
         if let Err(reply) = check_protocol_headers(head) {
             return reply;
         }
-        if let Some(ring) = &config.verify {
-            match verify(config, ring, req, nonces) {
+        if let Some(keys) = &config.verify {
+            match verify(config, &keys.ring(), req, nonces) {
                 Ok(alone) => {
                     signature_alone = alone;
                     outcome.verified = true;

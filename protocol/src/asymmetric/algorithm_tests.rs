@@ -5,7 +5,6 @@
 use super::*;
 use crate::config::{parse, Config, ConfigError};
 use crate::rfc9421::{signature_base, Message};
-use crate::signature::KeyRing;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use p384::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
 use rsa::pkcs8::der::Decode as _;
@@ -495,7 +494,7 @@ fn the_configuration_takes_the_new_algorithms() {
             &[("KEY", key)],
         );
         let Ok(Config::Middleware(m)) = c else { panic!("{algorithm}: {c:?}") };
-        assert_eq!(m.verify.map(|r: KeyRing| r.algorithm.name()), Some(algorithm));
+        assert_eq!(m.verify.map(|k| k.algorithm.name()), Some(algorithm));
         // With v1 it is a configuration error, as for the other public-key algorithms.
         let e = config(json!({"role": "middleware", "algorithm": algorithm, "secret": {"keys": [{"id": "k1", "value": key}]}}), &[])
             .unwrap_err();

@@ -448,7 +448,10 @@ fn the_app_role_signs_with_private_keys_the_middleware_verifies_with_public_keys
         // Public keys, rotated, for the middleware role.
         let keys = json!([{"id": "k2", "value": jwk_of(&another(algorithm, 2), false)}, {"id": "k1", "env": "KEY"}]);
         let Ok(Config::Middleware(m)) = config(middleware(keys), &[("KEY", &spki)]) else { panic!("{algorithm:?}") };
-        assert!(m.verify.as_ref().is_some_and(|r| r.algorithm == algorithm && r.key("k1").is_some() && r.key("k2").is_some()));
+        assert!(m
+            .verify
+            .as_ref()
+            .is_some_and(|r| r.algorithm == algorithm && r.ring().key("k1").is_some() && r.ring().key("k2").is_some()));
 
         // A public key given to the app role, a private one to the middleware role: named.
         let e = config_error(app(json!([{"id": "k1", "env": "KEY"}])), &[("KEY", &spki)]);

@@ -5,9 +5,9 @@ use serde::Deserialize;
 use crate::codec::Family;
 use crate::headers::is_lowercase_token;
 use crate::href::Href;
+use crate::key_files::Keys;
 use crate::paths::normalize_prefix;
 use crate::rfc9421::SignatureFormat;
-use crate::signature::KeyRing;
 use crate::trust::{ClientAddress, Needs};
 
 use super::*;
@@ -75,7 +75,8 @@ pub struct AppConfig {
     /// The mount point, normalised; `None` when the route serves everything.
     pub script_name: Option<String>,
     pub keys: Vec<KeySpec>,
-    pub signing: Option<KeyRing>,
+    /// The keys requests are signed with, the first one signing (some may be re-read from files).
+    pub signing: Option<Keys>,
     /// How requests are signed: `X-WSGIProxy-Signature` or RFC 9421.
     pub signature_format: SignatureFormat,
     /// Rewrite `Location`, `Content-Location` and `Set-Cookie` paths back to the client's view.
@@ -113,7 +114,11 @@ impl AppConfig {
     }
 }
 
-pub(super) fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>) -> Result<AppConfig, ConfigError> {
+pub(super) fn validate_app(
+    raw: RawApp,
+    env: &dyn Fn(&str) -> Option<String>,
+    files: Option<&dyn KeyFiles>,
+) -> Result<AppConfig, ConfigError> {
     let href = Href::parse(&raw.href).map_err(|e| ConfigError::new("href", e))?;
     let script_name = match raw.script_name {
         None => None,
@@ -137,7 +142,7 @@ pub(super) fn validate_app(raw: RawApp, env: &dyn Fn(&str) -> Option<String>) ->
         }
     }
     let (signature_format, algorithm) = signature_format(raw.signature_format.as_deref(), raw.algorithm.as_deref())?;
-    let signing = key_ring(raw.secret, algorithm, KeyUse::Sign, env)?;
+    let signing = key_ring(raw.secret, algorithm, KeyUse::Sign, env, files)?;
     let bind_endpoint = raw.bind_endpoint.unwrap_or(false);
     if bind_endpoint && signing.is_none() {
         return Err(ConfigError::new("bind_endpoint", "needs a secret: the endpoint is bound by the signature"));

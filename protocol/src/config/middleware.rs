@@ -8,9 +8,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::headers::{is_lowercase_token, is_reserved_name};
+use crate::key_files::Keys;
 use crate::paths::normalize_prefix;
 use crate::rfc9421::SignatureFormat;
-use crate::signature::KeyRing;
 use crate::trust::{ClientAddress, Needs, Principal};
 
 use super::*;
@@ -87,7 +87,8 @@ pub struct MiddlewareConfig {
     pub trust_principals: Option<Vec<Principal>>,
     /// Which address describes the client of a request whose headers are not believed.
     pub client_address: ClientAddress,
-    pub verify: Option<KeyRing>,
+    /// The keys signatures are verified with (some may be re-read from files).
+    pub verify: Option<Keys>,
     /// Which signatures are verified: `X-WSGIProxy-Signature` or RFC 9421.
     pub signature_format: SignatureFormat,
     /// Components every RFC 9421 signature must cover, besides `@method`,
@@ -155,7 +156,11 @@ pub const DEFAULT_REPLAY_MEMORY_MB: u64 = 512;
 
 pub(super) const MAX_REPLAY_MEMORY_MB: u64 = 65_536;
 
-pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Option<String>) -> Result<MiddlewareConfig, ConfigError> {
+pub(super) fn validate_middleware(
+    raw: RawMiddleware,
+    env: &dyn Fn(&str) -> Option<String>,
+    files: Option<&dyn KeyFiles>,
+) -> Result<MiddlewareConfig, ConfigError> {
     let mut trust_ips = raw.trust_ips.as_ref().map(|list| Vec::with_capacity(list.len()));
     for (i, entry) in raw.trust_ips.iter().flatten().enumerate() {
         trust_ips.get_or_insert_with(Vec::new).push(network(entry, &format!("trust_ips[{i}]"))?);
@@ -173,7 +178,7 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
         ),
     };
     let (signature_format, algorithm) = signature_format(raw.signature_format.as_deref(), raw.algorithm.as_deref())?;
-    let verify = key_ring(raw.secret, algorithm, KeyUse::Verify, env)?;
+    let verify = key_ring(raw.secret, algorithm, KeyUse::Verify, env, files)?;
     let required_components = required_components(raw.required_components, signature_format, verify.is_some())?;
     if raw.trust_ips.is_none() && trust_principals.is_none() && verify.is_none() {
         return Err(ConfigError::new(

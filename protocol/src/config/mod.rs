@@ -5,6 +5,7 @@ use ipnet::IpNet;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::key_files::KeyFiles;
 use crate::trust::ClientAddress;
 
 mod app;
@@ -93,8 +94,15 @@ impl Config {
 }
 
 /// Parses and validates a configuration. `env` looks up environment variables
-/// (secrets reach the Wasm VM through `vm_config.environment_variables`).
+/// (secrets reach the Wasm VM through `vm_config.environment_variables`). Keys from
+/// files are refused: see [`parse_with_files`].
 pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    parse_with_files(json, env, None)
+}
+
+/// As [`parse`], reading key files (`secret.keys[i].file`) through `files` when
+/// the loader can read files (the native module; the Wasm filter cannot).
+pub fn parse_with_files(json: &[u8], env: &dyn Fn(&str) -> Option<String>, files: Option<&dyn KeyFiles>) -> Result<Config, ConfigError> {
     if json.iter().all(u8::is_ascii_whitespace) {
         return Err(ConfigError::new("", "the configuration is empty; it must be a JSON object with a \"role\""));
     }
@@ -108,8 +116,8 @@ pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config
         None => return Err(ConfigError::new("role", format!("missing; one of {ROLES}"))),
     };
     match role.as_str() {
-        "app" => validate_app(raw(value)?, env).map(Config::App),
-        "middleware" => validate_middleware(raw(value)?, env).map(Config::Middleware),
+        "app" => validate_app(raw(value)?, env, files).map(Config::App),
+        "middleware" => validate_middleware(raw(value)?, env, files).map(Config::Middleware),
         "spawn" => validate_spawn(raw(value)?).map(Config::Spawn),
         "exact" => validate_exact(raw(value)?).map(Config::Exact),
         "peer" => raw::<RawPeer>(value).map(|_| Config::Peer),
@@ -128,7 +136,7 @@ fn raw<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, Co
         if path == "secret" || path.starts_with("secret.") {
             return ConfigError::new(
                 path,
-                "must be {\"keys\": [{\"id\": ID, \"env\": VARIABLE} or {\"id\": ID, \"value\": KEY}, ...]} (the value given is not shown: it may be a secret)",
+                "must be {\"keys\": [{\"id\": ID, \"env\": VARIABLE} or {\"id\": ID, \"value\": KEY} or {[\"id\": ID, ]\"file\": PATH}, ...][, \"file_check_ms\": MS]} (the value given is not shown: it may be a secret)",
             );
         }
         ConfigError::new(path, e.into_inner().to_string())
