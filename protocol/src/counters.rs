@@ -77,8 +77,32 @@ pub mod middleware {
     /// The native module found a replay memory file it could not trust (foreign,
     /// damaged, another boot's) or could map none: a new memory began (425 rule).
     pub const REPLAY_MEMORY_UNTRUSTED: &str = "middleware.replay_memory_untrusted";
-    pub const ALL: &[&str] =
-        &[REQUESTS, TRUSTED, UNTRUSTED, VERIFIED, STRIPPED_HEADERS, DROPPED_KEYS, SIGNATURE_MISSING, PEER_UNKNOWN, REPLAY_MEMORY_UNTRUSTED];
+    /// `key_directories`: answers taken (new keys in).
+    pub const DIRECTORY_FETCHES: &str = "middleware.directory_fetches";
+    /// `key_directories`: fetches that failed (the last good keys stay).
+    pub const DIRECTORY_FETCH_FAILURES: &str = "middleware.directory_fetch_failures";
+    /// `key_directories`: fetches a signature's unknown key id asked for.
+    pub const DIRECTORY_REFETCHES: &str = "middleware.directory_refetches";
+    /// `key_directories`: requests held for a fetch.
+    pub const DIRECTORY_WAITS: &str = "middleware.directory_waits";
+    /// `key_directories`: a directory's last good keys dropped, stale past `max_stale_seconds`.
+    pub const DIRECTORY_KEYS_DROPPED: &str = "middleware.directory_keys_dropped";
+    pub const ALL: &[&str] = &[
+        REQUESTS,
+        TRUSTED,
+        UNTRUSTED,
+        VERIFIED,
+        STRIPPED_HEADERS,
+        DROPPED_KEYS,
+        SIGNATURE_MISSING,
+        PEER_UNKNOWN,
+        REPLAY_MEMORY_UNTRUSTED,
+        DIRECTORY_FETCHES,
+        DIRECTORY_FETCH_FAILURES,
+        DIRECTORY_REFETCHES,
+        DIRECTORY_WAITS,
+        DIRECTORY_KEYS_DROPPED,
+    ];
 }
 
 pub mod exact {

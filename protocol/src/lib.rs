@@ -18,6 +18,7 @@ pub mod driver;
 pub mod exact;
 pub mod headers;
 pub mod hmac_key;
+pub mod key_directory;
 pub mod host;
 pub mod href;
 pub mod middleware;

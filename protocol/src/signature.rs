@@ -174,6 +174,12 @@ impl KeyRing {
         self.keys.first()
     }
 
+    /// A ring of `algorithm` with no key: a receiver whose keys all come from key
+    /// directories (`crate::key_directory`) verifies with those alone.
+    pub fn empty(algorithm: Algorithm) -> KeyRing {
+        KeyRing { algorithm, keys: Vec::new() }
+    }
+
     pub fn key(&self, id: &str) -> Option<&SigningKey> {
         self.keys.iter().find(|k| k.id == id)
     }
@@ -212,7 +218,8 @@ impl KeyRing {
     }
 }
 
-fn is_key_id(id: &str) -> bool {
+/// Whether `id` can name a key: 1 to 64 letters, digits, '.', '_' or '-'.
+pub fn is_key_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 

@@ -29,6 +29,8 @@ pub(super) struct RawMiddleware {
     #[serde(default)]
     algorithm: Option<String>,
     #[serde(default)]
+    key_directories: Option<Vec<RawKeyDirectory>>,
+    #[serde(default)]
     signature_format: Option<String>,
     #[serde(default, deserialize_with = "lenient_u64")]
     max_skew_seconds: Option<u64>,
@@ -86,6 +88,8 @@ pub struct MiddlewareConfig {
     /// Which address describes the client of a request whose headers are not believed.
     pub client_address: ClientAddress,
     pub verify: Option<KeyRing>,
+    /// Where more public keys are fetched (empty: the `secret` alone verifies).
+    pub key_directories: Vec<crate::key_directory::DirectorySource>,
     /// Which signatures are verified: `X-WSGIProxy-Signature` or RFC 9421.
     pub signature_format: SignatureFormat,
     pub max_skew: Duration,
@@ -167,7 +171,15 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
         ),
     };
     let (signature_format, algorithm) = signature_format(raw.signature_format.as_deref(), raw.algorithm.as_deref())?;
-    let verify = key_ring(raw.secret, algorithm, KeyUse::Verify, env)?;
+    let mut verify = key_ring(raw.secret, algorithm, KeyUse::Verify, env)?;
+    let key_directories = key_directories(
+        raw.key_directories,
+        algorithm.and_then(crate::signature::Algorithm::from_name).filter(|_| signature_format == SignatureFormat::Rfc9421),
+    )?;
+    if verify.is_none() && !key_directories.is_empty() {
+        // Every key comes from the directories.
+        verify = algorithm.and_then(crate::signature::Algorithm::from_name).map(KeyRing::empty);
+    }
     if raw.trust_ips.is_none() && trust_principals.is_none() && verify.is_none() {
         return Err(ConfigError::new(
             "trust_ips",
@@ -277,6 +289,7 @@ pub(super) fn validate_middleware(raw: RawMiddleware, env: &dyn Fn(&str) -> Opti
         trust_principals,
         client_address: client_address(raw.client_address.as_deref())?,
         verify,
+        key_directories,
         signature_format,
         max_skew,
         max_future,

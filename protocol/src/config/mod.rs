@@ -9,6 +9,7 @@ use crate::trust::ClientAddress;
 
 mod app;
 mod exact;
+mod key_directories;
 mod middleware;
 mod secrets;
 mod spawn;
@@ -17,6 +18,7 @@ mod tests;
 
 pub use app::*;
 use exact::*;
+pub use key_directories::*;
 pub use middleware::*;
 use secrets::*;
 pub use spawn::*;
