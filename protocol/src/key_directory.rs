@@ -261,7 +261,6 @@ impl Directory {
     /// The answer to the fetch under way: `None` when none came (refused, failed,
     /// timed out), else its status, `Cache-Control` and body.
     pub fn on_answer(&mut self, now: u64, algorithm: Algorithm, answer: Option<(u16, Option<&[u8]>, &[u8])>) -> Answered {
-        self.in_flight = None;
         let parsed = match answer {
             None => Err(FetchError::NoAnswer),
             Some((200, cache_control, body)) if body.len() <= self.source.max_bytes => {
@@ -270,6 +269,12 @@ impl Directory {
             Some((200, _, body)) => Err(FetchError::TooLarge(body.len())),
             Some((status, _, _)) => Err(FetchError::Status(status)),
         };
+        self.on_result(now, parsed)
+    }
+
+    /// The fetch under way ended: its keys and `max-age`, or why not.
+    pub fn on_result(&mut self, now: u64, parsed: Result<(PublishedKeys, Option<u64>), FetchError>) -> Answered {
+        self.in_flight = None;
         match parsed {
             Ok((keys, max_age)) => {
                 let (min, max) = (ms(self.source.min_refresh), ms(self.source.max_refresh));

@@ -19,7 +19,10 @@ pub fn millis(now: SystemTime) -> u64 {
 pub struct DirectoryAnswer {
     pub status: u16,
     pub cache_control: Option<Vec<u8>>,
+    /// The body, unless it is larger than the directory's `max_bytes` (then not read).
     pub body: Vec<u8>,
+    /// The body's size as it came.
+    pub body_size: usize,
 }
 
 /// On each tick: fails fetches that outlived their timeout, drops keys stale past
@@ -59,8 +62,13 @@ pub fn send<H: ReportHost>(follower: &Follower, i: usize, host: &mut H) -> Resul
 pub fn answered<H: ReportHost>(follower: &mut Follower, i: usize, now: u64, answer: Option<&DirectoryAnswer>, host: &mut H) {
     let algorithm = follower.algorithm;
     let Some(directory) = follower.directories.get_mut(i) else { return };
-    let answer = answer.map(|a| (a.status, a.cache_control.as_deref(), a.body.as_slice()));
-    match directory.on_answer(now, algorithm, answer) {
+    let answered = match answer {
+        Some(a) if a.body_size > directory.source.max_bytes => {
+            directory.on_result(now, Err(crate::key_directory::FetchError::TooLarge(a.body_size)))
+        }
+        _ => directory.on_answer(now, algorithm, answer.map(|a| (a.status, a.cache_control.as_deref(), a.body.as_slice()))),
+    };
+    match answered {
         Answered::Fetched { keys, recovered } => {
             host.count(DIRECTORY_FETCHES, 1);
             if recovered {
