@@ -44,7 +44,7 @@ impl WasmDirectories {
     /// until [`WasmDirectories::wake`]).
     pub fn hold(&self, shared: &Shared, context_id: u32) -> bool {
         let now = millis(crate::host::now());
-        let wait = driver::unknown_key(&mut self.follower.borrow_mut(), now, &mut WasmReportHost::new(&shared.metrics));
+        let wait = driver::unknown_key(&mut self.follower.borrow_mut(), now, &mut |name| shared.metrics.add(name, 1));
         if wait {
             self.waiters.borrow_mut().push(context_id);
         }

@@ -16,6 +16,8 @@ struct Factory {
     shared: Arc<Shared>,
     /// The spawn role's lease, and the thread that wakes it for activity reports.
     spawn: Option<(Arc<SpawnRuntime>, Ticker)>,
+    /// The thread that wakes the middleware role's key directories.
+    _directory_ticker: Option<Ticker>,
 }
 
 impl FilterFactory for Factory {
@@ -33,9 +35,16 @@ impl FilterFactory for Factory {
         if let (Config::Spawn(spawn), Some((runtime, _))) = (&self.shared.config, &self.spawn) {
             runtime.tick(spawn, config, &self.shared);
         }
+        if let Some(directories) = &self.shared.directories {
+            directories.tick(config, &self.shared);
+        }
     }
 
     fn on_callout_done(&self, config: &ConfigHandle, id: u64, response: Option<CalloutResponse>) {
+        if let Some(directories) = self.shared.directories.as_ref().filter(|d| d.owns(id)) {
+            directories.on_answer(config, &self.shared, id, response);
+            return;
+        }
         if let (Config::Spawn(spawn), Some((runtime, _))) = (&self.shared.config, &self.spawn) {
             runtime.report_answered(spawn, config, &self.shared, id, response);
         }
@@ -77,8 +86,19 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
                 metrics.inc_config(handle, counters::middleware::REPLAY_MEMORY_UNTRUSTED);
             }
             log(LogLevel::Info, &format!("wsgiproxy: configured as role {:?}", config.role()));
-            let shared = Shared::new(config, metrics, replay.map(|r| r.memory));
-            Some(Box::new(Factory { shared: Arc::new(shared), spawn }))
+            let mut shared = Shared::new(config, metrics, replay.map(|r| r.memory));
+            let mut directory_ticker = None;
+            if let Config::Middleware(m) = &shared.config {
+                shared.directories = crate::key_directory::NativeDirectories::new(m, handle.scheduler());
+                if shared.directories.is_some() {
+                    directory_ticker = crate::key_directory::ticker(handle);
+                    if directory_ticker.is_none() {
+                        log(LogLevel::Error, "wsgiproxy: the key directories' timer could not start");
+                        return None;
+                    }
+                }
+            }
+            Some(Box::new(Factory { shared: Arc::new(shared), spawn, _directory_ticker: directory_ticker }))
         }
         Err(e) => {
             log(LogLevel::Error, &format!("wsgiproxy: {e}"));

@@ -93,15 +93,15 @@ pub fn answered<H: ReportHost>(follower: &mut Follower, i: usize, now: u64, answ
     follower.remerge(now);
 }
 
-/// A request names a key id no key holds: whether it is to wait for a fetch. Counts the
-/// fetch asked for, and the wait.
-pub fn unknown_key<H: ReportHost + ?Sized>(follower: &mut Follower, now: u64, host: &mut H) -> bool {
+/// A request names a key id no key holds: whether it is to wait for a fetch. Counts
+/// (with `count`, from the request's own context) the fetch asked for, and the wait.
+pub fn unknown_key(follower: &mut Follower, now: u64, count: &mut dyn FnMut(&'static str)) -> bool {
     let (verdict, asked) = follower.unknown_key(now);
     if asked {
-        host.count(DIRECTORY_REFETCHES, 1);
+        count(DIRECTORY_REFETCHES);
     }
     if verdict == UnknownKey::Wait {
-        host.count(DIRECTORY_WAITS, 1);
+        count(DIRECTORY_WAITS);
     }
     verdict == UnknownKey::Wait
 }
