@@ -304,8 +304,13 @@ fn a_failing_directory_keeps_its_last_keys_for_max_stale_then_fails_closed() {
     let failing_since = Instant::now();
     // Down, 5xx, slow past the timeout, garbage, a body past max_bytes: each for about
     // a second, fetched about once a second; the last good key verifies throughout.
-    for mode in [json!({"mode": "reset"}), json!({"mode": "error"}), json!({"mode": "slow", "delay": 2}), json!({"mode": "garbage"}), json!({"mode": "huge"})]
-    {
+    for mode in [
+        json!({"mode": "reset"}),
+        json!({"mode": "error"}),
+        json!({"mode": "slow", "delay": 2}),
+        json!({"mode": "garbage"}),
+        json!({"mode": "huge"}),
+    ] {
         directory.set(mode.clone());
         let until = Instant::now() + Duration::from_millis(1300);
         while Instant::now() < until {

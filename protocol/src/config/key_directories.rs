@@ -85,13 +85,8 @@ pub(super) fn key_directories(
             MAX_DIRECTORY_SECONDS,
             field("max_refresh_seconds"),
         )?;
-        let interval = bounded(
-            d.unknown_key_interval_seconds,
-            DEFAULT_UNKNOWN_KEY_INTERVAL_SECONDS,
-            1,
-            3600,
-            field("unknown_key_interval_seconds"),
-        )?;
+        let interval =
+            bounded(d.unknown_key_interval_seconds, DEFAULT_UNKNOWN_KEY_INTERVAL_SECONDS, 1, 3600, field("unknown_key_interval_seconds"))?;
         let max_stale = bounded(d.max_stale_seconds, DEFAULT_MAX_STALE_SECONDS, 0, MAX_DIRECTORY_SECONDS, field("max_stale_seconds"))?;
         let max_bytes = bounded(d.max_bytes, DEFAULT_MAX_BYTES, 1024, MAX_DIRECTORY_BYTES, field("max_bytes"))?;
         out.push(DirectorySource {

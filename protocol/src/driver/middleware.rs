@@ -7,10 +7,10 @@ use crate::config::MiddlewareConfig;
 use crate::counters::middleware::*;
 use crate::host::{HeaderMap, Host, Warning};
 use crate::key_directory::{signature_key_id, Followed};
-use crate::rfc9421::SIGNATURE_INPUT;
 use crate::middleware::{decide_following, MiddlewareOutcome, MiddlewareRequest, NonceMemory};
 use crate::replay::Verdict;
 use crate::request::Decision;
+use crate::rfc9421::SIGNATURE_INPUT;
 use crate::signature::Nonce;
 use crate::trust::PEER_UNKNOWN_DETAIL;
 

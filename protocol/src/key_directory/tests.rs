@@ -143,7 +143,10 @@ fn a_failing_directory_keeps_its_last_keys_then_drops_them() {
     assert!(!d.drop_expired(60_001), "counted once");
     // Back: the new keys, and the recovery said.
     assert!(d.due(d.next_fetch.max(60_001)));
-    assert_eq!(d.on_answer(61_000, Algorithm::Ed25519, Some((200, None, &set(&[ed("b")])))), Answered::Fetched { keys: 1, recovered: true });
+    assert_eq!(
+        d.on_answer(61_000, Algorithm::Ed25519, Some((200, None, &set(&[ed("b")])))),
+        Answered::Fetched { keys: 1, recovered: true }
+    );
     assert_eq!(d.keys(61_000).unwrap()[0].0, "b");
 }
 
