@@ -162,6 +162,9 @@ pub fn max_age(cache_control: &[u8]) -> Option<u64> {
     found
 }
 
+/// An answer as the loader read it: status, `Cache-Control`, body.
+pub type Answer<'a> = (u16, Option<&'a [u8]>, &'a [u8]);
+
 /// What a request naming a key id no key holds is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownKey {
@@ -260,7 +263,7 @@ impl Directory {
 
     /// The answer to the fetch under way: `None` when none came (refused, failed,
     /// timed out), else its status, `Cache-Control` and body.
-    pub fn on_answer(&mut self, now: u64, algorithm: Algorithm, answer: Option<(u16, Option<&[u8]>, &[u8])>) -> Answered {
+    pub fn on_answer(&mut self, now: u64, algorithm: Algorithm, answer: Option<Answer<'_>>) -> Answered {
         let parsed = match answer {
             None => Err(FetchError::NoAnswer),
             Some((200, cache_control, body)) if body.len() <= self.source.max_bytes => {
