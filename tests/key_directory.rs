@@ -93,6 +93,11 @@ impl Directory {
 /// The receiver: the shipped middleware config, verifying with the directory's keys
 /// alone, its cluster added.
 fn receiver(echo: &Echo, directory: &Directory, algorithm: &str, settings: Value) -> Envoy {
+    receiver_of(echo, directory.port, algorithm, settings)
+}
+
+/// The receiver, its directory at `port` on 127.0.0.1.
+fn receiver_of(echo: &Echo, port: u16, algorithm: &str, settings: Value) -> Envoy {
     let mut entry = json!({"cluster": "key_directory", "authority": "keys.test"});
     for (k, v) in settings.as_object().unwrap() {
         entry[k] = v.clone();
@@ -104,7 +109,6 @@ fn receiver(echo: &Echo, directory: &Directory, algorithm: &str, settings: Value
         "key_directories": [entry],
         "on_untrusted": "reject",
     });
-    let port = directory.port;
     let overrides = Overrides {
         edit_with: Some(Arc::new(move |doc: &mut serde_yaml::Value| {
             let cluster: serde_yaml::Value = serde_yaml::from_str(&format!(
@@ -373,4 +377,44 @@ fn a_directory_of_another_algorithm_verifies_nothing_and_alg_must_agree() {
         let r = send(&mw, &headers);
         assert_eq!((r.status, r.header("x-wsgiproxy-error")), (403, Some("signature_bad")), "alg left out: {strip_alg}");
     }
+}
+
+#[test]
+fn the_app_role_publishes_its_keys_and_a_receiver_follows_them() {
+    let pairs = Command::new(python()).arg(repo_root().join("tests/apps/rfc9421_keys.py")).args(["ed25519", "2"]).output().unwrap();
+    let pairs: Vec<Value> = serde_json::from_slice(&pairs.stdout).unwrap();
+    let echo = Echo::start();
+    let edge_port = free_port();
+    // The receiver follows the sender's own listener.
+    let mw = receiver_of(&echo, edge_port, "ed25519", json!({"min_refresh_seconds": 1, "authority": "edge.test"}));
+    // The sender signs with k-now and publishes k-next too, which it is rotating in.
+    let sender = json!({
+        "role": "app", "href": format!("http://{AUTHORITY}/"), "signature_format": "rfc9421", "algorithm": "ed25519",
+        "secret": {"keys": [{"id": "k-now", "value": pairs[0]["private_pem"]}, {"id": "k-next", "value": pairs[1]["private_jwk"]}]},
+        "publish_key_directory": {"max_age_seconds": 60},
+    });
+    let edge = Envoy::start(
+        "envoy/app.yaml",
+        &Overrides { listen_port: Some(edge_port), ..Overrides::default() }.cluster("backend", mw.port).plugin(sender),
+    );
+    let directory = edge.get("/.well-known/http-message-signatures-directory?x=1", &[("Host", "edge.test")]);
+    assert_eq!(directory.status, 200, "{}", directory.text());
+    assert_eq!(directory.header("content-type"), Some("application/http-message-signatures-directory+json"));
+    assert_eq!(directory.header("cache-control"), Some("max-age=60"));
+    assert_eq!(directory.header("x-wsgiproxy-error"), None);
+    let set = directory.json();
+    let ids: Vec<&str> = set["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["k-now", "k-next"]);
+    // The public halves only: what the key generator wrote as public JWKs.
+    for (key, pair) in set["keys"].as_array().unwrap().iter().zip(&pairs) {
+        let public: Value = serde_json::from_str(pair["public_jwk"].as_str().unwrap()).unwrap();
+        assert_eq!(key["x"], public["x"]);
+        assert!(key.get("d").is_none());
+    }
+    wait_until_signatures_are_trusted("");
+    wait_until("the receiver follows the sender's directory", Duration::from_secs(10), || edge.get("/hello", &[]).status == 200);
+    let r = edge.get("/hello", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(mw.stat("wsgiproxy.middleware.directory_fetches") >= 1);
+    assert!(edge.stat("wsgiproxy.app.key_directory_served") >= 2);
 }

@@ -62,7 +62,10 @@ pub mod app {
     pub const INVALID_KEYS: &str = "app.invalid_keys";
     pub const REWRITTEN_LOCATIONS: &str = "app.rewritten_locations";
     pub const REWRITTEN_COOKIES: &str = "app.rewritten_cookies";
-    pub const ALL: &[&str] = &[REQUESTS, FORWARDED, SIGNED, STRIPPED_HEADERS, INVALID_KEYS, REWRITTEN_LOCATIONS, REWRITTEN_COOKIES];
+    /// `publish_key_directory`: requests answered with the sender's key directory.
+    pub const KEY_DIRECTORY_SERVED: &str = "app.key_directory_served";
+    pub const ALL: &[&str] =
+        &[REQUESTS, FORWARDED, SIGNED, STRIPPED_HEADERS, INVALID_KEYS, REWRITTEN_LOCATIONS, REWRITTEN_COOKIES, KEY_DIRECTORY_SERVED];
 }
 
 pub mod middleware {

@@ -22,7 +22,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::asymmetric::{self, AsymmetricKey};
+use crate::asymmetric::{self, AsymmetricKey, PublicKey};
 use crate::signature::{Algorithm, KeyRing, SigningKey};
 
 /// Where a directory lives and how closely it is followed (the `key_directories`
@@ -58,6 +58,10 @@ pub const DEFAULT_MAX_BYTES: u64 = 65_536;
 
 /// The `Accept` a fetch sends: both media types, then plain JSON.
 pub const ACCEPT: &str = "application/http-message-signatures-directory+json, application/jwk-set+json, application/json";
+
+/// The media type a sender's directory is served as (the HTTP Message Signatures
+/// Directory's; a JWKS).
+pub const DIRECTORY_MEDIA_TYPE: &str = "application/http-message-signatures-directory+json";
 
 /// The most keys one directory may publish (a larger set is a failed fetch).
 pub const MAX_KEYS: usize = 64;
@@ -404,6 +408,32 @@ impl Follower {
     pub fn busy(&self) -> bool {
         self.directories.iter().any(|d| d.in_flight.is_some() || d.asked)
     }
+}
+
+/// A public key as a JWK (`kid` and `alg` included), or `None` for a key type this
+/// cannot write.
+pub fn public_jwk(id: &str, key: &PublicKey) -> Option<Value> {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    #[allow(unreachable_patterns)] // more key types may come
+    match key {
+        PublicKey::Ed25519(key) => {
+            Some(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": id, "alg": "EdDSA", "use": "sig", "x": b64(key.as_bytes())}))
+        }
+        PublicKey::EcdsaP256(key) => {
+            let point = key.verifying_key().to_encoded_point(false);
+            Some(serde_json::json!({"kty": "EC", "crv": "P-256", "kid": id, "alg": "ES256", "use": "sig",
+                "x": b64(point.x()?.as_slice()), "y": b64(point.y()?.as_slice())}))
+        }
+        _ => None,
+    }
+}
+
+/// The key directory a sender publishes for `ring`: the public half of every key,
+/// the signing key first, the keys being rotated in or out after it. `None` for an
+/// HMAC ring (a secret is never published).
+pub fn published_key_set(ring: &KeyRing) -> Option<String> {
+    let keys: Option<Vec<Value>> = ring.keys().map(|k| public_jwk(&k.id, &k.public_key()?)).collect();
+    Some(serde_json::json!({ "keys": keys? }).to_string())
 }
 
 /// The key id of the `wsgiproxy` signature in `Signature-Input`'s lines, if any.

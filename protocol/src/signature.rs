@@ -121,6 +121,16 @@ impl SigningKey {
         self.mac.verify(message, mac)
     }
 
+    /// The public half of a public-key algorithm's key (what a key directory
+    /// publishes); `None` for an HMAC key, which is a secret.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        match &self.mac {
+            KeyedMac::Private(key) => Some(key.public_key()),
+            KeyedMac::Public(key) => Some(key.clone()),
+            KeyedMac::Hmac(_) => None,
+        }
+    }
+
     /// This key's MAC or signature of `message`; `None` for a public key, which
     /// cannot sign.
     pub fn signature_of(&self, message: &[u8]) -> Option<Vec<u8>> {
@@ -182,6 +192,11 @@ impl KeyRing {
 
     pub fn key(&self, id: &str) -> Option<&SigningKey> {
         self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// Every key, the signing key first.
+    pub fn keys(&self) -> impl Iterator<Item = &SigningKey> + '_ {
+        self.keys.iter()
     }
 }
 

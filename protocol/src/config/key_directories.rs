@@ -103,3 +103,51 @@ pub(super) fn key_directories(
     }
     Ok(out)
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPublishedDirectory {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    max_age_seconds: Option<u64>,
+}
+
+/// The key directory the `app` role serves for its own keys (`publish_key_directory`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedDirectory {
+    /// The request path it is served at (GET or HEAD, any query).
+    pub path: String,
+    /// Its `Cache-Control`.
+    pub cache_control: String,
+    /// The JWKS: the public half of every key of `secret.keys`, the signing key first.
+    pub body: String,
+}
+
+pub const DEFAULT_PUBLISHED_MAX_AGE_SECONDS: u64 = 300;
+pub const MAX_PUBLISHED_MAX_AGE_SECONDS: u64 = 86_400;
+
+pub(super) fn published_directory(
+    raw: Option<RawPublishedDirectory>,
+    signing: Option<&crate::signature::KeyRing>,
+) -> Result<Option<PublishedDirectory>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let body = signing.and_then(published_key_set).ok_or_else(|| {
+        ConfigError::new(
+            "publish_key_directory",
+            "publishes public keys: give a public-key \"algorithm\" (\"ed25519\", \"ecdsa-p256-sha256\") with \"signature_format\": \"rfc9421\" and a \"secret\" of private keys",
+        )
+    })?;
+    let path = raw.path.unwrap_or_else(|| DEFAULT_PATH.to_string());
+    if !path.starts_with('/') || path.contains('?') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(ConfigError::new("publish_key_directory.path", format!("{path:?} must be a request path, starting with /")));
+    }
+    let max_age = raw.max_age_seconds.unwrap_or(DEFAULT_PUBLISHED_MAX_AGE_SECONDS);
+    if max_age > MAX_PUBLISHED_MAX_AGE_SECONDS {
+        return Err(ConfigError::new(
+            "publish_key_directory.max_age_seconds",
+            format!("must be between 0 and {MAX_PUBLISHED_MAX_AGE_SECONDS}"),
+        ));
+    }
+    Ok(Some(PublishedDirectory { path, cache_control: format!("max-age={max_age}"), body }))
+}

@@ -185,3 +185,30 @@ fn reads_the_key_id_of_our_signature_only() {
     assert_eq!(signature_key_id(&[b"wsgiproxy=(\"@method\");keyid=1".to_vec()]), None);
     assert_eq!(signature_key_id(&[b"\xff garbage".to_vec()]), None);
 }
+
+#[test]
+fn a_sender_publishes_the_public_half_of_every_key_its_receivers_then_read() {
+    for (algorithm, jwk) in [
+        (
+            Algorithm::Ed25519,
+            r#"{"kty":"OKP","crv":"Ed25519","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#,
+        ),
+        (
+            Algorithm::EcdsaP256Sha256,
+            r#"{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM","d":"870MB6gfuTJ4HtUnUvYMyJpr5eUZNP4Bk43bVdj3eAE"}"#,
+        ),
+    ] {
+        let private = || crate::asymmetric::parse_key(algorithm, jwk).unwrap();
+        let ring = KeyRing::asymmetric(algorithm, vec![("new".into(), private()), ("old".into(), private())]).unwrap();
+        let published = published_key_set(&ring).unwrap();
+        assert!(!published.contains("\"d\""), "{published}");
+        let read = parse_key_set(algorithm, published.as_bytes()).unwrap();
+        assert_eq!(read.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["new", "old"]);
+        // What the receiver reads verifies what the sender signs.
+        let signature = ring.signing_key().unwrap().signature_of(b"message").unwrap();
+        let followed = KeyRing::asymmetric(algorithm, read).unwrap();
+        assert!(followed.key("new").unwrap().verifies(b"message", &signature));
+    }
+    let hmac = KeyRing::new(Algorithm::HmacSha256, &[("k".into(), b"0123456789abcdef".to_vec())]).unwrap();
+    assert_eq!(published_key_set(&hmac), None);
+}
