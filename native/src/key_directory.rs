@@ -65,13 +65,15 @@ impl NativeDirectories {
     pub fn tick(&self, handle: &ConfigHandle, shared: &Shared) {
         let now = millis(std::time::SystemTime::now());
         let host = &mut NativeReportHost::new(handle, shared);
-        let due = driver::due(&mut lock(&self.follower), now, host);
+        let due = driver::due(&mut lock(&self.follower), now, host, &|_| true);
         for i in due {
             let source = lock(&self.follower).directories.get(i).map(|d| d.source.clone());
             let Some(source) = source else { continue };
             match handle.http_callout(&source.cluster, &source.request_headers(), source.timeout) {
                 Ok(id) => lock(&self.calls).push((id, i)),
-                Err(_) => driver::answered(&mut lock(&self.follower), i, now, None, host),
+                Err(_) => {
+                    let _ = driver::answered(&mut lock(&self.follower), i, now, None, host);
+                }
             }
         }
         self.wake();
@@ -95,7 +97,7 @@ impl NativeDirectories {
             let body_size = r.body.len();
             Some(DirectoryAnswer { status, cache_control: r.header("cache-control"), body: r.body, body_size })
         });
-        driver::answered(&mut lock(&self.follower), index, now, answer.as_ref(), &mut NativeReportHost::new(handle, shared));
+        let _ = driver::answered(&mut lock(&self.follower), index, now, answer.as_ref(), &mut NativeReportHost::new(handle, shared));
         self.wake();
     }
 

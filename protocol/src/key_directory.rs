@@ -307,6 +307,14 @@ impl Directory {
         }
     }
 
+    /// A refetch the followers of another process part asked for (their interval's
+    /// gate already applied): sent at the next [`Directory::due`].
+    pub fn ask(&mut self) {
+        if self.in_flight.is_none() {
+            self.asked = true;
+        }
+    }
+
     /// The keys that verify now: the last good ones, until `max_stale` past their
     /// freshness. `None`: none (never fetched, or dropped).
     pub fn keys(&self, now: u64) -> Option<&PublishedKeys> {
@@ -454,5 +462,6 @@ pub fn signature_key_id(signature_input: &[Vec<u8>]) -> Option<String> {
     })
 }
 
+pub mod coordination;
 #[cfg(test)]
 mod tests;

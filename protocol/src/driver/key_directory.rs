@@ -28,9 +28,15 @@ pub struct DirectoryAnswer {
 /// On each tick: fails fetches that outlived their timeout, drops keys stale past
 /// their bound, and returns the directories (by index) whose fetch is due now, each
 /// then under way: the loader sends them with [`send`] (outside any lock it holds).
-pub fn due<H: ReportHost>(follower: &mut Follower, now: u64, host: &mut H) -> Vec<usize> {
+/// Only the directories `leads` names are fetched (and their dropped keys counted and
+/// logged); the others' keys come from the one that leads ([`crate::key_directory::coordination`]).
+pub fn due<H: ReportHost>(follower: &mut Follower, now: u64, host: &mut H, leads: &dyn Fn(usize) -> bool) -> Vec<usize> {
     let mut changed = false;
     for i in 0..follower.directories.len() {
+        if !leads(i) {
+            changed |= follower.directories[i].drop_expired(now);
+            continue;
+        }
         if follower.directories[i].overdue(now) {
             answered(follower, i, now, None, host);
         }
@@ -47,7 +53,7 @@ pub fn due<H: ReportHost>(follower: &mut Follower, now: u64, host: &mut H) -> Ve
     if changed {
         follower.remerge(now);
     }
-    (0..follower.directories.len()).filter(|&i| follower.directories[i].due(now)).collect()
+    (0..follower.directories.len()).filter(|&i| leads(i) && follower.directories[i].due(now)).collect()
 }
 
 /// Sends directory `i`'s fetch; `None` (and the fetch counted as failed) when the host
@@ -58,16 +64,17 @@ pub fn send<H: ReportHost>(follower: &Follower, i: usize, host: &mut H) -> Resul
 }
 
 /// Directory `i`'s answer (`None`: none came): new keys in, or the last good ones
-/// kept; counted, and a failure streak logged once.
-pub fn answered<H: ReportHost>(follower: &mut Follower, i: usize, now: u64, answer: Option<&DirectoryAnswer>, host: &mut H) {
+/// kept; counted, and a failure streak logged once. True when new keys came in.
+pub fn answered<H: ReportHost>(follower: &mut Follower, i: usize, now: u64, answer: Option<&DirectoryAnswer>, host: &mut H) -> bool {
     let algorithm = follower.algorithm;
-    let Some(directory) = follower.directories.get_mut(i) else { return };
+    let Some(directory) = follower.directories.get_mut(i) else { return false };
     let answered = match answer {
         Some(a) if a.body_size > directory.source.max_bytes => {
             directory.on_result(now, Err(crate::key_directory::FetchError::TooLarge(a.body_size)))
         }
         _ => directory.on_answer(now, algorithm, answer.map(|a| (a.status, a.cache_control.as_deref(), a.body.as_slice()))),
     };
+    let fetched = matches!(answered, Answered::Fetched { .. });
     match answered {
         Answered::Fetched { keys, recovered } => {
             host.count(DIRECTORY_FETCHES, 1);
@@ -90,6 +97,18 @@ pub fn answered<H: ReportHost>(follower: &mut Follower, i: usize, now: u64, answ
             }
         }
     }
+    follower.remerge(now);
+    fetched
+}
+
+/// A document another follower fetched (see [`crate::key_directory::coordination`]):
+/// its keys in, fresh from when it was fetched. Neither counted nor logged here: the
+/// one that fetched it did.
+pub fn take_document(follower: &mut Follower, i: usize, now: u64, document: &crate::key_directory::coordination::Document) {
+    let algorithm = follower.algorithm;
+    let Some(directory) = follower.directories.get_mut(i) else { return };
+    let answer = (200, document.cache_control.as_deref(), document.body.as_slice());
+    directory.on_answer(document.fetched_at.min(now), algorithm, Some(answer));
     follower.remerge(now);
 }
 
