@@ -330,10 +330,13 @@ fn a_failing_directory_keeps_its_last_keys_for_max_stale_then_fails_closed() {
     wait_until("the directory answers again", Duration::from_secs(10), || verdict(&mw, &k[0]) == (200, None));
     let mut mw = mw;
     let log = mw.stop_and_log();
-    // Each failure streak is logged once (by each follower), not once per fetch.
-    let lines = |what: &str| log.lines().filter(|l| l.contains(what)).collect::<std::collections::BTreeSet<_>>().len() as u64;
+    // The failure streak is logged once, not once per fetch; its end once (at info
+    // level, which the harness shows for the Wasm filter only).
+    let lines = |what: &str| log.lines().filter(|l| l.contains(what)).count();
     assert_eq!(lines("key directory 0 (cluster key_directory"), 1, "{log}");
-    assert_eq!(lines("answers again: "), 1, "{log}");
+    if mw.loader == Loader::Wasm {
+        assert_eq!(lines("answers again: "), 1, "{log}");
+    }
 }
 
 #[test]
