@@ -138,8 +138,13 @@ static NONCES: AtomicU64 = AtomicU64::new(0);
 
 /// The headers of a GET signed by `key` (RFC 9421, as a sender signs it).
 fn signed(key: &Key, path: &str) -> Vec<(String, String)> {
+    signed_as(key, "GET", path)
+}
+
+fn signed_as(key: &Key, method: &str, path: &str) -> Vec<(String, String)> {
     let fields: Vec<(String, Vec<u8>)> = Vec::new();
-    let message = Message { method: b"GET", https: false, authority: AUTHORITY.as_bytes(), target: path.as_bytes(), fields: &fields };
+    let message =
+        Message { method: method.as_bytes(), https: false, authority: AUTHORITY.as_bytes(), target: path.as_bytes(), fields: &fields };
     let nonce = format!("n{}-{}", std::process::id(), NONCES.fetch_add(1, Ordering::Relaxed));
     let s = sign(&key.ring, &message, &[], now_secs(), &nonce).unwrap();
     vec![("Host".into(), AUTHORITY.into()), ("Signature-Input".into(), s.signature_input), ("Signature".into(), s.signature)]
@@ -218,7 +223,7 @@ fn a_sender_rotates_under_sustained_load_without_one_failed_request() {
 
 #[test]
 fn a_key_signing_before_its_receivers_fetched_it_waits_for_one_refetch() {
-    let k = keys("ed25519", &["k-1", "k-2"]);
+    let k = keys("ed25519", &["k-1", "k-2", "k-3"]);
     let echo = Echo::start();
     let directory = Directory::start();
     // Fresh for an hour: only an unknown key id makes the receiver look again.
@@ -237,6 +242,15 @@ fn a_key_signing_before_its_receivers_fetched_it_waits_for_one_refetch() {
     assert!(began.elapsed() < Duration::from_secs(3), "waited {:?}", began.elapsed());
     assert_eq!(directory.fetches() - before, 1);
     assert_eq!(mw.stat("wsgiproxy.middleware.directory_refetches"), 1);
+    // A request with a body is held whole, and delivered whole.
+    directory.publish(&[&k[0], &k[1], &k[2]]);
+    std::thread::sleep(Duration::from_secs(2));
+    let headers = signed_as(&k[2], "POST", "/upload");
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let r = request(mw.port, "POST", "/upload", &headers, b"the body, held while the directory is fetched");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.received().body(), "the body, held while the directory is fetched");
+    assert_eq!(mw.stat("wsgiproxy.middleware.directory_refetches"), 2);
 }
 
 #[test]
