@@ -25,8 +25,11 @@ pub struct NativeDirectories {
     follower: Mutex<Follower>,
     /// The fetches under way: (callout id, directory index).
     calls: Mutex<Vec<(u64, usize)>>,
-    /// The streams held for a fetch.
-    waiters: Mutex<Vec<Arc<StreamScheduler>>>,
+    /// The streams held for a fetch, and since when (ms). Locked inside `follower`'s
+    /// lock only, so that a stream held for a fetch is never missed by its answer.
+    waiters: Mutex<Vec<(Arc<StreamScheduler>, u64)>>,
+    /// The longest a held stream waits: the longest timeout, two ticks and a second.
+    max_wait_ms: u64,
     /// Wakes the configuration on the main thread when a request asks for a refetch.
     poke: Option<Scheduler>,
 }
@@ -34,11 +37,14 @@ pub struct NativeDirectories {
 impl NativeDirectories {
     pub fn new(config: &MiddlewareConfig, poke: Option<Scheduler>) -> Option<NativeDirectories> {
         let algorithm = config.verify.as_ref()?.algorithm;
+        let max_timeout = config.key_directories.iter().map(|s| s.timeout).max().unwrap_or_default();
+        let max_wait_ms = u64::try_from(max_timeout.as_millis()).unwrap_or(u64::MAX).saturating_add(1500);
         (!config.key_directories.is_empty()).then(|| NativeDirectories {
             follower: Mutex::new(Follower::new(algorithm, &config.key_directories)),
             calls: Mutex::default(),
             waiters: Mutex::default(),
             poke,
+            max_wait_ms,
         })
     }
 
@@ -50,9 +56,15 @@ impl NativeDirectories {
     /// woken through `scheduler` once the fetch is answered.
     pub fn hold(&self, scheduler: &Arc<StreamScheduler>, count: &mut dyn FnMut(&'static str)) -> bool {
         let now = millis(std::time::SystemTime::now());
-        let wait = driver::unknown_key(&mut lock(&self.follower), now, count);
+        let wait = {
+            let mut follower = lock(&self.follower);
+            let wait = driver::unknown_key(&mut follower, now, count);
+            if wait {
+                lock(&self.waiters).push((scheduler.clone(), now));
+            }
+            wait
+        };
         if wait {
-            lock(&self.waiters).push(scheduler.clone());
             if let Some(poke) = &self.poke {
                 poke.commit(1);
             }
@@ -101,12 +113,20 @@ impl NativeDirectories {
         self.wake();
     }
 
-    /// Once no fetch is under way or asked for: wakes every held stream, on its worker.
+    /// Wakes the held streams, each on its worker: all of them once no fetch is under
+    /// way or asked for, else those that waited too long.
     fn wake(&self) {
-        if lock(&self.follower).busy() {
-            return;
-        }
-        for scheduler in std::mem::take(&mut *lock(&self.waiters)) {
+        let now = millis(std::time::SystemTime::now());
+        let due: Vec<Arc<StreamScheduler>> = {
+            let follower = lock(&self.follower);
+            let idle = !follower.busy();
+            let mut waiters = lock(&self.waiters);
+            let (due, kept): (Vec<_>, Vec<_>) =
+                waiters.drain(..).partition(|(_, since)| idle || now.saturating_sub(*since) > self.max_wait_ms);
+            *waiters = kept;
+            due.into_iter().map(|(scheduler, _)| scheduler).collect()
+        };
+        for scheduler in due {
             scheduler.commit(0);
         }
     }
