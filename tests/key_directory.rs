@@ -169,7 +169,8 @@ fn a_sender_rotates_under_sustained_load_without_one_failed_request() {
     let directory = Directory::start();
     directory.set(json!({"cache_control": "max-age=1"}));
     directory.publish(&[old]);
-    let mw = receiver(&echo, &directory, "ed25519", json!({"min_refresh_seconds": 1, "max_refresh_seconds": 2}));
+    // Two workers: with the Wasm filter, one VM fetches and the others take its answers.
+    let mw = receiver_of(&echo, directory.port, "ed25519", json!({"min_refresh_seconds": 1, "max_refresh_seconds": 2}), 2);
     wait_until_signatures_are_trusted("");
     assert_eq!(verdict(&mw, old), (200, None));
 
@@ -229,7 +230,8 @@ fn a_key_signing_before_its_receivers_fetched_it_waits_for_one_refetch() {
     // Fresh for an hour: only an unknown key id makes the receiver look again.
     directory.set(json!({"cache_control": "max-age=3600"}));
     directory.publish(&[&k[0]]);
-    let mw = receiver(&echo, &directory, "ed25519", json!({"unknown_key_interval_seconds": 2}));
+    // Two workers: a request in any of them asks for the refetch and is woken by its answer.
+    let mw = receiver_of(&echo, directory.port, "ed25519", json!({"unknown_key_interval_seconds": 2}), 2);
     wait_until_signatures_are_trusted("");
     assert_eq!(verdict(&mw, &k[0]), (200, None));
     let before = directory.fetches();
