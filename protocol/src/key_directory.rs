@@ -307,8 +307,9 @@ impl Directory {
         }
     }
 
-    /// A refetch the followers of another process part asked for (their interval's
-    /// gate already applied): sent at the next [`Directory::due`].
+    /// A refetch asked for elsewhere, its interval's gate already applied (the Wasm
+    /// filter's VMs ask the one that fetches: [`coordination`]): sent at the next
+    /// [`Directory::due`].
     pub fn ask(&mut self) {
         if self.in_flight.is_none() {
             self.asked = true;
