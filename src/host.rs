@@ -147,6 +147,10 @@ impl Host for WasmHost<'_> {
         send_reply(reply);
     }
 
+    fn send_document(&mut self, headers: &[(&str, &str)], body: &[u8]) {
+        let _ = hostcalls::send_http_response(200, headers.to_vec(), Some(body));
+    }
+
     fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
         http_callout(cluster, headers, timeout)
     }

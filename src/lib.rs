@@ -5,6 +5,7 @@
 mod app;
 mod exact;
 mod host;
+mod key_directory;
 mod metrics;
 mod middleware;
 mod peer;
@@ -19,7 +20,7 @@ proxy_wasm::main! {{
     // Also installs a panic hook that logs at critical level: a panic kills this
     // worker's VM, so the code is written (and linted) not to.
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
-        Box::new(root::Root::default())
+    proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(root::Root::new(id))
     });
 }}

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use wsgiproxy_protocol::config::Config;
-use wsgiproxy_protocol::driver::middleware::on_request_headers;
+use wsgiproxy_protocol::driver::middleware::{on_request_headers, on_request_headers_following, unknown_key_id};
 
 use log::warn;
 use wsgiproxy_protocol::host::Warning;
@@ -33,11 +33,12 @@ pub fn report_replay_fullness(shared: &Shared) {
 
 pub struct MiddlewareFilter {
     shared: Rc<Shared>,
+    context_id: u32,
 }
 
 impl MiddlewareFilter {
-    pub fn new(shared: Rc<Shared>) -> Self {
-        MiddlewareFilter { shared }
+    pub fn new(shared: Rc<Shared>, context_id: u32) -> Self {
+        MiddlewareFilter { shared, context_id }
     }
 }
 
@@ -48,6 +49,23 @@ impl HttpContext for MiddlewareFilter {
         let Config::Middleware(config) = &self.shared.config else {
             return Action::Continue;
         };
-        action(on_request_headers(config, &mut WasmHost::new(&self.shared)))
+        let Some(directories) = &self.shared.directories else {
+            return action(on_request_headers(config, &mut WasmHost::new(&self.shared)));
+        };
+        let followed = directories.followed();
+        let host = &mut WasmHost::new(&self.shared);
+        if unknown_key_id(config, host, &followed).is_some() && directories.hold(&self.shared, self.context_id) {
+            return Action::Pause;
+        }
+        action(on_request_headers_following(config, host, Some(&followed)))
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // Held with its headers while a key directory is fetched; resumed whole.
+        if self.shared.directories.as_ref().is_some_and(|d| d.holds(self.context_id)) {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 }

@@ -15,14 +15,25 @@ use crate::shared::Shared;
 
 #[derive(Default)]
 pub struct Root {
+    /// This root context's id (requests held for a key directory are woken from it).
+    id: u32,
     shared: Option<Rc<Shared>>,
     /// The call token of the spawn role's activity report in flight.
     report: Option<u64>,
 }
 
+impl Root {
+    pub fn new(id: u32) -> Root {
+        Root { id, ..Root::default() }
+    }
+}
+
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let Some(shared) = &self.shared else { return };
+        if shared.directories.as_ref().is_some_and(|d| d.on_answer(shared, self.id, token, body_size)) {
+            return;
+        }
         if self.report != Some(u64::from(token)) {
             return;
         }
@@ -89,13 +100,16 @@ impl RootContext for Root {
         if let (Some((config, runtime)), None) = (crate::spawn::parts(shared), self.report) {
             self.report = send_report(config, runtime, &mut WasmReportHost::new(&shared.metrics));
         }
+        if let Some(directories) = &shared.directories {
+            directories.tick(shared, self.id);
+        }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let shared = self.shared.clone()?;
         Some(match &shared.config {
             Config::App(_) => Box::new(crate::app::AppFilter::new(shared)),
-            Config::Middleware(_) => Box::new(crate::middleware::MiddlewareFilter::new(shared)),
+            Config::Middleware(_) => Box::new(crate::middleware::MiddlewareFilter::new(shared, context_id)),
             Config::Spawn(_) => Box::new(crate::spawn::SpawnFilter::new(shared)),
             Config::Exact(_) => Box::new(crate::exact::ExactFilter::new(shared)),
             // Never asked: get_type says StreamContext for this role.

@@ -18,13 +18,19 @@ pub struct Shared {
     pub replay: Option<SharedMemory>,
     /// The fullest replay memory key (percent) this VM wrote since the last flush.
     pub replay_fullest: Cell<Option<u64>>,
+    /// The middleware role's key directories, when it follows some.
+    pub directories: Option<crate::key_directory::WasmDirectories>,
     /// Warnings already logged by this VM (each once, not once per request).
     warned: Warned,
 }
 
 impl Shared {
     pub fn new(config: Config, metrics: Metrics, spawn: Option<crate::spawn::SpawnRuntime>, replay: Option<SharedMemory>) -> Self {
-        Shared { config, metrics, spawn, replay, replay_fullest: Cell::default(), warned: Warned::default() }
+        let directories = match &config {
+            Config::Middleware(m) => crate::key_directory::WasmDirectories::new(m),
+            _ => None,
+        };
+        Shared { config, metrics, spawn, replay, replay_fullest: Cell::default(), directories, warned: Warned::default() }
     }
 
     /// True the first time a warning is asked for.

@@ -346,6 +346,8 @@ fn every_config_key_is_in_its_role_table_and_only_those() {
         ("spawn", vec!["waiting_page"], "waiting_page"),
         ("app", vec!["string_keys", "[]"], "string_keys"),
         ("app", vec!["json_keys", "[]"], "json_keys"),
+        ("middleware", vec!["key_directories", "[]"], "key_directories"),
+        ("app", vec!["publish_key_directory"], "publish_key_directory"),
     ] {
         let row = role_table(role).into_iter().find(|r| r.keys.iter().any(|k| k == row_key)).unwrap();
         let spans = code_spans(&row.meaning).join(" ");

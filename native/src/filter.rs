@@ -19,6 +19,8 @@ struct Factory {
     spawn: Option<(Arc<SpawnRuntime>, Ticker)>,
     /// The thread that polls the key files (`secret.keys[i].file`), if any.
     key_files: Option<KeyFileWatch>,
+    /// The thread that wakes the middleware role's key directories.
+    _directory_ticker: Option<Ticker>,
 }
 
 impl FilterFactory for Factory {
@@ -42,9 +44,16 @@ impl FilterFactory for Factory {
         if let (Config::Spawn(spawn), Some((runtime, _))) = (&self.shared.config, &self.spawn) {
             runtime.tick(spawn, config, &self.shared);
         }
+        if let Some(directories) = &self.shared.directories {
+            directories.tick(config, &self.shared);
+        }
     }
 
     fn on_callout_done(&self, config: &ConfigHandle, id: u64, response: Option<CalloutResponse>) {
+        if let Some(directories) = self.shared.directories.as_ref().filter(|d| d.owns(id)) {
+            directories.on_answer(config, &self.shared, id, response);
+            return;
+        }
         if let (Config::Spawn(spawn), Some((runtime, _))) = (&self.shared.config, &self.spawn) {
             runtime.report_answered(spawn, config, &self.shared, id, response);
         }
@@ -86,7 +95,19 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
                 metrics.inc_config(handle, counters::middleware::REPLAY_MEMORY_UNTRUSTED);
             }
             log(LogLevel::Info, &format!("wsgiproxy: configured as role {:?}", config.role()));
-            let shared = Arc::new(Shared::new(config, metrics, replay.map(|r| r.memory)));
+            let mut shared = Shared::new(config, metrics, replay.map(|r| r.memory));
+            let mut directory_ticker = None;
+            if let Config::Middleware(m) = &shared.config {
+                shared.directories = crate::key_directory::NativeDirectories::new(m, handle.scheduler());
+                if shared.directories.is_some() {
+                    directory_ticker = crate::key_directory::ticker(handle);
+                    if directory_ticker.is_none() {
+                        log(LogLevel::Error, "wsgiproxy: the key directories' timer could not start");
+                        return None;
+                    }
+                }
+            }
+            let shared = Arc::new(shared);
             // Keys from files: a module thread polls them.
             let key_files = match crate::key_files::watched(&shared.config) {
                 None => None,
@@ -98,7 +119,7 @@ pub fn new_factory(handle: &ConfigHandle, _filter_name: &[u8], raw: &[u8]) -> Op
                     }
                 },
             };
-            Some(Box::new(Factory { shared, spawn, key_files }))
+            Some(Box::new(Factory { shared, spawn, key_files, _directory_ticker: directory_ticker }))
         }
         Err(e) => {
             log(LogLevel::Error, &format!("wsgiproxy: {e}"));

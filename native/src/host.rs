@@ -106,6 +106,10 @@ impl Host for NativeHost<'_> {
         send_reply(self.stream, reply);
     }
 
+    fn send_document(&mut self, headers: &[(&str, &str)], body: &[u8]) {
+        self.stream.send_response(200, headers, body, "wsgiproxy_document");
+    }
+
     fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {
         self.stream.http_callout(cluster, headers, timeout).map_err(str::to_string)
     }

@@ -13,6 +13,7 @@ mod attributes;
 mod exact;
 mod filter;
 mod host;
+mod key_directory;
 mod key_files;
 mod metrics;
 mod middleware;

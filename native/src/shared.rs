@@ -12,13 +12,15 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The replay memory (a middleware that verifies signatures).
     pub replay: Option<&'static Memory>,
+    /// The middleware role's key directories, when it follows some.
+    pub directories: Option<crate::key_directory::NativeDirectories>,
     /// Warnings already logged for this configuration (each once, not per request).
     warned: Warned,
 }
 
 impl Shared {
     pub fn new(config: Config, metrics: Metrics, replay: Option<&'static Memory>) -> Self {
-        Shared { config, metrics, replay, warned: Warned::default() }
+        Shared { config, metrics, replay, directories: None, warned: Warned::default() }
     }
 
     /// True the first time a warning is asked for.

@@ -66,6 +66,8 @@ pub mod app {
     pub const KEY_FILE_RELOADS: &str = "app.key_file_reloads";
     /// A key file turned unreadable or invalid: the last good keys stay.
     pub const KEY_FILE_ERRORS: &str = "app.key_file_errors";
+    /// `publish_key_directory`: requests answered with the sender's key directory.
+    pub const KEY_DIRECTORY_SERVED: &str = "app.key_directory_served";
     pub const ALL: &[&str] = &[
         REQUESTS,
         FORWARDED,
@@ -76,6 +78,7 @@ pub mod app {
         REWRITTEN_COOKIES,
         KEY_FILE_RELOADS,
         KEY_FILE_ERRORS,
+        KEY_DIRECTORY_SERVED,
     ];
 }
 
@@ -95,6 +98,16 @@ pub mod middleware {
     pub const KEY_FILE_RELOADS: &str = "middleware.key_file_reloads";
     /// A key file turned unreadable or invalid: the last good keys stay.
     pub const KEY_FILE_ERRORS: &str = "middleware.key_file_errors";
+    /// `key_directories`: answers taken (new keys in).
+    pub const DIRECTORY_FETCHES: &str = "middleware.directory_fetches";
+    /// `key_directories`: fetches that failed (the last good keys stay).
+    pub const DIRECTORY_FETCH_FAILURES: &str = "middleware.directory_fetch_failures";
+    /// `key_directories`: fetches a signature's unknown key id asked for.
+    pub const DIRECTORY_REFETCHES: &str = "middleware.directory_refetches";
+    /// `key_directories`: requests held for a fetch.
+    pub const DIRECTORY_WAITS: &str = "middleware.directory_waits";
+    /// `key_directories`: a directory's last good keys dropped, stale past `max_stale_seconds`.
+    pub const DIRECTORY_KEYS_DROPPED: &str = "middleware.directory_keys_dropped";
     pub const ALL: &[&str] = &[
         REQUESTS,
         TRUSTED,
@@ -107,6 +120,11 @@ pub mod middleware {
         REPLAY_MEMORY_UNTRUSTED,
         KEY_FILE_RELOADS,
         KEY_FILE_ERRORS,
+        DIRECTORY_FETCHES,
+        DIRECTORY_FETCH_FAILURES,
+        DIRECTORY_REFETCHES,
+        DIRECTORY_WAITS,
+        DIRECTORY_KEYS_DROPPED,
     ];
 }
 

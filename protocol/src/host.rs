@@ -62,6 +62,10 @@ pub trait Host {
     /// Answers in the request's place; the request goes no further.
     fn send_reply(&mut self, reply: &LocalReply);
 
+    /// Answers in the request's place with a 200 document (not a refusal: no
+    /// `x-wsgiproxy-error`), such as the `app` role's key directory.
+    fn send_document(&mut self, headers: &[(&str, &str)], body: &[u8]);
+
     /// Sends a request to `cluster` on the stream's behalf; its answer comes to the
     /// loader's callout hook with the id returned. `Err` says why the host did not send it.
     fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String>;

@@ -20,6 +20,7 @@ pub mod headers;
 pub mod hmac_key;
 pub mod host;
 pub mod href;
+pub mod key_directory;
 pub mod key_files;
 pub mod middleware;
 pub mod paths;

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use crate::codec::{decode_value, split_payload, Family};
 use crate::config::{EndpointBinding, ForcedPrefix, MiddlewareConfig, OnUntrusted};
 use crate::headers::*;
+use crate::key_directory::{signature_key_id, Followed};
 use crate::paths::{has_unsafe_segment, normalized_prefix, split_query, strip_segment_prefix, with_query};
 use crate::reason::Reason;
 use crate::replay::Verdict;
@@ -84,6 +85,20 @@ pub fn decide<'a>(
     nonces: &mut dyn NonceMemory,
     outcome: &mut MiddlewareOutcome,
 ) -> Decision<'a> {
+    decide_following(config, req, nonces, outcome, None)
+}
+
+/// [`decide`], with the keys fetched from the configuration's `key_directories`
+/// (`followed`) beside its own: a signature whose key id is in neither is refused with
+/// 403 `signature_key_unknown`, or 503 `key_directory_unavailable` when no directory
+/// has a usable key (fail closed).
+pub fn decide_following<'a>(
+    config: &'a MiddlewareConfig,
+    req: &MiddlewareRequest<'a>,
+    nonces: &mut dyn NonceMemory,
+    outcome: &mut MiddlewareOutcome,
+    followed: Option<&Followed>,
+) -> Decision<'a> {
     let head = req.head;
     let Some(target) = head.get_str(PATH) else {
         return bad_request(Reason::NoPath, "the request has no path");
@@ -113,7 +128,7 @@ pub fn decide<'a>(
             return reply;
         }
         if let Some(keys) = &config.verify {
-            match verify(config, &keys.ring(), req, nonces) {
+            match verify(config, &keys.ring(), req, nonces, followed) {
                 Ok(alone) => {
                     signature_alone = alone;
                     outcome.verified = true;
@@ -322,8 +337,13 @@ fn verify(
     ring: &crate::signature::KeyRing,
     req: &MiddlewareRequest<'_>,
     nonces: &mut dyn NonceMemory,
+    followed: Option<&Followed>,
 ) -> Result<bool, Result<Rejection, Decision<'static>>> {
     if config.signature_format == SignatureFormat::Rfc9421 {
+        let ring = match followed {
+            Some(followed) => followed_ring(ring, req.head, followed)?,
+            None => ring,
+        };
         return verify_rfc9421(config, ring, req, nonces);
     }
     let head = req.head;
@@ -346,6 +366,37 @@ fn verify(
     }));
     verify_mac(ring, &signature, &parts).map_err(Ok)?;
     remember_nonce(nonces, &signature.nonce, date_secs, req.now).map(|()| false)
+}
+
+/// The ring that holds the signature's key id: the configuration's own, else the
+/// directories' (the configuration's wins a key id both hold). Unknown to both: a
+/// refusal that says so.
+fn followed_ring<'r>(
+    own: &'r crate::signature::KeyRing,
+    head: &RequestHead,
+    followed: &'r Followed,
+) -> Result<&'r crate::signature::KeyRing, Result<Rejection, Decision<'static>>> {
+    let lines: Vec<Vec<u8>> = head.iter().filter(|(n, _)| *n == rfc9421::SIGNATURE_INPUT).map(|(_, v)| v.to_vec()).collect();
+    let Some(id) = signature_key_id(&lines) else { return Ok(own) };
+    if own.key(&id).is_some() {
+        return Ok(own);
+    }
+    match &followed.ring {
+        Some(ring) if ring.key(&id).is_some() => Ok(ring),
+        None => Err(Err(Decision::Reply(
+            LocalReply::new(
+                503,
+                Reason::KeyDirectoryUnavailable,
+                "no key directory has a usable key (not fetched yet, or failing past max_stale_seconds)",
+            )
+            .with_header("retry-after", "1"),
+        ))),
+        Some(_) => Err(Err(Decision::Reply(LocalReply::new(
+            403,
+            Reason::SignatureKeyUnknown,
+            format!("the signature's key id {id:?} is not in this receiver's keys nor in its key directories"),
+        )))),
+    }
 }
 
 /// Verifies an RFC 9421 signature (see [`crate::rfc9421`]) with the same keys,

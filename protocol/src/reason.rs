@@ -59,6 +59,11 @@ reasons! {
     ReplayStoreUnavailable => "replay_store_unavailable",
     /// Signed at or before the second this Envoy's replay memory began (425).
     SignedBeforeRestart => "signed_before_restart",
+    /// `key_directories`: the signature's key id is in no key, even after a refetch.
+    SignatureKeyUnknown => "signature_key_unknown",
+    /// `key_directories`: no directory has a usable key (never fetched, or stale past
+    /// `max_stale_seconds`), and no inline key names the signature's: fail closed (503).
+    KeyDirectoryUnavailable => "key_directory_unavailable",
     /// `bind_endpoint`: the signature names no endpoint.
     EndpointMissing => "endpoint_missing",
     /// `bind_endpoint`: the signature was made for another endpoint (a replica).

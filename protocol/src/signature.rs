@@ -137,6 +137,16 @@ impl SigningKey {
         self.mac.verify(message, mac)
     }
 
+    /// The public half of a public-key algorithm's key (what a key directory
+    /// publishes); `None` for an HMAC key, which is a secret.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        match &self.mac {
+            KeyedMac::Private(key) => Some(key.public_key()),
+            KeyedMac::Public(key) => Some(key.clone()),
+            KeyedMac::Hmac(_) => None,
+        }
+    }
+
     /// This key's MAC or signature of `message`; `None` for a public key, which
     /// cannot sign.
     pub fn signature_of(&self, message: &[u8]) -> Option<Vec<u8>> {
@@ -190,8 +200,19 @@ impl KeyRing {
         self.keys.first()
     }
 
+    /// A ring of `algorithm` with no key: a receiver whose keys all come from key
+    /// directories (`crate::key_directory`) verifies with those alone.
+    pub fn empty(algorithm: Algorithm) -> KeyRing {
+        KeyRing { algorithm, keys: Vec::new() }
+    }
+
     pub fn key(&self, id: &str) -> Option<&SigningKey> {
         self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// Every key, the signing key first.
+    pub fn keys(&self) -> impl Iterator<Item = &SigningKey> + '_ {
+        self.keys.iter()
     }
 }
 
@@ -228,7 +249,8 @@ impl KeyRing {
     }
 }
 
-fn is_key_id(id: &str) -> bool {
+/// Whether `id` can name a key: 1 to 64 letters, digits, '.', '_' or '-'.
+pub fn is_key_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 

@@ -70,6 +70,8 @@ pub struct FakeHost {
     /// Every counter counted, even by 0, with its total.
     pub counts: BTreeMap<String, u64>,
     pub replies: Vec<LocalReply>,
+    /// The documents sent in a request's place (`Host::send_document`), as replies.
+    pub documents: Vec<LocalReply>,
     /// The callouts sent, in order: the first has id 1.
     pub callouts: Vec<Callout>,
     /// How many times a held request was let go on.
@@ -107,6 +109,7 @@ impl Default for FakeHost {
             reads: Vec::new(),
             counts: BTreeMap::new(),
             replies: Vec::new(),
+            documents: Vec::new(),
             callouts: Vec::new(),
             resumed: 0,
             warnings: Vec::new(),
@@ -230,6 +233,12 @@ impl Host for FakeHost {
 
     fn send_reply(&mut self, reply: &LocalReply) {
         self.replies.push(reply.clone());
+    }
+
+    fn send_document(&mut self, headers: &[(&str, &str)], body: &[u8]) {
+        let mut reply = LocalReply::new(200, crate::reason::Reason::NoPath, String::from_utf8_lossy(body));
+        reply.headers = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        self.documents.push(reply);
     }
 
     fn http_callout(&mut self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u64, String> {

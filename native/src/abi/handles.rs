@@ -88,6 +88,32 @@ impl Drop for Scheduler {
     }
 }
 
+/// Lets any thread wake one stream's filter on its worker thread
+/// ([`HttpFilter::on_scheduled`]). Envoy's scheduler holds the filter weakly: a commit
+/// after the stream ended is dropped. Deleted when dropped.
+pub struct StreamScheduler(*mut c_void);
+
+// SAFETY: Envoy's per-filter scheduler is made to be committed from any thread (abi.h:
+// "dispatch HTTP filter operations from any thread"); it posts to the worker's
+// dispatcher and holds the filter weakly; deletion happens once, from `Drop`.
+unsafe impl Send for StreamScheduler {}
+// SAFETY: as above: `commit` is the only shared operation, and it is thread-safe.
+unsafe impl Sync for StreamScheduler {}
+
+impl StreamScheduler {
+    pub fn commit(&self, event: u64) {
+        // SAFETY: a live scheduler (deleted only in Drop, after every user is gone).
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event) }
+    }
+}
+
+impl Drop for StreamScheduler {
+    fn drop(&mut self) {
+        // SAFETY: made by scheduler_new, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
+    }
+}
+
 /// Copies bytes Envoy lent for the current hook.
 /// A header name as text, keeping the copy's buffer when it is UTF-8 (Envoy's names
 /// are lowercase ASCII; anything else is replaced, never trusted as a protocol name).
@@ -425,6 +451,13 @@ impl Stream {
     pub fn reset(&self, details: &str) {
         // SAFETY: live filter pointer; the details buffer borrows `details` for the call.
         unsafe { envoy_dynamic_module_callback_http_filter_reset_stream(self.0, 0, ModuleBuffer::of(details.as_bytes())) }
+    }
+
+    /// A scheduler that wakes this stream's filter on its worker thread.
+    pub fn scheduler(&self) -> Option<StreamScheduler> {
+        // SAFETY: live filter pointer, in one of its hooks (on its worker thread).
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(StreamScheduler(ptr))
     }
 
     /// Lets a request stopped in its request-headers hook go on.

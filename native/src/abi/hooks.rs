@@ -264,8 +264,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
         }
     })
 }
-// The per-stream and stream-callout hooks the roles do not use (they start no stream
-// callout and schedule no per-stream event), each declared as abi.h has it.
+// The stream-callout hooks the roles do not use (they start no stream callout), each
+// declared as abi.h has it.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
     _filter_envoy: *mut c_void,
@@ -310,8 +310,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     _reason: u32,
 ) {
 }
+/// An event a module thread committed to the stream's scheduler (the middleware role
+/// wakes a request held for a key directory's fetch).
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_filter_envoy: *mut c_void, _filter: *const c_void, _event_id: u64) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(filter_envoy: *mut c_void, filter: *const c_void, event_id: u64) {
+    let stream = Stream(filter_envoy);
+    // Busy (inside another of its hooks) cannot happen: Envoy runs the event from its
+    // dispatcher, never from inside a hook.
+    let _ = enter(filter, &stream, "on_http_filter_scheduled", |f| f.on_scheduled(&stream, event_id));
+}
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
     _filter_envoy: *mut c_void,

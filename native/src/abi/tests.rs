@@ -362,6 +362,21 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
     drop(unsafe { Box::from_raw(scheduler as *mut std::sync::atomic::AtomicU64) });
 }
 
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_new(_: *mut c_void) -> *mut c_void {
+    Box::into_raw(Box::new(std::sync::atomic::AtomicU64::new(0))) as *mut c_void
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: *mut c_void, _: u64) {
+    // SAFETY: made by the stand-in scheduler_new, alive until delete.
+    unsafe { &*(scheduler as *const std::sync::atomic::AtomicU64) }.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void) {
+    // SAFETY: made by the stand-in scheduler_new, deleted once.
+    drop(unsafe { Box::from_raw(scheduler as *mut std::sync::atomic::AtomicU64) });
+}
+
 fn stream_of(fake: &mut FakeStream) -> Stream {
     Stream(fake as *mut FakeStream as *mut c_void)
 }

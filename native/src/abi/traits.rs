@@ -30,4 +30,6 @@ pub trait HttpFilter {
     }
     /// The answer to [`Stream::http_callout`] (`None`: it failed).
     fn on_callout_done(&mut self, _stream: &Stream, _id: u64, _response: Option<CalloutResponse>) {}
+    /// An event committed to the stream's [`super::StreamScheduler`], on its worker thread.
+    fn on_scheduled(&mut self, _stream: &Stream, _event: u64) {}
 }

@@ -40,6 +40,8 @@ pub(super) struct RawApp {
     scheme: Option<String>,
     #[serde(default)]
     bind_endpoint: Option<bool>,
+    #[serde(default)]
+    publish_key_directory: Option<RawPublishedDirectory>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +79,8 @@ pub struct AppConfig {
     pub keys: Vec<KeySpec>,
     /// The keys requests are signed with, the first one signing (some may be re-read from files).
     pub signing: Option<Keys>,
+    /// The key directory this sender serves for its own keys (`publish_key_directory`).
+    pub key_directory: Option<PublishedDirectory>,
     /// How requests are signed: `X-WSGIProxy-Signature` or RFC 9421.
     pub signature_format: SignatureFormat,
     /// Rewrite `Location`, `Content-Location` and `Set-Cookie` paths back to the client's view.
@@ -147,7 +151,9 @@ pub(super) fn validate_app(
     if bind_endpoint && signing.is_none() {
         return Err(ConfigError::new("bind_endpoint", "needs a secret: the endpoint is bound by the signature"));
     }
+    let key_directory = published_directory(raw.publish_key_directory, signing.as_ref().map(|keys| keys.ring()).as_deref())?;
     Ok(AppConfig {
+        key_directory,
         bind_endpoint,
         href,
         script_name,

@@ -29,6 +29,8 @@ pub(super) struct RawMiddleware {
     #[serde(default)]
     algorithm: Option<String>,
     #[serde(default)]
+    key_directories: Option<Vec<RawKeyDirectory>>,
+    #[serde(default)]
     signature_format: Option<String>,
     #[serde(default)]
     required_components: Option<Vec<String>>,
@@ -89,6 +91,8 @@ pub struct MiddlewareConfig {
     pub client_address: ClientAddress,
     /// The keys signatures are verified with (some may be re-read from files).
     pub verify: Option<Keys>,
+    /// Where more public keys are fetched (empty: the `secret` alone verifies).
+    pub key_directories: Vec<crate::key_directory::DirectorySource>,
     /// Which signatures are verified: `X-WSGIProxy-Signature` or RFC 9421.
     pub signature_format: SignatureFormat,
     /// Components every RFC 9421 signature must cover, besides `@method`,
@@ -178,7 +182,15 @@ pub(super) fn validate_middleware(
         ),
     };
     let (signature_format, algorithm) = signature_format(raw.signature_format.as_deref(), raw.algorithm.as_deref())?;
-    let verify = key_ring(raw.secret, algorithm, KeyUse::Verify, env, files)?;
+    let mut verify = key_ring(raw.secret, algorithm, KeyUse::Verify, env, files)?;
+    let key_directories = key_directories(
+        raw.key_directories,
+        algorithm.and_then(crate::signature::Algorithm::from_name).filter(|_| signature_format == SignatureFormat::Rfc9421),
+    )?;
+    if verify.is_none() && !key_directories.is_empty() {
+        // Every key comes from the directories.
+        verify = algorithm.and_then(crate::signature::Algorithm::from_name).map(|a| Keys::fixed(crate::signature::KeyRing::empty(a)));
+    }
     let required_components = required_components(raw.required_components, signature_format, verify.is_some())?;
     if raw.trust_ips.is_none() && trust_principals.is_none() && verify.is_none() {
         return Err(ConfigError::new(
@@ -289,6 +301,7 @@ pub(super) fn validate_middleware(
         trust_principals,
         client_address: client_address(raw.client_address.as_deref())?,
         verify,
+        key_directories,
         signature_format,
         required_components,
         max_skew,

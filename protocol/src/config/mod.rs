@@ -10,6 +10,7 @@ use crate::trust::ClientAddress;
 
 mod app;
 mod exact;
+mod key_directories;
 mod middleware;
 mod secrets;
 mod spawn;
@@ -18,6 +19,7 @@ mod tests;
 
 pub use app::*;
 use exact::*;
+pub use key_directories::*;
 pub use middleware::*;
 use secrets::*;
 pub use spawn::*;

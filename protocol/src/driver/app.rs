@@ -22,6 +22,27 @@ pub const PREPARED_MARK: &str = "wsgiproxy_app_prepared";
 /// The one response header rewriting reads that may repeat.
 const SET_COOKIE: &str = "set-cookie";
 
+/// `publish_key_directory`: a GET or HEAD of its path is answered with the sender's
+/// key directory (the public half of each of its keys), and goes no further.
+fn serve_key_directory<H: Host>(config: &AppConfig, directory: &crate::config::PublishedDirectory, host: &mut H) -> bool {
+    let path = host.header(HeaderMap::Request, ":path").unwrap_or_default();
+    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
+    if path != directory.path.as_bytes() {
+        return false;
+    }
+    let method = host.header(HeaderMap::Request, ":method").unwrap_or_default();
+    if method != b"GET" && method != b"HEAD" {
+        return false;
+    }
+    host.count(KEY_DIRECTORY_SERVED, 1);
+    let headers = [("content-type", crate::key_directory::DIRECTORY_MEDIA_TYPE), ("cache-control", directory.cache_control.as_str())];
+    // Keys read from files may have changed since the configuration loaded.
+    let current = config.signing.as_ref().and_then(|keys| crate::key_directory::published_key_set(&keys.ring()));
+    let body = if method == b"HEAD" { &b""[..] } else { current.as_deref().unwrap_or(&directory.body).as_bytes() };
+    host.send_document(&headers, body);
+    true
+}
+
 /// One stream of the `app` role: what its request leaves for its response.
 #[derive(Debug, Default)]
 pub struct AppStream {
@@ -44,6 +65,11 @@ impl AppStream {
             }
         }
         host.count(REQUESTS, 1);
+        if let Some(directory) = &config.key_directory {
+            if serve_key_directory(config, directory, host) {
+                return Flow::Replied;
+            }
+        }
         let head = host.request_head();
         let signing = config.signing.is_some();
         let nonce = if signing {

@@ -5,10 +5,12 @@ use std::time::UNIX_EPOCH;
 use super::{apply_request_edits, downstream, refuse, Flow};
 use crate::config::MiddlewareConfig;
 use crate::counters::middleware::*;
-use crate::host::{Host, Warning};
-use crate::middleware::{decide, MiddlewareOutcome, MiddlewareRequest, NonceMemory};
+use crate::host::{HeaderMap, Host, Warning};
+use crate::key_directory::{signature_key_id, Followed};
+use crate::middleware::{decide_following, MiddlewareOutcome, MiddlewareRequest, NonceMemory};
 use crate::replay::Verdict;
 use crate::request::Decision;
+use crate::rfc9421::SIGNATURE_INPUT;
 use crate::signature::Nonce;
 use crate::trust::PEER_UNKNOWN_DETAIL;
 
@@ -17,6 +19,26 @@ const ROLE: &str = "middleware";
 /// Decides whether to believe the request's protocol headers, turns them into the
 /// headers the backend reads, or refuses the request.
 pub fn on_request_headers<H: Host>(config: &MiddlewareConfig, host: &mut H) -> Flow {
+    on_request_headers_following(config, host, None)
+}
+
+/// The key id of the request's signature when it is one that neither the
+/// configuration's keys nor `followed` (its key directories' keys) hold: the loader
+/// then asks its directories for a refetch and holds the request until it is answered
+/// (see [`crate::key_directory::Follower::unknown_key`]). `None` when there is nothing
+/// to wait for. One header read.
+pub fn unknown_key_id<H: Host>(config: &MiddlewareConfig, host: &mut H, followed: &Followed) -> Option<String> {
+    let own = config.verify.as_ref()?;
+    let mut lines = Vec::new();
+    host.header_values(HeaderMap::Request, SIGNATURE_INPUT, &mut lines);
+    let lines: Vec<Vec<u8>> = lines.into_iter().map(|(_, v)| v).collect();
+    let id = signature_key_id(&lines)?;
+    (own.ring().key(&id).is_none() && followed.key(&id).is_none()).then_some(id)
+}
+
+/// [`on_request_headers`] for a receiver that follows key directories: `followed`
+/// holds their keys as they are now.
+pub fn on_request_headers_following<H: Host>(config: &MiddlewareConfig, host: &mut H, followed: Option<&Followed>) -> Flow {
     host.count(REQUESTS, 1);
     let head = host.request_head();
     let request = MiddlewareRequest {
@@ -33,7 +55,7 @@ pub fn on_request_headers<H: Host>(config: &MiddlewareConfig, host: &mut H) -> F
         },
     };
     let mut outcome = MiddlewareOutcome::default();
-    let decision = decide(config, &request, &mut HostNonces(host), &mut outcome);
+    let decision = decide_following(config, &request, &mut HostNonces(host), &mut outcome, followed);
     host.count(if outcome.trusted { TRUSTED } else { UNTRUSTED }, 1);
     if outcome.verified {
         host.count(VERIFIED, 1);

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod exact;
+pub mod key_directory;
 pub mod middleware;
 pub mod spawn;
 

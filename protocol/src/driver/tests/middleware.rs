@@ -154,3 +154,98 @@ fn a_failing_nonce_memory_fails_closed() {
     assert_eq!(host.count_of("middleware.rejected.replay_store_unavailable"), 1);
     assert_declared(&host, "middleware");
 }
+
+// Key directories: the app role publishes, the middleware follows.
+
+/// RFC 8037 Appendix A's Ed25519 key pair, as a private JWK.
+const ED25519_JWK: &str = r#"{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"d\":\"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A\",\"x\":\"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo\"}"#;
+
+fn ed25519_sender(id: &str) -> crate::config::AppConfig {
+    let json = format!(
+        r#"{{"role":"app","href":"http://backend:8080/","signature_format":"rfc9421","algorithm":"ed25519","secret":{{"keys":[{{"id":"{id}","value":"{ED25519_JWK}"}}]}},"publish_key_directory":{{}}}}"#
+    );
+    match config(&json) {
+        Config::App(app) => app,
+        _ => panic!("not an app configuration"),
+    }
+}
+
+fn following() -> MiddlewareConfig {
+    mw(r#"{"role":"middleware","signature_format":"rfc9421","algorithm":"ed25519","key_directories":[{"cluster":"keys"}],"keys":{}}"#)
+}
+
+/// What `sender` sends for `/x`, as the middleware receives it from 10.1.2.3.
+fn sent_by(sender: &crate::config::AppConfig) -> FakeHost {
+    let mut app = FakeHost::with_request(&[(":method", "GET"), (":path", "/x"), (":authority", "www.example.com")]);
+    assert_eq!(AppStream::default().on_request_headers(sender, &mut app), Flow::Continue, "{:?}", app.replies);
+    let mut receiver = FakeHost::default();
+    receiver.request = app.request;
+    receiver.tcp_peer = Some("10.1.2.3:4444".into());
+    receiver
+}
+
+/// The directory the sender serves, as its app role answers a GET of it.
+fn directory_of(sender: &crate::config::AppConfig) -> Vec<u8> {
+    let mut host = FakeHost::with_request(&[(":method", "GET"), (":path", "/.well-known/http-message-signatures-directory")]);
+    assert_eq!(AppStream::default().on_request_headers(sender, &mut host), Flow::Replied);
+    assert_eq!(host.count_of("app.key_directory_served"), 1);
+    assert!(host.replies.is_empty(), "a document, not a refusal");
+    host.documents[0].detail.clone().into_bytes()
+}
+
+#[test]
+fn a_receiver_verifies_with_the_keys_its_sender_publishes() {
+    use crate::driver::middleware::{on_request_headers_following, unknown_key_id};
+    use crate::key_directory::{Followed, Follower};
+    let sender = ed25519_sender("k-dir");
+    let receiver = following();
+    let mut follower = Follower::new(crate::signature::Algorithm::Ed25519, &receiver.key_directories);
+
+    // Nothing fetched yet: the key is unknown, and nothing verifies (fail closed).
+    let mut host = sent_by(&sender);
+    assert_eq!(unknown_key_id(&receiver, &mut host, &follower.followed()).as_deref(), Some("k-dir"));
+    assert_eq!(on_request_headers_following(&receiver, &mut host, Some(&Followed::default())), Flow::Replied);
+    assert_eq!((host.replies[0].status, host.replies[0].reason), (503, Reason::KeyDirectoryUnavailable));
+
+    // The sender's directory fetched: known, and verified.
+    assert!(follower.directories[0].due(0));
+    follower.directories[0].on_answer(0, crate::signature::Algorithm::Ed25519, Some((200, None, &directory_of(&sender))));
+    follower.remerge(0);
+    let mut host = sent_by(&sender);
+    assert_eq!(unknown_key_id(&receiver, &mut host, &follower.followed()), None);
+    assert_eq!(on_request_headers_following(&receiver, &mut host, Some(&follower.followed())), Flow::Continue, "{:?}", host.replies);
+    assert_eq!(host.count_of("middleware.verified"), 1);
+
+    // Another key id, same key: not in the directory.
+    let mut host = sent_by(&ed25519_sender("k-other"));
+    assert_eq!(unknown_key_id(&receiver, &mut host, &follower.followed()).as_deref(), Some("k-other"));
+    assert_eq!(on_request_headers_following(&receiver, &mut host, Some(&follower.followed())), Flow::Replied);
+    assert_eq!((host.replies[0].status, host.replies[0].reason), (403, Reason::SignatureKeyUnknown));
+    assert_eq!(host.count_of("middleware.rejected.signature_key_unknown"), 1);
+}
+
+#[test]
+fn key_directories_are_for_public_key_rfc9421_receivers_and_publishing_for_public_key_senders() {
+    let refused = |json: &str| crate::config::parse(json.as_bytes(), &|_| None).err().map(|e| e.field);
+    assert_eq!(refused(r#"{"role":"middleware","key_directories":[{"cluster":"keys"}]}"#).as_deref(), Some("key_directories"));
+    assert_eq!(
+        refused(r#"{"role":"middleware","signature_format":"rfc9421","key_directories":[{"cluster":"keys"}]}"#).as_deref(),
+        Some("key_directories")
+    );
+    assert_eq!(
+        refused(
+            r#"{"role":"middleware","signature_format":"rfc9421","algorithm":"ed25519","key_directories":[{"cluster":"keys","path":"x"}]}"#
+        )
+        .as_deref(),
+        Some("key_directories[0].path")
+    );
+    assert_eq!(
+        refused(
+            r#"{"role":"app","href":"http://b/","secret":{"keys":[{"id":"k","value":"0123456789abcdef"}]},"publish_key_directory":{}}"#
+        )
+        .as_deref(),
+        Some("publish_key_directory")
+    );
+    // Directories alone are trust enough: no secret needed.
+    assert!(following().verify.is_some());
+}
