@@ -423,7 +423,6 @@ impl Follower {
 /// cannot write.
 pub fn public_jwk(id: &str, key: &PublicKey) -> Option<Value> {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    #[allow(unreachable_patterns)] // more key types may come
     match key {
         PublicKey::Ed25519(key) => {
             Some(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": id, "alg": "EdDSA", "use": "sig", "x": b64(key.as_bytes())}))
@@ -433,7 +432,19 @@ pub fn public_jwk(id: &str, key: &PublicKey) -> Option<Value> {
             Some(serde_json::json!({"kty": "EC", "crv": "P-256", "kid": id, "alg": "ES256", "use": "sig",
                 "x": b64(point.x()?.as_slice()), "y": b64(point.y()?.as_slice())}))
         }
-        _ => None,
+        PublicKey::EcdsaP384(key) => {
+            let point = key.verifying_key().to_encoded_point(false);
+            Some(serde_json::json!({"kty": "EC", "crv": "P-384", "kid": id, "alg": "ES384", "use": "sig",
+                "x": b64(point.x()?.as_slice()), "y": b64(point.y()?.as_slice())}))
+        }
+        PublicKey::Rsa(scheme, key) => {
+            let alg = match scheme {
+                crate::asymmetric::RsaScheme::PssSha512 => "PS512",
+                crate::asymmetric::RsaScheme::Pkcs1v15Sha256 => "RS256",
+            };
+            let (n, e) = key.components();
+            Some(serde_json::json!({"kty": "RSA", "kid": id, "alg": alg, "use": "sig", "n": b64(&n), "e": b64(&e)}))
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use super::*;
 use crate::config::{parse, Config, ConfigError};
 use crate::rfc9421::{signature_base, Message};
+use crate::signature::KeyRing;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use p384::pkcs8::{EncodePrivateKey as _, EncodePublicKey as _};
 use rsa::pkcs8::der::Decode as _;
@@ -513,4 +514,41 @@ fn the_configuration_takes_the_new_algorithms() {
         let e = config(app, &[]).unwrap_err();
         assert!(e.field == "secret.keys[0].value" && e.message.contains("RUSTSEC-2023-0071"), "{e:?}");
     }
+}
+
+/// A sender's published directory (`publish_key_directory`) holds the new key types,
+/// and a receiver following it reads back the same keys, `alg` named as JOSE names it.
+#[test]
+fn the_new_key_types_are_published_and_followed() {
+    use crate::key_directory::{parse_key_set, public_jwk, published_key_set};
+    let rsa_pss = public(Algorithm::RsaPssSha512, RFC_RSA_PSS_PUBLIC);
+    let rsa_v15 = public(Algorithm::RsaV15Sha256, RFC_RSA_PUBLIC);
+    for (algorithm, key, alg) in [
+        (Algorithm::EcdsaP384Sha384, p384_pair(9).1, "ES384"),
+        (Algorithm::RsaPssSha512, rsa_pss, "PS512"),
+        (Algorithm::RsaV15Sha256, rsa_v15, "RS256"),
+    ] {
+        let ring = KeyRing::asymmetric(algorithm, vec![("k1".to_string(), AsymmetricKey::Public(key.clone()))]).unwrap();
+        let body = published_key_set(&ring).unwrap();
+        let document: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(document["keys"][0]["alg"], alg, "{body}");
+        let followed = parse_key_set(algorithm, body.as_bytes()).unwrap();
+        assert_eq!(followed.len(), 1);
+        assert_eq!(followed[0].0, "k1");
+        let AsymmetricKey::Public(read) = &followed[0].1 else { panic!("{algorithm:?}: not a public key") };
+        assert_eq!(public_jwk("k1", read), public_jwk("k1", &key));
+        // Another algorithm's receiver takes none of it.
+        let other = if algorithm == Algorithm::EcdsaP384Sha384 { Algorithm::EcdsaP256Sha256 } else { Algorithm::EcdsaP384Sha384 };
+        assert!(parse_key_set(other, body.as_bytes()).is_err(), "{algorithm:?} read as {other:?}");
+    }
+    // Each RSA scheme's receiver refuses the other's key by its `alg`.
+    let pss_body = published_key_set(
+        &KeyRing::asymmetric(
+            Algorithm::RsaPssSha512,
+            vec![("k1".into(), AsymmetricKey::Public(public(Algorithm::RsaPssSha512, RFC_RSA_PSS_PUBLIC)))],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(parse_key_set(Algorithm::RsaV15Sha256, pss_body.as_bytes()).is_err());
 }

@@ -17,6 +17,11 @@ pub struct P384PublicKey {
 }
 
 impl P384PublicKey {
+    /// The key, as RustCrypto holds it (to write it out, as a JWK say).
+    pub fn verifying_key(&self) -> &p384::ecdsa::VerifyingKey {
+        &self.key
+    }
+
     pub fn new(key: p384::ecdsa::VerifyingKey) -> Self {
         P384PublicKey {
             #[cfg(feature = "ring")]

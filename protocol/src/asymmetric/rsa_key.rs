@@ -62,6 +62,12 @@ impl RsaPublicKey {
         })
     }
 
+    /// The modulus and the public exponent, big-endian, without leading zeros (as a
+    /// JWK's `n` and `e` hold them).
+    pub fn components(&self) -> (Vec<u8>, Vec<u8>) {
+        (rsa::traits::PublicKeyParts::n(&self.key).to_bytes_be(), rsa::traits::PublicKeyParts::e(&self.key).to_bytes_be())
+    }
+
     /// The modulus's length in bytes: every signature's length.
     pub fn size(&self) -> usize {
         rsa::traits::PublicKeyParts::size(&self.key)

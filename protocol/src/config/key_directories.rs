@@ -58,7 +58,7 @@ pub(super) fn key_directories(
     if !algorithm.is_some_and(Algorithm::is_asymmetric) {
         return Err(ConfigError::new(
             "key_directories",
-            "publish public keys: give a public-key \"algorithm\" (\"ed25519\", \"ecdsa-p256-sha256\") with \"signature_format\": \"rfc9421\"; an HMAC secret is never fetched",
+            "publish public keys: give a public-key \"algorithm\" (\"ed25519\", \"ecdsa-p256-sha256\", \"ecdsa-p384-sha384\", \"rsa-pss-sha512\", \"rsa-v1_5-sha256\") with \"signature_format\": \"rfc9421\"; an HMAC secret is never fetched",
         ));
     }
     let mut out = Vec::with_capacity(raw.len());
@@ -135,7 +135,7 @@ pub(super) fn published_directory(
     let body = signing.and_then(published_key_set).ok_or_else(|| {
         ConfigError::new(
             "publish_key_directory",
-            "publishes public keys: give a public-key \"algorithm\" (\"ed25519\", \"ecdsa-p256-sha256\") with \"signature_format\": \"rfc9421\" and a \"secret\" of private keys",
+            "publishes public keys: give a public-key \"algorithm\" (\"ed25519\", \"ecdsa-p256-sha256\", \"ecdsa-p384-sha384\", \"rsa-pss-sha512\", \"rsa-v1_5-sha256\") with \"signature_format\": \"rfc9421\" and a \"secret\" of private keys",
         )
     })?;
     let path = raw.path.unwrap_or_else(|| DEFAULT_PATH.to_string());
