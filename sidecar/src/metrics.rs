@@ -40,14 +40,14 @@ struct ErrorKind {
 }
 
 /// The failed Docker calls, by kind (`wsgiproxy_sidecar_docker_errors_total{kind}`:
-/// unreachable, timed_out, no_such_container, refused): a handle the Docker client keeps.
+/// unreachable, timed_out, no_such_container, no_such_service, refused): a handle the Docker client keeps.
 #[derive(Clone, Debug, Default)]
 pub struct DockerErrors(Family<ErrorKind, Counter>);
 
 impl DockerErrors {
     /// Every kind, so that each shows at 0 before it happens (an alert on a rise needs a
     /// sample before it).
-    const KINDS: [&'static str; 4] = ["unreachable", "timed_out", "no_such_container", "refused"];
+    const KINDS: [&'static str; 5] = ["unreachable", "timed_out", "no_such_container", "no_such_service", "refused"];
 
     pub fn count(&self, kind: &str) {
         self.0.get_or_create(&ErrorKind { kind: kind.to_string() }).inc();
