@@ -85,7 +85,8 @@ echo "== the Envoy tests of every role, the hostile, trust and RFC 9421 ones, an
 # show it fails closed; the native module reads the TCP peer itself (and refuses a
 # peer configuration at load), so they do not apply to it.
 WSGIPROXY_LOADER=native cargo test --no-fail-fast --test app_role --test middleware_role --test exact_role --test spawn_role \
-  --test hostile --test trust --test rfc9421_interop --test replicas --test listener_shapes --test replay_settings --test restarts --test docs "$@" -- \
+  --test hostile --test trust --test rfc9421_interop --test replicas --test listener_shapes --test replay_settings --test restarts --test docs \
+  --test swarm "$@" -- \
   --skip app_role_without_the_peer_record_refuses_rather_than_guess \
   --skip without_the_peer_record_nothing_is_trusted_by_address \
   --skip a_role_in_the_wrong_kind_of_filter_fails_closed 2>&1 | tee -a "$log"

@@ -10,17 +10,17 @@
 //! `docker info` fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
 #[path = "support/docker.rs"]
 mod docker_support;
+mod support;
 
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use docker_support::*;
+use serde_json::json;
 use support::*;
 
 /// The sidecar's lease (the filter stops using one 500 ms before its end).

@@ -100,4 +100,3 @@ pub fn echo_image() -> &'static str {
         image
     })
 }
-

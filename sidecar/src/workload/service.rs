@@ -230,13 +230,11 @@ impl Workload for ServiceWorkload {
                 }
             };
             let scaling = agreement::replicas(&write) != Some(replicas);
-            if scaling {
-                // Counted before the call: a start asked for is a start, whatever its answer.
-                self.ctx.metrics.started(&self.app);
-            }
             match docker.update_service(&id, version, write, deadline).await.map_err(|e| e.to_string())? {
                 Updated::Done => {
                     if scaling {
+                        // Only a scale-up that Docker took: a conflict's loser joins the winner's.
+                        self.ctx.metrics.started(&self.app);
                         tracing::info!(app = %self.app, service = %name, "scaled the service from {replicas} to {expected}");
                     } else {
                         tracing::info!(app = %self.app, service = %name, "the service is already scaled up by a sidecar: using it");
