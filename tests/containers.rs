@@ -224,6 +224,46 @@ fn an_idle_container_is_stopped_but_never_under_a_request_in_flight() {
     assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 2);
 }
 
+/// Activity is any open request: a response streaming for far longer than the idle
+/// time, then an upload doing the same, keep the container running; once they end,
+/// it stops.
+#[test]
+fn a_streaming_response_or_upload_keeps_the_container_running() {
+    if !docker_available("a_streaming_response_or_upload_keeps_the_container_running") {
+        return;
+    }
+    let container = Container::published();
+    let sidecar = Sidecar::start(&blog(&container, "idle_shutdown = 1"), LEASE_MS);
+    let envoy = spawn_envoy(sidecar.port);
+    let port = envoy.port;
+    let streaming = std::thread::spawn(move || request(port, "GET", "/__stream/30/200", &[], b""));
+    let uploading = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        let chunks: Vec<&[u8]> = vec![b"part\n"; 12];
+        chunked_upload(port, "/upload", &[], &chunks, Duration::from_millis(500), &[])
+    });
+    let began = Instant::now();
+    let mut started = false;
+    while !(streaming.is_finished() && uploading.is_finished()) {
+        // Once up, it stays up until both end.
+        started |= sidecar.status("blog")["state"] == "ready";
+        if started {
+            assert_eq!(container.status(), "running", "stopped {:?} into an open request", began.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let streamed = streaming.join().unwrap();
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.text().lines().count(), 30, "the stream was cut: {}", streamed.text());
+    let uploaded = uploading.join().unwrap();
+    assert_eq!(uploaded.status, 200, "{}", uploaded.text());
+    assert_eq!(uploaded.received().body(), "part\n".repeat(12));
+    assert!(began.elapsed() >= Duration::from_secs(9));
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_idle_stops_total{app=\"blog\"}"), 0);
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1);
+    wait_until("the idle container stops", Duration::from_secs(20), || container.status() == "exited");
+}
+
 #[test]
 fn a_container_killed_by_hand_is_a_503_then_a_restart_then_a_back_off() {
     if !docker_available("a_container_killed_by_hand_is_a_503_then_a_restart_then_a_back_off") {

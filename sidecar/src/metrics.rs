@@ -168,7 +168,7 @@ impl Default for Metrics {
         registry.register("wsgiproxy_sidecar_app_state", "1 for the state each app is in, 0 for the others", app_state.clone());
         registry.register(
             "wsgiproxy_sidecar_docker_errors",
-            "Failed calls to the Docker API, by kind (unreachable, timed_out, no_such_container, refused)",
+            "Failed calls to the Docker API, by kind (unreachable, timed_out, no_such_container, no_such_service, refused)",
             docker_errors.0.clone(),
         );
         Metrics {
