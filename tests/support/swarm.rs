@@ -1,0 +1,79 @@
+//! A single-node swarm for the tests that need one (`swarm.rs`, `swarm_stack.rs`).
+//!
+//! When the daemon is not in swarm mode, the first test makes it a single-node
+//! swarm (`docker swarm init`), and the last one out of every test process using it
+//! leaves it again (`docker swarm leave --force`, on failure too: the guard is
+//! dropped while a panic unwinds). Test processes agree through a lock file: each
+//! holds it shared while it uses the swarm; the one that can take it exclusively when
+//! done is the last, and leaves only a swarm a test created (a marker file says so).
+//! A daemon already in swarm mode is left as it was.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::{Arc, Mutex, Weak};
+
+use super::docker_support::{docker, docker_available, quietly};
+
+const LOCK: &str = "/tmp/wsgiproxy-test-swarm.lock";
+const MARKER: &str = "/tmp/wsgiproxy-test-swarm.created";
+
+/// This process's use of the swarm; the last user out leaves a swarm a test created.
+pub struct SwarmGuard {
+    lock: File,
+    /// The node's address, where tasks publish their ports.
+    pub node_addr: IpAddr,
+}
+
+fn node_state() -> String {
+    let out = Command::new("docker").args(["info", "--format", "{{.Swarm.LocalNodeState}}"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl SwarmGuard {
+    fn join() -> SwarmGuard {
+        let lock = File::options().create(true).truncate(false).write(true).open(LOCK).unwrap();
+        lock.lock().unwrap();
+        if node_state() != "active" {
+            let out = Command::new("docker").args(["swarm", "init", "--advertise-addr", "127.0.0.1"]).output().unwrap();
+            assert!(out.status.success(), "docker swarm init: {}", String::from_utf8_lossy(&out.stderr));
+            std::fs::write(MARKER, "a test made this daemon a swarm: the last test out leaves it\n").unwrap();
+            eprintln!("made the daemon a single-node swarm");
+        }
+        let addr = docker(&["info", "--format", "{{.Swarm.NodeAddr}}"]);
+        lock.unlock().unwrap();
+        lock.lock_shared().unwrap();
+        SwarmGuard { lock, node_addr: addr.parse().unwrap() }
+    }
+}
+
+impl Drop for SwarmGuard {
+    fn drop(&mut self) {
+        let _ = self.lock.unlock();
+        // Exclusive only when no other test process uses the swarm.
+        if self.lock.try_lock().is_ok() {
+            if std::path::Path::new(MARKER).exists() {
+                let left = quietly(&["swarm", "leave", "--force"]);
+                eprintln!("left the swarm a test made: {left}");
+                let _ = std::fs::remove_file(MARKER);
+            }
+            let _ = self.lock.unlock();
+        }
+    }
+}
+
+/// The swarm, for as long as the returned guard lives (shared by this process's tests).
+pub fn swarm(test: &str) -> Option<Arc<SwarmGuard>> {
+    static CURRENT: Mutex<Weak<SwarmGuard>> = Mutex::new(Weak::new());
+    if !docker_available(test) {
+        return None;
+    }
+    let mut current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(guard) = current.upgrade() {
+        return Some(guard);
+    }
+    let guard = Arc::new(SwarmGuard::join());
+    *current = Arc::downgrade(&guard);
+    Some(guard)
+}

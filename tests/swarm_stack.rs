@@ -1,0 +1,170 @@
+//! The stack on Docker Swarm (deploy/swarm/stack.yml), deployed for real with
+//! `docker stack deploy` by `scripts/compose.sh swarm-up`, with the image that
+//! script builds: from the client service's container, a forgery is refused, the
+//! on-demand Swarm service is scaled up by a request and back to 0 when idle, and
+//! `swarm-down` removes the stack without a trace. The swarm: see
+//! `tests/support/swarm.rs`. Says SKIPPED and passes when `docker info` fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/docker.rs"]
+mod docker_support;
+mod support;
+#[path = "support/swarm.rs"]
+mod swarm_support;
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use docker_support::*;
+use serde_json::Value as Json;
+use support::*;
+use swarm_support::{swarm, SwarmGuard};
+
+/// Its own stack name: the test never touches a stack a user deployed.
+const STACK: &str = "wsgiproxy-swarm-test";
+
+fn script(args: &[&str]) -> Output {
+    Command::new("bash")
+        .arg(repo_root().join("scripts/compose.sh"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("WSGIPROXY_STACK", STACK)
+        // The image is assembled from what scripts/test.sh built (cargo's lock is ours).
+        .env("WSGIPROXY_COMPOSE_PROFILE", "debug")
+        .env("WSGIPROXY_COMPOSE_SKIP_CARGO", "1")
+        .env("CARGO_TARGET_DIR", target_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn script_ok(args: &[&str]) {
+    let out = script(args);
+    assert!(
+        out.status.success(),
+        "compose.sh {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What the stack left in the engine: services, networks, containers.
+fn leftovers() -> Vec<String> {
+    let label = format!("label=com.docker.stack.namespace={STACK}");
+    let mut found = Vec::new();
+    for what in [&["service", "ls"][..], &["network", "ls"], &["ps", "-a"]] {
+        let out = Command::new("docker").args(what).args(["-q", "--filter", &label]).output().unwrap();
+        found.extend(String::from_utf8_lossy(&out.stdout).lines().map(|id| format!("{} {id}", what[0])));
+    }
+    found
+}
+
+/// The stack, removed when dropped (also when the test fails half-way).
+struct Stack {
+    _swarm: Arc<SwarmGuard>,
+}
+
+impl Stack {
+    fn up(swarm: Arc<SwarmGuard>) -> Stack {
+        // Built artifacts the image is assembled from (with how to build them).
+        let _ = (wasm_path(), bin_path("wsgiproxy-echo"), bin_path("wsgiproxy-sidecar"), envoy_bin());
+        let _ = script(&["swarm-down"]);
+        let stack = Stack { _swarm: swarm };
+        script_ok(&["swarm-up"]);
+        stack
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = script(&["swarm-down"]);
+    }
+}
+
+/// The container of a service's one task.
+fn container(service: &str) -> String {
+    docker(&["ps", "-q", "--filter", &format!("label=com.docker.swarm.service.name={STACK}_{service}")])
+}
+
+fn exec(service: &str, args: &[&str]) -> Output {
+    let id = container(service);
+    Command::new("docker").args(["exec", &id]).args(args).output().unwrap()
+}
+
+/// One request with curl from the client's container (`--raw`: the body as sent).
+fn from_client(url: &str, headers: &[&str]) -> Response {
+    let mut args = vec!["curl", "-sS", "-i", "--raw", "--max-time", "40"];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    args.push(url);
+    let out = exec("client", &args);
+    assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+    read_response(&mut &out.stdout[..])
+}
+
+fn replicas() -> u64 {
+    docker(&["service", "inspect", "-f", "{{.Spec.Mode.Replicated.Replicas}}", &format!("{STACK}_blog-service")]).parse().unwrap()
+}
+
+fn sidecar_status() -> Json {
+    let out = exec("sidecar", &["curl", "-sS", "--max-time", "10", "http://127.0.0.1:9090/v1/status"]);
+    serde_json::from_slice::<Json>(&out.stdout).unwrap()["apps"]["blog-service"].clone()
+}
+
+#[test]
+fn the_stack_on_swarm_scales_its_on_demand_service_refuses_forgeries_and_goes_away_cleanly() {
+    let Some(swarm) = swarm("the_stack_on_swarm_scales_its_on_demand_service_refuses_forgeries_and_goes_away_cleanly") else { return };
+    let stack = Stack::up(swarm);
+    assert_eq!(replicas(), 0, "deployed at 0 replicas");
+    let client_ip = docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{STACK}_client\").IPAddress}}}}"),
+        &container("client"),
+    ]);
+    assert!(client_ip.starts_with("10.214.1."), "the client is on the client network: {client_ip}");
+
+    // The first request scales the service up; what the app gets is the client's own
+    // address, whatever the client claimed, and no destination or Envoy header.
+    let began = Instant::now();
+    let r = from_client(
+        "http://spawn:10005/hello",
+        &["X-Forwarded-For: 6.6.6.6", "X-Envoy-Original-Dst-Host: sidecar:9090", "X-WSGIProxy-Str-0: REMOTE_USER root"],
+    );
+    eprintln!("scaled up and answered in {:?}", began.elapsed());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("x-wsgiproxy-cold-start-ms").is_some(), "it waited for the scale-up");
+    let got = r.received();
+    assert_eq!(got.0["name"], "blog-service", "the on-demand service answered");
+    assert_eq!(got.header("x-forwarded-for"), Some(client_ip.clone()), "the client's own address, not its claim");
+    for absent in ["x-envoy-original-dst-host", "x-envoy-external-address", "x-remote-user"] {
+        assert_eq!(got.header(absent), None, "{absent} reached the app: {:?}", got.names());
+    }
+    assert!(!got.0["headers"].to_string().contains("REMOTE_USER root"), "the forged claim reached the app: {}", got.0);
+    assert_eq!(replicas(), 1);
+    let status = sidecar_status();
+    assert_eq!((status["state"].as_str(), status["started_by_sidecar"].as_bool()), (Some("ready"), Some(true)), "{status}");
+    assert!(status["upstream"].as_str().unwrap().starts_with("10.214.4."), "a task's own address on ondemand: {status}");
+    // The sidecar's control API is not on the client network: nothing to forge there.
+    let reach = exec("client", &["curl", "-sS", "--max-time", "5", "-X", "POST", "http://sidecar:9090/v1/activity/blog-service"]);
+    assert!(!reach.status.success(), "the client reached the sidecar: {}", String::from_utf8_lossy(&reach.stdout));
+
+    // Idle for 5 s: back to 0; the next request scales it up again.
+    let idle = Instant::now();
+    let deadline = idle + Duration::from_secs(30);
+    while replicas() != 0 {
+        assert!(Instant::now() < deadline, "not scaled down when idle: {}", sidecar_status());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!("scaled down {:?} after the last request", idle.elapsed());
+    assert!(idle.elapsed() >= Duration::from_secs(5));
+    let again = from_client("http://spawn:10005/again", &[]);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert!(again.header("x-wsgiproxy-cold-start-ms").is_some());
+
+    // Removed without a trace.
+    drop(stack);
+    assert_eq!(leftovers(), Vec::<String>::new(), "left behind by swarm-down");
+}
