@@ -246,10 +246,8 @@ fn a_service_that_cannot_start_is_a_prompt_503_saying_why() {
         "wsgiproxy-test/none:1",
     ]);
     let config = format!(
-        "{}\n[apps.exits]\nservice = \"{}\"\nport = 8080\n[apps.nonode]\nservice = \"{}\"\nport = 8080\n",
-        format!("[apps.blog]\nservice = \"{no_image}\"\nport = 8080\n"),
-        exits.name,
-        no_node.name
+        "[apps.blog]\nservice = \"{no_image}\"\nport = 8080\n[apps.exits]\nservice = \"{}\"\nport = 8080\n[apps.nonode]\nservice = \"{}\"\nport = 8080\n",
+        exits.name, no_node.name
     );
     let sidecar = Sidecar::start(&config, LEASE_MS);
     let envoy = spawn_envoy(&swarm, sidecar.port);

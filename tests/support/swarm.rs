@@ -16,6 +16,13 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::docker_support::{docker, docker_available, quietly};
 
+/// `flock(2)` on the lock file (std's `File::lock` is newer than the MSRV); true when taken.
+fn flock(file: &File, operation: libc::c_int) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor the file owns, for the call's duration.
+    unsafe { libc::flock(file.as_raw_fd(), operation) == 0 }
+}
+
 const LOCK: &str = "/tmp/wsgiproxy-test-swarm.lock";
 const MARKER: &str = "/tmp/wsgiproxy-test-swarm.created";
 
@@ -34,7 +41,7 @@ fn node_state() -> String {
 impl SwarmGuard {
     fn join() -> SwarmGuard {
         let lock = File::options().create(true).truncate(false).write(true).open(LOCK).unwrap();
-        lock.lock().unwrap();
+        flock(&lock, libc::LOCK_EX);
         if node_state() != "active" {
             let out = Command::new("docker").args(["swarm", "init", "--advertise-addr", "127.0.0.1"]).output().unwrap();
             assert!(out.status.success(), "docker swarm init: {}", String::from_utf8_lossy(&out.stderr));
@@ -42,23 +49,23 @@ impl SwarmGuard {
             eprintln!("made the daemon a single-node swarm");
         }
         let addr = docker(&["info", "--format", "{{.Swarm.NodeAddr}}"]);
-        lock.unlock().unwrap();
-        lock.lock_shared().unwrap();
+        // Shared from now on: other test processes use the swarm beside this one.
+        flock(&lock, libc::LOCK_SH);
         SwarmGuard { lock, node_addr: addr.parse().unwrap() }
     }
 }
 
 impl Drop for SwarmGuard {
     fn drop(&mut self) {
-        let _ = self.lock.unlock();
+        flock(&self.lock, libc::LOCK_UN);
         // Exclusive only when no other test process uses the swarm.
-        if self.lock.try_lock().is_ok() {
+        if flock(&self.lock, libc::LOCK_EX | libc::LOCK_NB) {
             if std::path::Path::new(MARKER).exists() {
                 let left = quietly(&["swarm", "leave", "--force"]);
                 eprintln!("left the swarm a test made: {left}");
                 let _ = std::fs::remove_file(MARKER);
             }
-            let _ = self.lock.unlock();
+            flock(&self.lock, libc::LOCK_UN);
         }
     }
 }
