@@ -273,6 +273,33 @@ fn a_service_that_cannot_start_is_a_prompt_503_saying_why() {
     quietly(&["service", "rm", &no_image]);
 }
 
+/// A slow scale-up (the app listens 3 s after its task starts): a browser gets the
+/// waiting page after its wait; an API request made during the same start is held
+/// until the task is ready, then answered by it.
+#[test]
+fn a_browser_gets_the_waiting_page_while_a_service_scales_up() {
+    let Some(swarm) = swarm("a_browser_gets_the_waiting_page_while_a_service_scales_up") else { return };
+    let service = Service::create_running(&swarm, &[], "exec /echo --listen 0.0.0.0:8080 --name \"slot-$SLOT\" --ready-delay-ms 3000");
+    let sidecar = Sidecar::start(&service.config(""), LEASE_MS);
+    let plugin = json!({
+        "role": "spawn", "app": "blog", "sidecar_cluster": "wsgiproxy_sidecar", "report_interval_ms": 200,
+        "ensure_timeout_ms": 30000, "waiting_page": { "after_ms": 500, "title": "Blog" }
+    });
+    let envoy = Envoy::start("envoy/spawn.yaml", &Overrides::default().cluster("wsgiproxy_sidecar", sidecar.port).plugin(plugin));
+    let port = envoy.port;
+    let api = thread::spawn(move || request(port, "GET", "/api/posts", &[("accept", "application/json")], b""));
+    let browser = [("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")];
+    let page = request(port, "GET", "/posts", &browser, b"");
+    assert_eq!((page.status, page.header("x-wsgiproxy-error")), (503, Some("app_starting")), "{}", page.text());
+    assert!(page.text().contains("<title>Blog</title>") && page.header("retry-after").is_some(), "{}", page.text());
+    let answered = api.join().unwrap();
+    assert_eq!(answered.status, 200, "{}", answered.text());
+    assert_eq!(answered.received().0["name"], "slot-1", "the task answered the held request");
+    assert_eq!(request(port, "GET", "/posts", &browser, b"").status, 200, "the page's reload reaches the task");
+    assert_eq!(envoy.stat("wsgiproxy.spawn.waiting_pages"), 1);
+    assert_eq!(spawns(&sidecar), 1, "one scale-up for both");
+}
+
 #[test]
 fn the_daemon_unreachable_is_a_prompt_503() {
     // No Docker needed: the socket is one nobody listens on.

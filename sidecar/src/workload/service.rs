@@ -329,11 +329,27 @@ impl Watch {
         let mut ready = Vec::new();
         for task in running {
             let Some(address) = self.address(docker, task).await else { continue };
-            if readiness::probe(&self.readiness, address).await {
+            // A published port accepts connections before the app listens (Docker's
+            // proxy holds it): the task's own address, where this node has it, says.
+            let probe = match self.config.network {
+                Some(_) => Some(address),
+                None => self.own_address(docker, task).await,
+            };
+            if readiness::probe(&self.readiness, probe.unwrap_or(address)).await {
                 ready.push(address);
             }
         }
         ready
+    }
+
+    /// The task's container's own address (on any of its networks), where this node
+    /// runs it.
+    async fn own_address(&self, docker: &Docker, task: &Task) -> Option<SocketAddr> {
+        let info = docker.inspect(tasks::container_id(task)?, Instant::now() + CALL_LIMIT).await.ok()?;
+        let networks = info.network_settings?.networks?;
+        let mut ips: Vec<IpAddr> = networks.values().filter_map(|n| n.ip_address.as_deref()?.parse().ok()).collect();
+        ips.sort();
+        ips.first().map(|ip| SocketAddr::new(*ip, self.config.port))
     }
 
     /// Where a running task is reached: its address on `network` (from its
