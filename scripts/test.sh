@@ -103,7 +103,7 @@ oldest=$(.venv/envoy-oldest --version | sed -n 's|.*/\([0-9.]*\)/Clean/.*|\1|p')
 echo "== tests in Envoy $oldest"
 ENVOY_BIN="$PWD/.venv/envoy-oldest" cargo test --no-fail-fast "$@" \
   --test app_role --test middleware_role --test trust --test hostile --test exact_role \
-  --test spawn_role --test istio_examples --test rfc9421_interop --test listener_shapes --test replicas 2>&1 | tee -a "$log"
+  --test spawn_role --test istio_examples --test rfc9421_interop --test listener_shapes --test replicas --test swarm 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 # One closing line for the whole run.

@@ -168,3 +168,44 @@ fn the_stack_on_swarm_scales_its_on_demand_service_refuses_forgeries_and_goes_aw
     drop(stack);
     assert_eq!(leftovers(), Vec::<String>::new(), "left behind by swarm-down");
 }
+
+/// The Swarm stack's spawn Envoy runs the shipped spawn chain (envoy/spawn.yaml):
+/// only the places differ (the .wasm's path, the app, its network, the stat prefix).
+#[test]
+fn the_swarm_stack_runs_the_shipped_spawn_chain() {
+    use serde_yaml::Value as Yaml;
+    fn places_out(v: &mut Yaml) {
+        match v {
+            Yaml::Mapping(m) => {
+                for (k, v) in m.iter_mut() {
+                    match k.as_str() {
+                        Some("filename" | "stat_prefix") => *v = Yaml::Null,
+                        Some("value") if v.as_str().is_some_and(|s| s.trim_start().starts_with('{')) => {
+                            let mut config: Json = serde_json::from_str(v.as_str().unwrap()).unwrap();
+                            for place in ["app", "upstream_networks"] {
+                                config.as_object_mut().unwrap().remove(place);
+                            }
+                            *v = Yaml::from(config.to_string());
+                        }
+                        _ => places_out(v),
+                    }
+                }
+            }
+            Yaml::Sequence(s) => s.iter_mut().for_each(places_out),
+            _ => {}
+        }
+    }
+    let load = |file: &str| -> Yaml {
+        let mut doc: Yaml = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join(file)).unwrap()).unwrap();
+        places_out(&mut doc);
+        doc
+    };
+    let (swarm, shipped) = (load("deploy/swarm/spawn.yaml"), load("envoy/spawn.yaml"));
+    let chains = |doc: &Yaml| doc["static_resources"]["listeners"][0]["filter_chains"].clone();
+    assert_eq!(swarm["static_resources"]["listeners"].as_sequence().map(Vec::len), Some(1));
+    assert!(chains(&swarm) == chains(&shipped), "deploy/swarm/spawn.yaml's chain differs from envoy/spawn.yaml's");
+    let cluster = |doc: &Yaml, name: &str| {
+        doc["static_resources"]["clusters"].as_sequence().unwrap().iter().find(|c| c["name"].as_str() == Some(name)).cloned().unwrap()
+    };
+    assert!(cluster(&swarm, "spawned") == cluster(&shipped, "spawned"), "the on-demand cluster differs");
+}
