@@ -65,11 +65,18 @@ pub fn scaled_up(spec: &ServiceSpec, n: u32, sidecar: &str, now_ms: u64) -> Serv
     spec
 }
 
-/// The spec that scales the service back to its floor, no longer managed.
-pub fn scaled_down(spec: &ServiceSpec, floor: u32) -> ServiceSpec {
+/// Stamps older than this are dropped at a scale-down (sidecars long gone, or idle:
+/// an idle one writes its stamp again at its next request).
+pub const STAMP_KEPT_MS: u64 = 3_600_000;
+
+/// The spec that scales the service back to its floor, no longer managed, without
+/// stamps older than [`STAMP_KEPT_MS`].
+pub fn scaled_down(spec: &ServiceSpec, floor: u32, now_ms: u64) -> ServiceSpec {
     let mut spec = spec.clone();
     set_replicas(&mut spec, floor);
-    labels_mut(&mut spec).remove(SCALED_UP);
+    let labels = labels_mut(&mut spec);
+    labels.remove(SCALED_UP);
+    labels.retain(|k, v| !k.starts_with(ACTIVITY_PREFIX) || v.parse::<u64>().is_ok_and(|ms| now_ms.saturating_sub(ms) < STAMP_KEPT_MS));
     spec
 }
 
@@ -139,7 +146,7 @@ mod tests {
         assert_eq!(on_start(&by_hand, 0), OnStart::Foreign);
         assert_eq!(on_start(&spec(1, &[]), 0), OnStart::Foreign, "running, and not scaled up by a sidecar");
         assert_eq!(on_start(&spec(1, &[]), 1), OnStart::ScaleUp, "at its floor");
-        let down = scaled_down(&up, 0);
+        let down = scaled_down(&up, 0, 1000);
         assert_eq!(replicas(&down), Some(0));
         assert!(!managed(&down));
         assert_eq!(on_start(&down, 0), OnStart::ScaleUp);
@@ -156,5 +163,10 @@ mod tests {
         assert_eq!(busy_elsewhere(&s, "b:9091", 12_000, 5_000), Some(("a_9090".into(), 2_000)));
         assert_eq!(busy_elsewhere(&spec(1, &[("wsgiproxy.activity.c", "junk")]), "a", 1, 5), None);
         assert_eq!(stamp_key("host/a:9090"), "wsgiproxy.activity.host_a_9090");
+        // A scale-down drops the stamps of sidecars silent for an hour.
+        let down = scaled_down(&stamped(&s, "old", 1), 0, STAMP_KEPT_MS + 8_000);
+        let keys: Vec<&String> = labels(&down).map(|(k, _)| k).filter(|k| k.starts_with(ACTIVITY_PREFIX)).collect();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(!keys.iter().any(|k| k.ends_with(".old")));
     }
 }

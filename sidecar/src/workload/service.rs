@@ -249,7 +249,7 @@ impl ServiceInstance {
                     return;
                 }
             }
-            match docker.update_service(&self.id, version, agreement::scaled_down(&spec, self.floor), deadline).await {
+            match docker.update_service(&self.id, version, agreement::scaled_down(&spec, self.floor, now_ms()), deadline).await {
                 Ok(Updated::Done) => {
                     tracing::info!(app = %self.app, service = %self.service, "scaled the service down to {}", self.floor);
                     return;
