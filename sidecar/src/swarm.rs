@@ -73,3 +73,25 @@ impl Docker {
         Ok(info.id.unwrap_or_default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_against_an_older_version_is_a_conflict_not_a_failure() {
+        // What Docker 20.10 answers (HTTP 500) to an update under a stale version index.
+        let stale = DockerError::Refused {
+            call: "update the service",
+            container: "blog".into(),
+            detail: "rpc error: code = Unknown desc = update out of sequence".into(),
+        };
+        assert!(out_of_sequence(&stale));
+        let other = DockerError::Refused { call: "update the service", container: "blog".into(), detail: "invalid mount config".into() };
+        assert!(!out_of_sequence(&other));
+        assert_eq!(
+            as_service(DockerError::NoSuchContainer { container: "blog".into() }, "blog"),
+            DockerError::NoSuchService { service: "blog".into() }
+        );
+    }
+}

@@ -185,7 +185,9 @@ impl Workload for ServiceWorkload {
                     }
                     return Ok(self.instance(id, version, ours, expected));
                 }
-                Updated::Conflict => tracing::debug!(app = %self.app, "the service changed since it was read: reading it again"),
+                Updated::Conflict => {
+                    tracing::info!(app = %self.app, "the service changed since it was read (another sidecar?): reading it again")
+                }
             }
         }
         Err(format!("the service {name:?} changed under each of {CAS_ATTEMPTS} attempts to scale it up"))
