@@ -147,7 +147,7 @@ wait_healthy() {
 # with a healthcheck runs only once healthy).
 swarm_wait() {
   local deadline=$((SECONDS + ${WSGIPROXY_COMPOSE_WAIT:-180})) service
-  for service in spawn sidecar client; do
+  for service in echo backend edge spawn sidecar client; do
     until [ "$(docker service ls --filter "name=${WSGIPROXY_STACK}_$service" --format '{{.Replicas}}')" = 1/1 ]; do
       if [ $SECONDS -ge $deadline ]; then
         echo "${WSGIPROXY_STACK}_$service did not become healthy in time" >&2
@@ -158,15 +158,19 @@ swarm_wait() {
       sleep 1
     done
   done
-  # And the spawn Envoy has found the sidecar by its name.
-  local spawn
-  spawn=$(docker ps -q --filter "label=com.docker.swarm.service.name=${WSGIPROXY_STACK}_spawn" | head -1)
-  until docker exec "$spawn" curl -fsS http://127.0.0.1:9901/clusters | grep -q '^wsgiproxy_sidecar::[0-9]'; do
-    if [ $SECONDS -ge $deadline ]; then
-      echo "the spawn Envoy did not find the sidecar in time" >&2
-      return 1
-    fi
-    sleep 1
+  # And the Envoys have found by name what they send to (the edge the backend, the
+  # spawn Envoy the sidecar).
+  local envoy cluster id
+  for envoy in edge:backend spawn:wsgiproxy_sidecar; do
+    cluster=${envoy#*:}
+    id=$(docker ps -q --filter "label=com.docker.swarm.service.name=${WSGIPROXY_STACK}_${envoy%%:*}" | head -1)
+    until docker exec "$id" curl -fsS http://127.0.0.1:9901/clusters | grep -q "^$cluster::[0-9]"; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "the ${envoy%%:*} Envoy did not find $cluster in time" >&2
+        return 1
+      fi
+      sleep 1
+    done
   done
 }
 

@@ -1,6 +1,7 @@
 //! The stack on Docker Swarm (deploy/swarm/stack.yml), deployed for real with
 //! `docker stack deploy` by `scripts/compose.sh swarm-up`, with the image that
-//! script builds: from the client service's container, a forgery is refused, the
+//! script builds: from the client service's container, a request through the edge is
+//! believed by the backend and a forgery sent straight to the backend is not, the
 //! on-demand Swarm service is scaled up by a request and back to 0 when idle, and
 //! `swarm-down` removes the stack without a trace. The swarm: see
 //! `tests/support/swarm.rs`. Says SKIPPED and passes when `docker info` fails.
@@ -23,6 +24,8 @@ use swarm_support::{swarm, SwarmGuard};
 
 /// Its own stack name: the test never touches a stack a user deployed.
 const STACK: &str = "wsgiproxy-swarm-test";
+/// The signing key the edge and the backend share in the test's stack.
+const KEY: &str = "swarm-test-key-0123456789abcdef";
 
 fn script(args: &[&str]) -> Output {
     Command::new("bash")
@@ -34,6 +37,7 @@ fn script(args: &[&str]) -> Output {
         .env("WSGIPROXY_COMPOSE_PROFILE", "debug")
         .env("WSGIPROXY_COMPOSE_SKIP_CARGO", "1")
         .env("CARGO_TARGET_DIR", target_dir())
+        .env("WSGIPROXY_KEY_K1", KEY)
         .stdin(Stdio::null())
         .output()
         .unwrap()
@@ -126,6 +130,24 @@ fn the_stack_on_swarm_scales_its_on_demand_service_refuses_forgeries_and_goes_aw
     ]);
     assert!(client_ip.starts_with("10.214.1."), "the client is on the client network: {client_ip}");
 
+    // Through the edge: the backend believes the edge (its network, its signature),
+    // and the app receives the user and the client's own address.
+    let r = from_client("http://edge:10000/hello?x=1", &["X-Demo-User: alice", "X-Forwarded-For: 6.6.6.6"]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.received();
+    assert_eq!(got.0["name"], "demo-app");
+    assert_eq!(got.header("x-remote-user").as_deref(), Some("alice"), "{:?}", got.0);
+    assert_eq!(got.header("x-forwarded-for"), Some(client_ip.clone()), "the client's own address, not its claim");
+    // From the client network straight to the backend: not believed, whatever it claims.
+    let r = from_client(
+        "http://backend:10001/hello",
+        &["X-WSGIProxy-Str-0: REMOTE_USER root", "X-Forwarded-For: 10.214.2.2", "X-Remote-User: root"],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.received();
+    assert_eq!(got.header("x-remote-user"), None, "a forgery from the client network was believed: {:?}", got.0);
+    assert_eq!(got.header("x-forwarded-for"), Some(client_ip.clone()));
+
     // The first request scales the service up; what the app gets is the client's own
     // address, whatever the client claimed, and no destination or Envoy header.
     let began = Instant::now();
@@ -134,6 +156,7 @@ fn the_stack_on_swarm_scales_its_on_demand_service_refuses_forgeries_and_goes_aw
         &["X-Forwarded-For: 6.6.6.6", "X-Envoy-Original-Dst-Host: sidecar:9090", "X-WSGIProxy-Str-0: REMOTE_USER root"],
     );
     eprintln!("scaled up and answered in {:?}", began.elapsed());
+    let idle = Instant::now();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("x-wsgiproxy-cold-start-ms").is_some(), "it waited for the scale-up");
     let got = r.received();
@@ -152,7 +175,6 @@ fn the_stack_on_swarm_scales_its_on_demand_service_refuses_forgeries_and_goes_aw
     assert!(!reach.status.success(), "the client reached the sidecar: {}", String::from_utf8_lossy(&reach.stdout));
 
     // Idle for 5 s: back to 0; the next request scales it up again.
-    let idle = Instant::now();
     let deadline = idle + Duration::from_secs(30);
     while replicas() != 0 {
         assert!(Instant::now() < deadline, "not scaled down when idle: {}", sidecar_status());
@@ -169,20 +191,24 @@ fn the_stack_on_swarm_scales_its_on_demand_service_refuses_forgeries_and_goes_aw
     assert_eq!(leftovers(), Vec::<String>::new(), "left behind by swarm-down");
 }
 
-/// The Swarm stack's spawn Envoy runs the shipped spawn chain (envoy/spawn.yaml):
-/// only the places differ (the .wasm's path, the app, its network, the stat prefix).
+/// The Swarm stack's Envoys run the shipped chains: its spawn Envoy envoy/spawn.yaml's,
+/// its edge and backend the compose stack's (which tests/compose.rs holds to
+/// envoy/app.yaml and envoy/middleware.yaml) without their metrics listener. Only the
+/// places differ: the .wasm's path, addresses and how they are found, the app, its
+/// network, the trusted range, the stat prefix.
 #[test]
-fn the_swarm_stack_runs_the_shipped_spawn_chain() {
+fn the_swarm_stack_runs_the_shipped_chains() {
     use serde_yaml::Value as Yaml;
     fn places_out(v: &mut Yaml) {
         match v {
             Yaml::Mapping(m) => {
                 for (k, v) in m.iter_mut() {
                     match k.as_str() {
-                        Some("filename" | "stat_prefix") => *v = Yaml::Null,
+                        Some("filename" | "stat_prefix" | "socket_address") => *v = Yaml::Null,
+                        Some("type") if v.as_str() == Some("STRICT_DNS") => *v = Yaml::from("STATIC"),
                         Some("value") if v.as_str().is_some_and(|s| s.trim_start().starts_with('{')) => {
                             let mut config: Json = serde_json::from_str(v.as_str().unwrap()).unwrap();
-                            for place in ["app", "upstream_networks"] {
+                            for place in ["app", "upstream_networks", "trust_ips"] {
                                 config.as_object_mut().unwrap().remove(place);
                             }
                             *v = Yaml::from(config.to_string());
@@ -198,8 +224,22 @@ fn the_swarm_stack_runs_the_shipped_spawn_chain() {
     let load = |file: &str| -> Yaml {
         let mut doc: Yaml = serde_yaml::from_str(&std::fs::read_to_string(repo_root().join(file)).unwrap()).unwrap();
         places_out(&mut doc);
+        for cluster in doc["static_resources"]["clusters"].as_sequence_mut().unwrap() {
+            let cluster = cluster.as_mapping_mut().unwrap();
+            cluster.remove("dns_lookup_family");
+            cluster.remove("dns_refresh_rate");
+        }
         doc
     };
+    for name in ["edge", "backend"] {
+        let swarm = load(&format!("deploy/swarm/{name}.yaml"));
+        let mut compose = load(&format!("deploy/compose/{name}.yaml"));
+        for (list, item) in [("listeners", "metrics"), ("clusters", "envoy_admin")] {
+            let items = compose["static_resources"][list].as_sequence_mut().unwrap();
+            items.retain(|i| i["name"].as_str() != Some(item));
+        }
+        assert!(swarm == compose, "deploy/swarm/{name}.yaml differs from deploy/compose/{name}.yaml beyond places");
+    }
     let (swarm, shipped) = (load("deploy/swarm/spawn.yaml"), load("envoy/spawn.yaml"));
     let chains = |doc: &Yaml| doc["static_resources"]["listeners"][0]["filter_chains"].clone();
     assert_eq!(swarm["static_resources"]["listeners"].as_sequence().map(Vec::len), Some(1));
