@@ -6,7 +6,8 @@
 //! dropped while a panic unwinds). Test processes agree through a lock file: each
 //! holds it shared while it uses the swarm; the one that can take it exclusively when
 //! done is the last, and leaves only a swarm a test created (a marker file says so).
-//! A daemon already in swarm mode is left as it was.
+//! A daemon already in swarm mode is left as it was; one made a swarm loses the
+//! `docker_gwbridge` network swarm mode made too.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs::File;
@@ -25,6 +26,8 @@ fn flock(file: &File, operation: libc::c_int) -> bool {
 
 const LOCK: &str = "/tmp/wsgiproxy-test-swarm.lock";
 const MARKER: &str = "/tmp/wsgiproxy-test-swarm.created";
+/// In the marker: the swarm's docker_gwbridge network was made with it.
+const GWBRIDGE_NOTE: &str = "docker_gwbridge made by swarm init\n";
 
 /// This process's use of the swarm; the last user out leaves a swarm a test created.
 pub struct SwarmGuard {
@@ -43,9 +46,12 @@ impl SwarmGuard {
         let lock = File::options().create(true).truncate(false).write(true).open(LOCK).unwrap();
         flock(&lock, libc::LOCK_EX);
         if node_state() != "active" {
+            // Swarm mode creates this bridge, and leaving the swarm does not remove it.
+            let bridge_was_there = quietly(&["network", "inspect", "docker_gwbridge"]);
             let out = Command::new("docker").args(["swarm", "init", "--advertise-addr", "127.0.0.1"]).output().unwrap();
             assert!(out.status.success(), "docker swarm init: {}", String::from_utf8_lossy(&out.stderr));
-            std::fs::write(MARKER, "a test made this daemon a swarm: the last test out leaves it\n").unwrap();
+            let note = if bridge_was_there { "" } else { GWBRIDGE_NOTE };
+            std::fs::write(MARKER, format!("a test made this daemon a swarm: the last test out leaves it\n{note}")).unwrap();
             eprintln!("made the daemon a single-node swarm");
         }
         let addr = docker(&["info", "--format", "{{.Swarm.NodeAddr}}"]);
@@ -63,6 +69,9 @@ impl Drop for SwarmGuard {
             if std::path::Path::new(MARKER).exists() {
                 let left = quietly(&["swarm", "leave", "--force"]);
                 eprintln!("left the swarm a test made: {left}");
+                if std::fs::read_to_string(MARKER).unwrap_or_default().contains(GWBRIDGE_NOTE) {
+                    quietly(&["network", "rm", "docker_gwbridge"]);
+                }
                 let _ = std::fs::remove_file(MARKER);
             }
             flock(&self.lock, libc::LOCK_UN);
