@@ -147,7 +147,11 @@ impl Default for Metrics {
             let _created = docker_errors.0.get_or_create(&ErrorKind { kind: kind.to_string() });
         }
         // Counters get their `_total` suffix from the encoder.
-        registry.register("wsgiproxy_sidecar_spawns", "Starts of an app (a process spawned, a container started)", spawns.clone());
+        registry.register(
+            "wsgiproxy_sidecar_spawns",
+            "Starts of an app (a process spawned, a container started, a service scaled up)",
+            spawns.clone(),
+        );
         registry.register("wsgiproxy_sidecar_stops", "Stops of an app, by reason", stops.clone());
         registry.register("wsgiproxy_sidecar_idle_stops", "Stops of an app for idleness", idle_stops.clone());
         registry.register("wsgiproxy_sidecar_crashes", "Exits of an app the sidecar did not ask for", crashes.clone());
