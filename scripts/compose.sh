@@ -5,6 +5,9 @@
 #   scripts/compose.sh build          build the image wsgiproxy/stack:local (no pull)
 #   scripts/compose.sh up             build, start everything, wait until all serve
 #   scripts/compose.sh down           stop and remove containers, networks, volumes
+#   scripts/compose.sh swarm-up       build, `docker stack deploy` deploy/swarm/stack.yml
+#                                     (the daemon must be a swarm manager), wait until it serves
+#   scripts/compose.sh swarm-down     `docker stack rm`, and wait until nothing of it is left
 #   scripts/compose.sh ARGS...        any other Compose command, e.g.
 #                                     exec client curl -s http://edge:10000/hello
 #
@@ -16,13 +19,15 @@
 # `docker import`ed: nothing is pulled.
 #
 # Environment: WSGIPROXY_COMPOSE_PROFILE=release|debug (cargo profile of the native
-# binaries; default release), COMPOSE_PROJECT_NAME (default wsgiproxy).
+# binaries; default release), COMPOSE_PROJECT_NAME (default wsgiproxy), WSGIPROXY_STACK
+# (the Swarm stack's name; default wsgiproxy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=wsgiproxy/stack:local
 PROFILE=${WSGIPROXY_COMPOSE_PROFILE:-release}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-wsgiproxy}
+export WSGIPROXY_STACK=${WSGIPROXY_STACK:-wsgiproxy}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 compose() {
@@ -90,6 +95,9 @@ build_image() {
   for config in deploy/compose/*.yaml deploy/compose/*.yml deploy/compose/*.toml; do
     install -D -m 0644 "$config" "$root/etc/wsgiproxy/$(basename "$config")"
   done
+  for config in deploy/swarm/*.yaml deploy/swarm/*.toml; do
+    install -D -m 0644 "$config" "$root/etc/wsgiproxy/swarm/$(basename "$config")"
+  done
   printf 'root:x:0:0:root:/:/nonexistent\nnobody:x:65534:65534:nobody:/:/nonexistent\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
   printf 'hosts: files dns\n' >"$root/etc/nsswitch.conf"
@@ -135,6 +143,42 @@ wait_healthy() {
   done
 }
 
+# The Swarm stack: every service but the on-demand one has its task running (a task
+# with a healthcheck runs only once healthy).
+swarm_wait() {
+  local deadline=$((SECONDS + ${WSGIPROXY_COMPOSE_WAIT:-180})) service
+  for service in echo backend edge spawn sidecar client; do
+    until [ "$(docker service ls --filter "name=${WSGIPROXY_STACK}_$service" --format '{{.Replicas}}')" = 1/1 ]; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "${WSGIPROXY_STACK}_$service did not become healthy in time" >&2
+        docker service ps --no-trunc "${WSGIPROXY_STACK}_$service" >&2
+        docker service logs --tail 50 "${WSGIPROXY_STACK}_$service" >&2
+        return 1
+      fi
+      sleep 1
+    done
+  done
+  # And the Envoys have found by name what they send to (the edge the backend, the
+  # spawn Envoy the sidecar).
+  local envoy cluster id
+  for envoy in edge:backend spawn:wsgiproxy_sidecar; do
+    cluster=${envoy#*:}
+    id=$(docker ps -q --filter "label=com.docker.swarm.service.name=${WSGIPROXY_STACK}_${envoy%%:*}" | head -1)
+    until docker exec "$id" curl -fsS http://127.0.0.1:9901/clusters | grep -q "^$cluster::[0-9]"; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "the ${envoy%%:*} Envoy did not find $cluster in time" >&2
+        return 1
+      fi
+      sleep 1
+    done
+  done
+}
+
+swarm_leftovers() {
+  local label="label=com.docker.stack.namespace=$WSGIPROXY_STACK"
+  { docker service ls -q --filter "$label"; docker network ls -q --filter "$label"; docker ps -aq --filter "$label"; } | sort -u
+}
+
 case "${1:-}" in
   build)
     build_image
@@ -157,8 +201,31 @@ case "${1:-}" in
     shift
     compose --profile "$ON_DEMAND_PROFILE" down --volumes --remove-orphans "$@"
     ;;
+  swarm-up)
+    if [ "$(docker info --format '{{.Swarm.ControlAvailable}}')" != true ]; then
+      echo "the Docker daemon is not a swarm manager: run \`docker swarm init\` first" >&2
+      exit 1
+    fi
+    build_image
+    # The image is local: never ask a registry for its digest.
+    docker stack deploy --resolve-image never -c deploy/swarm/stack.yml "$WSGIPROXY_STACK"
+    swarm_wait
+    docker stack services "$WSGIPROXY_STACK"
+    ;;
+  swarm-down)
+    docker stack rm "$WSGIPROXY_STACK" >/dev/null 2>&1 || true
+    # `docker stack rm` returns before its containers and networks are gone.
+    deadline=$((SECONDS + 60))
+    while [ -n "$(swarm_leftovers)" ]; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "left of the stack $WSGIPROXY_STACK: $(swarm_leftovers | tr '\n' ' ')" >&2
+        exit 1
+      fi
+      sleep 1
+    done
+    ;;
   "")
-    sed -n '2,20p' "$0"
+    sed -n '2,23p' "$0"
     exit 2
     ;;
   *)

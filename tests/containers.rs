@@ -10,111 +10,21 @@
 //! `docker info` fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/docker.rs"]
+mod docker_support;
 mod support;
 
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
+use docker_support::*;
 use serde_json::json;
 use support::*;
 
 /// The sidecar's lease (the filter stops using one 500 ms before its end).
 const LEASE_MS: u64 = 1500;
-
-/// True when a Docker engine answers; says SKIPPED once when not.
-fn docker_available(test: &str) -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    let available = *AVAILABLE.get_or_init(|| {
-        let status = Command::new("docker").arg("info").stdout(Stdio::null()).stderr(Stdio::null()).status();
-        status.is_ok_and(|s| s.success())
-    });
-    if !available {
-        eprintln!("SKIPPED {test}: `docker info` fails (no Docker engine to run container apps in)");
-    }
-    available
-}
-
-/// `docker ARGS`, failing the test with what Docker said; its output, trimmed.
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn quietly(args: &[&str]) -> bool {
-    Command::new("docker").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// A name no other test (or test run) uses.
-fn unique(what: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("wsgiproxy-test-{what}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Copies an executable into `root` at `dest`, with every library `ldd` lists for
-/// it (at the same path) and the loader.
-fn add_executable(root: &Path, src: &Path, dest: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let place = |from: &Path, to: &str| {
-        let target = root.join(to.trim_start_matches('/'));
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(std::fs::canonicalize(from).unwrap(), &target).unwrap();
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
-    place(src, dest);
-    let ldd = Command::new("ldd").arg(src).output().unwrap();
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = match line.split_once("=> ") {
-            Some((_, after)) => after.split(' ').next().unwrap_or_default(),
-            None => line.trim().split(' ').next().unwrap_or_default(),
-        };
-        if path.starts_with('/') {
-            place(Path::new(path), path);
-        }
-    }
-}
-
-/// The echo image (built once per test run, and once per echo binary).
-fn echo_image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let echo = bin_path("wsgiproxy-echo");
-        // FNV-1a of the binary: a rebuilt echo gets an image of its own.
-        let hash = std::fs::read(&echo).unwrap().iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
-        let image = format!("wsgiproxy-test/echo:{hash:016x}");
-        if quietly(&["image", "inspect", &image]) {
-            return image;
-        }
-        let root = tempfile::tempdir().unwrap();
-        add_executable(root.path(), &echo, "/echo");
-        add_executable(root.path(), Path::new("/bin/sh"), "/bin/sh");
-        std::fs::create_dir_all(root.path().join("tmp")).unwrap();
-        let mut tar = Command::new("tar").arg("-C").arg(root.path()).args(["-c", "."]).stdout(Stdio::piped()).spawn().unwrap();
-        let imported = Command::new("docker")
-            .args(["import", "--change", "ENTRYPOINT [\"/echo\"]", "--message", "wsgiproxy echo for tests", "-", &image])
-            .stdin(Stdio::from(tar.stdout.take().unwrap()))
-            .output()
-            .unwrap();
-        assert!(tar.wait().unwrap().success(), "tar of the image's files failed");
-        assert!(imported.status.success(), "docker import: {}", String::from_utf8_lossy(&imported.stderr));
-        // Images of earlier echo builds go, once no container uses them.
-        for old in docker(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "wsgiproxy-test/echo"]).lines() {
-            if old != image {
-                quietly(&["image", "rm", old]);
-            }
-        }
-        image
-    })
-}
 
 /// A Docker network of the test's own, removed afterwards.
 struct Network {
@@ -312,6 +222,46 @@ fn an_idle_container_is_stopped_but_never_under_a_request_in_flight() {
     assert_eq!(again.status, 200);
     assert!(again.header("x-wsgiproxy-cold-start-ms").is_some());
     assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 2);
+}
+
+/// Activity is any open request: a response streaming for far longer than the idle
+/// time, then an upload doing the same, keep the container running; once they end,
+/// it stops.
+#[test]
+fn a_streaming_response_or_upload_keeps_the_container_running() {
+    if !docker_available("a_streaming_response_or_upload_keeps_the_container_running") {
+        return;
+    }
+    let container = Container::published();
+    let sidecar = Sidecar::start(&blog(&container, "idle_shutdown = 1"), LEASE_MS);
+    let envoy = spawn_envoy(sidecar.port);
+    let port = envoy.port;
+    let streaming = std::thread::spawn(move || request(port, "GET", "/__stream/30/200", &[], b""));
+    let uploading = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        let chunks: Vec<&[u8]> = vec![b"part\n"; 12];
+        chunked_upload(port, "/upload", &[], &chunks, Duration::from_millis(500), &[])
+    });
+    let began = Instant::now();
+    let mut started = false;
+    while !(streaming.is_finished() && uploading.is_finished()) {
+        // Once up, it stays up until both end.
+        started |= sidecar.status("blog")["state"] == "ready";
+        if started {
+            assert_eq!(container.status(), "running", "stopped {:?} into an open request", began.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let streamed = streaming.join().unwrap();
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.text().lines().count(), 30, "the stream was cut: {}", streamed.text());
+    let uploaded = uploading.join().unwrap();
+    assert_eq!(uploaded.status, 200, "{}", uploaded.text());
+    assert_eq!(uploaded.received().body(), "part\n".repeat(12));
+    assert!(began.elapsed() >= Duration::from_secs(9));
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_idle_stops_total{app=\"blog\"}"), 0);
+    assert_eq!(sidecar.metric("wsgiproxy_sidecar_spawns_total{app=\"blog\"}"), 1);
+    wait_until("the idle container stops", Duration::from_secs(20), || container.status() == "exited");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::metrics::{FailureReason, StopReason};
 use crate::state_machine::{reporter_expiry, AppState, EnsureStep, Phase, Stopping, Unavailable};
 use crate::workload::container::ContainerWorkload;
 use crate::workload::process::ProcessWorkload;
+use crate::workload::service::ServiceWorkload;
 use crate::workload::{AfterEarlyExit, Instance, Workload};
 
 /// A successful ensure or activity report.
@@ -45,6 +46,8 @@ pub struct App {
     workload: Arc<dyn Workload>,
     /// Set for a container app (it may take over a container at the sidecar's start).
     container: Option<Arc<ContainerWorkload>>,
+    /// Set for a service app (it may take over the service at the sidecar's start).
+    service: Option<Arc<ServiceWorkload>>,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
 }
@@ -54,14 +57,18 @@ impl App {
         let now = Instant::now();
         ctx.metrics.add_app(&config.name);
         ctx.metrics.set_state(&config.name, Phase::Stopped.name());
-        let (workload, container): (Arc<dyn Workload>, _) = match &config.workload {
-            WorkloadConfig::Process(p) => (Arc::new(ProcessWorkload::new(&config, p.clone(), Arc::clone(&ctx))), None),
+        let (workload, container, service): (Arc<dyn Workload>, _, _) = match &config.workload {
+            WorkloadConfig::Process(p) => (Arc::new(ProcessWorkload::new(&config, p.clone(), Arc::clone(&ctx))), None, None),
             WorkloadConfig::Container(c) => {
                 let container = Arc::new(ContainerWorkload::new(&config, c.clone(), Arc::clone(&ctx)));
-                (Arc::clone(&container) as Arc<dyn Workload>, Some(container))
+                (Arc::clone(&container) as Arc<dyn Workload>, Some(container), None)
+            }
+            WorkloadConfig::Service(s) => {
+                let service = Arc::new(ServiceWorkload::new(&config, s.clone(), Arc::clone(&ctx)));
+                (Arc::clone(&service) as Arc<dyn Workload>, None, Some(service))
             }
         };
-        Arc::new(App { config, ctx, workload, container, inner: Mutex::new(Inner::new(now)), changed: watch::channel(0).0 })
+        Arc::new(App { config, ctx, workload, container, service, inner: Mutex::new(Inner::new(now)), changed: watch::channel(0).0 })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -79,6 +86,8 @@ impl App {
 
     fn grant(&self, inner: &mut Inner, waited: Option<Duration>) -> Option<Granted> {
         let upstream = inner.grant(Instant::now() + self.ctx.lease)?;
+        // A service's replicas in turn, one per grant.
+        let upstream = inner.child.as_ref().map_or(Some(upstream), |c| c.next_upstream())?;
         Some(Granted { upstream, lease: self.ctx.lease, waited })
     }
 
@@ -86,6 +95,14 @@ impl App {
     /// running (a container), as it is — running (checked for readiness, then idle
     /// from now on) or paused.
     pub async fn take_over(self: &Arc<App>) {
+        if let Some(service) = &self.service {
+            let Some(adopted) = service.adopt().await else { return };
+            let mut inner = self.lock();
+            if inner.phase == Phase::Stopped && !self.ctx.is_shutting_down() {
+                self.begin_start(&mut inner, Some(adopted));
+            }
+            return;
+        }
         let Some(container) = &self.container else { return };
         let Some(adopted) = container.adopt().await else { return };
         let mut inner = self.lock();
@@ -121,6 +138,9 @@ impl App {
                 match inner.on_ensure(joined, now) {
                     EnsureStep::Refuse(unavailable) => return Err(unavailable),
                     EnsureStep::Grant => {
+                        if let Some(child) = &inner.child {
+                            child.note_activity();
+                        }
                         let waited = waited.then(|| began.elapsed());
                         if let Some(w) = waited {
                             self.ctx.metrics.ensure_waited(&self.config.name, w);
@@ -153,7 +173,13 @@ impl App {
     /// Records a worker's activity; renews its lease when the app is ready.
     pub fn activity(&self, reporter: &str, started: u64, in_flight: u64) -> Result<Granted, Phase> {
         let mut inner = self.lock();
-        inner.record_activity(reporter, started, in_flight, Instant::now(), self.reporter_expiry());
+        let now = Instant::now();
+        inner.record_activity(reporter, started, in_flight, now, self.reporter_expiry());
+        if inner.last_activity == now {
+            if let Some(child) = &inner.child {
+                child.note_activity();
+            }
+        }
         if inner.exited() {
             Err(Phase::Failed)
         } else if inner.phase == Phase::Ready {
@@ -217,6 +243,8 @@ impl App {
                         // Shut down meanwhile: the shutdown took the child and stops it.
                         return;
                     }
+                    // A service's address is known once its tasks are ready.
+                    inner.upstream = Some(instance.upstream());
                     self.publish_phase(&inner);
                     drop(inner);
                     if cold {

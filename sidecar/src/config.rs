@@ -29,6 +29,12 @@ struct RawApp {
     #[serde(default)]
     container: Option<String>,
     #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    replicas: Option<u32>,
+    #[serde(default)]
+    min_replicas: Option<u32>,
+    #[serde(default)]
     network: Option<String>,
     #[serde(default)]
     on_idle: Option<String>,
@@ -92,11 +98,32 @@ pub struct ContainerConfig {
     pub network: Option<String>,
 }
 
+/// A Docker Swarm service the sidecar scales up from `min_replicas` on the first
+/// request and back when idle (`workload/service.rs`).
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Its name (or id).
+    pub service: String,
+    /// The port the app listens on inside its tasks.
+    pub port: u16,
+    /// The network (an overlay Envoy's container is attached to) on which the tasks'
+    /// own addresses are reached; without it, each task's port published in `host`
+    /// mode on its node.
+    pub network: Option<String>,
+    /// How many tasks run while the app is in use.
+    pub replicas: u32,
+    /// How many run while it is idle (the floor it is scaled back to).
+    pub min_replicas: u32,
+}
+
+pub const DEFAULT_REPLICAS: u32 = 1;
+
 /// What an app is: the seam between the lifecycle and what it runs.
 #[derive(Debug, Clone)]
 pub enum WorkloadConfig {
     Process(ProcessConfig),
     Container(ContainerConfig),
+    Service(ServiceConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -115,7 +142,7 @@ impl AppConfig {
     pub fn fixed_port(&self) -> Option<u16> {
         match &self.workload {
             WorkloadConfig::Process(p) => p.port,
-            WorkloadConfig::Container(_) => None,
+            WorkloadConfig::Container(_) | WorkloadConfig::Service(_) => None,
         }
     }
 }
@@ -265,19 +292,60 @@ pub fn parse_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
             Some("pause") => OnIdle::Pause,
             Some(other) => return Err(error(&name, "on_idle", format!("{other:?} must be \"stop\" or \"pause\""))),
         };
-        let workload = match (app.command, app.container) {
-            (Some(_), Some(_)) => return Err(error(&name, "container", "an app is a `command` or a `container`, not both")),
-            (None, None) => {
+        if app.service.is_none() {
+            for (field, given) in [("replicas", app.replicas.is_some()), ("min_replicas", app.min_replicas.is_some())] {
+                if given {
+                    return Err(error(&name, field, "only for a `service` app"));
+                }
+            }
+        }
+        let workload = match (app.command, app.container, app.service) {
+            (Some(_), Some(_), _) => return Err(error(&name, "container", "an app is a `command`, a `container` or a `service`, not two")),
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                return Err(error(&name, "service", "an app is a `command`, a `container` or a `service`, not two"))
+            }
+            (None, None, None) => {
                 return Err(error(
                     &name,
                     "command",
-                    "missing: give `command` (a process to start) or `container` (a Docker container to start)",
+                    "missing: give `command` (a process to start), `container` (a Docker container to start) or `service` (a Swarm service to scale up)",
                 ))
             }
-            (Some(command), None) => {
+            (None, None, Some(service)) => {
+                for (field, given) in [("cwd", app.cwd.is_some()), ("env", !app.env.is_empty()), ("stop_signal", app.stop_signal.is_some())]
+                {
+                    if given {
+                        return Err(error(&name, field, "only for a `command` app (a service has its own)"));
+                    }
+                }
+                if on_idle == OnIdle::Pause {
+                    return Err(error(&name, "on_idle", "a service is scaled down when idle, never paused"));
+                }
+                let service = from_env(&name, "service", service, env)?;
+                let network = app.network.map(|n| from_env(&name, "network", n, env)).transpose()?;
+                if service.is_empty() || !service.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                    return Err(error(&name, "service", format!("{service:?} is not a service name or id")));
+                }
+                let Some(port) = app.port.filter(|p| *p != 0) else {
+                    return Err(error(&name, "port", "required for a service: the port the app listens on inside its tasks (1 to 65535)"));
+                };
+                if network.as_deref().is_some_and(str::is_empty) {
+                    return Err(error(&name, "network", "must not be empty"));
+                }
+                let replicas = app.replicas.unwrap_or(DEFAULT_REPLICAS);
+                if replicas == 0 || replicas > 100 {
+                    return Err(error(&name, "replicas", format!("{replicas} must be 1 to 100")));
+                }
+                let min_replicas = app.min_replicas.unwrap_or(0);
+                if min_replicas >= replicas {
+                    return Err(error(&name, "min_replicas", format!("{min_replicas} must be below `replicas` ({replicas})")));
+                }
+                WorkloadConfig::Service(ServiceConfig { service, port, network, replicas, min_replicas })
+            }
+            (Some(command), None, None) => {
                 for (field, given) in [("network", app.network.is_some()), ("on_idle", on_idle == OnIdle::Pause)] {
                     if given {
-                        return Err(error(&name, field, "only for a `container` app"));
+                        return Err(error(&name, field, "only for a `container` or `service` app"));
                     }
                 }
                 let port = match app.port {
@@ -286,7 +354,7 @@ pub fn parse_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Resul
                 };
                 WorkloadConfig::Process(process(&name, command, app.cwd, app.env, port, app.stop_signal)?)
             }
-            (None, Some(container)) => {
+            (None, Some(container), None) => {
                 for (field, given) in [("cwd", app.cwd.is_some()), ("env", !app.env.is_empty()), ("stop_signal", app.stop_signal.is_some())]
                 {
                     if given {
@@ -328,7 +396,7 @@ mod tests {
     fn process(app: &AppConfig) -> &ProcessConfig {
         match &app.workload {
             WorkloadConfig::Process(p) => p,
-            WorkloadConfig::Container(_) => panic!("{} is a container", app.name),
+            WorkloadConfig::Container(_) | WorkloadConfig::Service(_) => panic!("{} is not a process", app.name),
         }
     }
 
@@ -395,16 +463,32 @@ mod tests {
             ("[apps.a]\ncommand = \"'x\"", "app \"a\": field \"command\": unbalanced quotes"),
             ("[apps.a]\ncommand = \"x\"\nenv = { PORT = \"1\" }", "app \"a\": field \"env\""),
             // Containers.
-            ("[apps.a]\ncommand = \"x\"\ncontainer = \"c\"", "app \"a\": field \"container\": an app is a `command` or a `container`"),
+            (
+                "[apps.a]\ncommand = \"x\"\ncontainer = \"c\"",
+                "app \"a\": field \"container\": an app is a `command`, a `container` or a `service`",
+            ),
             ("[apps.a]\ncontainer = \"c\"", "app \"a\": field \"port\": required for a container"),
             ("[apps.a]\ncontainer = \"c\"\nport = 0", "app \"a\": field \"port\": required for a container"),
             ("[apps.a]\ncontainer = \"c d\"\nport = 80", "app \"a\": field \"container\": \"c d\" is not a container name"),
             ("[apps.a]\ncontainer = \"c\"\nport = 80\nstop_signal = \"INT\"", "app \"a\": field \"stop_signal\": only for a `command` app"),
             ("[apps.a]\ncontainer = \"c\"\nport = 80\nenv = { A = \"1\" }", "app \"a\": field \"env\": only for a `command` app"),
             ("[apps.a]\ncontainer = \"c\"\nport = 80\non_idle = \"freeze\"", "app \"a\": field \"on_idle\": \"freeze\" must be"),
-            ("[apps.a]\ncommand = \"x\"\non_idle = \"pause\"", "app \"a\": field \"on_idle\": only for a `container` app"),
-            ("[apps.a]\ncommand = \"x\"\nnetwork = \"n\"", "app \"a\": field \"network\": only for a `container` app"),
+            ("[apps.a]\ncommand = \"x\"\non_idle = \"pause\"", "app \"a\": field \"on_idle\": only for a `container` or `service` app"),
+            ("[apps.a]\ncommand = \"x\"\nnetwork = \"n\"", "app \"a\": field \"network\": only for a `container` or `service` app"),
             ("[apps.a]\ncontainer = \"c\"\nport = 80\nnetwork = \"\"", "app \"a\": field \"network\": must not be empty"),
+            // Services.
+            (
+                "[apps.a]\nservice = \"s\"\ncontainer = \"c\"\nport = 80",
+                "app \"a\": field \"service\": an app is a `command`, a `container` or a `service`",
+            ),
+            ("[apps.a]\nservice = \"s\"", "app \"a\": field \"port\": required for a service"),
+            ("[apps.a]\nservice = \"s\"\nport = 80\nreplicas = 0", "app \"a\": field \"replicas\": 0 must be 1 to 100"),
+            ("[apps.a]\nservice = \"s\"\nport = 80\nreplicas = 2\nmin_replicas = 2", "app \"a\": field \"min_replicas\": 2 must be below"),
+            ("[apps.a]\nservice = \"s\"\nport = 80\non_idle = \"pause\"", "app \"a\": field \"on_idle\": a service is scaled down"),
+            ("[apps.a]\nservice = \"s\"\nport = 80\nenv = { A = \"1\" }", "app \"a\": field \"env\": only for a `command` app"),
+            ("[apps.a]\ncontainer = \"c\"\nport = 80\nreplicas = 2", "app \"a\": field \"replicas\": only for a `service` app"),
+            ("[apps.a]\ncommand = \"x\"\nmin_replicas = 1", "app \"a\": field \"min_replicas\": only for a `service` app"),
+            ("[apps.a]\nservice = \"s s\"\nport = 80", "app \"a\": field \"service\": \"s s\" is not a service name"),
         ];
         for (text, expected) in cases {
             let e = parse(text).unwrap_err();
@@ -432,6 +516,16 @@ mod tests {
             let err = parse_with_env(&format!("[apps.a]\nport = 80\n{config}"), &env).unwrap_err();
             assert!(err.contains(message), "{config}: {err}");
         }
+    }
+
+    #[test]
+    fn a_service_scaled_from_its_floor_to_its_replicas() {
+        let apps = parse("[apps.a]\nservice = \"blog\"\nport = 8080\nnetwork = \"apps\"\nreplicas = 2\nmin_replicas = 1\n[apps.b]\nservice = \"b\"\nport = 80\n").unwrap();
+        let WorkloadConfig::Service(a) = &apps[0].workload else { panic!("a service") };
+        assert_eq!((a.service.as_str(), a.port, a.network.as_deref(), a.replicas, a.min_replicas), ("blog", 8080, Some("apps"), 2, 1));
+        let WorkloadConfig::Service(b) = &apps[1].workload else { panic!("a service") };
+        assert_eq!((b.replicas, b.min_replicas, b.network.as_deref()), (DEFAULT_REPLICAS, 0, None));
+        assert_eq!(apps[1].fixed_port(), None);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct Context {
     pub docker: Option<Docker>,
     pub metrics: Metrics,
     pub lease: Duration,
+    /// This sidecar's name among those sharing a service (its activity stamp's label).
+    pub sidecar_id: String,
     state_file: StateFile,
     /// Children and ports, persisted together in the state file.
     book: Mutex<Book>,
@@ -73,6 +75,7 @@ impl Context {
             docker,
             metrics,
             lease,
+            sidecar_id: String::new(),
             state_file,
             book: Mutex::new(Book { children: Vec::new(), ports, containers }),
             shutting_down: AtomicBool::new(false),
@@ -81,6 +84,12 @@ impl Context {
             ctx.persist(&book);
         }
         ctx
+    }
+
+    /// Names this sidecar among those sharing a service.
+    pub fn with_sidecar_id(mut self, id: String) -> Context {
+        self.sidecar_id = id;
+        self
     }
 
     fn persist(&self, book: &Book) {

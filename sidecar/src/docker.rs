@@ -30,6 +30,8 @@ pub enum DockerError {
     TimedOut { socket: String, call: &'static str, after: Duration },
     /// The daemon has no such container.
     NoSuchContainer { container: String },
+    /// The swarm has no such service.
+    NoSuchService { service: String },
     /// The daemon answered with an error.
     Refused { call: &'static str, container: String, detail: String },
 }
@@ -42,6 +44,7 @@ impl std::fmt::Display for DockerError {
                 write!(f, "the Docker daemon at {socket} did not answer `{call}` within {} ms", after.as_millis())
             }
             DockerError::NoSuchContainer { container } => write!(f, "Docker has no container {container:?}"),
+            DockerError::NoSuchService { service } => write!(f, "the swarm has no service {service:?}"),
             DockerError::Refused { call, container, detail } => write!(f, "Docker refused to {call} the container {container:?}: {detail}"),
         }
     }
@@ -54,6 +57,7 @@ impl DockerError {
             DockerError::Unreachable { .. } => "unreachable",
             DockerError::TimedOut { .. } => "timed_out",
             DockerError::NoSuchContainer { .. } => "no_such_container",
+            DockerError::NoSuchService { .. } => "no_such_service",
             DockerError::Refused { .. } => "refused",
         }
     }
@@ -79,7 +83,7 @@ impl Docker {
     }
 
     /// Counts `e` (by its kind), and gives it back.
-    fn counted(&self, e: DockerError) -> DockerError {
+    pub(crate) fn counted(&self, e: DockerError) -> DockerError {
         if let Some(errors) = &self.errors {
             errors.count(e.kind());
         }
@@ -98,7 +102,7 @@ impl Docker {
     }
 
     /// The client, connecting and negotiating the API version first if need be.
-    async fn client(&self, deadline: Instant) -> Result<bollard::Docker, DockerError> {
+    pub(crate) async fn client(&self, deadline: Instant) -> Result<bollard::Docker, DockerError> {
         if let Some(client) = self.cached() {
             return Ok(client);
         }
@@ -115,7 +119,7 @@ impl Docker {
     }
 
     /// Runs one call under the deadline (and [`CALL_TIMEOUT`]), mapping its errors.
-    async fn timed<T>(
+    pub(crate) async fn timed<T>(
         &self,
         call: &'static str,
         container: &str,

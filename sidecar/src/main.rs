@@ -2,6 +2,7 @@
 //! `spawn` role — processes, or existing Docker containers — reports when they are
 //! ready, stops (or pauses) them when idle, and stops them all when it stops.
 
+mod agreement;
 mod api;
 mod app;
 mod config;
@@ -13,6 +14,7 @@ mod ports;
 mod process;
 mod readiness;
 mod state_machine;
+mod swarm;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -50,9 +52,23 @@ struct Args {
     /// The Docker daemon's socket, for container apps.
     #[arg(long, default_value = docker::DEFAULT_SOCKET)]
     docker_socket: PathBuf,
+    /// This sidecar's name among several sharing a Swarm service (the label of its
+    /// activity stamp); default: the host's name and the control API's port.
+    #[arg(long)]
+    sidecar_id: Option<String>,
     /// Validate the configuration (and the containers it names, when Docker answers) and exit.
     #[arg(long)]
     check: bool,
+}
+
+fn uses_docker(app: &config::AppConfig) -> bool {
+    matches!(app.workload, config::WorkloadConfig::Container(_) | config::WorkloadConfig::Service(_))
+}
+
+/// The host's name and the control API's port: unique among the sidecars of a swarm.
+fn default_sidecar_id(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), listen.port())
 }
 
 fn default_state_dir(config: &std::path::Path) -> PathBuf {
@@ -78,9 +94,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let has_containers = apps.iter().any(|a| matches!(a.workload, config::WorkloadConfig::Container(_)));
-    if has_containers {
-        if let Err(e) = workload::container::check_apps(&docker::Docker::new(args.docker_socket.clone()), &apps).await {
+    if apps.iter().any(uses_docker) {
+        let docker = docker::Docker::new(args.docker_socket.clone());
+        let checked = match workload::container::check_apps(&docker, &apps).await {
+            Ok(()) => workload::service::check_apps(&docker, &apps).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
             eprintln!("{e}");
             std::process::exit(2);
         }
@@ -123,8 +143,10 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
         configs.iter().filter(|c| matches!(c.workload, config::WorkloadConfig::Container(_))).map(|c| c.name.clone()).collect();
     // A Docker client for container apps, and for containers an earlier run started.
     let recorded = earlier.as_ref().is_some_and(|e| !e.containers.is_empty());
-    let docker = (!container_apps.is_empty() || recorded).then(|| docker::Docker::new(args.docker_socket.clone()));
-    let ctx = Arc::new(context::Context::new(process::Spawner::start()?, docker, lease, args.first_port, fixed_ports, state_file, earlier));
+    let docker = (configs.iter().any(uses_docker) || recorded).then(|| docker::Docker::new(args.docker_socket.clone()));
+    let sidecar_id = args.sidecar_id.clone().unwrap_or_else(|| default_sidecar_id(listener.local_addr().unwrap_or(args.listen)));
+    let ctx = context::Context::new(process::Spawner::start()?, docker, lease, args.first_port, fixed_ports, state_file, earlier);
+    let ctx = Arc::new(ctx.with_sidecar_id(sidecar_id));
     let apps: BTreeMap<String, Arc<app::App>> = configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
     {
         let ctx = Arc::clone(&ctx);

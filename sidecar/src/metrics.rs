@@ -40,14 +40,14 @@ struct ErrorKind {
 }
 
 /// The failed Docker calls, by kind (`wsgiproxy_sidecar_docker_errors_total{kind}`:
-/// unreachable, timed_out, no_such_container, refused): a handle the Docker client keeps.
+/// unreachable, timed_out, no_such_container, no_such_service, refused): a handle the Docker client keeps.
 #[derive(Clone, Debug, Default)]
 pub struct DockerErrors(Family<ErrorKind, Counter>);
 
 impl DockerErrors {
     /// Every kind, so that each shows at 0 before it happens (an alert on a rise needs a
     /// sample before it).
-    const KINDS: [&'static str; 4] = ["unreachable", "timed_out", "no_such_container", "refused"];
+    const KINDS: [&'static str; 5] = ["unreachable", "timed_out", "no_such_container", "no_such_service", "refused"];
 
     pub fn count(&self, kind: &str) {
         self.0.get_or_create(&ErrorKind { kind: kind.to_string() }).inc();
@@ -147,7 +147,11 @@ impl Default for Metrics {
             let _created = docker_errors.0.get_or_create(&ErrorKind { kind: kind.to_string() });
         }
         // Counters get their `_total` suffix from the encoder.
-        registry.register("wsgiproxy_sidecar_spawns", "Starts of an app (a process spawned, a container started)", spawns.clone());
+        registry.register(
+            "wsgiproxy_sidecar_spawns",
+            "Starts of an app (a process spawned, a container started, a service scaled up)",
+            spawns.clone(),
+        );
         registry.register("wsgiproxy_sidecar_stops", "Stops of an app, by reason", stops.clone());
         registry.register("wsgiproxy_sidecar_idle_stops", "Stops of an app for idleness", idle_stops.clone());
         registry.register("wsgiproxy_sidecar_crashes", "Exits of an app the sidecar did not ask for", crashes.clone());
@@ -168,7 +172,7 @@ impl Default for Metrics {
         registry.register("wsgiproxy_sidecar_app_state", "1 for the state each app is in, 0 for the others", app_state.clone());
         registry.register(
             "wsgiproxy_sidecar_docker_errors",
-            "Failed calls to the Docker API, by kind (unreachable, timed_out, no_such_container, refused)",
+            "Failed calls to the Docker API, by kind (unreachable, timed_out, no_such_container, no_such_service, refused)",
             docker_errors.0.clone(),
         );
         Metrics {

@@ -1,12 +1,14 @@
 //! The seam between an app's lifecycle (`app.rs`, `state_machine.rs`) and what it
 //! runs: a [`Workload`] starts [`Instance`]s — a process on a port
-//! (`workload/process.rs`) or an existing Docker container (`workload/container.rs`)
-//! — and an instance says where it answers, waits until it is ready or has exited,
+//! (`workload/process.rs`), an existing Docker container (`workload/container.rs`)
+//! or a Swarm service scaled up (`workload/service.rs`) — and an instance says where it answers, waits until it is ready or has exited,
 //! and stops, pauses or resumes. Leases, idleness, bursts, back-off and the state
 //! machine are the same for every kind.
 
 pub mod container;
 pub mod process;
+pub mod service;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,15 @@ pub enum AfterEarlyExit {
 pub trait Instance: RunningChild + Send + Sync {
     /// Where requests reach it.
     fn upstream(&self) -> SocketAddr;
+
+    /// Where the next grant sends requests: one of its replicas in turn (a
+    /// service's tasks); `None` when none is ready now.
+    fn next_upstream(&self) -> Option<SocketAddr> {
+        Some(self.upstream())
+    }
+
+    /// This sidecar saw a request for it (a service tells the other sidecars).
+    fn note_activity(&self) {}
 
     /// What `/v1/status` shows of it (`pid`, `container`).
     fn describe(&self) -> serde_json::Map<String, serde_json::Value>;
