@@ -118,3 +118,34 @@ fn required_components_are_refused_at_load_when_they_cannot_apply() {
         assert!(log.contains(&format!("field `{field}`")), "{log}");
     }
 }
+
+/// This project's sender, told to cover `@target-uri` (`covered_components`), meets a
+/// receiver requiring it; without it, it is refused.
+#[test]
+fn the_app_role_covers_what_the_middleware_requires() {
+    let echo = Echo::start();
+    let mw = Envoy::start(
+        "envoy/middleware.yaml",
+        &Overrides::default().cluster("app", echo.port).plugin(json!({
+            "role": "middleware", "signature_format": "rfc9421", "on_untrusted": "reject",
+            "secret": {"keys": [{"id": "k1", "value": KEY_K1}]}, "keys": {"REMOTE_USER": "x-remote-user"},
+            "required_components": ["@target-uri", "x-forwarded-for"]})),
+    );
+    let app = |covered: Option<Value>| {
+        let mut config = json!({"role": "app", "href": "http://internal:9000/apps/blog", "script_name": "/blog",
+                                "signature_format": "rfc9421", "secret": {"keys": [{"id": "k1", "value": KEY_K1}]},
+                                "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}]});
+        if let Some(covered) = covered {
+            config["covered_components"] = covered;
+        }
+        Envoy::start("envoy/app.yaml", &Overrides::default().cluster("backend", mw.port).plugin(config))
+    };
+    let covering = app(Some(json!(["@target-uri"])));
+    let got = covering.get("/blog/posts/7?page=2", &[("X-Auth-User", "bob")]).received();
+    assert_eq!(got.uri(), "/posts/7?page=2");
+    assert_eq!(got.header("x-remote-user").as_deref(), Some("bob"));
+    let plain = app(None);
+    let r = plain.get("/blog/posts/7?page=2", &[("X-Auth-User", "bob")]);
+    assert_eq!((r.status, r.header("x-wsgiproxy-error")), (403, Some("signature_bad")), "{}", r.text());
+    assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 1);
+}

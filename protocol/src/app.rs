@@ -251,7 +251,7 @@ pub fn sign_for_endpoint(
     let authority = head.get(AUTHORITY).unwrap_or_default();
     let target = head.get(PATH).unwrap_or(b"/");
     if config.signature_format == SignatureFormat::Rfc9421 {
-        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).chain(config.covered_components.iter().map(String::as_str)).collect();
         let message = rfc9421::Message { method, https: config.href.scheme == "https", authority, target, fields: &fields };
         let created = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         let Some(signed) = rfc9421::sign(ring, &message, &names, created, &hex::encode(nonce)) else {
@@ -300,7 +300,7 @@ fn sign_rfc9421(
         // Borrowed from the edits: no copy of the protocol headers.
         let fields: Vec<(&str, &[u8])> =
             edits.set.iter().filter(|(n, _)| is_signed_header(n)).map(|(n, v)| (n.as_ref(), v.as_ref())).collect();
-        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).chain(config.covered_components.iter().map(String::as_str)).collect();
         let message = rfc9421::Message {
             method: req.head.get(METHOD).unwrap_or(b"GET"),
             https,

@@ -9,9 +9,14 @@
 //!   (Marvin, a timing side channel) concerns the `rsa` crate's private-key operations,
 //!   which this project never runs.
 //! - Signing is ring's `RsaKeyPair` (feature `ring`: the native module). Without it
-//!   an RSA private key is refused when the configuration is read (see `super::rsa`).
+//!   an RSA private key is refused when the configuration is read, saying why
+//!   (`NO_RSA_SIGNING`).
 
-use super::KeyError;
+use rsa::pkcs8::der::Decode as _;
+use rsa::pkcs8::ObjectIdentifier;
+use zeroize::Zeroizing;
+
+use super::{AsymmetricKey, KeyError, PublicKey};
 
 /// Which of RFC 9421's two RSA algorithms a key signs or verifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,12 +181,6 @@ impl RsaPrivateKey {
         Some(signature)
     }
 }
-
-use rsa::pkcs8::der::Decode as _;
-use rsa::pkcs8::ObjectIdentifier;
-use zeroize::Zeroizing;
-
-use super::{AsymmetricKey, PublicKey};
 
 /// rsaEncryption (RFC 8017 Appendix A.1), what OpenSSL writes for `genpkey -algorithm rsa`.
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");

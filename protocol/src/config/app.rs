@@ -42,6 +42,8 @@ pub(super) struct RawApp {
     bind_endpoint: Option<bool>,
     #[serde(default)]
     publish_key_directory: Option<RawPublishedDirectory>,
+    #[serde(default)]
+    covered_components: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +96,9 @@ pub struct AppConfig {
     /// the load balancer chose (`X-WSGIProxy-Endpoint`): before routing the role does
     /// everything but sign.
     pub bind_endpoint: bool,
+    /// Derived components an RFC 9421 signature covers besides `@method`,
+    /// `@authority`, `@path`, `@query` (for a receiver's `required_components`).
+    pub covered_components: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,9 +157,11 @@ pub(super) fn validate_app(
         return Err(ConfigError::new("bind_endpoint", "needs a secret: the endpoint is bound by the signature"));
     }
     let key_directory = published_directory(raw.publish_key_directory, signing.as_ref().map(|keys| keys.ring()).as_deref())?;
+    let covered_components = covered_components(raw.covered_components, signature_format, signing.is_some())?;
     Ok(AppConfig {
         key_directory,
         bind_endpoint,
+        covered_components,
         href,
         script_name,
         keys,
@@ -207,4 +214,40 @@ pub(super) fn validate_key(family: Family, field: &str, raw: RawKey) -> Result<K
         _ => return Err(ConfigError::new(field, "takes exactly one of \"from_header\", \"from_property\" or \"value\"")),
     };
     Ok(KeySpec { family, key: raw.key, source })
+}
+
+/// The derived components the app role may cover besides the four it always covers.
+pub const EXTRA_DERIVED_COMPONENTS: [&str; 3] = ["@scheme", "@target-uri", "@request-target"];
+
+/// `covered_components`: RFC 9421 signatures only, at least one, each of
+/// [`EXTRA_DERIVED_COMPONENTS`] (every protocol header sent is covered already).
+fn covered_components(raw: Option<Vec<String>>, format: SignatureFormat, signs: bool) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(Vec::new());
+    };
+    if !signs || format != SignatureFormat::Rfc9421 {
+        return Err(ConfigError::new(
+            "covered_components",
+            "goes with RFC 9421 signatures (\"signature_format\": \"rfc9421\" and a \"secret\")",
+        ));
+    }
+    if list.is_empty() {
+        return Err(ConfigError::new("covered_components", "must list at least one component (or be left out)"));
+    }
+    let mut covered: Vec<String> = Vec::with_capacity(list.len());
+    for (i, name) in list.into_iter().enumerate() {
+        if !EXTRA_DERIVED_COMPONENTS.contains(&name.as_str()) {
+            return Err(ConfigError::new(
+                format!("covered_components[{i}]"),
+                format!(
+                    "{name:?} is not one of {}: @method, @authority, @path, @query and every protocol header sent are always covered",
+                    EXTRA_DERIVED_COMPONENTS.join(", ")
+                ),
+            ));
+        }
+        if !covered.contains(&name) {
+            covered.push(name);
+        }
+    }
+    Ok(covered)
 }

@@ -115,3 +115,66 @@ fn required_components_are_checked_when_the_configuration_is_read() {
         assert_eq!(config(c).unwrap_err().field, "required_components");
     }
 }
+
+/// The app role covers the extra derived components it is told to, so a receiver
+/// requiring them accepts this project's own sender.
+#[test]
+fn the_app_role_covers_what_a_receiver_requires() {
+    use crate::app::{self, AppOutcome, AppRequest};
+    use crate::request::{Decision, RequestHead};
+    let sign = |covered: Option<serde_json::Value>| -> RequestHead {
+        let mut json = serde_json::json!({"role": "app", "href": "http://backend.internal:8080/", "signature_format": "rfc9421",
+                                          "secret": {"keys": [{"id": "k1", "value": "0123456789abcdef"}]}});
+        if let Some(covered) = covered {
+            json["covered_components"] = covered;
+        }
+        let Ok(Config::App(a)) = config(json) else { panic!() };
+        let client = RequestHead::new(fields(&[(":method", "GET"), (":path", "/p?x=1"), (":authority", "www.example.com")]));
+        let req = AppRequest {
+            head: &client,
+            downstream: crate::trust::Downstream { tcp_peer: "203.0.113.9".parse().ok(), ..Default::default() },
+            https: false,
+            now: now(),
+            nonce: [7; 16],
+        };
+        let Decision::Forward(e) = app::decide(&a, &req, &mut |_| None, &mut AppOutcome::default()) else { panic!() };
+        let mut head: Vec<(String, Vec<u8>)> =
+            client.to_pairs().into_iter().filter(|(n, _)| !e.remove.iter().any(|r| r == n) && e.value_of(n).is_none()).collect();
+        head.extend(e.set.into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())));
+        RequestHead::new(head)
+    };
+    let received = |head: &RequestHead, required: &[&str]| {
+        let message = Message {
+            method: head.get(":method").unwrap_or_default(),
+            https: false,
+            authority: head.get(":authority").unwrap_or_default(),
+            target: head.get(":path").unwrap_or_default(),
+            fields: head,
+        };
+        let required: Vec<String> = required.iter().map(|r| r.to_string()).collect();
+        let skew = Duration::from_secs(300);
+        let ring = KeyRing::new(Algorithm::HmacSha256, &[("k1".to_string(), b"0123456789abcdef".to_vec())]).unwrap();
+        verify_requiring(&ring, &message, now(), skew, skew, crate::signature::is_signed_header, &required)
+    };
+    let plain = sign(None);
+    assert!(received(&plain, &[]).is_ok());
+    assert!(received(&plain, &["x-forwarded-for", "x-wsgiproxy-version"]).is_ok(), "the protocol headers it always sends");
+    assert_eq!(received(&plain, &["@target-uri"]).err(), Some(Rejection::Bad));
+    let fuller = sign(Some(serde_json::json!(["@target-uri", "@scheme"])));
+    let input = String::from_utf8_lossy(fuller.get(SIGNATURE_INPUT).unwrap()).into_owned();
+    assert!(input.contains("\"@scheme\" \"@target-uri\""), "{input}");
+    assert!(received(&fuller, &["@target-uri", "@scheme", "x-forwarded-for"]).is_ok());
+    // Only the derived components beyond the four, with RFC 9421.
+    for (covered, field) in [
+        (serde_json::json!(["@method"]), "covered_components[0]"),
+        (serde_json::json!(["x-forwarded-for"]), "covered_components[0]"),
+        (serde_json::json!([]), "covered_components"),
+    ] {
+        let json = serde_json::json!({"role": "app", "href": "http://b/", "signature_format": "rfc9421", "covered_components": covered,
+                                      "secret": {"keys": [{"id": "k1", "value": "0123456789abcdef"}]}});
+        assert_eq!(config(json).unwrap_err().field, field);
+    }
+    let v1 = serde_json::json!({"role": "app", "href": "http://b/", "covered_components": ["@target-uri"],
+                                "secret": {"keys": [{"id": "k1", "value": "0123456789abcdef"}]}});
+    assert_eq!(config(v1).unwrap_err().field, "covered_components");
+}
