@@ -66,7 +66,7 @@ impl NativeDirectories {
         };
         if wait {
             if let Some(poke) = &self.poke {
-                poke.commit(1);
+                poke.commit(POKE_EVENT);
             }
         }
         wait
@@ -131,6 +131,11 @@ impl NativeDirectories {
         }
     }
 }
+
+/// The scheduler event that asks the main thread to send a refetch at once (any
+/// event but the key files' ticks the directories).
+pub const POKE_EVENT: u64 = 2;
+const _: () = assert!(POKE_EVENT != crate::key_files::EVENT);
 
 /// The thread that ticks a configuration that follows key directories.
 pub fn ticker(handle: &ConfigHandle) -> Option<Ticker> {

@@ -9,6 +9,7 @@
 
 use std::io::Read as _;
 use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -46,7 +47,9 @@ impl KeyFiles for SystemFiles {
     }
 
     fn read(&self, path: &str, limit: usize) -> std::io::Result<(FileStamp, Zeroizing<Vec<u8>>)> {
-        let file = std::fs::File::open(path)?;
+        // Non-blocking: opening a FIFO put in the key's place must not hang Envoy's
+        // main thread (at load) or the poll thread; it is refused below.
+        let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
         let metadata = file.metadata()?;
         if !metadata.is_file() {
             return Err(std::io::Error::other("is not a regular file"));
@@ -162,5 +165,21 @@ mod tests {
         assert!(SystemFiles.read(&path, 10).is_err(), "larger than the limit");
         assert!(SystemFiles.read(dir.path().to_str().unwrap(), 1024).is_err(), "a directory");
         assert_eq!(SystemFiles.stamp(&at("none").to_string_lossy()).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
+
+    /// A FIFO in a key's place, no writer on it: refused at once, never a blocked open.
+    #[test]
+    #[allow(unsafe_code)] // mkfifo, to make the FIFO
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("key");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let path = fifo.to_str().unwrap().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(SystemFiles.read(&path, 1024).map(|_| ())).unwrap());
+        let read = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("reading a FIFO blocked");
+        assert!(read.is_err(), "a FIFO is not a key file");
     }
 }
