@@ -124,6 +124,11 @@ pub fn parse_key_set(algorithm: Algorithm, body: &[u8]) -> Result<PublishedKeys,
         if jwk.get("d").is_some() {
             return Err(FetchError::Invalid(format!("keys[{i}] ({id}) is a private key: a directory publishes public keys only")));
         }
+        if !for_verifying(jwk) {
+            // An encryption key published beside the signing ones (RFC 7517 §4.2,
+            // §4.3): not a key for this receiver, and no reason to refuse the set.
+            continue;
+        }
         let key = asymmetric::parse_key(algorithm, &jwk.to_string()).map_err(|e| FetchError::Invalid(format!("keys[{i}] ({id}) {e}")))?;
         if out.iter().any(|(k, _)| *k == id) {
             return Err(FetchError::Invalid(format!("the key id {id:?} is published twice")));
@@ -131,6 +136,20 @@ pub fn parse_key_set(algorithm: Algorithm, body: &[u8]) -> Result<PublishedKeys,
         out.push((id, key));
     }
     Ok(out)
+}
+
+/// Whether a JWK may verify signatures: no `use`, or `"use": "sig"`; and no
+/// `key_ops`, or `key_ops` listing `"verify"`.
+fn for_verifying(jwk: &Value) -> bool {
+    let use_ok = match jwk.get("use") {
+        None => true,
+        Some(value) => value.as_str() == Some("sig"),
+    };
+    let ops_ok = match jwk.get("key_ops") {
+        None => true,
+        Some(ops) => ops.as_array().is_some_and(|ops| ops.iter().any(|op| op.as_str() == Some("verify"))),
+    };
+    use_ok && ops_ok
 }
 
 /// A JWK's RFC 7638 thumbprint (SHA-256, base64url): its required members in
@@ -343,12 +362,16 @@ impl Directory {
 pub struct Followed {
     /// Every usable key; a key id published by two directories is the first's.
     pub ring: Option<KeyRing>,
+    /// Whether some directory's keys are current (an empty set counts): a key id
+    /// none of them holds is then unknown, not unavailable.
+    pub answered: bool,
 }
 
 impl Followed {
     /// Merges `directories`' usable keys at `now`, first directory first.
     pub fn merge(algorithm: Algorithm, directories: &[Directory], now: u64) -> Followed {
         let mut keys: Vec<(String, AsymmetricKey)> = Vec::new();
+        let answered = directories.iter().any(|d| d.keys(now).is_some());
         for directory in directories {
             for (id, key) in directory.keys(now).into_iter().flatten() {
                 if !keys.iter().any(|(k, _)| k == id) {
@@ -356,7 +379,7 @@ impl Followed {
                 }
             }
         }
-        Followed { ring: KeyRing::asymmetric(algorithm, keys).ok() }
+        Followed { ring: KeyRing::asymmetric(algorithm, keys).ok(), answered }
     }
 
     pub fn key(&self, id: &str) -> Option<&SigningKey> {

@@ -383,7 +383,7 @@ fn followed_ring<'r>(
     }
     match &followed.ring {
         Some(ring) if ring.key(&id).is_some() => Ok(ring),
-        None => Err(Err(Decision::Reply(
+        _ if !followed.answered => Err(Err(Decision::Reply(
             LocalReply::new(
                 503,
                 Reason::KeyDirectoryUnavailable,
@@ -391,7 +391,7 @@ fn followed_ring<'r>(
             )
             .with_header("retry-after", "1"),
         ))),
-        Some(_) => Err(Err(Decision::Reply(LocalReply::new(
+        _ => Err(Err(Decision::Reply(LocalReply::new(
             403,
             Reason::SignatureKeyUnknown,
             format!("the signature's key id {id:?} is not in this receiver's keys nor in its key directories"),

@@ -41,6 +41,20 @@ fn reads_a_jwks_and_names_keys_by_kid_or_thumbprint() {
 }
 
 #[test]
+fn keys_published_for_encryption_are_skipped() {
+    let with = |member: &str| format!(r#"{{"kty":"OKP","crv":"Ed25519","kid":"e","x":"{ED_X}",{member}}}"#);
+    let keys = parse_key_set(
+        Algorithm::Ed25519,
+        &set(&[ed("a"), with(r#""use":"enc""#), with(r#""key_ops":["encrypt"]"#), with(r#""use":7"#), with(r#""key_ops":"verify""#)]),
+    )
+    .unwrap();
+    let ids: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["a"]);
+    let keys = parse_key_set(Algorithm::Ed25519, &set(&[with(r#""use":"sig","key_ops":["sign","verify"]"#)])).unwrap();
+    assert_eq!(keys.len(), 1);
+}
+
+#[test]
 fn refuses_what_is_not_a_set_of_public_keys_of_the_algorithm() {
     let refused = |algorithm, body: &[u8]| matches!(parse_key_set(algorithm, body), Err(FetchError::Invalid(_)));
     assert!(refused(Algorithm::Ed25519, b"<html>"));

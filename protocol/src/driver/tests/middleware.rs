@@ -222,6 +222,14 @@ fn a_receiver_verifies_with_the_keys_its_sender_publishes() {
     assert_eq!(on_request_headers_following(&receiver, &mut host, Some(&follower.followed())), Flow::Replied);
     assert_eq!((host.replies[0].status, host.replies[0].reason), (403, Reason::SignatureKeyUnknown));
     assert_eq!(host.count_of("middleware.rejected.signature_key_unknown"), 1);
+
+    // The directory answers an empty set: it answered, so an unknown key id is a 403,
+    // not a 503 that asks clients to come back in a second.
+    follower.directories[0].on_answer(10_000, crate::signature::Algorithm::Ed25519, Some((200, None, br#"{"keys": []}"#)));
+    follower.remerge(10_000);
+    let mut host = sent_by(&sender);
+    assert_eq!(on_request_headers_following(&receiver, &mut host, Some(&follower.followed())), Flow::Replied);
+    assert_eq!((host.replies[0].status, host.replies[0].reason), (403, Reason::SignatureKeyUnknown));
 }
 
 #[test]
