@@ -1,0 +1,475 @@
+//! A sender's key rotation end to end, in real Envoy (issue #28 item 4): a client
+//! sends sustained load to a SENDER Envoy (the `app` role, RFC 9421, publishing its
+//! keys with `publish_key_directory`), which signs and forwards to a RECEIVER Envoy
+//! (the `middleware` role following the sender's published directory through a
+//! cluster pointing at the sender's listener), which forwards to the echo backend.
+//! The sender rotates in three steps — ring [k1, k2] (k2 published, not signing),
+//! [k2, k1] (signing with k2), [k2] (k1 gone) — and no request fails: every one is
+//! answered 200 with the user the sender vouched for reaching the backend, and no
+//! receiver refuses, retries or holds one. Afterwards a request signed with k1 is
+//! refused by the receiver once its cache has dropped the key.
+//!
+//! How the sender rotates depends on the loader (both Envoys use the one chosen):
+//! the native module follows a key file, rotated as Kubernetes rotates a mounted
+//! Secret (a `..data` symlink swapped); the Wasm filter cannot read files, so its
+//! listener is pushed (file-based LDS, an atomic rename): one sender's own
+//! configuration, no receiver's.
+//!
+//! Also: a receiver following a directory of ECDSA P-384 keys (published by a
+//! sender's `app` role) and of RSA-PSS keys (served by `tests/apps/key_directory.py`)
+//! verifies with them, on both loaders.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use serde_yaml::Value as Yaml;
+use support::*;
+use wsgiproxy_protocol::asymmetric::parse_key;
+use wsgiproxy_protocol::rfc9421::{sign, Message};
+use wsgiproxy_protocol::signature::{Algorithm, KeyRing};
+
+/// The authority the sender forwards to (its `href`'s), which it signs.
+const AUTHORITY: &str = "backend.test";
+/// The authority the receiver fetches the sender's directory with.
+const SENDER_AUTHORITY: &str = "edge.test";
+const DIRECTORY_PATH: &str = "/.well-known/http-message-signatures-directory";
+
+fn python() -> PathBuf {
+    repo_root().join(".venv/bin/python")
+}
+
+/// Key pairs OpenSSL made (`tests/apps/rfc9421_keys.py`), each with its `kid`.
+struct Pair {
+    id: String,
+    private_jwk: Value,
+    public_jwk: Value,
+    /// The private key as a ring of its own, for the test to sign with directly.
+    ring: KeyRing,
+}
+
+fn pairs(algorithm: &str, ids: &[&str]) -> Vec<Pair> {
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/apps/rfc9421_keys.py"))
+        .args([algorithm, &ids.len().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let alg = Algorithm::from_name(algorithm).unwrap();
+    ids.iter()
+        .zip(made)
+        .map(|(id, pair)| {
+            let jwk = |field: &str| -> Value {
+                let mut v: Value = serde_json::from_str(pair[field].as_str().unwrap()).unwrap();
+                v["kid"] = json!(id);
+                v
+            };
+            let private = parse_key(alg, pair["private_jwk"].as_str().unwrap()).unwrap();
+            Pair {
+                id: id.to_string(),
+                private_jwk: jwk("private_jwk"),
+                public_jwk: jwk("public_jwk"),
+                ring: KeyRing::asymmetric(alg, vec![(id.to_string(), private)]).unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A GET of `/hello` signed by `ring` as a sender signs it (RFC 9421), straight to
+/// the receiver: (status, `x-wsgiproxy-error`).
+fn direct_verdict(port: u16, ring: &KeyRing) -> (u16, Option<String>) {
+    static NONCES: AtomicU64 = AtomicU64::new(0);
+    let fields: Vec<(String, Vec<u8>)> = Vec::new();
+    let message = Message { method: b"GET", https: false, authority: AUTHORITY.as_bytes(), target: b"/hello", fields: &fields };
+    let nonce = format!("direct{}-{}", std::process::id(), NONCES.fetch_add(1, Ordering::Relaxed));
+    let s = sign(ring, &message, &[], now_secs(), &nonce).unwrap();
+    let headers = [("Host", AUTHORITY), ("Signature-Input", s.signature_input.as_str()), ("Signature", s.signature.as_str())];
+    let r = request(port, "GET", "/hello", &headers, b"");
+    (r.status, r.header("x-wsgiproxy-error").map(str::to_string))
+}
+
+/// The receiver on `port`: the shipped middleware config, trusting only what the
+/// directory at `directory_port` (its `authority`, its path) publishes, passing the
+/// sender's `REMOTE_USER` on as `x-remote-user`.
+fn receiver(echo: &Echo, port: u16, algorithm: &str, directory_port: u16, authority: &str) -> Envoy {
+    let config = json!({
+        "role": "middleware",
+        "signature_format": "rfc9421",
+        "algorithm": algorithm,
+        "keys": {"REMOTE_USER": "x-remote-user"},
+        "key_directories": [{"cluster": "key_directory", "authority": authority, "path": DIRECTORY_PATH,
+                             "min_refresh_seconds": 1, "max_refresh_seconds": 2}],
+        "on_untrusted": "reject",
+    });
+    let overrides = Overrides {
+        edit_with: Some(Arc::new(move |doc: &mut Yaml| {
+            let cluster: Yaml = serde_yaml::from_str(&format!(
+                "name: key_directory
+type: STATIC
+connect_timeout: 1s
+load_assignment:
+  cluster_name: key_directory
+  endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {directory_port}}}}}}}}}]}}]"
+            ))
+            .unwrap();
+            doc["static_resources"]["clusters"].as_sequence_mut().unwrap().push(cluster);
+        })),
+        // Two workers: with the Wasm filter, one VM fetches and the other takes its answers.
+        concurrency: Some(2),
+        listen_port: Some(port),
+        ..Overrides::default()
+    }
+    .cluster("app", echo.port)
+    .plugin(config);
+    Envoy::start("envoy/middleware.yaml", &overrides)
+}
+
+/// The sender's configuration, its keys given by `secret`.
+fn sender_config(algorithm: &str, secret: Value) -> Value {
+    json!({
+        "role": "app", "href": format!("http://{AUTHORITY}/"), "signature_format": "rfc9421", "algorithm": algorithm,
+        "string_keys": [{"key": "REMOTE_USER", "from_header": "x-auth-user"}],
+        "secret": secret,
+        "publish_key_directory": {"max_age_seconds": 1},
+    })
+}
+
+/// The Wasm sender's ring, inline (the first key signs).
+fn inline_secret(ring: &[&Pair]) -> Value {
+    json!({"keys": ring.iter().map(|p| json!({"id": p.id, "value": p.private_jwk.to_string()})).collect::<Vec<_>>()})
+}
+
+/// A JWKS of private keys, as a key file holds them (the first key signs).
+fn key_set(ring: &[&Pair]) -> String {
+    json!({"keys": ring.iter().map(|p| p.private_jwk.clone()).collect::<Vec<_>>()}).to_string()
+}
+
+/// A Secret volume as the kubelet writes it: `dir/NAME -> ..data/NAME`, `..data ->
+/// ..VERSION`; a new version is a new directory and an atomic rename of `..data`.
+struct SecretVolume {
+    dir: PathBuf,
+    version: u32,
+}
+
+impl SecretVolume {
+    const NAME: &'static str = "keys.json";
+
+    fn new(dir: &Path, content: &str) -> SecretVolume {
+        let mut volume = SecretVolume { dir: dir.to_path_buf(), version: 0 };
+        volume.update(content);
+        std::os::unix::fs::symlink(format!("..data/{}", Self::NAME), dir.join(Self::NAME)).unwrap();
+        volume
+    }
+
+    fn path(&self) -> String {
+        self.dir.join(Self::NAME).to_str().unwrap().to_string()
+    }
+
+    fn update(&mut self, content: &str) {
+        let old = format!("..2026_12_07_{:02}", self.version);
+        self.version += 1;
+        let new = format!("..2026_12_07_{:02}", self.version);
+        std::fs::create_dir(self.dir.join(&new)).unwrap();
+        std::fs::write(self.dir.join(&new).join(Self::NAME), content).unwrap();
+        std::os::unix::fs::symlink(&new, self.dir.join("..data_tmp")).unwrap();
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).unwrap();
+        let _ = std::fs::remove_dir_all(self.dir.join(old));
+    }
+}
+
+/// An Envoy in the `app` role whose listener comes from an LDS file in a watched
+/// directory, rewritten by [`LdsSender::push`] with an atomic rename (an xDS update).
+struct LdsSender {
+    envoy: Envoy,
+    dir: tempfile::TempDir,
+    listener: Yaml,
+    pushes: u64,
+}
+
+impl LdsSender {
+    fn start(port: u16, receiver_port: u16, plugin: Value) -> LdsSender {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_port = free_port();
+        let overrides = Overrides::default().cluster("backend", receiver_port).plugin(plugin);
+        let mut doc: Yaml = serde_yaml::from_str(&render("envoy/app.yaml", port, admin_port, &overrides)).unwrap();
+        let listener = doc["static_resources"]["listeners"][0].clone();
+        doc["static_resources"].as_mapping_mut().unwrap().remove("listeners");
+        doc["node"] = serde_yaml::from_str("{ id: key-rotation, cluster: key-rotation }").unwrap();
+        let lds = dir.path().join("lds.yaml");
+        doc["dynamic_resources"] = serde_yaml::from_str(&format!(
+            "{{ lds_config: {{ resource_api_version: V3, path_config_source: {{ path: {}, watched_directory: {{ path: {} }} }} }} }}",
+            lds.display(),
+            dir.path().display()
+        ))
+        .unwrap();
+        let loader = overrides.chosen_loader();
+        let pushes = write_listener(dir.path(), &listener, 0);
+        let bootstrap = dir.path().join("envoy.yaml");
+        std::fs::write(&bootstrap, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        let log = dir.path().join("envoy.log");
+        let mut cmd = Command::new(envoy_bin());
+        cmd.current_dir(repo_root())
+            .arg("-c")
+            .arg(&bootstrap)
+            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--log-path"])
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if loader == Loader::Native {
+            cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
+        }
+        let mut proc = Proc::adopt(cmd.spawn().unwrap());
+        proc.log = log;
+        let sender = LdsSender { envoy: Envoy { port, admin_port, proc, loader }, dir, listener, pushes };
+        sender.wait_for_pushes(1);
+        sender
+    }
+
+    /// Rewrites the listener with another `app` configuration and waits until Envoy
+    /// serves new connections with it.
+    fn push(&mut self, plugin: &Value) {
+        let mut replaced = false;
+        for filter in self.listener["filter_chains"][0]["filters"].as_sequence_mut().unwrap() {
+            if filter["name"].as_str() != Some("envoy.filters.network.http_connection_manager") {
+                continue;
+            }
+            for http in filter["typed_config"]["http_filters"].as_sequence_mut().unwrap() {
+                // The Wasm filter's `config.configuration`, the native module's `filter_config`.
+                let Some(typed) = http.get_mut("typed_config") else { continue };
+                let holder = if typed.get("filter_config").is_some() {
+                    typed.get_mut("filter_config")
+                } else {
+                    typed.get_mut("config").and_then(|c| c.get_mut("configuration"))
+                };
+                let Some(holder) = holder else { continue };
+                let is_app = holder.get("value").and_then(Yaml::as_str).and_then(|v| serde_json::from_str::<Value>(v).ok()).is_some_and(|v| v["role"] == "app");
+                if is_app {
+                    holder["value"] = Yaml::from(plugin.to_string());
+                    replaced = true;
+                }
+            }
+        }
+        assert!(replaced, "the listener's app configuration");
+        self.pushes = write_listener(self.dir.path(), &self.listener, self.pushes);
+        self.wait_for_pushes(self.pushes);
+    }
+
+    fn wait_for_pushes(&self, pushes: u64) {
+        let envoy = &self.envoy;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !wait_for_port(envoy.admin_port, Duration::from_millis(100)) {
+            assert!(Instant::now() < deadline, "Envoy's admin endpoint:\n{}", envoy.proc.log_text());
+        }
+        wait_until("the LDS update", Duration::from_secs(30), || {
+            let stats = envoy.stats("listener_manager");
+            let stat = |name: &str| stats.get(name).copied().unwrap_or_default();
+            stat("listener_manager.lds.update_success") >= pushes
+                && stat("listener_manager.total_listeners_warming") == 0
+                && stat("listener_manager.total_listeners_active") == 1
+                && stat("listener_manager.workers_started") == 1
+        });
+        assert!(wait_for_port(envoy.port, Duration::from_secs(5)));
+    }
+}
+
+/// Writes the LDS file with an atomic rename; the pushes made so far.
+fn write_listener(dir: &Path, listener: &Yaml, pushes: u64) -> u64 {
+    let mut listener = listener.clone();
+    listener["@type"] = Yaml::from("type.googleapis.com/envoy.config.listener.v3.Listener");
+    let mut resources = serde_yaml::Mapping::new();
+    resources.insert("resources".into(), Yaml::Sequence(vec![listener]));
+    let staged = dir.join("lds.yaml.next");
+    std::fs::write(&staged, serde_yaml::to_string(&resources).unwrap()).unwrap();
+    std::fs::rename(&staged, dir.join("lds.yaml")).unwrap();
+    pushes + 1
+}
+
+/// The sender, and how it rotates.
+enum Sender {
+    /// Native module: keys from a file, rotated by a symlink swap.
+    File { envoy: Envoy, volume: SecretVolume, _dir: tempfile::TempDir },
+    /// Wasm filter: keys inline, rotated by an LDS push.
+    Lds { sender: LdsSender, algorithm: String },
+}
+
+impl Sender {
+    fn start(algorithm: &str, port: u16, receiver_port: u16, ring: &[&Pair]) -> Sender {
+        match Loader::from_env() {
+            Loader::Native => {
+                let dir = tempfile::tempdir().unwrap();
+                let volume = SecretVolume::new(dir.path(), &key_set(ring));
+                let secret = json!({"keys": [{"file": volume.path()}], "file_check_ms": 100});
+                let overrides = Overrides { listen_port: Some(port), ..Overrides::default() }
+                    .cluster("backend", receiver_port)
+                    .plugin(sender_config(algorithm, secret));
+                Sender::File { envoy: Envoy::start("envoy/app.yaml", &overrides), volume, _dir: dir }
+            }
+            Loader::Wasm => Sender::Lds {
+                sender: LdsSender::start(port, receiver_port, sender_config(algorithm, inline_secret(ring))),
+                algorithm: algorithm.to_string(),
+            },
+        }
+    }
+
+    fn envoy(&self) -> &Envoy {
+        match self {
+            Sender::File { envoy, .. } => envoy,
+            Sender::Lds { sender, .. } => &sender.envoy,
+        }
+    }
+
+    /// The sender's ring becomes `ring`; returns once its directory lists it (so it
+    /// signs with `ring[0]` from then on).
+    fn rotate(&mut self, ring: &[&Pair]) {
+        match self {
+            Sender::File { volume, .. } => volume.update(&key_set(ring)),
+            Sender::Lds { sender, algorithm } => sender.push(&sender_config(algorithm, inline_secret(ring))),
+        }
+        let want: Vec<&str> = ring.iter().map(|p| p.id.as_str()).collect();
+        wait_until("the sender's directory lists its new ring", Duration::from_secs(10), || self.published() == want);
+    }
+
+    /// The key ids the sender's directory lists, the signing key first.
+    fn published(&self) -> Vec<String> {
+        let r = self.envoy().get(DIRECTORY_PATH, &[("Host", SENDER_AUTHORITY)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+/// Clients sending requests one after another through the sender, each as another
+/// user; what went wrong, and how many were sent in each step of the rotation.
+struct Load {
+    stop: Arc<AtomicBool>,
+    step: Arc<AtomicU64>,
+    sent: Arc<Mutex<BTreeMap<u64, u64>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let step = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(Mutex::new(BTreeMap::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|client| {
+                let (stop, step, sent, failures) = (stop.clone(), step.clone(), sent.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let user = format!("user-{client}-{n}");
+                        let at = step.load(Ordering::Relaxed);
+                        let target = format!("/hello?n={n}");
+                        let send = || request(port, "GET", &target, &[("Host", SENDER_AUTHORITY), ("X-Auth-User", &user)], b"");
+                        let Ok(r) = std::panic::catch_unwind(send) else {
+                            failures.lock().unwrap().push(format!("step {at}: no answer for {user} (at {:?})", SystemTime::now()));
+                            *sent.lock().unwrap().entry(at).or_default() += 1;
+                            continue;
+                        };
+                        *sent.lock().unwrap().entry(at).or_default() += 1;
+                        let remote_user = if r.status == 200 { r.received().header("x-remote-user") } else { None };
+                        if r.status != 200 || remote_user.as_deref() != Some(user.as_str()) {
+                            failures.lock().unwrap().push(format!(
+                                "step {at}: {} {:?}, the backend saw x-remote-user {remote_user:?} for {user}",
+                                r.status,
+                                r.header("x-wsgiproxy-error")
+                            ));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, step, sent, failures, threads }
+    }
+
+    fn stop(self) -> (BTreeMap<u64, u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let sent = self.sent.lock().unwrap().clone();
+        let failures = self.failures.lock().unwrap().clone();
+        (sent, failures)
+    }
+}
+
+#[test]
+fn a_sender_rotates_its_published_key_under_load_without_one_failed_request() {
+    let began = Instant::now();
+    let k = pairs("ed25519", &["k1", "k2"]);
+    let (k1, k2) = (&k[0], &k[1]);
+    let echo = Echo::start();
+    let (sender_port, receiver_port) = (free_port(), free_port());
+    // The sender first, so that the receiver's first fetch of its directory is answered.
+    let mut sender = Sender::start("ed25519", sender_port, receiver_port, &[k1]);
+    let mw = receiver(&echo, receiver_port, "ed25519", sender_port, SENDER_AUTHORITY);
+    assert_eq!(mw.loader, sender.envoy().loader);
+    wait_until_signatures_are_trusted("");
+    let first = sender.envoy().get("/hello", &[("Host", SENDER_AUTHORITY), ("X-Auth-User", "first")]);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.received().header("x-remote-user").as_deref(), Some("first"));
+
+    let load = Load::start(sender_port, 4);
+    std::thread::sleep(Duration::from_secs(1));
+    // 1. k2 published beside k1, which still signs.
+    load.step.store(1, Ordering::Relaxed);
+    sender.rotate(&[k1, k2]);
+    // Receivers take it within the directory's max-age (1 s), their refresh at most
+    // max_refresh_seconds (2 s) apart.
+    std::thread::sleep(Duration::from_secs(3));
+    // 2. The sender signs with k2.
+    load.step.store(2, Ordering::Relaxed);
+    sender.rotate(&[k2, k1]);
+    std::thread::sleep(Duration::from_secs(2));
+    // 3. k1 leaves: nothing signed with it is on its way any more.
+    load.step.store(3, Ordering::Relaxed);
+    sender.rotate(&[k2]);
+    let removed = Instant::now();
+    let waits = mw.stat("wsgiproxy.middleware.directory_waits");
+    // The receiver drops k1 at its next fetch: a request the test signs with k1 is
+    // refused (no refetch brings it back), while the load goes on with k2.
+    let mut k1_verified = 0;
+    wait_until("the receiver refuses k1", Duration::from_secs(8), || {
+        let refused = direct_verdict(receiver_port, &k1.ring).0 != 200;
+        k1_verified += u64::from(!refused);
+        refused
+    });
+    let dropped_after = removed.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let (sent, failures) = load.stop();
+    let total: u64 = sent.values().sum();
+    eprintln!(
+        "rotation through the sender ({:?}): {total} requests by step {sent:?}, {} failed; k1 refused {dropped_after:?} after it left; {:?} in all",
+        mw.loader,
+        failures.len(),
+        began.elapsed()
+    );
+    assert!(failures.is_empty(), "{} of {total} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    for step in 0..=3 {
+        assert!(sent.get(&step).copied().unwrap_or(0) >= 20, "too little load in step {step}: {sent:?}");
+    }
+    assert_eq!(direct_verdict(receiver_port, &k1.ring), (403, Some("signature_key_unknown".into())));
+    assert_eq!(direct_verdict(receiver_port, &k2.ring), (200, None));
+    // Nothing was hidden by a retry, a refetch or a failed fetch: the receiver verified
+    // every request of the load (and the first, and the test's k2 request) at once.
+    assert_eq!(sender.envoy().stats("upstream_rq_retry").values().sum::<u64>(), 0);
+    assert_eq!(mw.stat("wsgiproxy.middleware.verified"), total + 2 + k1_verified);
+    assert_eq!(waits, 0, "a request of the load waited for a refetch: the receiver did not have the key");
+    assert_eq!(mw.stat("wsgiproxy.middleware.directory_fetch_failures"), 0);
+    assert!(mw.stat("wsgiproxy.middleware.directory_fetches") >= 4);
+}
