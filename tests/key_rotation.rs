@@ -50,9 +50,9 @@ fn python() -> PathBuf {
 struct Pair {
     id: String,
     private_jwk: Value,
-    public_jwk: Value,
-    /// The private key as a ring of its own, for the test to sign with directly.
-    ring: KeyRing,
+    /// The private key as a ring of its own, for the test to sign with directly
+    /// (none for RSA: the protocol crate signs RSA in the native module only).
+    ring: Option<KeyRing>,
 }
 
 fn pairs(algorithm: &str, ids: &[&str]) -> Vec<Pair> {
@@ -72,12 +72,11 @@ fn pairs(algorithm: &str, ids: &[&str]) -> Vec<Pair> {
                 v["kid"] = json!(id);
                 v
             };
-            let private = parse_key(alg, pair["private_jwk"].as_str().unwrap()).unwrap();
+            let private = parse_key(alg, pair["private_jwk"].as_str().unwrap()).ok();
             Pair {
                 id: id.to_string(),
                 private_jwk: jwk("private_jwk"),
-                public_jwk: jwk("public_jwk"),
-                ring: KeyRing::asymmetric(alg, vec![(id.to_string(), private)]).unwrap(),
+                ring: private.map(|private| KeyRing::asymmetric(alg, vec![(id.to_string(), private)]).unwrap()),
             }
         })
         .collect()
@@ -445,7 +444,7 @@ fn a_sender_rotates_its_published_key_under_load_without_one_failed_request() {
     // refused (no refetch brings it back), while the load goes on with k2.
     let mut k1_verified = 0;
     wait_until("the receiver refuses k1", Duration::from_secs(8), || {
-        let refused = direct_verdict(receiver_port, &k1.ring).0 != 200;
+        let refused = direct_verdict(receiver_port, k1.ring.as_ref().unwrap()).0 != 200;
         k1_verified += u64::from(!refused);
         refused
     });
@@ -463,8 +462,8 @@ fn a_sender_rotates_its_published_key_under_load_without_one_failed_request() {
     for step in 0..=3 {
         assert!(sent.get(&step).copied().unwrap_or(0) >= 20, "too little load in step {step}: {sent:?}");
     }
-    assert_eq!(direct_verdict(receiver_port, &k1.ring), (403, Some("signature_key_unknown".into())));
-    assert_eq!(direct_verdict(receiver_port, &k2.ring), (200, None));
+    assert_eq!(direct_verdict(receiver_port, k1.ring.as_ref().unwrap()), (403, Some("signature_key_unknown".into())));
+    assert_eq!(direct_verdict(receiver_port, k2.ring.as_ref().unwrap()), (200, None));
     // Nothing was hidden by a retry, a refetch or a failed fetch: the receiver verified
     // every request of the load (and the first, and the test's k2 request) at once.
     assert_eq!(sender.envoy().stats("upstream_rq_retry").values().sum::<u64>(), 0);
@@ -472,4 +471,114 @@ fn a_sender_rotates_its_published_key_under_load_without_one_failed_request() {
     assert_eq!(waits, 0, "a request of the load waited for a refetch: the receiver did not have the key");
     assert_eq!(mw.stat("wsgiproxy.middleware.directory_fetch_failures"), 0);
     assert!(mw.stat("wsgiproxy.middleware.directory_fetches") >= 4);
+}
+
+/// A sender signing with ECDSA P-384 (either loader signs with it) and, on the native
+/// module, with RSA-PSS (the Wasm filter does not sign with RSA) publishes its key; a
+/// receiver following its directory verifies what it signs, and nothing else.
+#[test]
+fn a_receiver_follows_a_published_directory_of_ecdsa_p384_or_rsa_pss_keys() {
+    let mut algorithms = vec!["ecdsa-p384-sha384"];
+    if Loader::from_env() == Loader::Native {
+        algorithms.push("rsa-pss-sha512");
+    }
+    for algorithm in algorithms {
+        let k = pairs(algorithm, &["published", "stranger"]);
+        let echo = Echo::start();
+        let (sender_port, receiver_port) = (free_port(), free_port());
+        let sender = Sender::start(algorithm, sender_port, receiver_port, &[&k[0]]);
+        let mw = receiver(&echo, receiver_port, algorithm, sender_port, SENDER_AUTHORITY);
+        wait_until_signatures_are_trusted("");
+        assert_eq!(sender.published(), ["published"]);
+        for user in ["alice", "bob"] {
+            let r = sender.envoy().get("/hello", &[("Host", SENDER_AUTHORITY), ("X-Auth-User", user)]);
+            assert_eq!(r.status, 200, "{algorithm}: {}", r.text());
+            assert_eq!(r.received().header("x-remote-user").as_deref(), Some(user));
+        }
+        let mut verified = 2;
+        // The test signs with the protocol crate, which signs RSA in the native module only.
+        if let (Some(published), Some(stranger)) = (&k[0].ring, &k[1].ring) {
+            assert_eq!(direct_verdict(receiver_port, published), (200, None));
+            assert_eq!(direct_verdict(receiver_port, stranger), (403, Some("signature_key_unknown".into())));
+            verified += 1;
+        }
+        assert_eq!(mw.stat("wsgiproxy.middleware.verified"), verified, "{algorithm}");
+        assert_eq!(mw.stat("wsgiproxy.middleware.directory_fetch_failures"), 0, "{algorithm}");
+    }
+}
+
+/// RSA-PSS keys (`rsa-pss-sha512`) from a directory another server publishes
+/// (`tests/apps/key_directory.py`), signatures made by PyPI's http-message-signatures
+/// (signing RSA is the native module's only): both loaders verify with them, a
+/// 2048-bit and a 3072-bit key, and refuse a key the directory does not list.
+#[test]
+fn a_receiver_follows_a_directory_of_rsa_pss_keys() {
+    let made = |bits: &str| -> Value {
+        let out = Command::new(python()).arg(repo_root().join("tests/apps/rfc9421_keys.py")).args(["rsa-pss-sha512", "1", bits]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap().remove(0)
+    };
+    let (rsa_2048, rsa_3072, stranger) = (made("2048"), made("3072"), made("2048"));
+    let public = |pair: &Value, kid: &str| {
+        let mut jwk: Value = serde_json::from_str(pair["public_jwk"].as_str().unwrap()).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk
+    };
+
+    let echo = Echo::start();
+    let directory_port = free_port();
+    let child = Command::new(python())
+        .arg(repo_root().join("tests/apps/key_directory.py"))
+        .arg(directory_port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _directory = Proc::adopt(child);
+    assert!(wait_for_port(directory_port, Duration::from_secs(20)), "the key directory did not start");
+    let publish = json!({"keys": [public(&rsa_2048, "rsa-2048"), public(&rsa_3072, "rsa-3072")], "cache_control": "max-age=60", "mode": "ok"});
+    let r = request(directory_port, "POST", "/control", &[("Content-Type", "application/json")], publish.to_string().as_bytes());
+    assert_eq!(r.status, 200);
+
+    let receiver_port = free_port();
+    let mw = receiver(&echo, receiver_port, "rsa-pss-sha512", directory_port, "keys.test");
+    wait_until_signatures_are_trusted("");
+    let now = now_secs();
+    let entry = |kid: &str, pair: &Value, user: &str| {
+        json!({"key_id": kid, "key": pair["private_pem"], "algorithm": "rsa-pss-sha512", "method": "GET",
+               "url": "http://test.local/hello", "headers": [["x-wsgiproxy-str-0", format!("REMOTE_USER {user}")]],
+               "covered": ["@method", "@authority", "@path", "@query", "x-wsgiproxy-str-0"],
+               "created": now, "nonce": format!("rsa-{kid}-{user}"), "label": "wsgiproxy"})
+    };
+    let entries = [entry("rsa-2048", &rsa_2048, "alice"), entry("rsa-3072", &rsa_3072, "bob"), entry("rsa-stranger", &stranger, "mallory")];
+    let mut signer = Command::new(python())
+        .arg(repo_root().join("tests/apps/rfc9421_sign.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut signer.stdin.take().unwrap(), Value::from(entries.to_vec()).to_string().as_bytes()).unwrap();
+    let out = signer.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Python signer failed");
+    let signatures: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let send = |i: usize, user: &str| {
+        let s = &signatures[i];
+        let claim = format!("REMOTE_USER {user}");
+        let headers = [
+            ("x-wsgiproxy-str-0", claim.as_str()),
+            ("Signature-Input", s["signature-input"].as_str().unwrap()),
+            ("Signature", s["signature"].as_str().unwrap()),
+        ];
+        request(receiver_port, "GET", "/hello", &headers, b"")
+    };
+    for (i, user) in [(0, "alice"), (1, "bob")] {
+        let r = send(i, user);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.received().header("x-remote-user").as_deref(), Some(user));
+    }
+    let r = send(2, "mallory");
+    assert_eq!((r.status, r.header("x-wsgiproxy-error")), (403, Some("signature_key_unknown")));
+    assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 2);
+    assert_eq!(mw.stat("wsgiproxy.middleware.directory_fetch_failures"), 0);
 }
