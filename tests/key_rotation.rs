@@ -3,7 +3,8 @@
 //! keys with `publish_key_directory`), which signs and forwards to a RECEIVER Envoy
 //! (the `middleware` role following the sender's published directory through a
 //! cluster pointing at the sender's listener), which forwards to the echo backend.
-//! The sender rotates in three steps — ring [k1, k2] (k2 published, not signing),
+//! Five clients send one request after another (three open a connection for each,
+//! two keep theirs open). The sender rotates in three steps — ring [k1, k2] (k2 published, not signing),
 //! [k2, k1] (signing with k2), [k2] (k1 gone) — and no request fails: every one is
 //! answered 200 with the user the sender vouched for reaching the backend, and no
 //! receiver refuses, retries or holds one. Afterwards a request signed with k1 is
@@ -13,7 +14,9 @@
 //! the native module follows a key file, rotated as Kubernetes rotates a mounted
 //! Secret (a `..data` symlink swapped); the Wasm filter cannot read files, so its
 //! listener is pushed (file-based LDS, an atomic rename): one sender's own
-//! configuration, no receiver's.
+//! configuration, no receiver's. The receivers' fetches each take a connection of
+//! their own: a kept-alive one stays on the filter chain that accepted it, which
+//! after the push serves the old ring's directory (the bug this test found).
 //!
 //! Also: a receiver following a directory of ECDSA P-384 keys (published by a
 //! sender's `app` role) and of RSA-PSS keys (served by `tests/apps/key_directory.py`)
@@ -253,7 +256,11 @@ impl LdsSender {
                     typed.get_mut("config").and_then(|c| c.get_mut("configuration"))
                 };
                 let Some(holder) = holder else { continue };
-                let is_app = holder.get("value").and_then(Yaml::as_str).and_then(|v| serde_json::from_str::<Value>(v).ok()).is_some_and(|v| v["role"] == "app");
+                let is_app = holder
+                    .get("value")
+                    .and_then(Yaml::as_str)
+                    .and_then(|v| serde_json::from_str::<Value>(v).ok())
+                    .is_some_and(|v| v["role"] == "app");
                 if is_app {
                     holder["value"] = Yaml::from(plugin.to_string());
                     replaced = true;
@@ -359,32 +366,46 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16, clients: usize) -> Load {
+    /// `clients` clients, a connection per request, and `kept_alive` more, each on a
+    /// connection kept open (opened again when Envoy answers `Connection: close`).
+    fn start(port: u16, clients: usize, kept_alive: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let step = Arc::new(AtomicU64::new(0));
         let sent = Arc::new(Mutex::new(BTreeMap::new()));
         let failures = Arc::new(Mutex::new(Vec::new()));
-        let threads = (0..clients)
+        let threads = (0..clients + kept_alive)
             .map(|client| {
                 let (stop, step, sent, failures) = (stop.clone(), step.clone(), sent.clone(), failures.clone());
+                let keep_alive = client >= clients;
                 std::thread::spawn(move || {
                     let mut n = 0u64;
+                    let mut connection: Option<KeptAlive> = None;
                     while !stop.load(Ordering::Relaxed) {
                         n += 1;
                         let user = format!("user-{client}-{n}");
                         let at = step.load(Ordering::Relaxed);
                         let target = format!("/hello?n={n}");
-                        let send = || request(port, "GET", &target, &[("Host", SENDER_AUTHORITY), ("X-Auth-User", &user)], b"");
-                        let Ok(r) = std::panic::catch_unwind(send) else {
-                            failures.lock().unwrap().push(format!("step {at}: no answer for {user} (at {:?})", SystemTime::now()));
-                            *sent.lock().unwrap().entry(at).or_default() += 1;
+                        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            if keep_alive {
+                                let raw = format!("GET {target} HTTP/1.1\r\nHost: {SENDER_AUTHORITY}\r\nX-Auth-User: {user}\r\n\r\n");
+                                connection.get_or_insert_with(|| KeptAlive::open(port)).send(raw.as_bytes())
+                            } else {
+                                request(port, "GET", &target, &[("Host", SENDER_AUTHORITY), ("X-Auth-User", &user)], b"")
+                            }
+                        }));
+                        *sent.lock().unwrap().entry(at).or_default() += 1;
+                        let Ok(r) = answer else {
+                            connection = None;
+                            failures.lock().unwrap().push(format!("step {at}: no answer for {user} (kept alive: {keep_alive})"));
                             continue;
                         };
-                        *sent.lock().unwrap().entry(at).or_default() += 1;
+                        if r.header("connection") == Some("close") {
+                            connection = None;
+                        }
                         let remote_user = if r.status == 200 { r.received().header("x-remote-user") } else { None };
                         if r.status != 200 || remote_user.as_deref() != Some(user.as_str()) {
                             failures.lock().unwrap().push(format!(
-                                "step {at}: {} {:?}, the backend saw x-remote-user {remote_user:?} for {user}",
+                                "step {at}: {} {:?}, the backend saw x-remote-user {remote_user:?} for {user} (kept alive: {keep_alive})",
                                 r.status,
                                 r.header("x-wsgiproxy-error")
                             ));
@@ -423,7 +444,7 @@ fn a_sender_rotates_its_published_key_under_load_without_one_failed_request() {
     assert_eq!(first.status, 200, "{}", first.text());
     assert_eq!(first.received().header("x-remote-user").as_deref(), Some("first"));
 
-    let load = Load::start(sender_port, 4);
+    let load = Load::start(sender_port, 3, 2);
     std::thread::sleep(Duration::from_secs(1));
     // 1. k2 published beside k1, which still signs.
     load.step.store(1, Ordering::Relaxed);
@@ -514,7 +535,11 @@ fn a_receiver_follows_a_published_directory_of_ecdsa_p384_or_rsa_pss_keys() {
 #[test]
 fn a_receiver_follows_a_directory_of_rsa_pss_keys() {
     let made = |bits: &str| -> Value {
-        let out = Command::new(python()).arg(repo_root().join("tests/apps/rfc9421_keys.py")).args(["rsa-pss-sha512", "1", bits]).output().unwrap();
+        let out = Command::new(python())
+            .arg(repo_root().join("tests/apps/rfc9421_keys.py"))
+            .args(["rsa-pss-sha512", "1", bits])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap().remove(0)
     };
@@ -536,7 +561,8 @@ fn a_receiver_follows_a_directory_of_rsa_pss_keys() {
         .unwrap();
     let _directory = Proc::adopt(child);
     assert!(wait_for_port(directory_port, Duration::from_secs(20)), "the key directory did not start");
-    let publish = json!({"keys": [public(&rsa_2048, "rsa-2048"), public(&rsa_3072, "rsa-3072")], "cache_control": "max-age=60", "mode": "ok"});
+    let publish =
+        json!({"keys": [public(&rsa_2048, "rsa-2048"), public(&rsa_3072, "rsa-3072")], "cache_control": "max-age=60", "mode": "ok"});
     let r = request(directory_port, "POST", "/control", &[("Content-Type", "application/json")], publish.to_string().as_bytes());
     assert_eq!(r.status, 200);
 
