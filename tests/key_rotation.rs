@@ -608,3 +608,37 @@ fn a_receiver_follows_a_directory_of_rsa_pss_keys() {
     assert_eq!(mw.stat("wsgiproxy.middleware.verified"), 2);
     assert_eq!(mw.stat("wsgiproxy.middleware.directory_fetch_failures"), 0);
 }
+
+/// The caution of a rotation by configuration push (docs/keys.md, Rotation): a client
+/// connection kept open, idle, across the push stays on the old filter chain, which
+/// signs with the old ring's first key until Envoy drains it. Removing the old key
+/// before the sender's drain time is over refuses its next request. With the native
+/// module's key file the ring is the process's: the same connection signs with the
+/// new key at once.
+#[test]
+fn a_connection_kept_open_across_a_push_signs_with_the_old_ring_until_drained() {
+    let k = pairs("ed25519", &["k1", "k2"]);
+    let (k1, k2) = (&k[0], &k[1]);
+    let echo = Echo::start();
+    let (sender_port, receiver_port) = (free_port(), free_port());
+    let mut sender = Sender::start("ed25519", sender_port, receiver_port, &[k1, k2]);
+    let _mw = receiver(&echo, receiver_port, "ed25519", sender_port, SENDER_AUTHORITY);
+    wait_until_signatures_are_trusted("");
+    let raw = format!("GET /hello HTTP/1.1\r\nHost: {SENDER_AUTHORITY}\r\nX-Auth-User: idle\r\n\r\n");
+    let mut idle = KeptAlive::open(sender_port);
+    assert_eq!(idle.send(raw.as_bytes()).status, 200);
+    sender.rotate(&[k2, k1]);
+    sender.rotate(&[k2]);
+    wait_until("the receiver refuses k1", Duration::from_secs(8), || direct_verdict(receiver_port, k1.ring.as_ref().unwrap()).0 != 200);
+    let r = idle.send(raw.as_bytes());
+    let fresh = sender.envoy().get("/hello", &[("Host", SENDER_AUTHORITY), ("X-Auth-User", "fresh")]);
+    assert_eq!(fresh.status, 200, "a new connection is signed with k2");
+    match sender.envoy().loader {
+        Loader::Wasm => assert_eq!(
+            (r.status, r.header("x-wsgiproxy-error")),
+            (403, Some("signature_key_unknown")),
+            "the old filter chain signed with k1"
+        ),
+        Loader::Native => assert_eq!(r.status, 200, "the process's ring signs with k2: {}", r.text()),
+    }
+}
