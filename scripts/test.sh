@@ -85,7 +85,7 @@ echo "== the Envoy tests of every role, the hostile, trust and RFC 9421 ones, an
 # show it fails closed; the native module reads the TCP peer itself (and refuses a
 # peer configuration at load), so they do not apply to it.
 WSGIPROXY_LOADER=native cargo test --no-fail-fast --test app_role --test middleware_role --test exact_role --test spawn_role \
-  --test hostile --test trust --test rfc9421_interop --test rfc9421_algorithms --test rfc9421_required --test key_directory --test replicas --test listener_shapes --test replay_settings --test restarts --test docs \
+  --test hostile --test trust --test rfc9421_interop --test rfc9421_algorithms --test rfc9421_required --test key_directory --test key_rotation --test replicas --test listener_shapes --test replay_settings --test restarts --test docs \
   --test swarm "$@" -- \
   --skip app_role_without_the_peer_record_refuses_rather_than_guess \
   --skip without_the_peer_record_nothing_is_trusted_by_address \
@@ -103,7 +103,7 @@ oldest=$(.venv/envoy-oldest --version | sed -n 's|.*/\([0-9.]*\)/Clean/.*|\1|p')
 echo "== tests in Envoy $oldest"
 ENVOY_BIN="$PWD/.venv/envoy-oldest" cargo test --no-fail-fast "$@" \
   --test app_role --test middleware_role --test trust --test hostile --test exact_role \
-  --test spawn_role --test istio_examples --test rfc9421_interop --test rfc9421_algorithms --test rfc9421_required --test key_directory --test listener_shapes --test replicas --test swarm 2>&1 | tee -a "$log"
+  --test spawn_role --test istio_examples --test rfc9421_interop --test rfc9421_algorithms --test rfc9421_required --test key_directory --test key_rotation --test listener_shapes --test replicas --test swarm 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 set -e
 # One closing line for the whole run.

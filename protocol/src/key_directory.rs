@@ -67,9 +67,14 @@ pub const DIRECTORY_MEDIA_TYPE: &str = "application/http-message-signatures-dire
 pub const MAX_KEYS: usize = 64;
 
 impl DirectorySource {
-    /// The fetch's request headers.
-    pub fn request_headers(&self) -> [(&str, &str); 4] {
-        [(":method", "GET"), (":path", &self.path), (":authority", &self.authority), ("accept", ACCEPT)]
+    /// The fetch's request headers. `Connection: close`: each fetch on a connection
+    /// of its own. A kept-alive connection stays on the filter chain it was accepted
+    /// by: after a sender's configuration push (its new ring), Envoy keeps serving the
+    /// old chain's directory on it for the whole drain time (10 minutes by default),
+    /// so a receiver reusing it would never see the rotation. One connection per
+    /// fetch, once per refresh, costs nothing.
+    pub fn request_headers(&self) -> [(&str, &str); 5] {
+        [(":method", "GET"), (":path", &self.path), (":authority", &self.authority), ("accept", ACCEPT), ("connection", "close")]
     }
 }
 

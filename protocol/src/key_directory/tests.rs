@@ -226,3 +226,16 @@ fn a_sender_publishes_the_public_half_of_every_key_its_receivers_then_read() {
     let hmac = KeyRing::new(Algorithm::HmacSha256, &[("k".into(), b"0123456789abcdef".to_vec())]).unwrap();
     assert_eq!(published_key_set(&hmac), None);
 }
+
+/// Each fetch asks for a connection of its own: a kept-alive one stays on the filter
+/// chain that accepted it, which after a sender's configuration push still serves the
+/// old directory until it drains (tests/key_rotation.rs saw receivers refuse the new
+/// key for as long as the test ran).
+#[test]
+fn a_fetch_is_never_answered_on_a_kept_alive_connection() {
+    let source = source();
+    let headers = source.request_headers();
+    assert!(headers.contains(&("connection", "close")), "{headers:?}");
+    assert!(headers.contains(&(":path", DEFAULT_PATH)));
+    assert!(headers.contains(&("accept", ACCEPT)));
+}
