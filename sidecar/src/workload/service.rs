@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{AfterEarlyExit, Instance, Workload};
-use crate::agreement::{self, OnStart};
+use crate::agreement::{self, OnLeave, OnStart};
 use crate::config::{AppConfig, Readiness, ServiceConfig};
 use crate::context::Context;
 use crate::docker::Docker;
@@ -86,6 +86,7 @@ impl ServiceWorkload {
         let shared = Arc::new(Shared {
             last_activity_ms: AtomicU64::new(now_ms()),
             stamped_ms: AtomicU64::new(now_ms()),
+            stamp_written_at_ms: AtomicU64::new(now_ms()),
             became_ready: std::sync::atomic::AtomicBool::new(false),
         });
         let watch = Watch {
@@ -96,7 +97,8 @@ impl ServiceWorkload {
             ours,
             config: self.config.clone(),
             readiness: self.readiness.clone(),
-            throttle: self.throttle(),
+            timing: self.timing(),
+            floor: self.config.min_replicas,
             ctx: Arc::clone(&self.ctx),
             shared: Arc::clone(&shared),
             nodes: Mutex::new(HashMap::new()),
@@ -110,7 +112,7 @@ impl ServiceWorkload {
             floor: self.config.min_replicas,
             expected,
             ours,
-            idle: self.idle,
+            timing: self.timing(),
             ctx: Arc::clone(&self.ctx),
             shared,
             ready,
@@ -120,9 +122,14 @@ impl ServiceWorkload {
         })
     }
 
-    /// How often this sidecar writes its activity stamp while in use.
-    fn throttle(&self) -> Duration {
-        (self.idle.unwrap_or(Duration::from_secs(60)) / 4).max(Duration::from_millis(250))
+    /// The idle time (60 s without one: how long another sidecar's stamp keeps the
+    /// service up at this one's shutdown), and how often this sidecar writes its
+    /// activity stamp while in use.
+    fn timing(&self) -> agreement::Timing {
+        let idle = self.idle.unwrap_or(Duration::from_secs(60));
+        let throttle = (idle / 4).max(Duration::from_millis(250));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        agreement::Timing { idle_ms: ms(idle), throttle_ms: ms(throttle) }
     }
 
     /// At the sidecar's start: takes over the service if it is still scaled up as
@@ -168,10 +175,12 @@ impl Workload for ServiceWorkload {
                     tracing::info!(app = %self.app, service = %name, "using the service as it runs ({replicas} replicas, scaled by someone else: never scaled down)");
                     return Ok(self.instance(id, version, false, 1));
                 }
-                OnStart::Join => (agreement::stamped(&spec, sidecar, now_ms()), true, replicas),
-                OnStart::ScaleUp => {
-                    (agreement::scaled_up(&spec, self.config.replicas, sidecar, now_ms()), true, u64::from(self.config.replicas))
-                }
+                OnStart::Join => (agreement::stamped(&spec, sidecar, now_ms(), now_ms(), self.timing()), true, replicas),
+                OnStart::ScaleUp => (
+                    agreement::scaled_up(&spec, self.config.replicas, sidecar, now_ms(), self.timing()),
+                    true,
+                    u64::from(self.config.replicas),
+                ),
             };
             let scaling = agreement::replicas(&write) != Some(replicas);
             match docker.update_service(&id, version, write, deadline).await.map_err(|e| e.to_string())? {
@@ -203,9 +212,10 @@ pub struct ServiceInstance {
     floor: u32,
     /// How many ready tasks make it ready.
     expected: u64,
-    /// Scaled up by the sidecars: scaled down when idle.
+    /// Scaled up by the sidecars (by this one, or joined): scaled down when this
+    /// one leaves it and no other sidecar is busy on it.
     ours: bool,
-    idle: Option<Duration>,
+    timing: agreement::Timing,
     ctx: Arc<Context>,
     shared: Arc<Shared>,
     ready: watch::Receiver<Vec<SocketAddr>>,
@@ -226,11 +236,13 @@ impl ServiceInstance {
         self.ctx.docker.as_ref()
     }
 
-    /// Scales the service back to its floor, unless someone else scaled it since,
-    /// or (`unless_busy_elsewhere`) another sidecar saw a request within the idle time.
-    async fn scale_down(&self, unless_busy_elsewhere: bool) {
+    /// This sidecar stops using the service (idle, a start that failed, its
+    /// shutdown): scales it back to its floor unless someone else scaled it since or
+    /// another sidecar is busy on it (then only removes this sidecar's stamp). The
+    /// same for the sidecar that scaled it up and one that joined it.
+    async fn leave(&self) {
         let Some(docker) = self.docker() else { return };
-        let idle_ms = u64::try_from(self.idle.unwrap_or_default().as_millis()).unwrap_or(u64::MAX);
+        let sidecar = &self.ctx.sidecar_id;
         for _ in 0..CAS_ATTEMPTS {
             let deadline = Instant::now() + CALL_LIMIT;
             let service = match docker.inspect_service(&self.id, deadline).await {
@@ -241,19 +253,23 @@ impl ServiceInstance {
                 }
             };
             let Ok((_, version, spec)) = parts(&service) else { return };
-            if !agreement::managed(&spec) {
-                tracing::info!(app = %self.app, service = %self.service, "leaving the service as it is: scaled by someone else since, or down already");
-                return;
-            }
-            if unless_busy_elsewhere {
-                if let Some((other, ago)) = agreement::busy_elsewhere(&spec, &self.ctx.sidecar_id, now_ms(), idle_ms) {
-                    tracing::info!(app = %self.app, service = %self.service, "leaving the service up: the sidecar {other} saw a request {ago} ms ago");
+            let write = match agreement::on_leave(&spec, sidecar, self.floor, now_ms(), self.timing) {
+                OnLeave::NotManaged => {
+                    tracing::info!(app = %self.app, service = %self.service, "leaving the service as it is: scaled by someone else since, or down already");
                     return;
                 }
-            }
-            match docker.update_service(&self.id, version, agreement::scaled_down(&spec, self.floor, now_ms()), deadline).await {
+                OnLeave::LeaveUp { spec, other, ago_ms } => {
+                    tracing::info!(app = %self.app, service = %self.service, "leaving the service up: the sidecar {other} saw a request {ago_ms} ms ago");
+                    spec
+                }
+                OnLeave::ScaleDown(spec) => spec,
+            };
+            let scaling = agreement::replicas(&write) != agreement::replicas(&spec);
+            match docker.update_service(&self.id, version, write, deadline).await {
                 Ok(Updated::Done) => {
-                    tracing::info!(app = %self.app, service = %self.service, "scaled the service down to {}", self.floor);
+                    if scaling {
+                        tracing::info!(app = %self.app, service = %self.service, "scaled the service down to {}", self.floor);
+                    }
                     return;
                 }
                 Ok(Updated::Conflict) => continue,
@@ -335,13 +351,14 @@ impl Instance for ServiceInstance {
             tracing::info!(app = %self.app, service = %self.service, "leaving the service as it is: the sidecars did not scale it up");
             return;
         }
-        self.scale_down(true).await;
+        self.leave().await;
     }
 
     async fn discard(&self) -> AfterEarlyExit {
-        // A start that cannot succeed: its tasks would fail on and on.
+        // A start that cannot succeed: its tasks would fail on and on, unless
+        // another sidecar serves from them (its start was not this one's).
         if self.ours {
-            self.scale_down(false).await;
+            self.leave().await;
         }
         AfterEarlyExit::Failed
     }
