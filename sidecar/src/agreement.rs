@@ -90,8 +90,7 @@ pub fn stamp_key(sidecar: &str) -> String {
 /// Drops the stamps older than `kept_ms` (and any that is not a time): labels do
 /// not grow with every sidecar that ever used the service.
 fn prune(spec: &mut ServiceSpec, now_ms: u64, kept_ms: u64) {
-    labels_mut(spec)
-        .retain(|k, v| !k.starts_with(ACTIVITY_PREFIX) || v.parse::<u64>().is_ok_and(|ms| now_ms.saturating_sub(ms) < kept_ms));
+    labels_mut(spec).retain(|k, v| !k.starts_with(ACTIVITY_PREFIX) || v.parse::<u64>().is_ok_and(|ms| now_ms.saturating_sub(ms) < kept_ms));
 }
 
 /// The spec that scales the service up to `n`, managed, with `sidecar`'s stamp.
