@@ -126,6 +126,11 @@ pub fn unstamped(spec: &ServiceSpec, sidecar: &str, now_ms: u64, timing: Timing)
     spec
 }
 
+/// Whether `sidecar` has a stamp on the service (it uses the service).
+pub fn has_stamp(spec: &ServiceSpec, sidecar: &str) -> bool {
+    label(spec, &stamp_key(sidecar)).is_some()
+}
+
 /// Another sidecar whose stamp is still within the busy window: its key and how long ago.
 pub fn busy_elsewhere(spec: &ServiceSpec, sidecar: &str, now_ms: u64, timing: Timing) -> Option<(String, u64)> {
     let own = stamp_key(sidecar);
@@ -269,7 +274,8 @@ mod tests {
                 assert_eq!((other.as_str(), ago_ms), ("a", 4_000));
                 assert_eq!(replicas(&spec), Some(2), "not scaled down");
                 assert!(managed(&spec));
-                assert_eq!(label(&spec, &stamp_key("b")), None, "B's stamp removed: it no longer keeps the service");
+                assert!(!has_stamp(&spec, "b"), "B's stamp removed: it no longer keeps the service");
+                assert!(has_stamp(&spec, "a"));
                 assert_eq!(label(&spec, &stamp_key("a")), Some("100000"));
                 // A leaves later: B's stamp gone, nobody busy: scaled down.
                 assert!(matches!(on_leave(&spec, "a", 0, 104_500, T), OnLeave::ScaleDown(_)));

@@ -57,6 +57,7 @@ pub struct ServiceWorkload {
     readiness: Readiness,
     idle: Option<Duration>,
     ctx: Arc<Context>,
+    recheck: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 fn now_ms() -> u64 {
@@ -73,7 +74,14 @@ fn parts(service: &Service) -> Result<(String, u64, ServiceSpec), String> {
 
 impl ServiceWorkload {
     pub fn new(app: &AppConfig, config: ServiceConfig, ctx: Arc<Context>) -> ServiceWorkload {
-        ServiceWorkload { app: app.name.clone(), config, readiness: app.readiness.clone(), idle: app.idle_shutdown, ctx }
+        ServiceWorkload {
+            app: app.name.clone(),
+            config,
+            readiness: app.readiness.clone(),
+            idle: app.idle_shutdown,
+            ctx,
+            recheck: Arc::default(),
+        }
     }
 
     fn docker(&self) -> Result<&Docker, String> {
@@ -115,6 +123,7 @@ impl ServiceWorkload {
             timing: self.timing(),
             ctx: Arc::clone(&self.ctx),
             shared,
+            recheck: Arc::clone(&self.recheck),
             ready,
             exited,
             next: AtomicUsize::new(0),
@@ -164,6 +173,10 @@ impl Workload for ServiceWorkload {
         let docker = self.docker()?;
         let name = &self.config.service;
         let sidecar = &self.ctx.sidecar_id;
+        // Used again: no later look at a scale-down.
+        if let Some(pending) = self.recheck.lock().ok().and_then(|mut p| p.take()) {
+            pending.abort();
+        }
         for _ in 0..CAS_ATTEMPTS {
             let service = docker.inspect_service(name, deadline).await.map_err(|e| e.to_string())?;
             let (id, version, spec) = parts(&service)?;
@@ -218,6 +231,9 @@ pub struct ServiceInstance {
     timing: agreement::Timing,
     ctx: Arc<Context>,
     shared: Arc<Shared>,
+    /// A later look at a service left up for another sidecar (one per app: a new
+    /// one, or a new start, ends the earlier).
+    recheck: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
     ready: watch::Receiver<Vec<SocketAddr>>,
     exited: watch::Receiver<Option<String>>,
     /// The next task a grant names.
@@ -236,12 +252,52 @@ impl ServiceInstance {
         self.ctx.docker.as_ref()
     }
 
+    fn leaving(&self) -> Leaving {
+        Leaving {
+            app: self.app.clone(),
+            service: self.service.clone(),
+            id: self.id.clone(),
+            floor: self.floor,
+            timing: self.timing,
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+
     /// This sidecar stops using the service (idle, a start that failed, its
     /// shutdown): scales it back to its floor unless someone else scaled it since or
     /// another sidecar is busy on it (then only removes this sidecar's stamp). The
-    /// same for the sidecar that scaled it up and one that joined it.
+    /// same for the sidecar that scaled it up and one that joined it. Left up for
+    /// another sidecar, it looks again once that one's stamp is no longer busy: the
+    /// other may have died without scaling anything down.
     async fn leave(&self) {
-        let Some(docker) = self.docker() else { return };
+        let leaving = self.leaving();
+        if let Some(busy_for) = leaving.leave(false).await {
+            let recheck = tokio::spawn(leaving.look_again(busy_for));
+            if let Ok(mut pending) = self.recheck.lock() {
+                if let Some(earlier) = pending.replace(recheck.abort_handle()) {
+                    earlier.abort();
+                }
+            }
+        }
+    }
+}
+
+/// What a scale-down needs, apart from the instance (a later look outlives it).
+struct Leaving {
+    app: String,
+    service: String,
+    id: String,
+    floor: u32,
+    timing: agreement::Timing,
+    ctx: Arc<Context>,
+}
+
+impl Leaving {
+    /// Writes what leaving comes to; `Some(how long another sidecar's stamp stays
+    /// busy)` when the service was left up for it. `again`: a later look, which
+    /// ends when this sidecar uses the service again (its stamp is back).
+    async fn leave(&self, again: bool) -> Option<Duration> {
+        let docker = self.ctx.docker.as_ref()?;
         let sidecar = &self.ctx.sidecar_id;
         for _ in 0..CAS_ATTEMPTS {
             let deadline = Instant::now() + CALL_LIMIT;
@@ -249,20 +305,28 @@ impl ServiceInstance {
                 Ok(service) => service,
                 Err(e) => {
                     tracing::warn!(app = %self.app, "cannot scale the service down: {e}");
-                    return;
+                    return None;
                 }
             };
-            let Ok((_, version, spec)) = parts(&service) else { return };
-            let write = match agreement::on_leave(&spec, sidecar, self.floor, now_ms(), self.timing) {
+            let (_, version, spec) = parts(&service).ok()?;
+            if again && agreement::has_stamp(&spec, sidecar) {
+                return None;
+            }
+            let (write, busy_for) = match agreement::on_leave(&spec, sidecar, self.floor, now_ms(), self.timing) {
                 OnLeave::NotManaged => {
                     tracing::info!(app = %self.app, service = %self.service, "leaving the service as it is: scaled by someone else since, or down already");
-                    return;
+                    return None;
                 }
                 OnLeave::LeaveUp { spec, other, ago_ms } => {
                     tracing::info!(app = %self.app, service = %self.service, "leaving the service up: the sidecar {other} saw a request {ago_ms} ms ago");
-                    spec
+                    let busy_for = Duration::from_millis(self.timing.busy_window_ms().saturating_sub(ago_ms));
+                    if again {
+                        // Nothing to write: this sidecar's stamp is gone already.
+                        return Some(busy_for);
+                    }
+                    (spec, Some(busy_for))
                 }
-                OnLeave::ScaleDown(spec) => spec,
+                OnLeave::ScaleDown(spec) => (spec, None),
             };
             let scaling = agreement::replicas(&write) != agreement::replicas(&spec);
             match docker.update_service(&self.id, version, write, deadline).await {
@@ -270,13 +334,26 @@ impl ServiceInstance {
                     if scaling {
                         tracing::info!(app = %self.app, service = %self.service, "scaled the service down to {}", self.floor);
                     }
-                    return;
+                    return busy_for;
                 }
                 Ok(Updated::Conflict) => continue,
                 Err(e) => {
                     tracing::warn!(app = %self.app, "cannot scale the service down: {e}");
-                    return;
+                    return None;
                 }
+            }
+        }
+        None
+    }
+
+    /// Looks again each time the busy stamps would have gone stale, until the
+    /// service is scaled down, used by this sidecar again, or no longer managed.
+    async fn look_again(self, mut busy_for: Duration) {
+        loop {
+            tokio::time::sleep(busy_for + Duration::from_millis(100)).await;
+            match self.leave(true).await {
+                Some(next) => busy_for = next,
+                None => return,
             }
         }
     }
