@@ -196,7 +196,7 @@ pub fn on_start(spec: &ServiceSpec, floor: u32) -> OnStart {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
