@@ -213,13 +213,20 @@ fn a_sidecar_killed_and_started_again_takes_over_the_service_it_scaled_and_leave
     let second = Sidecar::start_in(dir.path(), &config, LEASE_MS, &[]);
     wait_until("the restarted sidecar takes the service over", Duration::from_secs(10), || second.status("blog")["state"] == "ready");
     assert!(second.proc.log_text().contains("taking over the service the sidecars scaled up to 1"), "{}", second.proc.log_text());
+    // The default id is the same across restarts but for the port (a new one here:
+    // the harness picks a free port; a deployment keeps its own).
+    let host_part = |s: &Sidecar| sidecar_key(s).rsplit_once('-').unwrap().0.to_string();
+    assert_eq!(host_part(&first), host_part(&second));
     assert_eq!(second.status("blog")["started_by_sidecar"], true);
     assert_eq!(second.status("theirs")["state"], "stopped", "not taken over: not scaled up by a sidecar");
     let r = request(second.port, "POST", "/v1/ensure/blog", &[], b"");
     assert_eq!((r.status, r.header("x-wsgiproxy-cold-start-ms")), (200, None), "{}", r.text());
     assert_eq!(spawns(&second), 0);
     assert_eq!(service.tasks_created(), 1, "a second task was started");
-    // Still the sidecars': scaled down once idle. The other service is used, never scaled.
+    // Still the sidecars': scaled down once idle — though the first run's stamp, under
+    // its old id (its port), looks like a busy sidecar that died: the second leaves
+    // the service up for it, looks again once that stamp is stale, and scales it down.
+    // The other service is used, never scaled.
     assert_eq!(request(second.port, "POST", "/v1/ensure/theirs", &[], b"").status, 200);
     wait_until("the taken-over service is scaled down once idle", Duration::from_secs(20), || service.replicas() == 0);
     thread::sleep(Duration::from_secs(3));
@@ -377,9 +384,81 @@ fn two_sidecars_behind_two_envoys_share_one_service() {
         thread::sleep(Duration::from_millis(300));
     }
     assert!(b.proc.log_text().contains("leaving the service up: the sidecar"), "{}", b.proc.log_text());
+    // Default ids: the host's name, its swarm node id and the port.
+    let node = docker(&["info", "--format", "{{.Swarm.NodeID}}"]);
+    let (key_a, key_b) = (sidecar_key(&a), sidecar_key(&b));
+    assert!(key_a.contains(&node[..12]) && key_a != key_b, "{key_a} {key_b}");
     // Both idle: scaled down (by whichever notices last).
     let idle_since = Instant::now();
     wait_until("the service is scaled down once both are idle", Duration::from_secs(20), || service.replicas() == 0);
     eprintln!("scaled down {:?} after the last request", idle_since.elapsed());
     assert!(idle_since.elapsed() >= Duration::from_secs(2));
+}
+
+/// B joins the service A scaled up and serves, and B's own start fails (here its
+/// readiness probe fails from B's host until B's start timeout): B leaves the
+/// service up under A's traffic, and says why. Once A is idle too, it goes.
+#[test]
+fn a_sidecar_whose_join_fails_leaves_the_service_another_serves_up() {
+    let Some(swarm) = swarm("a_sidecar_whose_join_fails_leaves_the_service_another_serves_up") else { return };
+    let service = Service::create(&swarm, &[]);
+    let a = Sidecar::start(&service.config("idle_shutdown = 4"), LEASE_MS);
+    let b = Sidecar::start(&service.config("idle_shutdown = 4\nstart_timeout = 3\nready_path = \"/__status/503\""), LEASE_MS);
+    let envoy_a = spawn_envoy(&swarm, a.port);
+    assert_eq!(envoy_a.get("/", &[]).status, 200);
+    assert_eq!(spawns(&a), 1);
+    let b_port = b.port;
+    let joining = thread::spawn(move || request(b_port, "POST", "/v1/ensure/blog", &[], b""));
+    let began = Instant::now();
+    while !joining.is_finished() || began.elapsed() < Duration::from_secs(6) {
+        let r = envoy_a.get("/a", &[]);
+        assert_eq!(r.status, 200, "A's request failed {:?} after B joined: {}\n{}", began.elapsed(), r.text(), b.proc.log_text());
+        assert_eq!(service.replicas(), 1, "B scaled the service down under A's traffic:\n{}", b.proc.log_text());
+        thread::sleep(Duration::from_millis(200));
+    }
+    let joined = joining.join().unwrap();
+    assert_eq!(joined.status, 503, "{}", joined.text());
+    assert!(joined.text().contains("did not become ready within 3s"), "{}", joined.text());
+    assert!(b.proc.log_text().contains("leaving the service up: the sidecar"), "{}", b.proc.log_text());
+    assert_eq!(service.label(&format!("wsgiproxy.activity.{}", sidecar_key(&b))), "", "B's stamp removed as it left");
+    assert_eq!((spawns(&a), spawns(&b)), (1, 0));
+    // A idle: nobody else busy, scaled down.
+    wait_until("the service is scaled down once A is idle", Duration::from_secs(30), || service.replicas() == 0);
+}
+
+/// The label key part of a sidecar's id, from its log.
+fn sidecar_key(sidecar: &Sidecar) -> String {
+    let log = sidecar.proc.log_text();
+    let line = log.lines().find(|l| l.contains("its activity stamp: the label wsgiproxy.activity.")).unwrap_or_else(|| panic!("{log}"));
+    line.rsplit("wsgiproxy.activity.").next().unwrap().trim_end_matches(')').trim().to_string()
+}
+
+/// A sidecar whose service another sidecar scaled down (B, with a shorter idle
+/// time, found A's stamp older than its window) notices at the next read and stops
+/// routing to the stopping task at once: A's next request scales it up again.
+#[test]
+fn a_sidecar_notices_at_once_that_another_scaled_the_service_down() {
+    let Some(swarm) = swarm("a_sidecar_notices_at_once_that_another_scaled_the_service_down") else { return };
+    let service = Service::create(&swarm, &[]);
+    let a = Sidecar::start(&service.config("idle_shutdown = 120"), LEASE_MS);
+    let b = Sidecar::start(&service.config("idle_shutdown = 1"), LEASE_MS);
+    let envoy_a = spawn_envoy(&swarm, a.port);
+    assert_eq!(envoy_a.get("/", &[]).status, 200);
+    // A's stamp (its scale-up) gets older than B's busy window (1 s idle, 0.25 s
+    // throttle, 1 s poll): B, once idle, does not wait for A.
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(request(b.port, "POST", "/v1/ensure/blog", &[], b"").status, 200);
+    assert_eq!(a.status("blog")["state"], "ready");
+    // B idle for its idle time and A's stamp older than B's window: B scales it down.
+    wait_until("B scales the service down", Duration::from_secs(20), || service.replicas() == 0);
+    let scaled_down = Instant::now();
+    wait_until("A notices", Duration::from_secs(10), || a.status("blog")["state"] != "ready");
+    let noticed = scaled_down.elapsed();
+    eprintln!("A noticed the scale-down {noticed:?} after it");
+    assert!(noticed < Duration::from_millis(2500), "A kept the stopped service for {noticed:?}:\n{}", a.proc.log_text());
+    assert!(a.proc.log_text().contains("was scaled down to 0 (by another sidecar?)"), "{}", a.proc.log_text());
+    let again = envoy_a.get("/again", &[]);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert!(again.header("x-wsgiproxy-cold-start-ms").is_some(), "scaled up again");
+    assert_eq!(service.replicas(), 1);
 }

@@ -53,7 +53,9 @@ struct Args {
     #[arg(long, default_value = docker::DEFAULT_SOCKET)]
     docker_socket: PathBuf,
     /// This sidecar's name among several sharing a Swarm service (the label of its
-    /// activity stamp); default: the host's name and the control API's port.
+    /// activity stamp): distinct for each sidecar, the same across its restarts;
+    /// default: the host's name, its Docker node id (else machine id) and the
+    /// control API's port.
     #[arg(long)]
     sidecar_id: Option<String>,
     /// Validate the configuration (and the containers it names, when Docker answers) and exit.
@@ -65,10 +67,31 @@ fn uses_docker(app: &config::AppConfig) -> bool {
     matches!(app.workload, config::WorkloadConfig::Container(_) | config::WorkloadConfig::Service(_))
 }
 
-/// The host's name and the control API's port: unique among the sidecars of a swarm.
-fn default_sidecar_id(listen: SocketAddr) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{}-{}", host.trim(), listen.port())
+/// The default sidecar id: the host's name, the first 12 characters of what tells
+/// this host from others (the Docker node id, else the machine id), and the control
+/// API's port. Stable across restarts, so a restarted sidecar recognises its own
+/// stamps. A fixed host name (compose `hostname:`) alone would make sidecars on
+/// different hosts take each other's stamps for their own.
+fn default_sidecar_id(hostname: &str, host_id: &str, port: u16) -> Result<String, String> {
+    let host = hostname.trim();
+    if host.is_empty() {
+        return Err("cannot tell this host's name (/proc/sys/kernel/hostname): give each sidecar a distinct --sidecar-id".into());
+    }
+    let host_id: String = host_id.trim().chars().take(12).collect();
+    Ok(if host_id.is_empty() { format!("{host}-{port}") } else { format!("{host}-{host_id}-{port}") })
+}
+
+/// What tells this host from the others: the swarm node id when the daemon answers,
+/// else `/etc/machine-id`.
+async fn host_id(docker: Option<&docker::Docker>) -> String {
+    if let Some(docker) = docker {
+        if let Ok(id) = docker.node_id(tokio::time::Instant::now() + Duration::from_secs(5)).await {
+            if !id.is_empty() {
+                return id;
+            }
+        }
+    }
+    std::fs::read_to_string("/etc/machine-id").unwrap_or_default()
 }
 
 fn default_state_dir(config: &std::path::Path) -> PathBuf {
@@ -144,7 +167,20 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
     // A Docker client for container apps, and for containers an earlier run started.
     let recorded = earlier.as_ref().is_some_and(|e| !e.containers.is_empty());
     let docker = (configs.iter().any(uses_docker) || recorded).then(|| docker::Docker::new(args.docker_socket.clone()));
-    let sidecar_id = args.sidecar_id.clone().unwrap_or_else(|| default_sidecar_id(listener.local_addr().unwrap_or(args.listen)));
+    let uses_services = configs.iter().any(|c| matches!(c.workload, config::WorkloadConfig::Service(_)));
+    let sidecar_id = match args.sidecar_id.clone().filter(|id| !id.trim().is_empty()) {
+        Some(id) => id,
+        None if uses_services => {
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let port = listener.local_addr().unwrap_or(args.listen).port();
+            default_sidecar_id(&hostname, &host_id(docker.as_ref()).await, port)?
+        }
+        // Only service apps share anything under this id.
+        None => format!("sidecar-{}", args.listen.port()),
+    };
+    if uses_services {
+        tracing::info!("sidecar id {sidecar_id:?} (its activity stamp: the label {})", agreement::stamp_key(&sidecar_id));
+    }
     let ctx = context::Context::new(process::Spawner::start()?, docker, lease, args.first_port, fixed_ports, state_file, earlier);
     let ctx = Arc::new(ctx.with_sidecar_id(sidecar_id));
     let apps: BTreeMap<String, Arc<app::App>> = configs.into_iter().map(|c| (c.name.clone(), app::App::new(c, Arc::clone(&ctx)))).collect();
@@ -190,4 +226,21 @@ async fn run(args: Args, configs: Vec<config::AppConfig>) -> Result<(), Box<dyn 
     }
     tracing::info!("all apps stopped");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_sidecar_id_tells_hosts_apart_and_refuses_no_host_name() {
+        let a = default_sidecar_id("web\n", "x4ymg1abcdefghijk\n", 9090);
+        let b = default_sidecar_id("web", "p9q8r7stuvwxyzab", 9090);
+        assert_eq!(a.as_deref(), Ok("web-x4ymg1abcdef-9090"));
+        assert_ne!(a, b, "one compose hostname on two hosts");
+        assert_eq!(default_sidecar_id("web", "", 9091).as_deref(), Ok("web-9091"));
+        let no_host = default_sidecar_id(" \n", "x4ymg1", 9090).unwrap_err();
+        assert!(no_host.contains("--sidecar-id"), "{no_host}");
+    }
 }

@@ -66,6 +66,13 @@ impl Docker {
         self.timed("inspect the node", "", deadline, client.inspect_node(node)).await
     }
 
+    /// This daemon's node id in the swarm (empty when it is not in one).
+    pub async fn node_id(&self, deadline: Instant) -> Result<String, DockerError> {
+        let client = self.client(deadline).await?;
+        let info = self.timed("read the daemon's info", "", deadline, client.info()).await?;
+        Ok(info.swarm.and_then(|s| s.node_id).unwrap_or_default())
+    }
+
     pub async fn inspect_network_id(&self, network: &str, deadline: Instant) -> Result<String, DockerError> {
         let client = self.client(deadline).await?;
         let options = bollard::query_parameters::InspectNetworkOptions::default();

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{AfterEarlyExit, Instance, Workload};
-use crate::agreement::{self, OnStart};
+use crate::agreement::{self, OnLeave, OnStart};
 use crate::config::{AppConfig, Readiness, ServiceConfig};
 use crate::context::Context;
 use crate::docker::Docker;
@@ -57,6 +57,7 @@ pub struct ServiceWorkload {
     readiness: Readiness,
     idle: Option<Duration>,
     ctx: Arc<Context>,
+    recheck: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 fn now_ms() -> u64 {
@@ -73,7 +74,14 @@ fn parts(service: &Service) -> Result<(String, u64, ServiceSpec), String> {
 
 impl ServiceWorkload {
     pub fn new(app: &AppConfig, config: ServiceConfig, ctx: Arc<Context>) -> ServiceWorkload {
-        ServiceWorkload { app: app.name.clone(), config, readiness: app.readiness.clone(), idle: app.idle_shutdown, ctx }
+        ServiceWorkload {
+            app: app.name.clone(),
+            config,
+            readiness: app.readiness.clone(),
+            idle: app.idle_shutdown,
+            ctx,
+            recheck: Arc::default(),
+        }
     }
 
     fn docker(&self) -> Result<&Docker, String> {
@@ -86,6 +94,7 @@ impl ServiceWorkload {
         let shared = Arc::new(Shared {
             last_activity_ms: AtomicU64::new(now_ms()),
             stamped_ms: AtomicU64::new(now_ms()),
+            stamp_written_at_ms: AtomicU64::new(now_ms()),
             became_ready: std::sync::atomic::AtomicBool::new(false),
         });
         let watch = Watch {
@@ -96,7 +105,8 @@ impl ServiceWorkload {
             ours,
             config: self.config.clone(),
             readiness: self.readiness.clone(),
-            throttle: self.throttle(),
+            timing: self.timing(),
+            floor: self.config.min_replicas,
             ctx: Arc::clone(&self.ctx),
             shared: Arc::clone(&shared),
             nodes: Mutex::new(HashMap::new()),
@@ -110,9 +120,10 @@ impl ServiceWorkload {
             floor: self.config.min_replicas,
             expected,
             ours,
-            idle: self.idle,
+            timing: self.timing(),
             ctx: Arc::clone(&self.ctx),
             shared,
+            recheck: Arc::clone(&self.recheck),
             ready,
             exited,
             next: AtomicUsize::new(0),
@@ -120,9 +131,14 @@ impl ServiceWorkload {
         })
     }
 
-    /// How often this sidecar writes its activity stamp while in use.
-    fn throttle(&self) -> Duration {
-        (self.idle.unwrap_or(Duration::from_secs(60)) / 4).max(Duration::from_millis(250))
+    /// The idle time (60 s without one: how long another sidecar's stamp keeps the
+    /// service up at this one's shutdown), and how often this sidecar writes its
+    /// activity stamp while in use.
+    fn timing(&self) -> agreement::Timing {
+        let idle = self.idle.unwrap_or(Duration::from_secs(60));
+        let throttle = (idle / 4).max(Duration::from_millis(250));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        agreement::Timing { idle_ms: ms(idle), throttle_ms: ms(throttle) }
     }
 
     /// At the sidecar's start: takes over the service if it is still scaled up as
@@ -157,6 +173,10 @@ impl Workload for ServiceWorkload {
         let docker = self.docker()?;
         let name = &self.config.service;
         let sidecar = &self.ctx.sidecar_id;
+        // Used again: no later look at a scale-down.
+        if let Some(pending) = self.recheck.lock().ok().and_then(|mut p| p.take()) {
+            pending.abort();
+        }
         for _ in 0..CAS_ATTEMPTS {
             let service = docker.inspect_service(name, deadline).await.map_err(|e| e.to_string())?;
             let (id, version, spec) = parts(&service)?;
@@ -168,10 +188,12 @@ impl Workload for ServiceWorkload {
                     tracing::info!(app = %self.app, service = %name, "using the service as it runs ({replicas} replicas, scaled by someone else: never scaled down)");
                     return Ok(self.instance(id, version, false, 1));
                 }
-                OnStart::Join => (agreement::stamped(&spec, sidecar, now_ms()), true, replicas),
-                OnStart::ScaleUp => {
-                    (agreement::scaled_up(&spec, self.config.replicas, sidecar, now_ms()), true, u64::from(self.config.replicas))
-                }
+                OnStart::Join => (agreement::stamped(&spec, sidecar, now_ms(), now_ms(), self.timing()), true, replicas),
+                OnStart::ScaleUp => (
+                    agreement::scaled_up(&spec, self.config.replicas, sidecar, now_ms(), self.timing()),
+                    true,
+                    u64::from(self.config.replicas),
+                ),
             };
             let scaling = agreement::replicas(&write) != Some(replicas);
             match docker.update_service(&id, version, write, deadline).await.map_err(|e| e.to_string())? {
@@ -203,11 +225,15 @@ pub struct ServiceInstance {
     floor: u32,
     /// How many ready tasks make it ready.
     expected: u64,
-    /// Scaled up by the sidecars: scaled down when idle.
+    /// Scaled up by the sidecars (by this one, or joined): scaled down when this
+    /// one leaves it and no other sidecar is busy on it.
     ours: bool,
-    idle: Option<Duration>,
+    timing: agreement::Timing,
     ctx: Arc<Context>,
     shared: Arc<Shared>,
+    /// A later look at a service left up for another sidecar (one per app: a new
+    /// one, or a new start, ends the earlier).
+    recheck: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
     ready: watch::Receiver<Vec<SocketAddr>>,
     exited: watch::Receiver<Option<String>>,
     /// The next task a grant names.
@@ -226,41 +252,108 @@ impl ServiceInstance {
         self.ctx.docker.as_ref()
     }
 
-    /// Scales the service back to its floor, unless someone else scaled it since,
-    /// or (`unless_busy_elsewhere`) another sidecar saw a request within the idle time.
-    async fn scale_down(&self, unless_busy_elsewhere: bool) {
-        let Some(docker) = self.docker() else { return };
-        let idle_ms = u64::try_from(self.idle.unwrap_or_default().as_millis()).unwrap_or(u64::MAX);
+    fn leaving(&self) -> Leaving {
+        Leaving {
+            app: self.app.clone(),
+            service: self.service.clone(),
+            id: self.id.clone(),
+            floor: self.floor,
+            timing: self.timing,
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+
+    /// This sidecar stops using the service (idle, a start that failed, its
+    /// shutdown): scales it back to its floor unless someone else scaled it since or
+    /// another sidecar is busy on it (then only removes this sidecar's stamp). The
+    /// same for the sidecar that scaled it up and one that joined it. Left up for
+    /// another sidecar, it looks again once that one's stamp is no longer busy: the
+    /// other may have died without scaling anything down.
+    async fn leave(&self) {
+        let leaving = self.leaving();
+        if let Some(busy_for) = leaving.leave(false).await {
+            let recheck = tokio::spawn(leaving.look_again(busy_for));
+            if let Ok(mut pending) = self.recheck.lock() {
+                if let Some(earlier) = pending.replace(recheck.abort_handle()) {
+                    earlier.abort();
+                }
+            }
+        }
+    }
+}
+
+/// What a scale-down needs, apart from the instance (a later look outlives it).
+struct Leaving {
+    app: String,
+    service: String,
+    id: String,
+    floor: u32,
+    timing: agreement::Timing,
+    ctx: Arc<Context>,
+}
+
+impl Leaving {
+    /// Writes what leaving comes to; `Some(how long another sidecar's stamp stays
+    /// busy)` when the service was left up for it. `again`: a later look, which
+    /// ends when this sidecar uses the service again (its stamp is back).
+    async fn leave(&self, again: bool) -> Option<Duration> {
+        let docker = self.ctx.docker.as_ref()?;
+        let sidecar = &self.ctx.sidecar_id;
         for _ in 0..CAS_ATTEMPTS {
             let deadline = Instant::now() + CALL_LIMIT;
             let service = match docker.inspect_service(&self.id, deadline).await {
                 Ok(service) => service,
                 Err(e) => {
                     tracing::warn!(app = %self.app, "cannot scale the service down: {e}");
-                    return;
+                    return None;
                 }
             };
-            let Ok((_, version, spec)) = parts(&service) else { return };
-            if !agreement::managed(&spec) {
-                tracing::info!(app = %self.app, service = %self.service, "leaving the service as it is: scaled by someone else since, or down already");
-                return;
+            let (_, version, spec) = parts(&service).ok()?;
+            if again && agreement::has_stamp(&spec, sidecar) {
+                return None;
             }
-            if unless_busy_elsewhere {
-                if let Some((other, ago)) = agreement::busy_elsewhere(&spec, &self.ctx.sidecar_id, now_ms(), idle_ms) {
-                    tracing::info!(app = %self.app, service = %self.service, "leaving the service up: the sidecar {other} saw a request {ago} ms ago");
-                    return;
+            let (write, busy_for) = match agreement::on_leave(&spec, sidecar, self.floor, now_ms(), self.timing) {
+                OnLeave::NotManaged => {
+                    tracing::info!(app = %self.app, service = %self.service, "leaving the service as it is: scaled by someone else since, or down already");
+                    return None;
                 }
-            }
-            match docker.update_service(&self.id, version, agreement::scaled_down(&spec, self.floor, now_ms()), deadline).await {
+                OnLeave::LeaveUp { spec, other, ago_ms } => {
+                    tracing::info!(app = %self.app, service = %self.service, "leaving the service up: the sidecar {other} saw a request {ago_ms} ms ago");
+                    let busy_for = Duration::from_millis(self.timing.busy_window_ms().saturating_sub(ago_ms));
+                    if again {
+                        // Nothing to write: this sidecar's stamp is gone already.
+                        return Some(busy_for);
+                    }
+                    (spec, Some(busy_for))
+                }
+                OnLeave::ScaleDown(spec) => (spec, None),
+            };
+            let scaling = agreement::replicas(&write) != agreement::replicas(&spec);
+            match docker.update_service(&self.id, version, write, deadline).await {
                 Ok(Updated::Done) => {
-                    tracing::info!(app = %self.app, service = %self.service, "scaled the service down to {}", self.floor);
-                    return;
+                    if scaling {
+                        tracing::info!(app = %self.app, service = %self.service, "scaled the service down to {}", self.floor);
+                    }
+                    return busy_for;
                 }
                 Ok(Updated::Conflict) => continue,
                 Err(e) => {
                     tracing::warn!(app = %self.app, "cannot scale the service down: {e}");
-                    return;
+                    return None;
                 }
+            }
+        }
+        None
+    }
+
+    /// Looks again each time the busy stamps would have gone stale, until the
+    /// service is scaled down, used by this sidecar again, or no longer managed.
+    async fn look_again(self, mut busy_for: Duration) {
+        loop {
+            tokio::time::sleep(busy_for + Duration::from_millis(100)).await;
+            match self.leave(true).await {
+                Some(next) => busy_for = next,
+                None => return,
             }
         }
     }
@@ -335,13 +428,14 @@ impl Instance for ServiceInstance {
             tracing::info!(app = %self.app, service = %self.service, "leaving the service as it is: the sidecars did not scale it up");
             return;
         }
-        self.scale_down(true).await;
+        self.leave().await;
     }
 
     async fn discard(&self) -> AfterEarlyExit {
-        // A start that cannot succeed: its tasks would fail on and on.
+        // A start that cannot succeed: its tasks would fail on and on, unless
+        // another sidecar serves from them (its start was not this one's).
         if self.ours {
-            self.scale_down(false).await;
+            self.leave().await;
         }
         AfterEarlyExit::Failed
     }

@@ -1,12 +1,13 @@
 //! What a service instance keeps reading for its life: its tasks (the ready
-//! addresses, a failed start in Swarm's words, the service gone), and what it
+//! addresses, a failed start in Swarm's words, the service gone), the service
+//! itself (scaled down by another sidecar: its tasks are stopping), and what it
 //! writes: this sidecar's activity stamp.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bollard::models::Task;
 use tokio::sync::watch;
@@ -17,13 +18,14 @@ use crate::agreement;
 use crate::config::{Readiness, ServiceConfig};
 use crate::context::Context;
 use crate::docker::{Docker, DockerError};
+use crate::leftovers::unix_ms;
 use crate::readiness;
 use crate::swarm::Updated;
 use crate::workload::tasks;
 
 /// How often the tasks are read while a start waits for them, and after.
 const STARTING_EVERY: Duration = Duration::from_millis(200);
-const RUNNING_EVERY: Duration = Duration::from_secs(1);
+const RUNNING_EVERY: Duration = Duration::from_millis(agreement::POLL_MS);
 /// Reads in a row without a running task, after ready, before the app counts as exited.
 const GONE_AFTER_READS: u32 = 5;
 
@@ -33,6 +35,8 @@ pub struct Shared {
     pub last_activity_ms: AtomicU64,
     /// The activity stamp last written to the service's labels.
     pub stamped_ms: AtomicU64,
+    /// When it was written (unix ms): the next one waits a throttle from then.
+    pub stamp_written_at_ms: AtomicU64,
     /// Set once every expected task was ready: from then on, a task that fails is
     /// Swarm's to replace, not a failed start.
     pub became_ready: AtomicBool,
@@ -48,9 +52,10 @@ pub struct Watch {
     /// The service's version when the start read it: tasks changed since are this start's.
     pub since: u64,
     pub ours: bool,
+    pub floor: u32,
     pub config: ServiceConfig,
     pub readiness: Readiness,
-    pub throttle: Duration,
+    pub timing: agreement::Timing,
     pub ctx: Arc<Context>,
     pub shared: Arc<Shared>,
     /// Node id → its address (for ports published in host mode).
@@ -94,8 +99,11 @@ impl Watch {
                     }
                 }
             }
-            if self.ours {
-                self.stamp(docker).await;
+            if let Some(why) = self.read_service(docker).await {
+                // Stop routing to its stopping tasks now: the next request starts it again.
+                ready.send_replace(Vec::new());
+                let _ = exited.send(Some(why));
+                return;
             }
             tokio::time::sleep(if became_ready { RUNNING_EVERY } else { STARTING_EVERY }).await;
         }
@@ -167,29 +175,44 @@ impl Watch {
         }
     }
 
-    /// Writes this sidecar's activity stamp when it saw requests since the last one
-    /// (at most every `throttle`).
-    async fn stamp(&self, docker: &Docker) {
-        let seen = self.shared.last_activity_ms.load(Ordering::SeqCst);
-        let written = self.shared.stamped_ms.load(Ordering::SeqCst);
-        if seen <= written || seen < written + u64::try_from(self.throttle.as_millis()).unwrap_or(u64::MAX) {
-            return;
-        }
+    /// Reads the service: scaled down elsewhere (why, then), or still up; and
+    /// writes this sidecar's activity stamp when it saw requests since the last one
+    /// (at most every throttle, and then the latest request's time, so the label
+    /// lags the last request by at most a throttle and a poll period).
+    async fn read_service(&self, docker: &Docker) -> Option<String> {
         for _ in 0..CAS_ATTEMPTS {
             let deadline = Instant::now() + CALL_LIMIT;
-            let Ok(service) = docker.inspect_service(&self.id, deadline).await else { return };
-            let Ok((_, version, spec)) = parts(&service) else { return };
-            match docker.update_service(&self.id, version, agreement::stamped(&spec, &self.ctx.sidecar_id, seen), deadline).await {
+            // The daemon away: decided at the next read.
+            let service = docker.inspect_service(&self.id, deadline).await.ok()?;
+            let (_, version, spec) = parts(&service).ok()?;
+            if agreement::scaled_down_elsewhere(&spec, self.ours, self.floor) {
+                let replicas = agreement::replicas(&spec).unwrap_or_default();
+                tracing::info!(app = %self.app, service = %self.service, "the service was scaled down to {replicas} (by another sidecar?): its tasks are no longer used");
+                return Some(format!("the service {:?} was scaled down to {replicas} (by another sidecar?)", self.service));
+            }
+            if !self.ours {
+                return None;
+            }
+            let seen = self.shared.last_activity_ms.load(Ordering::SeqCst);
+            let now = unix_ms(SystemTime::now());
+            let written_at = self.shared.stamp_written_at_ms.load(Ordering::SeqCst);
+            if seen <= self.shared.stamped_ms.load(Ordering::SeqCst) || now < written_at.saturating_add(self.timing.throttle_ms) {
+                return None;
+            }
+            let write = agreement::stamped(&spec, &self.ctx.sidecar_id, seen, now, self.timing);
+            match docker.update_service(&self.id, version, write, deadline).await {
                 Ok(Updated::Done) => {
                     self.shared.stamped_ms.store(seen, Ordering::SeqCst);
-                    return;
+                    self.shared.stamp_written_at_ms.store(now, Ordering::SeqCst);
+                    return None;
                 }
                 Ok(Updated::Conflict) => continue,
                 Err(e) => {
                     tracing::debug!(app = %self.app, "cannot write the activity stamp: {e}");
-                    return;
+                    return None;
                 }
             }
         }
+        None
     }
 }
