@@ -22,8 +22,8 @@
 //! way breaks trust.
 
 use base64::Engine as _;
-use std::borrow::Cow;
 use sfv::{BareItem, Dictionary, FieldType, InnerList, Item, ListEntry, Parser};
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::signature::{Algorithm, KeyRing, Nonce, Rejection, NONCE_LEN};
@@ -894,8 +894,21 @@ mod tests {
     #[test]
     fn normal_authorities_are_recognised() {
         for authority in [
-            "backend", "backend:80", "backend:080", "backend:443", "backend:8080", "backend:", "backend:0", "backend:x", "Backend:8080",
-            "[2001:db8::1]:8080", "10.0.0.1:80", "10.0.0.1:8080", "h:00080", "h:0443", "h:4430",
+            "backend",
+            "backend:80",
+            "backend:080",
+            "backend:443",
+            "backend:8080",
+            "backend:",
+            "backend:0",
+            "backend:x",
+            "Backend:8080",
+            "[2001:db8::1]:8080",
+            "10.0.0.1:80",
+            "10.0.0.1:8080",
+            "h:00080",
+            "h:0443",
+            "h:4430",
         ] {
             for https in [false, true] {
                 let normal = normalize_authority(authority, https) == authority;
@@ -1088,7 +1101,16 @@ mod tests {
         fn eq(&self, other: &Member<'_>) -> bool {
             let components = |m: &Member<'_>| m.components().map(str::to_string).collect::<Vec<_>>();
             (&*self.text, components(self), self.bad_component, &self.created, &self.expires, &self.keyid, &self.alg, &self.nonce)
-                == (&*other.text, components(other), other.bad_component, &other.created, &other.expires, &other.keyid, &other.alg, &other.nonce)
+                == (
+                    &*other.text,
+                    components(other),
+                    other.bad_component,
+                    &other.created,
+                    &other.expires,
+                    &other.keyid,
+                    &other.alg,
+                    &other.nonce,
+                )
         }
     }
 
