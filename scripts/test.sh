@@ -46,10 +46,10 @@ for alert in $(sed -n 's/^ *- alert: //p' deploy/prometheus/alerts.yml); do
   grep -q "alertname: $alert\$" deploy/prometheus/alerts.test.yml || { echo "no promtool test for $alert"; exit 1; }
 done
 
-echo "== the protocol's unit tests as the Wasm filter builds it (HMAC and P-256 on RustCrypto's code)"
+echo "== the protocol's unit tests as the Wasm filter builds it (HMAC on RustCrypto's code, P-256 verification on ring's C)"
 # The workspace run below builds the protocol with the native module's ring
-# feature; this one, the package alone, with the default backends.
-cargo test -p wsgiproxy-protocol --lib
+# feature; this one, the package alone, with the Wasm filter's (ring-p256).
+cargo test -p wsgiproxy-protocol --lib --features ring-p256
 
 echo "== the native module's binding under a sanitizer"
 # Its tests run the binding against stand-in Envoy callbacks: under AddressSanitizer

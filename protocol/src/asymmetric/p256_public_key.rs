@@ -3,10 +3,13 @@
 //! Two backends, one behaviour (a signature is exactly 64 bytes, `r || s`, each
 //! 32 bytes big-endian and in [1, n-1]; either `s` or `n - s` verifies, as OpenSSL
 //! signs both):
-//! - RustCrypto's `p256` (the default): portable Rust, which the Wasm filter needs.
-//! - ring's (feature `ring`, which the native module enables): BoringSSL's P-256
-//!   field arithmetic in assembly, several times fewer instructions per verification
-//!   (BENCHMARKS.md).
+//! - RustCrypto's `p256` (the default): portable Rust.
+//! - ring's (feature `ring-p256`, which both loaders enable; `ring` implies it):
+//!   BoringSSL's P-256 code, several times fewer instructions per verification
+//!   (BENCHMARKS.md). Natively its field arithmetic is assembly; in Wasm it is
+//!   fiat-crypto's 32-bit C with a precomputed table of the base point's multiples,
+//!   where `p256`'s 64-bit limbs become 128-bit multiplies that Wasm lacks
+//!   (`__multi3` calls).
 //!
 //! Either way the key is read with `p256` (PEM, JWK: `super::parse_key`), and
 //! signing stays with `p256` (deterministic, RFC 6979), so both loaders send the same
@@ -17,14 +20,14 @@
 pub struct P256PublicKey {
     key: p256::ecdsa::VerifyingKey,
     /// The uncompressed SEC1 point (65 bytes), as ring takes it.
-    #[cfg(feature = "ring")]
+    #[cfg(feature = "ring-p256")]
     ring_key: ring::signature::UnparsedPublicKey<Vec<u8>>,
 }
 
 impl P256PublicKey {
     pub fn new(key: p256::ecdsa::VerifyingKey) -> Self {
         P256PublicKey {
-            #[cfg(feature = "ring")]
+            #[cfg(feature = "ring-p256")]
             ring_key: ring::signature::UnparsedPublicKey::new(
                 &ring::signature::ECDSA_P256_SHA256_FIXED,
                 key.to_encoded_point(false).as_bytes().to_vec(),
@@ -39,26 +42,26 @@ impl P256PublicKey {
     }
 
     /// Whether `signature` (64 bytes, `r || s`) is this key's signature of `message`.
-    #[cfg(feature = "ring")]
+    #[cfg(feature = "ring-p256")]
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         ring_verifies(&self.ring_key, message, signature)
     }
 
     /// Whether `signature` (64 bytes, `r || s`) is this key's signature of `message`.
-    #[cfg(not(feature = "ring"))]
+    #[cfg(not(feature = "ring-p256"))]
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         p256_verifies(&self.key, message, signature)
     }
 }
 
-#[cfg(any(not(feature = "ring"), test))]
+#[cfg(any(not(feature = "ring-p256"), test))]
 fn p256_verifies(key: &p256::ecdsa::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
     use p256::ecdsa::signature::Verifier as _;
     // from_slice takes 64 bytes only, and r and s in [1, n-1].
     p256::ecdsa::Signature::from_slice(signature).is_ok_and(|signature| key.verify(message, &signature).is_ok())
 }
 
-#[cfg(feature = "ring")]
+#[cfg(feature = "ring-p256")]
 fn ring_verifies(key: &ring::signature::UnparsedPublicKey<Vec<u8>>, message: &[u8], signature: &[u8]) -> bool {
     // _FIXED: 64 bytes only (not DER), r and s in [1, n-1].
     key.verify(message, signature).is_ok()
