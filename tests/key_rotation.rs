@@ -225,6 +225,11 @@ impl LdsSender {
         cmd.current_dir(repo_root())
             .arg("-c")
             .arg(&bootstrap)
+            // As docs/keys.md tells a sender rotating by push: the old filter chain's
+            // busy connections are told to close at their next answer, so none goes on
+            // signing with the old ring once the push is done (gradual, the default,
+            // leaves some of them on it for most of the drain time).
+            .args(["--drain-strategy", "immediate"])
             .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--log-path"])
             .arg(&log)
             .stdout(Stdio::null())
