@@ -46,7 +46,7 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # stack's Prometheus is Debian's too.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 # clang: ring's C for the Wasm filter (ECDSA P-256 verification, protocol feature
-# ring-p256) is compiled for wasm32-wasip1 by clang; gcc has no Wasm target.
+# ring-verify) is compiled for wasm32-wasip1 by clang; gcc has no Wasm target.
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 # nm: a test holds the native module's symbols against the Envoy binary's.
 command -v nm >/dev/null 2>&1 || need_apt+=(binutils)

@@ -48,8 +48,8 @@ done
 
 echo "== the protocol's unit tests as the Wasm filter builds it (HMAC on RustCrypto's code, P-256 verification on ring's C)"
 # The workspace run below builds the protocol with the native module's ring
-# feature; this one, the package alone, with the Wasm filter's (ring-p256).
-cargo test -p wsgiproxy-protocol --lib --features ring-p256
+# feature; this one, the package alone, with the Wasm filter's (ring-verify).
+cargo test -p wsgiproxy-protocol --lib --features ring-verify
 
 echo "== the native module's binding under a sanitizer"
 # Its tests run the binding against stand-in Envoy callbacks: under AddressSanitizer

@@ -121,7 +121,7 @@ impl PublicKey {
     /// encoding other than the algorithm's 64 bytes is simply not a signature.
     /// Ed25519 is checked strictly (canonical `S`, no small-order keys or `R`), so
     /// a signature has one encoding only. ECDSA takes `s` and `n - s` alike (OpenSSL
-    /// signs either), through `p256` or, with feature `ring-p256` (both loaders), ring (`P256PublicKey`).
+    /// signs either), through `p256` or, with feature `ring-verify` (both loaders), ring (`P256PublicKey`).
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         match self {
             PublicKey::Ed25519(key) => {

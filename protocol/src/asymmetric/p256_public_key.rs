@@ -4,7 +4,7 @@
 //! 32 bytes big-endian and in [1, n-1]; either `s` or `n - s` verifies, as OpenSSL
 //! signs both):
 //! - RustCrypto's `p256` (the default): portable Rust.
-//! - ring's (feature `ring-p256`, which both loaders enable; `ring` implies it):
+//! - ring's (feature `ring-verify`, which both loaders enable; `ring` implies it):
 //!   BoringSSL's P-256 code, several times fewer instructions per verification
 //!   (BENCHMARKS.md). Natively its field arithmetic is assembly; in Wasm it is
 //!   fiat-crypto's 32-bit C with a precomputed table of the base point's multiples,
@@ -20,14 +20,14 @@
 pub struct P256PublicKey {
     key: p256::ecdsa::VerifyingKey,
     /// The uncompressed SEC1 point (65 bytes), as ring takes it.
-    #[cfg(feature = "ring-p256")]
+    #[cfg(feature = "ring-verify")]
     ring_key: ring::signature::UnparsedPublicKey<Vec<u8>>,
 }
 
 impl P256PublicKey {
     pub fn new(key: p256::ecdsa::VerifyingKey) -> Self {
         P256PublicKey {
-            #[cfg(feature = "ring-p256")]
+            #[cfg(feature = "ring-verify")]
             ring_key: ring::signature::UnparsedPublicKey::new(
                 &ring::signature::ECDSA_P256_SHA256_FIXED,
                 key.to_encoded_point(false).as_bytes().to_vec(),
@@ -42,26 +42,26 @@ impl P256PublicKey {
     }
 
     /// Whether `signature` (64 bytes, `r || s`) is this key's signature of `message`.
-    #[cfg(feature = "ring-p256")]
+    #[cfg(feature = "ring-verify")]
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         ring_verifies(&self.ring_key, message, signature)
     }
 
     /// Whether `signature` (64 bytes, `r || s`) is this key's signature of `message`.
-    #[cfg(not(feature = "ring-p256"))]
+    #[cfg(not(feature = "ring-verify"))]
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         p256_verifies(&self.key, message, signature)
     }
 }
 
-#[cfg(any(not(feature = "ring-p256"), test))]
+#[cfg(any(not(feature = "ring-verify"), test))]
 fn p256_verifies(key: &p256::ecdsa::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
     use p256::ecdsa::signature::Verifier as _;
     // from_slice takes 64 bytes only, and r and s in [1, n-1].
     p256::ecdsa::Signature::from_slice(signature).is_ok_and(|signature| key.verify(message, &signature).is_ok())
 }
 
-#[cfg(feature = "ring-p256")]
+#[cfg(feature = "ring-verify")]
 fn ring_verifies(key: &ring::signature::UnparsedPublicKey<Vec<u8>>, message: &[u8], signature: &[u8]) -> bool {
     // _FIXED: 64 bytes only (not DER), r and s in [1, n-1].
     key.verify(message, signature).is_ok()

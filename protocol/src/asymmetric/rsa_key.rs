@@ -4,8 +4,8 @@
 //! - Public keys are read with RustCrypto's `pkcs1`/`spki` (SPKI or PKCS#1 PEM, JWK)
 //!   and hold 2048 to 4096 bits, an odd modulus and an odd exponent from 3 to
 //!   2^33 - 1 (what both backends take, so that no key verifies in one loader only).
-//! - Verification: RustCrypto's `rsa` by default (the Wasm filter), ring's with
-//!   feature `ring` (the native module). Public-key operations only: RUSTSEC-2023-0071
+//! - Verification: ring's with feature `ring-verify` (both loaders), else RustCrypto's
+//!   `rsa` (the package's own tests). Public-key operations only: RUSTSEC-2023-0071
 //!   (Marvin, a timing side channel) concerns the `rsa` crate's private-key operations,
 //!   which this project never runs.
 //! - Signing is ring's `RsaKeyPair` (feature `ring`: the native module). Without it
@@ -37,7 +37,7 @@ pub const MAX_RSA_BITS: usize = 4096;
 #[derive(Clone)]
 pub struct RsaPublicKey {
     pub(super) key: rsa::RsaPublicKey,
-    #[cfg(feature = "ring")]
+    #[cfg(feature = "ring-verify")]
     ring_key: ring::signature::RsaPublicKeyComponents<Vec<u8>>,
 }
 
@@ -58,7 +58,7 @@ impl RsaPublicKey {
         let key = rsa::RsaPublicKey::new(n, e)
             .map_err(|_| "is not a usable RSA public key (its modulus must be odd, its exponent odd, from 3 to 2^33 - 1)".to_string())?;
         Ok(RsaPublicKey {
-            #[cfg(feature = "ring")]
+            #[cfg(feature = "ring-verify")]
             ring_key: ring::signature::RsaPublicKeyComponents {
                 n: rsa::traits::PublicKeyParts::n(&key).to_bytes_be(),
                 e: rsa::traits::PublicKeyParts::e(&key).to_bytes_be(),
@@ -87,7 +87,7 @@ impl RsaPublicKey {
         self.verifies_checked(scheme, message, signature)
     }
 
-    #[cfg(feature = "ring")]
+    #[cfg(feature = "ring-verify")]
     fn verifies_checked(&self, scheme: RsaScheme, message: &[u8], signature: &[u8]) -> bool {
         let parameters = match scheme {
             RsaScheme::PssSha512 => &ring::signature::RSA_PSS_2048_8192_SHA512,
@@ -96,14 +96,14 @@ impl RsaPublicKey {
         self.ring_key.verify(parameters, message, signature).is_ok()
     }
 
-    #[cfg(not(feature = "ring"))]
+    #[cfg(not(feature = "ring-verify"))]
     fn verifies_checked(&self, scheme: RsaScheme, message: &[u8], signature: &[u8]) -> bool {
         rsa_verifies(&self.key, scheme, message, signature)
     }
 }
 
-/// RustCrypto's verification (the Wasm filter's; the tests hold ring's to it).
-#[cfg(any(not(feature = "ring"), test))]
+/// RustCrypto's verification (where ring is not built; the tests hold ring's to it).
+#[cfg(any(not(feature = "ring-verify"), test))]
 pub(super) fn rsa_verifies(key: &rsa::RsaPublicKey, scheme: RsaScheme, message: &[u8], signature: &[u8]) -> bool {
     use sha2::Digest as _;
     match scheme {

@@ -43,7 +43,7 @@ fn key_of(signer: &p256::ecdsa::SigningKey) -> P256PublicKey {
 /// The key's verdict, after checking that every backend built gives it.
 fn verdict(key: &P256PublicKey, message: &[u8], signature: &[u8]) -> bool {
     let by_p256 = p256_verifies(&key.key, message, signature);
-    #[cfg(feature = "ring-p256")]
+    #[cfg(feature = "ring-verify")]
     assert_eq!(ring_verifies(&key.ring_key, message, signature), by_p256, "ring and p256 differ on {signature:02x?}");
     assert_eq!(key.verifies(message, signature), by_p256);
     by_p256
@@ -171,7 +171,7 @@ fn equality_clone_and_debug() {
     assert_ne!(key_of(&p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap()), key);
     assert_eq!(format!("{key:?}"), "P256PublicKey");
     assert_eq!(format!("{:?}", PublicKey::EcdsaP256(key)), "PublicKey(ecdsa-p256-sha256)");
-    #[cfg(feature = "ring-p256")]
+    #[cfg(feature = "ring-verify")]
     {
         let point = signer.verifying_key().to_encoded_point(false);
         assert_eq!(key_of(&signer).ring_key.as_ref(), point.as_bytes());
