@@ -45,7 +45,7 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # promtool checks and unit-tests the alert rules (deploy/prometheus/); the compose
 # stack's Prometheus is Debian's too.
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
-# clang: ring's C for the Wasm filter (ECDSA P-256 verification, protocol feature
+# clang: ring's C for the Wasm filter (signature verification: ECDSA, RSA; protocol feature
 # ring-verify) is compiled for wasm32-wasip1 by clang; gcc has no Wasm target.
 command -v clang >/dev/null 2>&1 || need_apt+=(clang)
 # nm: a test holds the native module's symbols against the Envoy binary's.
