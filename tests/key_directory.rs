@@ -21,10 +21,6 @@ use wsgiproxy_protocol::signature::{Algorithm, KeyRing};
 
 const AUTHORITY: &str = "backend.test";
 
-fn python() -> std::path::PathBuf {
-    repo_root().join(".venv/bin/python")
-}
-
 /// A sender's key: its id, its private half (to sign) and its public JWK (to publish).
 #[derive(Clone)]
 struct Key {

@@ -23,6 +23,8 @@
 //! verifies with them, on both loaders.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/lds.rs"]
+mod lds_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lds_support::LdsEnvoy;
 use serde_json::{json, Value};
 use serde_yaml::Value as Yaml;
 use support::*;
@@ -44,10 +47,6 @@ const AUTHORITY: &str = "backend.test";
 /// The authority the receiver fetches the sender's directory with.
 const SENDER_AUTHORITY: &str = "edge.test";
 const DIRECTORY_PATH: &str = "/.well-known/http-message-signatures-directory";
-
-fn python() -> PathBuf {
-    repo_root().join(".venv/bin/python")
-}
 
 /// Key pairs OpenSSL made (`tests/apps/rfc9421_keys.py`), each with its `kid`.
 struct Pair {
@@ -191,120 +190,15 @@ impl SecretVolume {
     }
 }
 
-/// An Envoy in the `app` role whose listener comes from an LDS file in a watched
-/// directory, rewritten by [`LdsSender::push`] with an atomic rename (an xDS update).
-struct LdsSender {
-    envoy: Envoy,
-    dir: tempfile::TempDir,
-    listener: Yaml,
-    pushes: u64,
-}
-
-impl LdsSender {
-    fn start(port: u16, receiver_port: u16, plugin: Value) -> LdsSender {
-        let dir = tempfile::tempdir().unwrap();
-        let admin_port = free_port();
-        let overrides = Overrides::default().cluster("backend", receiver_port).plugin(plugin);
-        let mut doc: Yaml = serde_yaml::from_str(&render("envoy/app.yaml", port, admin_port, &overrides)).unwrap();
-        let listener = doc["static_resources"]["listeners"][0].clone();
-        doc["static_resources"].as_mapping_mut().unwrap().remove("listeners");
-        doc["node"] = serde_yaml::from_str("{ id: key-rotation, cluster: key-rotation }").unwrap();
-        let lds = dir.path().join("lds.yaml");
-        doc["dynamic_resources"] = serde_yaml::from_str(&format!(
-            "{{ lds_config: {{ resource_api_version: V3, path_config_source: {{ path: {}, watched_directory: {{ path: {} }} }} }} }}",
-            lds.display(),
-            dir.path().display()
-        ))
-        .unwrap();
-        let loader = overrides.chosen_loader();
-        let pushes = write_listener(dir.path(), &listener, 0);
-        let bootstrap = dir.path().join("envoy.yaml");
-        std::fs::write(&bootstrap, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        let log = dir.path().join("envoy.log");
-        let mut cmd = Command::new(envoy_bin());
-        cmd.current_dir(repo_root())
-            .arg("-c")
-            .arg(&bootstrap)
-            // As docs/keys.md tells a sender rotating by push: the old filter chain's
-            // busy connections are told to close at their next answer, so none goes on
-            // signing with the old ring once the push is done (gradual, the default,
-            // leaves some of them on it for most of the drain time).
-            .args(["--drain-strategy", "immediate"])
-            .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--log-path"])
-            .arg(&log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if loader == Loader::Native {
-            cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
-        }
-        let mut proc = Proc::adopt(cmd.spawn().unwrap());
-        proc.log = log;
-        let sender = LdsSender { envoy: Envoy { port, admin_port, proc, loader }, dir, listener, pushes };
-        sender.wait_for_pushes(1);
-        sender
-    }
-
-    /// Rewrites the listener with another `app` configuration and waits until Envoy
-    /// serves new connections with it.
-    fn push(&mut self, plugin: &Value) {
-        let mut replaced = false;
-        for filter in self.listener["filter_chains"][0]["filters"].as_sequence_mut().unwrap() {
-            if filter["name"].as_str() != Some("envoy.filters.network.http_connection_manager") {
-                continue;
-            }
-            for http in filter["typed_config"]["http_filters"].as_sequence_mut().unwrap() {
-                // The Wasm filter's `config.configuration`, the native module's `filter_config`.
-                let Some(typed) = http.get_mut("typed_config") else { continue };
-                let holder = if typed.get("filter_config").is_some() {
-                    typed.get_mut("filter_config")
-                } else {
-                    typed.get_mut("config").and_then(|c| c.get_mut("configuration"))
-                };
-                let Some(holder) = holder else { continue };
-                let is_app = holder
-                    .get("value")
-                    .and_then(Yaml::as_str)
-                    .and_then(|v| serde_json::from_str::<Value>(v).ok())
-                    .is_some_and(|v| v["role"] == "app");
-                if is_app {
-                    holder["value"] = Yaml::from(plugin.to_string());
-                    replaced = true;
-                }
-            }
-        }
-        assert!(replaced, "the listener's app configuration");
-        self.pushes = write_listener(self.dir.path(), &self.listener, self.pushes);
-        self.wait_for_pushes(self.pushes);
-    }
-
-    fn wait_for_pushes(&self, pushes: u64) {
-        let envoy = &self.envoy;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !wait_for_port(envoy.admin_port, Duration::from_millis(100)) {
-            assert!(Instant::now() < deadline, "Envoy's admin endpoint:\n{}", envoy.proc.log_text());
-        }
-        wait_until("the LDS update", Duration::from_secs(30), || {
-            let stats = envoy.stats("listener_manager");
-            let stat = |name: &str| stats.get(name).copied().unwrap_or_default();
-            stat("listener_manager.lds.update_success") >= pushes
-                && stat("listener_manager.total_listeners_warming") == 0
-                && stat("listener_manager.total_listeners_active") == 1
-                && stat("listener_manager.workers_started") == 1
-        });
-        assert!(wait_for_port(envoy.port, Duration::from_secs(5)));
-    }
-}
-
-/// Writes the LDS file with an atomic rename; the pushes made so far.
-fn write_listener(dir: &Path, listener: &Yaml, pushes: u64) -> u64 {
-    let mut listener = listener.clone();
-    listener["@type"] = Yaml::from("type.googleapis.com/envoy.config.listener.v3.Listener");
-    let mut resources = serde_yaml::Mapping::new();
-    resources.insert("resources".into(), Yaml::Sequence(vec![listener]));
-    let staged = dir.join("lds.yaml.next");
-    std::fs::write(&staged, serde_yaml::to_string(&resources).unwrap()).unwrap();
-    std::fs::rename(&staged, dir.join("lds.yaml")).unwrap();
-    pushes + 1
+/// The Wasm sender: the shipped `app` config, its listener pushed by LDS
+/// (`support/lds.rs`).
+fn start_lds_sender(port: u16, receiver_port: u16, plugin: Value) -> LdsEnvoy {
+    let overrides = Overrides::default().cluster("backend", receiver_port).plugin(plugin);
+    // As docs/keys.md tells a sender rotating by push: the old filter chain's busy
+    // connections are told to close at their next answer, so none goes on signing
+    // with the old ring once the push is done (gradual, the default, leaves some of
+    // them on it for most of the drain time).
+    LdsEnvoy::start("envoy/app.yaml", port, &overrides, "key-rotation", &["--drain-strategy", "immediate"])
 }
 
 /// The sender, and how it rotates.
@@ -312,7 +206,7 @@ enum Sender {
     /// Native module: keys from a file, rotated by a symlink swap.
     File { envoy: Envoy, volume: SecretVolume, _dir: tempfile::TempDir },
     /// Wasm filter: keys inline, rotated by an LDS push.
-    Lds { sender: LdsSender, algorithm: String },
+    Lds { sender: LdsEnvoy, algorithm: String },
 }
 
 impl Sender {
@@ -328,7 +222,7 @@ impl Sender {
                 Sender::File { envoy: Envoy::start("envoy/app.yaml", &overrides), volume, _dir: dir }
             }
             Loader::Wasm => Sender::Lds {
-                sender: LdsSender::start(port, receiver_port, sender_config(algorithm, inline_secret(ring))),
+                sender: start_lds_sender(port, receiver_port, sender_config(algorithm, inline_secret(ring))),
                 algorithm: algorithm.to_string(),
             },
         }
@@ -346,7 +240,7 @@ impl Sender {
     fn rotate(&mut self, ring: &[&Pair]) {
         match self {
             Sender::File { volume, .. } => volume.update(&key_set(ring)),
-            Sender::Lds { sender, algorithm } => sender.push(&sender_config(algorithm, inline_secret(ring))),
+            Sender::Lds { sender, algorithm } => sender.push("app", &sender_config(algorithm, inline_secret(ring))),
         }
         let want: Vec<&str> = ring.iter().map(|p| p.id.as_str()).collect();
         wait_until("the sender's directory lists its new ring", Duration::from_secs(10), || self.published() == want);
@@ -582,25 +476,11 @@ fn a_receiver_follows_a_directory_of_rsa_pss_keys() {
                "created": now, "nonce": format!("rsa-{kid}-{user}"), "label": "wsgiproxy"})
     };
     let entries = [entry("rsa-2048", &rsa_2048, "alice"), entry("rsa-3072", &rsa_3072, "bob"), entry("rsa-stranger", &stranger, "mallory")];
-    let mut signer = Command::new(python())
-        .arg(repo_root().join("tests/apps/rfc9421_sign.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut signer.stdin.take().unwrap(), Value::from(entries.to_vec()).to_string().as_bytes()).unwrap();
-    let out = signer.wait_with_output().unwrap();
-    assert!(out.status.success(), "the Python signer failed");
-    let signatures: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let signatures = library_signatures(&entries);
     let send = |i: usize, user: &str| {
         let s = &signatures[i];
         let claim = format!("REMOTE_USER {user}");
-        let headers = [
-            ("x-wsgiproxy-str-0", claim.as_str()),
-            ("Signature-Input", s["signature-input"].as_str().unwrap()),
-            ("Signature", s["signature"].as_str().unwrap()),
-        ];
+        let headers = [("x-wsgiproxy-str-0", claim.as_str()), ("Signature-Input", s.0.as_str()), ("Signature", s.1.as_str())];
         request(receiver_port, "GET", "/hello", &headers, b"")
     };
     for (i, user) in [(0, "alice"), (1, "bob")] {

@@ -10,13 +10,15 @@
 //!   bound: the Wasm memory used to give each bucket a 37th of it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/lds.rs"]
+mod lds_support;
 mod support;
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use lds_support::LdsEnvoy;
 use serde_json::{json, Value};
 use serde_yaml::Value as Yaml;
 use support::*;
@@ -73,130 +75,35 @@ fn replayed() -> (u16, Option<String>) {
     (403, Some("signature_replayed".into()))
 }
 
-/// An Envoy whose listener comes from an LDS file in a watched directory (rewritten
-/// by [`LdsEnvoy::push`] with an atomic rename, as an xDS update).
-struct LdsEnvoy {
-    envoy: Envoy,
-    dir: tempfile::TempDir,
-    listener: Yaml,
-    pushes: u64,
+/// The shipped middleware config, its listener pushed by LDS (`support/lds.rs`).
+fn start_lds(plugin: Value) -> LdsEnvoy {
+    let mut overrides = Overrides::default().cluster("app", free_port()).plugin(plugin);
+    overrides.edit = Some(answer_directly);
+    // Envoy drains the old filter chain's connections gradually over the drain time,
+    // closing a growing share of them: a day keeps the kept-alive connection on the
+    // old chain open for the test's few seconds.
+    let lds = LdsEnvoy::start("envoy/middleware.yaml", free_port(), &overrides, "replay-settings", &["--drain-time-s", "86400"]);
+    wait_until_signatures_are_trusted("");
+    lds
 }
 
-impl LdsEnvoy {
-    fn start(plugin: Value) -> LdsEnvoy {
-        let dir = tempfile::tempdir().unwrap();
-        let (port, admin_port) = (free_port(), free_port());
-        let mut overrides = Overrides::default().cluster("app", free_port()).plugin(plugin);
-        overrides.edit = Some(answer_directly);
-        let mut doc: Yaml = serde_yaml::from_str(&render("envoy/middleware.yaml", port, admin_port, &overrides)).unwrap();
-        let listener = doc["static_resources"]["listeners"][0].clone();
-        doc["static_resources"].as_mapping_mut().unwrap().remove("listeners");
-        doc["node"] = serde_yaml::from_str("{ id: replay-settings, cluster: replay-settings }").unwrap();
-        let lds = dir.path().join("lds.yaml");
-        doc["dynamic_resources"] = serde_yaml::from_str(&format!(
-            "{{ lds_config: {{ resource_api_version: V3, path_config_source: {{ path: {}, watched_directory: {{ path: {} }} }} }} }}",
-            lds.display(),
-            dir.path().display()
-        ))
-        .unwrap();
-        let loader = overrides.chosen_loader();
-        let pushes = write_listener(dir.path(), &listener, 0);
-        let bootstrap = dir.path().join("envoy.yaml");
-        std::fs::write(&bootstrap, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        let log = dir.path().join("envoy.log");
-        let mut cmd = Command::new(envoy_bin());
-        cmd.current_dir(repo_root())
-            .arg("-c")
-            .arg(&bootstrap)
-            // Envoy drains the old filter chain's connections gradually over the drain
-            // time, closing a growing share of them: a day keeps the kept-alive
-            // connection on the old chain open for the test's few seconds.
-            .args(["--concurrency", "1", "--disable-hot-restart", "--drain-time-s", "86400", "--log-level", "warn", "--log-path"])
-            .arg(&log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if loader == Loader::Native {
-            cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
-        }
-        let mut proc = Proc::adopt(cmd.spawn().unwrap());
-        proc.log = log;
-        let lds_envoy = LdsEnvoy { envoy: Envoy { port, admin_port, proc, loader }, dir, listener, pushes };
-        lds_envoy.wait_for_pushes(1);
-        wait_until_signatures_are_trusted("");
-        lds_envoy
-    }
-
-    /// Rewrites the listener with another plugin configuration and waits until Envoy
-    /// serves new connections with it.
-    fn push(&mut self, plugin: Value) {
-        let plugin = plugin.to_string();
-        let mut replaced = false;
-        for filter in self.listener["filter_chains"][0]["filters"].as_sequence_mut().unwrap() {
-            if filter["name"].as_str() != Some("envoy.filters.network.http_connection_manager") {
-                continue;
-            }
-            for http in filter["typed_config"]["http_filters"].as_sequence_mut().unwrap() {
-                // The Wasm filter's `config.configuration`, the native module's `filter_config`.
-                let Some(typed) = http.get_mut("typed_config") else { continue };
-                let holder = if typed.get("filter_config").is_some() {
-                    typed.get_mut("filter_config")
-                } else {
-                    typed.get_mut("config").and_then(|c| c.get_mut("configuration"))
-                };
-                let Some(holder) = holder else { continue };
-                if holder.get("value").and_then(Yaml::as_str).is_some_and(|v| v.contains("middleware")) {
-                    holder["value"] = Yaml::from(plugin.clone());
-                    replaced = true;
-                }
-            }
-        }
-        assert!(replaced, "the listener's middleware configuration");
-        self.pushes = write_listener(self.dir.path(), &self.listener, self.pushes);
-        self.wait_for_pushes(self.pushes);
-        wait_until_signatures_are_trusted("");
-    }
-
-    fn wait_for_pushes(&self, pushes: u64) {
-        let envoy = &self.envoy;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !wait_for_port(envoy.admin_port, Duration::from_millis(100)) {
-            assert!(Instant::now() < deadline, "Envoy's admin endpoint:\n{}", envoy.proc.log_text());
-        }
-        wait_until("the LDS update", Duration::from_secs(30), || {
-            let stats = envoy.stats("listener_manager");
-            let stat = |name: &str| stats.get(name).copied().unwrap_or_default();
-            stat("listener_manager.lds.update_success") >= pushes
-                && stat("listener_manager.total_listeners_warming") == 0
-                && stat("listener_manager.total_listeners_active") == 1
-                && stat("listener_manager.workers_started") == 1
-        });
-        assert!(wait_for_port(envoy.port, Duration::from_secs(5)));
-    }
-}
-
-/// Writes the LDS file with an atomic rename; the pushes made so far.
-fn write_listener(dir: &std::path::Path, listener: &Yaml, pushes: u64) -> u64 {
-    let mut listener = listener.clone();
-    listener["@type"] = Yaml::from("type.googleapis.com/envoy.config.listener.v3.Listener");
-    let mut resources = serde_yaml::Mapping::new();
-    resources.insert("resources".into(), Yaml::Sequence(vec![listener]));
-    let staged = dir.join("lds.yaml.next");
-    std::fs::write(&staged, serde_yaml::to_string(&resources).unwrap()).unwrap();
-    std::fs::rename(&staged, dir.join("lds.yaml")).unwrap();
-    pushes + 1
+/// Pushes another middleware configuration; returns once new connections get it.
+fn push(lds: &mut LdsEnvoy, plugin: Value) {
+    lds.push("middleware", &plugin);
+    wait_until_signatures_are_trusted("");
 }
 
 /// A push that changes `replay_memory_mb` and `max_skew_seconds` leaves one memory:
 /// what either chain accepted, the other refuses.
 #[test]
 fn an_lds_push_keeps_one_replay_memory() {
-    let mut lds = LdsEnvoy::start(config(json!({"replay_memory_mb": 64, "max_skew_seconds": 300})));
+    let mut lds = start_lds(config(json!({"replay_memory_mb": 64, "max_skew_seconds": 300})));
     let port = lds.envoy.port;
     let mut old = Connection::open(port);
     let (first, second, third) = (signed_request(1, &now_date()), signed_request(2, &now_date()), signed_request(3, &now_date()));
     assert_eq!(old.send(&first), accepted());
 
-    lds.push(config(json!({"replay_memory_mb": 32, "max_skew_seconds": 600})));
+    push(&mut lds, config(json!({"replay_memory_mb": 32, "max_skew_seconds": 600})));
     let updated = lds.envoy.stats("listener_manager");
     assert!(updated.get("listener_manager.listener_in_place_updated").copied().unwrap_or_default() >= 1, "{updated:?}");
     let mut new = Connection::open(port);

@@ -10,7 +10,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,10 +20,6 @@ const NEW_ALGORITHMS: [&str; 3] = ["ecdsa-p384-sha384", "rsa-pss-sha512", "rsa-v
 
 fn is_rsa(algorithm: &str) -> bool {
     algorithm.starts_with("rsa-")
-}
-
-fn python() -> std::path::PathBuf {
-    repo_root().join(".venv/bin/python")
 }
 
 fn now_secs() -> u64 {
@@ -47,48 +42,13 @@ fn text(pair: &Value, name: &str) -> String {
     pair[name].as_str().unwrap_or_else(|| panic!("{name} in {pair}")).to_string()
 }
 
-const PROTOCOL: [(&str, &str); 5] = [
-    ("x-forwarded-for", "203.0.113.5"),
-    ("x-forwarded-server", "www.example.com"),
-    ("x-forwarded-scheme", "https"),
-    ("x-wsgiproxy-version", "0.1"),
-    ("x-wsgiproxy-str-0", "REMOTE_USER alice"),
-];
-
-const ALL_COVERED: [&str; 9] = [
-    "@method",
-    "@authority",
-    "@path",
-    "@query",
-    "x-forwarded-for",
-    "x-forwarded-server",
-    "x-forwarded-scheme",
-    "x-wsgiproxy-version",
-    "x-wsgiproxy-str-0",
-];
-
 /// Signs each entry (as tests/apps/rfc9421_sign.py reads it) with the library;
-/// returns each request's headers (`PROTOCOL` and `extra`) with Signature-Input and Signature.
+/// returns each request's headers (`LIBRARY_PROTOCOL` and `extra`) with Signature-Input and Signature.
 fn library_signed(entries: &[Value], extra: &[(&str, &str)]) -> Vec<Vec<(String, String)>> {
-    let mut child = Command::new(python())
-        .arg(repo_root().join("tests/apps/rfc9421_sign.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(Value::from(entries.to_vec()).to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the Python signer failed");
-    let signatures: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    signatures
-        .iter()
-        .map(|s| {
-            let mut headers: Vec<(String, String)> = PROTOCOL.iter().chain(extra).map(|(n, v)| (n.to_string(), v.to_string())).collect();
-            headers.push(("Signature-Input".into(), s["signature-input"].as_str().unwrap().into()));
-            headers.push(("Signature".into(), s["signature"].as_str().unwrap().into()));
-            headers
-        })
+    let protocol = LIBRARY_PROTOCOL.iter().chain(extra).map(|(n, v)| (n.to_string(), v.to_string()));
+    library_signatures(entries)
+        .into_iter()
+        .map(|(input, signature)| protocol.clone().chain([("Signature-Input".into(), input), ("Signature".into(), signature)]).collect())
         .collect()
 }
 
@@ -137,7 +97,7 @@ fn requests_signed_by_http_message_signatures_with_the_new_algorithms_pass_the_m
         };
         let entry = |nonce: &str, edits: Value| {
             let mut e = json!({"key_id": "k1", "key": text(k1, "private_pem"), "algorithm": algorithm, "method": "GET",
-                               "url": "http://test.local/p?x=1", "headers": PROTOCOL, "covered": ALL_COVERED,
+                               "url": "http://test.local/p?x=1", "headers": LIBRARY_PROTOCOL, "covered": LIBRARY_COVERED,
                                "created": now, "nonce": nonce, "label": "wsgiproxy"});
             for (k, v) in edits.as_object().unwrap() {
                 e[k] = v.clone();

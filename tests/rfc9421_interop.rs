@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,10 +13,6 @@ use serde_json::{json, Value};
 use support::*;
 
 const KEY_K1: &str = "first-shared-key-0123456789";
-
-fn python() -> std::path::PathBuf {
-    repo_root().join(".venv/bin/python")
-}
 
 /// The Python backend that verifies every request with http-message-signatures.
 fn verifying_backend(key: &str) -> (u16, Proc) {
@@ -156,24 +151,13 @@ fn signed_by_the_library(requests: &[ToSign]) -> Vec<Vec<(String, String)>> {
                    "headers": r.headers, "covered": r.covered, "created": r.created, "nonce": r.nonce, "label": r.label})
         })
         .collect();
-    let mut child = Command::new(python())
-        .arg(repo_root().join("tests/apps/rfc9421_sign.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(Value::from(input).to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the Python signer failed");
-    let signatures: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     requests
         .iter()
-        .zip(signatures)
-        .map(|(r, s)| {
+        .zip(library_signatures(&input))
+        .map(|(r, (signature_input, signature))| {
             let mut headers: Vec<(String, String)> = r.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-            headers.push(("Signature-Input".into(), s["signature-input"].as_str().unwrap().into()));
-            headers.push(("Signature".into(), s["signature"].as_str().unwrap().into()));
+            headers.push(("Signature-Input".into(), signature_input));
+            headers.push(("Signature".into(), signature));
             headers
         })
         .collect()
@@ -183,26 +167,6 @@ fn send(port: u16, path: &str, headers: &[(String, String)]) -> Response {
     let refs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     request(port, "GET", path, &refs, b"")
 }
-
-const PROTOCOL: [(&str, &str); 5] = [
-    ("x-forwarded-for", "203.0.113.5"),
-    ("x-forwarded-server", "www.example.com"),
-    ("x-forwarded-scheme", "https"),
-    ("x-wsgiproxy-version", "0.1"),
-    ("x-wsgiproxy-str-0", "REMOTE_USER alice"),
-];
-
-const ALL_COVERED: [&str; 9] = [
-    "@method",
-    "@authority",
-    "@path",
-    "@query",
-    "x-forwarded-for",
-    "x-forwarded-server",
-    "x-forwarded-scheme",
-    "x-wsgiproxy-version",
-    "x-wsgiproxy-str-0",
-];
 
 #[test]
 fn requests_signed_by_http_message_signatures_pass_the_middleware_role() {
@@ -216,8 +180,8 @@ fn requests_signed_by_http_message_signatures_pass_the_middleware_role() {
     let now = now_secs();
     let base = |nonce: &str| ToSign {
         path: "/p?x=1",
-        headers: PROTOCOL.to_vec(),
-        covered: ALL_COVERED.to_vec(),
+        headers: LIBRARY_PROTOCOL.to_vec(),
+        covered: LIBRARY_COVERED.to_vec(),
         created: now,
         nonce: nonce.to_string(),
         label: "wsgiproxy",
@@ -426,26 +390,10 @@ fn app_role_public_key_signatures_verify_with_http_message_signatures() {
 /// Signs each entry (as tests/apps/rfc9421_sign.py reads it) with the library;
 /// returns each request's headers with Signature-Input and Signature added.
 fn library_signed(entries: &[Value]) -> Vec<Vec<(String, String)>> {
-    let mut child = Command::new(python())
-        .arg(repo_root().join("tests/apps/rfc9421_sign.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(Value::from(entries.to_vec()).to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the Python signer failed");
-    let signatures: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let mut headers: Vec<(String, String)> = PROTOCOL.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-    signatures
-        .iter()
-        .map(|s| {
-            headers.truncate(PROTOCOL.len());
-            headers.push(("Signature-Input".into(), s["signature-input"].as_str().unwrap().into()));
-            headers.push(("Signature".into(), s["signature"].as_str().unwrap().into()));
-            headers.clone()
-        })
+    let protocol = LIBRARY_PROTOCOL.iter().map(|(n, v)| (n.to_string(), v.to_string()));
+    library_signatures(entries)
+        .into_iter()
+        .map(|(input, signature)| protocol.clone().chain([("Signature-Input".into(), input), ("Signature".into(), signature)]).collect())
         .collect()
 }
 
@@ -473,7 +421,7 @@ fn requests_signed_by_http_message_signatures_with_public_keys_pass_the_middlewa
         let other_algorithm = PUBLIC_KEY_ALGORITHMS.iter().find(|a| **a != algorithm).unwrap();
         let entry = |nonce: &str, edits: Value| {
             let mut e = json!({"key_id": "k1", "key": k1.private_pem, "algorithm": algorithm, "method": "GET",
-                               "url": "http://test.local/p?x=1", "headers": PROTOCOL, "covered": ALL_COVERED,
+                               "url": "http://test.local/p?x=1", "headers": LIBRARY_PROTOCOL, "covered": LIBRARY_COVERED,
                                "created": now, "nonce": nonce, "label": "wsgiproxy"});
             for (k, v) in edits.as_object().unwrap() {
                 e[k] = v.clone();

@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -17,29 +15,18 @@ const KEY_K1: &str = "first-shared-key-0123456789";
 /// Signs each entry with the library (tests/apps/rfc9421_sign.py); returns the
 /// entry's headers with Signature-Input and Signature added.
 fn library_signed(entries: &[Value]) -> Vec<Vec<(String, String)>> {
-    let mut child = Command::new(repo_root().join(".venv/bin/python"))
-        .arg(repo_root().join("tests/apps/rfc9421_sign.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(Value::from(entries.to_vec()).to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the Python signer failed");
-    let signatures: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     entries
         .iter()
-        .zip(signatures)
-        .map(|(e, s)| {
+        .zip(library_signatures(entries))
+        .map(|(e, (input, signature))| {
             let mut headers: Vec<(String, String)> = e["headers"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_str().unwrap().to_string()))
                 .collect();
-            headers.push(("Signature-Input".into(), s["signature-input"].as_str().unwrap().into()));
-            headers.push(("Signature".into(), s["signature"].as_str().unwrap().into()));
+            headers.push(("Signature-Input".into(), input));
+            headers.push(("Signature".into(), signature));
             headers
         })
         .collect()

@@ -1216,3 +1216,50 @@ pub fn bursts_reach_it(envoy: &Envoy, sidecar: &Sidecar, name: &str) {
     let timeouts = envoy.stats("cluster.spawned.upstream_cx_connect_timeout");
     assert_eq!(timeouts.get("cluster.spawned.upstream_cx_connect_timeout"), Some(&0));
 }
+
+/// The Python of the project's venv (PyPI's http-message-signatures and cryptography).
+pub fn python() -> PathBuf {
+    repo_root().join(".venv/bin/python")
+}
+
+/// Signs each entry with PyPI's http-message-signatures, a library nobody here wrote
+/// (`tests/apps/rfc9421_sign.py` reads the entries): each one's `Signature-Input` and
+/// `Signature`, in order.
+pub fn library_signatures(entries: &[Json]) -> Vec<(String, String)> {
+    let mut child = Command::new(python())
+        .arg(repo_root().join("tests/apps/rfc9421_sign.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(Json::from(entries.to_vec()).to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Python signer failed");
+    let signatures: Vec<Json> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(signatures.len(), entries.len(), "one signature an entry");
+    signatures.iter().map(|s| (s["signature-input"].as_str().unwrap().to_string(), s["signature"].as_str().unwrap().to_string())).collect()
+}
+
+/// The protocol headers of a request the library signs in the RFC 9421 tests
+/// (`rfc9421_interop.rs`, `rfc9421_algorithms.rs`), and what its signature covers:
+/// everything the middleware role requires.
+pub const LIBRARY_PROTOCOL: [(&str, &str); 5] = [
+    ("x-forwarded-for", "203.0.113.5"),
+    ("x-forwarded-server", "www.example.com"),
+    ("x-forwarded-scheme", "https"),
+    ("x-wsgiproxy-version", "0.1"),
+    ("x-wsgiproxy-str-0", "REMOTE_USER alice"),
+];
+
+pub const LIBRARY_COVERED: [&str; 9] = [
+    "@method",
+    "@authority",
+    "@path",
+    "@query",
+    "x-forwarded-for",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-wsgiproxy-version",
+    "x-wsgiproxy-str-0",
+];
