@@ -11,7 +11,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,11 +35,7 @@ fn overrides(echo: &Echo, secret: serde_json::Value, memory: &Path, loader: Load
 
 /// A fresh v1-signed GET, dated now, signed with key `id` = `secret`.
 fn signed(id: &str, secret: &str) -> Vec<u8> {
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let mut nonce = [0u8; 16];
-    nonce[..8].copy_from_slice(&std::process::id().to_be_bytes().repeat(2));
-    let n = COUNT.fetch_add(1, Ordering::Relaxed) ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    nonce[8..].copy_from_slice(&n.to_be_bytes());
+    let nonce = unique_nonce();
     let ring = KeyRing::new(Algorithm::HmacSha1, &[(id.to_string(), secret.as_bytes().to_vec())]).unwrap();
     signed_v1_get(&ring, &nonce, "internal:9000", "/transfer?amount=100", &format_date(SystemTime::now()))
 }
@@ -104,8 +100,11 @@ impl Load {
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let (id, secret) = *signer.lock().unwrap();
-                        let s = std::panic::catch_unwind(|| status(port, &signed(id, secret))).unwrap_or(0);
-                        *statuses.lock().unwrap().entry(s).or_default() += 1;
+                        let verdict = std::panic::catch_unwind(|| KeptAlive::open(port).verdict(&signed(id, secret))).unwrap_or((0, None));
+                        if verdict.0 != 200 {
+                            eprintln!("the load's request signed with {id}: {verdict:?}");
+                        }
+                        *statuses.lock().unwrap().entry(verdict.0).or_default() += 1;
                     }
                 })
             })

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,11 +32,7 @@ fn overrides(echo: &Echo, dir: &Path) -> Overrides {
 
 /// A fresh signed `GET /transfer?amount=100`, dated now, on a kept-alive connection.
 fn signed_request() -> Vec<u8> {
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let mut nonce = [0u8; 16];
-    nonce[..8].copy_from_slice(&std::process::id().to_be_bytes().repeat(2));
-    let n = COUNT.fetch_add(1, Ordering::Relaxed) ^ SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    nonce[8..].copy_from_slice(&n.to_be_bytes());
+    let nonce = unique_nonce();
     let date = format_date(SystemTime::now());
     let ring = KeyRing::new(Algorithm::HmacSha1, &[("k1".into(), KEY.as_bytes().to_vec())]).unwrap();
     signed_v1_get(&ring, &nonce, "internal:9000", "/transfer?amount=100", &date)

@@ -795,6 +795,19 @@ pub fn raw_request(port: u16, raw: &[u8]) -> Response {
 
 /// A v1-signed `GET {path}` to `authority`, dated `date`, whose only protocol header
 /// is X-WSGIProxy-Version: 0.1, as raw HTTP/1.1 bytes.
+/// A nonce no other of this test process's repeats: the process id, a counter and
+/// the time (XORing the counter into the time, as two tests did, let two threads
+/// draw the same nonce now and then: a replay refusal in a test of something else).
+pub fn unique_nonce() -> [u8; 16] {
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut nonce = [0u8; 16];
+    nonce[..4].copy_from_slice(&std::process::id().to_be_bytes());
+    nonce[4..8].copy_from_slice(&COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_be_bytes());
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default();
+    nonce[8..].copy_from_slice(&nanos.to_be_bytes());
+    nonce
+}
+
 pub fn signed_v1_get(ring: &wsgiproxy_protocol::signature::KeyRing, nonce: &[u8; 16], authority: &str, path: &str, date: &str) -> Vec<u8> {
     let parts = wsgiproxy_protocol::signature::SignedParts {
         method: b"GET",
