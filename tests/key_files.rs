@@ -87,6 +87,8 @@ impl SecretVolume {
 struct Load {
     stop: Arc<AtomicBool>,
     statuses: Arc<Mutex<BTreeMap<u16, u64>>>,
+    /// The key id of each thread's last answered request.
+    last_answered: Arc<Mutex<Vec<&'static str>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -94,9 +96,10 @@ impl Load {
     fn start(port: u16, signer: Arc<Mutex<(&'static str, &'static str)>>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let statuses = Arc::new(Mutex::new(BTreeMap::new()));
+        let last_answered = Arc::new(Mutex::new(vec![""; 2]));
         let threads = (0..2)
-            .map(|_| {
-                let (stop, statuses, signer) = (stop.clone(), statuses.clone(), signer.clone());
+            .map(|thread| {
+                let (stop, statuses, signer, last_answered) = (stop.clone(), statuses.clone(), signer.clone(), last_answered.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let (id, secret) = *signer.lock().unwrap();
@@ -105,11 +108,18 @@ impl Load {
                             eprintln!("the load's request signed with {id}: {verdict:?}");
                         }
                         *statuses.lock().unwrap().entry(verdict.0).or_default() += 1;
+                        last_answered.lock().unwrap()[thread] = id;
                     }
                 })
             })
             .collect();
-        Load { stop, statuses, threads }
+        Load { stop, statuses, last_answered, threads }
+    }
+
+    /// Waits until no request signed with another key than `id` is on its way: each
+    /// thread's last answered request was signed with `id`.
+    fn wait_until_all_sign_with(&self, id: &str) -> Duration {
+        time_until("every request on its way signed with the new key", || self.last_answered.lock().unwrap().iter().all(|k| *k == id))
     }
 
     fn stop(self) -> BTreeMap<u16, u64> {
@@ -157,7 +167,9 @@ fn a_key_set_file_rotated_by_symlink_swap_is_followed_under_load() {
     let taken = time_until("the new key verifies", || status(envoy.port, &signed("k2", NEW)) == 200);
     // 2. The senders sign with it; 3. the old key leaves.
     *signer.lock().unwrap() = ("k2", NEW);
-    std::thread::sleep(Duration::from_millis(300));
+    // The old key leaves once nothing signed with it is on its way (a fixed pause was
+    // not enough on a loaded machine: an answer can take longer).
+    load.wait_until_all_sign_with("k2");
     volume.update(&key_set(&[("k2", NEW)]));
     let dropped = time_until("the old key stops verifying", || status(envoy.port, &signed("k1", OLD)) != 200);
     std::thread::sleep(Duration::from_millis(300));
