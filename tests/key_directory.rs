@@ -31,13 +31,7 @@ struct Key {
 
 /// Key pairs OpenSSL made (`tests/apps/rfc9421_keys.py`).
 fn keys(algorithm: &str, ids: &[&str]) -> Vec<Key> {
-    let out = Command::new(python())
-        .arg(repo_root().join("tests/apps/rfc9421_keys.py"))
-        .args([algorithm, &ids.len().to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pairs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let pairs = openssl_key_pairs(algorithm, ids.len());
     let alg = Algorithm::from_name(algorithm).unwrap();
     ids.iter()
         .zip(pairs)

@@ -1276,3 +1276,12 @@ pub const LIBRARY_COVERED: [&str; 9] = [
     "x-wsgiproxy-version",
     "x-wsgiproxy-str-0",
 ];
+
+/// Key pairs OpenSSL made (`tests/apps/rfc9421_keys.py`): one JSON object a pair, with
+/// `private_jwk` and `public_jwk` (JWK texts) among its members.
+pub fn openssl_key_pairs(algorithm: &str, count: usize) -> Vec<Json> {
+    let out =
+        Command::new(python()).arg(repo_root().join("tests/apps/rfc9421_keys.py")).args([algorithm, &count.to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
