@@ -344,7 +344,7 @@ fn mapped_memory_holds(run: Run, memory_mb: u64) {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let window = run.window;
     let live = LiveCount::new(window, run.seconds);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_dir();
     let (memory, _) = MappedMemory::open(&dir.path().join("replay"), memory_mb << 20, START, [42; 16]).unwrap();
     memory.adopt(window.skew_secs, 0);
     let remember = |n: &Nonce, signed: u64, now: u64| memory.remember(n, signed, now).unwrap_or_else(|e| panic!("refused: {e}"));
@@ -398,10 +398,11 @@ fn mapped_memory_at_50_000_a_second() {
 #[test]
 #[ignore = "for callgrind: see scripts/bench.sh's notes in BENCHMARKS.md"]
 fn instructions_per_remember() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let store = std::env::var("REPLAY_STORE").unwrap_or_else(|_| "mapped".into());
     let window = Window::for_skew(SKEW);
     let process = ProcessMemory::new(FingerprintKey::new([42; 16]), window, 0, 512 << 20, START - 1000);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_dir();
     let (mapped, _) = MappedMemory::open(&dir.path().join("replay"), 512 << 20, START - 1000, [42; 16]).unwrap();
     mapped.adopt(SKEW, 0);
     let remember = |n: &Nonce, signed: u64, now: u64| match store.as_str() {
@@ -414,6 +415,13 @@ fn instructions_per_remember() {
     }
     let fresh = count_remembers(&remember, now);
     assert_eq!(fresh, 200_000);
+}
+
+/// A directory for a memory file of up to 512 MB: under the target directory, on the
+/// disk that holds the build, since /tmp may be a small tmpfs (CI's is: two 512 MB
+/// files there failed with ENOSPC).
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
 #[inline(never)]

@@ -24,7 +24,7 @@ impl LdsEnvoy {
     /// `config_file` as `overrides` render it on `port`, its first listener moved to the
     /// LDS file; `args`: more of Envoy's arguments (the drain's, say).
     pub fn start(config_file: &str, port: u16, overrides: &Overrides, node: &str, args: &[&str]) -> LdsEnvoy {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch_dir();
         let admin_port = free_port();
         let mut doc: Yaml = serde_yaml::from_str(&render(config_file, port, admin_port, overrides)).unwrap();
         let listener = doc["static_resources"]["listeners"][0].clone();
@@ -50,7 +50,10 @@ impl LdsEnvoy {
             .args(["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn", "--log-path"])
             .arg(&log)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::null())
+            // The native module's replay memory in this Envoy's own directory, not the
+            // machine's /dev/shm, which every test would share.
+            .env("WSGIPROXY_REPLAY_MEMORY_DIR", dir.path());
         if loader == Loader::Native {
             cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", native_module_dir());
         }

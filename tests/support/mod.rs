@@ -439,7 +439,7 @@ impl Envoy {
 
     fn spawn_on(file: &str, o: &Overrides, port: u16, admin_port: u16) -> (u16, u16, Proc, PathBuf) {
         let _ = wasm_path();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch_dir();
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, render(file, port, admin_port, o)).unwrap();
         let log = dir.path().join("envoy.log");
@@ -798,6 +798,13 @@ pub fn raw_request(port: u16, raw: &[u8]) -> Response {
 /// A nonce no other of this test process's repeats: the process id, a counter and
 /// the time (XORing the counter into the time, as two tests did, let two threads
 /// draw the same nonce now and then: a replay refusal in a test of something else).
+/// A directory for one Envoy's files, the native module's 512 MB replay memory among
+/// them: under the target directory, on the disk that holds the build, since /tmp may
+/// be a small tmpfs (CI's is).
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
 pub fn unique_nonce() -> [u8; 16] {
     static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let mut nonce = [0u8; 16];
