@@ -116,7 +116,7 @@ impl WasmDirectories {
             for _ in 0..2 {
                 let (value, cas) = read(&record.lease_key);
                 let lease = Lease::decode(value.as_deref().unwrap_or_default());
-                match lease.unknown_key(now, interval, timeout) {
+                match lease.unknown_key_seen(record.answers, now, interval, timeout) {
                     (UnknownKey::Refuse, _) => break,
                     (UnknownKey::Wait, None) => {
                         wait = true;

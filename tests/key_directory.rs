@@ -88,6 +88,10 @@ fn receiver(echo: &Echo, directory: &Directory, algorithm: &str, settings: Value
 
 /// The receiver with `workers` worker threads, its directory at `port` on 127.0.0.1.
 fn receiver_of(echo: &Echo, port: u16, algorithm: &str, settings: Value, workers: u32) -> Envoy {
+    Envoy::start("envoy/middleware.yaml", &receiver_overrides(echo, port, algorithm, settings, workers))
+}
+
+fn receiver_overrides(echo: &Echo, port: u16, algorithm: &str, settings: Value, workers: u32) -> Overrides {
     let mut entry = json!({"cluster": "key_directory", "authority": "keys.test"});
     for (k, v) in settings.as_object().unwrap() {
         entry[k] = v.clone();
@@ -99,7 +103,7 @@ fn receiver_of(echo: &Echo, port: u16, algorithm: &str, settings: Value, workers
         "key_directories": [entry],
         "on_untrusted": "reject",
     });
-    let overrides = Overrides {
+    Overrides {
         edit_with: Some(Arc::new(move |doc: &mut serde_yaml::Value| {
             let cluster: serde_yaml::Value = serde_yaml::from_str(&format!(
                 "name: key_directory
@@ -116,8 +120,7 @@ load_assignment:
         ..Overrides::default()
     }
     .cluster("app", echo.port)
-    .plugin(config);
-    Envoy::start("envoy/middleware.yaml", &overrides)
+    .plugin(config)
 }
 
 fn now_secs() -> u64 {
@@ -210,6 +213,79 @@ fn a_sender_rotates_under_sustained_load_without_one_failed_request() {
     assert_eq!(verdict(&mw, new), (200, None));
     assert!(mw.stat("wsgiproxy.middleware.directory_fetches") >= 3);
     assert_eq!(mw.stat("wsgiproxy.middleware.directory_fetch_failures"), 0);
+}
+
+/// A hot restart of the receiver under load: the new process follows the directory
+/// from its start (its first requests wait for its first fetch), and no request fails.
+/// The native module's replay memory outlives the process (one file for both epochs);
+/// the Wasm filter's does not, so there the new process refuses what is dated before
+/// it began (425, the restart rule, which the shipped senders retry): those are
+/// counted apart, every other answer must be 200.
+#[test]
+fn a_receiver_hot_restarted_under_load_fails_no_request() {
+    let k = keys("ed25519", &["k1"]);
+    let key = k[0].clone();
+    let echo = Echo::start();
+    let directory = Directory::start();
+    directory.publish(&[&key]);
+    let memory = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base_id = 41_000 + u32::from(port);
+    let native = Loader::from_env() == Loader::Native;
+    let epoch = |epoch| Overrides {
+        listen_port: Some(port),
+        hot_restart: Some(HotRestart { base_id, epoch }),
+        memory_survives: epoch > 0 && native,
+        ..receiver_overrides(&echo, directory.port, "ed25519", json!({}), 2)
+            .env("WSGIPROXY_REPLAY_MEMORY_DIR", memory.path().to_str().unwrap())
+    };
+    let epoch0 = Envoy::start("envoy/middleware.yaml", &epoch(0));
+    wait_until_signatures_are_trusted("");
+    assert_eq!(verdict(&epoch0, &key), (200, None));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let (sent, restart_rule) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (key, stop, failures, sent, restart_rule) =
+                (key.clone(), stop.clone(), failures.clone(), sent.clone(), restart_rule.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let headers = signed(&key, "/hello");
+                    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                    let r = request(port, "GET", "/hello", &headers, b"");
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    match r.status {
+                        200 => {}
+                        425 if !native => {
+                            restart_rule.fetch_add(1, Ordering::Relaxed);
+                        }
+                        status => failures.lock().unwrap().push((status, r.header("x-wsgiproxy-error").map(str::to_string))),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let fetches_before = directory.fetches();
+    let epoch1 = epoch0.hot_restart("envoy/middleware.yaml", &epoch(1));
+    std::thread::sleep(Duration::from_secs(if native { 2 } else { 5 }));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (failures, sent) = (failures.lock().unwrap().clone(), sent.load(Ordering::Relaxed));
+    eprintln!(
+        "hot restart under load: {sent} requests, {} failed, {} refused 425 by the Wasm restart rule",
+        failures.len(),
+        restart_rule.load(Ordering::Relaxed)
+    );
+    assert!(sent > 100, "too little load: {sent}");
+    assert!(failures.is_empty(), "{} of {sent} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    assert!(directory.fetches() > fetches_before, "the new process fetched the directory");
+    assert_eq!(verdict(&epoch1, &key), (200, None));
+    assert_eq!(epoch1.stat("wsgiproxy.middleware.directory_fetch_failures"), 0);
 }
 
 #[test]

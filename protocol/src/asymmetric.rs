@@ -27,7 +27,9 @@ use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::signature::Algorithm;
 
+mod ed25519_public_key;
 mod p256_public_key;
+pub use ed25519_public_key::Ed25519PublicKey;
 pub use p256_public_key::P256PublicKey;
 mod p384_key;
 pub use p384_key::P384PublicKey;
@@ -51,7 +53,7 @@ pub enum PrivateKey {
 /// A public key: verifies only (the `middleware` role).
 #[derive(Clone, PartialEq, Eq)]
 pub enum PublicKey {
-    Ed25519(ed25519_dalek::VerifyingKey),
+    Ed25519(Ed25519PublicKey),
     EcdsaP256(P256PublicKey),
     EcdsaP384(P384PublicKey),
     Rsa(RsaScheme, RsaPublicKey),
@@ -98,7 +100,7 @@ impl PrivateKey {
 
     pub fn public_key(&self) -> PublicKey {
         match self {
-            PrivateKey::Ed25519(key) => PublicKey::Ed25519(key.verifying_key()),
+            PrivateKey::Ed25519(key) => PublicKey::Ed25519(Ed25519PublicKey::new(key.verifying_key())),
             PrivateKey::EcdsaP256(key) => PublicKey::EcdsaP256(P256PublicKey::new(*key.verifying_key())),
             PrivateKey::EcdsaP384(key) => PublicKey::EcdsaP384(P384PublicKey::new(*key.verifying_key())),
             #[cfg(feature = "ring")]
@@ -124,9 +126,7 @@ impl PublicKey {
     /// signs either), through `p256` or, with feature `ring-verify` (both loaders), ring (`P256PublicKey`).
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         match self {
-            PublicKey::Ed25519(key) => {
-                ed25519_dalek::Signature::from_slice(signature).is_ok_and(|signature| key.verify_strict(message, &signature).is_ok())
-            }
+            PublicKey::Ed25519(key) => key.verifies(message, signature),
             PublicKey::EcdsaP256(key) => key.verifies(message, signature),
             PublicKey::EcdsaP384(key) => key.verifies(message, signature),
             PublicKey::Rsa(scheme, key) => key.verifies(*scheme, message, signature),
@@ -247,7 +247,7 @@ fn ed25519_public_key(key: ed25519_dalek::VerifyingKey) -> Result<AsymmetricKey,
     if key.is_weak() {
         return Err("is a weak Ed25519 public key (a point of small order)".into());
     }
-    Ok(AsymmetricKey::Public(PublicKey::Ed25519(key)))
+    Ok(AsymmetricKey::Public(PublicKey::Ed25519(Ed25519PublicKey::new(key))))
 }
 
 /// The members of a JWK this reads; others (`kid`, `use`, `key_ops`...) are ignored.

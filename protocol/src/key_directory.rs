@@ -452,9 +452,9 @@ impl Follower {
 pub fn public_jwk(id: &str, key: &PublicKey) -> Option<Value> {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     match key {
-        PublicKey::Ed25519(key) => {
-            Some(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": id, "alg": "EdDSA", "use": "sig", "x": b64(key.as_bytes())}))
-        }
+        PublicKey::Ed25519(key) => Some(
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": id, "alg": "EdDSA", "use": "sig", "x": b64(key.verifying_key().as_bytes())}),
+        ),
         PublicKey::EcdsaP256(key) => {
             let point = key.verifying_key().to_encoded_point(false);
             Some(serde_json::json!({"kty": "EC", "crv": "P-256", "kid": id, "alg": "ES256", "use": "sig",

@@ -394,7 +394,7 @@ impl PrivateKey {
     /// The public key's raw bytes (test only): what a careless verifier might take as an HMAC key.
     fn public_key_bytes(&self) -> Vec<u8> {
         match self.public_key() {
-            PublicKey::Ed25519(k) => k.to_bytes().to_vec(),
+            PublicKey::Ed25519(k) => k.verifying_key().to_bytes().to_vec(),
             PublicKey::EcdsaP256(k) => k.verifying_key().to_encoded_point(false).as_bytes().to_vec(),
             other => unreachable!("{other:?}: see algorithm_tests.rs"),
         }

@@ -87,6 +87,17 @@ impl Lease {
         (UnknownKey::Wait, Some(Lease { last_refetch: now, asked: now, pending: now, ..*self }))
     }
 
+    /// As [`Lease::unknown_key`], for a follower that has taken `seen` answers: when the
+    /// lease counts more, another follower's fetch was answered since this one's last
+    /// tick (the first fetch of a process just started, say) and its document may hold
+    /// the key, so the request waits for that tick rather than be refused.
+    pub fn unknown_key_seen(&self, seen: u64, now: u64, interval_ms: u64, timeout_ms: u64) -> (UnknownKey, Option<Lease>) {
+        if self.answers != seen {
+            return (UnknownKey::Wait, None);
+        }
+        self.unknown_key(now, interval_ms, timeout_ms)
+    }
+
     /// A fetch was answered: one more answer, and no refetch pending.
     pub fn answered(&self) -> Lease {
         Lease { answers: self.answers.wrapping_add(1), pending: 0, ..*self }
@@ -172,5 +183,19 @@ mod tests {
         assert_eq!(asked.unknown_key(5_001, interval, timeout), (UnknownKey::Refuse, None));
         // An interval on: asked again.
         assert!(matches!(answered.unknown_key(31_000, interval, timeout), (UnknownKey::Wait, Some(_))));
+    }
+
+    /// A follower that has not yet taken the answer another follower's fetch got
+    /// (a hot-restarted Envoy's second worker, before its first tick) waits for its
+    /// tick instead of being refused within the interval; once it has taken it, the
+    /// interval's gate applies.
+    #[test]
+    fn an_answer_a_follower_has_not_taken_yet_is_waited_for() {
+        let (interval, timeout) = (30_000, 2_000);
+        let (_, asked) = Lease::default().unknown_key(1_000, interval, timeout);
+        let answered = asked.unwrap().answered();
+        assert_eq!(answered.unknown_key_seen(0, 1_100, interval, timeout), (UnknownKey::Wait, None));
+        assert_eq!(answered.unknown_key_seen(1, 1_100, interval, timeout), (UnknownKey::Refuse, None));
+        assert!(matches!(Lease::default().unknown_key_seen(0, 1_000, interval, timeout), (UnknownKey::Wait, Some(_))));
     }
 }
