@@ -28,6 +28,8 @@ use zeroize::{Zeroize as _, Zeroizing};
 use crate::signature::Algorithm;
 
 mod p256_public_key;
+#[cfg(feature = "p256-tables")]
+mod p256_tables;
 pub use p256_public_key::P256PublicKey;
 mod p384_key;
 pub use p384_key::P384PublicKey;
