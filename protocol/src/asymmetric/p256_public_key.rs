@@ -112,4 +112,8 @@ impl std::fmt::Debug for P256PublicKey {
 }
 
 #[cfg(test)]
+mod differential;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wycheproof;
