@@ -46,10 +46,12 @@ for alert in $(sed -n 's/^ *- alert: //p' deploy/prometheus/alerts.yml); do
   grep -q "alertname: $alert\$" deploy/prometheus/alerts.test.yml || { echo "no promtool test for $alert"; exit 1; }
 done
 
-echo "== the protocol's unit tests as the Wasm filter builds it (HMAC on RustCrypto's code, P-256 verification on ring's C)"
+echo "== the protocol's unit tests as the Wasm filter builds it (HMAC on RustCrypto's code, RSA on ring's C, P-256 on fixed-base tables)"
 # The workspace run below builds the protocol with the native module's ring
-# feature; this one, the package alone, with the Wasm filter's (ring-verify).
+# feature; these, the package alone, with ring-verify alone and with the Wasm
+# filter's features (P-256 on the tables, checked against ring and p256).
 cargo test -p wsgiproxy-protocol --lib --features ring-verify
+cargo test -p wsgiproxy-protocol --lib --features ring-verify,p256-tables
 
 echo "== the native module's binding under a sanitizer"
 # Its tests run the binding against stand-in Envoy callbacks: under AddressSanitizer

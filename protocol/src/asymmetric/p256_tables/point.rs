@@ -65,9 +65,9 @@ impl Jacobian {
     }
 
     /// The affine form, with one inversion.
-    pub(super) fn to_affine(&self) -> Option<Affine> {
+    pub(super) fn to_affine(self) -> Option<Affine> {
         let z_inverse = self.z.invert()?;
-        Some(affine_with(self, &z_inverse))
+        Some(affine_with(&self, &z_inverse))
     }
 }
 
