@@ -79,7 +79,7 @@ enum KeyedMac {
     Hmac(HmacKey),
     /// A private key (the `app` role): signs, and verifies with its public half, made
     /// once, when first needed (a P-256 public key builds its verification table).
-    Private(PrivateKey, std::sync::OnceLock<PublicKey>),
+    Private(PrivateKey, Box<std::sync::OnceLock<PublicKey>>),
     /// A public key (the `middleware` role): verifies only.
     Public(PublicKey),
 }
@@ -241,7 +241,7 @@ impl KeyRing {
                 return Err(format!("key {id:?} is an {} key, not {}", key.algorithm().name(), algorithm.name()));
             }
             let mac = match key {
-                AsymmetricKey::Private(private) => KeyedMac::Private(private, std::sync::OnceLock::new()),
+                AsymmetricKey::Private(private) => KeyedMac::Private(private, Box::default()),
                 AsymmetricKey::Public(public) => KeyedMac::Public(public),
             };
             ring.push(SigningKey { id, mac });
