@@ -46,10 +46,13 @@ for alert in $(sed -n 's/^ *- alert: //p' deploy/prometheus/alerts.yml); do
   grep -q "alertname: $alert\$" deploy/prometheus/alerts.test.yml || { echo "no promtool test for $alert"; exit 1; }
 done
 
-echo "== the protocol's unit tests as the Wasm filter builds it (HMAC on RustCrypto's code, P-256 verification on ring's C)"
-# The workspace run below builds the protocol with the native module's ring
-# feature; this one, the package alone, with the Wasm filter's (ring-verify).
+echo "== the protocol's unit tests as the Wasm filter builds it (HMAC on RustCrypto's code, RSA on ring's C, P-256 and Ed25519 on key tables)"
+# The workspace run below builds the protocol with every loader's features; these,
+# the package alone: with ring-verify alone (P-256 on ring, Ed25519 on
+# ed25519-dalek's verify_strict, as the native module verifies) and with the Wasm
+# filter's features (the key tables, checked against those).
 cargo test -p wsgiproxy-protocol --lib --features ring-verify
+cargo test -p wsgiproxy-protocol --lib --features ring-verify,p256-tables,ed25519-key-table
 
 echo "== the native module's binding under a sanitizer"
 # Its tests run the binding against stand-in Envoy callbacks: under AddressSanitizer

@@ -30,6 +30,8 @@ use crate::signature::Algorithm;
 mod ed25519_public_key;
 mod p256_public_key;
 pub use ed25519_public_key::Ed25519PublicKey;
+#[cfg(feature = "p256-tables")]
+mod p256_tables;
 pub use p256_public_key::P256PublicKey;
 mod p384_key;
 pub use p384_key::P384PublicKey;

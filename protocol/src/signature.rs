@@ -77,8 +77,9 @@ impl Algorithm {
 #[derive(Clone)]
 enum KeyedMac {
     Hmac(HmacKey),
-    /// A private key (the `app` role): signs, and verifies with its public half.
-    Private(PrivateKey),
+    /// A private key (the `app` role): signs, and verifies with its public half, made
+    /// once, when first needed (a P-256 public key builds its verification table).
+    Private(PrivateKey, Box<std::sync::OnceLock<PublicKey>>),
     /// A public key (the `middleware` role): verifies only.
     Public(PublicKey),
 }
@@ -103,7 +104,7 @@ impl KeyedMac {
         match self {
             KeyedMac::Hmac(key) => key.mac(message),
             // Empty, which no receiver accepts: see `SigningKey::signature_of`.
-            KeyedMac::Private(key) => key.sign(message).unwrap_or_default(),
+            KeyedMac::Private(key, _) => key.sign(message).unwrap_or_default(),
             KeyedMac::Public(_) => Vec::new(),
         }
     }
@@ -111,7 +112,7 @@ impl KeyedMac {
     fn verify(&self, message: &[u8], mac: &[u8]) -> bool {
         match self {
             KeyedMac::Hmac(key) => key.verify(message, mac),
-            KeyedMac::Private(key) => key.public_key().verifies(message, mac),
+            KeyedMac::Private(key, public) => public.get_or_init(|| key.public_key()).verifies(message, mac),
             KeyedMac::Public(key) => key.verifies(message, mac),
         }
     }
@@ -141,7 +142,7 @@ impl SigningKey {
     /// publishes); `None` for an HMAC key, which is a secret.
     pub fn public_key(&self) -> Option<PublicKey> {
         match &self.mac {
-            KeyedMac::Private(key) => Some(key.public_key()),
+            KeyedMac::Private(key, public) => Some(public.get_or_init(|| key.public_key()).clone()),
             KeyedMac::Public(key) => Some(key.clone()),
             KeyedMac::Hmac(_) => None,
         }
@@ -151,7 +152,7 @@ impl SigningKey {
     /// cannot sign.
     pub fn signature_of(&self, message: &[u8]) -> Option<Vec<u8>> {
         match &self.mac {
-            KeyedMac::Private(key) => key.sign(message),
+            KeyedMac::Private(key, _) => key.sign(message),
             KeyedMac::Public(_) => None,
             KeyedMac::Hmac(_) => Some(self.mac.mac(message)),
         }
@@ -240,7 +241,7 @@ impl KeyRing {
                 return Err(format!("key {id:?} is an {} key, not {}", key.algorithm().name(), algorithm.name()));
             }
             let mac = match key {
-                AsymmetricKey::Private(private) => KeyedMac::Private(private),
+                AsymmetricKey::Private(private) => KeyedMac::Private(private, Box::default()),
                 AsymmetricKey::Public(public) => KeyedMac::Public(public),
             };
             ring.push(SigningKey { id, mac });

@@ -11,14 +11,28 @@
 //!   where `p256`'s 64-bit limbs become 128-bit multiplies that Wasm lacks
 //!   (`__multi3` calls).
 //!
+//! - fixed-base tables (feature `p256-tables`, the Wasm filter's: `super::p256_tables`):
+//!   variable-time verification on fiat-crypto's verified 32-bit arithmetic with a
+//!   table of affine multiples per key (88 KB, built here, when the key is read) and
+//!   one of the generator's, so a verification is mixed additions only. In Wasm, where
+//!   ring's P-256 code is constant-time and generic, under a fifth of ring's
+//!   instructions (1.8 M against 10.2 M under wasmtime; issue #30), for about 48 M
+//!   per key to build its table. It wins over `ring-verify`, which the filter keeps
+//!   for RSA.
+//!
 //! Either way the key is read with `p256` (PEM, JWK: `super::parse_key`), and
 //! signing stays with `p256` (deterministic, RFC 6979), so both loaders send the same
 //! bytes.
 
-/// A P-256 public key, with ring's form of it made once, when the configuration is read.
+/// A P-256 public key, with ring's form of it or its table made once, when the
+/// configuration is read.
 #[derive(Clone)]
 pub struct P256PublicKey {
     key: p256::ecdsa::VerifyingKey,
+    /// None only if the table could not be built, which no valid key causes; then
+    /// the other backend verifies.
+    #[cfg(feature = "p256-tables")]
+    table: Option<std::sync::Arc<super::p256_tables::KeyTable>>,
     /// The uncompressed SEC1 point (65 bytes), as ring takes it.
     #[cfg(feature = "ring-verify")]
     ring_key: ring::signature::UnparsedPublicKey<Vec<u8>>,
@@ -27,6 +41,8 @@ pub struct P256PublicKey {
 impl P256PublicKey {
     pub fn new(key: p256::ecdsa::VerifyingKey) -> Self {
         P256PublicKey {
+            #[cfg(feature = "p256-tables")]
+            table: key_table(&key).map(std::sync::Arc::new),
             #[cfg(feature = "ring-verify")]
             ring_key: ring::signature::UnparsedPublicKey::new(
                 &ring::signature::ECDSA_P256_SHA256_FIXED,
@@ -42,16 +58,30 @@ impl P256PublicKey {
     }
 
     /// Whether `signature` (64 bytes, `r || s`) is this key's signature of `message`.
-    #[cfg(feature = "ring-verify")]
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        #[cfg(feature = "p256-tables")]
+        if let Some(table) = &self.table {
+            return table.verifies(message, signature);
+        }
+        self.verifies_without_table(message, signature)
+    }
+
+    #[cfg(feature = "ring-verify")]
+    fn verifies_without_table(&self, message: &[u8], signature: &[u8]) -> bool {
         ring_verifies(&self.ring_key, message, signature)
     }
 
-    /// Whether `signature` (64 bytes, `r || s`) is this key's signature of `message`.
     #[cfg(not(feature = "ring-verify"))]
-    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+    fn verifies_without_table(&self, message: &[u8], signature: &[u8]) -> bool {
         p256_verifies(&self.key, message, signature)
     }
+}
+
+/// The key's table, from the affine coordinates of `p256`'s uncompressed encoding.
+#[cfg(feature = "p256-tables")]
+fn key_table(key: &p256::ecdsa::VerifyingKey) -> Option<super::p256_tables::KeyTable> {
+    let point = key.to_encoded_point(false);
+    super::p256_tables::KeyTable::new(point.x()?.as_slice().try_into().ok()?, point.y()?.as_slice().try_into().ok()?)
 }
 
 #[cfg(any(not(feature = "ring-verify"), test))]
@@ -83,4 +113,8 @@ impl std::fmt::Debug for P256PublicKey {
 }
 
 #[cfg(test)]
+mod differential;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod wycheproof;

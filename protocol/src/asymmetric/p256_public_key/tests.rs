@@ -1,7 +1,8 @@
 //! Both backends give the same verdict: valid signatures, each byte flipped, the
 //! other `s`, out-of-range scalars, other lengths, another key. With the default
 //! backend this checks `p256` alone against the expected verdicts; with `ring`,
-//! ring against `p256` and both against them.
+//! ring against `p256` and both against them; with `p256-tables`, the tables too.
+//! Wycheproof's vectors and random signatures: `wycheproof.rs`, `differential.rs`.
 
 use super::*;
 use crate::asymmetric::{parse_key, AsymmetricKey, PrivateKey, PublicKey};
@@ -24,7 +25,7 @@ const RFC_BASE: &str = "\"@status\": 200\n\
     \"@signature-params\": (\"@status\" \"content-type\" \"content-digest\" \"content-length\");created=1618884473;keyid=\"test-key-ecc-p256\"";
 const RFC_SIGNATURE: &str = "wNmSUAhwb5LxtOtOpNa6W5xj067m5hFrj0XQ4fvpaCLx0NKocgPquLgyahnzDnDAUy5eCdlYUEkLIj+32oiasw==";
 /// The order of P-256's group, big-endian.
-const N: [u8; 32] = [
+pub(super) const N: [u8; 32] = [
     0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
     0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
 ];
@@ -41,10 +42,16 @@ fn key_of(signer: &p256::ecdsa::SigningKey) -> P256PublicKey {
 }
 
 /// The key's verdict, after checking that every backend built gives it.
-fn verdict(key: &P256PublicKey, message: &[u8], signature: &[u8]) -> bool {
+pub(super) fn verdict(key: &P256PublicKey, message: &[u8], signature: &[u8]) -> bool {
     let by_p256 = p256_verifies(&key.key, message, signature);
     #[cfg(feature = "ring-verify")]
     assert_eq!(ring_verifies(&key.ring_key, message, signature), by_p256, "ring and p256 differ on {signature:02x?}");
+    #[cfg(feature = "p256-tables")]
+    assert_eq!(
+        key.table.as_ref().unwrap().verifies(message, signature),
+        by_p256,
+        "the tables and p256 differ on {signature:02x?}, message {message:02x?}"
+    );
     assert_eq!(key.verifies(message, signature), by_p256);
     by_p256
 }
