@@ -42,7 +42,7 @@ impl P256PublicKey {
     pub fn new(key: p256::ecdsa::VerifyingKey) -> Self {
         P256PublicKey {
             #[cfg(feature = "p256-tables")]
-            table: key_table(&key).map(std::sync::Arc::new),
+            table: tables::table_of(&key),
             #[cfg(feature = "ring-verify")]
             ring_key: ring::signature::UnparsedPublicKey::new(
                 &ring::signature::ECDSA_P256_SHA256_FIXED,
@@ -77,11 +77,29 @@ impl P256PublicKey {
     }
 }
 
-/// The key's table, from the affine coordinates of `p256`'s uncompressed encoding.
+/// The keys' tables, one per key in use: a key read again (each refresh of a key
+/// directory, a configuration pushed again) takes the table it already has rather
+/// than spend its 48 M instructions on another.
 #[cfg(feature = "p256-tables")]
-fn key_table(key: &p256::ecdsa::VerifyingKey) -> Option<super::p256_tables::KeyTable> {
-    let point = key.to_encoded_point(false);
-    super::p256_tables::KeyTable::new(point.x()?.as_slice().try_into().ok()?, point.y()?.as_slice().try_into().ok()?)
+mod tables {
+    use std::sync::{Arc, Mutex, Weak};
+
+    use crate::asymmetric::p256_tables::KeyTable;
+
+    /// The tables of the keys some `P256PublicKey` holds, by uncompressed point.
+    static IN_USE: Mutex<Vec<(Vec<u8>, Weak<KeyTable>)>> = Mutex::new(Vec::new());
+
+    pub fn table_of(key: &p256::ecdsa::VerifyingKey) -> Option<Arc<KeyTable>> {
+        let point = key.to_encoded_point(false);
+        let mut in_use = IN_USE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        in_use.retain(|(_, table)| table.strong_count() > 0);
+        if let Some(table) = in_use.iter().find(|(bytes, _)| bytes.as_slice() == point.as_bytes()).and_then(|(_, t)| t.upgrade()) {
+            return Some(table);
+        }
+        let table = Arc::new(KeyTable::new(point.x()?.as_slice().try_into().ok()?, point.y()?.as_slice().try_into().ok()?)?);
+        in_use.push((point.as_bytes().to_vec(), Arc::downgrade(&table)));
+        Some(table)
+    }
 }
 
 #[cfg(any(not(feature = "ring-verify"), test))]

@@ -185,3 +185,20 @@ fn equality_clone_and_debug() {
         assert_eq!(point.as_bytes().len(), 65);
     }
 }
+
+/// A key read again (a directory's refresh) takes the table it has; the table goes
+/// with the last key holding it.
+#[cfg(feature = "p256-tables")]
+#[test]
+fn a_key_read_again_shares_its_table_until_no_key_holds_it() {
+    let signer = p256::ecdsa::SigningKey::from_bytes(&[0x5a; 32].into()).unwrap();
+    let (first, again) = (key_of(&signer), key_of(&signer));
+    let table = first.table.clone().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&table, again.table.as_ref().unwrap()));
+    let gone = std::sync::Arc::downgrade(&table);
+    drop((first, again, table));
+    assert_eq!(gone.strong_count(), 0);
+    let message = b"signed after the table was made again";
+    let signature: p256::ecdsa::Signature = p256::ecdsa::signature::Signer::sign(&signer, message);
+    assert!(key_of(&signer).verifies(message, &signature.to_bytes()));
+}
