@@ -3,19 +3,16 @@
 //! and prints the difference per call. Usage: `crypto-cost <variant> <N>`.
 //!
 //! Variants: what the protocol crate ships (`hmac-sha256`, `ed25519`, `ecdsa-p256`,
-//! through its public API, with the features of the loader the build is for), and the
-//! alternatives issue #30 weighed (`ed25519-key-table`, `p256-0.13`, `p256-0.14`).
+//! through its public API, with the features of the loader the build is for: the Wasm
+//! filter's key tables, the native module's ring and ed25519-dalek), and the libraries
+//! issue #30 weighed, called directly (`ed25519-dalek`'s `verify_strict`, `p256-ring`,
+//! `p256-0.13`, `p256-0.14`).
 
 use std::hint::black_box;
 use std::process::ExitCode;
 
-use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsBasepointTable};
-use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::BasepointTable as _;
 use ed25519_dalek::Signer as _;
-use sha2::{Digest as _, Sha512};
-use wsgiproxy_protocol::asymmetric::{P256PublicKey, PublicKey};
+use wsgiproxy_protocol::asymmetric::{Ed25519PublicKey, P256PublicKey, PublicKey};
 use wsgiproxy_protocol::hmac_key::{HmacHash, HmacKey};
 
 /// About the length of the benchmark request's RFC 9421 signature base (590 bytes).
@@ -40,18 +37,14 @@ fn main() -> ExitCode {
         "ed25519" => {
             let signer = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
             let signature = signer.sign(&message).to_bytes();
-            let key = PublicKey::Ed25519(signer.verifying_key());
+            let key = PublicKey::Ed25519(Ed25519PublicKey::new(signer.verifying_key()));
             Box::new(move |m| key.verifies(m, &signature))
         }
-        "ed25519-key-table" => {
+        "ed25519-dalek" => {
             let signer = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-            let signature = signer.sign(&message).to_bytes();
-            let a_bytes = signer.verifying_key().to_bytes();
-            let Some(a) = CompressedEdwardsY(a_bytes).decompress() else { return ExitCode::FAILURE };
-            // [k](-A) from a fixed-base table of -A made once, as for the base point:
-            // no doublings, at the price of constant-time table reads.
-            let minus_a = EdwardsBasepointTable::create(&-a);
-            Box::new(move |m| ed25519_with_key_table(&minus_a, &a, &a_bytes, m, &signature))
+            let signature = signer.sign(&message);
+            let key = signer.verifying_key();
+            Box::new(move |m| key.verify_strict(m, &signature).is_ok())
         }
         "ecdsa-p256" => {
             let signer = p256_signer();
@@ -59,6 +52,14 @@ fn main() -> ExitCode {
             let signature = signature.to_bytes().to_vec();
             let key = PublicKey::EcdsaP256(P256PublicKey::new(*signer.verifying_key()));
             Box::new(move |m| key.verifies(m, &signature))
+        }
+        "p256-ring" => {
+            let signer = p256_signer();
+            let signature: p256::ecdsa::Signature = signer.sign(&message);
+            let signature = signature.to_bytes().to_vec();
+            let point = signer.verifying_key().to_encoded_point(false).as_bytes().to_vec();
+            let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point);
+            Box::new(move |m| key.verify(m, &signature).is_ok())
         }
         "p256-0.13" => {
             use p256::ecdsa::signature::Verifier as _;
@@ -106,24 +107,4 @@ fn p256_signer() -> p256::ecdsa::SigningKey {
 #[allow(clippy::panic)]
 fn unreachable_key() -> ! {
     panic!("7 is a valid P-256 scalar")
-}
-
-/// RFC 8032's check as ed25519-dalek's `verify_strict` makes it, with [k]A taken
-/// from a table of A's multiples: R' = [s]B + [k](-A), compared with R.
-fn ed25519_with_key_table(
-    minus_a: &EdwardsBasepointTable,
-    a: &curve25519_dalek::EdwardsPoint,
-    a_bytes: &[u8; 32],
-    message: &[u8],
-    signature: &[u8; 64],
-) -> bool {
-    let (r_bytes, s_bytes) = signature.split_at(32);
-    let (Ok(r_bytes), Ok(s_bytes)) = (<[u8; 32]>::try_from(r_bytes), <[u8; 32]>::try_from(s_bytes)) else { return false };
-    let Some(r) = CompressedEdwardsY(r_bytes).decompress() else { return false };
-    if r.is_small_order() || a.is_small_order() {
-        return false;
-    }
-    let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else { return false };
-    let k = Scalar::from_hash(Sha512::new().chain_update(r_bytes).chain_update(a_bytes).chain_update(message));
-    (ED25519_BASEPOINT_TABLE * &s + minus_a * &k).compress().0 == r_bytes
 }

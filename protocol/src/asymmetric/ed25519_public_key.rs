@@ -10,9 +10,9 @@
 //! - With feature `ed25519-key-table` (the Wasm filter): `[k](-A)` read from a table of
 //!   the key's multiples made once, when the key is read (curve25519-dalek's fixed-base
 //!   table, 30 KB a key), as `[S]B` is from the base point's: additions only, no
-//!   doublings. In Wasm, where a field multiplication takes 100 32-bit products, that
-//!   is about a quarter fewer instructions; natively it is about an eighth more
-//!   (`scripts/crypto-cost.sh`, BENCHMARKS.md issue #30).
+//!   doublings; and `R` is not decompressed (its small order is told by its encoding).
+//!   In Wasm, where a field multiplication takes 100 32-bit products, that is about a
+//!   third fewer instructions (`scripts/crypto-cost.sh`, BENCHMARKS.md issue #30).
 //!
 //! The tests hold both to the same verdicts, on Wycheproof's vectors and on mutated
 //! signatures.
@@ -60,11 +60,19 @@ fn dalek_verifies(key: &ed25519_dalek::VerifyingKey, message: &[u8], signature: 
 
 #[cfg(feature = "ed25519-key-table")]
 mod table {
-    use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
+    use std::sync::OnceLock;
+
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_TABLE, EIGHT_TORSION};
     use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsBasepointTable};
     use curve25519_dalek::scalar::Scalar;
     use curve25519_dalek::traits::BasepointTable as _;
     use sha2::{Digest as _, Sha512};
+
+    /// The canonical encodings of the eight points of small order (made once).
+    fn small_order_encodings() -> &'static [[u8; 32]; 8] {
+        static ENCODINGS: OnceLock<[[u8; 32]; 8]> = OnceLock::new();
+        ENCODINGS.get_or_init(|| EIGHT_TORSION.map(|point| point.compress().to_bytes()))
+    }
 
     /// `-A`'s multiples, for `[k](-A)` without doublings.
     pub struct KeyTable {
@@ -90,10 +98,11 @@ mod table {
             let (Ok(r), Ok(s)) = (<[u8; 32]>::try_from(r), <[u8; 32]>::try_from(s)) else { return false };
             // S < L, else a second encoding of the same signature.
             let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else { return false };
-            // R a point, not of small order (as verify_strict); a non-canonical
-            // encoding of it fails the comparison below.
-            let Some(r_point) = CompressedEdwardsY(r).decompress() else { return false };
-            if r_point.is_small_order() {
+            // R not of small order, as verify_strict, without decompressing R (a
+            // square root): R must equal R' as encoded, and R' is encoded canonically,
+            // so R passes only as a point's canonical encoding; a small-order point's
+            // is one of eight.
+            if small_order_encodings().contains(&r) {
                 return false;
             }
             let mut hash = [0u8; 64];

@@ -110,3 +110,27 @@ fn small_order_points_verify_nothing() {
         }
     }
 }
+
+/// A signature whose equation holds with R the identity (S = k·a, so [S]B − [k]A is
+/// the identity): only the small-order check on R refuses it, as RFC 8032's strict
+/// reading and verify_strict do.
+#[test]
+fn an_equation_that_holds_with_a_small_order_r_is_refused() {
+    use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+    use sha2::{Digest as _, Sha512};
+    let signer = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let key = signer.verifying_key();
+    let message = b"forged with the identity as R";
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    let mut hash = [0u8; 64];
+    hash.copy_from_slice(&Sha512::new().chain_update(identity).chain_update(key.as_bytes()).chain_update(message).finalize());
+    let k = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&hash);
+    let s = k * signer.to_scalar();
+    let minus_a = -curve25519_dalek::edwards::CompressedEdwardsY(key.to_bytes()).decompress().unwrap();
+    assert_eq!((ED25519_BASEPOINT_POINT * s + minus_a * k).compress().to_bytes(), identity, "the equation holds");
+    let mut signature = [0u8; 64];
+    signature[..32].copy_from_slice(&identity);
+    signature[32..].copy_from_slice(s.as_bytes());
+    assert!(!verdict(&key, message, &signature));
+}
