@@ -171,7 +171,9 @@ impl WasmDirectories {
                     record.answers = lease.answers;
                     answered = true;
                 }
-                if !record.leading {
+                // Also when this VM has just taken the lease: it may never have taken
+                // the last leader's document, and its held requests wake on this tick.
+                if !record.leading || lease.leader != self.me {
                     // Read after the lease: a leader publishes the document first.
                     let (document, document_cas) = read(&record.document_key);
                     if document_cas.is_some() && document_cas != record.document_cas {

@@ -28,6 +28,8 @@ use zeroize::{Zeroize as _, Zeroizing};
 use crate::signature::Algorithm;
 
 mod ed25519_public_key;
+#[cfg(any(feature = "p256-tables", feature = "ed25519-key-table"))]
+mod key_tables;
 mod p256_public_key;
 pub use ed25519_public_key::Ed25519PublicKey;
 #[cfg(feature = "p256-tables")]

@@ -9,7 +9,7 @@
 //!   multiplies and AVX2.
 //! - With feature `ed25519-key-table` (the Wasm filter): `[k](-A)` read from a table of
 //!   the key's multiples made once, when the key is read (curve25519-dalek's fixed-base
-//!   table, 30 KB a key), as `[S]B` is from the base point's: additions only, no
+//!   table, 30 KB a key, made when the key first verifies), as `[S]B` is from the base point's: additions only, no
 //!   doublings; and `R` is not decompressed (its small order is told by its encoding).
 //!   In Wasm, where a field multiplication takes 100 32-bit products, that is about a
 //!   third fewer instructions (`scripts/crypto-cost.sh`, BENCHMARKS.md issue #30).
@@ -21,15 +21,16 @@
 #[derive(Clone)]
 pub struct Ed25519PublicKey {
     key: ed25519_dalek::VerifyingKey,
+    /// Made on first use (`super::key_tables`); none for a key of small order.
     #[cfg(feature = "ed25519-key-table")]
-    table: Option<std::sync::Arc<table::KeyTable>>,
+    table: super::key_tables::LazyTable<table::KeyTable>,
 }
 
 impl Ed25519PublicKey {
     pub fn new(key: ed25519_dalek::VerifyingKey) -> Self {
         Ed25519PublicKey {
             #[cfg(feature = "ed25519-key-table")]
-            table: table::KeyTable::new(&key).map(std::sync::Arc::new),
+            table: super::key_tables::LazyTable::new(),
             key,
         }
     }
@@ -43,7 +44,8 @@ impl Ed25519PublicKey {
     #[cfg(feature = "ed25519-key-table")]
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         // No table: the key is of small order, which verifies nothing.
-        self.table.as_ref().is_some_and(|table| table.verifies(self.key.as_bytes(), message, signature))
+        let key = &self.key;
+        self.table.get(|| table::table_of(key)).is_some_and(|table| table.verifies(key.as_bytes(), message, signature))
     }
 
     /// Whether `signature` (64 bytes, `R || S`) is this key's signature of `message`.
@@ -60,7 +62,9 @@ fn dalek_verifies(key: &ed25519_dalek::VerifyingKey, message: &[u8], signature: 
 
 #[cfg(feature = "ed25519-key-table")]
 mod table {
-    use std::sync::OnceLock;
+    use std::sync::{Arc, OnceLock};
+
+    use crate::asymmetric::key_tables::InUse;
 
     use curve25519_dalek::constants::{ED25519_BASEPOINT_TABLE, EIGHT_TORSION};
     use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsBasepointTable};
@@ -72,6 +76,13 @@ mod table {
     fn small_order_encodings() -> &'static [[u8; 32]; 8] {
         static ENCODINGS: OnceLock<[[u8; 32]; 8]> = OnceLock::new();
         ENCODINGS.get_or_init(|| EIGHT_TORSION.map(|point| point.compress().to_bytes()))
+    }
+
+    /// The tables of the keys in use, by encoding.
+    static IN_USE: InUse<KeyTable> = InUse::new();
+
+    pub fn table_of(key: &ed25519_dalek::VerifyingKey) -> Option<Arc<KeyTable>> {
+        IN_USE.table_of(key.as_bytes(), || KeyTable::new(key))
     }
 
     /// `-A`'s multiples, for `[k](-A)` without doublings.

@@ -24,15 +24,15 @@
 //! signing stays with `p256` (deterministic, RFC 6979), so both loaders send the same
 //! bytes.
 
-/// A P-256 public key, with ring's form of it or its table made once, when the
-/// configuration is read.
+/// A P-256 public key, with ring's form of it made when the key is read, and its
+/// table (`p256-tables`) when it first verifies (`super::key_tables`).
 #[derive(Clone)]
 pub struct P256PublicKey {
     key: p256::ecdsa::VerifyingKey,
-    /// None only if the table could not be built, which no valid key causes; then
-    /// the other backend verifies.
+    /// Made on first use; none only if it could not be built, which no valid key
+    /// causes: then the other backend verifies.
     #[cfg(feature = "p256-tables")]
-    table: Option<std::sync::Arc<super::p256_tables::KeyTable>>,
+    table: super::key_tables::LazyTable<super::p256_tables::KeyTable>,
     /// The uncompressed SEC1 point (65 bytes), as ring takes it.
     #[cfg(feature = "ring-verify")]
     ring_key: ring::signature::UnparsedPublicKey<Vec<u8>>,
@@ -42,7 +42,7 @@ impl P256PublicKey {
     pub fn new(key: p256::ecdsa::VerifyingKey) -> Self {
         P256PublicKey {
             #[cfg(feature = "p256-tables")]
-            table: tables::table_of(&key),
+            table: super::key_tables::LazyTable::new(),
             #[cfg(feature = "ring-verify")]
             ring_key: ring::signature::UnparsedPublicKey::new(
                 &ring::signature::ECDSA_P256_SHA256_FIXED,
@@ -60,10 +60,16 @@ impl P256PublicKey {
     /// Whether `signature` (64 bytes, `r || s`) is this key's signature of `message`.
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         #[cfg(feature = "p256-tables")]
-        if let Some(table) = &self.table {
+        if let Some(table) = self.table() {
             return table.verifies(message, signature);
         }
         self.verifies_without_table(message, signature)
+    }
+
+    /// The key's table, made now if this is its first use.
+    #[cfg(feature = "p256-tables")]
+    fn table(&self) -> Option<&std::sync::Arc<super::p256_tables::KeyTable>> {
+        self.table.get(|| tables::table_of(&self.key))
     }
 
     #[cfg(feature = "ring-verify")]
@@ -77,28 +83,20 @@ impl P256PublicKey {
     }
 }
 
-/// The keys' tables, one per key in use: a key read again (each refresh of a key
-/// directory, a configuration pushed again) takes the table it already has rather
-/// than spend its 48 M instructions on another.
+/// The tables of the keys in use, one per key (`super::key_tables`).
 #[cfg(feature = "p256-tables")]
 mod tables {
-    use std::sync::{Arc, Mutex, Weak};
+    use std::sync::Arc;
 
+    use crate::asymmetric::key_tables::InUse;
     use crate::asymmetric::p256_tables::KeyTable;
 
-    /// The tables of the keys some `P256PublicKey` holds, by uncompressed point.
-    static IN_USE: Mutex<Vec<(Vec<u8>, Weak<KeyTable>)>> = Mutex::new(Vec::new());
+    /// By uncompressed point.
+    static IN_USE: InUse<KeyTable> = InUse::new();
 
     pub fn table_of(key: &p256::ecdsa::VerifyingKey) -> Option<Arc<KeyTable>> {
         let point = key.to_encoded_point(false);
-        let mut in_use = IN_USE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        in_use.retain(|(_, table)| table.strong_count() > 0);
-        if let Some(table) = in_use.iter().find(|(bytes, _)| bytes.as_slice() == point.as_bytes()).and_then(|(_, t)| t.upgrade()) {
-            return Some(table);
-        }
-        let table = Arc::new(KeyTable::new(point.x()?.as_slice().try_into().ok()?, point.y()?.as_slice().try_into().ok()?)?);
-        in_use.push((point.as_bytes().to_vec(), Arc::downgrade(&table)));
-        Some(table)
+        IN_USE.table_of(point.as_bytes(), || KeyTable::new(point.x()?.as_slice().try_into().ok()?, point.y()?.as_slice().try_into().ok()?))
     }
 }
 

@@ -48,7 +48,7 @@ pub(super) fn verdict(key: &P256PublicKey, message: &[u8], signature: &[u8]) -> 
     assert_eq!(ring_verifies(&key.ring_key, message, signature), by_p256, "ring and p256 differ on {signature:02x?}");
     #[cfg(feature = "p256-tables")]
     assert_eq!(
-        key.table.as_ref().unwrap().verifies(message, signature),
+        key.table().unwrap().verifies(message, signature),
         by_p256,
         "the tables and p256 differ on {signature:02x?}, message {message:02x?}"
     );
@@ -193,8 +193,8 @@ fn equality_clone_and_debug() {
 fn a_key_read_again_shares_its_table_until_no_key_holds_it() {
     let signer = p256::ecdsa::SigningKey::from_bytes(&[0x5a; 32].into()).unwrap();
     let (first, again) = (key_of(&signer), key_of(&signer));
-    let table = first.table.clone().unwrap();
-    assert!(std::sync::Arc::ptr_eq(&table, again.table.as_ref().unwrap()));
+    let table = first.table().unwrap().clone();
+    assert!(std::sync::Arc::ptr_eq(&table, again.table().unwrap()));
     let gone = std::sync::Arc::downgrade(&table);
     drop((first, again, table));
     assert_eq!(gone.strong_count(), 0);
