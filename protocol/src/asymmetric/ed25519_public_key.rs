@@ -8,11 +8,11 @@
 //!   double-scalar multiplication, whose 253 doublings are cheap with 64-bit
 //!   multiplies and AVX2.
 //! - With feature `ed25519-key-table` (the Wasm filter): `[k](-A)` read from a table of
-//!   the key's multiples made once, when the key is read (curve25519-dalek's fixed-base
-//!   table, 30 KB a key, made when the key first verifies), as `[S]B` is from the base point's: additions only, no
-//!   doublings; and `R` is not decompressed (its small order is told by its encoding).
-//!   In Wasm, where a field multiplication takes 100 32-bit products, that is about a
-//!   third fewer instructions (`scripts/crypto-cost.sh`, BENCHMARKS.md issue #30).
+//!   the key's multiples (curve25519-dalek's fixed-base table, 30 KB a key, made when
+//!   the key first verifies: `super::key_tables`), as `[S]B` is from the base point's:
+//!   additions only, no doublings; and `R` is not decompressed (its small order is
+//!   told by its encoding). In Wasm, where a field multiplication takes 100 32-bit
+//!   products, that is about a third fewer instructions (`scripts/crypto-cost.sh`, BENCHMARKS.md issue #30).
 //!
 //! The tests hold both to the same verdicts, on Wycheproof's vectors and on mutated
 //! signatures.

@@ -13,7 +13,7 @@
 //!
 //! - fixed-base tables (feature `p256-tables`, the Wasm filter's: `super::p256_tables`):
 //!   variable-time verification on fiat-crypto's verified 32-bit arithmetic with a
-//!   table of affine multiples per key (88 KB, built here, when the key is read) and
+//!   table of affine multiples per key (88 KB, built when the key first verifies) and
 //!   one of the generator's, so a verification is mixed additions only. In Wasm, where
 //!   ring's P-256 code is constant-time and generic, under a fifth of ring's
 //!   instructions (1.8 M against 10.2 M under wasmtime; issue #30), for about 48 M

@@ -7,8 +7,9 @@
 //! u1·G + u2·Q is summed from two tables (generator G, key Q) of affine points, one
 //! entry per 6-bit signed window of each scalar: about 86 mixed additions of 11
 //! multiplications each, no doubling. Each table holds 43 windows x 32 multiples x 64
-//! bytes = 88 KB: one per key, built when the key is read (`KeyTable::new`), and
-//! G's, built once per process (Wasm VM) with the first key. The final check needs no
+//! bytes = 88 KB: one per key, built when the key first verifies (`KeyTable::new`,
+//! through `super::key_tables`), and G's, built once per process (Wasm VM) with the
+//! first key. The final check needs no
 //! inversion: x(R) = r (mod n) means X = r·Z^2 or, when r + n < p, X = (r + n)·Z^2.
 //!
 //! Field and scalar arithmetic are fiat-crypto's formally verified code; the
